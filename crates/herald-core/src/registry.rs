@@ -1,0 +1,238 @@
+//! The in-memory view of the `herald-subscriptions` bucket, kept current by a KV watch that
+//! starts with the bucket's current state. Every dispatcher and gateway replica holds one, so a
+//! change made through the API takes effect everywhere within moments, without restarts.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_nats::jetstream::kv;
+use futures::StreamExt;
+use prost::Message as _;
+use tokio::sync::watch;
+
+use crate::proto::Subscription;
+use crate::subscription::wants;
+
+#[derive(Debug, Clone)]
+struct Entry {
+    /// KV revision of this value: a late watch update must not replace a newer local write.
+    revision: u64,
+    sub: Arc<Subscription>,
+}
+
+/// Subscriptions by tenant, then by id (ids are ULIDs, so by creation time).
+#[derive(Debug)]
+pub struct Registry {
+    by_tenant: RwLock<HashMap<String, BTreeMap<String, Entry>>>,
+    /// True once the watch has delivered the bucket's state as of start-up.
+    ready: watch::Sender<bool>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self { by_tenant: RwLock::default(), ready: watch::Sender::new(false) }
+    }
+}
+
+impl Registry {
+    /// An empty registry, not yet ready.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// One subscription.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Subscription>> {
+        let map = self.by_tenant.read().expect("registry lock");
+        map.get(tenant)?.get(id).map(|e| e.sub.clone())
+    }
+
+    /// One subscription, whatever its tenant.
+    pub fn find(&self, id: &str) -> Option<Arc<Subscription>> {
+        let map = self.by_tenant.read().expect("registry lock");
+        map.values().find_map(|subs| subs.get(id)).map(|e| e.sub.clone())
+    }
+
+    /// The enabled subscriptions of `tenant` whose patterns select `event_type`.
+    pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<Subscription>> {
+        let map = self.by_tenant.read().expect("registry lock");
+        map.get(tenant)
+            .map(|subs| subs.values().filter(|e| wants(&e.sub, event_type)).map(|e| e.sub.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// Subscriptions ordered by id (creation time), of one tenant or of all, starting after the
+    /// id `after`, at most `limit`.
+    pub fn list(&self, tenant: Option<&str>, after: Option<&str>, limit: usize) -> Vec<Arc<Subscription>> {
+        let map = self.by_tenant.read().expect("registry lock");
+        let mut all: Vec<&Entry> = match tenant {
+            Some(t) => map.get(t).map(|s| s.values().collect()).unwrap_or_default(),
+            None => map.values().flat_map(|s| s.values()).collect(),
+        };
+        if tenant.is_none() {
+            all.sort_by(|a, b| a.sub.id.cmp(&b.sub.id));
+        }
+        all.into_iter()
+            .filter(|e| after.is_none_or(|a| e.sub.id.as_str() > a))
+            .take(limit)
+            .map(|e| e.sub.clone())
+            .collect()
+    }
+
+    /// How many subscriptions there are.
+    pub fn len(&self) -> usize {
+        self.by_tenant.read().expect("registry lock").values().map(BTreeMap::len).sum()
+    }
+
+    /// True when there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Records a write this process made (revision from the KV), ahead of the watch.
+    pub fn upsert(&self, revision: u64, sub: Subscription) {
+        let mut map = self.by_tenant.write().expect("registry lock");
+        let slot = map.entry(sub.tenant.clone()).or_default();
+        match slot.get(&sub.id) {
+            Some(e) if e.revision > revision => {}
+            _ => {
+                slot.insert(sub.id.clone(), Entry { revision, sub: Arc::new(sub) });
+            }
+        }
+    }
+
+    /// Records a deletion.
+    pub fn remove(&self, tenant: &str, id: &str) {
+        let mut map = self.by_tenant.write().expect("registry lock");
+        if let Some(subs) = map.get_mut(tenant) {
+            subs.remove(id);
+            if subs.is_empty() {
+                map.remove(tenant);
+            }
+        }
+    }
+
+    /// True once the bucket's state at start-up has been loaded.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until [`Registry::is_ready`].
+    pub async fn wait_ready(&self) {
+        let mut rx = self.ready.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    fn apply(&self, entry: &kv::Entry) -> Option<(String, String)> {
+        let (tenant, id) = entry.key.split_once('.')?;
+        match entry.operation {
+            kv::Operation::Put => match Subscription::decode(entry.value.as_ref()) {
+                Ok(sub) if sub.tenant == tenant && sub.id == id => self.upsert(entry.revision, sub),
+                Ok(_) => tracing::warn!(key = %entry.key, "subscription's key disagrees with its content; ignored"),
+                Err(e) => tracing::warn!(key = %entry.key, error = %e, "undecodable subscription; ignored"),
+            },
+            kv::Operation::Delete | kv::Operation::Purge => self.remove(tenant, id),
+        }
+        Some((tenant.to_owned(), id.to_owned()))
+    }
+
+    /// Forgets subscriptions absent from a fresh snapshot (deleted while the watch was down).
+    fn retain_only(&self, seen: &HashSet<(String, String)>, snapshot_revision: u64) {
+        let mut map = self.by_tenant.write().expect("registry lock");
+        for (tenant, subs) in map.iter_mut() {
+            subs.retain(|id, e| e.revision > snapshot_revision || seen.contains(&(tenant.clone(), id.clone())));
+        }
+        map.retain(|_, subs| !subs.is_empty());
+    }
+
+    /// Follows the bucket until `shutdown` resolves: loads the current state, marks the registry
+    /// ready, then applies every change. A broken watch is re-established after a pause.
+    pub async fn follow(self: Arc<Self>, store: kv::Store, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                result = self.watch_once(&store) => {
+                    if let Err(e) = result {
+                        tracing::warn!(error = %e, "subscription watch interrupted; re-establishing");
+                    }
+                }
+            }
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn watch_once(&self, store: &kv::Store) -> Result<(), async_nats::Error> {
+        let status = store.status().await?;
+        let mut watch = store.watch_with_history(">").await?;
+        let mut seen = HashSet::new();
+        let mut caught_up = status.values() == 0;
+        if caught_up {
+            self.retain_only(&seen, 0);
+            self.ready.send_replace(true);
+        }
+        let mut max_revision = 0;
+        while let Some(entry) = watch.next().await {
+            let entry = entry?;
+            max_revision = max_revision.max(entry.revision);
+            let key = self.apply(&entry);
+            if !caught_up {
+                seen.extend(key);
+                if entry.delta == 0 {
+                    caught_up = true;
+                    self.retain_only(&seen, max_revision);
+                    tracing::info!(subscriptions = self.len(), "subscriptions loaded");
+                    self.ready.send_replace(true);
+                }
+            }
+        }
+        Err("the watch ended".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(tenant: &str, id: &str, types: &[&str]) -> Subscription {
+        Subscription {
+            id: id.into(),
+            tenant: tenant.into(),
+            enabled: true,
+            event_types: types.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn tenants_are_separate_and_lists_are_ordered() {
+        let r = Registry::new();
+        r.upsert(1, sub("a", "sub_2", &["order.*"]));
+        r.upsert(2, sub("a", "sub_1", &[">"]));
+        r.upsert(3, sub("b", "sub_3", &["order.*"]));
+        let ids = |v: Vec<Arc<Subscription>>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(r.matching("a", "order.paid")), ["sub_1", "sub_2"]);
+        assert_eq!(ids(r.matching("b", "user.created")), Vec::<String>::new());
+        assert_eq!(ids(r.list(None, None, 10)), ["sub_1", "sub_2", "sub_3"]);
+        assert_eq!(ids(r.list(None, Some("sub_1"), 1)), ["sub_2"]);
+        assert_eq!(ids(r.list(Some("b"), None, 10)), ["sub_3"]);
+        assert_eq!(r.find("sub_3").unwrap().tenant, "b");
+        r.remove("a", "sub_1");
+        assert!(r.get("a", "sub_1").is_none());
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn older_revisions_do_not_overwrite_newer() {
+        let r = Registry::new();
+        let mut s = sub("a", "sub_1", &["x"]);
+        s.url = "new".into();
+        r.upsert(5, s.clone());
+        s.url = "old".into();
+        r.upsert(4, s);
+        assert_eq!(r.get("a", "sub_1").unwrap().url, "new");
+    }
+}

@@ -1,0 +1,180 @@
+//! Subscriptions: validation of what users set, matching events against them, and the secrets
+//! that sign their webhooks.
+
+use std::collections::BTreeMap;
+
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::pattern::{self, TypePattern};
+use crate::proto;
+
+/// Headers Herald sets itself, which a subscription's own headers may not override.
+pub const RESERVED_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "host",
+    "user-agent",
+    "traceparent",
+    "tracestate",
+    "webhook-id",
+    "webhook-timestamp",
+    "webhook-signature",
+    "connection",
+    "transfer-encoding",
+];
+
+/// A field of a subscription that was refused, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    /// The JSON field at fault.
+    pub field: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> InvalidField {
+    InvalidField { field, message: message.into() }
+}
+
+/// Validates a subscriber URL: absolute `http` or `https`, with a host, no credentials.
+pub fn validate_url(text: &str) -> Result<String, InvalidField> {
+    if text.len() > 2048 {
+        return Err(invalid("url", "must be at most 2048 characters"));
+    }
+    let url = url::Url::parse(text).map_err(|e| invalid("url", format!("{text:?} is not an absolute URL ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(invalid("url", format!("scheme {:?} is not supported; use https (or http)", url.scheme())));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("url", "has no host"));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid("url", "must not carry credentials; use the subscription's headers instead"));
+    }
+    Ok(url.to_string())
+}
+
+/// Validates the type patterns: 1 to 100 of them, each a valid [`TypePattern`].
+pub fn validate_event_types(patterns: &[String]) -> Result<(), InvalidField> {
+    if patterns.is_empty() {
+        return Err(invalid("event_types", "must list at least one type pattern (e.g. [\"order.*\"] or [\">\"] for all)"));
+    }
+    if patterns.len() > 100 {
+        return Err(invalid("event_types", "may list at most 100 patterns"));
+    }
+    for p in patterns {
+        TypePattern::parse(p).map_err(|e| invalid("event_types", e.0))?;
+    }
+    Ok(())
+}
+
+/// Validates custom headers: at most 20, RFC 9110 token names, not one of [`RESERVED_HEADERS`],
+/// values without control characters. Names are lower-cased.
+pub fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<String, String>, InvalidField> {
+    if headers.len() > 20 {
+        return Err(invalid("headers", "may hold at most 20 headers"));
+    }
+    let mut out = BTreeMap::new();
+    for (name, value) in headers {
+        let lower = name.to_ascii_lowercase();
+        let token = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(invalid("headers", format!("{name:?} is not a valid header name")));
+        }
+        if RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(invalid("headers", format!("{name:?} is set by Herald and cannot be overridden")));
+        }
+        if value.len() > 4096 || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+            return Err(invalid("headers", format!("the value of {name:?} has control characters or is over 4096 bytes")));
+        }
+        out.insert(lower, value);
+    }
+    Ok(out)
+}
+
+/// Validates metadata: at most 50 entries, keys up to 64 chars, values up to 1024.
+pub fn validate_metadata(metadata: &BTreeMap<String, String>) -> Result<(), InvalidField> {
+    if metadata.len() > 50 {
+        return Err(invalid("metadata", "may hold at most 50 entries"));
+    }
+    if let Some((k, _)) = metadata.iter().find(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 1024) {
+        return Err(invalid("metadata", format!("entry {k:?}: keys are 1 to 64 characters, values at most 1024")));
+    }
+    Ok(())
+}
+
+/// Validates a description (at most 1024 characters).
+pub fn validate_description(text: &str) -> Result<(), InvalidField> {
+    if text.len() > 1024 {
+        return Err(invalid("description", "must be at most 1024 characters"));
+    }
+    Ok(())
+}
+
+/// True if the subscription is enabled and one of its patterns selects `event_type`.
+pub fn wants(sub: &proto::Subscription, event_type: &str) -> bool {
+    sub.enabled && sub.event_types.iter().any(|p| pattern::matches(p, event_type))
+}
+
+/// The secrets that sign a webhook now: the current one and any rotated-out one whose grace
+/// period has not ended. Unparseable entries are skipped.
+pub fn signing_secrets(sub: &proto::Subscription, now: OffsetDateTime) -> Vec<herald_signature::Secret> {
+    sub.secrets
+        .iter()
+        .filter(|s| {
+            s.expires_at.is_empty() || OffsetDateTime::parse(&s.expires_at, &Rfc3339).is_ok_and(|t| t > now)
+        })
+        .filter_map(|s| herald_signature::Secret::parse(&s.secret).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(validate_url("https://example.com/hook").unwrap(), "https://example.com/hook");
+        validate_url("http://127.0.0.1:9000/x?y=1").unwrap();
+        for bad in ["", "example.com", "ftp://example.com/", "https://user:pw@example.com/", "http://"] {
+            assert!(validate_url(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn headers() {
+        let ok = validate_headers(BTreeMap::from([("X-Api-Key".into(), "abc".into())])).unwrap();
+        assert_eq!(ok.get("x-api-key").unwrap(), "abc");
+        for (k, v) in [("webhook-signature", "x"), ("User-Agent", "x"), ("bad name", "x"), ("x-a", "line\r\nbreak")] {
+            assert!(validate_headers(BTreeMap::from([(k.to_string(), v.to_string())])).is_err(), "{k}");
+        }
+    }
+
+    #[test]
+    fn event_types_and_matching() {
+        assert!(validate_event_types(&[]).is_err());
+        assert!(validate_event_types(&["a..b".into()]).is_err());
+        validate_event_types(&["order.*".into(), ">".into()]).unwrap();
+        let mut sub = proto::Subscription { enabled: true, event_types: vec!["order.*".into()], ..Default::default() };
+        assert!(wants(&sub, "order.paid"));
+        assert!(!wants(&sub, "user.created"));
+        sub.enabled = false;
+        assert!(!wants(&sub, "order.paid"));
+    }
+
+    #[test]
+    fn expired_secrets_stop_signing() {
+        let now = OffsetDateTime::from_unix_timestamp(1_800_000_000).unwrap();
+        let s = |expires: &str| proto::SigningSecret {
+            secret: herald_signature::Secret::generate().to_text(),
+            expires_at: expires.into(),
+        };
+        let sub = proto::Subscription {
+            secrets: vec![s(""), s("2030-01-01T00:00:00Z"), s("2020-01-01T00:00:00Z")],
+            ..Default::default()
+        };
+        assert_eq!(signing_secrets(&sub, now).len(), 2);
+    }
+}
