@@ -181,9 +181,8 @@ pub struct Handles {
 
 /// Creates or updates the streams and the KV bucket (idempotent: every service calls it at
 /// start-up). Refuses a server older than 2.12 or without JetStream.
-pub async fn ensure_streams(client: &async_nats::Client, topology: &Topology) -> Result<Handles, BootstrapError> {
-    check_server_version(&client.server_info().version)?;
-    let js = jetstream::new(client.clone());
+pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Result<Handles, BootstrapError> {
+    check_server_version(&js.client().server_info().version)?;
     js.query_account().await.map_err(|e| BootstrapError::NoJetStream(e.to_string()))?;
 
     let streams = [
@@ -250,7 +249,7 @@ pub async fn ensure_streams(client: &async_nats::Client, topology: &Topology) ->
         .create_or_update_key_value(bucket)
         .await
         .map_err(|e| create_err(&format!("KV bucket {SUBSCRIPTIONS_BUCKET}"), e))?;
-    Ok(Handles { js, subscriptions })
+    Ok(Handles { js: js.clone(), subscriptions })
 }
 
 /// The dispatcher's two durable pull consumers, created or updated to match `topology`.
@@ -320,5 +319,36 @@ mod tests {
         assert_eq!(delivery_subject("t", "sub_1"), "herald.deliveries.t.sub_1");
         assert_eq!(retry_schedule_subject("t", "sub_1", "e:1"), "herald.retries.t.sub_1.e:1");
         assert_eq!(dlq_subject("t", "sub_1"), "herald.dlq.t.sub_1");
+    }
+}
+
+/// The stream settings both services apply at start-up, as flags and `HERALD_*` variables.
+/// Gateway and dispatcher must be given the same values, or each start-up re-applies its own.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TopologyArgs {
+    /// Replicas of every stream and of the subscriptions bucket (3 in a NATS cluster).
+    #[arg(long, env = "HERALD_REPLICAS", default_value_t = 1)]
+    pub replicas: usize,
+    /// How long accepted events are retained (the replay window).
+    #[arg(long, env = "HERALD_EVENTS_MAX_AGE", default_value = "7d", value_parser = crate::runtime::parse_duration)]
+    pub events_max_age: Duration,
+    /// Window in which a repeated event id is reported as a duplicate and not delivered again.
+    #[arg(long, env = "HERALD_DUPLICATE_WINDOW", default_value = "2m", value_parser = crate::runtime::parse_duration)]
+    pub duplicate_window: Duration,
+    /// How long dead letters are retained.
+    #[arg(long, env = "HERALD_DLQ_MAX_AGE", default_value = "30d", value_parser = crate::runtime::parse_duration)]
+    pub dlq_max_age: Duration,
+}
+
+impl TopologyArgs {
+    /// The topology these settings describe, other settings at their defaults.
+    pub fn topology(&self) -> Topology {
+        Topology {
+            replicas: self.replicas,
+            events_max_age: self.events_max_age,
+            duplicate_window: self.duplicate_window,
+            dlq_max_age: self.dlq_max_age,
+            ..Topology::default()
+        }
     }
 }

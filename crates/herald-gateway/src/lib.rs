@@ -1,1 +1,179 @@
+//! Herald's HTTP gateway: takes events and writes them durably to NATS JetStream (answering 202
+//! only after the PubAck), and manages subscriptions in the `herald-subscriptions` KV bucket.
+//! Stateless: run as many replicas as the load needs.
+//!
+//! # Layout
+//! - [`Config`]: flags and `HERALD_*` variables; [`run`]: serve until the shutdown future.
+//! - [`auth`]: bearer tokens and scopes; [`error`]: problem+json errors.
+//! - `routes/events.rs`, `routes/subscriptions.rs`, `routes/health.rs`: one file per resource.
+#![forbid(unsafe_code)]
 
+pub mod auth;
+pub mod error;
+mod routes;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, FromRequest, Request};
+use bytes::Bytes;
+use tokio::net::TcpListener;
+
+use herald_core::nats::{self, TopologyArgs};
+use herald_core::registry::Registry;
+
+use crate::auth::Tokens;
+use crate::error::ApiError;
+
+/// Gateway settings. Every flag has a `HERALD_*` variable; defaults suit local use.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "herald-gateway", version, about = "Herald's HTTP gateway: event ingest and subscription management")]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address to serve HTTP on.
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: String,
+    /// API tokens, `scope=token` comma-separated (scopes: admin, publish, tenant:<id>). Prefer
+    /// HERALD_TOKENS_FILE or the environment to a flag, which other users can see.
+    #[arg(long, env = "HERALD_TOKENS", hide_env_values = true)]
+    pub tokens: Option<String>,
+    /// File of API tokens, one `scope=token` per line.
+    #[arg(long, env = "HERALD_TOKENS_FILE")]
+    pub tokens_file: Option<std::path::PathBuf>,
+    /// Largest request body accepted, in bytes (`256KiB`, `1MiB` and plain numbers work).
+    #[arg(long, env = "HERALD_MAX_BODY", default_value = "256KiB", value_parser = parse_size)]
+    pub max_body: usize,
+    /// Most events in one `POST /v1/events/batch`.
+    #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 100)]
+    pub max_batch: usize,
+    /// How long to wait for JetStream to acknowledge a write before answering 503.
+    #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "5s", value_parser = herald_core::runtime::parse_duration)]
+    pub publish_timeout: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topology: TopologyArgs,
+}
+
+/// Parses a byte size: `262144`, `256KiB`, `1MiB` (also `KB`/`MB`, read as binary).
+pub fn parse_size(text: &str) -> Result<usize, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: usize = num.parse().map_err(|_| format!("{text:?} is not a size (try 262144, 256KiB or 1MiB)"))?;
+    let mult = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1024,
+        "m" | "mb" | "mib" => 1024 * 1024,
+        u => return Err(format!("{text:?} has an unknown unit {u:?} (use KiB or MiB)")),
+    };
+    n.checked_mul(mult).filter(|&n| n > 0).ok_or_else(|| format!("{text:?} is out of range"))
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) js: jetstream::Context,
+    pub(crate) kv: jetstream::kv::Store,
+    pub(crate) client: async_nats::Client,
+    pub(crate) tokens: Arc<Tokens>,
+    pub(crate) registry: Arc<Registry>,
+    pub(crate) config: Arc<Config>,
+}
+
+/// Loads the tokens from the configuration (variable and file together).
+pub fn load_tokens(config: &Config) -> anyhow::Result<Tokens> {
+    let mut text = config.tokens.clone().unwrap_or_default();
+    if let Some(path) = &config.tokens_file {
+        let file = std::fs::read_to_string(path)
+            .with_context(|| format!("HERALD_TOKENS_FILE: cannot read {}", path.display()))?;
+        text.push('\n');
+        text.push_str(&file);
+    }
+    Tokens::parse(&text).map_err(|e| anyhow::anyhow!("HERALD_TOKENS: {e}"))
+}
+
+/// Connects to NATS, creates what is missing, and serves on `listener` until `shutdown`
+/// resolves; in-flight requests are then finished.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let tokens = load_tokens(&config)?;
+    if tokens.is_empty() {
+        tracing::warn!("no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401");
+    }
+    let client = nats::connect(&config.nats_url, "herald-gateway", false).await?;
+    let js = jetstream::ContextBuilder::new().timeout(config.publish_timeout).build(client.clone());
+    let handles = nats::ensure_streams(&js, &config.topology.topology()).await?;
+
+    let registry = Registry::new();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
+
+    let state = AppState {
+        js,
+        kv: handles.subscriptions,
+        client,
+        tokens: Arc::new(tokens),
+        registry,
+        config: Arc::new(config),
+    };
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    cancel.cancel();
+    let _ = follow.await;
+    Ok(())
+}
+
+/// All routes.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body;
+    routes::router()
+        .fallback(|| async { ApiError::not_found("no such route; see the README for the API") })
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+/// The raw request body, with size and read errors turned into problem+json.
+pub(crate) struct Body(pub Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for Body {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match Bytes::from_request(req, state).await {
+            Ok(bytes) => Ok(Body(bytes)),
+            Err(rejection) if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE => {
+                Err(ApiError::too_large("the body exceeds the gateway's limit (HERALD_MAX_BODY)"))
+            }
+            Err(rejection) => Err(ApiError::invalid(None, rejection.body_text())),
+        }
+    }
+}
+
+impl Body {
+    /// Parses the body as `T`, naming the JSON error.
+    pub(crate) fn json<'a, T: serde::Deserialize<'a>>(&'a self) -> Result<T, ApiError> {
+        serde_json::from_slice(&self.0).map_err(|e| ApiError::malformed_json(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("256KiB").unwrap(), 262_144);
+        assert_eq!(parse_size("1MiB").unwrap(), 1_048_576);
+        assert_eq!(parse_size("1000").unwrap(), 1000);
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("12 parsecs").is_err());
+    }
+}

@@ -1,1 +1,13 @@
-fn main(){}
+//! `herald-gateway`: parses configuration, starts logging, binds, and runs the gateway.
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald_core::runtime::init_logging();
+    let config = herald_gateway::Config::parse();
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("HERALD_LISTEN: cannot bind {}: {e}", config.listen))?;
+    herald_gateway::run(config, listener, herald_core::runtime::shutdown_signal()).await
+}

@@ -1,0 +1,184 @@
+//! Bearer-token authentication. Tokens come from `HERALD_TOKENS` (comma-separated) or
+//! `HERALD_TOKENS_FILE` (one per line, `#` comments), each written `scope=token`; a token written
+//! `sha256:<hex>` is given by its SHA-256 so the plain text need not be stored. Scopes: `admin`
+//! (everything), `publish` (send events), `tenant:{id}` (that tenant's subscriptions).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use sha2::{Digest, Sha256};
+
+use crate::AppState;
+use crate::error::ApiError;
+use herald_core::ids::TenantId;
+
+/// What a token may do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything.
+    Admin,
+    /// Publish events of any tenant.
+    Publish,
+    /// Manage and read one tenant's subscriptions.
+    Tenant(String),
+}
+
+impl Scope {
+    fn parse(text: &str) -> Result<Self, String> {
+        match text {
+            "admin" => Ok(Self::Admin),
+            "publish" => Ok(Self::Publish),
+            t => match t.strip_prefix("tenant:") {
+                Some(id) => TenantId::parse(id).map(|_| Self::Tenant(id.to_owned())).map_err(|e| e.0),
+                None => Err(format!("unknown scope {t:?} (use admin, publish or tenant:<id>)")),
+            },
+        }
+    }
+}
+
+/// The configured tokens, by the SHA-256 of their text.
+#[derive(Debug, Default, Clone)]
+pub struct Tokens {
+    by_hash: HashMap<[u8; 32], Vec<Scope>>,
+}
+
+impl Tokens {
+    /// Parses `scope=token` entries separated by commas or newlines; blank lines and `#` comments
+    /// are skipped. The error names the offending entry's position, never the token.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut tokens = Self::default();
+        let entries = text.lines().map(|l| l.split('#').next().unwrap_or("")).flat_map(|l| l.split(','));
+        for (i, entry) in entries.map(str::trim).filter(|e| !e.is_empty()).enumerate() {
+            let (scope, token) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("token entry {} is not `scope=token`", i + 1))?;
+            let scope = Scope::parse(scope.trim()).map_err(|e| format!("token entry {}: {e}", i + 1))?;
+            let hash = match token.trim().strip_prefix("sha256:") {
+                Some(hex) => parse_hex32(hex).ok_or_else(|| format!("token entry {}: sha256: needs 64 hex digits", i + 1))?,
+                None if token.trim().len() >= 16 => Sha256::digest(token.trim().as_bytes()).into(),
+                None => return Err(format!("token entry {} is shorter than 16 characters", i + 1)),
+            };
+            tokens.by_hash.entry(hash).or_default().push(scope);
+        }
+        Ok(tokens)
+    }
+
+    /// True when no token is configured (every authenticated route then answers 401).
+    pub fn is_empty(&self) -> bool {
+        self.by_hash.is_empty()
+    }
+
+    fn scopes(&self, token: &str) -> Option<&[Scope]> {
+        let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.by_hash.get(&hash).map(Vec::as_slice)
+    }
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    scopes: Arc<[Scope]>,
+}
+
+impl Caller {
+    fn has(&self, scope: &Scope) -> bool {
+        self.scopes.contains(scope)
+    }
+
+    /// Admin scope.
+    pub fn is_admin(&self) -> bool {
+        self.has(&Scope::Admin)
+    }
+
+    /// Refuses unless the token may publish events.
+    pub fn require_publish(&self) -> Result<(), ApiError> {
+        if self.is_admin() || self.has(&Scope::Publish) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden("publishing events needs a token with the `publish` or `admin` scope"))
+        }
+    }
+
+    /// True if the token may manage `tenant`'s subscriptions.
+    pub fn may_manage(&self, tenant: &str) -> bool {
+        self.is_admin() || self.scopes.iter().any(|s| matches!(s, Scope::Tenant(t) if t == tenant))
+    }
+
+    /// Refuses unless the token may manage `tenant`'s subscriptions.
+    pub fn require_tenant(&self, tenant: &str) -> Result<(), ApiError> {
+        if self.may_manage(tenant) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this token may not manage tenant {tenant:?}; it needs `admin` or `tenant:{tenant}`")))
+        }
+    }
+
+    /// The tenants a tenant-scoped token is limited to (`None` for admin).
+    pub fn tenant_limit(&self) -> Option<Vec<&str>> {
+        if self.is_admin() {
+            return None;
+        }
+        Some(self.scopes.iter().filter_map(|s| if let Scope::Tenant(t) = s { Some(t.as_str()) } else { None }).collect())
+    }
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .map(str::trim)
+            .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
+        let scopes = state
+            .tokens
+            .scopes(token)
+            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
+        Ok(Caller { scopes: scopes.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_plain_hashed_and_commented_tokens() {
+        let hashed = format!("{:x}", Sha256::digest(b"another-long-token"));
+        let text = format!("admin=admin-token-0123456789\n# comment\npublish=pub-token-0123456789, tenant:acme=sha256:{hashed}\n");
+        let t = Tokens::parse(&text).unwrap();
+        assert_eq!(t.scopes("admin-token-0123456789").unwrap(), [Scope::Admin]);
+        assert_eq!(t.scopes("pub-token-0123456789").unwrap(), [Scope::Publish]);
+        assert_eq!(t.scopes("another-long-token").unwrap(), [Scope::Tenant("acme".into())]);
+        assert!(t.scopes("nope").is_none());
+    }
+
+    #[test]
+    fn refuses_bad_entries_without_echoing_tokens() {
+        for bad in ["admin", "root=token-0123456789abcdef", "admin=short", "admin=sha256:abc", "tenant:a.b=token-0123456789abcdef"] {
+            let err = Tokens::parse(bad).unwrap_err();
+            assert!(!err.contains("0123456789abcdef"), "{err}");
+        }
+        assert!(Tokens::parse("").unwrap().is_empty());
+    }
+}

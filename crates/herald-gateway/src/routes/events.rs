@@ -1,0 +1,181 @@
+//! `POST /v1/events` and `POST /v1/events/batch`: validate, publish to `HERALD_EVENTS` with the
+//! event id as `Nats-Msg-Id`, answer only after JetStream acknowledged.
+
+use async_nats::jetstream::context::{PublishAckFuture, PublishErrorKind};
+use async_nats::jetstream::message::PublishMessage;
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use herald_core::event::EventInput;
+use herald_core::{nats, proto, trace};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::{AppState, Body};
+
+/// What a client learns of one accepted event.
+#[derive(Debug, Serialize)]
+pub(crate) struct Accepted {
+    id: String,
+    seq: u64,
+    /// True if an event with this id was already accepted within the duplicate window: it was
+    /// not stored or delivered again.
+    duplicate: bool,
+}
+
+fn parse_event(raw: &[u8]) -> Result<proto::Event, ApiError> {
+    let input: EventInput = serde_json::from_slice(raw).map_err(|e| ApiError::malformed_json(e.to_string()))?;
+    input.validate().map_err(|e| ApiError::invalid(Some(e.field), format!("{}: {}", e.field, e.message)))
+}
+
+fn ensure_connected(state: &AppState) -> Result<(), ApiError> {
+    match state.client.connection_state() {
+        async_nats::connection::State::Connected => Ok(()),
+        _ => Err(ApiError::unavailable("the gateway is not connected to NATS; retry later")),
+    }
+}
+
+fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiError {
+    match kind {
+        PublishErrorKind::MaxPayloadExceeded => ApiError::too_large(format!("NATS refused the message size: {detail}")),
+        PublishErrorKind::StreamNotFound => {
+            ApiError::unavailable(format!("stream {} is missing; a gateway restart recreates it", nats::EVENTS_STREAM))
+        }
+        _ => {
+            tracing::warn!(error = %detail, "publish to JetStream failed");
+            ApiError::unavailable(format!("JetStream did not acknowledge the event ({detail}); it may not be stored, retry with the same id"))
+        }
+    }
+}
+
+/// Sends one event and returns the future of its PubAck, so that a caller can have many in
+/// flight at once.
+async fn send(state: &AppState, event: &proto::Event, traceparent: &str) -> Result<PublishAckFuture, ApiError> {
+    let subject = nats::event_subject(&event.tenant, &event.r#type);
+    let publish = PublishMessage::build()
+        .payload(event.encode_to_vec().into())
+        .message_id(&event.id)
+        .header(trace::TRACEPARENT, traceparent);
+    state.js.send_publish(subject, publish).await.map_err(|e| publish_error(e.kind(), &e))
+}
+
+async fn confirm(event: &proto::Event, ack: PublishAckFuture) -> Result<Accepted, ApiError> {
+    let ack = ack.await.map_err(|e| publish_error(e.kind(), &e))?;
+    Ok(Accepted { id: event.id.clone(), seq: ack.sequence, duplicate: ack.duplicate })
+}
+
+fn incoming_traceparent(headers: &HeaderMap) -> Option<&str> {
+    headers.get(trace::TRACEPARENT).and_then(|v| v.to_str().ok())
+}
+
+/// `POST /v1/events`.
+pub(crate) async fn publish(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<Accepted>), ApiError> {
+    caller.require_publish()?;
+    let event = parse_event(&body.0)?;
+    ensure_connected(&state)?;
+    let traceparent = trace::child_of(incoming_traceparent(&headers));
+    let ack = send(&state, &event, &traceparent).await?;
+    let accepted = confirm(&event, ack).await?;
+    tracing::debug!(id = %accepted.id, seq = accepted.seq, duplicate = accepted.duplicate, "event accepted");
+    Ok((StatusCode::ACCEPTED, Json(accepted)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BatchInput {
+    events: Vec<Box<RawValue>>,
+}
+
+/// One item's outcome in a batch.
+#[derive(Serialize)]
+pub(crate) struct ItemResult {
+    index: usize,
+    status: u16,
+    #[serde(flatten)]
+    accepted: Option<Accepted>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct BatchResult {
+    accepted: usize,
+    failed: usize,
+    results: Vec<ItemResult>,
+}
+
+/// `POST /v1/events/batch`: `{"events": [...]}`. Every valid item is published with its PubAck
+/// in flight alongside the others. 202 when all were accepted, 207 with per-item results when
+/// some were not, 503 when the broker is unreachable (nothing accepted).
+pub(crate) async fn publish_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<BatchResult>), ApiError> {
+    caller.require_publish()?;
+    let input: BatchInput = body.json()?;
+    if input.events.is_empty() {
+        return Err(ApiError::invalid(Some("events"), "events: the batch is empty"));
+    }
+    if input.events.len() > state.config.max_batch {
+        return Err(ApiError::invalid(
+            Some("events"),
+            format!("events: {} items exceed the limit of {} (HERALD_MAX_BATCH)", input.events.len(), state.config.max_batch),
+        ));
+    }
+    ensure_connected(&state)?;
+    let traceparent = trace::child_of(incoming_traceparent(&headers));
+
+    // Send everything first, then collect the acknowledgements: one round trip, not N.
+    let mut pending = Vec::with_capacity(input.events.len());
+    for raw in &input.events {
+        let item = match parse_event(raw.get().as_bytes()) {
+            Ok(event) => match send(&state, &event, &traceparent).await {
+                Ok(ack) => Ok((event, ack)),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        pending.push(item);
+    }
+    let outcomes = futures::future::join_all(pending.into_iter().map(|item| async move {
+        match item {
+            Ok((event, ack)) => confirm(&event, ack).await,
+            Err(e) => Err(e),
+        }
+    }))
+    .await;
+
+    let mut results = Vec::with_capacity(outcomes.len());
+    let (mut accepted, mut failed, mut unavailable) = (0, 0, 0);
+    for (index, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Ok(a) => {
+                accepted += 1;
+                results.push(ItemResult { index, status: 202, accepted: Some(a), error: None });
+            }
+            Err(e) => {
+                failed += 1;
+                if e.status() == StatusCode::SERVICE_UNAVAILABLE {
+                    unavailable += 1;
+                }
+                results.push(ItemResult { index, status: e.status().as_u16(), accepted: None, error: Some(e.to_json()) });
+            }
+        }
+    }
+    if accepted == 0 && unavailable > 0 {
+        return Err(ApiError::unavailable("JetStream did not acknowledge any event of the batch; retry it"));
+    }
+    let status = if failed == 0 { StatusCode::ACCEPTED } else { StatusCode::MULTI_STATUS };
+    Ok((status, Json(BatchResult { accepted, failed, results })))
+}

@@ -1,0 +1,24 @@
+//! Liveness and readiness.
+
+use axum::Json;
+use axum::extract::State;
+use serde_json::{Value, json};
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// `GET /healthz`: the process is up.
+pub(crate) async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: NATS is connected and subscriptions are loaded.
+pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    if state.client.connection_state() != async_nats::connection::State::Connected {
+        return Err(ApiError::unavailable("not connected to NATS"));
+    }
+    if !state.registry.is_ready() {
+        return Err(ApiError::unavailable("subscriptions are still loading"));
+    }
+    Ok(Json(json!({"status": "ready"})))
+}

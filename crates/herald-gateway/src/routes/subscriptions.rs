@@ -1,0 +1,289 @@
+//! `/v1/subscriptions`: create (the secret is shown once), list (paged, by tenant), read, patch
+//! and delete. Stored as protobuf in the `herald-subscriptions` bucket under `{tenant}.{id}`.
+
+use std::collections::BTreeMap;
+
+use async_nats::jetstream::kv;
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+use herald_core::ids::{SubscriptionId, TenantId};
+use herald_core::subscription::{self as validate, InvalidField};
+use herald_core::{nats, proto};
+use herald_signature::Secret;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::{AppState, Body};
+
+/// A subscription as the API shows it. The secret appears only in the answer to its creation.
+#[derive(Debug, Serialize)]
+pub(crate) struct View {
+    id: String,
+    tenant: String,
+    url: String,
+    event_types: Vec<String>,
+    enabled: bool,
+    description: String,
+    headers: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rate_limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_in_flight: Option<u32>,
+    created_at: String,
+    updated_at: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+}
+
+impl View {
+    fn of(sub: &proto::Subscription) -> Self {
+        Self {
+            id: sub.id.clone(),
+            tenant: sub.tenant.clone(),
+            url: sub.url.clone(),
+            event_types: sub.event_types.clone(),
+            enabled: sub.enabled,
+            description: sub.description.clone(),
+            headers: sub.headers.clone(),
+            metadata: sub.metadata.clone(),
+            rate_limit: (sub.rate_limit > 0).then_some(sub.rate_limit),
+            max_in_flight: (sub.max_in_flight > 0).then_some(sub.max_in_flight),
+            created_at: sub.created_at.clone(),
+            updated_at: sub.updated_at.clone(),
+            secret: None,
+        }
+    }
+}
+
+fn field_error(e: InvalidField) -> ApiError {
+    ApiError::invalid(Some(e.field), e.to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateInput {
+    url: String,
+    event_types: Vec<String>,
+    tenant: Option<String>,
+    description: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    rate_limit: Option<u32>,
+    max_in_flight: Option<u32>,
+    enabled: Option<bool>,
+    /// A `whsec_` secret to use instead of a generated one (e.g. when migrating).
+    secret: Option<String>,
+}
+
+/// `POST /v1/subscriptions`.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    body: Body,
+) -> Result<(StatusCode, Json<View>), ApiError> {
+    let input: CreateInput = body.json()?;
+    let tenant = match &input.tenant {
+        Some(t) => TenantId::parse(t).map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?,
+        None => TenantId::default_tenant(),
+    };
+    caller.require_tenant(tenant.as_str())?;
+    let url = validate::validate_url(&input.url).map_err(field_error)?;
+    validate::validate_event_types(&input.event_types).map_err(field_error)?;
+    let headers = validate::validate_headers(input.headers).map_err(field_error)?;
+    validate::validate_metadata(&input.metadata).map_err(field_error)?;
+    let description = input.description.unwrap_or_default();
+    validate::validate_description(&description).map_err(field_error)?;
+    let secret = match input.secret {
+        Some(s) => Secret::parse_strict(&s).map_err(|e| ApiError::invalid(Some("secret"), format!("secret: {e}")))?,
+        None => Secret::generate(),
+    };
+
+    let now = herald_core::now_rfc3339();
+    let sub = proto::Subscription {
+        id: SubscriptionId::generate().into_string(),
+        tenant: tenant.into_string(),
+        url,
+        event_types: input.event_types,
+        enabled: input.enabled.unwrap_or(true),
+        description,
+        headers,
+        metadata: input.metadata,
+        secrets: vec![proto::SigningSecret { secret: secret.to_text(), expires_at: String::new() }],
+        created_at: now.clone(),
+        updated_at: now,
+        rate_limit: input.rate_limit.unwrap_or(0),
+        max_in_flight: input.max_in_flight.unwrap_or(0),
+    };
+    let key = nats::subscription_key(&sub.tenant, &sub.id);
+    let revision = state.kv.create(&key, sub.encode_to_vec().into()).await.map_err(|e| kv_error("store", e))?;
+    state.registry.upsert(revision, sub.clone());
+    tracing::info!(id = %sub.id, tenant = %sub.tenant, url = %sub.url, "subscription created");
+    let mut view = View::of(&sub);
+    view.secret = Some(secret.to_text());
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+fn kv_error(what: &str, e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "subscription {what} failed");
+    ApiError::unavailable(format!("could not {what} the subscription in NATS ({e}); retry later"))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    tenant: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Page {
+    data: Vec<View>,
+    /// Pass as `after` for the next page; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+}
+
+/// `GET /v1/subscriptions?tenant=&limit=&after=`: ordered by creation, 50 a page by default.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let subs = match (&q.tenant, caller.tenant_limit()) {
+        (Some(t), _) => {
+            caller.require_tenant(t)?;
+            state.registry.list(Some(t), q.after.as_deref(), limit + 1)
+        }
+        (None, None) => state.registry.list(None, q.after.as_deref(), limit + 1),
+        (None, Some(tenants)) => match tenants.as_slice() {
+            [one] => state.registry.list(Some(one), q.after.as_deref(), limit + 1),
+            [] => return Err(ApiError::forbidden("listing subscriptions needs `admin` or a `tenant:<id>` scope")),
+            _ => return Err(ApiError::invalid(Some("tenant"), "this token covers several tenants: pass ?tenant=")),
+        },
+    };
+    let next = (subs.len() > limit).then(|| subs[limit - 1].id.clone());
+    Ok(Json(Page { data: subs.iter().take(limit).map(|s| View::of(s)).collect(), next }))
+}
+
+/// Finds a subscription's key and current entry, checking the caller may see it.
+async fn locate(state: &AppState, caller: &Caller, id: &str) -> Result<(String, kv::Entry, proto::Subscription), ApiError> {
+    let missing = || ApiError::not_found(format!("there is no subscription {id:?}"));
+    SubscriptionId::parse(id).map_err(|_| missing())?;
+    let key = match state.registry.find(id) {
+        Some(sub) => nats::subscription_key(&sub.tenant, &sub.id),
+        // Not seen by this replica yet (created moments ago elsewhere): look it up in the bucket.
+        None => {
+            use futures::TryStreamExt as _;
+            let keys: Vec<String> = state.kv.keys().await.map_err(|e| kv_error("list", e))?.try_collect().await.map_err(|e| kv_error("list", e))?;
+            let suffix = format!(".{id}");
+            keys.into_iter().find(|k| k.ends_with(&suffix)).ok_or_else(missing)?
+        }
+    };
+    let entry = state.kv.entry(&key).await.map_err(|e| kv_error("read", e))?.ok_or_else(missing)?;
+    if entry.operation != kv::Operation::Put {
+        return Err(missing());
+    }
+    let sub = proto::Subscription::decode(entry.value.as_ref()).map_err(ApiError::internal)?;
+    if !caller.may_manage(&sub.tenant) {
+        // Do not reveal that another tenant's subscription exists.
+        return Err(missing());
+    }
+    Ok((key, entry, sub))
+}
+
+/// `GET /v1/subscriptions/{id}`.
+pub(crate) async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<View>, ApiError> {
+    let (_, _, sub) = locate(&state, &caller, &id).await?;
+    Ok(Json(View::of(&sub)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatchInput {
+    url: Option<String>,
+    event_types: Option<Vec<String>>,
+    enabled: Option<bool>,
+    description: Option<String>,
+    headers: Option<BTreeMap<String, String>>,
+    metadata: Option<BTreeMap<String, String>>,
+    rate_limit: Option<u32>,
+    max_in_flight: Option<u32>,
+}
+
+impl PatchInput {
+    fn apply(&self, sub: &mut proto::Subscription) -> Result<(), ApiError> {
+        if let Some(url) = &self.url {
+            sub.url = validate::validate_url(url).map_err(field_error)?;
+        }
+        if let Some(types) = &self.event_types {
+            validate::validate_event_types(types).map_err(field_error)?;
+            sub.event_types = types.clone();
+        }
+        if let Some(enabled) = self.enabled {
+            sub.enabled = enabled;
+        }
+        if let Some(d) = &self.description {
+            validate::validate_description(d).map_err(field_error)?;
+            sub.description = d.clone();
+        }
+        if let Some(h) = &self.headers {
+            sub.headers = validate::validate_headers(h.clone()).map_err(field_error)?;
+        }
+        if let Some(m) = &self.metadata {
+            validate::validate_metadata(m).map_err(field_error)?;
+            sub.metadata = m.clone();
+        }
+        if let Some(r) = self.rate_limit {
+            sub.rate_limit = r;
+        }
+        if let Some(m) = self.max_in_flight {
+            sub.max_in_flight = m;
+        }
+        sub.updated_at = herald_core::now_rfc3339();
+        Ok(())
+    }
+}
+
+/// `PATCH /v1/subscriptions/{id}`: changes the given fields; a concurrent change is retried on
+/// top of the newer version.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<View>, ApiError> {
+    let input: PatchInput = body.json()?;
+    for _ in 0..5 {
+        let (key, entry, mut sub) = locate(&state, &caller, &id).await?;
+        input.apply(&mut sub)?;
+        match state.kv.update(&key, sub.encode_to_vec().into(), entry.revision).await {
+            Ok(revision) => {
+                state.registry.upsert(revision, sub.clone());
+                tracing::info!(id = %sub.id, enabled = sub.enabled, "subscription updated");
+                return Ok(Json(View::of(&sub)));
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(kv_error("update", e)),
+        }
+    }
+    Err(ApiError::conflict("the subscription kept changing concurrently; retry"))
+}
+
+/// `DELETE /v1/subscriptions/{id}`: no further deliveries are made to it.
+pub(crate) async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let (key, _, sub) = locate(&state, &caller, &id).await?;
+    state.kv.delete(&key).await.map_err(|e| kv_error("delete", e))?;
+    state.registry.remove(&sub.tenant, &sub.id);
+    tracing::info!(id = %sub.id, tenant = %sub.tenant, "subscription deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
