@@ -1,1 +1,280 @@
-fn main(){}
+//! `heraldctl`: Herald's admin CLI over the gateway API, and `listen`, a local receiver that
+//! verifies each webhook's signature and prints it.
+#![forbid(unsafe_code)]
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use bytes::Bytes;
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+
+use herald_signature::{Secret, Verifier};
+
+#[derive(Parser)]
+#[command(name = "heraldctl", version, about = "Manage Herald and receive its webhooks locally")]
+struct Cli {
+    /// The gateway's base URL.
+    #[arg(long, global = true, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token (prefer the HERALD_TOKEN variable to the flag).
+    #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Receive webhooks on a local port, verify their signatures and print them.
+    Listen {
+        /// The subscription's signing secret (`whsec_…`); or set HERALD_SECRET.
+        #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
+        secret: String,
+        /// Port to listen on.
+        #[arg(long, default_value_t = 9999)]
+        port: u16,
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Status to answer verified requests with (e.g. 500 to watch retries).
+        #[arg(long, default_value_t = 200)]
+        status: u16,
+    },
+    /// Manage subscriptions.
+    #[command(subcommand, alias = "subs")]
+    Subscriptions(SubCommand),
+    /// Send events.
+    #[command(subcommand)]
+    Events(EventCommand),
+}
+
+#[derive(Subcommand)]
+enum SubCommand {
+    /// Create a subscription; prints it with its secret (shown only this once).
+    Create {
+        /// Where to POST webhooks.
+        #[arg(long)]
+        url: String,
+        /// Event type pattern (repeatable): `order.created`, `order.*`, `>`.
+        #[arg(long = "event-type", short = 't', required = true)]
+        event_types: Vec<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        description: Option<String>,
+        /// Extra request header `name=value` (repeatable).
+        #[arg(long = "header", value_parser = parse_pair)]
+        headers: Vec<(String, String)>,
+        /// Create it disabled.
+        #[arg(long)]
+        disabled: bool,
+    },
+    /// List subscriptions.
+    List {
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+        /// The `next` value of the previous page.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Show one subscription.
+    Get { id: String },
+    /// Change a subscription.
+    Update {
+        id: String,
+        #[arg(long)]
+        url: Option<String>,
+        /// Replaces the type patterns (repeatable).
+        #[arg(long = "event-type", short = 't')]
+        event_types: Vec<String>,
+        #[arg(long)]
+        enabled: Option<bool>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Delete a subscription.
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum EventCommand {
+    /// Publish one event.
+    Send {
+        /// Event type, e.g. `order.created`.
+        #[arg(long = "type", short = 't')]
+        event_type: String,
+        /// The payload, a JSON document.
+        #[arg(long, default_value = "{}")]
+        data: String,
+        /// Idempotency key (generated when absent).
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+}
+
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not name=value"))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let api = Api { base: cli.url.trim_end_matches('/').to_owned(), token: cli.token, http: http_client()? };
+    match cli.command {
+        Command::Listen { secret, port, host, status } => listen(&secret, SocketAddr::new(host, port), status).await,
+        Command::Subscriptions(cmd) => {
+            let out = match cmd {
+                SubCommand::Create { url, event_types, tenant, description, headers, disabled } => {
+                    let mut body = json!({"url": url, "event_types": event_types, "enabled": !disabled});
+                    if let Some(t) = tenant {
+                        body["tenant"] = json!(t);
+                    }
+                    if let Some(d) = description {
+                        body["description"] = json!(d);
+                    }
+                    if !headers.is_empty() {
+                        body["headers"] = json!(headers.into_iter().collect::<BTreeMap<_, _>>());
+                    }
+                    api.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await?
+                }
+                SubCommand::List { tenant, limit, after } => {
+                    let mut query = Vec::new();
+                    if let Some(t) = tenant {
+                        query.push(format!("tenant={t}"));
+                    }
+                    if let Some(l) = limit {
+                        query.push(format!("limit={l}"));
+                    }
+                    if let Some(a) = after {
+                        query.push(format!("after={a}"));
+                    }
+                    let path = if query.is_empty() { "/v1/subscriptions".into() } else { format!("/v1/subscriptions?{}", query.join("&")) };
+                    api.call(reqwest::Method::GET, &path, None).await?
+                }
+                SubCommand::Get { id } => api.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await?,
+                SubCommand::Update { id, url, event_types, enabled, description } => {
+                    let mut body = json!({});
+                    if let Some(u) = url {
+                        body["url"] = json!(u);
+                    }
+                    if !event_types.is_empty() {
+                        body["event_types"] = json!(event_types);
+                    }
+                    if let Some(e) = enabled {
+                        body["enabled"] = json!(e);
+                    }
+                    if let Some(d) = description {
+                        body["description"] = json!(d);
+                    }
+                    api.call(reqwest::Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(body)).await?
+                }
+                SubCommand::Delete { id } => {
+                    api.call(reqwest::Method::DELETE, &format!("/v1/subscriptions/{id}"), None).await?;
+                    json!({"deleted": id})
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Events(EventCommand::Send { event_type, data, id, tenant }) => {
+            let data: Value = serde_json::from_str(&data).context("--data must be a JSON document")?;
+            let mut body = json!({"type": event_type, "data": data});
+            if let Some(i) = id {
+                body["id"] = json!(i);
+            }
+            if let Some(t) = tenant {
+                body["tenant"] = json!(t);
+            }
+            let out = api.call(reqwest::Method::POST, "/v1/events", Some(body)).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+    }
+}
+
+fn http_client() -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder().timeout(std::time::Duration::from_secs(30)).build()?)
+}
+
+struct Api {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(serde_json::to_vec(&b)?);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the gateway at {}", self.base))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        if !status.is_success() {
+            let detail = value.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string());
+            let hint = if status == reqwest::StatusCode::UNAUTHORIZED { " (set HERALD_TOKEN)" } else { "" };
+            bail!("{status}: {detail}{hint}");
+        }
+        Ok(value)
+    }
+}
+
+async fn listen(secret: &str, addr: SocketAddr, status: u16) -> anyhow::Result<()> {
+    let secret = Secret::parse(secret).context("--secret must be the subscription's whsec_… secret")?;
+    let verifier = std::sync::Arc::new(Verifier::new(secret));
+    let status = StatusCode::from_u16(status).context("--status must be an HTTP status code")?;
+    let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+        let verifier = verifier.clone();
+        async move {
+            let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+            let verdict = verifier.verify(h("webhook-id"), h("webhook-timestamp"), h("webhook-signature"), &body);
+            let pretty = serde_json::from_slice::<Value>(&body)
+                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
+                .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
+            match &verdict {
+                Ok(()) => println!("✔ {method} {uri}  webhook-id={}  signature verified", h("webhook-id").unwrap_or("-")),
+                Err(e) => println!("✘ {method} {uri}  webhook-id={}  REJECTED: {e}", h("webhook-id").unwrap_or("-")),
+            }
+            println!("{pretty}\n");
+            match verdict {
+                Ok(()) => (status, "ok\n"),
+                Err(_) => (StatusCode::UNAUTHORIZED, "invalid signature\n"),
+            }
+        }
+    };
+    let app = axum::Router::new().fallback(handler);
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+    println!("listening on http://{addr}/ — verifying webhooks (Ctrl-C to stop)");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,1 +1,217 @@
+//! Herald's dispatcher: consumes `HERALD_EVENTS`, fans each event out into one delivery per
+//! matching subscription, and POSTs each delivery signed the Standard Webhooks way, acking only
+//! after a 2xx. Failed attempts come back later through a JetStream message schedule, holding no
+//! consumer slot meanwhile; exhausted ones are dead-lettered. Replicas share the durable
+//! consumers, so it scales by running more.
+//!
+//! # Layout
+//! - [`Config`] and [`run`]: start-up, the two consumer loops, graceful shutdown.
+//! - `fanout.rs`: event → deliveries. `deliver.rs`: delivery → HTTP attempt → outcome.
+//! - [`retry`]: the outcome decision. [`http_client`]: the webhook request.
+//! - `health.rs`: `/healthz` and `/readyz` on `HERALD_LISTEN`.
+#![forbid(unsafe_code)]
 
+mod deliver;
+mod fanout;
+mod health;
+pub mod http_client;
+pub mod retry;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use async_nats::jetstream;
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use herald_core::nats::{self, TopologyArgs};
+use herald_core::registry::Registry;
+use herald_core::retry::RetryPolicy;
+
+/// Dispatcher settings. Every flag has a `HERALD_*` variable; defaults suit local use.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(name = "herald-dispatcher", version, about = "Herald's dispatcher: fans events out and delivers signed webhooks")]
+pub struct Config {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Address of the health endpoints (`/healthz`, `/readyz`).
+    #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:9090")]
+    pub listen: String,
+    /// Delays before each retry, comma-separated; after the last, the delivery is dead-lettered.
+    #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = herald_core::retry::DEFAULT_SCHEDULE, value_parser = RetryPolicy::parse)]
+    pub retry_schedule: RetryPolicy,
+    /// Timeout of one delivery attempt.
+    #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "15s", value_parser = herald_core::runtime::parse_duration)]
+    pub http_timeout: Duration,
+    /// Deliveries in flight at once in this replica.
+    #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 256)]
+    pub concurrency: usize,
+    /// Events fanned out at once in this replica.
+    #[arg(long, env = "HERALD_FANOUT_CONCURRENCY", default_value_t = 32)]
+    pub fanout_concurrency: usize,
+    /// On SIGTERM, how long in-flight deliveries may take to finish; the rest stay unacked and
+    /// are redelivered to another replica.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "20s", value_parser = herald_core::runtime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// A delivery handed out this many times without an outcome (a crash loop) is dead-lettered.
+    #[arg(long, env = "HERALD_MAX_REDELIVERIES", default_value_t = 10)]
+    pub max_redeliveries: i64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topology: TopologyArgs,
+}
+
+/// What the stages share.
+pub(crate) struct Shared {
+    pub js: jetstream::Context,
+    pub registry: Arc<Registry>,
+    pub http: reqwest::Client,
+    pub config: Config,
+}
+
+/// Readiness as `/readyz` reports it.
+#[derive(Debug, Default)]
+pub(crate) struct Readiness {
+    consuming: AtomicBool,
+}
+
+/// Runs until `shutdown` is cancelled: bootstraps NATS, loads subscriptions, then consumes.
+/// After cancellation, pulling stops, in-flight deliveries get `shutdown_grace` to finish, and
+/// whatever is still unfinished is left unacked for redelivery.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let client = nats::connect(&config.nats_url, "herald-dispatcher", false).await?;
+    let js = jetstream::new(client.clone());
+    let mut topology = config.topology.topology();
+    topology.deliver_ack_wait = topology.deliver_ack_wait.max(config.http_timeout * 2 + Duration::from_secs(10));
+    let handles = nats::ensure_streams(&js, &topology).await?;
+    let (fanout_consumer, deliver_consumer) = nats::ensure_consumers(&js, &topology).await?;
+    let http = http_client::build(config.http_timeout).context("building the HTTP client")?;
+
+    let registry = Registry::new();
+    let tracker = TaskTracker::new();
+    tracker.spawn(registry.clone().follow(handles.subscriptions, shutdown.clone().cancelled_owned()));
+
+    let readiness = Arc::new(Readiness::default());
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("HERALD_LISTEN: cannot bind {}", config.listen))?;
+    tracker.spawn(health::serve(listener, client.clone(), registry.clone(), readiness.clone(), shutdown.clone()));
+
+    // Fanning out before the subscriptions are loaded would match events against nothing.
+    tokio::select! {
+        _ = registry.wait_ready() => {}
+        _ = shutdown.cancelled() => return Ok(()),
+    }
+    tracing::info!(
+        retry_schedule = %config.retry_schedule.describe(),
+        concurrency = config.concurrency,
+        "dispatcher consuming"
+    );
+    readiness.consuming.store(true, Ordering::Relaxed);
+
+    let grace = config.shutdown_grace;
+    let shared = Arc::new(Shared { js, registry, http, config });
+    // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
+    let hard_stop = CancellationToken::new();
+    let fanout = tokio::spawn(consume(
+        fanout_consumer,
+        shared.config.fanout_concurrency,
+        shutdown.clone(),
+        hard_stop.clone(),
+        shared.clone(),
+        fanout::handle,
+    ));
+    let deliver = tokio::spawn(consume(
+        deliver_consumer,
+        shared.config.concurrency,
+        shutdown.clone(),
+        hard_stop.clone(),
+        shared.clone(),
+        deliver::handle,
+    ));
+
+    shutdown.cancelled().await;
+    readiness.consuming.store(false, Ordering::Relaxed);
+    tracing::info!(grace = ?grace, "stopped pulling; finishing in-flight work");
+    let drained = tokio::time::timeout(grace, async {
+        let _ = fanout.await;
+        let _ = deliver.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("grace period over; unfinished deliveries stay unacked and will be redelivered");
+        hard_stop.cancel();
+    }
+    tracker.close();
+    let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
+    client.flush().await.ok();
+    Ok(())
+}
+
+/// Pulls from `consumer` with at most `concurrency` messages in hand, running `handle` for
+/// each, until `shutdown`; then waits for the handlers (which stop early on `hard_stop`).
+async fn consume<F, Fut>(
+    consumer: jetstream::consumer::PullConsumer,
+    concurrency: usize,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+    shared: Arc<Shared>,
+    handle: F,
+) where
+    F: Fn(Arc<Shared>, jetstream::Message) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let name = consumer.cached_info().name.clone();
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
+    let tasks = TaskTracker::new();
+    // Pull no more than we can work on: buffered messages would age towards ack_wait.
+    let batch = concurrency.clamp(1, 256);
+    'outer: while !shutdown.is_cancelled() {
+        let mut messages = match consumer.stream().max_messages_per_batch(batch).messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(consumer = %name, error = %e, "cannot pull; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break 'outer,
+                n = messages.next() => n,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let work = handle(shared.clone(), msg);
+                    let hard_stop = hard_stop.clone();
+                    tasks.spawn(async move {
+                        tokio::select! {
+                            _ = work => {}
+                            _ = hard_stop.cancelled() => {}
+                        }
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(consumer = %name, error = %e, "pull stream hiccup");
+                }
+                None => {
+                    tracing::warn!(consumer = %name, "pull stream ended; re-creating");
+                    break;
+                }
+            }
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}

@@ -1,1 +1,16 @@
-fn main(){}
+//! `herald-dispatcher`: parses configuration, starts logging, and runs until SIGTERM/SIGINT.
+
+use clap::Parser as _;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    herald_core::runtime::init_logging();
+    let config = herald_dispatcher::Config::parse();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        herald_core::runtime::shutdown_signal().await;
+        trigger.cancel();
+    });
+    herald_dispatcher::run(config, shutdown).await
+}

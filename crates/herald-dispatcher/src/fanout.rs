@@ -1,0 +1,108 @@
+//! Fan-out: one event from `HERALD_EVENTS` becomes one delivery message per matching, enabled
+//! subscription of its tenant, all published with their PubAcks in flight together; the event
+//! is acked only once every delivery is stored. Invalid events are dead-lettered, never
+//! delivered and never retried.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::message::PublishMessage;
+use prost::Message as _;
+
+use herald_core::event::{self, StoredAt};
+use herald_core::{nats, proto, trace};
+
+use crate::Shared;
+
+pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
+    let (sequence, published) = match msg.info() {
+        Ok(info) => (info.stream_sequence, info.published),
+        Err(e) => {
+            tracing::warn!(error = %e, "event without JetStream metadata; skipped");
+            return;
+        }
+    };
+    let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+    let content_type = header("Content-Type");
+    let msg_id = header("Nats-Msg-Id");
+    let traceparent = trace::child_of(header(trace::TRACEPARENT).as_deref());
+
+    let event = match event::decode_stored(
+        msg.subject.as_str(),
+        content_type.as_deref(),
+        msg_id.as_deref(),
+        &msg.payload,
+        StoredAt { sequence, time: published },
+    ) {
+        Ok(event) => event,
+        Err(invalid) => return dead_letter_invalid(&shared, &msg, &invalid.to_string()).await,
+    };
+
+    let subs = shared.registry.matching(&event.tenant, &event.r#type);
+    let mut acks = Vec::with_capacity(subs.len());
+    for sub in &subs {
+        let delivery = proto::Delivery {
+            event: Some(event.clone()),
+            subscription_id: sub.id.clone(),
+            attempt: 1,
+            ..Default::default()
+        };
+        let publish = PublishMessage::build()
+            .payload(delivery.encode_to_vec().into())
+            .message_id(format!("{}:{}", event.id, sub.id))
+            .header(trace::TRACEPARENT, traceparent.as_str());
+        match shared.js.send_publish(nats::delivery_subject(&event.tenant, &sub.id), publish).await {
+            Ok(ack) => acks.push(ack),
+            Err(e) => return retry_later(&msg, &event.id, &e.to_string()).await,
+        }
+    }
+    for result in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
+        if let Err(e) = result {
+            // Deliveries already stored are deduplicated by their ids when the event comes back.
+            return retry_later(&msg, &event.id, &e.to_string()).await;
+        }
+    }
+    if let Err(e) = msg.ack().await {
+        tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
+    }
+    tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
+}
+
+async fn retry_later(msg: &jetstream::Message, event_id: &str, error: &str) {
+    tracing::warn!(event = %event_id, error, "could not store deliveries; the event will be fanned out again");
+    let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+}
+
+async fn dead_letter_invalid(shared: &Shared, msg: &jetstream::Message, reason: &str) {
+    let tenant_token = msg
+        .subject
+        .as_str()
+        .strip_prefix(nats::EVENTS_SUBJECT_PREFIX)
+        .and_then(|rest| rest.split('.').next())
+        .filter(|t| herald_core::ids::TenantId::parse(t).is_ok())
+        .unwrap_or("_unknown");
+    let letter = proto::DeadLetter {
+        reason: format!("invalid event: {reason}"),
+        delivery: None,
+        raw_subject: msg.subject.to_string(),
+        raw_payload: msg.payload.to_vec(),
+        dead_at: herald_core::now_rfc3339(),
+    };
+    let subject = nats::invalid_event_dlq_subject(tenant_token);
+    let stored = match shared.js.publish(subject, letter.encode_to_vec().into()).await {
+        Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match stored {
+        Ok(()) => {
+            tracing::warn!(subject = %msg.subject, reason, "invalid event dead-lettered");
+            // Term, not ack: it was not processed, and it must never come back.
+            let _ = msg.ack_with(AckKind::Term).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not dead-letter an invalid event; will retry");
+            let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
+        }
+    }
+}

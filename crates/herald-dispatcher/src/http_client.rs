@@ -1,0 +1,116 @@
+//! The HTTP client that POSTs webhooks: no redirects followed, a timeout per attempt, TLS with
+//! the platform's roots, and the exact request of DESIGN.md.
+
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::retry::AttemptResult;
+
+/// Bytes of the response body kept for the attempt record.
+const BODY_EXCERPT: usize = 1024;
+
+/// Builds the client. Installs the ring TLS provider for the process if none is yet.
+pub fn build(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(10)))
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(32)
+        .build()?)
+}
+
+/// One webhook request, ready to send.
+#[derive(Debug)]
+pub struct WebhookRequest<'a> {
+    /// The subscriber URL.
+    pub url: &'a str,
+    /// Herald's own headers followed by the subscription's.
+    pub headers: HeaderMap,
+    /// The exact signed body.
+    pub body: Vec<u8>,
+}
+
+/// Herald's headers, then the subscription's own (which cannot replace Herald's).
+pub fn headers(
+    msg_id: &str,
+    timestamp: i64,
+    signature: &str,
+    traceparent: &str,
+    extra: &std::collections::BTreeMap<String, String>,
+) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut set = |name: &'static str, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            h.insert(HeaderName::from_static(name), v);
+        }
+    };
+    set("content-type", "application/json");
+    set("webhook-id", msg_id);
+    set("webhook-timestamp", &timestamp.to_string());
+    set("webhook-signature", signature);
+    set("user-agent", &format!("Herald/{}", herald_core::VERSION));
+    set("traceparent", traceparent);
+    for (name, value) in extra {
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
+            continue;
+        };
+        if !h.contains_key(&name) {
+            h.insert(name, value);
+        }
+    }
+    h
+}
+
+/// What an attempt produced, for the decision and the attempt record.
+#[derive(Debug)]
+pub struct Sent {
+    /// Status and error.
+    pub result: AttemptResult,
+    /// The first bytes of the response body.
+    pub response_excerpt: String,
+    /// How long it took.
+    pub elapsed: Duration,
+}
+
+/// POSTs the webhook and reads at most [`BODY_EXCERPT`] bytes of the answer.
+pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>) -> Sent {
+    let started = Instant::now();
+    let outcome = client.post(req.url).headers(req.headers).body(req.body).send().await;
+    let (result, response_excerpt) = match outcome {
+        Ok(mut resp) => {
+            let status = resp.status().as_u16();
+            let mut excerpt = Vec::new();
+            while excerpt.len() < BODY_EXCERPT {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk[..chunk.len().min(BODY_EXCERPT - excerpt.len())]),
+                    _ => break,
+                }
+            }
+            let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
+            let error = (!(200..300).contains(&status)).then(|| format!("HTTP {status}"));
+            (AttemptResult { status: Some(status), error }, excerpt)
+        }
+        Err(e) => (AttemptResult { status: None, error: Some(describe(&e)) }, String::new()),
+    };
+    Sent { result, response_excerpt, elapsed: started.elapsed() }
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    let mut text = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    text
+}
