@@ -19,7 +19,7 @@ use herald_signature::{Secret, Verifier};
 struct Cli {
     /// The gateway's base URL.
     #[arg(long, global = true, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
-    url: String,
+    gateway: String,
     /// API token (prefer the HERALD_TOKEN variable to the flag).
     #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -139,7 +139,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Api { base: cli.url.trim_end_matches('/').to_owned(), token: cli.token, http: http_client()? };
+    let api = Api { base: cli.gateway.trim_end_matches('/').to_owned(), token: cli.token, http: http_client()? };
     match cli.command {
         Command::Listen { secret, port, host, status } => listen(&secret, SocketAddr::new(host, port), status).await,
         Command::Subscriptions(cmd) => {

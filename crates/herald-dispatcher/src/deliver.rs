@@ -93,8 +93,9 @@ async fn schedule_retry(
     delivery.attempt = delivery.attempt.max(1) + 1;
     delivery.last_status = result.status.unwrap_or(0).into();
     delivery.last_error = result.error.clone().unwrap_or_default();
-    // Schedules fire with one-second granularity; never ask for a time already past.
-    let due = OffsetDateTime::now_utc() + after.max(Duration::from_secs(1));
+    // Schedules fire with one-second granularity and the time is truncated to whole seconds:
+    // round up, so a retry never comes early, and never ask for a time already past.
+    let due = OffsetDateTime::now_utc() + after.max(Duration::from_secs(1)) + Duration::from_millis(999);
     let target = nats::delivery_subject(&event.tenant, &delivery.subscription_id);
     let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str().to_owned());
     let mut publish = PublishMessage::build()
