@@ -1,1 +1,504 @@
+//! The end-to-end harness: a real `nats-server -js` on a random port with a temporary store
+//! (removed on drop), a real HTTP receiver whose answers a test scripts, and Herald's gateway and
+//! dispatcher run in-process (or, for crash tests, as real processes).
+#![forbid(unsafe_code)]
 
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use bytes::Bytes;
+use clap::Parser as _;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+/// The admin token every test stack accepts.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+/// A token with only the `publish` scope.
+pub const PUBLISH_TOKEN: &str = "test-publish-token-0123456789";
+
+/// The repository root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Where the `nats-server` binary is: `$NATS_SERVER_BIN`, the project's `.tools/`, or `PATH`.
+pub fn nats_server_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("NATS_SERVER_BIN") {
+        return p.into();
+    }
+    let local = workspace_root().join(".tools/py/bin/nats-server");
+    if local.exists() {
+        return local;
+    }
+    PathBuf::from("nats-server")
+}
+
+/// Where `cargo build` put the workspace's binaries (next to this test executable).
+pub fn target_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/e2e-<hash> → target/debug/<name>
+    let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", bin.display());
+    bin
+}
+
+/// A free TCP port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+fn temp_dir(prefix: &str) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// A `nats-server` with JetStream, on its own port and store.
+pub struct NatsServer {
+    port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let mut server = Self { port: free_port(), store: temp_dir("herald-nats"), child: None };
+        server.restart();
+        server
+    }
+
+    /// `nats://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server (its store stays, so [`NatsServer::restart`] brings the data back).
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port and store.
+    pub fn restart(&mut self) {
+        self.stop();
+        let log = std::fs::File::create(self.store.join("server.log")).expect("log file");
+        let child = Command::new(nats_server_bin())
+            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
+            .arg(self.store.join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e} (scripts/ensure-nats.sh installs it)", nats_server_bin().display()));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start; see {}", self.store.join("server.log").display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A plain client of this server.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::connect(self.url()).await.expect("connect to test nats-server")
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.store);
+    }
+}
+
+/// One request a [`Receiver`] got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Path and query.
+    pub path: String,
+    /// All headers.
+    pub headers: HeaderMap,
+    /// The exact body.
+    pub body: Bytes,
+}
+
+impl Received {
+    /// A header as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body as JSON.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).expect("webhook body is JSON")
+    }
+
+    /// Verifies the Standard Webhooks signature with `secret`.
+    pub fn verify(&self, secret: &str) -> Result<(), herald_signature::Error> {
+        let secret = herald_signature::Secret::parse(secret)?;
+        herald_signature::Verifier::new(secret).verify(
+            self.header("webhook-id"),
+            self.header("webhook-timestamp"),
+            self.header("webhook-signature"),
+            &self.body,
+        )
+    }
+}
+
+/// How the receiver answers one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Reply {
+    /// The status.
+    pub status: u16,
+    /// How long to wait before answering.
+    pub delay: Duration,
+}
+
+#[derive(Default)]
+struct ReceiverState {
+    received: Vec<Received>,
+    script: VecDeque<Reply>,
+}
+
+/// A real HTTP server on loopback that records every request and answers as scripted
+/// (200 once the script is used up).
+#[derive(Clone)]
+pub struct Receiver {
+    addr: SocketAddr,
+    state: Arc<Mutex<ReceiverState>>,
+    arrived: Arc<tokio::sync::Notify>,
+}
+
+impl Receiver {
+    /// Starts on a random loopback port.
+    pub async fn start() -> Self {
+        let state = Arc::new(Mutex::new(ReceiverState::default()));
+        let arrived = Arc::new(tokio::sync::Notify::new());
+        let (s, a) = (state.clone(), arrived.clone());
+        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+            let (state, arrived) = (s.clone(), a.clone());
+            async move {
+                let reply = {
+                    let mut st = state.lock().unwrap();
+                    st.received.push(Received { path: uri.to_string(), headers, body });
+                    st.script.pop_front()
+                };
+                arrived.notify_waiters();
+                let reply = reply.unwrap_or(Reply { status: 200, delay: Duration::ZERO });
+                tokio::time::sleep(reply.delay).await;
+                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK)
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Self { addr, state, arrived }
+    }
+
+    /// `http://127.0.0.1:{port}{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Queues answers for the next requests, in order.
+    pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Queues plain statuses for the next requests.
+    pub fn respond_with(&self, statuses: &[u16]) {
+        self.script(statuses.iter().map(|&status| Reply { status, delay: Duration::ZERO }));
+    }
+
+    /// Everything received so far.
+    pub fn received(&self) -> Vec<Received> {
+        self.state.lock().unwrap().received.clone()
+    }
+
+    /// What arrived on `path`.
+    pub fn received_on(&self, path: &str) -> Vec<Received> {
+        self.received().into_iter().filter(|r| r.path == path).collect()
+    }
+
+    /// Waits until `pred` holds for the received requests, or panics after `timeout`.
+    pub async fn wait_until(&self, timeout: Duration, what: &str, pred: impl Fn(&[Received]) -> bool) -> Vec<Received> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.arrived.notified();
+            let got = self.received();
+            if pred(&got) {
+                return got;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                let got = self.received();
+                if pred(&got) {
+                    return got;
+                }
+                panic!("timed out after {timeout:?} waiting for {what}; received {} request(s): {:?}", got.len(), got.iter().map(|r| &r.path).collect::<Vec<_>>());
+            }
+        }
+    }
+
+    /// Waits for at least `n` requests in all.
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
+        self.wait_until(timeout, &format!("{n} request(s)"), |r| r.len() >= n).await
+    }
+}
+
+/// Dispatcher flags suitable for tests: short retries and timeouts.
+pub fn dispatcher_args(nats_url: &str) -> Vec<String> {
+    [
+        "herald-dispatcher",
+        "--nats-url",
+        nats_url,
+        "--listen",
+        "127.0.0.1:0",
+        "--retry-schedule",
+        "1s,1s,1s",
+        "--http-timeout",
+        "3s",
+        "--ack-wait",
+        "5s",
+        "--shutdown-grace",
+        "5s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// A gateway and (optionally) a dispatcher running in this process against one nats-server.
+pub struct Stack {
+    /// The server.
+    pub nats: NatsServer,
+    /// The gateway's base URL.
+    pub gateway: String,
+    /// A client for the gateway.
+    pub http: reqwest::Client,
+    gateway_stop: CancellationToken,
+    dispatcher_stop: Option<CancellationToken>,
+    dispatcher_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Installs TLS crypto for reqwest and, with `HERALD_TEST_LOG` set, logging.
+pub fn init() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    if std::env::var_os("HERALD_TEST_LOG").is_some() {
+        herald_core::runtime::init_logging();
+    }
+}
+
+impl Stack {
+    /// NATS, gateway and dispatcher.
+    pub async fn start() -> Self {
+        Self::start_with(true, &[]).await
+    }
+
+    /// NATS and gateway only (for crash tests that run the dispatcher as a process).
+    pub async fn gateway_only() -> Self {
+        Self::start_with(false, &[]).await
+    }
+
+    /// With extra gateway flags.
+    pub async fn start_with(with_dispatcher: bool, gateway_flags: &[&str]) -> Self {
+        init();
+        let nats = NatsServer::start();
+        let tokens = format!("admin={ADMIN_TOKEN},publish={PUBLISH_TOKEN},tenant:acme=test-acme-token-0123456789");
+        let mut args = vec![
+            "herald-gateway".to_string(),
+            "--nats-url".into(),
+            nats.url(),
+            "--tokens".into(),
+            tokens,
+            "--publish-timeout".into(),
+            "2s".into(),
+        ];
+        args.extend(gateway_flags.iter().map(|s| s.to_string()));
+        let config = herald_gateway::Config::try_parse_from(args).expect("gateway flags");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        let gateway = format!("http://{}", listener.local_addr().unwrap());
+        let gateway_stop = CancellationToken::new();
+        let stop = gateway_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = herald_gateway::run(config, listener, stop.cancelled_owned()).await {
+                eprintln!("gateway exited: {e:#}");
+            }
+        });
+        let mut stack = Self {
+            nats,
+            gateway,
+            http: reqwest::Client::new(),
+            gateway_stop,
+            dispatcher_stop: None,
+            dispatcher_task: None,
+        };
+        stack.wait_ready().await;
+        if with_dispatcher {
+            stack.start_dispatcher();
+        }
+        stack
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(r) = self.http.get(format!("{}/readyz", self.gateway)).send().await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// Starts an in-process dispatcher with [`dispatcher_args`].
+    pub fn start_dispatcher(&mut self) {
+        let config = herald_dispatcher::Config::try_parse_from(dispatcher_args(&self.nats.url())).expect("dispatcher flags");
+        let stop = CancellationToken::new();
+        self.dispatcher_task = Some(tokio::spawn(herald_dispatcher::run(config, stop.clone())));
+        self.dispatcher_stop = Some(stop);
+    }
+
+    /// Stops the in-process dispatcher gracefully and waits for it.
+    pub async fn stop_dispatcher(&mut self) {
+        if let Some(stop) = self.dispatcher_stop.take() {
+            stop.cancel();
+        }
+        if let Some(task) = self.dispatcher_task.take() {
+            task.await.expect("dispatcher task").expect("dispatcher run");
+        }
+    }
+
+    /// Sends a request with the admin token.
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, HeaderMap, Value) {
+        self.call_as(ADMIN_TOKEN, method, path, body).await
+    }
+
+    /// Sends a request with `token` (empty: none).
+    pub async fn call_as(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, HeaderMap, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.gateway));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
+        }
+        let resp = req.send().await.expect("gateway reachable");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        (status, headers, value)
+    }
+
+    /// Publishes one event; returns status and body.
+    pub async fn publish(&self, event: Value) -> (u16, Value) {
+        let (status, _, body) = self.call(reqwest::Method::POST, "/v1/events", Some(event)).await;
+        (status, body)
+    }
+
+    /// Creates a subscription and returns it (with its secret).
+    pub async fn subscribe(&self, url: &str, types: &[&str], tenant: Option<&str>) -> Value {
+        let mut body = json!({"url": url, "event_types": types});
+        if let Some(t) = tenant {
+            body["tenant"] = json!(t);
+        }
+        let (status, _, sub) = self.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 201, "create subscription: {sub}");
+        sub
+    }
+
+    /// JetStream state of a stream: how many messages it holds.
+    pub async fn stream_messages(&self, stream: &str) -> u64 {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        js.get_stream(stream).await.expect("stream exists").info().await.expect("stream info").state.messages
+    }
+
+    /// `(num_pending, num_ack_pending)` of a consumer.
+    pub async fn consumer_backlog(&self, stream: &str, consumer: &str) -> (u64, usize) {
+        let js = async_nats::jetstream::new(self.nats.client().await);
+        let stream = js.get_stream(stream).await.expect("stream exists");
+        let info = stream.consumer_info(consumer).await.expect("consumer info");
+        (info.num_pending, info.num_ack_pending)
+    }
+
+    /// Waits until the consumer has nothing pending and nothing unacked.
+    pub async fn wait_consumer_drained(&self, stream: &str, consumer: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let backlog = self.consumer_backlog(stream, consumer).await;
+            if backlog == (0, 0) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{consumer} still has (pending, ack pending) = {backlog:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        self.gateway_stop.cancel();
+        if let Some(stop) = &self.dispatcher_stop {
+            stop.cancel();
+        }
+        if let Some(task) = &self.dispatcher_task {
+            task.abort();
+        }
+    }
+}
+
+/// A dispatcher running as a real process, so a test can SIGKILL it.
+pub struct DispatcherProcess {
+    child: Child,
+}
+
+impl DispatcherProcess {
+    /// Starts `target/<profile>/herald-dispatcher` with [`dispatcher_args`].
+    pub fn start(nats_url: &str) -> Self {
+        let args = dispatcher_args(nats_url);
+        let child = Command::new(target_bin("herald-dispatcher"))
+            .args(&args[1..])
+            .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::null())
+            .stderr(if std::env::var_os("HERALD_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
+            .spawn()
+            .expect("spawn herald-dispatcher");
+        Self { child }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to ack, nack or flush anything.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    pub fn terminate(mut self) -> bool {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for DispatcherProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

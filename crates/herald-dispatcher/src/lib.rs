@@ -47,6 +47,10 @@ pub struct Config {
     /// Timeout of one delivery attempt.
     #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "15s", value_parser = herald_core::runtime::parse_duration)]
     pub http_timeout: Duration,
+    /// How long a delivery may stay unacknowledged before JetStream hands it to another
+    /// replica; must exceed the HTTP timeout (default: HTTP timeout + 15 s).
+    #[arg(long, env = "HERALD_ACK_WAIT", value_parser = herald_core::runtime::parse_duration)]
+    pub ack_wait: Option<Duration>,
     /// Deliveries in flight at once in this replica.
     #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 256)]
     pub concurrency: usize,
@@ -86,7 +90,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client = nats::connect(&config.nats_url, "herald-dispatcher", false).await?;
     let js = jetstream::new(client.clone());
     let mut topology = config.topology.topology();
-    topology.deliver_ack_wait = topology.deliver_ack_wait.max(config.http_timeout * 2 + Duration::from_secs(10));
+    topology.deliver_ack_wait = config.ack_wait.unwrap_or(config.http_timeout + Duration::from_secs(15));
+    if topology.deliver_ack_wait <= config.http_timeout {
+        anyhow::bail!(
+            "HERALD_ACK_WAIT ({:?}) must exceed HERALD_HTTP_TIMEOUT ({:?}), or deliveries still in progress get handed out twice",
+            topology.deliver_ack_wait,
+            config.http_timeout
+        );
+    }
     let handles = nats::ensure_streams(&js, &topology).await?;
     let (fanout_consumer, deliver_consumer) = nats::ensure_consumers(&js, &topology).await?;
     let http = http_client::build(config.http_timeout).context("building the HTTP client")?;

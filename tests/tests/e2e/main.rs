@@ -1,1 +1,12 @@
+//! End-to-end suites: real nats-server with JetStream, Herald's services, real HTTP receivers.
+//! One binary for the crate keeps link time down.
 
+mod crash;
+mod delivery;
+mod gateway;
+mod subscriptions;
+
+use std::time::Duration;
+
+/// Generous bound for anything that should happen within moments.
+pub const SOON: Duration = Duration::from_secs(15);

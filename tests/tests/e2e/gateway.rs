@@ -1,0 +1,137 @@
+//! The gateway's contract: validation with problem+json, auth, batches, and honesty when NATS
+//! is down (503, never a false 2xx).
+
+use std::time::{Duration, Instant};
+
+use herald_tests::{PUBLISH_TOKEN, Receiver, Stack};
+use reqwest::Method;
+use serde_json::json;
+
+use crate::SOON;
+
+async fn raw_post(stack: &Stack, token: Option<&str>, path: &str, body: Vec<u8>) -> (u16, String, serde_json::Value) {
+    let mut req = stack.http.post(format!("{}{path}", stack.gateway)).header("content-type", "application/json").body(body);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    let body = serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or(serde_json::Value::Null);
+    (status, ct, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_4xx_problem_json_and_nothing_is_published() {
+    let stack = Stack::start_with(false, &["--max-body", "1KiB"]).await;
+    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+        ("malformed JSON", Some(PUBLISH_TOKEN), b"{\"type\": ".to_vec(), 400, "malformed-json"),
+        ("missing type", Some(PUBLISH_TOKEN), br#"{"data": {}}"#.to_vec(), 400, "invalid-request"),
+        ("missing data", Some(PUBLISH_TOKEN), br#"{"type": "a.b"}"#.to_vec(), 400, "invalid-request"),
+        ("bad type", Some(PUBLISH_TOKEN), br#"{"type": "a..b", "data": 1}"#.to_vec(), 400, "invalid-request"),
+        ("bad id", Some(PUBLISH_TOKEN), br#"{"id": "has.dot", "type": "a.b", "data": 1}"#.to_vec(), 400, "invalid-request"),
+        ("bad tenant", Some(PUBLISH_TOKEN), br#"{"tenant": "a b", "type": "a.b", "data": 1}"#.to_vec(), 400, "invalid-request"),
+        ("unknown field", Some(PUBLISH_TOKEN), br#"{"type": "a.b", "data": 1, "colour": 2}"#.to_vec(), 400, "malformed-json"),
+        ("oversized", Some(PUBLISH_TOKEN), format!(r#"{{"type":"a.b","data":"{}"}}"#, "x".repeat(2000)).into_bytes(), 413, "payload-too-large"),
+        ("no token", None, br#"{"type": "a.b", "data": 1}"#.to_vec(), 401, "unauthorized"),
+        ("bad token", Some("not-a-real-token-at-all"), br#"{"type": "a.b", "data": 1}"#.to_vec(), 401, "unauthorized"),
+        ("tenant token cannot publish", Some("test-acme-token-0123456789"), br#"{"type": "a.b", "data": 1}"#.to_vec(), 403, "forbidden"),
+    ];
+    for (what, token, body, want_status, want_type) in cases {
+        let (status, ct, problem) = raw_post(&stack, token, "/v1/events", body).await;
+        assert_eq!(status, want_status, "{what}: {problem}");
+        assert_eq!(ct, "application/problem+json", "{what}");
+        assert_eq!(problem["type"], format!("urn:herald:problem:{want_type}"), "{what}: {problem}");
+        assert_eq!(problem["status"], want_status, "{what}");
+        assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: detail");
+    }
+    // The field at fault is named.
+    let (_, _, p) = raw_post(&stack, Some(PUBLISH_TOKEN), "/v1/events", br#"{"id": "has.dot", "type": "a.b", "data": 1}"#.to_vec()).await;
+    assert_eq!(p["field"], "id");
+    assert!(p["detail"].as_str().unwrap().contains("'.'") || p["detail"].as_str().unwrap().contains("\".\""), "{p}");
+
+    assert_eq!(stack.stream_messages("HERALD_EVENTS").await, 0, "nothing was published");
+    // Unknown routes are problem+json too.
+    let (status, _, body) = stack.call(Method::GET, "/v1/nope", None).await;
+    assert_eq!((status, body["type"].as_str()), (404, Some("urn:herald:problem:not-found")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_reports_each_item_and_delivers_the_valid_ones() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    stack.subscribe(&rx.url("/b"), &["batch.*"], None).await;
+
+    let events: Vec<_> = (0..20).map(|i| json!({"id": format!("b-{i}"), "type": "batch.item", "data": {"i": i}})).collect();
+    let (status, _, body) = stack.call(Method::POST, "/v1/events/batch", Some(json!({"events": events}))).await;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["accepted"], 20);
+    assert_eq!(body["results"].as_array().unwrap().len(), 20);
+    assert_eq!(body["results"][7]["id"], "b-7");
+
+    let mixed = json!({"events": [
+        {"id": "m-1", "type": "batch.ok", "data": 1},
+        {"id": "m.2", "type": "batch.ok", "data": 1},
+        {"id": "b-3", "type": "batch.item", "data": {"i": 3}},
+        {"type": "batch.ok"}
+    ]});
+    let (status, _, body) = stack.call(Method::POST, "/v1/events/batch", Some(mixed)).await;
+    assert_eq!(status, 207, "{body}");
+    let r = body["results"].as_array().unwrap();
+    assert_eq!((r[0]["status"].as_u64(), r[0]["duplicate"].as_bool()), (Some(202), Some(false)));
+    assert_eq!(r[1]["status"], 400);
+    assert_eq!(r[1]["error"]["field"], "id");
+    assert_eq!((r[2]["status"].as_u64(), r[2]["duplicate"].as_bool()), (Some(202), Some(true)));
+    assert_eq!(r[3]["status"], 400);
+    assert_eq!((body["accepted"].as_u64(), body["failed"].as_u64()), (Some(2), Some(2)));
+
+    let (status, _, body) = stack.call(Method::POST, "/v1/events/batch", Some(json!({"events": []}))).await;
+    assert_eq!(status, 400, "{body}");
+
+    rx.wait_for(21, SOON).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    let mut ids: Vec<String> = rx.received().iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 21, "20 batch items and m-1, each once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_means_503_and_nats_back_means_accepted_without_restart() {
+    let mut stack = Stack::start_with(false, &[]).await;
+    let event = |id: &str| json!({"id": id, "type": "outage.test", "data": {}});
+    let (status, _) = stack.publish(event("before")).await;
+    assert_eq!(status, 202);
+
+    stack.nats.stop();
+    let (status, headers, body) = stack.call(Method::POST, "/v1/events", Some(event("during"))).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(headers.get("content-type").unwrap(), "application/problem+json");
+    assert!(headers.get("retry-after").is_some(), "503 carries Retry-After");
+    assert_eq!(body["type"], "urn:herald:problem:broker-unavailable");
+    let (status, _, _) = stack.call(Method::GET, "/readyz", None).await;
+    assert_eq!(status, 503, "not ready while NATS is down");
+
+    stack.nats.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = stack.publish(event("after")).await;
+        if status == 202 {
+            break;
+        }
+        assert_eq!(status, 503, "only 503 while reconnecting: {body}");
+        assert!(Instant::now() < deadline, "gateway never recovered");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // What was accepted before the outage survived it; the refused event was never stored.
+    assert_eq!(stack.stream_messages("HERALD_EVENTS").await, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness() {
+    let stack = Stack::start_with(false, &[]).await;
+    let (status, _, body) = stack.call_as("", Method::GET, "/healthz", None).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
+    let (status, _, _) = stack.call_as("", Method::GET, "/readyz", None).await;
+    assert_eq!(status, 200);
+}
