@@ -44,7 +44,11 @@ pub fn target_bin(name: &str) -> PathBuf {
     // target/debug/deps/e2e-<hash> → target/debug/<name>
     let dir = exe.parent().and_then(Path::parent).expect("test binary lives in target/<profile>/deps");
     let bin = dir.join(name);
-    assert!(bin.exists(), "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)", bin.display());
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        bin.display()
+    );
     bin
 }
 
@@ -99,11 +103,17 @@ impl NatsServer {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e} (scripts/ensure-nats.sh installs it)", nats_server_bin().display()));
+            .unwrap_or_else(|e| {
+                panic!("cannot start {}: {e} (scripts/ensure-nats.sh installs it)", nats_server_bin().display())
+            });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "nats-server did not start; see {}", self.store.join("server.log").display());
+            assert!(
+                Instant::now() < deadline,
+                "nats-server did not start; see {}",
+                self.store.join("server.log").display()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -244,7 +254,11 @@ impl Receiver {
                 if pred(&got) {
                     return got;
                 }
-                panic!("timed out after {timeout:?} waiting for {what}; received {} request(s): {:?}", got.len(), got.iter().map(|r| &r.path).collect::<Vec<_>>());
+                panic!(
+                    "timed out after {timeout:?} waiting for {what}; received {} request(s): {:?}",
+                    got.len(),
+                    got.iter().map(|r| &r.path).collect::<Vec<_>>()
+                );
             }
         }
     }
@@ -364,7 +378,8 @@ impl Stack {
 
     /// Starts an in-process dispatcher with [`dispatcher_args`].
     pub fn start_dispatcher(&mut self) {
-        let config = herald_dispatcher::Config::try_parse_from(dispatcher_args(&self.nats.url())).expect("dispatcher flags");
+        let config =
+            herald_dispatcher::Config::try_parse_from(dispatcher_args(&self.nats.url())).expect("dispatcher flags");
         let stop = CancellationToken::new();
         self.dispatcher_task = Some(tokio::spawn(herald_dispatcher::run(config, stop.clone())));
         self.dispatcher_stop = Some(stop);
@@ -386,7 +401,13 @@ impl Stack {
     }
 
     /// Sends a request with `token` (empty: none).
-    pub async fn call_as(&self, token: &str, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, HeaderMap, Value) {
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, HeaderMap, Value) {
         let mut req = self.http.request(method, format!("{}{path}", self.gateway));
         if !token.is_empty() {
             req = req.bearer_auth(token);

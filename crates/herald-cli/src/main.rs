@@ -168,10 +168,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     if let Some(a) = after {
                         query.push(format!("after={a}"));
                     }
-                    let path = if query.is_empty() { "/v1/subscriptions".into() } else { format!("/v1/subscriptions?{}", query.join("&")) };
+                    let path = if query.is_empty() {
+                        "/v1/subscriptions".into()
+                    } else {
+                        format!("/v1/subscriptions?{}", query.join("&"))
+                    };
                     api.call(reqwest::Method::GET, &path, None).await?
                 }
-                SubCommand::Get { id } => api.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await?,
+                SubCommand::Get { id } => {
+                    api.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await?
+                }
                 SubCommand::Update { id, url, event_types, enabled, description } => {
                     let mut body = json!({});
                     if let Some(u) = url {
@@ -235,9 +241,11 @@ impl Api {
         let resp = req.send().await.with_context(|| format!("cannot reach the gateway at {}", self.base))?;
         let status = resp.status();
         let text = resp.text().await?;
-        let value: Value = if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+        let value: Value =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         if !status.is_success() {
-            let detail = value.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string());
+            let detail =
+                value.get("detail").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| value.to_string());
             let hint = if status == reqwest::StatusCode::UNAUTHORIZED { " (set HERALD_TOKEN)" } else { "" };
             bail!("{status}: {detail}{hint}");
         }
@@ -258,7 +266,9 @@ async fn listen(secret: &str, addr: SocketAddr, status: u16) -> anyhow::Result<(
                 .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default())
                 .unwrap_or_else(|_| String::from_utf8_lossy(&body).into_owned());
             match &verdict {
-                Ok(()) => println!("✔ {method} {uri}  webhook-id={}  signature verified", h("webhook-id").unwrap_or("-")),
+                Ok(()) => {
+                    println!("✔ {method} {uri}  webhook-id={}  signature verified", h("webhook-id").unwrap_or("-"))
+                }
                 Err(e) => println!("✘ {method} {uri}  webhook-id={}  REJECTED: {e}", h("webhook-id").unwrap_or("-")),
             }
             println!("{pretty}\n");

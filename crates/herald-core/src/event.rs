@@ -47,7 +47,9 @@ impl EventInput {
     /// `default`, a missing time is now.
     pub fn validate(self) -> Result<proto::Event, InvalidEvent> {
         let event_type = self.event_type.ok_or_else(|| invalid("type", "is required (e.g. \"order.created\")"))?;
-        let data = self.data.ok_or_else(|| invalid("data", "is required: any JSON value but null, e.g. {\"order_id\": 42}"))?;
+        let data = self
+            .data
+            .ok_or_else(|| invalid("data", "is required: any JSON value but null, e.g. {\"order_id\": 42}"))?;
         let id = match self.id {
             Some(id) => EventId::parse(&id).map_err(|e| invalid("id", e.0))?,
             None => EventId::generate(),
@@ -105,9 +107,9 @@ pub fn decode_stored(
     let rest = subject
         .strip_prefix(crate::nats::EVENTS_SUBJECT_PREFIX)
         .ok_or_else(|| invalid("subject", format!("{subject:?} is not under herald.events.")))?;
-    let (subject_tenant, subject_type) = rest
-        .split_once('.')
-        .ok_or_else(|| invalid("subject", format!("{subject:?} lacks a type: publish to herald.events.{{tenant}}.{{type}}")))?;
+    let (subject_tenant, subject_type) = rest.split_once('.').ok_or_else(|| {
+        invalid("subject", format!("{subject:?} lacks a type: publish to herald.events.{{tenant}}.{{type}}"))
+    })?;
     let subject_tenant = TenantId::parse(subject_tenant).map_err(|e| invalid("subject", e.0))?;
     let subject_type = EventType::parse(subject_type).map_err(|e| invalid("subject", e.0))?;
 
@@ -126,14 +128,20 @@ pub fn decode_stored(
         }
     } else {
         <proto::Event as prost::Message>::decode(payload).map_err(|e| {
-            invalid("body", format!("is not a protobuf herald.v1.Event ({e}); send JSON with Content-Type: application/json"))
+            invalid(
+                "body",
+                format!("is not a protobuf herald.v1.Event ({e}); send JSON with Content-Type: application/json"),
+            )
         })?
     };
 
     if event.tenant.is_empty() {
         event.tenant = subject_tenant.into_string();
     } else if event.tenant != subject_tenant.as_str() {
-        return Err(invalid("tenant", format!("{:?} differs from the subject's tenant {subject_tenant}", event.tenant)));
+        return Err(invalid(
+            "tenant",
+            format!("{:?} differs from the subject's tenant {subject_tenant}", event.tenant),
+        ));
     }
     if event.r#type.is_empty() {
         event.r#type = subject_type.into_string();
@@ -143,8 +151,9 @@ pub fn decode_stored(
     if event.id.is_empty() {
         event.id = match msg_id {
             Some(id) => id.to_owned(),
-            None => EventId::derived(stored.sequence, (stored.time.unix_timestamp_nanos() / 1_000_000) as u64)
-                .into_string(),
+            None => {
+                EventId::derived(stored.sequence, (stored.time.unix_timestamp_nanos() / 1_000_000) as u64).into_string()
+            }
         };
     }
     EventId::parse(&event.id).map_err(|e| invalid("id", e.0))?;
@@ -172,7 +181,8 @@ struct WebhookBody<'a> {
 pub fn webhook_body(event: &proto::Event) -> Result<Vec<u8>, InvalidEvent> {
     let text = std::str::from_utf8(&event.data).map_err(|_| invalid("data", "is not UTF-8"))?;
     let data: &RawValue = serde_json::from_str(text).map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
-    let body = WebhookBody { id: &event.id, event_type: &event.r#type, timestamp: &event.time, tenant: &event.tenant, data };
+    let body =
+        WebhookBody { id: &event.id, event_type: &event.r#type, timestamp: &event.time, tenant: &event.tenant, data };
     serde_json::to_vec(&body).map_err(|e| invalid("data", e.to_string()))
 }
 
@@ -224,10 +234,12 @@ mod tests {
     #[test]
     fn stored_json_and_mismatches() {
         let json = br#"{"id":"e1","data":{"a":true}}"#;
-        let got = decode_stored("herald.events.t1.user.signup", Some("application/json"), None, json, stored()).unwrap();
+        let got =
+            decode_stored("herald.events.t1.user.signup", Some("application/json"), None, json, stored()).unwrap();
         assert_eq!((got.id.as_str(), got.tenant.as_str(), got.r#type.as_str()), ("e1", "t1", "user.signup"));
         let wrong_tenant = br#"{"tenant":"t2","data":1}"#;
-        let err = decode_stored("herald.events.t1.a", Some("application/json"), None, wrong_tenant, stored()).unwrap_err();
+        let err =
+            decode_stored("herald.events.t1.a", Some("application/json"), None, wrong_tenant, stored()).unwrap_err();
         assert_eq!(err.field, "tenant");
         let not_json = proto::Event { data: b"{nope".to_vec(), ..Default::default() };
         let err = decode_stored("herald.events.t1.a", None, None, &prost::Message::encode_to_vec(&not_json), stored());

@@ -109,9 +109,7 @@ impl TenantId {
     /// Validates a tenant id.
     pub fn parse(s: &str) -> Result<Self, InvalidId> {
         if s.is_empty() || s.len() > 64 || !s.bytes().all(is_word) {
-            return Err(InvalidId(format!(
-                "tenant {s:?} must be 1 to 64 characters of letters, digits, '_' and '-'"
-            )));
+            return Err(InvalidId(format!("tenant {s:?} must be 1 to 64 characters of letters, digits, '_' and '-'")));
         }
         Ok(Self(s.to_owned()))
     }

@@ -124,7 +124,9 @@ pub enum BootstrapError {
         found: String,
     },
     /// JetStream is off or unavailable to this account.
-    #[error("JetStream is not available on this NATS server ({0}); start nats-server with -js (or `jetstream {{}}` in its config)")]
+    #[error(
+        "JetStream is not available on this NATS server ({0}); start nats-server with -js (or `jetstream {{}}` in its config)"
+    )]
     NoJetStream(String),
     /// Creating or updating a stream, consumer or bucket failed.
     #[error("cannot create or update {what}: {detail}")]
@@ -139,17 +141,12 @@ pub enum BootstrapError {
 /// Connects to the comma-separated `urls`, naming the connection for `nats-server` monitoring.
 /// Reconnects forever once connected; the first connection is retried only if `retry_initial`.
 pub async fn connect(urls: &str, name: &str, retry_initial: bool) -> Result<async_nats::Client, BootstrapError> {
-    let addrs: Vec<async_nats::ServerAddr> = urls
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| s.parse())
-        .collect::<Result<_, _>>()
-        .map_err(|e: std::io::Error| BootstrapError::Create { what: format!("NATS URL {urls:?}"), detail: e.to_string() })?;
-    let mut opts = async_nats::ConnectOptions::new()
-        .name(name)
-        .connection_timeout(Duration::from_secs(5))
-        .max_reconnects(None);
+    let addrs: Vec<async_nats::ServerAddr> =
+        urls.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse()).collect::<Result<_, _>>().map_err(
+            |e: std::io::Error| BootstrapError::Create { what: format!("NATS URL {urls:?}"), detail: e.to_string() },
+        )?;
+    let mut opts =
+        async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5)).max_reconnects(None);
     if retry_initial {
         opts = opts.retry_on_initial_connect();
     }
@@ -199,7 +196,9 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
         },
         stream::Config {
             name: DELIVERIES_STREAM.into(),
-            description: Some("Herald: deliveries due (herald.deliveries.>) and scheduled retries (herald.retries.>)".into()),
+            description: Some(
+                "Herald: deliveries due (herald.deliveries.>) and scheduled retries (herald.retries.>)".into(),
+            ),
             subjects: vec!["herald.deliveries.>".into(), "herald.retries.>".into()],
             // Limits, not interest: a retry schedule waits on a subject no consumer reads.
             retention: stream::RetentionPolicy::Limits,

@@ -8,9 +8,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
     let split = t.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration (try 500ms, 5s, 5m, 2h or 1d)"))?;
+    let n: f64 = num.parse().map_err(|_| format!("{text:?} is not a duration (try 500ms, 5s, 5m, 2h or 1d)"))?;
     let secs = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,

@@ -59,7 +59,10 @@ pub fn validate_url(text: &str) -> Result<String, InvalidField> {
 /// Validates the type patterns: 1 to 100 of them, each a valid [`TypePattern`].
 pub fn validate_event_types(patterns: &[String]) -> Result<(), InvalidField> {
     if patterns.is_empty() {
-        return Err(invalid("event_types", "must list at least one type pattern (e.g. [\"order.*\"] or [\">\"] for all)"));
+        return Err(invalid(
+            "event_types",
+            "must list at least one type pattern (e.g. [\"order.*\"] or [\">\"] for all)",
+        ));
     }
     if patterns.len() > 100 {
         return Err(invalid("event_types", "may list at most 100 patterns"));
@@ -79,7 +82,8 @@ pub fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<St
     let mut out = BTreeMap::new();
     for (name, value) in headers {
         let lower = name.to_ascii_lowercase();
-        let token = !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        let token =
+            !lower.is_empty() && lower.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
             return Err(invalid("headers", format!("{name:?} is not a valid header name")));
         }
@@ -87,7 +91,10 @@ pub fn validate_headers(headers: BTreeMap<String, String>) -> Result<BTreeMap<St
             return Err(invalid("headers", format!("{name:?} is set by Herald and cannot be overridden")));
         }
         if value.len() > 4096 || value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err(invalid("headers", format!("the value of {name:?} has control characters or is over 4096 bytes")));
+            return Err(invalid(
+                "headers",
+                format!("the value of {name:?} has control characters or is over 4096 bytes"),
+            ));
         }
         out.insert(lower, value);
     }
@@ -123,9 +130,7 @@ pub fn wants(sub: &proto::Subscription, event_type: &str) -> bool {
 pub fn signing_secrets(sub: &proto::Subscription, now: OffsetDateTime) -> Vec<herald_signature::Secret> {
     sub.secrets
         .iter()
-        .filter(|s| {
-            s.expires_at.is_empty() || OffsetDateTime::parse(&s.expires_at, &Rfc3339).is_ok_and(|t| t > now)
-        })
+        .filter(|s| s.expires_at.is_empty() || OffsetDateTime::parse(&s.expires_at, &Rfc3339).is_ok_and(|t| t > now))
         .filter_map(|s| herald_signature::Secret::parse(&s.secret).ok())
         .collect()
 }

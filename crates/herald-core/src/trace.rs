@@ -34,7 +34,8 @@ pub fn child_of(parent: Option<&str>) -> String {
     match parent {
         Some(p) if is_valid(p) => {
             let mut parts = p.split('-');
-            let (_, trace, _, flags) = (parts.next(), parts.next().unwrap_or_default(), parts.next(), parts.next().unwrap_or("01"));
+            let (_, trace, _, flags) =
+                (parts.next(), parts.next().unwrap_or_default(), parts.next(), parts.next().unwrap_or("01"));
             format!("00-{trace}-{}-{flags}", random_hex(8))
         }
         _ => new_traceparent(),

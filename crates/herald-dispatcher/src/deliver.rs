@@ -49,7 +49,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
     let refs: Vec<_> = secrets.iter().collect();
     let signature = match herald_signature::sign(&refs, &event.id, now.unix_timestamp(), &body) {
         Ok(s) if !secrets.is_empty() => s,
-        _ => return dead_letter(&shared, &msg, Some(delivery), "the subscription has no usable signing secret".into()).await,
+        _ => {
+            return dead_letter(&shared, &msg, Some(delivery), "the subscription has no usable signing secret".into())
+                .await;
+        }
     };
     let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str());
     let traceparent = trace::child_of(parent);
@@ -133,14 +136,15 @@ async fn publish_and_confirm(shared: &Shared, subject: String, publish: PublishM
 /// Moves a delivery to `HERALD_DLQ` with its reason, then acks it. If the DLQ cannot be written,
 /// the delivery is handed out again later instead: nothing is dropped.
 async fn dead_letter(shared: &Shared, msg: &jetstream::Message, delivery: Option<proto::Delivery>, reason: String) {
-    let (tenant, sub_id) = match delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone()))) {
-        Some((t, s)) if !t.is_empty() && !s.is_empty() => (t, s),
-        _ => {
-            // Undecodable: take the tenant and subscription from the delivery subject.
-            let mut parts = msg.subject.as_str().split('.').skip(2);
-            (parts.next().unwrap_or("_unknown").to_owned(), parts.next().unwrap_or("_unknown").to_owned())
-        }
-    };
+    let (tenant, sub_id) =
+        match delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone()))) {
+            Some((t, s)) if !t.is_empty() && !s.is_empty() => (t, s),
+            _ => {
+                // Undecodable: take the tenant and subscription from the delivery subject.
+                let mut parts = msg.subject.as_str().split('.').skip(2);
+                (parts.next().unwrap_or("_unknown").to_owned(), parts.next().unwrap_or("_unknown").to_owned())
+            }
+        };
     let letter = proto::DeadLetter {
         reason: reason.clone(),
         raw_subject: if delivery.is_none() { msg.subject.to_string() } else { String::new() },

@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, AckKind};
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
 
 use herald_core::event::{self, StoredAt};

@@ -85,7 +85,9 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>) -> Sent {
             let mut excerpt = Vec::new();
             while excerpt.len() < BODY_EXCERPT {
                 match resp.chunk().await {
-                    Ok(Some(chunk)) => excerpt.extend_from_slice(&chunk[..chunk.len().min(BODY_EXCERPT - excerpt.len())]),
+                    Ok(Some(chunk)) => {
+                        excerpt.extend_from_slice(&chunk[..chunk.len().min(BODY_EXCERPT - excerpt.len())])
+                    }
                     _ => break,
                 }
             }

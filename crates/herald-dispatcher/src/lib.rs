@@ -33,7 +33,11 @@ use herald_core::retry::RetryPolicy;
 
 /// Dispatcher settings. Every flag has a `HERALD_*` variable; defaults suit local use.
 #[derive(Debug, Clone, clap::Parser)]
-#[command(name = "herald-dispatcher", version, about = "Herald's dispatcher: fans events out and delivers signed webhooks")]
+#[command(
+    name = "herald-dispatcher",
+    version,
+    about = "Herald's dispatcher: fans events out and delivers signed webhooks"
+)]
 pub struct Config {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]

@@ -69,6 +69,8 @@ mod tests {
         assert_eq!(decide(&p, 1, &ok), DeliveryOutcome::Delivered);
         assert_eq!(decide(&p, 1, &failed(Some(500))), DeliveryOutcome::Retry { after: Duration::from_secs(1) });
         assert_eq!(decide(&p, 2, &failed(None)), DeliveryOutcome::Retry { after: Duration::from_secs(2) });
-        assert!(matches!(decide(&p, 3, &failed(Some(302))), DeliveryOutcome::DeadLetter { reason } if reason.contains("3 attempts") && reason.contains("boom")));
+        assert!(
+            matches!(decide(&p, 3, &failed(Some(302))), DeliveryOutcome::DeadLetter { reason } if reason.contains("3 attempts") && reason.contains("boom"))
+        );
     }
 }

@@ -51,12 +51,13 @@ impl Tokens {
         let mut tokens = Self::default();
         let entries = text.lines().map(|l| l.split('#').next().unwrap_or("")).flat_map(|l| l.split(','));
         for (i, entry) in entries.map(str::trim).filter(|e| !e.is_empty()).enumerate() {
-            let (scope, token) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("token entry {} is not `scope=token`", i + 1))?;
+            let (scope, token) =
+                entry.split_once('=').ok_or_else(|| format!("token entry {} is not `scope=token`", i + 1))?;
             let scope = Scope::parse(scope.trim()).map_err(|e| format!("token entry {}: {e}", i + 1))?;
             let hash = match token.trim().strip_prefix("sha256:") {
-                Some(hex) => parse_hex32(hex).ok_or_else(|| format!("token entry {}: sha256: needs 64 hex digits", i + 1))?,
+                Some(hex) => {
+                    parse_hex32(hex).ok_or_else(|| format!("token entry {}: sha256: needs 64 hex digits", i + 1))?
+                }
                 None if token.trim().len() >= 16 => Sha256::digest(token.trim().as_bytes()).into(),
                 None => return Err(format!("token entry {} is shorter than 16 characters", i + 1)),
             };
@@ -123,7 +124,9 @@ impl Caller {
         if self.may_manage(tenant) {
             Ok(())
         } else {
-            Err(ApiError::forbidden(format!("this token may not manage tenant {tenant:?}; it needs `admin` or `tenant:{tenant}`")))
+            Err(ApiError::forbidden(format!(
+                "this token may not manage tenant {tenant:?}; it needs `admin` or `tenant:{tenant}`"
+            )))
         }
     }
 
@@ -132,7 +135,9 @@ impl Caller {
         if self.is_admin() {
             return None;
         }
-        Some(self.scopes.iter().filter_map(|s| if let Scope::Tenant(t) = s { Some(t.as_str()) } else { None }).collect())
+        Some(
+            self.scopes.iter().filter_map(|s| if let Scope::Tenant(t) = s { Some(t.as_str()) } else { None }).collect(),
+        )
     }
 }
 
@@ -150,10 +155,8 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let scopes = state
-            .tokens
-            .scopes(token)
-            .ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
+        let scopes =
+            state.tokens.scopes(token).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
         Ok(Caller { scopes: scopes.into() })
     }
 }
@@ -165,7 +168,9 @@ mod tests {
     #[test]
     fn parses_plain_hashed_and_commented_tokens() {
         let hashed = format!("{:x}", Sha256::digest(b"another-long-token"));
-        let text = format!("admin=admin-token-0123456789\n# comment\npublish=pub-token-0123456789, tenant:acme=sha256:{hashed}\n");
+        let text = format!(
+            "admin=admin-token-0123456789\n# comment\npublish=pub-token-0123456789, tenant:acme=sha256:{hashed}\n"
+        );
         let t = Tokens::parse(&text).unwrap();
         assert_eq!(t.scopes("admin-token-0123456789").unwrap(), [Scope::Admin]);
         assert_eq!(t.scopes("pub-token-0123456789").unwrap(), [Scope::Publish]);
@@ -175,7 +180,13 @@ mod tests {
 
     #[test]
     fn refuses_bad_entries_without_echoing_tokens() {
-        for bad in ["admin", "root=token-0123456789abcdef", "admin=short", "admin=sha256:abc", "tenant:a.b=token-0123456789abcdef"] {
+        for bad in [
+            "admin",
+            "root=token-0123456789abcdef",
+            "admin=short",
+            "admin=sha256:abc",
+            "tenant:a.b=token-0123456789abcdef",
+        ] {
             let err = Tokens::parse(bad).unwrap_err();
             assert!(!err.contains("0123456789abcdef"), "{err}");
         }

@@ -106,7 +106,9 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let tokens = load_tokens(&config)?;
     if tokens.is_empty() {
-        tracing::warn!("no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401");
+        tracing::warn!(
+            "no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401"
+        );
     }
     let client = nats::connect(&config.nats_url, "herald-gateway", false).await?;
     let js = jetstream::ContextBuilder::new().timeout(config.publish_timeout).build(client.clone());

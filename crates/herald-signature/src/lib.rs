@@ -97,9 +97,7 @@ impl Secret {
         if encoded.is_empty() {
             return Err(Error::EmptySecret);
         }
-        let key = B64
-            .decode(encoded)
-            .map_err(|_| Error::InvalidSecretEncoding)?;
+        let key = B64.decode(encoded).map_err(|_| Error::InvalidSecretEncoding)?;
         if key.is_empty() {
             return Err(Error::EmptySecret);
         }
@@ -207,10 +205,7 @@ impl Verifier {
         signature: Option<&str>,
         body: &[u8],
     ) -> Result<(), Error> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or_default();
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or_default();
         self.verify_at(msg_id, timestamp, signature, body, now)
     }
 
@@ -337,7 +332,9 @@ mod tests {
         let header = sign(&[&new, &old], "evt_1", 1_700_000_000, b"{}").unwrap();
         assert_eq!(header.split(' ').count(), 2);
         for s in [&old, &new] {
-            Verifier::new(s.clone()).verify_at(Some("evt_1"), Some("1700000000"), Some(&header), b"{}", 1_700_000_000).unwrap();
+            Verifier::new(s.clone())
+                .verify_at(Some("evt_1"), Some("1700000000"), Some(&header), b"{}", 1_700_000_000)
+                .unwrap();
         }
         let stranger = Secret::generate();
         assert_eq!(

@@ -72,11 +72,8 @@ async fn events_published_on_nats_as_protobuf_and_json_are_delivered() {
     let js = jetstream::new(stack.nats.client().await);
 
     // Protobuf with everything but tenant and type, which come from the subject.
-    let event = herald_core::proto::Event {
-        id: "pb-1".into(),
-        data: br#"{"via":"protobuf"}"#.to_vec(),
-        ..Default::default()
-    };
+    let event =
+        herald_core::proto::Event { id: "pb-1".into(), data: br#"{"via":"protobuf"}"#.to_vec(), ..Default::default() };
     js.publish("herald.events.acme.user.signed_up", event.encode_to_vec().into()).await.unwrap().await.unwrap();
 
     // JSON without an id: the Nats-Msg-Id becomes the event id.
@@ -96,7 +93,11 @@ async fn events_published_on_nats_as_protobuf_and_json_are_delivered() {
             r.verify(secret).expect("signature verifies");
             let body = r.json();
             assert_eq!(body["tenant"], "acme");
-            (body["id"].as_str().unwrap().to_owned(), body["type"].as_str().unwrap().to_owned(), body["data"]["via"].as_str().unwrap().to_owned())
+            (
+                body["id"].as_str().unwrap().to_owned(),
+                body["type"].as_str().unwrap().to_owned(),
+                body["data"]["via"].as_str().unwrap().to_owned(),
+            )
         })
         .collect();
     seen.sort();
@@ -120,14 +121,22 @@ async fn invalid_events_on_nats_are_dead_lettered_not_delivered_and_do_not_block
     js.publish("herald.events.default.order.bad", vec![0xff, 0xff, 0x01].into()).await.unwrap().await.unwrap();
     let mut h = async_nats::HeaderMap::new();
     h.insert("Content-Type", "application/json");
-    js.publish_with_headers("herald.events.default.order.bad", h.clone(), r#"{"data":{nope}"#.into()).await.unwrap().await.unwrap();
+    js.publish_with_headers("herald.events.default.order.bad", h.clone(), r#"{"data":{nope}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     js.publish_with_headers("herald.events.default.order.bad", h.clone(), r#"{"tenant":"other","data":1}"#.into())
         .await
         .unwrap()
         .await
         .unwrap();
     // A good one after them still flows.
-    js.publish_with_headers("herald.events.default.order.good", h, r#"{"id":"good-1","data":1}"#.into()).await.unwrap().await.unwrap();
+    js.publish_with_headers("herald.events.default.order.good", h, r#"{"id":"good-1","data":1}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
     let got = rx.wait_for(1, SOON).await;
     assert_eq!(got[0].header("webhook-id"), Some("good-1"));
@@ -228,7 +237,12 @@ async fn wildcards_select_types_and_tenants_never_see_each_others_events() {
     stack.subscribe(&rx.url("/a-exact"), &["order.created"], Some("a")).await;
     stack.subscribe(&rx.url("/b-all"), &[">"], Some("b")).await;
 
-    for (id, ty, tenant) in [("e1", "order.created", "a"), ("e2", "order.created.v2", "a"), ("e3", "invoice.paid", "a"), ("e4", "order.created", "b")] {
+    for (id, ty, tenant) in [
+        ("e1", "order.created", "a"),
+        ("e2", "order.created.v2", "a"),
+        ("e3", "invoice.paid", "a"),
+        ("e4", "order.created", "b"),
+    ] {
         let (status, body) = stack.publish(json!({"id": id, "type": ty, "tenant": tenant, "data": {}})).await;
         assert_eq!(status, 202, "{body}");
     }
@@ -237,7 +251,8 @@ async fn wildcards_select_types_and_tenants_never_see_each_others_events() {
     stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", SOON).await;
     stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
     let ids = |path: &str| {
-        let mut v: Vec<String> = rx.received_on(path).iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+        let mut v: Vec<String> =
+            rx.received_on(path).iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
         v.sort();
         v
     };

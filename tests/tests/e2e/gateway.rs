@@ -10,7 +10,8 @@ use serde_json::json;
 use crate::SOON;
 
 async fn raw_post(stack: &Stack, token: Option<&str>, path: &str, body: Vec<u8>) -> (u16, String, serde_json::Value) {
-    let mut req = stack.http.post(format!("{}{path}", stack.gateway)).header("content-type", "application/json").body(body);
+    let mut req =
+        stack.http.post(format!("{}{path}", stack.gateway)).header("content-type", "application/json").body(body);
     if let Some(t) = token {
         req = req.bearer_auth(t);
     }
@@ -24,18 +25,50 @@ async fn raw_post(stack: &Stack, token: Option<&str>, path: &str, body: Vec<u8>)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_requests_get_4xx_problem_json_and_nothing_is_published() {
     let stack = Stack::start_with(false, &["--max-body", "1KiB"]).await;
-    let cases: Vec<(&str, Option<&str>, Vec<u8>, u16, &str)> = vec![
+    // (what, token, body, expected status, expected problem type)
+    type Case<'a> = (&'a str, Option<&'a str>, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
         ("malformed JSON", Some(PUBLISH_TOKEN), b"{\"type\": ".to_vec(), 400, "malformed-json"),
         ("missing type", Some(PUBLISH_TOKEN), br#"{"data": {}}"#.to_vec(), 400, "invalid-request"),
         ("missing data", Some(PUBLISH_TOKEN), br#"{"type": "a.b"}"#.to_vec(), 400, "invalid-request"),
         ("bad type", Some(PUBLISH_TOKEN), br#"{"type": "a..b", "data": 1}"#.to_vec(), 400, "invalid-request"),
-        ("bad id", Some(PUBLISH_TOKEN), br#"{"id": "has.dot", "type": "a.b", "data": 1}"#.to_vec(), 400, "invalid-request"),
-        ("bad tenant", Some(PUBLISH_TOKEN), br#"{"tenant": "a b", "type": "a.b", "data": 1}"#.to_vec(), 400, "invalid-request"),
-        ("unknown field", Some(PUBLISH_TOKEN), br#"{"type": "a.b", "data": 1, "colour": 2}"#.to_vec(), 400, "malformed-json"),
-        ("oversized", Some(PUBLISH_TOKEN), format!(r#"{{"type":"a.b","data":"{}"}}"#, "x".repeat(2000)).into_bytes(), 413, "payload-too-large"),
+        (
+            "bad id",
+            Some(PUBLISH_TOKEN),
+            br#"{"id": "has.dot", "type": "a.b", "data": 1}"#.to_vec(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "bad tenant",
+            Some(PUBLISH_TOKEN),
+            br#"{"tenant": "a b", "type": "a.b", "data": 1}"#.to_vec(),
+            400,
+            "invalid-request",
+        ),
+        (
+            "unknown field",
+            Some(PUBLISH_TOKEN),
+            br#"{"type": "a.b", "data": 1, "colour": 2}"#.to_vec(),
+            400,
+            "malformed-json",
+        ),
+        (
+            "oversized",
+            Some(PUBLISH_TOKEN),
+            format!(r#"{{"type":"a.b","data":"{}"}}"#, "x".repeat(2000)).into_bytes(),
+            413,
+            "payload-too-large",
+        ),
         ("no token", None, br#"{"type": "a.b", "data": 1}"#.to_vec(), 401, "unauthorized"),
         ("bad token", Some("not-a-real-token-at-all"), br#"{"type": "a.b", "data": 1}"#.to_vec(), 401, "unauthorized"),
-        ("tenant token cannot publish", Some("test-acme-token-0123456789"), br#"{"type": "a.b", "data": 1}"#.to_vec(), 403, "forbidden"),
+        (
+            "tenant token cannot publish",
+            Some("test-acme-token-0123456789"),
+            br#"{"type": "a.b", "data": 1}"#.to_vec(),
+            403,
+            "forbidden",
+        ),
     ];
     for (what, token, body, want_status, want_type) in cases {
         let (status, ct, problem) = raw_post(&stack, token, "/v1/events", body).await;
@@ -46,7 +79,9 @@ async fn bad_requests_get_4xx_problem_json_and_nothing_is_published() {
         assert!(problem["detail"].as_str().is_some_and(|d| !d.is_empty()), "{what}: detail");
     }
     // The field at fault is named.
-    let (_, _, p) = raw_post(&stack, Some(PUBLISH_TOKEN), "/v1/events", br#"{"id": "has.dot", "type": "a.b", "data": 1}"#.to_vec()).await;
+    let (_, _, p) =
+        raw_post(&stack, Some(PUBLISH_TOKEN), "/v1/events", br#"{"id": "has.dot", "type": "a.b", "data": 1}"#.to_vec())
+            .await;
     assert_eq!(p["field"], "id");
     assert!(p["detail"].as_str().unwrap().contains("'.'") || p["detail"].as_str().unwrap().contains("\".\""), "{p}");
 
@@ -62,7 +97,8 @@ async fn batch_reports_each_item_and_delivers_the_valid_ones() {
     let rx = Receiver::start().await;
     stack.subscribe(&rx.url("/b"), &["batch.*"], None).await;
 
-    let events: Vec<_> = (0..20).map(|i| json!({"id": format!("b-{i}"), "type": "batch.item", "data": {"i": i}})).collect();
+    let events: Vec<_> =
+        (0..20).map(|i| json!({"id": format!("b-{i}"), "type": "batch.item", "data": {"i": i}})).collect();
     let (status, _, body) = stack.call(Method::POST, "/v1/events/batch", Some(json!({"events": events}))).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["accepted"], 20);

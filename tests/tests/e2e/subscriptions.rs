@@ -36,9 +36,11 @@ async fn create_list_get_patch_delete() {
     // A tenant-scoped token sees only its tenant.
     let (_, _, own) = stack.call_as("test-acme-token-0123456789", Method::GET, "/v1/subscriptions", None).await;
     assert_eq!(own["data"].as_array().unwrap().len(), 3);
-    let (status, _, _) = stack.call_as("test-acme-token-0123456789", Method::GET, &format!("/v1/subscriptions/{}", ids[4]), None).await;
+    let (status, _, _) =
+        stack.call_as("test-acme-token-0123456789", Method::GET, &format!("/v1/subscriptions/{}", ids[4]), None).await;
     assert_eq!(status, 404, "another tenant's subscription is invisible");
-    let (status, _, _) = stack.call_as("test-acme-token-0123456789", Method::GET, "/v1/subscriptions?tenant=globex", None).await;
+    let (status, _, _) =
+        stack.call_as("test-acme-token-0123456789", Method::GET, "/v1/subscriptions?tenant=globex", None).await;
     assert_eq!(status, 403);
 
     // Patch.
@@ -53,12 +55,15 @@ async fn create_list_get_patch_delete() {
     assert_eq!(read["event_types"], json!(["order.*"]));
 
     // Bad input is refused with the field named.
-    let (status, _, problem) = stack.call(Method::PATCH, &format!("/v1/subscriptions/{}", ids[0]), Some(json!({"url": "ftp://x"}))).await;
-    assert_eq!((status, problem["field"].as_str()), (400, Some("url")));
     let (status, _, problem) =
-        stack.call(Method::POST, "/v1/subscriptions", Some(json!({"url": "https://x.test/", "event_types": ["a..b"]}))).await;
+        stack.call(Method::PATCH, &format!("/v1/subscriptions/{}", ids[0]), Some(json!({"url": "ftp://x"}))).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("url")));
+    let (status, _, problem) = stack
+        .call(Method::POST, "/v1/subscriptions", Some(json!({"url": "https://x.test/", "event_types": ["a..b"]})))
+        .await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("event_types")));
-    let bad_header = json!({"url": "https://x.test/", "event_types": [">"], "headers": {"webhook-signature": "forged"}});
+    let bad_header =
+        json!({"url": "https://x.test/", "event_types": [">"], "headers": {"webhook-signature": "forged"}});
     let (status, _, problem) = stack.call(Method::POST, "/v1/subscriptions", Some(bad_header)).await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("headers")));
 
@@ -87,23 +92,40 @@ async fn disabled_or_deleted_subscriptions_get_no_further_deliveries() {
     stack.publish(json!({"id": "p1", "type": "ping", "data": {}})).await;
     rx.wait_for(3, SOON).await;
 
-    let (s, _, _) = stack.call(Method::PATCH, &format!("/v1/subscriptions/{}", paused["id"].as_str().unwrap()), Some(json!({"enabled": false}))).await;
+    let (s, _, _) = stack
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{}", paused["id"].as_str().unwrap()),
+            Some(json!({"enabled": false})),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, _, _) = stack.call(Method::DELETE, &format!("/v1/subscriptions/{}", gone["id"].as_str().unwrap()), None).await;
+    let (s, _, _) =
+        stack.call(Method::DELETE, &format!("/v1/subscriptions/{}", gone["id"].as_str().unwrap()), None).await;
     assert_eq!(s, 204);
     // The dispatcher sees changes through its KV watch within moments; give it a second.
     tokio::time::sleep(Duration::from_secs(1)).await;
 
     stack.publish(json!({"id": "p2", "type": "ping", "data": {}})).await;
-    rx.wait_until(SOON, "p2 on /keep", |r| r.iter().any(|r| r.path == "/keep" && r.header("webhook-id") == Some("p2"))).await;
+    rx.wait_until(SOON, "p2 on /keep", |r| r.iter().any(|r| r.path == "/keep" && r.header("webhook-id") == Some("p2")))
+        .await;
     stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", SOON).await;
     stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
     assert_eq!(rx.received_on("/paused").len(), 1, "disabled: only the event from before");
     assert_eq!(rx.received_on("/gone").len(), 1, "deleted: only the event from before");
 
     // Re-enabled, it receives again.
-    stack.call(Method::PATCH, &format!("/v1/subscriptions/{}", paused["id"].as_str().unwrap()), Some(json!({"enabled": true}))).await;
+    stack
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{}", paused["id"].as_str().unwrap()),
+            Some(json!({"enabled": true})),
+        )
+        .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.publish(json!({"id": "p3", "type": "ping", "data": {}})).await;
-    rx.wait_until(SOON, "p3 on /paused", |r| r.iter().any(|r| r.path == "/paused" && r.header("webhook-id") == Some("p3"))).await;
+    rx.wait_until(SOON, "p3 on /paused", |r| {
+        r.iter().any(|r| r.path == "/paused" && r.header("webhook-id") == Some("p3"))
+    })
+    .await;
 }

@@ -47,7 +47,9 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
         }
         _ => {
             tracing::warn!(error = %detail, "publish to JetStream failed");
-            ApiError::unavailable(format!("JetStream did not acknowledge the event ({detail}); it may not be stored, retry with the same id"))
+            ApiError::unavailable(format!(
+                "JetStream did not acknowledge the event ({detail}); it may not be stored, retry with the same id"
+            ))
         }
     }
 }
@@ -130,7 +132,11 @@ pub(crate) async fn publish_batch(
     if input.events.len() > state.config.max_batch {
         return Err(ApiError::invalid(
             Some("events"),
-            format!("events: {} items exceed the limit of {} (HERALD_MAX_BATCH)", input.events.len(), state.config.max_batch),
+            format!(
+                "events: {} items exceed the limit of {} (HERALD_MAX_BATCH)",
+                input.events.len(),
+                state.config.max_batch
+            ),
         ));
     }
     ensure_connected(&state)?;
@@ -169,7 +175,12 @@ pub(crate) async fn publish_batch(
                 if e.status() == StatusCode::SERVICE_UNAVAILABLE {
                     unavailable += 1;
                 }
-                results.push(ItemResult { index, status: e.status().as_u16(), accepted: None, error: Some(e.to_json()) });
+                results.push(ItemResult {
+                    index,
+                    status: e.status().as_u16(),
+                    accepted: None,
+                    error: Some(e.to_json()),
+                });
             }
         }
     }

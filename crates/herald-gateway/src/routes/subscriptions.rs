@@ -176,7 +176,11 @@ pub(crate) async fn list(
 }
 
 /// Finds a subscription's key and current entry, checking the caller may see it.
-async fn locate(state: &AppState, caller: &Caller, id: &str) -> Result<(String, kv::Entry, proto::Subscription), ApiError> {
+async fn locate(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+) -> Result<(String, kv::Entry, proto::Subscription), ApiError> {
     let missing = || ApiError::not_found(format!("there is no subscription {id:?}"));
     SubscriptionId::parse(id).map_err(|_| missing())?;
     let key = match state.registry.find(id) {
@@ -184,7 +188,14 @@ async fn locate(state: &AppState, caller: &Caller, id: &str) -> Result<(String, 
         // Not seen by this replica yet (created moments ago elsewhere): look it up in the bucket.
         None => {
             use futures::TryStreamExt as _;
-            let keys: Vec<String> = state.kv.keys().await.map_err(|e| kv_error("list", e))?.try_collect().await.map_err(|e| kv_error("list", e))?;
+            let keys: Vec<String> = state
+                .kv
+                .keys()
+                .await
+                .map_err(|e| kv_error("list", e))?
+                .try_collect()
+                .await
+                .map_err(|e| kv_error("list", e))?;
             let suffix = format!(".{id}");
             keys.into_iter().find(|k| k.ends_with(&suffix)).ok_or_else(missing)?
         }
@@ -202,7 +213,11 @@ async fn locate(state: &AppState, caller: &Caller, id: &str) -> Result<(String, 
 }
 
 /// `GET /v1/subscriptions/{id}`.
-pub(crate) async fn get(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<Json<View>, ApiError> {
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<View>, ApiError> {
     let (_, _, sub) = locate(&state, &caller, &id).await?;
     Ok(Json(View::of(&sub)))
 }
@@ -280,7 +295,11 @@ pub(crate) async fn patch(
 }
 
 /// `DELETE /v1/subscriptions/{id}`: no further deliveries are made to it.
-pub(crate) async fn delete(State(state): State<AppState>, caller: Caller, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let (key, _, sub) = locate(&state, &caller, &id).await?;
     state.kv.delete(&key).await.map_err(|e| kv_error("delete", e))?;
     state.registry.remove(&sub.tenant, &sub.id);
