@@ -69,13 +69,23 @@ fn temp_dir(prefix: &str) -> PathBuf {
 pub struct NatsServer {
     port: u16,
     store: PathBuf,
+    jetstream: bool,
     child: Option<Child>,
 }
 
 impl NatsServer {
     /// Starts a server and waits until it accepts connections.
     pub fn start() -> Self {
-        let mut server = Self { port: free_port(), store: temp_dir("herald-nats"), child: None };
+        Self::start_with(true)
+    }
+
+    /// Starts a server without JetStream: Herald must refuse it.
+    pub fn start_without_jetstream() -> Self {
+        Self::start_with(false)
+    }
+
+    fn start_with(jetstream: bool) -> Self {
+        let mut server = Self { port: free_port(), store: temp_dir("herald-nats"), jetstream, child: None };
         server.restart();
         server
     }
@@ -97,15 +107,14 @@ impl NatsServer {
     pub fn restart(&mut self) {
         self.stop();
         let log = std::fs::File::create(self.store.join("server.log")).expect("log file");
-        let child = Command::new(nats_server_bin())
-            .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string(), "-sd"])
-            .arg(self.store.join("js"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start {}: {e} (scripts/ensure-nats.sh installs it)", nats_server_bin().display())
-            });
+        let mut cmd = Command::new(nats_server_bin());
+        cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
+        if self.jetstream {
+            cmd.arg("-js").arg("-sd").arg(self.store.join("js"));
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| {
+            panic!("cannot start {}: {e} (scripts/ensure-nats.sh installs it)", nats_server_bin().display())
+        });
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(15);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {

@@ -196,6 +196,7 @@ async fn consume<F, Fut>(
                 }
             }
         };
+        let mut consecutive_errors = 0u64;
         loop {
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
@@ -207,6 +208,7 @@ async fn consume<F, Fut>(
             };
             match next {
                 Some(Ok(msg)) => {
+                    consecutive_errors = 0;
                     let work = handle(shared.clone(), msg);
                     let hard_stop = hard_stop.clone();
                     tasks.spawn(async move {
@@ -218,7 +220,18 @@ async fn consume<F, Fut>(
                     });
                 }
                 Some(Err(e)) => {
+                    // Missed heartbeats and the like while NATS reconnects; do not spin on them.
+                    drop(permit);
+                    consecutive_errors += 1;
                     tracing::debug!(consumer = %name, error = %e, "pull stream hiccup");
+                    if consecutive_errors >= 10 {
+                        tracing::warn!(consumer = %name, error = %e, "pull stream keeps failing; re-creating");
+                        break;
+                    }
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break 'outer,
+                        _ = tokio::time::sleep(Duration::from_millis(100 * consecutive_errors)) => {}
+                    }
                 }
                 None => {
                     tracing::warn!(consumer = %name, "pull stream ended; re-creating");

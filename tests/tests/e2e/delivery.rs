@@ -265,3 +265,27 @@ async fn wildcards_select_types_and_tenants_never_see_each_others_events() {
     }
     assert_eq!(rx.received().len(), 5);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deliveries_resume_after_a_nats_restart_without_restarting_herald() {
+    let mut stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    stack.subscribe(&rx.url("/resume"), &["resume.*"], None).await;
+    stack.publish(json!({"id": "r-1", "type": "resume.test", "data": {}})).await;
+    rx.wait_for(1, SOON).await;
+
+    stack.nats.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.nats.restart();
+
+    // Publish until the gateway has reconnected, then expect the dispatcher to deliver too.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack.publish(json!({"id": "r-2", "type": "resume.test", "data": {}})).await.0 != 202 {
+        assert!(std::time::Instant::now() < deadline, "gateway never reconnected");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    rx.wait_until(Duration::from_secs(45), "r-2 after the restart", |r| {
+        r.iter().any(|r| r.header("webhook-id") == Some("r-2"))
+    })
+    .await;
+}

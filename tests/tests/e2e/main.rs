@@ -1,6 +1,8 @@
 //! End-to-end suites: real nats-server with JetStream, Herald's services, real HTTP receivers.
 //! One binary for the crate keeps link time down.
 
+mod bootstrap;
+mod cli;
 mod crash;
 mod delivery;
 mod gateway;

@@ -1,0 +1,55 @@
+//! Start-up: what both services create, and what they refuse.
+
+use clap::Parser as _;
+use herald_tests::NatsServer;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_services_refuse_a_server_without_jetstream_with_a_clear_message() {
+    herald_tests::init();
+    let nats = NatsServer::start_without_jetstream();
+
+    let config = herald_gateway::Config::try_parse_from(["herald-gateway", "--nats-url", &nats.url()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = herald_gateway::run(config, listener, std::future::pending()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("JetStream is not available"), "{err:#}");
+
+    let config = herald_dispatcher::Config::try_parse_from(herald_tests::dispatcher_args(&nats.url())).unwrap();
+    let err = herald_dispatcher::run(config, CancellationToken::new()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("start nats-server with -js"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
+    herald_tests::init();
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let topology = herald_core::nats::Topology::default();
+    for _ in 0..2 {
+        herald_core::nats::ensure_streams(&js, &topology).await.unwrap();
+        herald_core::nats::ensure_consumers(&js, &topology).await.unwrap();
+    }
+    for (stream, subjects) in [
+        ("HERALD_EVENTS", vec!["herald.events.>"]),
+        ("HERALD_DELIVERIES", vec!["herald.deliveries.>", "herald.retries.>"]),
+        ("HERALD_DLQ", vec!["herald.dlq.>"]),
+        ("HERALD_ATTEMPTS", vec!["herald.attempts.>"]),
+        ("KV_herald-subscriptions", vec!["$KV.herald-subscriptions.>"]),
+    ] {
+        let info = js.get_stream(stream).await.unwrap().info().await.unwrap().clone();
+        assert_eq!(info.config.subjects, subjects, "{stream}");
+    }
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(events.config.duplicate_window, std::time::Duration::from_secs(120));
+    let deliveries = js.get_stream("HERALD_DELIVERIES").await.unwrap().info().await.unwrap().clone();
+    assert!(deliveries.config.allow_message_schedules);
+    let stream = js.get_stream("HERALD_DELIVERIES").await.unwrap();
+    let consumer = stream.consumer_info("herald-deliver").await.unwrap();
+    assert_eq!(consumer.config.filter_subject, "herald.deliveries.>");
+
+    // A changed setting is applied on the next start-up, not refused.
+    let longer = herald_core::nats::Topology { events_max_age: std::time::Duration::from_secs(86_400), ..topology };
+    herald_core::nats::ensure_streams(&js, &longer).await.unwrap();
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap().info().await.unwrap().clone();
+    assert_eq!(events.config.max_age, std::time::Duration::from_secs(86_400));
+}
