@@ -181,6 +181,15 @@ pub struct Reply {
     pub status: u16,
     /// How long to wait before answering.
     pub delay: Duration,
+    /// A `Retry-After` header value in seconds, if any.
+    pub retry_after: Option<u64>,
+}
+
+impl Reply {
+    /// Answers `status` at once.
+    pub fn status(status: u16) -> Self {
+        Self { status, delay: Duration::ZERO, retry_after: None }
+    }
 }
 
 #[derive(Default)]
@@ -213,9 +222,14 @@ impl Receiver {
                     st.script.pop_front()
                 };
                 arrived.notify_waiters();
-                let reply = reply.unwrap_or(Reply { status: 200, delay: Duration::ZERO });
+                let reply = reply.unwrap_or(Reply::status(200));
                 tokio::time::sleep(reply.delay).await;
-                StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK)
+                let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+                let mut headers = HeaderMap::new();
+                if let Some(secs) = reply.retry_after {
+                    headers.insert("retry-after", secs.into());
+                }
+                (status, headers)
             }
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
@@ -236,7 +250,7 @@ impl Receiver {
 
     /// Queues plain statuses for the next requests.
     pub fn respond_with(&self, statuses: &[u16]) {
-        self.script(statuses.iter().map(|&status| Reply { status, delay: Duration::ZERO }));
+        self.script(statuses.iter().map(|&status| Reply::status(status)));
     }
 
     /// Everything received so far.

@@ -183,3 +183,30 @@ mod tests {
         assert_eq!(signing_secrets(&sub, now).len(), 2);
     }
 }
+
+/// Validates a per-subscription retry schedule (`10s,1m,1h`): 1 to 20 delays of 1 s to 1 day
+/// each. Returns it in canonical form.
+pub fn validate_retry_schedule(text: &str) -> Result<String, InvalidField> {
+    let policy = crate::retry::RetryPolicy::parse(text).map_err(|e| invalid("retry_schedule", e))?;
+    let delays = crate::runtime::parse_duration_list(text).map_err(|e| invalid("retry_schedule", e))?;
+    if delays.is_empty() || delays.len() > 20 {
+        return Err(invalid("retry_schedule", "must list 1 to 20 delays, e.g. \"10s,1m,10m,1h\""));
+    }
+    if delays.iter().any(|d| d.as_secs() < 1 || d.as_secs() > 86_400) {
+        return Err(invalid("retry_schedule", "each delay must be between 1s and 1d"));
+    }
+    Ok(policy.describe())
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use super::*;
+
+    #[test]
+    fn retry_schedules() {
+        assert_eq!(validate_retry_schedule("10s, 60s,1h").unwrap(), "10s,1m,1h");
+        for bad in ["", "0s", "2d", "soon", &vec!["1s"; 21].join(",")] {
+            assert!(validate_retry_schedule(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -9,6 +9,7 @@ use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
 use time::OffsetDateTime;
 
+use herald_core::retry::RetryPolicy;
 use herald_core::{nats, proto, trace};
 
 use crate::Shared;
@@ -58,8 +59,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
     let traceparent = trace::child_of(parent);
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
-    let sent = http_client::send(&shared.http, WebhookRequest { url: &sub.url, headers, body }).await;
-    let outcome = retry::decide(&shared.config.retry_schedule, delivery.attempt.max(1), &sent.result);
+    let sent = http_client::send(
+        &shared.http,
+        WebhookRequest { url: &sub.url, headers, body },
+        shared.config.response_body_limit,
+    )
+    .await;
+    let policy = subscription_policy(&sub).unwrap_or_else(|| shared.config.retry_schedule.clone());
+    let outcome = retry::decide(&policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
     record_attempt(&shared, &delivery, &sub.url, now, &sent, &outcome).await;
 
     match outcome {
@@ -77,6 +84,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
             dead_letter(&shared, &msg, Some(last), reason).await
         }
     }
+}
+
+/// The subscription's own retry schedule, if it has a valid one.
+fn subscription_policy(sub: &proto::Subscription) -> Option<RetryPolicy> {
+    if sub.retry_schedule.is_empty() {
+        return None;
+    }
+    RetryPolicy::parse(&sub.retry_schedule).ok()
 }
 
 /// Stores the next attempt as a JetStream message schedule that publishes it back to the
@@ -192,6 +207,7 @@ async fn record_attempt(
         }
         .to_owned(),
         response_body: sent.response_excerpt.clone(),
+        error_class: sent.result.class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
     };
     let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
     let publish = PublishMessage::build().payload(attempt.encode_to_vec().into());

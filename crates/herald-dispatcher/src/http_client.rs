@@ -5,10 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::retry::AttemptResult;
-
-/// Bytes of the response body kept for the attempt record.
-const BODY_EXCERPT: usize = 1024;
+use crate::retry::{AttemptResult, ErrorClass, parse_retry_after};
 
 /// Builds the client. Installs the ring TLS provider for the process if none is yet.
 pub fn build(timeout: Duration) -> anyhow::Result<reqwest::Client> {
@@ -75,27 +72,50 @@ pub struct Sent {
     pub elapsed: Duration,
 }
 
-/// POSTs the webhook and reads at most [`BODY_EXCERPT`] bytes of the answer.
-pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>) -> Sent {
+/// POSTs the webhook and reads at most `excerpt_limit` bytes of the answer.
+pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
     let started = Instant::now();
     let outcome = client.post(req.url).headers(req.headers).body(req.body).send().await;
     let (result, response_excerpt) = match outcome {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
+            let retry_after = match status {
+                429 | 503 => resp
+                    .headers()
+                    .get(reqwest::header::RETRY_AFTER)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
+                _ => None,
+            };
             let mut excerpt = Vec::new();
-            while excerpt.len() < BODY_EXCERPT {
+            while excerpt.len() < excerpt_limit {
                 match resp.chunk().await {
                     Ok(Some(chunk)) => {
-                        excerpt.extend_from_slice(&chunk[..chunk.len().min(BODY_EXCERPT - excerpt.len())])
+                        excerpt.extend_from_slice(&chunk[..chunk.len().min(excerpt_limit - excerpt.len())])
                     }
                     _ => break,
                 }
             }
             let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
-            let error = (!(200..300).contains(&status)).then(|| format!("HTTP {status}"));
-            (AttemptResult { status: Some(status), error }, excerpt)
+            let failed = !(200..300).contains(&status);
+            let result = AttemptResult {
+                status: Some(status),
+                error: failed.then(|| format!("HTTP {status}")),
+                class: failed.then_some(ErrorClass::HttpStatus),
+                retry_after,
+            };
+            (result, excerpt)
         }
-        Err(e) => (AttemptResult { status: None, error: Some(describe(&e)) }, String::new()),
+        Err(e) => {
+            let class = if e.is_timeout() {
+                ErrorClass::Timeout
+            } else if e.is_connect() {
+                ErrorClass::Connection
+            } else {
+                ErrorClass::Request
+            };
+            (AttemptResult { error: Some(describe(&e)), class: Some(class), ..Default::default() }, String::new())
+        }
     };
     Sent { result, response_excerpt, elapsed: started.elapsed() }
 }

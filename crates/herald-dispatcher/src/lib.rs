@@ -48,6 +48,12 @@ pub struct Config {
     /// Delays before each retry, comma-separated; after the last, the delivery is dead-lettered.
     #[arg(long, env = "HERALD_RETRY_SCHEDULE", default_value = herald_core::retry::DEFAULT_SCHEDULE, value_parser = RetryPolicy::parse)]
     pub retry_schedule: RetryPolicy,
+    /// Longest wait a subscriber's `Retry-After` (on 429 and 503) can ask for.
+    #[arg(long, env = "HERALD_RETRY_AFTER_MAX", default_value = "1h", value_parser = herald_core::runtime::parse_duration)]
+    pub retry_after_max: Duration,
+    /// Bytes of each response body kept in the attempt record.
+    #[arg(long, env = "HERALD_RESPONSE_BODY_LIMIT", default_value_t = 4096)]
+    pub response_body_limit: usize,
     /// Timeout of one delivery attempt.
     #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "15s", value_parser = herald_core::runtime::parse_duration)]
     pub http_timeout: Duration,

@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod error;
 mod routes;
+mod scan;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -13,7 +13,7 @@ async fn dispatcher_killed_mid_delivery_delivers_after_restart() {
     let stack = Stack::gateway_only().await;
     let rx = Receiver::start().await;
     // The first request hangs long enough for the kill to land while it is in flight.
-    rx.script([Reply { status: 200, delay: Duration::from_secs(60) }]);
+    rx.script([Reply { delay: Duration::from_secs(60), ..Reply::status(200) }]);
     let sub = stack.subscribe(&rx.url("/k"), &["crash.test"], None).await;
     let dispatcher = DispatcherProcess::start(&stack.nats.url());
     let (status, _) = stack.publish(json!({"id": "survivor", "type": "crash.test", "data": {"n": 1}})).await;
@@ -34,7 +34,7 @@ async fn dispatcher_killed_mid_delivery_delivers_after_restart() {
 async fn sigterm_lets_in_flight_deliveries_finish_and_acks_them() {
     let stack = Stack::gateway_only().await;
     let rx = Receiver::start().await;
-    rx.script([Reply { status: 200, delay: Duration::from_millis(1500) }]);
+    rx.script([Reply { delay: Duration::from_millis(1500), ..Reply::status(200) }]);
     stack.subscribe(&rx.url("/t"), &["term.test"], None).await;
     let dispatcher = DispatcherProcess::start(&stack.nats.url());
     stack.publish(json!({"id": "graceful", "type": "term.test", "data": {}})).await;

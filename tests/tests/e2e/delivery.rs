@@ -143,13 +143,19 @@ async fn invalid_events_on_nats_are_dead_lettered_not_delivered_and_do_not_block
     stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", SOON).await;
     assert_eq!(stack.stream_messages("HERALD_DLQ").await, 3);
 
+    // Events are fanned out concurrently, so the letters may be in any order.
     let stream = js.get_stream("HERALD_DLQ").await.unwrap();
-    let first = stream.get_raw_message(1).await.unwrap();
-    assert_eq!(first.subject.as_str(), "herald.dlq.default._invalid");
-    let letter = herald_core::proto::DeadLetter::decode(first.payload.as_ref()).unwrap();
-    assert!(letter.reason.contains("protobuf"), "{}", letter.reason);
-    assert_eq!(letter.raw_subject, "herald.events.default.order.bad");
-    assert_eq!(letter.raw_payload, vec![0xff, 0xff, 0x01]);
+    let mut letters = Vec::new();
+    for seq in 1..=3 {
+        let stored = stream.get_raw_message(seq).await.unwrap();
+        assert_eq!(stored.subject.as_str(), "herald.dlq.default._invalid");
+        letters.push(herald_core::proto::DeadLetter::decode(stored.payload.as_ref()).unwrap());
+    }
+    let not_protobuf = letters.iter().find(|l| l.raw_payload == [0xff, 0xff, 0x01]).expect("the binary garbage");
+    assert!(not_protobuf.reason.contains("protobuf"), "{}", not_protobuf.reason);
+    assert_eq!(not_protobuf.raw_subject, "herald.events.default.order.bad");
+    let wrong_tenant = letters.iter().find(|l| l.raw_payload.starts_with(b"{\"tenant\"")).expect("the tenant mismatch");
+    assert!(wrong_tenant.reason.contains("tenant"), "{}", wrong_tenant.reason);
 
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(rx.received().len(), 1, "invalid events never reach a subscriber");

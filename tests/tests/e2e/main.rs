@@ -6,6 +6,8 @@ mod cli;
 mod crash;
 mod delivery;
 mod gateway;
+mod records;
+mod retry;
 mod subscriptions;
 
 use std::time::Duration;

@@ -85,6 +85,15 @@ pub struct Subscription {
     /// Concurrent deliveries at most (0: the dispatcher's default).
     #[prost(uint32, tag = "13")]
     pub max_in_flight: u32,
+    /// Delays before each retry, e.g. "10s,1m,10m"; empty: the deployment's schedule.
+    #[prost(string, tag = "14")]
+    pub retry_schedule: ::prost::alloc::string::String,
+    /// Why Herald disabled it (e.g. 410 Gone); empty when enabled or disabled by a person.
+    #[prost(string, tag = "15")]
+    pub disabled_reason: ::prost::alloc::string::String,
+    /// When the current run of consecutive failures began, RFC 3339; empty after a success.
+    #[prost(string, tag = "16")]
+    pub failing_since: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SigningSecret {
@@ -143,4 +152,7 @@ pub struct Attempt {
     /// The first bytes of the response body.
     #[prost(string, tag = "11")]
     pub response_body: ::prost::alloc::string::String,
+    /// `timeout`, `connection`, `http_status`, `refused` or `request`; empty on success.
+    #[prost(string, tag = "12")]
+    pub error_class: ::prost::alloc::string::String,
 }

@@ -1,8 +1,11 @@
 //! The gateway's routes, one file per resource.
 
+mod attempts;
+mod dead_letters;
 mod events;
 mod health;
-mod subscriptions;
+mod replay;
+pub(crate) mod subscriptions;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -15,6 +18,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/readyz", get(health::readyz))
         .route("/v1/events", post(events::publish))
         .route("/v1/events/batch", post(events::publish_batch))
+        .route("/v1/events/{id}/attempts", get(attempts::for_event))
+        .route("/v1/subscriptions/{id}/attempts", get(attempts::for_subscription))
+        .route("/v1/subscriptions/{id}/replay", post(replay::replay))
+        .route("/v1/dead-letters", get(dead_letters::list))
+        .route("/v1/dead-letters/redrive", post(dead_letters::redrive))
         .route("/v1/subscriptions", post(subscriptions::create).get(subscriptions::list))
         .route(
             "/v1/subscriptions/{id}",

@@ -34,6 +34,12 @@ pub(crate) struct View {
     rate_limit: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_in_flight: Option<u32>,
+    /// Absent when the deployment's schedule applies.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_schedule: Option<String>,
+    /// Why Herald disabled it, if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disabled_reason: Option<String>,
     created_at: String,
     updated_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -53,6 +59,8 @@ impl View {
             metadata: sub.metadata.clone(),
             rate_limit: (sub.rate_limit > 0).then_some(sub.rate_limit),
             max_in_flight: (sub.max_in_flight > 0).then_some(sub.max_in_flight),
+            retry_schedule: (!sub.retry_schedule.is_empty()).then(|| sub.retry_schedule.clone()),
+            disabled_reason: (!sub.disabled_reason.is_empty()).then(|| sub.disabled_reason.clone()),
             created_at: sub.created_at.clone(),
             updated_at: sub.updated_at.clone(),
             secret: None,
@@ -78,6 +86,7 @@ pub(crate) struct CreateInput {
     rate_limit: Option<u32>,
     max_in_flight: Option<u32>,
     enabled: Option<bool>,
+    retry_schedule: Option<String>,
     /// A `whsec_` secret to use instead of a generated one (e.g. when migrating).
     secret: Option<String>,
 }
@@ -100,6 +109,10 @@ pub(crate) async fn create(
     validate::validate_metadata(&input.metadata).map_err(field_error)?;
     let description = input.description.unwrap_or_default();
     validate::validate_description(&description).map_err(field_error)?;
+    let retry_schedule = match &input.retry_schedule {
+        Some(s) => validate::validate_retry_schedule(s).map_err(field_error)?,
+        None => String::new(),
+    };
     let secret = match input.secret {
         Some(s) => Secret::parse_strict(&s).map_err(|e| ApiError::invalid(Some("secret"), format!("secret: {e}")))?,
         None => Secret::generate(),
@@ -120,6 +133,8 @@ pub(crate) async fn create(
         updated_at: now,
         rate_limit: input.rate_limit.unwrap_or(0),
         max_in_flight: input.max_in_flight.unwrap_or(0),
+        retry_schedule,
+        ..Default::default()
     };
     let key = nats::subscription_key(&sub.tenant, &sub.id);
     let revision = state.kv.create(&key, sub.encode_to_vec().into()).await.map_err(|e| kv_error("store", e))?;
@@ -176,7 +191,7 @@ pub(crate) async fn list(
 }
 
 /// Finds a subscription's key and current entry, checking the caller may see it.
-async fn locate(
+pub(crate) async fn locate(
     state: &AppState,
     caller: &Caller,
     id: &str,
@@ -233,6 +248,8 @@ pub(crate) struct PatchInput {
     metadata: Option<BTreeMap<String, String>>,
     rate_limit: Option<u32>,
     max_in_flight: Option<u32>,
+    /// An empty string returns to the deployment's schedule.
+    retry_schedule: Option<String>,
 }
 
 impl PatchInput {
@@ -246,6 +263,15 @@ impl PatchInput {
         }
         if let Some(enabled) = self.enabled {
             sub.enabled = enabled;
+            if enabled {
+                // A person re-enabled it: forget why Herald had disabled it.
+                sub.disabled_reason.clear();
+                sub.failing_since.clear();
+            }
+        }
+        if let Some(r) = &self.retry_schedule {
+            sub.retry_schedule =
+                if r.is_empty() { String::new() } else { validate::validate_retry_schedule(r).map_err(field_error)? };
         }
         if let Some(d) = &self.description {
             validate::validate_description(d).map_err(field_error)?;

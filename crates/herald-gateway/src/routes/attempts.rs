@@ -1,0 +1,119 @@
+//! `GET /v1/events/{id}/attempts` and `GET /v1/subscriptions/{id}/attempts`: the attempt
+//! records on `HERALD_ATTEMPTS`, newest first.
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use prost::Message as _;
+use serde::{Deserialize, Serialize};
+
+use herald_core::ids::EventId;
+use herald_core::{nats, proto};
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::routes::subscriptions::locate;
+use crate::scan::{From, Stored, scan};
+
+/// Most records a query reads from the stream; older ones are beyond the answer.
+const SCAN_LIMIT: usize = 100_000;
+
+#[derive(Serialize)]
+pub(crate) struct AttemptView {
+    /// Stream sequence: a stable id, and the `before` cursor of the next page.
+    seq: u64,
+    event_id: String,
+    subscription_id: String,
+    tenant: String,
+    attempt: u32,
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u32>,
+    outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_class: Option<String>,
+    at: String,
+    duration_ms: u64,
+    response_body: String,
+}
+
+impl AttemptView {
+    fn of(stored: &Stored) -> Option<Self> {
+        let a = proto::Attempt::decode(stored.payload.as_ref()).ok()?;
+        Some(Self {
+            seq: stored.sequence,
+            event_id: a.event_id,
+            subscription_id: a.subscription_id,
+            tenant: a.tenant,
+            attempt: a.attempt,
+            url: a.url,
+            status: (a.status > 0).then_some(a.status),
+            outcome: a.outcome,
+            error: (!a.error.is_empty()).then_some(a.error),
+            error_class: (!a.error_class.is_empty()).then_some(a.error_class),
+            at: a.at,
+            duration_ms: a.duration_ms,
+            response_body: a.response_body,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PageQuery {
+    limit: Option<usize>,
+    /// The `next` of the previous page: only records older than it.
+    before: Option<u64>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Page {
+    data: Vec<AttemptView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<u64>,
+}
+
+fn newest_first(mut stored: Vec<Stored>, q: &PageQuery) -> Page {
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    stored.retain(|s| q.before.is_none_or(|b| s.sequence < b));
+    stored.reverse();
+    let more = stored.len() > limit;
+    let data: Vec<AttemptView> = stored.iter().take(limit).filter_map(AttemptView::of).collect();
+    let next = if more { data.last().map(|a| a.seq) } else { None };
+    Page { data, next }
+}
+
+/// `GET /v1/events/{id}/attempts`: every attempt of one event, across its subscriptions that
+/// the caller may see.
+pub(crate) async fn for_event(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page>, ApiError> {
+    EventId::parse(&id).map_err(|e| ApiError::invalid(Some("id"), e.0))?;
+    let filters = match caller.tenant_limit() {
+        None => vec![format!("herald.attempts.*.*.{id}")],
+        Some(tenants) if tenants.is_empty() => {
+            return Err(ApiError::forbidden("reading attempts needs `admin` or a `tenant:<id>` scope"));
+        }
+        Some(tenants) => tenants.iter().map(|t| format!("herald.attempts.{t}.*.{id}")).collect(),
+    };
+    let stored = scan(&state.js, nats::ATTEMPTS_STREAM, filters, From::Beginning, None, SCAN_LIMIT).await?;
+    Ok(Json(newest_first(stored, &q)))
+}
+
+/// `GET /v1/subscriptions/{id}/attempts`: its attempts, newest first, paged with `before`.
+pub(crate) async fn for_subscription(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let (_, _, sub) = locate(&state, &caller, &id).await?;
+    let filter = format!("herald.attempts.{}.{}.*", sub.tenant, sub.id);
+    let stored = scan(&state.js, nats::ATTEMPTS_STREAM, vec![filter], From::Beginning, None, SCAN_LIMIT).await?;
+    Ok(Json(newest_first(stored, &q)))
+}

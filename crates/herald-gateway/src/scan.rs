@@ -1,0 +1,100 @@
+//! Reading a slice of a stream for the query endpoints (attempts, dead letters, replay): an
+//! ephemeral ordered consumer with a subject filter and a start point, read up to what was
+//! pending when it was created, so a query always ends.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use bytes::Bytes;
+use futures::StreamExt;
+use time::OffsetDateTime;
+
+use crate::error::ApiError;
+
+/// One stored message.
+#[derive(Debug, Clone)]
+pub(crate) struct Stored {
+    pub sequence: u64,
+    pub time: OffsetDateTime,
+    pub subject: String,
+    pub headers: Option<async_nats::HeaderMap>,
+    pub payload: Bytes,
+}
+
+impl Stored {
+    /// A header's value.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.as_ref()?.get(name).map(|v| v.as_str())
+    }
+}
+
+/// Where a scan starts.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum From {
+    Beginning,
+    Time(OffsetDateTime),
+    Sequence(u64),
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    tracing::warn!(error = %e, "stream scan failed");
+    ApiError::unavailable(format!("could not read from NATS ({e}); retry later"))
+}
+
+/// Reads the messages of `stream` matching `filters`, from `from`, until the end as it was when
+/// the scan began, `until` (exclusive), or `max` messages, whichever comes first.
+pub(crate) async fn scan(
+    js: &jetstream::Context,
+    stream: &str,
+    filters: Vec<String>,
+    from: From,
+    until: Option<OffsetDateTime>,
+    max: usize,
+) -> Result<Vec<Stored>, ApiError> {
+    let stream = js.get_stream(stream).await.map_err(unavailable)?;
+    let deliver_policy = match from {
+        From::Beginning => consumer::DeliverPolicy::All,
+        From::Time(start_time) => consumer::DeliverPolicy::ByStartTime { start_time },
+        From::Sequence(start_sequence) => {
+            consumer::DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) }
+        }
+    };
+    let config = consumer::pull::OrderedConfig { filter_subjects: filters, deliver_policy, ..Default::default() };
+    let consumer = stream.create_consumer(config).await.map_err(unavailable)?;
+    let pending = consumer.cached_info().num_pending as usize;
+    let mut out = Vec::with_capacity(pending.min(max));
+    if pending == 0 {
+        return Ok(out);
+    }
+    let mut messages = consumer.messages().await.map_err(unavailable)?.take(pending.min(max));
+    loop {
+        let next = tokio::time::timeout(Duration::from_secs(10), messages.next())
+            .await
+            .map_err(|_| unavailable("timed out"))?;
+        let Some(msg) = next else { break };
+        let msg = msg.map_err(unavailable)?;
+        let info = msg.info().map_err(unavailable)?;
+        let (sequence, time) = (info.stream_sequence, info.published);
+        if until.is_some_and(|u| time >= u) {
+            break;
+        }
+        out.push(Stored {
+            sequence,
+            time,
+            subject: msg.subject.to_string(),
+            headers: msg.headers.clone(),
+            payload: msg.payload.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Parses an optional RFC 3339 query parameter.
+pub(crate) fn parse_time(field: &'static str, value: Option<&str>) -> Result<Option<OffsetDateTime>, ApiError> {
+    value
+        .map(|v| {
+            OffsetDateTime::parse(v, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| ApiError::invalid(Some(field), format!("{field}: {v:?} is not an RFC 3339 time")))
+        })
+        .transpose()
+}

@@ -1,0 +1,160 @@
+//! What an operator reads and acts on: attempt records, dead letters and their redrive, replay.
+
+use std::time::{Duration, Instant};
+
+use herald_tests::{Receiver, Stack};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::SOON;
+
+async fn wait_for_dead_letters(stack: &Stack, n: u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.stream_messages("HERALD_DLQ").await < n {
+        assert!(Instant::now() < deadline, "expected {n} dead letter(s)");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn now() -> String {
+    herald_core::rfc3339(time::OffsetDateTime::now_utc())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_are_served_newest_first_and_paged() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    rx.respond_with(&[500]);
+    let sub = stack.subscribe(&rx.url("/att"), &["att.*"], Some("acme")).await;
+    let id = sub["id"].as_str().unwrap();
+    stack.publish(json!({"id": "att-1", "type": "att.x", "tenant": "acme", "data": {}})).await;
+    rx.wait_for(2, Duration::from_secs(30)).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+
+    let (status, _, page) = stack.call(Method::GET, "/v1/events/att-1/attempts", None).await;
+    assert_eq!(status, 200, "{page}");
+    let data = page["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    assert_eq!(
+        (data[0]["attempt"].as_u64(), data[0]["status"].as_u64(), data[0]["outcome"].as_str()),
+        (Some(2), Some(200), Some("delivered"))
+    );
+    assert_eq!(
+        (data[1]["attempt"].as_u64(), data[1]["status"].as_u64(), data[1]["outcome"].as_str()),
+        (Some(1), Some(500), Some("retry"))
+    );
+    assert_eq!(data[1]["error_class"], "http_status");
+    assert_eq!(data[0]["subscription_id"], id);
+
+    let (_, _, p1) = stack.call(Method::GET, &format!("/v1/subscriptions/{id}/attempts?limit=1"), None).await;
+    assert_eq!(p1["data"][0]["attempt"], 2);
+    let before = p1["next"].as_u64().expect("a second page");
+    let (_, _, p2) =
+        stack.call(Method::GET, &format!("/v1/subscriptions/{id}/attempts?limit=1&before={before}"), None).await;
+    assert_eq!(p2["data"][0]["attempt"], 1);
+    assert!(p2.get("next").is_none());
+
+    // Another tenant's token sees nothing of it.
+    let (status, _, _) = stack
+        .call_as(herald_tests::PUBLISH_TOKEN, Method::GET, &format!("/v1/subscriptions/{id}/attempts"), None)
+        .await;
+    assert_eq!(status, 404);
+    let (status, _, page) =
+        stack.call_as("test-acme-token-0123456789", Method::GET, "/v1/events/att-1/attempts", None).await;
+    assert_eq!((status, page["data"].as_array().map(Vec::len)), (200, Some(2)), "its own tenant sees them");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven_with_a_fresh_schedule() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    rx.respond_with(&[500; 8]);
+    let sub = stack.subscribe(&rx.url("/dl"), &["dl.*"], None).await;
+    let id = sub["id"].as_str().unwrap();
+    stack.publish(json!({"id": "dl-1", "type": "dl.x", "data": {"n": 1}})).await;
+    stack.publish(json!({"id": "dl-2", "type": "dl.x", "data": {"n": 2}})).await;
+    wait_for_dead_letters(&stack, 2).await;
+
+    let (status, _, page) = stack.call(Method::GET, &format!("/v1/dead-letters?subscription={id}"), None).await;
+    assert_eq!(status, 200, "{page}");
+    let data = page["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    for d in data {
+        assert_eq!((d["attempts"].as_u64(), d["last_status"].as_u64()), (Some(4), Some(500)));
+        assert!(d["reason"].as_str().unwrap().contains("gave up after 4 attempts"));
+        assert_eq!(d["subscription_id"], id);
+    }
+    let (_, _, filtered) = stack.call(Method::GET, "/v1/dead-letters?tenant=default&limit=1", None).await;
+    assert_eq!(filtered["data"].as_array().unwrap().len(), 1);
+    assert!(filtered["next"].is_u64());
+    let (_, _, future) =
+        stack.call(Method::GET, &format!("/v1/dead-letters?since={}", "2999-01-01T00:00:00Z"), None).await;
+    assert_eq!(future["data"].as_array().unwrap().len(), 0);
+
+    // Redrive one by id: the receiver now answers 200 (its script of 500s is used up after 8).
+    let first: Value = data.iter().find(|d| d["event_id"] == "dl-1").unwrap().clone();
+    let (status, _, result) =
+        stack.call(Method::POST, "/v1/dead-letters/redrive", Some(json!({"ids": [first["id"]]}))).await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!(result["redriven"], 1);
+    rx.wait_until(SOON, "dl-1 delivered", |r| r.iter().filter(|r| r.header("webhook-id") == Some("dl-1")).count() == 5)
+        .await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    let (_, _, left) = stack.call(Method::GET, &format!("/v1/dead-letters?subscription={id}"), None).await;
+    let left = left["data"].as_array().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["event_id"], "dl-2");
+
+    // Redrive the rest by subscription.
+    let (_, _, result) = stack.call(Method::POST, "/v1/dead-letters/redrive", Some(json!({"subscription": id}))).await;
+    assert_eq!(result["redriven"], 1);
+    rx.wait_until(SOON, "dl-2 delivered", |r| r.iter().filter(|r| r.header("webhook-id") == Some("dl-2")).count() == 5)
+        .await;
+    let (status, _, p) = stack.call(Method::POST, "/v1/dead-letters/redrive", Some(json!({}))).await;
+    assert_eq!(status, 400, "a redrive of everything must be asked for explicitly: {p}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_delivers_exactly_the_events_of_the_range_and_never_doubles() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    let publish = |id: &'static str| stack.publish(json!({"id": id, "type": "rp.x", "data": {"id": id}}));
+    publish("rp-1").await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let since = now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish("rp-2").await;
+    publish("rp-3").await;
+    stack.publish(json!({"id": "other-type", "type": "zz.x", "data": {}})).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let until = now();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    publish("rp-4").await;
+
+    // A subscriber that arrives later backfills the range.
+    let sub = stack.subscribe(&rx.url("/late"), &["rp.*"], None).await;
+    let id = sub["id"].as_str().unwrap();
+    let (status, _, result) = stack
+        .call(Method::POST, &format!("/v1/subscriptions/{id}/replay"), Some(json!({"since": since, "until": until})))
+        .await;
+    assert_eq!(status, 200, "{result}");
+    assert_eq!((result["replayed"].as_u64(), result["scanned"].as_u64()), (Some(2), Some(3)));
+
+    rx.wait_for(2, SOON).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    let mut ids: Vec<String> = rx.received().iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    ids.sort();
+    assert_eq!(ids, ["rp-2", "rp-3"]);
+
+    // The same replay again is recognised as already under way: nothing doubles.
+    let (_, _, again) = stack
+        .call(Method::POST, &format!("/v1/subscriptions/{id}/replay"), Some(json!({"since": since, "until": until})))
+        .await;
+    assert_eq!((again["replayed"].as_u64(), again["in_flight"].as_u64()), (Some(0), Some(2)));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.received().len(), 2);
+
+    let (status, _, p) =
+        stack.call(Method::POST, &format!("/v1/subscriptions/{id}/replay"), Some(json!({"since": "yesterday"}))).await;
+    assert_eq!((status, p["field"].as_str()), (400, Some("since")));
+}
