@@ -196,6 +196,8 @@ impl Reply {
 struct ReceiverState {
     received: Vec<Received>,
     script: VecDeque<Reply>,
+    /// Scripts for one path (without query), used before the common one.
+    by_path: std::collections::HashMap<String, VecDeque<Reply>>,
 }
 
 /// A real HTTP server on loopback that records every request and answers as scripted
@@ -219,7 +221,10 @@ impl Receiver {
                 let reply = {
                     let mut st = state.lock().unwrap();
                     st.received.push(Received { path: uri.to_string(), headers, body });
-                    st.script.pop_front()
+                    match st.by_path.get_mut(uri.path()).and_then(VecDeque::pop_front) {
+                        Some(reply) => Some(reply),
+                        None => st.script.pop_front(),
+                    }
                 };
                 arrived.notify_waiters();
                 let reply = reply.unwrap_or(Reply::status(200));
@@ -246,6 +251,18 @@ impl Receiver {
     /// Queues answers for the next requests, in order.
     pub fn script(&self, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().script.extend(replies);
+    }
+
+    /// Queues answers for the next requests to `path`.
+    pub fn script_per_path(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
+        self.state.lock().unwrap().by_path.entry(path.to_owned()).or_default().extend(replies);
+    }
+
+    /// Forgets every queued answer: from now on, 200.
+    pub fn clear_script(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.script.clear();
+        st.by_path.clear();
     }
 
     /// Queues plain statuses for the next requests.
@@ -294,7 +311,12 @@ impl Receiver {
 
 /// Dispatcher flags suitable for tests: short retries and timeouts.
 pub fn dispatcher_args(nats_url: &str) -> Vec<String> {
-    [
+    dispatcher_args_with(nats_url, &[])
+}
+
+/// [`dispatcher_args`] with some flags given other values (or added).
+pub fn dispatcher_args_with(nats_url: &str, overrides: &[(&str, &str)]) -> Vec<String> {
+    let mut args: Vec<String> = [
         "herald-dispatcher",
         "--nats-url",
         nats_url,
@@ -308,10 +330,19 @@ pub fn dispatcher_args(nats_url: &str) -> Vec<String> {
         "5s",
         "--shutdown-grace",
         "5s",
+        "--breaker-cooldown",
+        "2s",
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    for (flag, value) in overrides {
+        match args.iter().position(|a| a == flag) {
+            Some(i) => args[i + 1] = value.to_string(),
+            None => args.extend([flag.to_string(), value.to_string()]),
+        }
+    }
+    args
 }
 
 /// A gateway and (optionally) a dispatcher running in this process against one nats-server.
@@ -401,8 +432,13 @@ impl Stack {
 
     /// Starts an in-process dispatcher with [`dispatcher_args`].
     pub fn start_dispatcher(&mut self) {
-        let config =
-            herald_dispatcher::Config::try_parse_from(dispatcher_args(&self.nats.url())).expect("dispatcher flags");
+        self.start_dispatcher_with(&[]);
+    }
+
+    /// Starts an in-process dispatcher with [`dispatcher_args_with`].
+    pub fn start_dispatcher_with(&mut self, overrides: &[(&str, &str)]) {
+        let args = dispatcher_args_with(&self.nats.url(), overrides);
+        let config = herald_dispatcher::Config::try_parse_from(args).expect("dispatcher flags");
         let stop = CancellationToken::new();
         self.dispatcher_task = Some(tokio::spawn(herald_dispatcher::run(config, stop.clone())));
         self.dispatcher_stop = Some(stop);

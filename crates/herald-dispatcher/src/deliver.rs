@@ -1,18 +1,21 @@
 //! Delivery: one message from `HERALD_DELIVERIES` → one signed POST → ack on 2xx, a scheduled
-//! retry, or a dead letter. Every attempt is recorded on `HERALD_ATTEMPTS`.
+//! retry, or a dead letter. Every attempt is recorded on `HERALD_ATTEMPTS`. Endpoint health is
+//! tracked here too: the circuit breaker, and disabling a subscription whose endpoint is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream::{self, AckKind, kv};
 use prost::Message as _;
 use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
 
 use herald_core::retry::RetryPolicy;
 use herald_core::{nats, proto, trace};
 
 use crate::Shared;
+use crate::breaker::Admission;
 use crate::http_client::{self, WebhookRequest};
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
@@ -30,16 +33,30 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
         return dead_letter(&shared, &msg, Some(delivery), reason).await;
     }
     let event = delivery.event.as_ref().expect("checked above");
+    // A delivery nobody can receive is dead-lettered, not dropped: after re-enabling (or
+    // re-creating) the subscription it can be redriven.
     let Some(sub) = shared.registry.get(&event.tenant, &delivery.subscription_id) else {
-        tracing::info!(event = %event.id, subscription = %delivery.subscription_id, "subscription deleted; delivery dropped");
-        let _ = msg.ack().await;
-        return;
+        return dead_letter(&shared, &msg, Some(delivery), "the subscription no longer exists".into()).await;
     };
     if !sub.enabled {
-        tracing::info!(event = %event.id, subscription = %sub.id, "subscription disabled; delivery dropped");
-        let _ = msg.ack().await;
-        return;
+        let reason = match sub.disabled_reason.as_str() {
+            "" => "the subscription is disabled".to_owned(),
+            why => format!("the subscription is disabled: {why}"),
+        };
+        return dead_letter(&shared, &msg, Some(delivery), reason).await;
     }
+
+    let permit = match shared.breakers.admit(&sub.id, sub.max_in_flight).await {
+        Admission::Go(permit) => permit,
+        Admission::Defer { after, why } => {
+            tracing::debug!(event = %event.id, subscription = %sub.id, why, "delivery deferred");
+            // Backs off while the endpoint stays saturated: 1 s, 2 s, 4 s … up to a minute.
+            let mut deferred = delivery;
+            let backoff = Duration::from_secs(1 << deferred.deferrals.min(6)).min(Duration::from_secs(60));
+            deferred.deferrals += 1;
+            return reschedule(&shared, &msg, deferred, after.max(backoff)).await;
+        }
+    };
 
     let body = match herald_core::event::webhook_body(event) {
         Ok(b) => b,
@@ -51,24 +68,31 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
     let signature = match herald_signature::sign(&refs, &event.id, now.unix_timestamp(), &body) {
         Ok(s) if !secrets.is_empty() => s,
         _ => {
-            return dead_letter(&shared, &msg, Some(delivery), "the subscription has no usable signing secret".into())
-                .await;
+            let reason = "the subscription has no usable signing secret".into();
+            return dead_letter(&shared, &msg, Some(delivery), reason).await;
         }
     };
     let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str());
     let traceparent = trace::child_of(parent);
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
+    let http_slot = shared.http_slots.acquire().await.expect("never closed");
     let sent = http_client::send(
         &shared.http,
         WebhookRequest { url: &sub.url, headers, body },
         shared.config.response_body_limit,
     )
     .await;
+    drop(http_slot);
+    permit.finish(sent.result.succeeded());
     let policy = subscription_policy(&sub).unwrap_or_else(|| shared.config.retry_schedule.clone());
-    let outcome = retry::decide(&policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
+    let mut outcome = retry::decide(&policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
+    if let Some(reason) = track_endpoint_health(&shared, &sub, &sent.result, now).await {
+        outcome = DeliveryOutcome::DeadLetter { reason };
+    }
     record_attempt(&shared, &delivery, &sub.url, now, &sent, &outcome).await;
 
+    let event_id = event.id.clone();
     match outcome {
         DeliveryOutcome::Delivered => {
             if let Err(e) = msg.ack().await {
@@ -76,7 +100,24 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
             }
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
         }
-        DeliveryOutcome::Retry { after } => schedule_retry(&shared, &msg, delivery, &sent.result, now, after).await,
+        DeliveryOutcome::Retry { after } => {
+            let mut next = delivery;
+            if next.first_attempt_at.is_empty() {
+                next.first_attempt_at = herald_core::rfc3339(now);
+            }
+            next.attempt = next.attempt.max(1) + 1;
+            next.last_status = sent.result.status.unwrap_or(0).into();
+            next.last_error = sent.result.error.clone().unwrap_or_default();
+            tracing::info!(
+                event = %event_id,
+                subscription = %sub.id,
+                next_attempt = next.attempt,
+                after = ?after,
+                error = %next.last_error,
+                "attempt failed; retry scheduled"
+            );
+            reschedule(&shared, &msg, next, after).await
+        }
         DeliveryOutcome::DeadLetter { reason } => {
             let mut last = delivery;
             last.last_status = sent.result.status.unwrap_or(0).into();
@@ -94,23 +135,11 @@ fn subscription_policy(sub: &proto::Subscription) -> Option<RetryPolicy> {
     RetryPolicy::parse(&sub.retry_schedule).ok()
 }
 
-/// Stores the next attempt as a JetStream message schedule that publishes it back to the
-/// delivery subject when due, then acks this one: the wait holds no consumer slot.
-async fn schedule_retry(
-    shared: &Shared,
-    msg: &jetstream::Message,
-    mut delivery: proto::Delivery,
-    result: &AttemptResult,
-    attempted_at: OffsetDateTime,
-    after: Duration,
-) {
+/// Stores `delivery` as a JetStream message schedule that publishes it back to the delivery
+/// subject after `after`, then acks this message: the wait holds no consumer slot. Used for
+/// retries (with the attempt count raised) and for deferrals (unchanged).
+async fn reschedule(shared: &Shared, msg: &jetstream::Message, delivery: proto::Delivery, after: Duration) {
     let event = delivery.event.clone().unwrap_or_default();
-    if delivery.first_attempt_at.is_empty() {
-        delivery.first_attempt_at = herald_core::rfc3339(attempted_at);
-    }
-    delivery.attempt = delivery.attempt.max(1) + 1;
-    delivery.last_status = result.status.unwrap_or(0).into();
-    delivery.last_error = result.error.clone().unwrap_or_default();
     // Schedules fire with one-second granularity and the time is truncated to whole seconds:
     // round up, so a retry never comes early, and never ask for a time already past.
     let due = OffsetDateTime::now_utc() + after.max(Duration::from_secs(1)) + Duration::from_millis(999);
@@ -126,18 +155,10 @@ async fn schedule_retry(
     let subject = nats::retry_schedule_subject(&event.tenant, &delivery.subscription_id, &event.id);
     match publish_and_confirm(shared, subject, publish).await {
         Ok(()) => {
-            tracing::info!(
-                event = %event.id,
-                subscription = %delivery.subscription_id,
-                next_attempt = delivery.attempt,
-                after = ?after,
-                error = %delivery.last_error,
-                "attempt failed; retry scheduled"
-            );
             let _ = msg.ack().await;
         }
         Err(e) => {
-            tracing::warn!(event = %event.id, error = %e, "could not schedule the retry; the delivery will be handed out again");
+            tracing::warn!(event = %event.id, error = %e, "could not schedule the delivery; it will be handed out again");
             let _ = msg.ack_with(AckKind::Nak(Some(STORE_RETRY.max(after.min(Duration::from_secs(60)))))).await;
         }
     }
@@ -148,18 +169,90 @@ async fn publish_and_confirm(shared: &Shared, subject: String, publish: PublishM
     ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
+/// Keeps the subscription's shared health fields current, changing the KV entry only on
+/// transitions: `failing_since` is set by the first failure after a success and cleared by the
+/// first success after failures. A `410 Gone`, or failing for longer than
+/// `HERALD_DISABLE_AFTER`, disables the subscription; the returned reason then dead-letters the
+/// delivery at hand.
+async fn track_endpoint_health(
+    shared: &Shared,
+    sub: &proto::Subscription,
+    result: &AttemptResult,
+    now: OffsetDateTime,
+) -> Option<String> {
+    let succeeded = result.succeeded();
+    let gone = result.status == Some(410);
+    let failing_for = OffsetDateTime::parse(&sub.failing_since, &Rfc3339).ok().map(|since| now - since);
+    let expired = !succeeded && failing_for.is_some_and(|d| d >= shared.config.disable_after);
+    let disable_reason = if gone {
+        Some(format!("the endpoint answered 410 Gone at {}", herald_core::rfc3339(now)))
+    } else if expired {
+        Some(format!(
+            "the endpoint failed every attempt since {} ({})",
+            sub.failing_since,
+            herald_core::runtime::format_duration(shared.config.disable_after)
+        ))
+    } else {
+        None
+    };
+    let change_needed = disable_reason.is_some()
+        || (succeeded && !sub.failing_since.is_empty())
+        || (!succeeded && sub.failing_since.is_empty());
+    if !change_needed {
+        return None;
+    }
+    let key = nats::subscription_key(&sub.tenant, &sub.id);
+    for _ in 0..3 {
+        let Ok(Some(entry)) = shared.subscriptions.entry(&key).await else { return disable_reason };
+        if entry.operation != kv::Operation::Put {
+            return disable_reason;
+        }
+        let Ok(mut current) = proto::Subscription::decode(entry.value.as_ref()) else { return disable_reason };
+        let before = (current.failing_since.clone(), current.enabled);
+        if succeeded {
+            current.failing_since.clear();
+        } else if current.failing_since.is_empty() {
+            current.failing_since = herald_core::rfc3339(now);
+        }
+        if disable_reason.is_none() && before == (current.failing_since.clone(), current.enabled) {
+            // Another attempt (or replica) already recorded this transition.
+            return None;
+        }
+        if let Some(reason) = &disable_reason {
+            current.enabled = false;
+            current.disabled_reason = reason.clone();
+        }
+        match shared.subscriptions.update(&key, current.encode_to_vec().into(), entry.revision).await {
+            Ok(revision) => {
+                if disable_reason.is_some() {
+                    tracing::warn!(subscription = %sub.id, reason = ?disable_reason, "subscription disabled");
+                }
+                shared.registry.upsert(revision, current);
+                return disable_reason;
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => {
+                tracing::warn!(subscription = %sub.id, error = %e, "could not update endpoint health");
+                return disable_reason;
+            }
+        }
+    }
+    disable_reason
+}
+
 /// Moves a delivery to `HERALD_DLQ` with its reason, then acks it. If the DLQ cannot be written,
 /// the delivery is handed out again later instead: nothing is dropped.
 async fn dead_letter(shared: &Shared, msg: &jetstream::Message, delivery: Option<proto::Delivery>, reason: String) {
-    let (tenant, sub_id) =
-        match delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone()))) {
-            Some((t, s)) if !t.is_empty() && !s.is_empty() => (t, s),
-            _ => {
-                // Undecodable: take the tenant and subscription from the delivery subject.
-                let mut parts = msg.subject.as_str().split('.').skip(2);
-                (parts.next().unwrap_or("_unknown").to_owned(), parts.next().unwrap_or("_unknown").to_owned())
-            }
-        };
+    let target =
+        delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone())));
+    let (tenant, sub_id) = match target {
+        Some((t, s)) if !t.is_empty() && !s.is_empty() => (t, s),
+        _ => {
+            // Undecodable: take the tenant and subscription from the delivery subject.
+            let mut parts = msg.subject.as_str().split('.').skip(2);
+            (parts.next().unwrap_or("_unknown").to_owned(), parts.next().unwrap_or("_unknown").to_owned())
+        }
+    };
     let letter = proto::DeadLetter {
         reason: reason.clone(),
         raw_subject: if delivery.is_none() { msg.subject.to_string() } else { String::new() },

@@ -11,6 +11,7 @@
 //! - `health.rs`: `/healthz` and `/readyz` on `HERALD_LISTEN`.
 #![forbid(unsafe_code)]
 
+pub mod breaker;
 mod deliver;
 mod fanout;
 mod health;
@@ -61,7 +62,21 @@ pub struct Config {
     /// replica; must exceed the HTTP timeout (default: HTTP timeout + 15 s).
     #[arg(long, env = "HERALD_ACK_WAIT", value_parser = herald_core::runtime::parse_duration)]
     pub ack_wait: Option<Duration>,
-    /// Deliveries in flight at once in this replica.
+    /// Consecutive failed attempts to one subscription that open its circuit (per replica).
+    #[arg(long, env = "HERALD_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// How long an open circuit waits before letting one probe through.
+    #[arg(long, env = "HERALD_BREAKER_COOLDOWN", default_value = "30s", value_parser = herald_core::runtime::parse_duration)]
+    pub breaker_cooldown: Duration,
+    /// Requests in flight to one subscription from this replica, unless the subscription sets
+    /// its own `max_in_flight`: one slow endpoint cannot take every slot.
+    #[arg(long, env = "HERALD_SUBSCRIPTION_CONCURRENCY", default_value_t = 32)]
+    pub subscription_concurrency: u32,
+    /// A subscription failing without a single success for this long is disabled.
+    #[arg(long, env = "HERALD_DISABLE_AFTER", default_value = "5d", value_parser = herald_core::runtime::parse_duration)]
+    pub disable_after: Duration,
+    /// HTTP requests in flight at once in this replica (up to four times as many deliveries may
+    /// be in hand, queued behind busy subscriptions).
     #[arg(long, env = "HERALD_CONCURRENCY", default_value_t = 256)]
     pub concurrency: usize,
     /// Events fanned out at once in this replica.
@@ -82,7 +97,12 @@ pub struct Config {
 /// What the stages share.
 pub(crate) struct Shared {
     pub js: jetstream::Context,
+    pub subscriptions: jetstream::kv::Store,
     pub registry: Arc<Registry>,
+    pub breakers: Arc<breaker::Breakers>,
+    /// HTTP requests in flight in this replica (`HERALD_CONCURRENCY`). Deliveries waiting for
+    /// their subscription's turn hold a message, not one of these.
+    pub http_slots: Arc<tokio::sync::Semaphore>,
     pub http: reqwest::Client,
     pub config: Config,
 }
@@ -114,7 +134,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let registry = Registry::new();
     let tracker = TaskTracker::new();
-    tracker.spawn(registry.clone().follow(handles.subscriptions, shutdown.clone().cancelled_owned()));
+    tracker.spawn(registry.clone().follow(handles.subscriptions.clone(), shutdown.clone().cancelled_owned()));
 
     let readiness = Arc::new(Readiness::default());
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -135,7 +155,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     readiness.consuming.store(true, Ordering::Relaxed);
 
     let grace = config.shutdown_grace;
-    let shared = Arc::new(Shared { js, registry, http, config });
+    let breakers = breaker::Breakers::new(breaker::BreakerConfig {
+        threshold: config.breaker_threshold.max(1),
+        cooldown: config.breaker_cooldown,
+        max_in_flight: config.subscription_concurrency.max(1),
+    });
+    tracker.spawn({
+        let (breakers, shutdown) = (breakers.clone(), shutdown.clone());
+        async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(60)) => breakers.sweep(),
+                }
+            }
+        }
+    });
+    let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+    let shared =
+        Arc::new(Shared { js, subscriptions: handles.subscriptions, registry, breakers, http_slots, http, config });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
     let fanout = tokio::spawn(consume(
@@ -148,7 +186,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     ));
     let deliver = tokio::spawn(consume(
         deliver_consumer,
-        shared.config.concurrency,
+        // Messages in hand: requests in flight plus those queued behind a busy subscription.
+        shared.config.concurrency.saturating_mul(4),
         shutdown.clone(),
         hard_stop.clone(),
         shared.clone(),

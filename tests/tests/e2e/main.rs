@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod delivery;
 mod gateway;
+mod health;
 mod records;
 mod retry;
 mod subscriptions;

@@ -41,6 +41,9 @@ pub struct Delivery {
     /// When the first attempt was made, RFC 3339.
     #[prost(string, tag = "6")]
     pub first_attempt_at: ::prost::alloc::string::String,
+    /// How many times it was put off without an attempt (open circuit, endpoint at its limit).
+    #[prost(uint32, tag = "7")]
+    pub deferrals: u32,
 }
 /// A subscriber endpoint, stored in the `herald-subscriptions` KV bucket under
 /// `{tenant}.{id}`.
