@@ -149,6 +149,8 @@ pub struct Received {
     pub headers: HeaderMap,
     /// The exact body.
     pub body: Bytes,
+    /// When it arrived.
+    pub at: Instant,
 }
 
 impl Received {
@@ -196,6 +198,9 @@ impl Reply {
 struct ReceiverState {
     received: Vec<Received>,
     script: VecDeque<Reply>,
+    /// Requests being answered now, and the most seen at once.
+    in_flight: usize,
+    max_in_flight: usize,
     /// Scripts for one path (without query), used before the common one.
     by_path: std::collections::HashMap<String, VecDeque<Reply>>,
 }
@@ -220,7 +225,9 @@ impl Receiver {
             async move {
                 let reply = {
                     let mut st = state.lock().unwrap();
-                    st.received.push(Received { path: uri.to_string(), headers, body });
+                    st.received.push(Received { path: uri.to_string(), headers, body, at: Instant::now() });
+                    st.in_flight += 1;
+                    st.max_in_flight = st.max_in_flight.max(st.in_flight);
                     match st.by_path.get_mut(uri.path()).and_then(VecDeque::pop_front) {
                         Some(reply) => Some(reply),
                         None => st.script.pop_front(),
@@ -229,6 +236,7 @@ impl Receiver {
                 arrived.notify_waiters();
                 let reply = reply.unwrap_or(Reply::status(200));
                 tokio::time::sleep(reply.delay).await;
+                state.lock().unwrap().in_flight -= 1;
                 let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
                 let mut headers = HeaderMap::new();
                 if let Some(secs) = reply.retry_after {
@@ -268,6 +276,11 @@ impl Receiver {
     /// Queues plain statuses for the next requests.
     pub fn respond_with(&self, statuses: &[u16]) {
         self.script(statuses.iter().map(|&status| Reply::status(status)));
+    }
+
+    /// The most requests it was answering at once.
+    pub fn max_in_flight(&self) -> usize {
+        self.state.lock().unwrap().max_in_flight
     }
 
     /// Everything received so far.

@@ -20,6 +20,11 @@ pub const FANOUT_CONSUMER: &str = "herald-fanout";
 /// Durable consumer of due deliveries.
 pub const DELIVER_CONSUMER: &str = "herald-deliver";
 
+/// The priority group of pinned consumers (fan-out and lanes).
+pub const PRIORITY_GROUP: &str = "herald";
+/// How long a pinned consumer waits for its pinned replica before another takes over.
+pub const PIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// `herald.events.` — followed by `{tenant}.{type…}`.
 pub const EVENTS_SUBJECT_PREFIX: &str = "herald.events.";
 
@@ -34,6 +39,26 @@ pub fn event_subject(tenant: &str, event_type: &str) -> String {
 /// `herald.deliveries.{tenant}.{subscription_id}`: where due deliveries wait for the consumer.
 pub fn delivery_subject(tenant: &str, subscription_id: &str) -> String {
     format!("herald.deliveries.{tenant}.{subscription_id}")
+}
+
+/// `herald.lanes.{tenant}.{subscription_id}`: deliveries of a subscription with its own lane
+/// (ordered, or with cluster-wide limits), read by its own consumer.
+pub fn lane_subject(tenant: &str, subscription_id: &str) -> String {
+    format!("herald.lanes.{tenant}.{subscription_id}")
+}
+
+/// Durable name of a subscription's lane consumer.
+pub fn lane_consumer(subscription_id: &str) -> String {
+    format!("herald-lane-{subscription_id}")
+}
+
+/// Where new deliveries for `sub` go: its lane if it has one, else the shared subject.
+pub fn route_subject(sub: &crate::proto::Subscription) -> String {
+    if crate::subscription::needs_lane(sub) {
+        lane_subject(&sub.tenant, &sub.id)
+    } else {
+        delivery_subject(&sub.tenant, &sub.id)
+    }
 }
 
 /// `herald.retries.{tenant}.{subscription_id}.{event_id}`: the message schedule that brings one
@@ -197,9 +222,10 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
         stream::Config {
             name: DELIVERIES_STREAM.into(),
             description: Some(
-                "Herald: deliveries due (herald.deliveries.>) and scheduled retries (herald.retries.>)".into(),
+                "Herald: deliveries due (herald.deliveries.>, herald.lanes.>) and scheduled retries (herald.retries.>)"
+                    .into(),
             ),
-            subjects: vec!["herald.deliveries.>".into(), "herald.retries.>".into()],
+            subjects: vec!["herald.deliveries.>".into(), "herald.lanes.>".into(), "herald.retries.>".into()],
             // Limits, not interest: a retry schedule waits on a subject no consumer reads.
             retention: stream::RetentionPolicy::Limits,
             max_age: topology.deliveries_max_age,
@@ -263,6 +289,11 @@ pub async fn ensure_consumers(
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: Duration::from_secs(30),
         max_ack_pending: topology.fanout_max_ack_pending,
+        // One replica fans out at a time (the others stand by), so deliveries are stored in
+        // event order: what ordered subscriptions rely on.
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![PRIORITY_GROUP.into()],
+        priority_timeout: PIN_TIMEOUT,
         ..Default::default()
     };
     let deliver = consumer::pull::Config {
@@ -281,7 +312,8 @@ pub async fn ensure_consumers(
     Ok((fanout, deliver))
 }
 
-async fn upsert_consumer(
+/// Creates a durable pull consumer, or brings an existing one in line with `config`.
+pub async fn upsert_consumer(
     stream: &stream::Stream,
     config: consumer::pull::Config,
 ) -> Result<consumer::PullConsumer, BootstrapError> {

@@ -120,6 +120,40 @@ pub fn validate_description(text: &str) -> Result<(), InvalidField> {
     Ok(())
 }
 
+/// `ordering` value of strictly ordered subscriptions.
+pub const FIFO: &str = "fifo";
+
+/// True if the subscription is delivered strictly in order.
+pub fn is_fifo(sub: &proto::Subscription) -> bool {
+    sub.ordering == FIFO
+}
+
+/// True if the subscription's deliveries go through a lane of their own: ordered, or limited
+/// (`max_in_flight`, `rate_limit`) across every dispatcher replica.
+pub fn needs_lane(sub: &proto::Subscription) -> bool {
+    is_fifo(sub) || sub.max_in_flight > 0 || sub.rate_limit > 0
+}
+
+/// Validates `ordering`: `fifo`, or `unordered` (stored empty).
+pub fn validate_ordering(text: &str) -> Result<String, InvalidField> {
+    match text {
+        FIFO => Ok(FIFO.to_owned()),
+        "" | "unordered" => Ok(String::new()),
+        other => Err(invalid("ordering", format!("{other:?} is not an ordering; use \"fifo\" or \"unordered\""))),
+    }
+}
+
+/// Validates the limits: `max_in_flight` 0..=1000, `rate_limit` 0..=10000 per second (0: none).
+pub fn validate_limits(max_in_flight: u32, rate_limit: u32) -> Result<(), InvalidField> {
+    if max_in_flight > 1000 {
+        return Err(invalid("max_in_flight", "must be at most 1000"));
+    }
+    if rate_limit > 10_000 {
+        return Err(invalid("rate_limit", "must be at most 10000 requests per second"));
+    }
+    Ok(())
+}
+
 /// True if the subscription is enabled and one of its patterns selects `event_type`.
 pub fn wants(sub: &proto::Subscription, event_type: &str) -> bool {
     sub.enabled && sub.event_types.iter().any(|p| pattern::matches(p, event_type))

@@ -22,13 +22,27 @@ use crate::retry::{self, AttemptResult, DeliveryOutcome};
 /// How long to wait before NATS is asked again when storing a retry or dead letter failed.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
-pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
+/// Which consumer a delivery came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// The shared `herald-deliver` consumer.
+    Shared,
+    /// A subscription's own lane; `fifo` when it is delivered strictly in order.
+    Lane { fifo: bool },
+}
+
+pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: Mode) {
+    let fifo = mode == Mode::Lane { fifo: true };
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
-    let delivery = match proto::Delivery::decode(msg.payload.as_ref()) {
+    let mut delivery = match proto::Delivery::decode(msg.payload.as_ref()) {
         Ok(d) if d.event.is_some() => d,
         _ => return dead_letter(&shared, &msg, None, "undecodable delivery message".into()).await,
     };
-    if delivered > shared.config.max_redeliveries {
+    if fifo {
+        // An ordered delivery is retried in place (it must stay at the head), so every hand-out
+        // is an attempt.
+        delivery.attempt = delivery.attempt.max(1) - 1 + delivered.max(1) as u32;
+    } else if delivered > shared.config.max_redeliveries {
         let reason = format!("handed out {delivered} times without an outcome (dispatcher crash loop?)");
         return dead_letter(&shared, &msg, Some(delivery), reason).await;
     }
@@ -46,9 +60,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
         return dead_letter(&shared, &msg, Some(delivery), reason).await;
     }
 
-    let permit = match shared.breakers.admit(&sub.id, sub.max_in_flight).await {
-        Admission::Go(permit) => permit,
-        Admission::Defer { after, why } => {
+    // An ordered lane has one delivery in flight and retries in place: it needs no breaker.
+    let admission = if fifo { None } else { Some(shared.breakers.admit(&sub.id, sub.max_in_flight).await) };
+    let permit = match admission {
+        None => None,
+        Some(Admission::Go(permit)) => Some(permit),
+        Some(Admission::Defer { after, why }) => {
             tracing::debug!(event = %event.id, subscription = %sub.id, why, "delivery deferred");
             // Backs off while the endpoint stays saturated: 1 s, 2 s, 4 s … up to a minute.
             let mut deferred = delivery;
@@ -84,7 +101,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
     )
     .await;
     drop(http_slot);
-    permit.finish(sent.result.succeeded());
+    if let Some(permit) = permit {
+        permit.finish(sent.result.succeeded());
+    }
     let policy = subscription_policy(&sub).unwrap_or_else(|| shared.config.retry_schedule.clone());
     let mut outcome = retry::decide(&policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
     if let Some(reason) = track_endpoint_health(&shared, &sub, &sent.result, now).await {
@@ -99,6 +118,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
                 tracing::warn!(event = %event.id, error = %e, "ack after delivery failed; it may be delivered again");
             }
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
+        }
+        DeliveryOutcome::Retry { after } if fifo => {
+            tracing::info!(event = %event_id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
+            let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
         }
         DeliveryOutcome::Retry { after } => {
             let mut next = delivery;
@@ -143,7 +166,8 @@ async fn reschedule(shared: &Shared, msg: &jetstream::Message, delivery: proto::
     // Schedules fire with one-second granularity and the time is truncated to whole seconds:
     // round up, so a retry never comes early, and never ask for a time already past.
     let due = OffsetDateTime::now_utc() + after.max(Duration::from_secs(1)) + Duration::from_millis(999);
-    let target = nats::delivery_subject(&event.tenant, &delivery.subscription_id);
+    // Back to where it came from: the shared subject or the subscription's lane.
+    let target = msg.subject.to_string();
     let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str().to_owned());
     let mut publish = PublishMessage::build()
         .payload(delivery.encode_to_vec().into())

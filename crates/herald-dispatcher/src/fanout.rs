@@ -3,6 +3,7 @@
 //! is acked only once every delivery is stored. Invalid events are dead-lettered, never
 //! delivered and never retried.
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,12 +16,19 @@ use herald_core::{nats, proto, trace};
 
 use crate::Shared;
 
-pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
+/// The in-order part of fanning out one event: decode it, match subscriptions, and send one
+/// delivery per match (in event order, since one replica fans out and sends are ordered on its
+/// connection). Returns the rest, which waits for the PubAcks and acks the event, to run
+/// alongside other events.
+pub(crate) async fn send(
+    shared: Arc<Shared>,
+    msg: jetstream::Message,
+) -> Option<impl Future<Output = ()> + Send + 'static> {
     let (sequence, published) = match msg.info() {
         Ok(info) => (info.stream_sequence, info.published),
         Err(e) => {
             tracing::warn!(error = %e, "event without JetStream metadata; skipped");
-            return;
+            return None;
         }
     };
     let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
@@ -28,19 +36,26 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
     let msg_id = header("Nats-Msg-Id");
     let traceparent = trace::child_of(header(trace::TRACEPARENT).as_deref());
 
-    let event = match event::decode_stored(
+    let decoded = event::decode_stored(
         msg.subject.as_str(),
         content_type.as_deref(),
         msg_id.as_deref(),
         &msg.payload,
         StoredAt { sequence, time: published },
-    ) {
+    );
+    let event = match decoded {
         Ok(event) => event,
-        Err(invalid) => return dead_letter_invalid(&shared, &msg, &invalid.to_string()).await,
+        Err(invalid) => {
+            let reason = invalid.to_string();
+            return Some(futures::future::Either::Left(
+                async move { dead_letter_invalid(&shared, &msg, &reason).await },
+            ));
+        }
     };
 
     let subs = shared.registry.matching(&event.tenant, &event.r#type);
     let mut acks = Vec::with_capacity(subs.len());
+    let mut failed = None;
     for sub in &subs {
         let delivery = proto::Delivery {
             event: Some(event.clone()),
@@ -52,21 +67,29 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message) {
             .payload(delivery.encode_to_vec().into())
             .message_id(format!("{}:{}", event.id, sub.id))
             .header(trace::TRACEPARENT, traceparent.as_str());
-        match shared.js.send_publish(nats::delivery_subject(&event.tenant, &sub.id), publish).await {
-            Ok(ack) => acks.push(ack),
-            Err(e) => return retry_later(&msg, &event.id, &e.to_string()).await,
+        match shared.js.send_publish(nats::route_subject(sub), publish).await {
+            Ok(ack) => acks.push(ack.into_future()),
+            Err(e) => {
+                failed = Some(e.to_string());
+                break;
+            }
         }
     }
-    for result in futures::future::join_all(acks.into_iter().map(std::future::IntoFuture::into_future)).await {
-        if let Err(e) = result {
-            // Deliveries already stored are deduplicated by their ids when the event comes back.
-            return retry_later(&msg, &event.id, &e.to_string()).await;
+    Some(futures::future::Either::Right(async move {
+        if let Some(error) = failed {
+            return retry_later(&msg, &event.id, &error).await;
         }
-    }
-    if let Err(e) = msg.ack().await {
-        tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
-    }
-    tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
+        for result in futures::future::join_all(acks).await {
+            if let Err(e) = result {
+                // Deliveries already stored are deduplicated by their ids when the event comes back.
+                return retry_later(&msg, &event.id, &e.to_string()).await;
+            }
+        }
+        if let Err(e) = msg.ack().await {
+            tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
+        }
+        tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
+    }))
 }
 
 async fn retry_later(msg: &jetstream::Message, event_id: &str, error: &str) {

@@ -16,6 +16,8 @@ mod deliver;
 mod fanout;
 mod health;
 pub mod http_client;
+mod lanes;
+mod pull;
 pub mod retry;
 
 use std::sync::Arc;
@@ -24,9 +26,10 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use async_nats::jetstream;
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use crate::pull::{Pull, consume};
 
 use herald_core::nats::{self, TopologyArgs};
 use herald_core::registry::Registry;
@@ -176,23 +179,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Arc::new(Shared { js, subscriptions: handles.subscriptions, registry, breakers, http_slots, http, config });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
-    let fanout = tokio::spawn(consume(
-        fanout_consumer,
-        shared.config.fanout_concurrency,
-        shutdown.clone(),
-        hard_stop.clone(),
-        shared.clone(),
-        fanout::handle,
-    ));
-    let deliver = tokio::spawn(consume(
-        deliver_consumer,
+    let fanout = tokio::spawn({
+        let shared = shared.clone();
+        let pull = Pull { in_hand: shared.config.fanout_concurrency, pinned: true, rate_per_sec: 0 };
+        consume(fanout_consumer, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+            fanout::send(shared.clone(), msg)
+        })
+    });
+    let deliver = tokio::spawn({
+        let shared = shared.clone();
         // Messages in hand: requests in flight plus those queued behind a busy subscription.
-        shared.config.concurrency.saturating_mul(4),
-        shutdown.clone(),
-        hard_stop.clone(),
-        shared.clone(),
-        deliver::handle,
-    ));
+        let pull = Pull { in_hand: shared.config.concurrency.saturating_mul(4), pinned: false, rate_per_sec: 0 };
+        consume(deliver_consumer, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+            let shared = shared.clone();
+            async move { Some(deliver::handle(shared, msg, deliver::Mode::Shared)) }
+        })
+    });
+    let lanes = tokio::spawn(lanes::supervise(shared.clone(), topology.clone(), shutdown.clone(), hard_stop.clone()));
 
     shutdown.cancelled().await;
     readiness.consuming.store(false, Ordering::Relaxed);
@@ -200,6 +203,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let drained = tokio::time::timeout(grace, async {
         let _ = fanout.await;
         let _ = deliver.await;
+        let _ = lanes.await;
     })
     .await;
     if drained.is_err() {
@@ -210,81 +214,4 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     client.flush().await.ok();
     Ok(())
-}
-
-/// Pulls from `consumer` with at most `concurrency` messages in hand, running `handle` for
-/// each, until `shutdown`; then waits for the handlers (which stop early on `hard_stop`).
-async fn consume<F, Fut>(
-    consumer: jetstream::consumer::PullConsumer,
-    concurrency: usize,
-    shutdown: CancellationToken,
-    hard_stop: CancellationToken,
-    shared: Arc<Shared>,
-    handle: F,
-) where
-    F: Fn(Arc<Shared>, jetstream::Message) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let name = consumer.cached_info().name.clone();
-    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency.max(1)));
-    let tasks = TaskTracker::new();
-    // Pull no more than we can work on: buffered messages would age towards ack_wait.
-    let batch = concurrency.clamp(1, 256);
-    'outer: while !shutdown.is_cancelled() {
-        let mut messages = match consumer.stream().max_messages_per_batch(batch).messages().await {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(consumer = %name, error = %e, "cannot pull; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
-                }
-            }
-        };
-        let mut consecutive_errors = 0u64;
-        loop {
-            let permit = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
-            };
-            let next = tokio::select! {
-                _ = shutdown.cancelled() => break 'outer,
-                n = messages.next() => n,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    consecutive_errors = 0;
-                    let work = handle(shared.clone(), msg);
-                    let hard_stop = hard_stop.clone();
-                    tasks.spawn(async move {
-                        tokio::select! {
-                            _ = work => {}
-                            _ = hard_stop.cancelled() => {}
-                        }
-                        drop(permit);
-                    });
-                }
-                Some(Err(e)) => {
-                    // Missed heartbeats and the like while NATS reconnects; do not spin on them.
-                    drop(permit);
-                    consecutive_errors += 1;
-                    tracing::debug!(consumer = %name, error = %e, "pull stream hiccup");
-                    if consecutive_errors >= 10 {
-                        tracing::warn!(consumer = %name, error = %e, "pull stream keeps failing; re-creating");
-                        break;
-                    }
-                    tokio::select! {
-                        _ = shutdown.cancelled() => break 'outer,
-                        _ = tokio::time::sleep(Duration::from_millis(100 * consecutive_errors)) => {}
-                    }
-                }
-                None => {
-                    tracing::warn!(consumer = %name, "pull stream ended; re-creating");
-                    break;
-                }
-            }
-        }
-    }
-    tasks.close();
-    tasks.wait().await;
 }

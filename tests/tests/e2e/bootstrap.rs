@@ -31,7 +31,7 @@ async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
     }
     for (stream, subjects) in [
         ("HERALD_EVENTS", vec!["herald.events.>"]),
-        ("HERALD_DELIVERIES", vec!["herald.deliveries.>", "herald.retries.>"]),
+        ("HERALD_DELIVERIES", vec!["herald.deliveries.>", "herald.lanes.>", "herald.retries.>"]),
         ("HERALD_DLQ", vec!["herald.dlq.>"]),
         ("HERALD_ATTEMPTS", vec!["herald.attempts.>"]),
         ("KV_herald-subscriptions", vec!["$KV.herald-subscriptions.>"]),

@@ -7,6 +7,7 @@ mod crash;
 mod delivery;
 mod gateway;
 mod health;
+mod lanes;
 mod records;
 mod retry;
 mod subscriptions;

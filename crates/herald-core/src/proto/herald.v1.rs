@@ -97,6 +97,9 @@ pub struct Subscription {
     /// When the current run of consecutive failures began, RFC 3339; empty after a success.
     #[prost(string, tag = "16")]
     pub failing_since: ::prost::alloc::string::String,
+    /// "fifo": delivered strictly in publish order, one at a time. Empty: unordered.
+    #[prost(string, tag = "17")]
+    pub ordering: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SigningSecret {

@@ -200,10 +200,10 @@ pub(crate) async fn redrive(
             continue;
         };
         let tenant = delivery.event.as_ref().map(|e| e.tenant.clone()).unwrap_or_default();
-        if state.registry.get(&tenant, &delivery.subscription_id).is_none() {
+        let Some(sub) = state.registry.get(&tenant, &delivery.subscription_id) else {
             result.skipped += 1;
             continue;
-        }
+        };
         let event_id = delivery.event.as_ref().map(|e| e.id.clone()).unwrap_or_default();
         delivery.attempt = 1;
         delivery.last_status = 0;
@@ -214,7 +214,7 @@ pub(crate) async fn redrive(
             .message_id(format!("{event_id}:{}:redrive:{}", delivery.subscription_id, s.sequence));
         let ack = state
             .js
-            .send_publish(nats::delivery_subject(&tenant, &delivery.subscription_id), publish)
+            .send_publish(nats::route_subject(&sub), publish)
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         ack.await.map_err(|e| ApiError::unavailable(e.to_string()))?;

@@ -100,7 +100,7 @@ pub(crate) async fn replay(
             .header(trace::TRACEPARENT, traceparent.as_str());
         let ack = state
             .js
-            .send_publish(nats::delivery_subject(&sub.tenant, &sub.id), publish)
+            .send_publish(nats::route_subject(&sub), publish)
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         pending.push(ack.into_future());

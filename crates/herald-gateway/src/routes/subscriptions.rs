@@ -37,6 +37,9 @@ pub(crate) struct View {
     /// Absent when the deployment's schedule applies.
     #[serde(skip_serializing_if = "Option::is_none")]
     retry_schedule: Option<String>,
+    /// `fifo` when delivered strictly in order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ordering: Option<String>,
     /// Why Herald disabled it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
@@ -61,6 +64,7 @@ impl View {
             max_in_flight: (sub.max_in_flight > 0).then_some(sub.max_in_flight),
             retry_schedule: (!sub.retry_schedule.is_empty()).then(|| sub.retry_schedule.clone()),
             disabled_reason: (!sub.disabled_reason.is_empty()).then(|| sub.disabled_reason.clone()),
+            ordering: (!sub.ordering.is_empty()).then(|| sub.ordering.clone()),
             created_at: sub.created_at.clone(),
             updated_at: sub.updated_at.clone(),
             secret: None,
@@ -87,6 +91,8 @@ pub(crate) struct CreateInput {
     max_in_flight: Option<u32>,
     enabled: Option<bool>,
     retry_schedule: Option<String>,
+    /// `fifo` or `unordered` (the default).
+    ordering: Option<String>,
     /// A `whsec_` secret to use instead of a generated one (e.g. when migrating).
     secret: Option<String>,
 }
@@ -109,6 +115,8 @@ pub(crate) async fn create(
     validate::validate_metadata(&input.metadata).map_err(field_error)?;
     let description = input.description.unwrap_or_default();
     validate::validate_description(&description).map_err(field_error)?;
+    let ordering = validate::validate_ordering(input.ordering.as_deref().unwrap_or("")).map_err(field_error)?;
+    validate::validate_limits(input.max_in_flight.unwrap_or(0), input.rate_limit.unwrap_or(0)).map_err(field_error)?;
     let retry_schedule = match &input.retry_schedule {
         Some(s) => validate::validate_retry_schedule(s).map_err(field_error)?,
         None => String::new(),
@@ -134,6 +142,7 @@ pub(crate) async fn create(
         rate_limit: input.rate_limit.unwrap_or(0),
         max_in_flight: input.max_in_flight.unwrap_or(0),
         retry_schedule,
+        ordering,
         ..Default::default()
     };
     let key = nats::subscription_key(&sub.tenant, &sub.id);
@@ -250,6 +259,7 @@ pub(crate) struct PatchInput {
     max_in_flight: Option<u32>,
     /// An empty string returns to the deployment's schedule.
     retry_schedule: Option<String>,
+    ordering: Option<String>,
 }
 
 impl PatchInput {
@@ -289,6 +299,10 @@ impl PatchInput {
         }
         if let Some(m) = self.max_in_flight {
             sub.max_in_flight = m;
+        }
+        validate::validate_limits(sub.max_in_flight, sub.rate_limit).map_err(field_error)?;
+        if let Some(o) = &self.ordering {
+            sub.ordering = validate::validate_ordering(o).map_err(field_error)?;
         }
         sub.updated_at = herald_core::now_rfc3339();
         Ok(())

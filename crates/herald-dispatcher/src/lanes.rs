@@ -1,0 +1,185 @@
+//! Lanes: a subscription that is ordered (`ordering: "fifo"`) or limited (`max_in_flight`,
+//! `rate_limit`) gets its deliveries on `herald.lanes.{tenant}.{id}`, read by a consumer of its
+//! own. That consumer's `max_ack_pending` is the in-flight limit, enforced by the server across
+//! every replica. An ordered lane has one delivery out at a time, retried in place, so a
+//! failing head holds up that subscription alone. A rate-limited lane is pinned to one replica
+//! at a time (a priority group), so that replica's pace is the cluster's rate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use herald_core::nats::{self, Topology};
+use herald_core::subscription::{is_fifo, needs_lane};
+
+use crate::Shared;
+use crate::deliver::{self, Mode};
+use crate::pull::{Pull, consume};
+
+/// What a lane's consumer and pull loop are set up from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Spec {
+    tenant: String,
+    fifo: bool,
+    max_in_flight: u32,
+    rate_limit: u32,
+}
+
+impl Spec {
+    fn of(sub: &herald_core::proto::Subscription) -> Self {
+        Self {
+            tenant: sub.tenant.clone(),
+            fifo: is_fifo(sub),
+            max_in_flight: sub.max_in_flight,
+            rate_limit: sub.rate_limit,
+        }
+    }
+
+    /// Deliveries out at once across the cluster.
+    fn in_flight(&self) -> u32 {
+        match (self.fifo, self.max_in_flight) {
+            (true, _) => 1,
+            (false, 0) => 64,
+            (false, n) => n,
+        }
+    }
+}
+
+struct Running {
+    spec: Spec,
+    stop: CancellationToken,
+}
+
+/// Keeps one pull loop per lane running in this replica until `shutdown`, following the
+/// subscriptions as they change. A deleted subscription's lane is drained (its deliveries are
+/// dead-lettered) before its consumer is removed.
+pub(crate) async fn supervise(
+    shared: Arc<Shared>,
+    topology: Topology,
+    shutdown: CancellationToken,
+    hard_stop: CancellationToken,
+) {
+    let tasks = TaskTracker::new();
+    let mut running: HashMap<String, Running> = HashMap::new();
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            s = shared.js.get_stream(nats::DELIVERIES_STREAM) => s,
+        };
+        let stream = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "lanes: cannot reach the deliveries stream");
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        reconcile(&shared, &topology, &stream, &mut running, &tasks, &shutdown, &hard_stop).await;
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn reconcile(
+    shared: &Arc<Shared>,
+    topology: &Topology,
+    stream: &jetstream::stream::Stream,
+    running: &mut HashMap<String, Running>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    let subs = shared.registry.list(None, None, usize::MAX);
+    for sub in subs.iter().filter(|s| needs_lane(s)) {
+        let spec = Spec::of(sub);
+        if running.get(&sub.id).is_some_and(|r| r.spec == spec) {
+            continue;
+        }
+        if let Some(old) = running.remove(&sub.id) {
+            old.stop.cancel();
+        }
+        match start(shared, topology, stream, &sub.id, spec.clone(), tasks, shutdown, hard_stop).await {
+            Ok(stop) => {
+                running.insert(sub.id.clone(), Running { spec, stop });
+            }
+            Err(e) => tracing::warn!(subscription = %sub.id, error = %e, "lane: cannot start; will retry"),
+        }
+    }
+    // A subscription that lost its limits keeps its lane running (idle once drained); a deleted
+    // one's lane goes once nothing is left in it.
+    let deleted: Vec<String> = running.keys().filter(|id| shared.registry.find(id).is_none()).cloned().collect();
+    for id in deleted {
+        let name = nats::lane_consumer(&id);
+        let drained = match stream.consumer_info(&name).await {
+            Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+            Err(_) => true,
+        };
+        if drained {
+            if let Some(lane) = running.remove(&id) {
+                lane.stop.cancel();
+            }
+            let _ = stream.delete_consumer(&name).await;
+            tracing::info!(subscription = %id, "lane removed with its subscription");
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start(
+    shared: &Arc<Shared>,
+    topology: &Topology,
+    stream: &jetstream::stream::Stream,
+    subscription: &str,
+    spec: Spec,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) -> Result<CancellationToken, nats::BootstrapError> {
+    let config = consumer::pull::Config {
+        durable_name: Some(nats::lane_consumer(subscription)),
+        description: Some(format!("Herald: lane of subscription {subscription}")),
+        filter_subject: nats::lane_subject(&spec.tenant, subscription),
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: topology.deliver_ack_wait,
+        max_ack_pending: spec.in_flight() as i64,
+        ..Default::default()
+    };
+    let pinned = spec.rate_limit > 0;
+    let config = if pinned {
+        consumer::pull::Config {
+            priority_policy: consumer::PriorityPolicy::PinnedClient,
+            priority_groups: vec![nats::PRIORITY_GROUP.into()],
+            priority_timeout: nats::PIN_TIMEOUT,
+            ..config
+        }
+    } else {
+        config
+    };
+    let consumer = nats::upsert_consumer(stream, config).await?;
+    let stop = shutdown.child_token();
+    let pull = Pull { in_hand: spec.in_flight() as usize, pinned, rate_per_sec: spec.rate_limit };
+    let mode = Mode::Lane { fifo: spec.fifo };
+    let shared = shared.clone();
+    tasks.spawn(consume(consumer, pull, stop.clone(), hard_stop.clone(), move |msg| {
+        let shared = shared.clone();
+        async move { Some(deliver::handle(shared, msg, mode)) }
+    }));
+    tracing::info!(
+        subscription,
+        fifo = spec.fifo,
+        max_in_flight = spec.in_flight(),
+        rate_limit = spec.rate_limit,
+        "lane running"
+    );
+    Ok(stop)
+}
