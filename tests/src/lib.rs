@@ -151,6 +151,8 @@ pub struct Received {
     pub body: Bytes,
     /// When it arrived.
     pub at: Instant,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -201,6 +203,9 @@ struct ReceiverState {
     /// Requests being answered now, and the most seen at once.
     in_flight: usize,
     max_in_flight: usize,
+    /// Share of unscripted requests answered 500 at random (chaos tests), and the generator.
+    fail_ratio: f64,
+    rng: u64,
     /// Scripts for one path (without query), used before the common one.
     by_path: std::collections::HashMap<String, VecDeque<Reply>>,
 }
@@ -225,16 +230,25 @@ impl Receiver {
             async move {
                 let reply = {
                     let mut st = state.lock().unwrap();
-                    st.received.push(Received { path: uri.to_string(), headers, body, at: Instant::now() });
-                    st.in_flight += 1;
-                    st.max_in_flight = st.max_in_flight.max(st.in_flight);
-                    match st.by_path.get_mut(uri.path()).and_then(VecDeque::pop_front) {
+                    let scripted = match st.by_path.get_mut(uri.path()).and_then(VecDeque::pop_front) {
                         Some(reply) => Some(reply),
                         None => st.script.pop_front(),
-                    }
+                    };
+                    let reply = scripted.unwrap_or_else(|| {
+                        // xorshift64: enough randomness for failure injection.
+                        st.rng ^= st.rng << 13;
+                        st.rng ^= st.rng >> 7;
+                        st.rng ^= st.rng << 17;
+                        let roll = (st.rng >> 11) as f64 / (1u64 << 53) as f64;
+                        Reply::status(if roll < st.fail_ratio { 500 } else { 200 })
+                    });
+                    let at = Instant::now();
+                    st.received.push(Received { path: uri.to_string(), headers, body, at, status: reply.status });
+                    st.in_flight += 1;
+                    st.max_in_flight = st.max_in_flight.max(st.in_flight);
+                    reply
                 };
                 arrived.notify_waiters();
-                let reply = reply.unwrap_or(Reply::status(200));
                 tokio::time::sleep(reply.delay).await;
                 state.lock().unwrap().in_flight -= 1;
                 let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
@@ -264,6 +278,13 @@ impl Receiver {
     /// Queues answers for the next requests to `path`.
     pub fn script_per_path(&self, path: &str, replies: impl IntoIterator<Item = Reply>) {
         self.state.lock().unwrap().by_path.entry(path.to_owned()).or_default().extend(replies);
+    }
+
+    /// Answers this share of unscripted requests with 500, at random.
+    pub fn fail_randomly(&self, ratio: f64) {
+        let mut st = self.state.lock().unwrap();
+        st.fail_ratio = ratio;
+        st.rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     }
 
     /// Forgets every queued answer: from now on, 200.
