@@ -65,6 +65,7 @@ pub(crate) async fn supervise(
 ) {
     let tasks = TaskTracker::new();
     let mut running: HashMap<String, Running> = HashMap::new();
+    let mut first = true;
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -80,6 +81,10 @@ pub(crate) async fn supervise(
                 }
             }
         };
+        if first {
+            adopt_orphans(&shared, &topology, &stream, &mut running, &tasks, &shutdown, &hard_stop).await;
+            first = false;
+        }
         reconcile(&shared, &topology, &stream, &mut running, &tasks, &shutdown, &hard_stop).await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -130,6 +135,35 @@ async fn reconcile(
             }
             let _ = stream.delete_consumer(&name).await;
             tracing::info!(subscription = %id, "lane removed with its subscription");
+        }
+    }
+}
+
+/// Lanes of subscriptions deleted while no dispatcher ran: drain them (their deliveries are
+/// dead-lettered) so that nothing is left behind, then they are removed like any other.
+#[allow(clippy::too_many_arguments)]
+async fn adopt_orphans(
+    shared: &Arc<Shared>,
+    topology: &Topology,
+    stream: &jetstream::stream::Stream,
+    running: &mut HashMap<String, Running>,
+    tasks: &TaskTracker,
+    shutdown: &CancellationToken,
+    hard_stop: &CancellationToken,
+) {
+    use futures::TryStreamExt as _;
+    let Ok(names) = stream.consumer_names().try_collect::<Vec<String>>().await else { return };
+    for name in names {
+        let Some(id) = name.strip_prefix("herald-lane-") else { continue };
+        if shared.registry.find(id).is_some() || running.contains_key(id) {
+            continue;
+        }
+        let Ok(info) = stream.consumer_info(&name).await else { continue };
+        let tenant = info.config.filter_subject.split('.').nth(2).unwrap_or_default().to_owned();
+        let spec = Spec { tenant, fifo: false, max_in_flight: 0, rate_limit: 0 };
+        if let Ok(stop) = start(shared, topology, stream, id, spec.clone(), tasks, shutdown, hard_stop).await {
+            tracing::info!(subscription = id, "draining the lane of a deleted subscription");
+            running.insert(id.to_owned(), Running { spec, stop });
         }
     }
 }
