@@ -57,6 +57,8 @@ printf 'admin=%s\npublish=%s\n' "$admin_token" "$publish_token" >"$dev/tokens"
 chmod 600 "$dev/tokens"
 
 export HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT"
+# The demo receiver is on loopback, which the SSRF guard refuses unless allowed.
+export HERALD_ALLOW_NETWORKS="127.0.0.0/8,::1/128"
 echo "==> gateway on 127.0.0.1:$GATEWAY_PORT"
 HERALD_LISTEN="127.0.0.1:$GATEWAY_PORT" HERALD_TOKENS_FILE="$dev/tokens" \
   "$bin/herald-gateway" >"$dev/gateway.log" 2>&1 &

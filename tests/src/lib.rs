@@ -16,6 +16,9 @@ use clap::Parser as _;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+/// What the test stacks allow despite the SSRF guard: the receivers live on loopback.
+pub const LOOPBACK: &str = "127.0.0.0/8,::1/128";
+
 /// The admin token every test stack accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// A token with only the `publish` scope.
@@ -187,12 +190,14 @@ pub struct Reply {
     pub delay: Duration,
     /// A `Retry-After` header value in seconds, if any.
     pub retry_after: Option<u64>,
+    /// A `Location` header, if any (to answer with a redirect).
+    pub location: Option<&'static str>,
 }
 
 impl Reply {
     /// Answers `status` at once.
     pub fn status(status: u16) -> Self {
-        Self { status, delay: Duration::ZERO, retry_after: None }
+        Self { status, delay: Duration::ZERO, retry_after: None, location: None }
     }
 }
 
@@ -220,8 +225,13 @@ pub struct Receiver {
 }
 
 impl Receiver {
-    /// Starts on a random loopback port.
+    /// Starts on a random port of 127.0.0.1.
     pub async fn start() -> Self {
+        Self::start_on("127.0.0.1").await
+    }
+
+    /// Starts on a random port of `ip` (e.g. `127.0.0.2`, to be a different host).
+    pub async fn start_on(ip: &str) -> Self {
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let arrived = Arc::new(tokio::sync::Notify::new());
         let (s, a) = (state.clone(), arrived.clone());
@@ -256,10 +266,13 @@ impl Receiver {
                 if let Some(secs) = reply.retry_after {
                     headers.insert("retry-after", secs.into());
                 }
+                if let Some(location) = reply.location {
+                    headers.insert("location", axum::http::HeaderValue::from_static(location));
+                }
                 (status, headers)
             }
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(async move { axum::serve(listener, app).await });
         Self { addr, state, arrived }
@@ -366,6 +379,8 @@ pub fn dispatcher_args_with(nats_url: &str, overrides: &[(&str, &str)]) -> Vec<S
         "5s",
         "--breaker-cooldown",
         "2s",
+        "--allow-networks",
+        LOOPBACK,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -425,6 +440,9 @@ impl Stack {
             "--publish-timeout".into(),
             "2s".into(),
         ];
+        if !gateway_flags.contains(&"--allow-networks") {
+            args.extend(["--allow-networks".into(), LOOPBACK.into()]);
+        }
         args.extend(gateway_flags.iter().map(|s| s.to_string()));
         let config = herald_gateway::Config::try_parse_from(args).expect("gateway flags");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");

@@ -11,6 +11,7 @@
 //!   `herald-subscriptions` bucket kept current by a KV watch.
 //! - [`nats`]: subject and stream names, connecting, and [`nats::ensure_topology`].
 //! - [`trace`]: W3C `traceparent` propagation.
+//! - [`ssrf`]: which addresses subscriber URLs may reach.
 //! - [`retry`]: the retry schedule with jitter.
 //! - [`runtime`]: duration parsing, logging set-up and the shutdown signal.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@ pub mod pattern;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod ssrf;
 pub mod subscription;
 pub mod trace;
 

@@ -93,14 +93,19 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
     let traceparent = trace::child_of(parent);
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
-    let http_slot = shared.http_slots.acquire().await.expect("never closed");
-    let sent = http_client::send(
-        &shared.http,
-        WebhookRequest { url: &sub.url, headers, body },
-        shared.config.response_body_limit,
-    )
-    .await;
-    drop(http_slot);
+    // The resolver checks every address a host name resolves to; an IP literal is checked here.
+    let refusal = match url::Url::parse(&sub.url) {
+        Ok(url) => shared.policy.check_url(&url).err(),
+        Err(e) => Some(herald_core::ssrf::Refused(format!("the URL does not parse: {e}"))),
+    };
+    let sent = match refusal {
+        Some(refusal) => http_client::refused_result(&refusal),
+        None => {
+            let _http_slot = shared.http_slots.acquire().await.expect("never closed");
+            let request = WebhookRequest { url: &sub.url, headers, body };
+            http_client::send(&shared.http, request, shared.config.response_body_limit).await
+        }
+    };
     if let Some(permit) = permit {
         permit.finish(sent.result.succeeded());
     }

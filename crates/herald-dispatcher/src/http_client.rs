@@ -1,16 +1,69 @@
 //! The HTTP client that POSTs webhooks: no redirects followed, a timeout per attempt, TLS with
 //! the platform's roots, and the exact request of DESIGN.md.
 
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use herald_core::ssrf::{Policy, Refused};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::retry::{AttemptResult, ErrorClass, parse_retry_after};
 
-/// Builds the client. Installs the ring TLS provider for the process if none is yet.
-pub fn build(timeout: Duration) -> anyhow::Result<reqwest::Client> {
+/// Resolves subscriber hosts and keeps only the addresses the SSRF policy allows: the check
+/// happens on the very addresses the connection will use.
+struct GuardedResolver {
+    policy: Arc<Policy>,
+    /// Fixed answers for some names (`HERALD_RESOLVE`), checked like any other.
+    overrides: Arc<HashMap<String, IpAddr>>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        // `name.` and `name` are the same host: resolve (and judge) the plain form.
+        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let fixed = self.overrides.get(&host).copied();
+        Box::pin(async move {
+            let resolved: Vec<SocketAddr> = match fixed {
+                Some(ip) => vec![SocketAddr::new(ip, 0)],
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
+            };
+            let mut refusal = None;
+            let allowed: Vec<SocketAddr> = resolved
+                .into_iter()
+                .filter(|a| match policy.check_ip(a.ip()) {
+                    Ok(()) => true,
+                    Err(r) => {
+                        refusal = Some(r);
+                        false
+                    }
+                })
+                .collect();
+            if allowed.is_empty() {
+                let refusal = refusal.unwrap_or_else(|| Refused(format!("{host} resolved to no address")));
+                return Err(
+                    Box::new(Refused(format!("{host}: {}", refusal.0))) as Box<dyn std::error::Error + Send + Sync>
+                );
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// Builds the client. Installs the ring TLS provider for the process if none is yet. Every
+/// host is resolved through the SSRF guard; redirects are never followed; no proxy is used.
+pub fn build(
+    timeout: Duration,
+    policy: Arc<Policy>,
+    overrides: HashMap<String, IpAddr>,
+) -> anyhow::Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     Ok(reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver { policy, overrides: Arc::new(overrides) }))
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -106,6 +159,10 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
             };
             (result, excerpt)
         }
+        Err(e) if refused(&e).is_some() => {
+            let why = refused(&e).unwrap_or_default();
+            (AttemptResult { error: Some(why), class: Some(ErrorClass::Refused), ..Default::default() }, String::new())
+        }
         Err(e) => {
             let class = if e.is_timeout() {
                 ErrorClass::Timeout
@@ -118,6 +175,38 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
         }
     };
     Sent { result, response_excerpt, elapsed: started.elapsed() }
+}
+
+/// Parses `HERALD_RESOLVE`: `name=ip` pairs, comma-separated.
+pub fn parse_overrides(text: &str) -> Result<HashMap<String, IpAddr>, String> {
+    text.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|pair| {
+            let (name, ip) = pair.split_once('=').ok_or_else(|| format!("{pair:?} is not name=ip"))?;
+            let ip: IpAddr = ip.trim().parse().map_err(|_| format!("{pair:?}: {ip:?} is not an IP address"))?;
+            Ok((name.trim().trim_end_matches('.').to_ascii_lowercase(), ip))
+        })
+        .collect()
+}
+
+/// The SSRF guard's refusal, if that is what stopped the request.
+fn refused(e: &reqwest::Error) -> Option<String> {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Refused>() {
+            return Some(r.to_string());
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// An attempt refused before any connection: the URL's own host is forbidden.
+pub fn refused_result(refusal: &Refused) -> Sent {
+    let result =
+        AttemptResult { error: Some(refusal.to_string()), class: Some(ErrorClass::Refused), ..Default::default() };
+    Sent { result, response_excerpt: String::new(), elapsed: Duration::ZERO }
 }
 
 fn describe(e: &reqwest::Error) -> String {

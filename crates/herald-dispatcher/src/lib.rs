@@ -58,6 +58,18 @@ pub struct Config {
     /// Bytes of each response body kept in the attempt record.
     #[arg(long, env = "HERALD_RESPONSE_BODY_LIMIT", default_value_t = 4096)]
     pub response_body_limit: usize,
+    /// Networks subscriber URLs may reach despite the SSRF guard, comma-separated CIDRs (e.g.
+    /// `127.0.0.0/8` for local development). Everything private, loopback, link-local and the
+    /// like is refused otherwise.
+    #[arg(long, env = "HERALD_ALLOW_NETWORKS", default_value = "", value_parser = herald_core::ssrf::Networks::parse)]
+    pub allow_networks: herald_core::ssrf::Networks,
+    /// Refuse plain `http` subscriber URLs.
+    #[arg(long, env = "HERALD_HTTPS_ONLY", default_value_t = false)]
+    pub https_only: bool,
+    /// Fixed DNS answers, `name=ip` comma-separated (tests, split-horizon set-ups). The SSRF
+    /// guard checks them like any other answer.
+    #[arg(long, env = "HERALD_RESOLVE", default_value = "")]
+    pub resolve: String,
     /// Timeout of one delivery attempt.
     #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "15s", value_parser = herald_core::runtime::parse_duration)]
     pub http_timeout: Duration,
@@ -106,6 +118,8 @@ pub(crate) struct Shared {
     /// HTTP requests in flight in this replica (`HERALD_CONCURRENCY`). Deliveries waiting for
     /// their subscription's turn hold a message, not one of these.
     pub http_slots: Arc<tokio::sync::Semaphore>,
+    /// The SSRF policy, for URLs whose host is an IP literal (the resolver checks the rest).
+    pub policy: Arc<herald_core::ssrf::Policy>,
     pub http: reqwest::Client,
     pub config: Config,
 }
@@ -133,7 +147,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let handles = nats::ensure_streams(&js, &topology).await?;
     let (fanout_consumer, deliver_consumer) = nats::ensure_consumers(&js, &topology).await?;
-    let http = http_client::build(config.http_timeout).context("building the HTTP client")?;
+    let policy =
+        Arc::new(herald_core::ssrf::Policy { allow: config.allow_networks.0.clone(), https_only: config.https_only });
+    let overrides =
+        http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
+    let http =
+        http_client::build(config.http_timeout, policy.clone(), overrides).context("building the HTTP client")?;
 
     let registry = Registry::new();
     let tracker = TaskTracker::new();
@@ -175,8 +194,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
-    let shared =
-        Arc::new(Shared { js, subscriptions: handles.subscriptions, registry, breakers, http_slots, http, config });
+    let shared = Arc::new(Shared {
+        js,
+        subscriptions: handles.subscriptions,
+        registry,
+        breakers,
+        http_slots,
+        policy,
+        http,
+        config,
+    });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
     let fanout = tokio::spawn({

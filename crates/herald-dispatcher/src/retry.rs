@@ -16,6 +16,8 @@ pub enum ErrorClass {
     HttpStatus,
     /// Anything else in building or sending the request.
     Request,
+    /// The SSRF guard refused the destination: not transient, never retried.
+    Refused,
 }
 
 impl ErrorClass {
@@ -26,6 +28,7 @@ impl ErrorClass {
             Self::Connection => "connection",
             Self::HttpStatus => "http_status",
             Self::Request => "request",
+            Self::Refused => "refused",
         }
     }
 }
@@ -88,6 +91,10 @@ pub fn decide(
 ) -> DeliveryOutcome {
     if result.succeeded() {
         return DeliveryOutcome::Delivered;
+    }
+    if result.class == Some(ErrorClass::Refused) {
+        let why = result.error.as_deref().unwrap_or("refused by the SSRF guard");
+        return DeliveryOutcome::DeadLetter { reason: format!("not delivered: {why}") };
     }
     match policy.delay_after(attempt) {
         Some(scheduled) => {

@@ -55,6 +55,14 @@ pub struct Config {
     /// How long to wait for JetStream to acknowledge a write before answering 503.
     #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "5s", value_parser = herald_core::runtime::parse_duration)]
     pub publish_timeout: Duration,
+    /// Networks subscriber URLs may point at despite the SSRF guard, comma-separated CIDRs.
+    /// Subscriptions whose URL is an IP literal outside them are refused at creation; host names
+    /// are checked by the dispatcher when it connects.
+    #[arg(long, env = "HERALD_ALLOW_NETWORKS", default_value = "", value_parser = herald_core::ssrf::Networks::parse)]
+    pub allow_networks: herald_core::ssrf::Networks,
+    /// Refuse plain `http` subscriber URLs.
+    #[arg(long, env = "HERALD_HTTPS_ONLY", default_value_t = false)]
+    pub https_only: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub topology: TopologyArgs,
@@ -84,6 +92,7 @@ pub struct AppState {
     pub(crate) tokens: Arc<Tokens>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Arc<Config>,
+    pub(crate) policy: Arc<herald_core::ssrf::Policy>,
 }
 
 /// Loads the tokens from the configuration (variable and file together).
@@ -125,6 +134,10 @@ pub async fn run(
         client,
         tokens: Arc::new(tokens),
         registry,
+        policy: Arc::new(herald_core::ssrf::Policy {
+            allow: config.allow_networks.0.clone(),
+            https_only: config.https_only,
+        }),
         config: Arc::new(config),
     };
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");

@@ -72,6 +72,15 @@ impl View {
     }
 }
 
+/// Validates a subscriber URL and, where its host is an IP literal, checks it against the SSRF
+/// policy now rather than at the first delivery.
+fn checked_url(state: &AppState, text: &str) -> Result<String, ApiError> {
+    let url = validate::validate_url(text).map_err(field_error)?;
+    let parsed = url::Url::parse(&url).map_err(|e| ApiError::invalid(Some("url"), format!("url: {e}")))?;
+    state.policy.check_url(&parsed).map_err(|r| ApiError::invalid(Some("url"), format!("url: {r}")))?;
+    Ok(url)
+}
+
 fn field_error(e: InvalidField) -> ApiError {
     ApiError::invalid(Some(e.field), e.to_string())
 }
@@ -109,7 +118,7 @@ pub(crate) async fn create(
         None => TenantId::default_tenant(),
     };
     caller.require_tenant(tenant.as_str())?;
-    let url = validate::validate_url(&input.url).map_err(field_error)?;
+    let url = checked_url(&state, &input.url)?;
     validate::validate_event_types(&input.event_types).map_err(field_error)?;
     let headers = validate::validate_headers(input.headers).map_err(field_error)?;
     validate::validate_metadata(&input.metadata).map_err(field_error)?;
@@ -263,9 +272,9 @@ pub(crate) struct PatchInput {
 }
 
 impl PatchInput {
-    fn apply(&self, sub: &mut proto::Subscription) -> Result<(), ApiError> {
+    fn apply(&self, state: &AppState, sub: &mut proto::Subscription) -> Result<(), ApiError> {
         if let Some(url) = &self.url {
-            sub.url = validate::validate_url(url).map_err(field_error)?;
+            sub.url = checked_url(state, url)?;
         }
         if let Some(types) = &self.event_types {
             validate::validate_event_types(types).map_err(field_error)?;
@@ -320,7 +329,7 @@ pub(crate) async fn patch(
     let input: PatchInput = body.json()?;
     for _ in 0..5 {
         let (key, entry, mut sub) = locate(&state, &caller, &id).await?;
-        input.apply(&mut sub)?;
+        input.apply(&state, &mut sub)?;
         match state.kv.update(&key, sub.encode_to_vec().into(), entry.revision).await {
             Ok(revision) => {
                 state.registry.upsert(revision, sub.clone());
