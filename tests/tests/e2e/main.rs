@@ -11,6 +11,7 @@ mod health;
 mod lanes;
 mod records;
 mod retry;
+mod security;
 mod ssrf;
 mod subscriptions;
 

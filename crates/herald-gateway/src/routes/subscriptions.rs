@@ -355,3 +355,75 @@ pub(crate) async fn delete(
     tracing::info!(id = %sub.id, tenant = %sub.tenant, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RotateInput {
+    /// How long the old secret keeps signing alongside the new one (default `24h`; `0s` ends it
+    /// at once).
+    grace: Option<String>,
+    /// A `whsec_` secret to use instead of a generated one.
+    secret: Option<String>,
+}
+
+#[derive(Serialize)]
+pub(crate) struct Rotated {
+    id: String,
+    /// The new secret, shown only here.
+    secret: String,
+    /// Until when the previous secret also signs.
+    previous_expires_at: String,
+}
+
+/// `POST /v1/subscriptions/{id}/rotate-secret`: a new secret signs from now on; the previous
+/// one signs alongside it for the grace period, so receivers can switch without losing a
+/// webhook. Older secrets whose grace ended are dropped.
+pub(crate) async fn rotate_secret(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Json<Rotated>, ApiError> {
+    let input: RotateInput = if body.0.is_empty() { RotateInput::default() } else { body.json()? };
+    let grace = herald_core::runtime::parse_duration(input.grace.as_deref().unwrap_or("24h"))
+        .map_err(|e| ApiError::invalid(Some("grace"), format!("grace: {e}")))?;
+    if grace > std::time::Duration::from_secs(30 * 86_400) {
+        return Err(ApiError::invalid(Some("grace"), "grace: at most 30d"));
+    }
+    let new_secret = match &input.secret {
+        Some(s) => Secret::parse_strict(s).map_err(|e| ApiError::invalid(Some("secret"), format!("secret: {e}")))?,
+        None => Secret::generate(),
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let expires_at = herald_core::rfc3339(now + grace);
+    for _ in 0..5 {
+        let (key, entry, mut sub) = locate(&state, &caller, &id).await?;
+        let still_valid = |s: &proto::SigningSecret| {
+            s.expires_at.is_empty()
+                || time::OffsetDateTime::parse(&s.expires_at, &time::format_description::well_known::Rfc3339)
+                    .is_ok_and(|t| t > now)
+        };
+        let mut secrets: Vec<proto::SigningSecret> = Vec::with_capacity(sub.secrets.len() + 1);
+        secrets.push(proto::SigningSecret { secret: new_secret.to_text(), expires_at: String::new() });
+        for mut old in sub.secrets.drain(..).filter(still_valid) {
+            if old.expires_at.is_empty() {
+                old.expires_at = expires_at.clone();
+            }
+            if !grace.is_zero() {
+                secrets.push(old);
+            }
+        }
+        sub.secrets = secrets;
+        sub.updated_at = herald_core::rfc3339(now);
+        match state.kv.update(&key, sub.encode_to_vec().into(), entry.revision).await {
+            Ok(revision) => {
+                state.registry.upsert(revision, sub.clone());
+                tracing::info!(id = %sub.id, grace = ?grace, "subscription secret rotated");
+                return Ok(Json(Rotated { id: sub.id, secret: new_secret.to_text(), previous_expires_at: expires_at }));
+            }
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
+            Err(e) => return Err(kv_error("update", e)),
+        }
+    }
+    Err(ApiError::conflict("the subscription kept changing concurrently; retry"))
+}
