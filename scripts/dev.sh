@@ -56,6 +56,13 @@ publish_token="dev-publish-$(python3 -c 'import secrets; print(secrets.token_hex
 printf 'admin=%s\npublish=%s\n' "$admin_token" "$publish_token" >"$dev/tokens"
 chmod 600 "$dev/tokens"
 
+# The key that seals signing secrets at rest; kept with the data so old secrets still open.
+if [ ! -f "$dev/secret-keys" ]; then
+  python3 -c 'import base64, os; print("dev:" + base64.b64encode(os.urandom(32)).decode())' >"$dev/secret-keys"
+  chmod 600 "$dev/secret-keys"
+fi
+export HERALD_SECRET_KEYS_FILE="$dev/secret-keys"
+
 export HERALD_NATS_URL="nats://127.0.0.1:$NATS_PORT"
 # The demo receiver is on loopback, which the SSRF guard refuses unless allowed.
 export HERALD_ALLOW_NETWORKS="127.0.0.0/8,::1/128"

@@ -19,6 +19,9 @@ use tokio_util::sync::CancellationToken;
 /// What the test stacks allow despite the SSRF guard: the receivers live on loopback.
 pub const LOOPBACK: &str = "127.0.0.0/8,::1/128";
 
+/// The key that seals signing secrets in every test stack.
+pub const SECRET_KEYS: &str = "test:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 /// The admin token every test stack accepts.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 /// A token with only the `publish` scope.
@@ -381,6 +384,8 @@ pub fn dispatcher_args_with(nats_url: &str, overrides: &[(&str, &str)]) -> Vec<S
         "2s",
         "--allow-networks",
         LOOPBACK,
+        "--secret-keys",
+        SECRET_KEYS,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -439,6 +444,8 @@ impl Stack {
             tokens,
             "--publish-timeout".into(),
             "2s".into(),
+            "--secret-keys".into(),
+            SECRET_KEYS.into(),
         ];
         if !gateway_flags.contains(&"--allow-networks") {
             args.extend(["--allow-networks".into(), LOOPBACK.into()]);

@@ -23,6 +23,7 @@ pub mod pattern;
 pub mod registry;
 pub mod retry;
 pub mod runtime;
+pub mod secrets;
 pub mod ssrf;
 pub mod subscription;
 pub mod trace;

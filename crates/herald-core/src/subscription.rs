@@ -160,12 +160,23 @@ pub fn wants(sub: &proto::Subscription, event_type: &str) -> bool {
 }
 
 /// The secrets that sign a webhook now: the current one and any rotated-out one whose grace
-/// period has not ended. Unparseable entries are skipped.
-pub fn signing_secrets(sub: &proto::Subscription, now: OffsetDateTime) -> Vec<herald_signature::Secret> {
+/// period has not ended, opened with `keys`. Entries that do not open or parse are skipped (and
+/// logged, without their content).
+pub fn signing_secrets(
+    sub: &proto::Subscription,
+    now: OffsetDateTime,
+    keys: &crate::secrets::KeyRing,
+) -> Vec<herald_signature::Secret> {
     sub.secrets
         .iter()
         .filter(|s| s.expires_at.is_empty() || OffsetDateTime::parse(&s.expires_at, &Rfc3339).is_ok_and(|t| t > now))
-        .filter_map(|s| herald_signature::Secret::parse(&s.secret).ok())
+        .filter_map(|s| match keys.open(&sub.id, &s.secret) {
+            Ok(text) => herald_signature::Secret::parse(&text).ok(),
+            Err(e) => {
+                tracing::warn!(subscription = %sub.id, error = %e, "a signing secret does not open");
+                None
+            }
+        })
         .collect()
 }
 
@@ -214,7 +225,7 @@ mod tests {
             secrets: vec![s(""), s("2030-01-01T00:00:00Z"), s("2020-01-01T00:00:00Z")],
             ..Default::default()
         };
-        assert_eq!(signing_secrets(&sub, now).len(), 2);
+        assert_eq!(signing_secrets(&sub, now, &crate::secrets::KeyRing::default()).len(), 2);
     }
 }
 

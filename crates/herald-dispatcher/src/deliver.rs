@@ -80,7 +80,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         Err(e) => return dead_letter(&shared, &msg, Some(delivery), format!("cannot render the body: {e}")).await,
     };
     let now = OffsetDateTime::now_utc();
-    let secrets = herald_core::subscription::signing_secrets(&sub, now);
+    let secrets = herald_core::subscription::signing_secrets(&sub, now, &shared.keys);
     let refs: Vec<_> = secrets.iter().collect();
     let signature = match herald_signature::sign(&refs, &event.id, now.unix_timestamp(), &body) {
         Ok(s) if !secrets.is_empty() => s,

@@ -106,6 +106,9 @@ pub struct Config {
     pub max_redeliveries: i64,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub keys: herald_core::secrets::KeyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub topology: TopologyArgs,
 }
 
@@ -120,6 +123,8 @@ pub(crate) struct Shared {
     pub http_slots: Arc<tokio::sync::Semaphore>,
     /// The SSRF policy, for URLs whose host is an IP literal (the resolver checks the rest).
     pub policy: Arc<herald_core::ssrf::Policy>,
+    /// Opens the sealed signing secrets.
+    pub keys: herald_core::secrets::KeyRing,
     pub http: reqwest::Client,
     pub config: Config,
 }
@@ -134,6 +139,7 @@ pub(crate) struct Readiness {
 /// After cancellation, pulling stops, in-flight deliveries get `shutdown_grace` to finish, and
 /// whatever is still unfinished is left unacked for redelivery.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let keys = config.keys.load()?;
     let client = nats::connect(&config.nats_url, "herald-dispatcher", false).await?;
     let js = jetstream::new(client.clone());
     let mut topology = config.topology.topology();
@@ -201,6 +207,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         breakers,
         http_slots,
         policy,
+        keys,
         http,
         config,
     });

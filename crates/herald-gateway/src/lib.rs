@@ -65,6 +65,9 @@ pub struct Config {
     pub https_only: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub keys: herald_core::secrets::KeyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub topology: TopologyArgs,
 }
 
@@ -93,6 +96,8 @@ pub struct AppState {
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Arc<Config>,
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
+    /// Seals signing secrets before they are stored.
+    pub(crate) keys: Arc<herald_core::secrets::KeyRing>,
 }
 
 /// Loads the tokens from the configuration (variable and file together).
@@ -115,6 +120,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tokens = load_tokens(&config)?;
+    let keys = Arc::new(config.keys.load()?);
     if tokens.is_empty() {
         tracing::warn!(
             "no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401"
@@ -134,6 +140,7 @@ pub async fn run(
         client,
         tokens: Arc::new(tokens),
         registry,
+        keys,
         policy: Arc::new(herald_core::ssrf::Policy {
             allow: config.allow_networks.0.clone(),
             https_only: config.https_only,

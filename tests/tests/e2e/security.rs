@@ -44,3 +44,23 @@ async fn rotated_secrets_sign_side_by_side_for_the_grace_period_then_only_the_ne
         .await;
     assert_eq!((status, p["field"].as_str()), (400, Some("grace")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signing_secrets_are_sealed_at_rest_and_still_sign() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    let sub = stack.subscribe(&rx.url("/sealed"), &["seal.*"], Some("acme")).await;
+    let secret = sub["secret"].as_str().unwrap();
+    let key_material = secret.strip_prefix("whsec_").unwrap();
+
+    // What the bucket holds: neither the secret's text nor its key bytes.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let kv = js.get_key_value("herald-subscriptions").await.unwrap();
+    let stored = kv.get(format!("acme.{}", sub["id"].as_str().unwrap())).await.unwrap().expect("stored");
+    let stored_text = String::from_utf8_lossy(&stored);
+    assert!(!stored_text.contains(secret) && !stored_text.contains(key_material), "the secret is stored in the clear");
+    assert!(stored_text.contains("enc:v1:test:"), "sealed with the configured key");
+
+    stack.publish(json!({"id": "seal-1", "type": "seal.x", "tenant": "acme", "data": {}})).await;
+    rx.wait_for(1, SOON).await[0].verify(secret).expect("signed with the opened secret");
+}

@@ -136,8 +136,10 @@ pub(crate) async fn create(
     };
 
     let now = herald_core::now_rfc3339();
+    let id = SubscriptionId::generate().into_string();
+    let sealed = state.keys.seal(&id, &secret.to_text());
     let sub = proto::Subscription {
-        id: SubscriptionId::generate().into_string(),
+        id,
         tenant: tenant.into_string(),
         url,
         event_types: input.event_types,
@@ -145,7 +147,7 @@ pub(crate) async fn create(
         description,
         headers,
         metadata: input.metadata,
-        secrets: vec![proto::SigningSecret { secret: secret.to_text(), expires_at: String::new() }],
+        secrets: vec![proto::SigningSecret { secret: sealed, expires_at: String::new() }],
         created_at: now.clone(),
         updated_at: now,
         rate_limit: input.rate_limit.unwrap_or(0),
@@ -404,7 +406,10 @@ pub(crate) async fn rotate_secret(
                     .is_ok_and(|t| t > now)
         };
         let mut secrets: Vec<proto::SigningSecret> = Vec::with_capacity(sub.secrets.len() + 1);
-        secrets.push(proto::SigningSecret { secret: new_secret.to_text(), expires_at: String::new() });
+        secrets.push(proto::SigningSecret {
+            secret: state.keys.seal(&sub.id, &new_secret.to_text()),
+            expires_at: String::new(),
+        });
         for mut old in sub.secrets.drain(..).filter(still_valid) {
             if old.expires_at.is_empty() {
                 old.expires_at = expires_at.clone();
