@@ -105,12 +105,35 @@ impl Caller {
         self.has(&Scope::Admin)
     }
 
-    /// Refuses unless the token may publish events.
+    /// Refuses unless the token may publish events at all.
     pub fn require_publish(&self) -> Result<(), ApiError> {
-        if self.is_admin() || self.has(&Scope::Publish) {
+        if self.is_admin() || self.has(&Scope::Publish) || self.scopes.iter().any(|s| matches!(s, Scope::Tenant(_))) {
             Ok(())
         } else {
-            Err(ApiError::forbidden("publishing events needs a token with the `publish` or `admin` scope"))
+            Err(ApiError::forbidden(
+                "publishing events needs a token with the `publish`, `admin` or `tenant:<id>` scope",
+            ))
+        }
+    }
+
+    /// Refuses unless the token may publish events of `tenant`: `admin` and `publish` may
+    /// publish for any tenant, `tenant:{id}` only for its own.
+    pub fn require_publish_for(&self, tenant: &str) -> Result<(), ApiError> {
+        if self.is_admin() || self.has(&Scope::Publish) || self.may_manage(tenant) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!("this token may not publish events of tenant {tenant:?}")))
+        }
+    }
+
+    /// The one tenant a tenant-scoped token covers, used when an event names none.
+    pub fn own_tenant(&self) -> Option<&str> {
+        if self.is_admin() || self.has(&Scope::Publish) {
+            return None;
+        }
+        match self.tenant_limit()?.as_slice() {
+            [one] => Some(one),
+            _ => None,
         }
     }
 

@@ -63,9 +63,9 @@ async fn bad_requests_get_4xx_problem_json_and_nothing_is_published() {
         ("no token", None, br#"{"type": "a.b", "data": 1}"#.to_vec(), 401, "unauthorized"),
         ("bad token", Some("not-a-real-token-at-all"), br#"{"type": "a.b", "data": 1}"#.to_vec(), 401, "unauthorized"),
         (
-            "tenant token cannot publish",
+            "tenant token publishing for another tenant",
             Some("test-acme-token-0123456789"),
-            br#"{"type": "a.b", "data": 1}"#.to_vec(),
+            br#"{"type": "a.b", "data": 1, "tenant": "globex"}"#.to_vec(),
             403,
             "forbidden",
         ),

@@ -64,3 +64,75 @@ async fn signing_secrets_are_sealed_at_rest_and_still_sign() {
     stack.publish(json!({"id": "seal-1", "type": "seal.x", "tenant": "acme", "data": {}})).await;
     rx.wait_for(1, SOON).await[0].verify(secret).expect("signed with the opened secret");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_token_never_reaches_another_tenants_objects() {
+    const ACME: &str = "test-acme-token-0123456789";
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    rx.respond_with(&[500; 10]);
+    // globex's subscription fails until dead-lettered, so it has attempts and a dead letter.
+    let body = json!({"url": rx.url("/globex"), "event_types": [">"], "tenant": "globex", "retry_schedule": "1s"});
+    let (_, _, theirs) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    let theirs = theirs["id"].as_str().unwrap().to_owned();
+    stack.publish(json!({"id": "g-evt", "type": "x.y", "tenant": "globex", "data": {}})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while stack.stream_messages("HERALD_DLQ").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "no dead letter");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, _, mine) = stack
+        .call_as(ACME, Method::POST, "/v1/subscriptions", Some(json!({"url": rx.url("/acme"), "event_types": [">"]})))
+        .await;
+    assert_eq!(mine["tenant"], "acme", "a tenant token's subscriptions default to its tenant");
+    let nonexistent = "sub_01ARZ3NDEKTSV4RRFFQ69G5FAV";
+
+    // Every route on the other tenant's subscription answers exactly as for one that does not exist.
+    let since = json!({"since": "2020-01-01T00:00:00Z"});
+    let routes: Vec<(Method, String, Option<serde_json::Value>)> = vec![
+        (Method::GET, "/v1/subscriptions/{id}".into(), None),
+        (Method::PATCH, "/v1/subscriptions/{id}".into(), Some(json!({"enabled": false}))),
+        (Method::DELETE, "/v1/subscriptions/{id}".into(), None),
+        (Method::POST, "/v1/subscriptions/{id}/rotate-secret".into(), Some(json!({}))),
+        (Method::POST, "/v1/subscriptions/{id}/replay".into(), Some(since.clone())),
+        (Method::GET, "/v1/subscriptions/{id}/attempts".into(), None),
+        (Method::GET, "/v1/dead-letters?subscription={id}".into(), None),
+        (Method::POST, "/v1/dead-letters/redrive".into(), Some(json!({"subscription": "{id}"}))),
+    ];
+    for (method, path, body) in routes {
+        let mut answers = Vec::new();
+        for id in [theirs.as_str(), nonexistent] {
+            let body = body.as_ref().map(|b| serde_json::from_str(&b.to_string().replace("{id}", id)).unwrap());
+            let (status, _, answer) = stack.call_as(ACME, method.clone(), &path.replace("{id}", id), body).await;
+            answers.push((status, answer["type"].clone()));
+        }
+        assert_eq!(answers[0].0, 404, "{method} {path}: {answers:?}");
+        assert_eq!(answers[0], answers[1], "{method} {path}: existence leaks through the answer");
+    }
+
+    // Listings and event-level reads show none of it.
+    let (_, _, subs) = stack.call_as(ACME, Method::GET, "/v1/subscriptions", None).await;
+    assert!(subs["data"].as_array().unwrap().iter().all(|s| s["tenant"] == "acme"), "{subs}");
+    let (status, _, attempts) = stack.call_as(ACME, Method::GET, "/v1/events/g-evt/attempts", None).await;
+    assert_eq!((status, attempts["data"].as_array().map(Vec::len)), (200, Some(0)));
+    let (status, _, letters) = stack.call_as(ACME, Method::GET, "/v1/dead-letters", None).await;
+    assert_eq!((status, letters["data"].as_array().map(Vec::len)), (200, Some(0)));
+    let (status, _, _) = stack.call_as(ACME, Method::GET, "/v1/dead-letters?tenant=globex", None).await;
+    assert_eq!(status, 403);
+    let (_, _, letter) = stack.call(Method::GET, "/v1/dead-letters", None).await;
+    let letter_id = letter["data"][0]["id"].clone();
+    let (_, _, redrive) =
+        stack.call_as(ACME, Method::POST, "/v1/dead-letters/redrive", Some(json!({"ids": [letter_id]}))).await;
+    assert_eq!(redrive["redriven"], 0, "{redrive}");
+    // Publishing: its own tenant by default, never another's.
+    let (status, _, accepted) =
+        stack.call_as(ACME, Method::POST, "/v1/events", Some(json!({"type": "a.b", "data": {}}))).await;
+    assert_eq!(status, 202, "{accepted}");
+    let (status, _, _) = stack
+        .call_as(ACME, Method::POST, "/v1/events", Some(json!({"type": "a.b", "data": {}, "tenant": "globex"})))
+        .await;
+    assert_eq!(status, 403);
+    // And the admin still sees globex's subscription intact.
+    let (status, _, read) = stack.call(Method::GET, &format!("/v1/subscriptions/{theirs}"), None).await;
+    assert_eq!((status, read["enabled"].as_bool()), (200, Some(true)));
+}

@@ -27,9 +27,17 @@ pub(crate) struct Accepted {
     duplicate: bool,
 }
 
-fn parse_event(raw: &[u8]) -> Result<proto::Event, ApiError> {
-    let input: EventInput = serde_json::from_slice(raw).map_err(|e| ApiError::malformed_json(e.to_string()))?;
-    input.validate().map_err(|e| ApiError::invalid(Some(e.field), format!("{}: {}", e.field, e.message)))
+/// Parses and validates one event for `caller`: a tenant token's events default to its tenant,
+/// and an event of a tenant the token does not cover is refused.
+fn parse_event(caller: &Caller, raw: &[u8]) -> Result<proto::Event, ApiError> {
+    let mut input: EventInput = serde_json::from_slice(raw).map_err(|e| ApiError::malformed_json(e.to_string()))?;
+    if input.tenant.is_none() {
+        input.tenant = caller.own_tenant().map(str::to_owned);
+    }
+    let event =
+        input.validate().map_err(|e| ApiError::invalid(Some(e.field), format!("{}: {}", e.field, e.message)))?;
+    caller.require_publish_for(&event.tenant)?;
+    Ok(event)
 }
 
 fn ensure_connected(state: &AppState) -> Result<(), ApiError> {
@@ -82,7 +90,7 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require_publish()?;
-    let event = parse_event(&body.0)?;
+    let event = parse_event(&caller, &body.0)?;
     ensure_connected(&state)?;
     let traceparent = trace::child_of(incoming_traceparent(&headers));
     let ack = send(&state, &event, &traceparent).await?;
@@ -145,7 +153,7 @@ pub(crate) async fn publish_batch(
     // Send everything first, then collect the acknowledgements: one round trip, not N.
     let mut pending = Vec::with_capacity(input.events.len());
     for raw in &input.events {
-        let item = match parse_event(raw.get().as_bytes()) {
+        let item = match parse_event(&caller, raw.get().as_bytes()) {
             Ok(event) => match send(&state, &event, &traceparent).await {
                 Ok(ack) => Ok((event, ack)),
                 Err(e) => Err(e),

@@ -113,9 +113,12 @@ pub(crate) async fn create(
     body: Body,
 ) -> Result<(StatusCode, Json<View>), ApiError> {
     let input: CreateInput = body.json()?;
-    let tenant = match &input.tenant {
-        Some(t) => TenantId::parse(t).map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?,
-        None => TenantId::default_tenant(),
+    let tenant = match (&input.tenant, caller.own_tenant()) {
+        (Some(t), _) => {
+            TenantId::parse(t).map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?
+        }
+        (None, Some(own)) => TenantId::parse(own).map_err(|e| ApiError::invalid(Some("tenant"), e.0))?,
+        (None, None) => TenantId::default_tenant(),
     };
     caller.require_tenant(tenant.as_str())?;
     let url = checked_url(&state, &input.url)?;
