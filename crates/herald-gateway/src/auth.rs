@@ -89,6 +89,29 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
+/// The tokens in force, replaceable while the gateway runs (file change or SIGHUP).
+#[derive(Debug, Default)]
+pub struct TokenStore {
+    current: std::sync::RwLock<Arc<Tokens>>,
+}
+
+impl TokenStore {
+    /// A store holding `tokens`.
+    pub fn new(tokens: Tokens) -> Self {
+        Self { current: std::sync::RwLock::new(Arc::new(tokens)) }
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> Arc<Tokens> {
+        self.current.read().expect("token lock").clone()
+    }
+
+    /// Puts new tokens in force.
+    pub fn replace(&self, tokens: Tokens) {
+        *self.current.write().expect("token lock") = Arc::new(tokens);
+    }
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -178,8 +201,8 @@ impl FromRequestParts<AppState> for Caller {
             .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
-        let scopes =
-            state.tokens.scopes(token).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
+        let tokens = state.tokens.current();
+        let scopes = tokens.scopes(token).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
         Ok(Caller { scopes: scopes.into() })
     }
 }

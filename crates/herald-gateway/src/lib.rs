@@ -92,7 +92,7 @@ pub struct AppState {
     pub(crate) js: jetstream::Context,
     pub(crate) kv: jetstream::kv::Store,
     pub(crate) client: async_nats::Client,
-    pub(crate) tokens: Arc<Tokens>,
+    pub(crate) tokens: Arc<auth::TokenStore>,
     pub(crate) registry: Arc<Registry>,
     pub(crate) config: Arc<Config>,
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
@@ -119,9 +119,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let tokens = load_tokens(&config)?;
+    let tokens = Arc::new(auth::TokenStore::new(load_tokens(&config)?));
     let keys = Arc::new(config.keys.load()?);
-    if tokens.is_empty() {
+    if tokens.current().is_empty() {
         tracing::warn!(
             "no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401"
         );
@@ -133,12 +133,13 @@ pub async fn run(
     let registry = Registry::new();
     let cancel = tokio_util::sync::CancellationToken::new();
     let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
+    let reload = tokio::spawn(reload_tokens(config.clone(), tokens.clone(), cancel.clone()));
 
     let state = AppState {
         js,
         kv: handles.subscriptions,
         client,
-        tokens: Arc::new(tokens),
+        tokens: tokens.clone(),
         registry,
         keys,
         policy: Arc::new(herald_core::ssrf::Policy {
@@ -151,7 +152,52 @@ pub async fn run(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     cancel.cancel();
     let _ = follow.await;
+    let _ = reload.await;
     Ok(())
+}
+
+/// Reloads the tokens on SIGHUP, and when the tokens file changes (checked every few seconds),
+/// so tokens are added and revoked without a restart. A file that fails to parse is reported
+/// and the tokens in force stay.
+async fn reload_tokens(config: Config, store: Arc<auth::TokenStore>, cancel: tokio_util::sync::CancellationToken) {
+    let modified = |config: &Config| {
+        config.tokens_file.as_ref().and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+    };
+    let mut seen = modified(&config);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let hup = async {
+            match hangup.as_mut() {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hup = std::future::pending::<()>();
+        let why = tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = hup => "SIGHUP",
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                let now = modified(&config);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+                "the tokens file changed"
+            }
+        };
+        match load_tokens(&config) {
+            Ok(tokens) => {
+                store.replace(tokens);
+                tracing::info!(why, "API tokens reloaded");
+            }
+            Err(e) => tracing::error!(why, error = %e, "API tokens not reloaded; the previous ones stay in force"),
+        }
+    }
 }
 
 /// All routes.

@@ -136,3 +136,40 @@ async fn a_tenant_token_never_reaches_another_tenants_objects() {
     let (status, _, read) = stack.call(Method::GET, &format!("/v1/subscriptions/{theirs}"), None).await;
     assert_eq!((status, read["enabled"].as_bool()), (200, Some(true)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_reloaded_from_their_file_without_a_restart() {
+    let dir = std::env::temp_dir().join(format!("herald-tokens-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("tokens");
+    std::fs::write(&file, "admin=first-token-0123456789\n").unwrap();
+    let path = file.to_str().unwrap().to_owned();
+    let stack = Stack::start_with(false, &["--tokens-file", &path]).await;
+    let (status, _, _) = stack.call_as("first-token-0123456789", Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 200);
+    let (status, _, _) = stack.call_as("second-token-0123456789", Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 401);
+
+    // Revoke the first, add the second (hashed): takes effect within seconds.
+    tokio::time::sleep(Duration::from_millis(1100)).await; // a distinct modification time
+    std::fs::write(&file, "admin=second-token-0123456789\n# a broken line would keep the old tokens\n").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _, _) = stack.call_as("second-token-0123456789", Method::GET, "/v1/subscriptions", None).await;
+        if status == 200 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the new token never worked");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, _, _) = stack.call_as("first-token-0123456789", Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 401, "the revoked token no longer works");
+
+    // A file that does not parse leaves the tokens in force.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    std::fs::write(&file, "root=whatever-0123456789\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, _, _) = stack.call_as("second-token-0123456789", Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 200);
+    let _ = std::fs::remove_dir_all(&dir);
+}
