@@ -76,6 +76,8 @@ pub struct NatsServer {
     port: u16,
     store: PathBuf,
     jetstream: bool,
+    /// `--user` and `--pass`, for a secured server.
+    auth: Option<(String, String)>,
     child: Option<Child>,
 }
 
@@ -90,8 +92,21 @@ impl NatsServer {
         Self::start_with(false)
     }
 
+    /// Starts a server with JetStream that demands a user and password.
+    pub fn start_with_password(user: &str, pass: &str) -> Self {
+        let mut server = Self {
+            port: free_port(),
+            store: temp_dir("herald-nats"),
+            jetstream: true,
+            auth: Some((user.into(), pass.into())),
+            child: None,
+        };
+        server.restart();
+        server
+    }
+
     fn start_with(jetstream: bool) -> Self {
-        let mut server = Self { port: free_port(), store: temp_dir("herald-nats"), jetstream, child: None };
+        let mut server = Self { port: free_port(), store: temp_dir("herald-nats"), jetstream, auth: None, child: None };
         server.restart();
         server
     }
@@ -117,6 +132,9 @@ impl NatsServer {
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
         if self.jetstream {
             cmd.arg("-js").arg("-sd").arg(self.store.join("js"));
+        }
+        if let Some((user, pass)) = &self.auth {
+            cmd.args(["--user", user, "--pass", pass]);
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().unwrap_or_else(|e| {
             panic!("cannot start {}: {e} (scripts/ensure-nats.sh installs it)", nats_server_bin().display())

@@ -163,15 +163,99 @@ pub enum BootstrapError {
     },
 }
 
-/// Connects to the comma-separated `urls`, naming the connection for `nats-server` monitoring.
-/// Reconnects forever once connected; the first connection is retried only if `retry_initial`.
-pub async fn connect(urls: &str, name: &str, retry_initial: bool) -> Result<async_nats::Client, BootstrapError> {
+/// How to authenticate to, and encrypt the connection with, a secured NATS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct NatsAuthArgs {
+    /// NATS credentials file (JWT + nkey seed), e.g. from `nsc`.
+    #[arg(long, env = "HERALD_NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// File holding an nkey seed (`SU…`).
+    #[arg(long, env = "HERALD_NATS_NKEY_FILE")]
+    pub nats_nkey_file: Option<std::path::PathBuf>,
+    /// User name for user/password authentication.
+    #[arg(long, env = "HERALD_NATS_USER")]
+    pub nats_user: Option<String>,
+    /// Password for user/password authentication (prefer the variable to the flag).
+    #[arg(long, env = "HERALD_NATS_PASSWORD", hide_env_values = true)]
+    pub nats_password: Option<String>,
+    /// Token authentication (prefer the variable to the flag).
+    #[arg(long, env = "HERALD_NATS_TOKEN", hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// Require TLS to NATS.
+    #[arg(long, env = "HERALD_NATS_TLS", default_value_t = false)]
+    pub nats_tls: bool,
+    /// CA certificate(s) to verify the NATS server with (PEM).
+    #[arg(long, env = "HERALD_NATS_TLS_CA")]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Client certificate for mutual TLS (PEM); with HERALD_NATS_TLS_KEY.
+    #[arg(long, env = "HERALD_NATS_TLS_CERT")]
+    pub nats_tls_cert: Option<std::path::PathBuf>,
+    /// Client key for mutual TLS (PEM).
+    #[arg(long, env = "HERALD_NATS_TLS_KEY")]
+    pub nats_tls_key: Option<std::path::PathBuf>,
+}
+
+impl NatsAuthArgs {
+    async fn options(&self) -> Result<async_nats::ConnectOptions, BootstrapError> {
+        let setting =
+            |what: &str, e: std::io::Error| BootstrapError::Create { what: what.to_owned(), detail: e.to_string() };
+        let mut opts = match &self.nats_creds {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path)
+                .await
+                .map_err(|e| setting("HERALD_NATS_CREDS", e))?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(path) = &self.nats_nkey_file {
+            let seed = std::fs::read_to_string(path).map_err(|e| setting("HERALD_NATS_NKEY_FILE", e))?;
+            opts = opts.nkey(seed.trim().to_owned());
+        }
+        match (&self.nats_user, &self.nats_password) {
+            (Some(user), Some(pass)) => opts = opts.user_and_password(user.clone(), pass.clone()),
+            (None, None) => {}
+            _ => {
+                return Err(BootstrapError::Create {
+                    what: "HERALD_NATS_USER / HERALD_NATS_PASSWORD".into(),
+                    detail: "give both or neither".into(),
+                });
+            }
+        }
+        if let Some(token) = &self.nats_token {
+            opts = opts.token(token.clone());
+        }
+        if self.nats_tls {
+            opts = opts.require_tls(true);
+        }
+        if let Some(ca) = &self.nats_tls_ca {
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        match (&self.nats_tls_cert, &self.nats_tls_key) {
+            (Some(cert), Some(key)) => opts = opts.add_client_certificate(cert.clone(), key.clone()),
+            (None, None) => {}
+            _ => {
+                return Err(BootstrapError::Create {
+                    what: "HERALD_NATS_TLS_CERT / HERALD_NATS_TLS_KEY".into(),
+                    detail: "give both or neither".into(),
+                });
+            }
+        }
+        Ok(opts)
+    }
+}
+
+/// Connects to the comma-separated `urls` with `auth`, naming the connection for
+/// `nats-server` monitoring. Reconnects forever once connected; the first connection is
+/// retried only if `retry_initial`.
+pub async fn connect(
+    urls: &str,
+    name: &str,
+    retry_initial: bool,
+    auth: &NatsAuthArgs,
+) -> Result<async_nats::Client, BootstrapError> {
     let addrs: Vec<async_nats::ServerAddr> =
         urls.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| s.parse()).collect::<Result<_, _>>().map_err(
             |e: std::io::Error| BootstrapError::Create { what: format!("NATS URL {urls:?}"), detail: e.to_string() },
         )?;
-    let mut opts =
-        async_nats::ConnectOptions::new().name(name).connection_timeout(Duration::from_secs(5)).max_reconnects(None);
+    let mut opts = auth.options().await?.name(name).connection_timeout(Duration::from_secs(5)).max_reconnects(None);
     if retry_initial {
         opts = opts.retry_on_initial_connect();
     }

@@ -106,6 +106,9 @@ pub struct Config {
     pub max_redeliveries: i64,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub nats_auth: herald_core::nats::NatsAuthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub keys: herald_core::secrets::KeyArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -140,7 +143,7 @@ pub(crate) struct Readiness {
 /// whatever is still unfinished is left unacked for redelivery.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let keys = config.keys.load()?;
-    let client = nats::connect(&config.nats_url, "herald-dispatcher", false).await?;
+    let client = nats::connect(&config.nats_url, "herald-dispatcher", false, &config.nats_auth).await?;
     let js = jetstream::new(client.clone());
     let mut topology = config.topology.topology();
     topology.deliver_ack_wait = config.ack_wait.unwrap_or(config.http_timeout + Duration::from_secs(15));

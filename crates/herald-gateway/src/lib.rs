@@ -65,6 +65,9 @@ pub struct Config {
     pub https_only: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
+    pub nats_auth: herald_core::nats::NatsAuthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
     pub keys: herald_core::secrets::KeyArgs,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -126,7 +129,7 @@ pub async fn run(
             "no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401"
         );
     }
-    let client = nats::connect(&config.nats_url, "herald-gateway", false).await?;
+    let client = nats::connect(&config.nats_url, "herald-gateway", false, &config.nats_auth).await?;
     let js = jetstream::ContextBuilder::new().timeout(config.publish_timeout).build(client.clone());
     let handles = nats::ensure_streams(&js, &config.topology.topology()).await?;
 

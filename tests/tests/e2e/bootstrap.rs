@@ -53,3 +53,34 @@ async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
     let events = js.get_stream("HERALD_EVENTS").await.unwrap().info().await.unwrap().clone();
     assert_eq!(events.config.max_age, std::time::Duration::from_secs(86_400));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_secured_nats_needs_and_accepts_credentials() {
+    herald_tests::init();
+    let nats = NatsServer::start_with_password("herald", "s3cret-pass");
+
+    let config = herald_gateway::Config::try_parse_from(["herald-gateway", "--nats-url", &nats.url()]).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let err = herald_gateway::run(config, listener, std::future::pending()).await.unwrap_err();
+    assert!(format!("{err:#}").to_lowercase().contains("authorization"), "{err:#}");
+
+    let mut args = herald_tests::dispatcher_args(&nats.url());
+    args.extend(["--nats-user", "herald", "--nats-password", "s3cret-pass"].map(String::from));
+    let config = herald_dispatcher::Config::try_parse_from(args).unwrap();
+    let stop = CancellationToken::new();
+    let dispatcher = tokio::spawn(herald_dispatcher::run(config, stop.clone()));
+    // It connects, creates the streams, and runs until told to stop.
+    let client = async_nats::ConnectOptions::new()
+        .user_and_password("herald".into(), "s3cret-pass".into())
+        .connect(nats.url())
+        .await
+        .unwrap();
+    let js = async_nats::jetstream::new(client);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while js.get_stream("HERALD_EVENTS").await.is_err() {
+        assert!(std::time::Instant::now() < deadline, "the dispatcher did not bootstrap");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    stop.cancel();
+    dispatcher.await.unwrap().unwrap();
+}
