@@ -20,6 +20,8 @@ pub mod event;
 pub mod ids;
 pub mod nats;
 pub mod pattern;
+#[cfg(test)]
+mod properties;
 pub mod registry;
 pub mod retry;
 pub mod runtime;

@@ -1,0 +1,103 @@
+//! Property tests over hostile input (the fuzzing of the parsers, bounded so CI stays quick):
+//! event parsing, type patterns, the SSRF URL check and signature verification never panic,
+//! and what they accept keeps its invariants. `PROPTEST_CASES` raises the count for a soak.
+
+use proptest::prelude::*;
+
+use crate::event::{EventInput, StoredAt, decode_stored};
+use crate::ids::{EventId, EventType};
+use crate::pattern::{TypePattern, matches};
+
+fn stored() -> StoredAt {
+    StoredAt { sequence: 1, time: time::OffsetDateTime::UNIX_EPOCH }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn nats_events_never_panic(
+        subject in "herald\\.events\\.[a-z.*>]{0,20}|.{0,40}",
+        payload in proptest::collection::vec(any::<u8>(), 0..256),
+        json in any::<bool>(),
+        msg_id in proptest::option::of(".{0,20}"),
+    ) {
+        let ct = json.then_some("application/json");
+        if let Ok(e) = decode_stored(&subject, ct, msg_id.as_deref(), &payload, stored()) {
+            prop_assert!(EventId::parse(&e.id).is_ok());
+            prop_assert!(EventType::parse(&e.r#type).is_ok());
+            prop_assert!(serde_json::from_slice::<serde::de::IgnoredAny>(&e.data).is_ok());
+            prop_assert!(crate::event::webhook_body(&e).is_ok());
+        }
+    }
+
+    #[test]
+    fn http_events_never_panic(text in ".{0,200}") {
+        if let Ok(input) = serde_json::from_str::<EventInput>(&text) {
+            if let Ok(e) = input.validate() {
+                prop_assert!(EventId::parse(&e.id).is_ok());
+                prop_assert!(crate::event::webhook_body(&e).is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn structured_json_events(
+        id in "[A-Za-z0-9_:.-]{0,10}",
+        ty in "[a-z.*]{0,12}",
+        tenant in "[a-z .]{0,6}",
+    ) {
+        let text = serde_json::json!({"id": id, "type": ty, "tenant": tenant, "data": {"k": [1, "x"]}}).to_string();
+        let input: EventInput = serde_json::from_str(&text).unwrap();
+        let valid = input.validate().is_ok();
+        let expect = EventId::parse(&id).is_ok() && EventType::parse(&ty).is_ok() && crate::ids::TenantId::parse(&tenant).is_ok();
+        prop_assert_eq!(valid, expect);
+    }
+
+    #[test]
+    fn patterns_never_panic_and_select_themselves(p in "[a-z*>.]{0,16}", t in "[a-z.]{0,16}") {
+        if let Ok(pattern) = TypePattern::parse(&p) {
+            let _ = pattern.matches(&t);
+            if EventType::parse(&p).is_ok() {
+                prop_assert!(pattern.matches(&p), "a literal pattern selects its own type");
+            }
+            if let Ok(t) = EventType::parse(&t) {
+                prop_assert!(matches(">", t.as_str()), "`>` selects every type");
+            }
+        }
+    }
+
+    #[test]
+    fn url_checks_never_panic(text in ".{0,60}", host in "[0-9a-fx.:\\[\\]]{1,30}") {
+        let policy = crate::ssrf::Policy::default();
+        for candidate in [text.clone(), format!("http://{host}/"), format!("https://{host}:8080/x")] {
+            if let Ok(url) = url::Url::parse(&candidate) {
+                let _ = policy.check_url(&url);
+                let _ = crate::subscription::validate_url(&candidate);
+            }
+        }
+    }
+
+    #[test]
+    fn any_ip_is_judged_consistently(v4 in any::<u32>(), v6 in any::<u128>()) {
+        let policy = crate::ssrf::Policy::default();
+        let four = std::net::Ipv4Addr::from(v4);
+        // An IPv4 address is refused exactly when it is in a forbidden class; its IPv4-mapped
+        // spelling is refused whatever it is (it is a way around the rules, not a route).
+        prop_assert_eq!(policy.check_ip(four.into()).is_err(), crate::ssrf::forbidden(four.into()).is_some());
+        prop_assert!(policy.check_ip(four.to_ipv6_mapped().into()).is_err());
+        let _ = policy.check_ip(std::net::Ipv6Addr::from(v6).into());
+    }
+
+    #[test]
+    fn signature_verification_never_panics_nor_accepts_garbage(
+        id in ".{0,20}",
+        ts in ".{0,14}",
+        sig in ".{0,120}",
+        body in proptest::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let verifier = herald_signature::Verifier::new(herald_signature::Secret::parse("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").unwrap());
+        prop_assert!(verifier.verify_at(Some(&id), Some(&ts), Some(&sig), &body, 1_614_265_330).is_err());
+        let _ = herald_signature::Secret::parse(&sig);
+    }
+}
