@@ -173,3 +173,90 @@ async fn tokens_are_reloaded_from_their_file_without_a_restart() {
     assert_eq!(status, 200);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_and_tokens_never_appear_in_logs() {
+    herald_tests::init();
+    let nats = herald_tests::NatsServer::start();
+    let dir = std::env::temp_dir().join(format!("herald-logs-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = herald_tests::free_port();
+    let gateway_url = format!("http://127.0.0.1:{port}");
+    let admin = "log-test-admin-token-0123456789";
+    let key = "k9:HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
+    let spawn = |bin: &str, args: Vec<String>, log: &str| {
+        std::process::Command::new(herald_tests::target_bin(bin))
+            .args(args)
+            .env("HERALD_LOG", "debug")
+            .env("HERALD_TOKENS", format!("admin={admin}"))
+            .env("HERALD_SECRET_KEYS", key)
+            .env("HERALD_ALLOW_NETWORKS", herald_tests::LOOPBACK)
+            .stderr(std::fs::File::create(dir.join(log)).unwrap())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    let mut gateway = spawn(
+        "herald-gateway",
+        vec!["--nats-url".into(), nats.url(), "--listen".into(), format!("127.0.0.1:{port}")],
+        "gateway.log",
+    );
+    let mut dispatcher_args = herald_tests::dispatcher_args(&nats.url());
+    dispatcher_args.retain(|a| a != "--secret-keys" && a != herald_tests::SECRET_KEYS);
+    let mut dispatcher = spawn("herald-dispatcher", dispatcher_args[1..].to_vec(), "dispatcher.log");
+
+    let http = reqwest::Client::new();
+    let call = |method: Method, path: &str, body: Option<serde_json::Value>| {
+        let mut req = http.request(method, format!("{gateway_url}{path}")).bearer_auth(admin);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        async move {
+            let resp = req.send().await?;
+            let status = resp.status().as_u16();
+            Ok::<_, reqwest::Error>((
+                status,
+                serde_json::from_slice::<serde_json::Value>(&resp.bytes().await?).unwrap_or_default(),
+            ))
+        }
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while call(Method::GET, "/v1/subscriptions", None).await.map(|r| r.0).unwrap_or(0) != 200 {
+        assert!(std::time::Instant::now() < deadline, "gateway did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rx = Receiver::start().await;
+    rx.respond_with(&[500]);
+    let (_, sub) = call(Method::POST, "/v1/subscriptions", Some(json!({"url": rx.url("/l"), "event_types": [">"]})))
+        .await
+        .unwrap();
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let mut secrets = vec![sub["secret"].as_str().unwrap().to_owned()];
+    let (_, rotated) =
+        call(Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"), Some(json!({}))).await.unwrap();
+    secrets.push(rotated["secret"].as_str().unwrap().to_owned());
+    tokio::time::sleep(Duration::from_secs(1)).await; // the dispatcher's watch catches up
+    call(Method::POST, "/v1/events", Some(json!({"id": "log-1", "type": "l.x", "data": {}}))).await.unwrap();
+    rx.wait_for(2, Duration::from_secs(30)).await;
+    // A bad token is logged about without its text.
+    let _ = http.get(format!("{gateway_url}/v1/subscriptions")).bearer_auth("wrong-token-0123456789-xyz").send().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _ = gateway.kill();
+    let _ = dispatcher.kill();
+    let _ = gateway.wait();
+    let _ = dispatcher.wait();
+
+    let logs = std::fs::read_to_string(dir.join("gateway.log")).unwrap()
+        + &std::fs::read_to_string(dir.join("dispatcher.log")).unwrap();
+    assert!(logs.contains("subscription secret rotated"), "the logs were captured");
+    let mut needles: Vec<String> =
+        vec![admin.into(), "wrong-token-0123456789-xyz".into(), key.split(':').nth(1).unwrap().into()];
+    for s in &secrets {
+        needles.push(s.clone());
+        needles.push(s.trim_start_matches("whsec_").into());
+    }
+    for needle in needles {
+        assert!(!logs.contains(&needle), "a secret appears in the logs ({} bytes of logs)", logs.len());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
