@@ -36,6 +36,45 @@ pub mod proto {
     include!("proto/herald.v1.rs");
 }
 
+/// The settings gateway and dispatcher share, as flags and `HERALD_*` variables: where NATS is
+/// and how to reach it, the SSRF policy, the keys sealing secrets, and the stream settings.
+/// Give both services the same values.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    pub nats_url: String,
+    /// Networks subscriber URLs may reach despite the SSRF guard, comma-separated CIDRs (e.g.
+    /// `127.0.0.0/8` for local development). Private, loopback, link-local and similar
+    /// addresses are refused otherwise.
+    #[arg(long, env = "HERALD_ALLOW_NETWORKS", default_value = "", value_parser = ssrf::Networks::parse)]
+    pub allow_networks: ssrf::Networks,
+    /// Refuse plain `http` subscriber URLs.
+    #[arg(long, env = "HERALD_HTTPS_ONLY", default_value_t = false)]
+    pub https_only: bool,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub nats_auth: nats::NatsAuthArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub keys: secrets::KeyArgs,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub topology: nats::TopologyArgs,
+}
+
+impl CommonArgs {
+    /// The SSRF policy these settings describe.
+    pub fn ssrf_policy(&self) -> ssrf::Policy {
+        ssrf::Policy { allow: self.allow_networks.0.clone(), https_only: self.https_only }
+    }
+
+    /// Connects to NATS as `name`.
+    pub async fn connect(&self, name: &str) -> Result<async_nats::Client, nats::BootstrapError> {
+        nats::connect(&self.nats_url, name, false, &self.nats_auth).await
+    }
+}
+
 /// The version every Herald binary reports, e.g. in `user-agent: Herald/{VERSION}`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 

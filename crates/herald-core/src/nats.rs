@@ -61,6 +61,28 @@ pub fn route_subject(sub: &crate::proto::Subscription) -> String {
     }
 }
 
+/// The message that hands `event` to `sub` for its first attempt, and the subject it goes to
+/// (the subscription's route). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
+/// same event out twice, or replaying it while it is under way, stores one delivery.
+pub fn first_delivery(
+    event: &crate::proto::Event,
+    sub: &crate::proto::Subscription,
+    traceparent: &str,
+) -> (String, jetstream::message::PublishMessage) {
+    use prost::Message as _;
+    let delivery = crate::proto::Delivery {
+        event: Some(event.clone()),
+        subscription_id: sub.id.clone(),
+        attempt: 1,
+        ..Default::default()
+    };
+    let publish = jetstream::message::PublishMessage::build()
+        .payload(delivery.encode_to_vec().into())
+        .message_id(format!("{}:{}", event.id, sub.id))
+        .header(crate::trace::TRACEPARENT, traceparent);
+    (route_subject(sub), publish)
+}
+
 /// `herald.retries.{tenant}.{subscription_id}.{event_id}`: the message schedule that brings one
 /// retry back to [`delivery_subject`] when it is due. One subject per delivery, so republishing
 /// a retry (after a crash) replaces the schedule instead of adding a second one.

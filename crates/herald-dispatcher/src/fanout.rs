@@ -7,7 +7,6 @@ use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
 
@@ -57,17 +56,8 @@ pub(crate) async fn send(
     let mut acks = Vec::with_capacity(subs.len());
     let mut failed = None;
     for sub in &subs {
-        let delivery = proto::Delivery {
-            event: Some(event.clone()),
-            subscription_id: sub.id.clone(),
-            attempt: 1,
-            ..Default::default()
-        };
-        let publish = PublishMessage::build()
-            .payload(delivery.encode_to_vec().into())
-            .message_id(format!("{}:{}", event.id, sub.id))
-            .header(trace::TRACEPARENT, traceparent.as_str());
-        match shared.js.send_publish(nats::route_subject(sub), publish).await {
+        let (subject, publish) = nats::first_delivery(&event, sub, &traceparent);
+        match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push(ack.into_future()),
             Err(e) => {
                 failed = Some(e.to_string());

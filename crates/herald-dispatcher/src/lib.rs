@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::pull::{Pull, consume};
 
-use herald_core::nats::{self, TopologyArgs};
+use herald_core::nats;
 use herald_core::registry::Registry;
 use herald_core::retry::RetryPolicy;
 
@@ -43,9 +43,6 @@ use herald_core::retry::RetryPolicy;
     about = "Herald's dispatcher: fans events out and delivers signed webhooks"
 )]
 pub struct Config {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
     /// Address of the health endpoints (`/healthz`, `/readyz`).
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:9090")]
     pub listen: String,
@@ -58,14 +55,6 @@ pub struct Config {
     /// Bytes of each response body kept in the attempt record.
     #[arg(long, env = "HERALD_RESPONSE_BODY_LIMIT", default_value_t = 4096)]
     pub response_body_limit: usize,
-    /// Networks subscriber URLs may reach despite the SSRF guard, comma-separated CIDRs (e.g.
-    /// `127.0.0.0/8` for local development). Everything private, loopback, link-local and the
-    /// like is refused otherwise.
-    #[arg(long, env = "HERALD_ALLOW_NETWORKS", default_value = "", value_parser = herald_core::ssrf::Networks::parse)]
-    pub allow_networks: herald_core::ssrf::Networks,
-    /// Refuse plain `http` subscriber URLs.
-    #[arg(long, env = "HERALD_HTTPS_ONLY", default_value_t = false)]
-    pub https_only: bool,
     /// Fixed DNS answers, `name=ip` comma-separated (tests, split-horizon set-ups). The SSRF
     /// guard checks them like any other answer.
     #[arg(long, env = "HERALD_RESOLVE", default_value = "")]
@@ -106,13 +95,7 @@ pub struct Config {
     pub max_redeliveries: i64,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub nats_auth: herald_core::nats::NatsAuthArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub keys: herald_core::secrets::KeyArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub topology: TopologyArgs,
+    pub common: herald_core::CommonArgs,
 }
 
 /// What the stages share.
@@ -142,10 +125,10 @@ pub(crate) struct Readiness {
 /// After cancellation, pulling stops, in-flight deliveries get `shutdown_grace` to finish, and
 /// whatever is still unfinished is left unacked for redelivery.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let keys = config.keys.load()?;
-    let client = nats::connect(&config.nats_url, "herald-dispatcher", false, &config.nats_auth).await?;
+    let keys = config.common.keys.load()?;
+    let client = config.common.connect("herald-dispatcher").await?;
     let js = jetstream::new(client.clone());
-    let mut topology = config.topology.topology();
+    let mut topology = config.common.topology.topology();
     topology.deliver_ack_wait = config.ack_wait.unwrap_or(config.http_timeout + Duration::from_secs(15));
     if topology.deliver_ack_wait <= config.http_timeout {
         anyhow::bail!(
@@ -156,8 +139,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let handles = nats::ensure_streams(&js, &topology).await?;
     let (fanout_consumer, deliver_consumer) = nats::ensure_consumers(&js, &topology).await?;
-    let policy =
-        Arc::new(herald_core::ssrf::Policy { allow: config.allow_networks.0.clone(), https_only: config.https_only });
+    let policy = Arc::new(config.common.ssrf_policy());
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
     let http =

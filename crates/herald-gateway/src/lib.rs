@@ -23,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, Request};
 use bytes::Bytes;
 use tokio::net::TcpListener;
 
-use herald_core::nats::{self, TopologyArgs};
+use herald_core::nats;
 use herald_core::registry::Registry;
 
 use crate::auth::Tokens;
@@ -33,9 +33,6 @@ use crate::error::ApiError;
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "herald-gateway", version, about = "Herald's HTTP gateway: event ingest and subscription management")]
 pub struct Config {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long, env = "HERALD_NATS_URL", default_value = "nats://127.0.0.1:4222")]
-    pub nats_url: String,
     /// Address to serve HTTP on.
     #[arg(long, env = "HERALD_LISTEN", default_value = "0.0.0.0:8080")]
     pub listen: String,
@@ -55,23 +52,9 @@ pub struct Config {
     /// How long to wait for JetStream to acknowledge a write before answering 503.
     #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "5s", value_parser = herald_core::runtime::parse_duration)]
     pub publish_timeout: Duration,
-    /// Networks subscriber URLs may point at despite the SSRF guard, comma-separated CIDRs.
-    /// Subscriptions whose URL is an IP literal outside them are refused at creation; host names
-    /// are checked by the dispatcher when it connects.
-    #[arg(long, env = "HERALD_ALLOW_NETWORKS", default_value = "", value_parser = herald_core::ssrf::Networks::parse)]
-    pub allow_networks: herald_core::ssrf::Networks,
-    /// Refuse plain `http` subscriber URLs.
-    #[arg(long, env = "HERALD_HTTPS_ONLY", default_value_t = false)]
-    pub https_only: bool,
     #[command(flatten)]
     #[allow(missing_docs)]
-    pub nats_auth: herald_core::nats::NatsAuthArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub keys: herald_core::secrets::KeyArgs,
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub topology: TopologyArgs,
+    pub common: herald_core::CommonArgs,
 }
 
 /// Parses a byte size: `262144`, `256KiB`, `1MiB` (also `KB`/`MB`, read as binary).
@@ -123,15 +106,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tokens = Arc::new(auth::TokenStore::new(load_tokens(&config)?));
-    let keys = Arc::new(config.keys.load()?);
+    let keys = Arc::new(config.common.keys.load()?);
     if tokens.current().is_empty() {
         tracing::warn!(
             "no API tokens configured (HERALD_TOKENS / HERALD_TOKENS_FILE): every authenticated route answers 401"
         );
     }
-    let client = nats::connect(&config.nats_url, "herald-gateway", false, &config.nats_auth).await?;
+    let client = config.common.connect("herald-gateway").await?;
     let js = jetstream::ContextBuilder::new().timeout(config.publish_timeout).build(client.clone());
-    let handles = nats::ensure_streams(&js, &config.topology.topology()).await?;
+    let handles = nats::ensure_streams(&js, &config.common.topology.topology()).await?;
 
     let registry = Registry::new();
     let cancel = tokio_util::sync::CancellationToken::new();
@@ -145,10 +128,7 @@ pub async fn run(
         tokens: tokens.clone(),
         registry,
         keys,
-        policy: Arc::new(herald_core::ssrf::Policy {
-            allow: config.allow_networks.0.clone(),
-            https_only: config.https_only,
-        }),
+        policy: Arc::new(config.common.ssrf_policy()),
         config: Arc::new(config),
     };
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");

@@ -3,16 +3,14 @@
 
 use std::future::IntoFuture;
 
-use async_nats::jetstream::message::PublishMessage;
 use axum::Json;
 use axum::extract::{Path, State};
-use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
 use herald_core::event::{StoredAt, decode_stored};
 use herald_core::pattern::TypePattern;
 use herald_core::subscription::wants;
-use herald_core::{nats, proto, trace};
+use herald_core::{nats, trace};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -88,21 +86,8 @@ pub(crate) async fn replay(
             continue;
         }
         let traceparent = trace::child_of(s.header(trace::TRACEPARENT));
-        let delivery = proto::Delivery {
-            event: Some(event.clone()),
-            subscription_id: sub.id.clone(),
-            attempt: 1,
-            ..Default::default()
-        };
-        let publish = PublishMessage::build()
-            .payload(delivery.encode_to_vec().into())
-            .message_id(format!("{}:{}", event.id, sub.id))
-            .header(trace::TRACEPARENT, traceparent.as_str());
-        let ack = state
-            .js
-            .send_publish(nats::route_subject(&sub), publish)
-            .await
-            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        let (subject, publish) = nats::first_delivery(&event, &sub, &traceparent);
+        let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         pending.push(ack.into_future());
     }
     let mut replayed = 0;
