@@ -18,6 +18,7 @@
 
 pub mod event;
 pub mod ids;
+pub mod metrics;
 pub mod nats;
 pub mod pattern;
 #[cfg(test)]

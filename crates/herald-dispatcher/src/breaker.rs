@@ -231,6 +231,11 @@ impl Breakers {
         self.states.lock().expect("breaker lock").get(subscription).is_some_and(|s| s.open_until.is_some())
     }
 
+    /// How many subscriptions have an open (or half-open) circuit in this replica.
+    pub fn open_count(&self) -> usize {
+        self.states.lock().expect("breaker lock").values().filter(|s| s.open_until.is_some()).count()
+    }
+
     /// Forgets healthy, idle subscriptions (deleted ones included).
     pub fn sweep(&self) {
         self.states.lock().expect("breaker lock").retain(|_, s| !s.idle());

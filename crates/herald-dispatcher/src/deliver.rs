@@ -12,7 +12,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use herald_core::retry::RetryPolicy;
-use herald_core::{nats, proto, trace};
+use herald_core::{metrics, nats, proto, trace};
 
 use crate::Shared;
 use crate::breaker::Admission;
@@ -36,7 +36,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let mut delivery = match proto::Delivery::decode(msg.payload.as_ref()) {
         Ok(d) if d.event.is_some() => d,
-        _ => return dead_letter(&shared, &msg, None, "undecodable delivery message".into()).await,
+        _ => return dead_letter(&shared, &msg, "poison", None, "undecodable delivery message".into()).await,
     };
     if fifo {
         // An ordered delivery is retried in place (it must stay at the head), so every hand-out
@@ -44,20 +44,21 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         delivery.attempt = delivery.attempt.max(1) - 1 + delivered.max(1) as u32;
     } else if delivered > shared.config.max_redeliveries {
         let reason = format!("handed out {delivered} times without an outcome (dispatcher crash loop?)");
-        return dead_letter(&shared, &msg, Some(delivery), reason).await;
+        return dead_letter(&shared, &msg, "poison", Some(delivery), reason).await;
     }
     let event = delivery.event.as_ref().expect("checked above");
     // A delivery nobody can receive is dead-lettered, not dropped: after re-enabling (or
     // re-creating) the subscription it can be redriven.
     let Some(sub) = shared.registry.get(&event.tenant, &delivery.subscription_id) else {
-        return dead_letter(&shared, &msg, Some(delivery), "the subscription no longer exists".into()).await;
+        return dead_letter(&shared, &msg, "unroutable", Some(delivery), "the subscription no longer exists".into())
+            .await;
     };
     if !sub.enabled {
         let reason = match sub.disabled_reason.as_str() {
             "" => "the subscription is disabled".to_owned(),
             why => format!("the subscription is disabled: {why}"),
         };
-        return dead_letter(&shared, &msg, Some(delivery), reason).await;
+        return dead_letter(&shared, &msg, "unroutable", Some(delivery), reason).await;
     }
 
     // An ordered lane has one delivery in flight and retries in place: it needs no breaker.
@@ -67,6 +68,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         Some(Admission::Go(permit)) => Some(permit),
         Some(Admission::Defer { after, why }) => {
             tracing::debug!(event = %event.id, subscription = %sub.id, why, "delivery deferred");
+            metrics::DEFERRALS.inc(&[why]);
             // Backs off while the endpoint stays saturated: 1 s, 2 s, 4 s … up to a minute.
             let mut deferred = delivery;
             let backoff = Duration::from_secs(1 << deferred.deferrals.min(6)).min(Duration::from_secs(60));
@@ -77,7 +79,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
 
     let body = match herald_core::event::webhook_body(event) {
         Ok(b) => b,
-        Err(e) => return dead_letter(&shared, &msg, Some(delivery), format!("cannot render the body: {e}")).await,
+        Err(e) => {
+            return dead_letter(&shared, &msg, "poison", Some(delivery), format!("cannot render the body: {e}")).await;
+        }
     };
     let now = OffsetDateTime::now_utc();
     let secrets = herald_core::subscription::signing_secrets(&sub, now, &shared.keys);
@@ -86,7 +90,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         Ok(s) if !secrets.is_empty() => s,
         _ => {
             let reason = "the subscription has no usable signing secret".into();
-            return dead_letter(&shared, &msg, Some(delivery), reason).await;
+            return dead_letter(&shared, &msg, "poison", Some(delivery), reason).await;
         }
     };
     let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str());
@@ -103,7 +107,10 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         None => {
             let _http_slot = shared.http_slots.acquire().await.expect("never closed");
             let request = WebhookRequest { url: &sub.url, headers, body };
-            http_client::send(&shared.http, request, shared.config.response_body_limit).await
+            metrics::IN_FLIGHT.add(&[], 1.0);
+            let sent = http_client::send(&shared.http, request, shared.config.response_body_limit).await;
+            metrics::IN_FLIGHT.add(&[], -1.0);
+            sent
         }
     };
     if let Some(permit) = permit {
@@ -115,6 +122,9 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         outcome = DeliveryOutcome::DeadLetter { reason };
     }
     record_attempt(&shared, &delivery, &sub.url, now, &sent, &outcome).await;
+    let class = metrics::status_class(sent.result.status);
+    metrics::ATTEMPTS.inc(&[outcome_name(&outcome), class]);
+    metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
 
     let event_id = event.id.clone();
     match outcome {
@@ -129,6 +139,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
             let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
         }
         DeliveryOutcome::Retry { after } => {
+            metrics::RETRIES.inc(&[]);
             let mut next = delivery;
             if next.first_attempt_at.is_empty() {
                 next.first_attempt_at = herald_core::rfc3339(now);
@@ -150,7 +161,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
             let mut last = delivery;
             last.last_status = sent.result.status.unwrap_or(0).into();
             last.last_error = sent.result.error.clone().unwrap_or_default();
-            dead_letter(&shared, &msg, Some(last), reason).await
+            let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
+            dead_letter(&shared, &msg, kind, Some(last), reason).await
         }
     }
 }
@@ -271,7 +283,13 @@ async fn track_endpoint_health(
 
 /// Moves a delivery to `HERALD_DLQ` with its reason, then acks it. If the DLQ cannot be written,
 /// the delivery is handed out again later instead: nothing is dropped.
-async fn dead_letter(shared: &Shared, msg: &jetstream::Message, delivery: Option<proto::Delivery>, reason: String) {
+async fn dead_letter(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    kind: &'static str,
+    delivery: Option<proto::Delivery>,
+    reason: String,
+) {
     let target =
         delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone())));
     let (tenant, sub_id) = match target {
@@ -292,6 +310,7 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, delivery: Option
     let publish = PublishMessage::build().payload(letter.encode_to_vec().into());
     match publish_and_confirm(shared, nats::dlq_subject(&tenant, &sub_id), publish).await {
         Ok(()) => {
+            metrics::DEAD_LETTERS.inc(&[kind]);
             tracing::warn!(tenant, subscription = sub_id, reason, "delivery dead-lettered");
             let _ = msg.ack().await;
         }
@@ -299,6 +318,14 @@ async fn dead_letter(shared: &Shared, msg: &jetstream::Message, delivery: Option
             tracing::warn!(error = %e, "could not dead-letter; the delivery will be handed out again");
             let _ = msg.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
         }
+    }
+}
+
+fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
+    match outcome {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::Retry { .. } => "retry",
+        DeliveryOutcome::DeadLetter { .. } => "dead_letter",
     }
 }
 
@@ -322,12 +349,7 @@ async fn record_attempt(
         error: sent.result.error.clone().unwrap_or_default(),
         at: herald_core::rfc3339(at),
         duration_ms: sent.elapsed.as_millis() as u64,
-        outcome: match outcome {
-            DeliveryOutcome::Delivered => "delivered",
-            DeliveryOutcome::Retry { .. } => "retry",
-            DeliveryOutcome::DeadLetter { .. } => "dead_letter",
-        }
-        .to_owned(),
+        outcome: outcome_name(outcome).to_owned(),
         response_body: sent.response_excerpt.clone(),
         error_class: sent.result.class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
     };

@@ -11,7 +11,7 @@ use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
 
 use herald_core::event::{self, StoredAt};
-use herald_core::{nats, proto, trace};
+use herald_core::{metrics, nats, proto, trace};
 
 use crate::Shared;
 
@@ -67,17 +67,21 @@ pub(crate) async fn send(
     }
     Some(futures::future::Either::Right(async move {
         if let Some(error) = failed {
+            metrics::FANOUT_EVENTS.inc(&["retried"]);
             return retry_later(&msg, &event.id, &error).await;
         }
         for result in futures::future::join_all(acks).await {
             if let Err(e) = result {
                 // Deliveries already stored are deduplicated by their ids when the event comes back.
+                metrics::FANOUT_EVENTS.inc(&["retried"]);
                 return retry_later(&msg, &event.id, &e.to_string()).await;
             }
         }
         if let Err(e) = msg.ack().await {
             tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
         }
+        metrics::FANOUT_EVENTS.inc(&["fanned_out"]);
+        metrics::FANOUT_DELIVERIES.add(&[], subs.len() as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))
 }
@@ -109,6 +113,8 @@ async fn dead_letter_invalid(shared: &Shared, msg: &jetstream::Message, reason: 
     };
     match stored {
         Ok(()) => {
+            metrics::FANOUT_EVENTS.inc(&["invalid"]);
+            metrics::DEAD_LETTERS.inc(&["invalid_event"]);
             tracing::warn!(subject = %msg.subject, reason, "invalid event dead-lettered");
             // Term, not ack: it was not processed, and it must never come back.
             let _ = msg.ack_with(AckKind::Term).await;

@@ -1,5 +1,5 @@
-//! `/healthz` (the process is up) and `/readyz` (connected to NATS, subscriptions loaded,
-//! consuming) on `HERALD_LISTEN`.
+//! `/healthz` (the process is up), `/readyz` (connected to NATS, subscriptions loaded,
+//! consuming) and `/metrics` (Prometheus) on `HERALD_LISTEN`.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -34,7 +34,13 @@ pub(crate) async fn serve(
             }
         }
     };
-    let app = Router::new().route("/healthz", get(|| async { "ok\n" })).route("/readyz", get(ready));
+    let metrics = || async {
+        ([(axum::http::header::CONTENT_TYPE, herald_core::metrics::CONTENT_TYPE)], herald_core::metrics::render())
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics));
     if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await {
         tracing::error!(error = %e, "health endpoint failed");
     }

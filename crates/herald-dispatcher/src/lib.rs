@@ -184,6 +184,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         }
     });
+    tracker.spawn(watch_gauges(js.clone(), breakers.clone(), shutdown.clone()));
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
     let shared = Arc::new(Shared {
         js,
@@ -233,4 +234,27 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
     client.flush().await.ok();
     Ok(())
+}
+
+/// Refreshes the gauges that are read rather than counted: open circuits and the backlog of
+/// the two shared consumers (what an autoscaler scales dispatchers on).
+async fn watch_gauges(js: jetstream::Context, breakers: Arc<breaker::Breakers>, shutdown: CancellationToken) {
+    use herald_core::metrics::{CIRCUITS_OPEN, CONSUMER_LAG};
+    loop {
+        CIRCUITS_OPEN.set(&[], breakers.open_count() as f64);
+        for (stream, consumer) in
+            [(nats::EVENTS_STREAM, nats::FANOUT_CONSUMER), (nats::DELIVERIES_STREAM, nats::DELIVER_CONSUMER)]
+        {
+            if let Ok(stream) = js.get_stream(stream).await {
+                if let Ok(info) = stream.consumer_info(consumer).await {
+                    CONSUMER_LAG.set(&[consumer, "pending"], info.num_pending as f64);
+                    CONSUMER_LAG.set(&[consumer, "ack_pending"], info.num_ack_pending as f64);
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
 }

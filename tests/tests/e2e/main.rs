@@ -9,6 +9,7 @@ mod delivery;
 mod gateway;
 mod health;
 mod lanes;
+mod observability;
 mod records;
 mod retry;
 mod security;

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use herald_core::event::EventInput;
-use herald_core::{nats, proto, trace};
+use herald_core::{metrics, nats, proto, trace};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -73,9 +73,26 @@ async fn send(state: &AppState, event: &proto::Event, traceparent: &str) -> Resu
     state.js.send_publish(subject, publish).await.map_err(|e| publish_error(e.kind(), &e))
 }
 
-async fn confirm(event: &proto::Event, ack: PublishAckFuture) -> Result<Accepted, ApiError> {
+async fn confirm(
+    event: &proto::Event,
+    ack: PublishAckFuture,
+    sent_at: std::time::Instant,
+) -> Result<Accepted, ApiError> {
     let ack = ack.await.map_err(|e| publish_error(e.kind(), &e))?;
+    metrics::PUBLISH_SECONDS.observe(&[], sent_at.elapsed());
     Ok(Accepted { id: event.id.clone(), seq: ack.sequence, duplicate: ack.duplicate })
+}
+
+/// Counts one event's outcome.
+fn count(result: &Result<Accepted, ApiError>) {
+    let outcome = match result {
+        Ok(a) if a.duplicate => "duplicate",
+        Ok(_) => "accepted",
+        Err(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(e) if e.status() == StatusCode::FORBIDDEN => "forbidden",
+        Err(_) => "invalid",
+    };
+    metrics::EVENTS_INGESTED.inc(&[outcome]);
 }
 
 fn incoming_traceparent(headers: &HeaderMap) -> Option<&str> {
@@ -90,11 +107,17 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require_publish()?;
-    let event = parse_event(&caller, &body.0)?;
-    ensure_connected(&state)?;
-    let traceparent = trace::child_of(incoming_traceparent(&headers));
-    let ack = send(&state, &event, &traceparent).await?;
-    let accepted = confirm(&event, ack).await?;
+    let result = async {
+        let event = parse_event(&caller, &body.0)?;
+        ensure_connected(&state)?;
+        let traceparent = trace::child_of(incoming_traceparent(&headers));
+        let sent_at = std::time::Instant::now();
+        let ack = send(&state, &event, &traceparent).await?;
+        confirm(&event, ack, sent_at).await
+    }
+    .await;
+    count(&result);
+    let accepted = result?;
     tracing::debug!(id = %accepted.id, seq = accepted.seq, duplicate = accepted.duplicate, "event accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
@@ -151,6 +174,7 @@ pub(crate) async fn publish_batch(
     let traceparent = trace::child_of(incoming_traceparent(&headers));
 
     // Send everything first, then collect the acknowledgements: one round trip, not N.
+    let sent_at = std::time::Instant::now();
     let mut pending = Vec::with_capacity(input.events.len());
     for raw in &input.events {
         let item = match parse_event(&caller, raw.get().as_bytes()) {
@@ -163,10 +187,12 @@ pub(crate) async fn publish_batch(
         pending.push(item);
     }
     let outcomes = futures::future::join_all(pending.into_iter().map(|item| async move {
-        match item {
-            Ok((event, ack)) => confirm(&event, ack).await,
+        let result = match item {
+            Ok((event, ack)) => confirm(&event, ack, sent_at).await,
             Err(e) => Err(e),
-        }
+        };
+        count(&result);
+        result
     }))
     .await;
 

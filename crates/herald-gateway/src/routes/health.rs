@@ -22,3 +22,8 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
     }
     Ok(Json(json!({"status": "ready"})))
 }
+
+/// `GET /metrics`: Prometheus text.
+pub(crate) async fn metrics() -> impl axum::response::IntoResponse {
+    ([(axum::http::header::CONTENT_TYPE, herald_core::metrics::CONTENT_TYPE)], herald_core::metrics::render())
+}

@@ -16,6 +16,7 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .route("/v1/events", post(events::publish))
         .route("/v1/events/batch", post(events::publish_batch))
         .route("/v1/events/{id}/attempts", get(attempts::for_event))
