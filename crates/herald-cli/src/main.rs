@@ -47,9 +47,45 @@ enum Command {
     /// Manage subscriptions.
     #[command(subcommand, alias = "subs")]
     Subscriptions(SubCommand),
-    /// Send events.
+    /// Send events and read their attempts.
     #[command(subcommand)]
     Events(EventCommand),
+    /// List and redrive dead letters.
+    #[command(subcommand, name = "dead-letters", alias = "dlq")]
+    DeadLetters(DeadLetterCommand),
+}
+
+#[derive(Subcommand)]
+enum DeadLetterCommand {
+    /// List dead letters, oldest first.
+    List {
+        #[arg(long)]
+        subscription: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        /// RFC 3339.
+        #[arg(long)]
+        since: Option<String>,
+        /// RFC 3339.
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Deliver dead letters again with a fresh retry schedule.
+    Redrive {
+        /// A dead letter's id (repeatable).
+        #[arg(long = "id")]
+        ids: Vec<u64>,
+        #[arg(long)]
+        subscription: Option<String>,
+        #[arg(long)]
+        tenant: Option<String>,
+        #[arg(long)]
+        since: Option<String>,
+        #[arg(long)]
+        until: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -100,6 +136,32 @@ enum SubCommand {
     },
     /// Delete a subscription.
     Delete { id: String },
+    /// Replace its signing secret; the old one keeps signing for the grace period.
+    RotateSecret {
+        id: String,
+        /// e.g. 24h (the default), 0s to stop the old secret at once.
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Its delivery attempts, newest first.
+    Attempts {
+        id: String,
+        #[arg(long)]
+        limit: Option<usize>,
+    },
+    /// Redeliver the retained events of a time range to it.
+    Replay {
+        id: String,
+        /// RFC 3339.
+        #[arg(long)]
+        since: String,
+        /// RFC 3339 (default: now).
+        #[arg(long)]
+        until: Option<String>,
+        /// Narrow to these type patterns (repeatable).
+        #[arg(long = "event-type", short = 't')]
+        event_types: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -118,6 +180,24 @@ enum EventCommand {
         #[arg(long)]
         tenant: Option<String>,
     },
+    /// Every delivery attempt of one event.
+    Attempts { id: String },
+}
+
+/// `path?k=v&…` with the given parameters (values percent-encoded).
+fn with_query(path: &str, params: &[(&str, Option<String>)]) -> String {
+    let pairs: Vec<String> =
+        params.iter().filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", percent(v)))).collect();
+    if pairs.is_empty() { path.to_owned() } else { format!("{path}?{}", pairs.join("&")) }
+}
+
+fn percent(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -158,22 +238,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     api.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await?
                 }
                 SubCommand::List { tenant, limit, after } => {
-                    let mut query = Vec::new();
-                    if let Some(t) = tenant {
-                        query.push(format!("tenant={t}"));
-                    }
-                    if let Some(l) = limit {
-                        query.push(format!("limit={l}"));
-                    }
-                    if let Some(a) = after {
-                        query.push(format!("after={a}"));
-                    }
-                    let path = if query.is_empty() {
-                        "/v1/subscriptions".into()
-                    } else {
-                        format!("/v1/subscriptions?{}", query.join("&"))
-                    };
-                    api.call(reqwest::Method::GET, &path, None).await?
+                    let params = [("tenant", tenant), ("limit", limit.map(|l| l.to_string())), ("after", after)];
+                    api.call(reqwest::Method::GET, &with_query("/v1/subscriptions", &params), None).await?
                 }
                 SubCommand::Get { id } => {
                     api.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await?
@@ -197,6 +263,71 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 SubCommand::Delete { id } => {
                     api.call(reqwest::Method::DELETE, &format!("/v1/subscriptions/{id}"), None).await?;
                     json!({"deleted": id})
+                }
+                SubCommand::RotateSecret { id, grace } => {
+                    let body = match grace {
+                        Some(g) => json!({"grace": g}),
+                        None => json!({}),
+                    };
+                    api.call(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"), Some(body))
+                        .await?
+                }
+                SubCommand::Attempts { id, limit } => {
+                    let path = with_query(
+                        &format!("/v1/subscriptions/{id}/attempts"),
+                        &[("limit", limit.map(|l| l.to_string()))],
+                    );
+                    api.call(reqwest::Method::GET, &path, None).await?
+                }
+                SubCommand::Replay { id, since, until, event_types } => {
+                    let mut body = json!({"since": since});
+                    if let Some(u) = until {
+                        body["until"] = json!(u);
+                    }
+                    if !event_types.is_empty() {
+                        body["event_types"] = json!(event_types);
+                    }
+                    eprintln!("replaying…");
+                    api.call(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/replay"), Some(body)).await?
+                }
+            };
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Events(EventCommand::Attempts { id }) => {
+            let out = api.call(reqwest::Method::GET, &format!("/v1/events/{id}/attempts"), None).await?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::DeadLetters(cmd) => {
+            let out = match cmd {
+                DeadLetterCommand::List { subscription, tenant, since, until, limit } => {
+                    let path = with_query(
+                        "/v1/dead-letters",
+                        &[
+                            ("subscription", subscription),
+                            ("tenant", tenant),
+                            ("since", since),
+                            ("until", until),
+                            ("limit", limit.map(|l| l.to_string())),
+                        ],
+                    );
+                    api.call(reqwest::Method::GET, &path, None).await?
+                }
+                DeadLetterCommand::Redrive { ids, subscription, tenant, since, until } => {
+                    let mut body = json!({});
+                    if !ids.is_empty() {
+                        body["ids"] = json!(ids);
+                    }
+                    for (k, v) in
+                        [("subscription", subscription), ("tenant", tenant), ("since", since), ("until", until)]
+                    {
+                        if let Some(v) = v {
+                            body[k] = json!(v);
+                        }
+                    }
+                    eprintln!("redriving…");
+                    api.call(reqwest::Method::POST, "/v1/dead-letters/redrive", Some(body)).await?
                 }
             };
             println!("{}", serde_json::to_string_pretty(&out)?);

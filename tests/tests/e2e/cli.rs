@@ -69,6 +69,27 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     assert!(!ok);
     assert!(err.contains("400") && err.contains("type"), "{err}");
 
+    // Rotation, attempts, dead letters through the CLI.
+    let (ok, rotated, err) = heraldctl(&stack, &["subscriptions", "rotate-secret", &id, "--grace", "1h"]);
+    assert!(ok, "{err}");
+    assert!(rotated["secret"].as_str().unwrap().starts_with("whsec_"));
+    let (ok, attempts, err) = heraldctl(&stack, &["subscriptions", "attempts", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(attempts["data"][0]["event_id"], "cli-1");
+    let (ok, attempts, _) = heraldctl(&stack, &["events", "attempts", "cli-1"]);
+    assert!(ok);
+    assert_eq!(attempts["data"][0]["status"], 200);
+    let (ok, letters, err) =
+        heraldctl(&stack, &["dead-letters", "list", "--subscription", &id, "--since", "2020-01-01T00:00:00+00:00"]);
+    assert!(ok, "{err}");
+    assert_eq!(letters["data"].as_array().map(Vec::len), Some(0));
+    let (ok, redriven, err) = heraldctl(&stack, &["dead-letters", "redrive", "--subscription", &id]);
+    assert!(ok, "{err}");
+    assert_eq!(redriven["redriven"], 0);
+    let (ok, replayed, err) = heraldctl(&stack, &["subscriptions", "replay", &id, "--since", "2020-01-01T00:00:00Z"]);
+    assert!(ok, "{err}");
+    assert!(replayed["scanned"].as_u64().unwrap() >= 1, "{replayed}");
+
     let (ok, _, err) = heraldctl(&stack, &["subscriptions", "delete", &id]);
     assert!(ok, "{err}");
     let (ok, _, err) = heraldctl(&stack, &["subscriptions", "get", &id]);
