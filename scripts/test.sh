@@ -9,6 +9,17 @@ NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 echo "using $("$NATS_SERVER_BIN" --version)"
 
+# The Helm chart: rendered with every value set in deploy/helm/ci through the Helm SDK and
+# validated against Kubernetes' schemas (Python tools from PyPI, kept in .tools/).
+chart_py="$root/.tools/chart-py"
+if ! PYTHONPATH="$chart_py" python3 -c 'import helm_python, kubernetes_validate, yaml' 2>/dev/null; then
+  echo "installing the chart check's tools into .tools/ (helm-python-sdk, kubernetes-validate)"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+    --target "$chart_py" helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml==6.0.3
+fi
+PYTHONPATH="$chart_py" python3 scripts/check-chart.py
+python3 scripts/check-dockerfile.py
+
 cargo fmt --all -- --check
 # One build of the workspace: the binaries (the crash tests run herald-dispatcher as a process)
 # and every test target, with lints as errors.

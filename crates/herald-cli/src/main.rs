@@ -50,6 +50,13 @@ enum Command {
     /// Send events and read their attempts.
     #[command(subcommand)]
     Events(EventCommand),
+    /// Exit 0 if the service listening on HERALD_LISTEN answers /healthz (container health
+    /// checks).
+    Health {
+        /// The service's address (a 0.0.0.0 host is asked on 127.0.0.1).
+        #[arg(long, env = "HERALD_LISTEN", default_value = "127.0.0.1:8080")]
+        address: String,
+    },
     /// List and redrive dead letters.
     #[command(subcommand, name = "dead-letters", alias = "dlq")]
     DeadLetters(DeadLetterCommand),
@@ -292,6 +299,15 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+        Command::Health { address } => {
+            let address = address.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+            let resp = api.http.get(format!("http://{address}/healthz")).send().await?;
+            if !resp.status().is_success() {
+                bail!("{address}/healthz answered {}", resp.status());
+            }
+            println!("ok");
             Ok(())
         }
         Command::Events(EventCommand::Attempts { id }) => {

@@ -90,6 +90,13 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     assert!(ok, "{err}");
     assert!(replayed["scanned"].as_u64().unwrap() >= 1, "{replayed}");
 
+    // The container health check.
+    let address = stack.gateway.trim_start_matches("http://").to_owned();
+    let out = Command::new(target_bin("heraldctl")).args(["health", "--address", &address]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(target_bin("heraldctl")).args(["health", "--address", "127.0.0.1:1"]).output().unwrap();
+    assert!(!out.status.success());
+
     let (ok, _, err) = heraldctl(&stack, &["subscriptions", "delete", &id]);
     assert!(ok, "{err}");
     let (ok, _, err) = heraldctl(&stack, &["subscriptions", "get", &id]);
