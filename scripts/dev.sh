@@ -79,7 +79,7 @@ wait_http "http://127.0.0.1:$DISPATCHER_PORT/readyz" dispatcher
 
 export HERALD_URL="http://127.0.0.1:$GATEWAY_PORT" HERALD_TOKEN="$admin_token"
 # The store survives between runs; replace the previous run's demo subscription (its secret is gone).
-old_demo="$("$bin/heraldctl" subscriptions list --limit 500 | python3 -c '
+old_demo="$("$bin/heraldctl" --json subscriptions list --limit 500 | python3 -c '
 import json, sys
 for s in json.load(sys.stdin)["data"]:
     if s["description"] == "local demo receiver":
@@ -87,7 +87,7 @@ for s in json.load(sys.stdin)["data"]:
 for id in $old_demo; do "$bin/heraldctl" subscriptions delete "$id" >/dev/null; done
 
 echo "==> creating a subscription for every event type, to the demo receiver"
-sub_json="$("$bin/heraldctl" subscriptions create --url "http://127.0.0.1:$RECEIVER_PORT/webhook" \
+sub_json="$("$bin/heraldctl" --json subscriptions create --url "http://127.0.0.1:$RECEIVER_PORT/webhook" \
   --event-type '>' --description "local demo receiver")"
 sub_id="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$sub_json")"
 secret="$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["secret"])' "$sub_json")"

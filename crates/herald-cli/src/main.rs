@@ -17,12 +17,19 @@ use herald_signature::{Secret, Verifier};
 #[derive(Parser)]
 #[command(name = "heraldctl", version, about = "Manage Herald and receive its webhooks locally")]
 struct Cli {
-    /// The gateway's base URL.
-    #[arg(long, global = true, env = "HERALD_URL", default_value = "http://127.0.0.1:8080")]
-    gateway: String,
-    /// API token (prefer the HERALD_TOKEN variable to the flag).
+    /// The gateway's base URL [default: the profile's, else http://127.0.0.1:8080].
+    #[arg(long, global = true, env = "HERALD_URL")]
+    gateway: Option<String>,
+    /// API token (prefer HERALD_TOKEN or a profile to the flag).
     #[arg(long, global = true, env = "HERALD_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// A profile of the profiles file (`[name]` sections with `url =` and `token =`), at
+    /// HERALD_PROFILES_FILE or ~/.config/heraldctl/profiles; `default` is used when present.
+    #[arg(long, global = true, env = "HERALD_PROFILE")]
+    profile: Option<String>,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -60,6 +67,8 @@ enum Command {
     /// List and redrive dead letters.
     #[command(subcommand, name = "dead-letters", alias = "dlq")]
     DeadLetters(DeadLetterCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions { shell: clap_complete::Shell },
 }
 
 #[derive(Subcommand)]
@@ -225,8 +234,52 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `url` and `token` of one profile of the profiles file, if there is one.
+fn profile(name: Option<&str>) -> anyhow::Result<(Option<String>, Option<String>)> {
+    let path = match std::env::var_os("HERALD_PROFILES_FILE") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => match std::env::var_os("HOME") {
+            Some(home) => std::path::PathBuf::from(home).join(".config/heraldctl/profiles"),
+            None => return Ok((None, None)),
+        },
+    };
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        if let Some(name) = name {
+            bail!("profile {name:?} asked for, but {} cannot be read", path.display());
+        }
+        return Ok((None, None));
+    };
+    let wanted = name.unwrap_or("default");
+    let (mut section, mut found, mut url, mut token) = (String::new(), false, None, None);
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        if let Some(s) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            section = s.trim().to_owned();
+            found |= section == wanted;
+        } else if section == wanted {
+            match line.split_once('=').map(|(k, v)| (k.trim(), v.trim().trim_matches('"'))) {
+                Some(("url", v)) => url = Some(v.to_owned()),
+                Some(("token", v)) => token = Some(v.to_owned()),
+                _ => bail!("{}: cannot read {line:?} (expected url = … or token = …)", path.display()),
+            }
+        }
+    }
+    if !found && name.is_some() {
+        bail!("no [{wanted}] profile in {}", path.display());
+    }
+    Ok((url, token))
+}
+
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let api = Api { base: cli.gateway.trim_end_matches('/').to_owned(), token: cli.token, http: http_client()? };
+    if let Command::Completions { shell } = cli.command {
+        let mut command = <Cli as clap::CommandFactory>::command();
+        clap_complete::generate(shell, &mut command, "heraldctl", &mut std::io::stdout());
+        return Ok(());
+    }
+    let (profile_url, profile_token) = profile(cli.profile.as_deref())?;
+    let base = cli.gateway.or(profile_url).unwrap_or_else(|| "http://127.0.0.1:8080".into());
+    let api =
+        Api { base: base.trim_end_matches('/').to_owned(), token: cli.token.or(profile_token), http: http_client()? };
+    let out_fmt = Output { json: cli.json };
     match cli.command {
         Command::Listen { secret, port, host, status } => listen(&secret, SocketAddr::new(host, port), status).await,
         Command::Subscriptions(cmd) => {
@@ -298,9 +351,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     api.call(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/replay"), Some(body)).await?
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out_fmt.print(&out)?;
             Ok(())
         }
+        Command::Completions { .. } => unreachable!("handled before connecting"),
         Command::Health { address } => {
             let address = address.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
             let resp = api.http.get(format!("http://{address}/healthz")).send().await?;
@@ -312,7 +366,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Events(EventCommand::Attempts { id }) => {
             let out = api.call(reqwest::Method::GET, &format!("/v1/events/{id}/attempts"), None).await?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out_fmt.print(&out)?;
             Ok(())
         }
         Command::DeadLetters(cmd) => {
@@ -346,7 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     api.call(reqwest::Method::POST, "/v1/dead-letters/redrive", Some(body)).await?
                 }
             };
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out_fmt.print(&out)?;
             Ok(())
         }
         Command::Events(EventCommand::Send { event_type, data, id, tenant }) => {
@@ -359,9 +413,84 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 body["tenant"] = json!(t);
             }
             let out = api.call(reqwest::Method::POST, "/v1/events", Some(body)).await?;
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            out_fmt.print(&out)?;
             Ok(())
         }
+    }
+}
+
+/// Prints API answers: JSON with `--json`, otherwise tables for lists and `key: value` lines
+/// for single objects.
+struct Output {
+    json: bool,
+}
+
+impl Output {
+    fn print(&self, value: &Value) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+            return Ok(());
+        }
+        match value.get("data").and_then(Value::as_array) {
+            Some(rows) => {
+                print_table(rows);
+                if let Some(next) = value.get("next").filter(|n| !n.is_null()) {
+                    println!("(more: pass {} to see the next page)", cell(next));
+                }
+            }
+            None => match value.as_object() {
+                Some(map) => {
+                    let width = map.keys().map(String::len).max().unwrap_or(0);
+                    for (k, v) in map {
+                        println!("{k:width$}  {}", cell(v));
+                    }
+                }
+                None => println!("{}", cell(value)),
+            },
+        }
+        Ok(())
+    }
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        Value::Array(items) => items.iter().map(cell).collect::<Vec<_>>().join(","),
+        other => other.to_string(),
+    }
+}
+
+fn print_table(rows: &[Value]) {
+    let Some(first) = rows.first().and_then(Value::as_object) else {
+        println!("(none)");
+        return;
+    };
+    let columns: &[&str] = if first.contains_key("event_types") {
+        &["id", "tenant", "enabled", "event_types", "url"]
+    } else if first.contains_key("outcome") {
+        &["seq", "at", "event_id", "attempt", "status", "outcome", "error_class", "duration_ms"]
+    } else if first.contains_key("reason") {
+        &["id", "dead_at", "tenant", "subscription_id", "event_id", "attempts", "reason"]
+    } else {
+        &[]
+    };
+    let columns: Vec<&str> =
+        if columns.is_empty() { first.keys().map(String::as_str).collect() } else { columns.to_vec() };
+    let cells: Vec<Vec<String>> =
+        rows.iter().map(|r| columns.iter().map(|c| cell(r.get(*c).unwrap_or(&Value::Null))).collect()).collect();
+    let widths: Vec<usize> = columns
+        .iter()
+        .enumerate()
+        .map(|(i, c)| cells.iter().map(|r| r[i].chars().count()).max().unwrap_or(0).max(c.len()))
+        .collect();
+    let line = |items: Vec<String>| {
+        let padded: Vec<String> = items.iter().zip(&widths).map(|(s, w)| format!("{s:w$}")).collect();
+        println!("{}", padded.join("  ").trim_end());
+    };
+    line(columns.iter().map(|c| c.to_uppercase()).collect());
+    for row in cells {
+        line(row);
     }
 }
 

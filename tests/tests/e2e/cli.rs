@@ -10,6 +10,7 @@ use serde_json::Value;
 
 fn heraldctl(stack: &Stack, args: &[&str]) -> (bool, Value, String) {
     let out = Command::new(target_bin("heraldctl"))
+        .arg("--json")
         .args(args)
         .env("HERALD_URL", &stack.gateway)
         .env("HERALD_TOKEN", ADMIN_TOKEN)
@@ -89,6 +90,38 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     let (ok, replayed, err) = heraldctl(&stack, &["subscriptions", "replay", &id, "--since", "2020-01-01T00:00:00Z"]);
     assert!(ok, "{err}");
     assert!(replayed["scanned"].as_u64().unwrap() >= 1, "{replayed}");
+
+    // People get tables; a profile file stands in for the environment.
+    let dir = std::env::temp_dir().join(format!("heraldctl-profile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let profiles = dir.join("profiles");
+    std::fs::write(
+        &profiles,
+        format!("[default]\nurl = {}\ntoken = {ADMIN_TOKEN}\n\n[broken]\nurl = http://127.0.0.1:1\n", stack.gateway),
+    )
+    .unwrap();
+    let table = Command::new(target_bin("heraldctl"))
+        .args(["subscriptions", "list"])
+        .env_remove("HERALD_URL")
+        .env_remove("HERALD_TOKEN")
+        .env("HERALD_PROFILES_FILE", &profiles)
+        .output()
+        .unwrap();
+    assert!(table.status.success(), "{}", String::from_utf8_lossy(&table.stderr));
+    let table = String::from_utf8(table.stdout).unwrap();
+    let mut lines = table.lines();
+    assert!(lines.next().unwrap().starts_with("ID"), "{table}");
+    assert!(lines.next().unwrap().starts_with(&id), "{table}");
+    let other = Command::new(target_bin("heraldctl"))
+        .args(["--profile", "broken", "subscriptions", "list"])
+        .env_remove("HERALD_URL")
+        .env("HERALD_PROFILES_FILE", &profiles)
+        .output()
+        .unwrap();
+    assert!(!other.status.success(), "the broken profile's URL was used");
+    let completions = Command::new(target_bin("heraldctl")).args(["completions", "bash"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&completions.stdout).contains("heraldctl"));
+    let _ = std::fs::remove_dir_all(&dir);
 
     // The container health check.
     let address = stack.gateway.trim_start_matches("http://").to_owned();
