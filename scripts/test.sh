@@ -31,6 +31,8 @@ cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
 # The README's demo command, end to end (its own ports and data folder).
 NATS_PORT=24222 GATEWAY_PORT=28080 DISPATCHER_PORT=29090 RECEIVER_PORT=29999 scripts/dev.sh --once >/dev/null
 echo "scripts/dev.sh --once: the demo webhook arrived and verified"
+# The API against its own OpenAPI document (schemathesis, bounded).
+scripts/api-fuzz.sh | tail -n 4
 # One closing line over all test binaries.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"

@@ -20,15 +20,19 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem: every error the API answers.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Problem {
+    /// Stable, `urn:herald:problem:<kind>`.
     #[serde(rename = "type")]
     kind: String,
-    title: &'a str,
+    title: String,
     status: u16,
-    detail: &'a str,
+    /// What went wrong and what to do.
+    detail: String,
+    /// The request field at fault, when one is.
     #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
+    field: Option<String>,
 }
 
 impl ApiError {
@@ -101,13 +105,13 @@ impl ApiError {
         serde_json::to_value(self.problem()).unwrap_or_default()
     }
 
-    fn problem(&self) -> Problem<'_> {
+    fn problem(&self) -> Problem {
         Problem {
             kind: format!("urn:herald:problem:{}", self.kind),
-            title: self.title,
+            title: self.title.to_owned(),
             status: self.status.as_u16(),
-            detail: &self.detail,
-            field: self.field.as_deref(),
+            detail: self.detail.clone(),
+            field: self.field.clone(),
         }
     }
 }

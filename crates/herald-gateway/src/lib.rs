@@ -10,7 +10,8 @@
 
 pub mod auth;
 pub mod error;
-mod routes;
+pub mod openapi;
+pub(crate) mod routes;
 mod scan;
 
 use std::sync::Arc;
@@ -206,6 +207,20 @@ impl<S: Send + Sync> FromRequest<S> for Body {
             }
             Err(rejection) => Err(ApiError::invalid(None, rejection.body_text())),
         }
+    }
+}
+
+/// Query parameters, with parse errors turned into problem+json.
+pub(crate) struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Query(v)| Query(v))
+            .map_err(|rejection| ApiError::invalid(None, rejection.body_text()))
     }
 }
 

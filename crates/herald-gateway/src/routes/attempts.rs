@@ -2,23 +2,23 @@
 //! records on `HERALD_ATTEMPTS`, newest first.
 
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 
 use herald_core::ids::EventId;
 use herald_core::{nats, proto};
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::subscriptions::locate;
 use crate::scan::{From, Stored, scan};
+use crate::{AppState, Query};
 
 /// Most records a query reads from the stream; older ones are beyond the answer.
 const SCAN_LIMIT: usize = 100_000;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct AttemptView {
     /// Stream sequence: a stable id, and the `before` cursor of the next page.
     seq: u64,
@@ -60,7 +60,8 @@ impl AttemptView {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PageQuery {
     limit: Option<usize>,
@@ -68,7 +69,8 @@ pub(crate) struct PageQuery {
     before: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = AttemptsPage)]
 pub(crate) struct Page {
     data: Vec<AttemptView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,6 +89,13 @@ fn newest_first(mut stored: Vec<Stored>, q: &PageQuery) -> Page {
 
 /// `GET /v1/events/{id}/attempts`: every attempt of one event, across its subscriptions that
 /// the caller may see.
+#[utoipa::path(get, path = "/v1/events/{id}/attempts", tag = "events", params(("id" = String, Path, description = "Event id"), PageQuery),
+    responses((status = 200, description = "Newest first", body = Page),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn for_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -106,6 +115,13 @@ pub(crate) async fn for_event(
 }
 
 /// `GET /v1/subscriptions/{id}/attempts`: its attempts, newest first, paged with `before`.
+#[utoipa::path(get, path = "/v1/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id"), PageQuery),
+    responses((status = 200, description = "Newest first", body = Page),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn for_subscription(
     State(state): State<AppState>,
     caller: Caller,

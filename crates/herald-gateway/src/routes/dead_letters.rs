@@ -3,23 +3,23 @@
 
 use async_nats::jetstream::message::PublishMessage;
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use herald_core::{nats, proto};
 
-use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::subscriptions::locate;
 use crate::scan::{From, Stored, parse_time, scan};
+use crate::{AppState, Query};
 
 /// Most dead letters one request reads or redrives.
 const SCAN_LIMIT: usize = 10_000;
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct DeadLetterView {
     /// Stream sequence: the id to redrive it by, and the `after` cursor of the next page.
     id: u64,
@@ -91,6 +91,8 @@ async fn resolve(
         let (_, _, sub) = locate(state, caller, id).await?;
         vec![nats::dlq_subject(&sub.tenant, &sub.id)]
     } else if let Some(t) = &f.tenant {
+        herald_core::ids::TenantId::parse(t)
+            .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
         caller.require_tenant(t)?;
         vec![format!("herald.dlq.{t}.*")]
     } else {
@@ -105,7 +107,8 @@ async fn resolve(
     Ok((filters, since, until))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     tenant: Option<String>,
@@ -117,7 +120,8 @@ pub(crate) struct ListQuery {
     after: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = DeadLettersPage)]
 pub(crate) struct Page {
     data: Vec<DeadLetterView>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,6 +129,13 @@ pub(crate) struct Page {
 }
 
 /// `GET /v1/dead-letters?tenant=&subscription=&since=&until=&limit=&after=`: oldest first.
+#[utoipa::path(get, path = "/v1/dead-letters", tag = "dead-letters", params(ListQuery),
+    responses((status = 200, description = "Oldest first", body = Page),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,7 +161,7 @@ pub(crate) async fn list(
     Ok(Json(Page { data, next }))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RedriveInput {
     /// Dead-letter ids (from the list); or leave out and filter instead.
@@ -161,7 +172,7 @@ pub(crate) struct RedriveInput {
     until: Option<String>,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, utoipa::ToSchema)]
 pub(crate) struct RedriveResult {
     /// Handed to the dispatcher again, with a fresh schedule.
     redriven: usize,
@@ -171,6 +182,13 @@ pub(crate) struct RedriveResult {
 
 /// `POST /v1/dead-letters/redrive`: `{ids}` or `{subscription?, tenant?, since?, until?}`.
 /// Each redriven delivery starts again at attempt 1 and leaves the dead-letter list.
+#[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "dead-letters", request_body = RedriveInput,
+    responses((status = 200, description = "Handed to the dispatcher again", body = RedriveResult),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn redrive(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,7 +18,7 @@ use crate::error::ApiError;
 use crate::{AppState, Body};
 
 /// What a client learns of one accepted event.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
     id: String,
     seq: u64,
@@ -100,6 +100,16 @@ fn incoming_traceparent(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// `POST /v1/events`.
+#[utoipa::path(post, path = "/v1/events", tag = "events", request_body = crate::openapi::EventBody,
+    responses(
+        (status = 202, description = "Stored durably in JetStream", body = Accepted),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")
+    ), security(("bearer" = [])))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
     caller: Caller,
@@ -122,24 +132,31 @@ pub(crate) async fn publish(
     Ok((StatusCode::ACCEPTED, Json(accepted)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct BatchInput {
+    #[schema(value_type = Vec<crate::openapi::EventBody>)]
     events: Vec<Box<RawValue>>,
 }
 
 /// One item's outcome in a batch.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ItemResult {
     index: usize,
     status: u16,
-    #[serde(flatten)]
-    accepted: Option<Accepted>,
+    /// For a stored item: its id, stream sequence and whether it was a duplicate.
     #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<crate::error::Problem>)]
     error: Option<serde_json::Value>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct BatchResult {
     accepted: usize,
     failed: usize,
@@ -149,6 +166,17 @@ pub(crate) struct BatchResult {
 /// `POST /v1/events/batch`: `{"events": [...]}`. Every valid item is published with its PubAck
 /// in flight alongside the others. 202 when all were accepted, 207 with per-item results when
 /// some were not, 503 when the broker is unreachable (nothing accepted).
+#[utoipa::path(post, path = "/v1/events/batch", tag = "events", request_body = BatchInput,
+    responses(
+        (status = 202, description = "All stored", body = BatchResult),
+        (status = 207, description = "Some not stored: see each result", body = BatchResult),
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")
+    ), security(("bearer" = [])))]
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,
     caller: Caller,
@@ -202,7 +230,8 @@ pub(crate) async fn publish_batch(
         match outcome {
             Ok(a) => {
                 accepted += 1;
-                results.push(ItemResult { index, status: 202, accepted: Some(a), error: None });
+                let (id, seq, duplicate) = (Some(a.id), Some(a.seq), Some(a.duplicate));
+                results.push(ItemResult { index, status: 202, id, seq, duplicate, error: None });
             }
             Err(e) => {
                 failed += 1;
@@ -212,7 +241,9 @@ pub(crate) async fn publish_batch(
                 results.push(ItemResult {
                     index,
                     status: e.status().as_u16(),
-                    accepted: None,
+                    id: None,
+                    seq: None,
+                    duplicate: None,
                     error: Some(e.to_json()),
                 });
             }

@@ -1,10 +1,10 @@
 //! The gateway's routes, one file per resource.
 
-mod attempts;
-mod dead_letters;
-mod events;
-mod health;
-mod replay;
+pub(crate) mod attempts;
+pub(crate) mod dead_letters;
+pub(crate) mod events;
+pub(crate) mod health;
+pub(crate) mod replay;
 pub(crate) mod subscriptions;
 
 use axum::Router;
@@ -17,6 +17,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(health::openapi))
         .route("/v1/events", post(events::publish))
         .route("/v1/events/batch", post(events::publish_batch))
         .route("/v1/events/{id}/attempts", get(attempts::for_event))

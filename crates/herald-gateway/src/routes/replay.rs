@@ -21,7 +21,7 @@ use crate::{AppState, Body};
 /// Most events one replay request reads.
 const SCAN_LIMIT: usize = 100_000;
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ReplayInput {
     /// RFC 3339: events stored at or after.
@@ -32,7 +32,7 @@ pub(crate) struct ReplayInput {
     event_types: Option<Vec<String>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct ReplayResult {
     /// Events of the range and tenant that were read.
     scanned: usize,
@@ -44,6 +44,13 @@ pub(crate) struct ReplayResult {
 }
 
 /// `POST /v1/subscriptions/{id}/replay` `{since, until?, event_types?}`.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")), request_body = ReplayInput,
+    responses((status = 200, description = "Replayed", body = ReplayResult),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     caller: Caller,

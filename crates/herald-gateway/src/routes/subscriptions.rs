@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use async_nats::jetstream::kv;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
@@ -17,10 +17,10 @@ use herald_signature::Secret;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::{AppState, Body};
+use crate::{AppState, Body, Query};
 
 /// A subscription as the API shows it. The secret appears only in the answer to its creation.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct View {
     id: String,
     tenant: String,
@@ -85,7 +85,7 @@ fn field_error(e: InvalidField) -> ApiError {
     ApiError::invalid(Some(e.field), e.to_string())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateInput {
     url: String,
@@ -107,6 +107,13 @@ pub(crate) struct CreateInput {
 }
 
 /// `POST /v1/subscriptions`.
+#[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = CreateInput,
+    responses((status = 201, description = "Created; the secret is shown only here", body = View),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -173,7 +180,8 @@ fn kv_error(what: &str, e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(format!("could not {what} the subscription in NATS ({e}); retry later"))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ListQuery {
     tenant: Option<String>,
@@ -182,7 +190,7 @@ pub(crate) struct ListQuery {
     after: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Page {
     data: Vec<View>,
     /// Pass as `after` for the next page; absent on the last page.
@@ -191,6 +199,13 @@ pub(crate) struct Page {
 }
 
 /// `GET /v1/subscriptions?tenant=&limit=&after=`: ordered by creation, 50 a page by default.
+#[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(ListQuery),
+    responses((status = 200, description = "A page, oldest first", body = Page),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -199,6 +214,7 @@ pub(crate) async fn list(
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let subs = match (&q.tenant, caller.tenant_limit()) {
         (Some(t), _) => {
+            TenantId::parse(t).map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
             caller.require_tenant(t)?;
             state.registry.list(Some(t), q.after.as_deref(), limit + 1)
         }
@@ -251,6 +267,13 @@ pub(crate) async fn locate(
 }
 
 /// `GET /v1/subscriptions/{id}`.
+#[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), 
+    responses((status = 200, description = "The subscription", body = View),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -260,7 +283,7 @@ pub(crate) async fn get(
     Ok(Json(View::of(&sub)))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatchInput {
     url: Option<String>,
@@ -325,6 +348,14 @@ impl PatchInput {
 
 /// `PATCH /v1/subscriptions/{id}`: changes the given fields; a concurrent change is retried on
 /// top of the newer version.
+#[utoipa::path(patch, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), request_body = PatchInput,
+    responses((status = 200, description = "Changed", body = View),
+        (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -349,6 +380,13 @@ pub(crate) async fn patch(
 }
 
 /// `DELETE /v1/subscriptions/{id}`: no further deliveries are made to it.
+#[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), 
+    responses((status = 204, description = "Deleted"),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -361,7 +399,7 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RotateInput {
     /// How long the old secret keeps signing alongside the new one (default `24h`; `0s` ends it
@@ -371,7 +409,7 @@ pub(crate) struct RotateInput {
     secret: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Rotated {
     id: String,
     /// The new secret, shown only here.
@@ -383,6 +421,14 @@ pub(crate) struct Rotated {
 /// `POST /v1/subscriptions/{id}/rotate-secret`: a new secret signs from now on; the previous
 /// one signs alongside it for the grace period, so receivers can switch without losing a
 /// webhook. Older secrets whose grace ended are dropped.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), request_body(content = RotateInput, content_type = "application/json"),
+    responses((status = 200, description = "The new secret, shown only here", body = Rotated),
+        (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
