@@ -20,6 +20,7 @@ pub mod event;
 pub mod ids;
 pub mod metrics;
 pub mod nats;
+pub mod otel;
 pub mod pattern;
 #[cfg(test)]
 mod properties;
@@ -62,12 +63,33 @@ pub struct CommonArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub topology: nats::TopologyArgs,
+    /// OTLP/HTTP endpoint spans are exported to (e.g. `http://collector:4318`); unset: no spans.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP/HTTP endpoint for traces only (takes precedence).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+    /// The service name spans carry.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+    /// `true` turns span export off whatever the endpoint.
+    #[arg(long, env = "OTEL_SDK_DISABLED", default_value_t = false)]
+    pub otel_sdk_disabled: bool,
 }
 
 impl CommonArgs {
     /// The SSRF policy these settings describe.
     pub fn ssrf_policy(&self) -> ssrf::Policy {
         ssrf::Policy { allow: self.allow_networks.0.clone(), https_only: self.https_only }
+    }
+
+    /// Starts span export for the service `name`, if configured.
+    pub fn tracer(&self, name: &str) -> Option<otel::Tracer> {
+        if self.otel_sdk_disabled {
+            return None;
+        }
+        let endpoint = self.otlp_traces_endpoint.as_deref().or(self.otlp_endpoint.as_deref());
+        otel::Tracer::start(endpoint, self.otel_service_name.as_deref().unwrap_or(name))
     }
 
     /// Connects to NATS as `name`.

@@ -93,8 +93,11 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
             return dead_letter(&shared, &msg, "poison", Some(delivery), reason).await;
         }
     };
-    let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str());
+    let parent =
+        msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str()).filter(|p| trace::is_valid(p));
     let traceparent = trace::child_of(parent);
+    let parent = parent.map(str::to_owned);
+    let started = std::time::SystemTime::now();
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
     // The resolver checks every address a host name resolves to; an IP literal is checked here.
@@ -122,6 +125,27 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         outcome = DeliveryOutcome::DeadLetter { reason };
     }
     record_attempt(&shared, &delivery, &sub.url, now, &sent, &outcome).await;
+    if let Some(tracer) = &shared.tracer {
+        let mut attributes = vec![
+            ("herald.event_id", event.id.clone()),
+            ("herald.subscription_id", sub.id.clone()),
+            ("herald.attempt", delivery.attempt.to_string()),
+            ("herald.outcome", outcome_name(&outcome).to_owned()),
+        ];
+        if let Some(status) = sent.result.status {
+            attributes.push(("http.response.status_code", status.to_string()));
+        }
+        tracer.record(herald_core::otel::SpanRecord {
+            traceparent: traceparent.clone(),
+            parent: parent.clone(),
+            name: "webhook attempt",
+            kind: herald_core::otel::Kind::Client,
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: sent.result.error.clone(),
+        });
+    }
     let class = metrics::status_class(sent.result.status);
     metrics::ATTEMPTS.inc(&[outcome_name(&outcome), class]);
     metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);

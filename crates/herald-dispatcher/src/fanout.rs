@@ -33,7 +33,9 @@ pub(crate) async fn send(
     let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     let content_type = header("Content-Type");
     let msg_id = header("Nats-Msg-Id");
-    let traceparent = trace::child_of(header(trace::TRACEPARENT).as_deref());
+    let parent = header(trace::TRACEPARENT).filter(|p| trace::is_valid(p));
+    let traceparent = trace::child_of(parent.as_deref());
+    let started = std::time::SystemTime::now();
 
     let decoded = event::decode_stored(
         msg.subject.as_str(),
@@ -81,6 +83,22 @@ pub(crate) async fn send(
             tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
         }
         metrics::FANOUT_EVENTS.inc(&["fanned_out"]);
+        if let Some(tracer) = &shared.tracer {
+            tracer.record(herald_core::otel::SpanRecord {
+                traceparent,
+                parent,
+                name: "fanout",
+                kind: herald_core::otel::Kind::Consumer,
+                start: started,
+                end: std::time::SystemTime::now(),
+                attributes: vec![
+                    ("herald.event_id", event.id.clone()),
+                    ("herald.tenant", event.tenant.clone()),
+                    ("herald.deliveries", subs.len().to_string()),
+                ],
+                error: None,
+            });
+        }
         metrics::FANOUT_DELIVERIES.add(&[], subs.len() as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))

@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub policy: Arc<herald_core::ssrf::Policy>,
     /// Opens the sealed signing secrets.
     pub keys: herald_core::secrets::KeyRing,
+    /// Exports spans, when OTLP is configured.
+    pub tracer: Option<herald_core::otel::Tracer>,
     pub http: reqwest::Client,
     pub config: Config,
 }
@@ -194,6 +196,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http_slots,
         policy,
         keys,
+        tracer: config.common.tracer("herald-dispatcher"),
         http,
         config,
     });

@@ -85,6 +85,8 @@ pub struct AppState {
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
     /// Seals signing secrets before they are stored.
     pub(crate) keys: Arc<herald_core::secrets::KeyRing>,
+    /// Exports spans, when OTLP is configured.
+    pub(crate) tracer: Option<herald_core::otel::Tracer>,
 }
 
 /// Loads the tokens from the configuration (variable and file together).
@@ -129,6 +131,7 @@ pub async fn run(
         tokens: tokens.clone(),
         registry,
         keys,
+        tracer: config.common.tracer("herald-gateway"),
         policy: Arc::new(config.common.ssrf_policy()),
         config: Arc::new(config),
     };

@@ -115,3 +115,77 @@ async fn the_publishers_trace_reaches_the_subscriber() {
     assert_eq!(&traceparent[3..35], trace_id, "the same trace");
     assert_ne!(&traceparent[36..52], "00f067aa0ba902b7", "a span of Herald's own");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_are_exported_over_otlp_and_linked_publisher_to_subscriber() {
+    use herald_core::otel::wire::ExportTraceServiceRequest;
+    use prost::Message as _;
+    use std::sync::{Arc, Mutex};
+
+    // An in-test OTLP/HTTP collector.
+    let spans: Arc<Mutex<Vec<(String, herald_core::otel::wire::Span)>>> = Arc::default();
+    let sink = spans.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(move |body: bytes::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
+                for rs in request.resource_spans {
+                    let service = rs.resource.unwrap().attributes[0].value.clone().unwrap().string_value;
+                    for ss in rs.scope_spans {
+                        sink.lock().unwrap().extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
+                    }
+                }
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let mut stack = Stack::start_with(false, &["--otlp-endpoint", &collector]).await;
+    stack.start_dispatcher_with(&[("--otlp-endpoint", &collector)]);
+    let rx = Receiver::start().await;
+    stack.subscribe(&rx.url("/otel"), &["otel.*"], None).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let publisher_span = "b7ad6b7169203331";
+    let resp = stack
+        .http
+        .post(format!("{}/v1/events", stack.gateway))
+        .bearer_auth(herald_tests::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .header("traceparent", format!("00-{trace_id}-{publisher_span}-01"))
+        .body(json!({"id": "otel-1", "type": "otel.x", "data": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let webhook = rx.wait_for(1, SOON).await.remove(0);
+    let webhook_span = webhook.header("traceparent").unwrap()[36..52].to_owned();
+
+    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let deadline = std::time::Instant::now() + SOON;
+    let ours = loop {
+        let ours: Vec<_> =
+            spans.lock().unwrap().iter().filter(|(_, s)| hex(&s.trace_id) == trace_id).cloned().collect();
+        if ours.len() >= 3 {
+            break ours;
+        }
+        assert!(std::time::Instant::now() < deadline, "spans received: {}", ours.len());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let find =
+        |name: &str| ours.iter().find(|(_, s)| s.name == name).unwrap_or_else(|| panic!("no {name} span")).clone();
+    let (gw_service, ingest) = find("POST /v1/events");
+    let (disp_service, fanout) = find("fanout");
+    let (_, attempt) = find("webhook attempt");
+    assert_eq!((gw_service.as_str(), disp_service.as_str()), ("herald-gateway", "herald-dispatcher"));
+    assert_eq!(hex(&ingest.parent_span_id), publisher_span, "ingest is a child of the publisher's span");
+    assert_eq!(fanout.parent_span_id, ingest.span_id, "fan-out is a child of ingest");
+    assert_eq!(attempt.parent_span_id, fanout.span_id, "the attempt is a child of fan-out");
+    assert_eq!(hex(&attempt.span_id), webhook_span, "the subscriber sees the attempt's span as its parent");
+    assert!(attempt.attributes.iter().any(|kv| kv.key == "http.response.status_code"));
+}

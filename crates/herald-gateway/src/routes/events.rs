@@ -117,16 +117,34 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require_publish()?;
+    let started = std::time::SystemTime::now();
+    let parent = incoming_traceparent(&headers).filter(|p| trace::is_valid(p)).map(str::to_owned);
+    let traceparent = trace::child_of(parent.as_deref());
     let result = async {
         let event = parse_event(&caller, &body.0)?;
         ensure_connected(&state)?;
-        let traceparent = trace::child_of(incoming_traceparent(&headers));
         let sent_at = std::time::Instant::now();
         let ack = send(&state, &event, &traceparent).await?;
         confirm(&event, ack, sent_at).await
     }
     .await;
     count(&result);
+    if let Some(tracer) = &state.tracer {
+        let mut attributes = vec![("http.route", "/v1/events".to_owned())];
+        if let Ok(a) = &result {
+            attributes.push(("herald.event_id", a.id.clone()));
+        }
+        tracer.record(herald_core::otel::SpanRecord {
+            traceparent: traceparent.clone(),
+            parent,
+            name: "POST /v1/events",
+            kind: herald_core::otel::Kind::Server,
+            start: started,
+            end: std::time::SystemTime::now(),
+            attributes,
+            error: result.as_ref().err().map(|e| e.status().to_string()),
+        });
+    }
     let accepted = result?;
     tracing::debug!(id = %accepted.id, seq = accepted.seq, duplicate = accepted.duplicate, "event accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
