@@ -193,7 +193,41 @@ pub fn router(state: AppState) -> Router {
     routes::router()
         .fallback(|| async { ApiError::not_found("no such route; see the README for the API") })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn(request_log))
         .with_state(state)
+}
+
+/// Gives every request an id (the caller's `X-Request-Id`, or a fresh one), runs it inside a
+/// span carrying that id (so every log line of the request has it), answers it in
+/// `X-Request-Id`, and logs the request's outcome.
+async fn request_log(mut req: Request, next: axum::middleware::Next) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| ulid::Ulid::new().to_string());
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        req.headers_mut().insert("x-request-id", value.clone());
+    }
+    let (method, path) = (req.method().clone(), req.uri().path().to_owned());
+    let started = std::time::Instant::now();
+    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let mut res = next.run(req).instrument(span.clone()).await;
+    let status = res.status().as_u16();
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request failed");
+        } else {
+            tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
+        }
+    });
+    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", value);
+    }
+    res
 }
 
 /// The raw request body, with size and read errors turned into problem+json.

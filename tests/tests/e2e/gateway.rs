@@ -168,6 +168,10 @@ async fn health_and_readiness() {
     let stack = Stack::start_with(false, &[]).await;
     let (status, _, body) = stack.call_as("", Method::GET, "/healthz", None).await;
     assert_eq!((status, body["status"].as_str()), (200, Some("ok")));
-    let (status, _, _) = stack.call_as("", Method::GET, "/readyz", None).await;
+    let (status, headers, _) = stack.call_as("", Method::GET, "/readyz", None).await;
     assert_eq!(status, 200);
+    assert!(headers.get("x-request-id").is_some_and(|v| v.len() == 26), "a generated request id");
+    let resp =
+        stack.http.get(format!("{}/healthz", stack.gateway)).header("x-request-id", "req-42").send().await.unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "req-42", "the caller's request id is kept");
 }
