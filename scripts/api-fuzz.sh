@@ -13,7 +13,8 @@ if ! PYTHONPATH="$st_py" python3 -c 'import schemathesis' 2>/dev/null; then
     --target "$st_py" schemathesis==4.32.5
 fi
 
-export NATS_PORT=34222 GATEWAY_PORT=38080 DISPATCHER_PORT=39090 RECEIVER_PORT=39999
+# Fixed ports below the ephemeral range, apart from the demo run's.
+export NATS_PORT=25222 GATEWAY_PORT=28180 DISPATCHER_PORT=29190 RECEIVER_PORT=29998
 scripts/dev.sh >"$root/.herald-dev/api-fuzz-stack.log" 2>&1 &
 stack=$!
 trap 'kill $stack 2>/dev/null; wait $stack 2>/dev/null || true' EXIT

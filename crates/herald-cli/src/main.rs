@@ -159,6 +159,8 @@ enum SubCommand {
         #[arg(long)]
         grace: Option<String>,
     },
+    /// Send it a `herald.ping` test webhook.
+    Test { id: String },
     /// Its delivery attempts, newest first.
     Attempts {
         id: String,
@@ -331,6 +333,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     };
                     api.call(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"), Some(body))
                         .await?
+                }
+                SubCommand::Test { id } => {
+                    api.call(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/test"), None).await?
                 }
                 SubCommand::Attempts { id, limit } => {
                     let path = with_query(

@@ -105,6 +105,8 @@ pub enum Kind {
     Server = 2,
     /// A webhook request.
     Client = 3,
+    /// Storing a message in NATS.
+    Producer = 4,
     /// Taking a message from NATS.
     Consumer = 5,
 }

@@ -171,7 +171,7 @@ async fn spans_are_exported_over_otlp_and_linked_publisher_to_subscriber() {
     let ours = loop {
         let ours: Vec<_> =
             spans.lock().unwrap().iter().filter(|(_, s)| hex(&s.trace_id) == trace_id).cloned().collect();
-        if ours.len() >= 3 {
+        if ours.len() >= 4 {
             break ours;
         }
         assert!(std::time::Instant::now() < deadline, "spans received: {}", ours.len());
@@ -180,11 +180,13 @@ async fn spans_are_exported_over_otlp_and_linked_publisher_to_subscriber() {
     let find =
         |name: &str| ours.iter().find(|(_, s)| s.name == name).unwrap_or_else(|| panic!("no {name} span")).clone();
     let (gw_service, ingest) = find("POST /v1/events");
+    let (_, publish) = find("jetstream publish");
     let (disp_service, fanout) = find("fanout");
     let (_, attempt) = find("webhook attempt");
     assert_eq!((gw_service.as_str(), disp_service.as_str()), ("herald-gateway", "herald-dispatcher"));
     assert_eq!(hex(&ingest.parent_span_id), publisher_span, "ingest is a child of the publisher's span");
-    assert_eq!(fanout.parent_span_id, ingest.span_id, "fan-out is a child of ingest");
+    assert_eq!(publish.parent_span_id, ingest.span_id, "the publish is a child of ingest");
+    assert_eq!(fanout.parent_span_id, publish.span_id, "fan-out continues from the publish");
     assert_eq!(attempt.parent_span_id, fanout.span_id, "the attempt is a child of fan-out");
     assert_eq!(hex(&attempt.span_id), webhook_span, "the subscriber sees the attempt's span as its parent");
     assert!(attempt.attributes.iter().any(|kv| kv.key == "http.response.status_code"));

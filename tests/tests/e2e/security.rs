@@ -196,14 +196,22 @@ async fn secrets_and_tokens_never_appear_in_logs() {
             .spawn()
             .unwrap()
     };
-    let mut gateway = spawn(
+    /// Kills its process when dropped, so a failing assertion leaves nothing running.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let gateway = Killed(spawn(
         "herald-gateway",
         vec!["--nats-url".into(), nats.url(), "--listen".into(), format!("127.0.0.1:{port}")],
         "gateway.log",
-    );
+    ));
     let mut dispatcher_args = herald_tests::dispatcher_args(&nats.url());
     dispatcher_args.retain(|a| a != "--secret-keys" && a != herald_tests::SECRET_KEYS);
-    let mut dispatcher = spawn("herald-dispatcher", dispatcher_args[1..].to_vec(), "dispatcher.log");
+    let dispatcher = Killed(spawn("herald-dispatcher", dispatcher_args[1..].to_vec(), "dispatcher.log"));
 
     let http = reqwest::Client::new();
     let call = |method: Method, path: &str, body: Option<serde_json::Value>| {
@@ -241,10 +249,7 @@ async fn secrets_and_tokens_never_appear_in_logs() {
     // A bad token is logged about without its text.
     let _ = http.get(format!("{gateway_url}/v1/subscriptions")).bearer_auth("wrong-token-0123456789-xyz").send().await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = gateway.kill();
-    let _ = dispatcher.kill();
-    let _ = gateway.wait();
-    let _ = dispatcher.wait();
+    drop((gateway, dispatcher));
 
     let logs = std::fs::read_to_string(dir.join("gateway.log")).unwrap()
         + &std::fs::read_to_string(dir.join("dispatcher.log")).unwrap();

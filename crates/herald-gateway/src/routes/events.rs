@@ -120,12 +120,18 @@ pub(crate) async fn publish(
     let started = std::time::SystemTime::now();
     let parent = incoming_traceparent(&headers).filter(|p| trace::is_valid(p)).map(str::to_owned);
     let traceparent = trace::child_of(parent.as_deref());
+    // The JetStream publish is a child span of the request's; fan-out continues from it.
+    let publish_tp = trace::child_of(Some(&traceparent));
+    let mut published = None;
     let result = async {
         let event = parse_event(&caller, &body.0)?;
         ensure_connected(&state)?;
         let sent_at = std::time::Instant::now();
-        let ack = send(&state, &event, &traceparent).await?;
-        confirm(&event, ack, sent_at).await
+        let publish_start = std::time::SystemTime::now();
+        let ack = send(&state, &event, &publish_tp).await?;
+        let confirmed = confirm(&event, ack, sent_at).await;
+        published = Some((publish_start, std::time::SystemTime::now(), confirmed.is_ok()));
+        confirmed
     }
     .await;
     count(&result);
@@ -133,6 +139,18 @@ pub(crate) async fn publish(
         let mut attributes = vec![("http.route", "/v1/events".to_owned())];
         if let Ok(a) = &result {
             attributes.push(("herald.event_id", a.id.clone()));
+        }
+        if let Some((start, end, ok)) = published {
+            tracer.record(herald_core::otel::SpanRecord {
+                traceparent: publish_tp.clone(),
+                parent: Some(traceparent.clone()),
+                name: "jetstream publish",
+                kind: herald_core::otel::Kind::Producer,
+                start,
+                end,
+                attributes: vec![("messaging.destination.name", nats::EVENTS_STREAM.to_owned())],
+                error: (!ok).then(|| "no PubAck".to_owned()),
+            });
         }
         tracer.record(herald_core::otel::SpanRecord {
             traceparent: traceparent.clone(),

@@ -24,6 +24,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/subscriptions/{id}/attempts", get(attempts::for_subscription))
         .route("/v1/subscriptions/{id}/replay", post(replay::replay))
         .route("/v1/subscriptions/{id}/rotate-secret", post(subscriptions::rotate_secret))
+        .route("/v1/subscriptions/{id}/test", post(subscriptions::test))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive))
         .route("/v1/subscriptions", post(subscriptions::create).get(subscriptions::list))

@@ -481,3 +481,41 @@ pub(crate) async fn rotate_secret(
     }
     Err(ApiError::conflict("the subscription kept changing concurrently; retry"))
 }
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct TestSent {
+    /// The `herald.ping` event's id (its `webhook-id`); follow it in the attempts.
+    event_id: String,
+}
+
+/// `POST /v1/subscriptions/{id}/test`: sends a `herald.ping` event to this subscription alone
+/// (it is not stored as an event, so no other subscription sees it), signed and retried like
+/// any delivery.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/test", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")),
+    responses((status = 202, description = "Queued for delivery", body = TestSent),
+        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")),
+    security(("bearer" = [])))]
+pub(crate) async fn test(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<(StatusCode, Json<TestSent>), ApiError> {
+    let (_, _, sub) = locate(&state, &caller, &id).await?;
+    let event = proto::Event {
+        id: herald_core::ids::EventId::generate().into_string(),
+        r#type: "herald.ping".into(),
+        tenant: sub.tenant.clone(),
+        source: "herald".into(),
+        time: herald_core::now_rfc3339(),
+        data: serde_json::to_vec(
+            &serde_json::json!({"subscription_id": sub.id, "message": "test webhook from Herald"}),
+        )
+        .unwrap_or_default(),
+    };
+    let (subject, publish) = nats::first_delivery(&event, &sub, &herald_core::trace::new_traceparent());
+    let ack = state.js.send_publish(subject, publish).await.map_err(|e| kv_error("queue a test for", e))?;
+    ack.await.map_err(|e| kv_error("queue a test for", e))?;
+    Ok((StatusCode::ACCEPTED, Json(TestSent { event_id: event.id })))
+}
