@@ -33,6 +33,9 @@ NATS_PORT=24222 GATEWAY_PORT=28080 DISPATCHER_PORT=29090 RECEIVER_PORT=29999 scr
 echo "scripts/dev.sh --once: the demo webhook arrived and verified"
 # The API against its own OpenAPI document (schemathesis, bounded).
 scripts/api-fuzz.sh | tail -n 4
+# The benchmark in a tiny configuration, so it cannot rot (it never fails on a number).
+cargo run -q -p herald-bench --locked -- --smoke --json target/herald-bench-smoke.json >target/herald-bench-smoke.txt
+echo "herald-bench --smoke: ran ($(head -n 1 target/herald-bench-smoke.txt))"
 # One closing line over all test binaries.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"
