@@ -371,6 +371,20 @@ impl Receiver {
         }
     }
 
+    /// How many requests arrived on `path`, without copying them.
+    pub fn count_on(&self, path: &str) -> usize {
+        self.state.lock().unwrap().received.iter().filter(|r| r.path == path).count()
+    }
+
+    /// Waits until at least `n` requests arrived on `path` (cheap for large counts).
+    pub async fn wait_count(&self, path: &str, n: usize, timeout: Duration) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.count_on(path) < n {
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {n} requests on {path}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits for at least `n` requests in all.
     pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<Received> {
         self.wait_until(timeout, &format!("{n} request(s)"), |r| r.len() >= n).await
