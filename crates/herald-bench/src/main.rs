@@ -1,38 +1,78 @@
 //! `herald-bench`: measures Herald against the physical limits of the same machine in the same
 //! run, so machine noise cancels in the ratios. It starts its own nats-server (JetStream), the
-//! gateway and a dispatcher in-process, and a fast local receiver, then reports:
+//! gateway and dispatchers as processes (the binaries built next to it) and a lean local
+//! receiver that verifies every signature, then reports, for each payload size:
 //!
-//! - raw pipelined JetStream publish (many PubAcks in flight) and a raw POST loop to the
-//!   receiver at the same concurrency: the limits;
-//! - HTTP ingest through `POST /v1/events/batch` and `POST /v1/events`, as a ratio to raw publish;
-//! - end to end, publish to receipt with one subscription, as a ratio to the raw POST loop.
+//! - the limits: pipelined JetStream publish (many PubAcks in flight) and a raw POST loop to the
+//!   receiver at the same concurrency as the HTTP clients;
+//! - HTTP ingest (`POST /v1/events/batch`, `POST /v1/events`) and NATS ingest (publishing
+//!   straight to `herald.events.…`), as ratios to raw publish;
+//! - end to end (publish → verified receipt) with 1, 10 and 100 subscriptions per event type and
+//!   1 and 3 dispatchers, as deliveries/s and a ratio to the raw POST loop;
+//! - latency publish (`POST /v1/events`) → receipt, p50/p95/p99, at a fixed rate;
+//! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
+//!   deliveries to a slow receiver.
 //!
-//! `--smoke` runs a tiny configuration (CI runs it so the benchmark cannot rot). Results are
-//! printed as a table and written as JSON. A benchmark, not a test: it never fails on a number.
+//! Every figure is the median of `--runs` runs after a warm-up. `--smoke` runs a tiny
+//! configuration (CI runs it so the benchmark cannot rot). Results are printed as a table and
+//! written as JSON. A benchmark, not a test: it never fails on a number.
 #![forbid(unsafe_code)]
 
+mod procs;
+mod sink;
+
+use std::collections::VecDeque;
+use std::future::IntoFuture as _;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
+use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
 use clap::Parser;
 use futures::StreamExt;
-use herald_tests::{Receiver, Stack};
-use serde_json::json;
+use serde_json::{Value, json};
 
-#[derive(Parser)]
+use crate::procs::Proc;
+use crate::sink::Sink;
+
+#[derive(Parser, Clone)]
 #[command(about = "Herald against the raw limits of this machine")]
 struct Args {
-    /// Events per measurement.
-    #[arg(long, default_value_t = 5_000)]
+    /// Events per ingest measurement, and deliveries per end-to-end measurement.
+    #[arg(long, default_value_t = 10_000)]
     events: usize,
-    /// Payload size in bytes (the event's data).
-    #[arg(long, default_value_t = 256)]
-    payload: usize,
-    /// Concurrent HTTP clients.
+    /// Payload sizes in bytes (the event's data), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256,16384")]
+    payloads: Vec<usize>,
+    /// Concurrent HTTP clients (single-event ingest and the raw POST loop).
     #[arg(long, default_value_t = 32)]
     concurrency: usize,
-    /// Repetitions of each measurement; the median is reported.
+    /// Concurrent clients sending batches.
+    #[arg(long, default_value_t = 8)]
+    batch_clients: usize,
+    /// Subscriptions per event type, comma-separated, for the end-to-end runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    subscriptions: Vec<usize>,
+    /// Dispatcher replicas, comma-separated, for the end-to-end runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    dispatchers: Vec<usize>,
+    /// Events per second for the latency measurement.
+    #[arg(long, default_value_t = 1_000)]
+    latency_rate: usize,
+    /// Seconds the latency measurement lasts.
+    #[arg(long, default_value_t = 10)]
+    latency_seconds: usize,
+    /// Deliveries held by the dispatcher in the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    in_flight: usize,
+    /// How long the slow receiver of the memory measurement holds each request, in ms.
+    #[arg(long, default_value_t = 2_000)]
+    slow_ms: u64,
+    /// Measured repetitions of each figure (after a warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
+    /// What to measure besides the limits, comma-separated: ingest, e2e, latency, memory.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,e2e,latency,memory")]
+    only: Vec<String>,
     /// A tiny configuration, to check the benchmark still runs.
     #[arg(long)]
     smoke: bool,
@@ -41,158 +81,558 @@ struct Args {
     json: std::path::PathBuf,
 }
 
+/// One line of the table.
+struct Row {
+    payload: usize,
+    name: String,
+    value: f64,
+    unit: &'static str,
+    /// The value as a fraction of a limit, with the limit's name.
+    ratio: Option<(f64, &'static str)>,
+}
+
 fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
+    xs.sort_by(f64::total_cmp);
     xs[xs.len() / 2]
 }
 
-fn rate(n: usize, took: Duration) -> f64 {
+fn per_sec(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
+}
+
+const TENANT: &str = "default";
+const RAW_POST: &str = "raw POST loop";
+const RAW_PUBLISH: &str = "raw publish";
+
+struct Bench {
+    args: Args,
+    nats: herald_tests::NatsServer,
+    js: jetstream::Context,
+    http: reqwest::Client,
+    gateway_url: String,
+    gateway: Proc,
+    sink: Sink,
+    secret: String,
+    /// The next unused sink path.
+    next_path: usize,
+    rows: Vec<Row>,
+    /// Unique ids across the whole run.
+    serial: usize,
+}
+
+/// A set of subscriptions to one event type, on consecutive sink paths.
+struct Group {
+    event_type: String,
+    paths: std::ops::Range<usize>,
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
-        (args.events, args.runs, args.concurrency) = (200, 1, 4);
+        args.events = 200;
+        args.payloads = vec![256];
+        args.concurrency = 4;
+        args.batch_clients = 2;
+        args.subscriptions = vec![1, 10];
+        args.dispatchers = vec![1];
+        args.latency_rate = 100;
+        args.latency_seconds = 1;
+        args.in_flight = 200;
+        args.slow_ms = 200;
+        args.runs = 1;
     }
-    let data = json!({"blob": "x".repeat(args.payload.saturating_sub(12))});
-    let stack = Stack::start().await;
-    let rx = Receiver::start().await;
-    stack.subscribe(&rx.url("/bench"), &["bench.*"], None).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let secret = herald_signature::Secret::generate();
+    let sink = Sink::start(&secret).await?;
+    let nats = herald_tests::NatsServer::start();
+    let js = jetstream::new(nats.client().await);
+    let port = herald_tests::free_port();
+    let gateway = Proc::gateway(&nats.url(), port).await?;
+    let mut bench = Bench {
+        args: args.clone(),
+        js,
+        http: reqwest::Client::new(),
+        gateway_url: format!("http://127.0.0.1:{port}"),
+        nats,
+        gateway,
+        sink,
+        secret: secret.to_text(),
+        next_path: 0,
+        rows: Vec::new(),
+        serial: 0,
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let js = async_nats::jetstream::new(stack.nats.client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "BENCH_RAW".into(),
-        subjects: vec!["bench.raw.>".into()],
-        ..Default::default()
-    })
-    .await?;
-    let payload = bytes::Bytes::from(serde_json::to_vec(&data)?);
-    let http = reqwest::Client::new();
-
-    let mut raw_publish = Vec::new();
-    let mut raw_post = Vec::new();
-    let mut batch_ingest = Vec::new();
-    let mut single_ingest = Vec::new();
-    let mut end_to_end = Vec::new();
-    for run in 0..args.runs {
-        // Raw pipelined publish.
-        let started = Instant::now();
-        let mut acks = Vec::with_capacity(args.events);
-        for i in 0..args.events {
-            acks.push(js.publish(format!("bench.raw.{}", i % 16), payload.clone()).await?);
-        }
-        for ack in acks {
-            ack.await?;
-        }
-        raw_publish.push(rate(args.events, started.elapsed()));
-
-        // Raw POST loop to the receiver, same concurrency as the HTTP clients.
-        let started = Instant::now();
-        let url = rx.url("/raw");
-        futures::stream::iter(0..args.events)
-            .for_each_concurrent(args.concurrency, |_| {
-                let (http, url, body) = (&http, &url, payload.clone());
-                async move {
-                    let _ = http.post(url.as_str()).body(body).send().await;
-                }
-            })
-            .await;
-        raw_post.push(rate(args.events, started.elapsed()));
-
-        // HTTP ingest, batches of 100, and end to end with one subscription.
-        let before = rx.count_on("/bench");
-        let started = Instant::now();
-        let batches: Vec<Vec<serde_json::Value>> = (0..args.events)
-            .map(|i| json!({"id": format!("b{run}-{i}"), "type": "bench.x", "data": data}))
-            .collect::<Vec<_>>()
-            // Batches of up to 100, kept under the gateway's 256 KiB body limit.
-            .chunks((200_000 / (args.payload + 100)).clamp(1, 100))
-            .map(<[serde_json::Value]>::to_vec)
-            .collect();
-        futures::stream::iter(batches)
-            .for_each_concurrent(args.concurrency.min(8), |events| {
-                let (http, gateway) = (&http, &stack.gateway);
-                async move {
-                    let resp = http
-                        .post(format!("{gateway}/v1/events/batch"))
-                        .bearer_auth(herald_tests::PUBLISH_TOKEN)
-                        .json_body(&json!({"events": events}))
-                        .send()
-                        .await;
-                    assert!(resp.is_ok_and(|r| r.status() == 202), "batch refused");
-                }
-            })
-            .await;
-        batch_ingest.push(rate(args.events, started.elapsed()));
-        let want = before + args.events;
-        rx.wait_until(Duration::from_secs(600), "end to end", |r| {
-            r.iter().filter(|r| r.path == "/bench").count() >= want
-        })
-        .await;
-        end_to_end.push(rate(args.events, started.elapsed()));
-
-        // HTTP ingest, one event per request.
-        let n = args.events / 4;
-        let started = Instant::now();
-        futures::stream::iter(0..n)
-            .for_each_concurrent(args.concurrency, |i| {
-                let (http, gateway, data) = (&http, &stack.gateway, &data);
-                async move {
-                    let body = json!({"id": format!("s{run}-{i}"), "type": "bench.single", "data": data});
-                    let resp = http
-                        .post(format!("{gateway}/v1/events"))
-                        .bearer_auth(herald_tests::PUBLISH_TOKEN)
-                        .json_body(&body)
-                        .send()
-                        .await;
-                    assert!(resp.is_ok_and(|r| r.status() == 202), "event refused");
-                }
-            })
-            .await;
-        single_ingest.push(rate(n, started.elapsed()));
-    }
-
-    let raw_publish = median(raw_publish);
-    let raw_post = median(raw_post);
-    let rows = [
-        ("raw JetStream publish (pipelined)", raw_publish, None),
-        ("raw POST loop to the receiver", raw_post, None),
-        ("HTTP ingest, POST /v1/events/batch", median(batch_ingest), Some(raw_publish)),
-        ("HTTP ingest, POST /v1/events", median(single_ingest), Some(raw_publish)),
-        ("end to end, 1 subscription", median(end_to_end), Some(raw_post)),
-    ];
+    let gateway_idle = bench.gateway.memory();
     println!(
-        "herald-bench: {} events, {} B payload, {} clients, median of {} run(s)",
-        args.events, args.payload, args.concurrency, args.runs
+        "herald-bench: {} events, payloads {:?} B, {} clients ({} sending batches), median of {} run(s) after a warm-up",
+        args.events, args.payloads, args.concurrency, args.batch_clients, args.runs
     );
-    println!("{:<40} {:>12} {:>8}", "measurement", "events/s", "ratio");
-    let mut results = Vec::new();
-    for (name, value, base) in rows {
-        let ratio = base.map(|b| value / b);
-        println!("{name:<40} {value:>12.0} {:>8}", ratio.map(|r| format!("{r:.2}")).unwrap_or_else(|| "-".into()));
-        results.push(json!({"measurement": name, "events_per_second": value, "ratio": ratio}));
+
+    // Ingest and the limits, with no dispatcher running: nothing else competes for the CPU.
+    bench
+        .js
+        .create_stream(jetstream::stream::Config {
+            name: "BENCH_RAW".into(),
+            subjects: vec!["bench.raw.>".into()],
+            ..Default::default()
+        })
+        .await?;
+    for &payload in &args.payloads {
+        bench.limits_and_ingest(payload).await?;
     }
-    let report = json!({
-        "events": args.events, "payload_bytes": args.payload, "concurrency": args.concurrency, "runs": args.runs,
-        "results": results,
-    });
-    if let Some(dir) = args.json.parent() {
-        std::fs::create_dir_all(dir)?;
+    let gateway_loaded = bench.gateway.memory();
+    // The ingest runs' events have no subscriptions; drop them before dispatchers start.
+    bench.js.get_stream(herald_core::nats::EVENTS_STREAM).await?.purge().await?;
+
+    // End to end.
+    let mut groups = Vec::new();
+    for &subs in &args.subscriptions {
+        groups.push(bench.subscribe(subs).await?);
     }
-    std::fs::write(&args.json, serde_json::to_vec_pretty(&report)?)?;
-    println!("written to {}", args.json.display());
+    let mut dispatchers: Vec<Proc> = Vec::new();
+    let mut dispatcher_peak = 0;
+    let replica_counts = if bench.wants("e2e") || bench.wants("latency") { args.dispatchers.clone() } else { vec![] };
+    for &replicas in &replica_counts {
+        while dispatchers.len() < replicas {
+            dispatchers.push(Proc::dispatcher(&bench.nats.url(), &[])?);
+        }
+        for group in &groups {
+            bench.warm_up(group).await?;
+        }
+        for &payload in &args.payloads {
+            for group in &groups {
+                if bench.wants("e2e") {
+                    bench.end_to_end(group, payload, replicas).await?;
+                }
+            }
+        }
+        if replicas == 1 && bench.wants("latency") {
+            for &payload in &args.payloads {
+                bench.latency(&groups[0], payload).await?;
+            }
+        }
+        dispatcher_peak = dispatchers.iter().map(|d| d.memory().peak_kib).max().unwrap_or(0).max(dispatcher_peak);
+    }
+    for d in dispatchers {
+        d.stop().await;
+    }
+
+    // Memory with deliveries in flight to a slow receiver.
+    let memory = if bench.wants("memory") {
+        bench.in_flight_memory().await?
+    } else {
+        InFlight { deliveries: 0, slow_ms: 0, runs: vec![] }
+    };
+    let gateway_end = bench.gateway.memory();
+
+    let memory_rows = [
+        ("gateway idle, RSS after start", gateway_idle.rss_kib),
+        ("gateway peak RSS, ingest runs", gateway_loaded.peak_kib),
+        ("gateway peak RSS, whole run", gateway_end.peak_kib),
+        ("gateway RSS at the end, idle", gateway_end.rss_kib),
+        ("dispatcher peak RSS, end-to-end runs", dispatcher_peak),
+    ];
+    bench.report(&memory_rows, &memory, gateway_idle)?;
     Ok(())
 }
 
-/// A JSON body without reqwest's `json` feature.
-trait JsonBody {
-    fn json_body(self, value: &serde_json::Value) -> Self;
+/// What the slow-receiver measurement found.
+struct InFlight {
+    deliveries: usize,
+    slow_ms: u64,
+    /// `(flags, requests held by the receiver at most, peak RSS KiB)` per dispatcher set-up.
+    runs: Vec<(String, i64, u64)>,
 }
 
-impl JsonBody for reqwest::RequestBuilder {
-    fn json_body(self, value: &serde_json::Value) -> Self {
-        self.header("content-type", "application/json").body(value.to_string())
+impl Bench {
+    fn next_id(&mut self, prefix: &str) -> String {
+        self.serial += 1;
+        format!("{prefix}-{}", self.serial)
     }
+
+    fn data(payload: usize) -> Value {
+        json!({"blob": "x".repeat(payload.saturating_sub(12))})
+    }
+
+    fn push(&mut self, payload: usize, name: impl Into<String>, value: f64, unit: &'static str) {
+        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: None });
+    }
+
+    fn limit(&self, payload: usize, name: &str) -> f64 {
+        self.rows.iter().find(|r| r.payload == payload && r.name == name).map(|r| r.value).unwrap_or(f64::NAN)
+    }
+
+    fn push_ratio(&mut self, payload: usize, name: impl Into<String>, value: f64, unit: &'static str, of: &'static str) {
+        let base = self.limit(payload, of);
+        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: Some((value / base, of)) });
+    }
+
+    /// `measure(events)` once as a warm-up with a fifth of the events, then `runs` times; the
+    /// median of the rates.
+    async fn median_of<F, Fut>(&mut self, events: usize, mut measure: F) -> anyhow::Result<f64>
+    where
+        F: FnMut(&mut Self, usize) -> Fut,
+        Fut: Future<Output = anyhow::Result<f64>>,
+    {
+        measure(self, (events / 5).max(1)).await?;
+        let mut rates = Vec::new();
+        for _ in 0..self.args.runs {
+            rates.push(measure(self, events).await?);
+        }
+        Ok(median(rates))
+    }
+
+    fn wants(&self, phase: &str) -> bool {
+        self.args.only.iter().any(|p| p == phase)
+    }
+
+    async fn limits_and_ingest(&mut self, payload: usize) -> anyhow::Result<()> {
+        let events = self.args.events;
+        let data = Self::data(payload);
+        let body = bytes::Bytes::from(serde_json::to_vec(&data)?);
+
+        let raw = self
+            .median_of(events, |b, n| {
+                let body = body.clone();
+                let js = b.js.clone();
+                let messages =
+                    (0..n).map(|i| (format!("bench.raw.{}", i % 16), PublishMessage::build().payload(body.clone()))).collect();
+                async move { pipelined(&js, messages).await }
+            })
+            .await?;
+        self.push(payload, RAW_PUBLISH, raw, "msg/s");
+        let post = self
+            .median_of(events, |b, n| {
+                let (http, url, body, clients) = (b.http.clone(), b.sink.raw_url(), body.clone(), b.args.concurrency);
+                async move {
+                    let started = Instant::now();
+                    futures::stream::iter(0..n)
+                        .for_each_concurrent(clients, |_| {
+                            let (http, url, body) = (&http, &url, body.clone());
+                            async move {
+                                let _ = http.post(url.as_str()).body(body).send().await;
+                            }
+                        })
+                        .await;
+                    Ok(per_sec(n, started.elapsed()))
+                }
+            })
+            .await?;
+        self.push(payload, RAW_POST, post, "req/s");
+        if !self.wants("ingest") {
+            return Ok(());
+        }
+
+        let nats_ingest = self
+            .median_of(events, |b, n| {
+                let js = b.js.clone();
+                let subject = herald_core::nats::event_subject(TENANT, "bench.ingest.nats");
+                let messages = (0..n)
+                    .map(|_| {
+                        let id = b.next_id("n");
+                        let event = json!({"id": id, "type": "bench.ingest.nats", "data": data});
+                        (subject.clone(), json_event(&id, &event))
+                    })
+                    .collect();
+                async move { pipelined(&js, messages).await }
+            })
+            .await?;
+        self.push_ratio(payload, "NATS ingest (herald.events.…)", nats_ingest, "events/s", RAW_PUBLISH);
+
+        // Batches of up to the gateway's 100 events, kept under its 256 KiB body limit.
+        let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
+        let batch = self
+            .median_of(events, |b, n| {
+                let events: Vec<Value> = (0..n)
+                    .map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data}))
+                    .collect();
+                let (http, url, clients) = (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
+                async move {
+                    let bodies: Vec<String> =
+                        events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
+                    let started = Instant::now();
+                    let refused = futures::stream::iter(bodies)
+                        .map(|body| post_json(&http, &url, body))
+                        .buffer_unordered(clients)
+                        .filter(|status| std::future::ready(*status != 202))
+                        .count()
+                        .await;
+                    anyhow::ensure!(refused == 0, "{refused} batches were not accepted");
+                    Ok(per_sec(n, started.elapsed()))
+                }
+            })
+            .await?;
+        self.push_ratio(payload, format!("HTTP ingest, batch of {per_batch}"), batch, "events/s", RAW_PUBLISH);
+
+        let single = self
+            .median_of(events / 2, |b, n| {
+                let bodies: Vec<String> = (0..n)
+                    .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
+                    .collect();
+                let (http, url, clients) = (b.http.clone(), format!("{}/v1/events", b.gateway_url), b.args.concurrency);
+                async move {
+                    let started = Instant::now();
+                    let refused = futures::stream::iter(bodies)
+                        .map(|body| post_json(&http, &url, body))
+                        .buffer_unordered(clients)
+                        .filter(|status| std::future::ready(*status != 202))
+                        .count()
+                        .await;
+                    anyhow::ensure!(refused == 0, "{refused} events were not accepted");
+                    Ok(per_sec(n, started.elapsed()))
+                }
+            })
+            .await?;
+        self.push_ratio(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
+        Ok(())
+    }
+
+    /// `count` subscriptions to one new event type, all signing with the bench's secret.
+    async fn subscribe(&mut self, count: usize) -> anyhow::Result<Group> {
+        let start = self.next_path;
+        anyhow::ensure!(start + count <= sink::PATHS, "more subscriptions than the receiver counts");
+        self.next_path += count;
+        let event_type = format!("bench.fan{count}.p{start}");
+        for index in start..start + count {
+            let body = json!({"url": self.sink.sub_url(index), "event_types": [event_type], "secret": self.secret});
+            let resp = self
+                .http
+                .post(format!("{}/v1/subscriptions", self.gateway_url))
+                .bearer_auth(herald_tests::ADMIN_TOKEN)
+                .header("content-type", "application/json")
+                .body(body.to_string())
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status() == 201, "creating a subscription: {}", resp.text().await?);
+        }
+        Ok(Group { event_type, paths: start..start + count })
+    }
+
+    /// One event through a group, proving the dispatchers have its subscriptions.
+    async fn warm_up(&mut self, group: &Group) -> anyhow::Result<()> {
+        let before = self.sink.delivered(group.paths.clone());
+        self.publish_events(group, 1, 256).await?;
+        let want = before + group.paths.len() as u64;
+        self.sink.wait_delivered(group.paths.clone(), want, Duration::from_secs(30)).await.context("warm-up")?;
+        Ok(())
+    }
+
+    async fn publish_events(&mut self, group: &Group, n: usize, payload: usize) -> anyhow::Result<f64> {
+        let data = Self::data(payload);
+        let subject = herald_core::nats::event_subject(TENANT, &group.event_type);
+        let messages = (0..n)
+            .map(|_| {
+                let id = self.next_id("e");
+                let event = json!({"id": id, "type": group.event_type, "data": data});
+                (subject.clone(), json_event(&id, &event))
+            })
+            .collect();
+        pipelined(&self.js, messages).await
+    }
+
+    async fn end_to_end(&mut self, group: &Group, payload: usize, replicas: usize) -> anyhow::Result<()> {
+        let subs = group.paths.len();
+        let events = (self.args.events / subs).max(10);
+        let mut rates = Vec::new();
+        // A warm-up with a fifth of the events, then the measured runs.
+        for n in std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs)) {
+            let target = self.sink.delivered(group.paths.clone()) + (n * subs) as u64;
+            let started = Instant::now();
+            self.publish_events(group, n, payload).await?;
+            let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
+            rates.push(per_sec(n * subs, done - started));
+        }
+        let rate = median(rates.split_off(1));
+        let name = format!(
+            "end to end, {subs} subscription{}, {replicas} dispatcher{}",
+            if subs == 1 { "" } else { "s" },
+            if replicas == 1 { "" } else { "s" }
+        );
+        self.push_ratio(payload, name, rate, "deliveries/s", RAW_POST);
+        Ok(())
+    }
+
+    /// Events POSTed one by one at a fixed rate; the time from sending each to its verified
+    /// receipt.
+    async fn latency(&mut self, group: &Group, payload: usize) -> anyhow::Result<()> {
+        let (rate, seconds) = (self.args.latency_rate, self.args.latency_seconds);
+        let n = rate * seconds;
+        let data = Self::data(payload);
+        let url = format!("{}/v1/events", self.gateway_url);
+        let target = self.sink.delivered(group.paths.clone()) + n as u64;
+        self.sink.record_arrivals(true);
+        let mut interval = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let mut sent = Vec::with_capacity(n);
+        let mut requests = tokio::task::JoinSet::new();
+        for _ in 0..n {
+            interval.tick().await;
+            let id = self.next_id("l");
+            let body = json!({"id": id, "type": group.event_type, "data": data}).to_string();
+            sent.push((id, Instant::now()));
+            let (http, url) = (self.http.clone(), url.clone());
+            requests.spawn(async move { post_json(&http, &url, body).await });
+        }
+        while let Some(status) = requests.join_next().await {
+            anyhow::ensure!(status? == 202, "an event was not accepted");
+        }
+        self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(30)).await?;
+        let arrivals = self.sink.record_arrivals(false);
+        let mut ms: Vec<f64> = sent
+            .iter()
+            .filter_map(|(id, at)| arrivals.get(id).map(|got| got.saturating_duration_since(*at).as_secs_f64() * 1e3))
+            .collect();
+        anyhow::ensure!(ms.len() == n, "{} of {n} events arrived with their id", ms.len());
+        ms.sort_by(f64::total_cmp);
+        let at = |q: f64| ms[((ms.len() as f64 * q) as usize).min(ms.len() - 1)];
+        for (name, q) in [("p50", 0.50), ("p95", 0.95), ("p99", 0.99)] {
+            self.push(payload, format!("latency {name}, POST → receipt at {rate}/s"), at(q), "ms");
+        }
+        Ok(())
+    }
+
+    /// A fresh dispatcher holding `in_flight` deliveries (100 subscriptions) to a receiver that
+    /// holds each request `slow_ms`: with its defaults, and sized to have every one of them
+    /// open as an HTTP request at once.
+    async fn in_flight_memory(&mut self) -> anyhow::Result<InFlight> {
+        let subs = 100.min(self.args.in_flight);
+        let group = self.subscribe(subs).await?;
+        let per_sub = (self.args.in_flight / subs).max(1);
+        let deliveries = per_sub * subs;
+        let everything = deliveries.to_string();
+        let per_sub_text = per_sub.to_string();
+        let setups: [(String, Vec<&str>); 2] = [
+            ("defaults".into(), vec![]),
+            (
+                format!("--concurrency {deliveries} --subscription-concurrency {per_sub}"),
+                vec!["--concurrency", &everything, "--subscription-concurrency", &per_sub_text],
+            ),
+        ];
+        let mut runs = Vec::new();
+        for (name, flags) in setups {
+            let dispatcher = Proc::dispatcher(&self.nats.url(), &flags)?;
+            self.warm_up(&group).await?;
+            self.sink.set_delay(Duration::from_millis(self.args.slow_ms));
+            self.sink.take_max_in_flight();
+            let target = self.sink.delivered(group.paths.clone()) + deliveries as u64;
+            self.publish_events(&group, per_sub, 256).await?;
+            self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
+            runs.push((name, self.sink.take_max_in_flight(), dispatcher.memory().peak_kib));
+            self.sink.set_delay(Duration::ZERO);
+            dispatcher.stop().await;
+        }
+        Ok(InFlight { deliveries, slow_ms: self.args.slow_ms, runs })
+    }
+
+    fn report(
+        &self,
+        memory: &[(&str, u64)],
+        in_flight: &InFlight,
+        gateway_idle: procs::Memory,
+    ) -> anyhow::Result<()> {
+        println!("{:>7}  {:<52} {:>12} {:<13} {:>6}  of", "payload", "measurement", "value", "unit", "ratio");
+        for r in &self.rows {
+            let (ratio, of) = r.ratio.map(|(x, of)| (format!("{x:.2}"), of)).unwrap_or(("".into(), ""));
+            let value = if r.unit == "ms" { format!("{:.1}", r.value) } else { format!("{:.0}", r.value) };
+            println!("{:>6}B  {:<52} {value:>12} {:<13} {ratio:>6}  {of}", r.payload, r.name, r.unit);
+        }
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        for (name, kib) in memory {
+            println!("{:>7}  {name:<52} {:>12.1} MiB", "", mib(*kib));
+        }
+        for (flags, held, peak) in &in_flight.runs {
+            println!(
+                "{:>7}  dispatcher peak RSS, {} deliveries to a {} ms receiver ({flags}): {:.1} MiB, {held} requests open at most",
+                "",
+                in_flight.deliveries,
+                in_flight.slow_ms,
+                mib(*peak)
+            );
+        }
+        println!("bad signatures at the receiver: {}", self.sink.bad_signatures());
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|r| {
+                json!({
+                    "payload_bytes": r.payload, "measurement": r.name, "value": r.value, "unit": r.unit,
+                    "ratio": r.ratio.map(|(x, _)| x), "ratio_of": r.ratio.map(|(_, of)| of),
+                })
+            })
+            .collect();
+        let report = json!({
+            "machine": machine(),
+            "config": {
+                "events": self.args.events, "payloads": self.args.payloads, "concurrency": self.args.concurrency,
+                "batch_clients": self.args.batch_clients, "runs": self.args.runs, "smoke": self.args.smoke,
+            },
+            "results": rows,
+            "memory_kib": memory.iter().map(|(n, k)| json!({"measurement": n, "kib": k})).collect::<Vec<_>>(),
+            "gateway_idle_rss_kib": gateway_idle.rss_kib,
+            "in_flight": in_flight.runs.iter().map(|(flags, held, peak)| json!({
+                "dispatcher_flags": flags, "deliveries": in_flight.deliveries, "receiver_delay_ms": in_flight.slow_ms,
+                "max_requests_open": held, "dispatcher_peak_rss_kib": peak,
+            })).collect::<Vec<_>>(),
+            "bad_signatures": self.sink.bad_signatures(),
+        });
+        if let Some(dir) = self.args.json.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&self.args.json, serde_json::to_vec_pretty(&report)?)?;
+        println!("written to {}", self.args.json.display());
+        Ok(())
+    }
+}
+
+/// Publishes `messages` (built beforehand, so only publishing is timed) with up to 4,096
+/// PubAcks outstanding; returns messages/s.
+async fn pipelined(js: &jetstream::Context, messages: Vec<(String, PublishMessage)>) -> anyhow::Result<f64> {
+    const WINDOW: usize = 4096;
+    let n = messages.len();
+    let started = Instant::now();
+    let mut acks: VecDeque<PublishAckFuture> = VecDeque::with_capacity(WINDOW);
+    for (subject, publish) in messages {
+        if acks.len() == WINDOW {
+            acks.pop_front().expect("full").into_future().await?;
+        }
+        acks.push_back(js.send_publish(subject, publish).await?);
+    }
+    for ack in acks {
+        ack.into_future().await?;
+    }
+    Ok(per_sec(n, started.elapsed()))
+}
+
+/// An event as a service publishes it straight to NATS: JSON, its id as the dedup id.
+fn json_event(id: &str, event: &Value) -> PublishMessage {
+    PublishMessage::build()
+        .payload(serde_json::to_vec(event).expect("JSON").into())
+        .header("Content-Type", "application/json")
+        .message_id(id)
+}
+
+/// POSTs a JSON body with the publish token; the status (0 when no answer came).
+async fn post_json(http: &reqwest::Client, url: &str, body: String) -> u16 {
+    let resp = http
+        .post(url)
+        .bearer_auth(herald_tests::PUBLISH_TOKEN)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await;
+    resp.map(|r| r.status().as_u16()).unwrap_or(0)
+}
+
+/// What the figures were measured on.
+fn machine() -> Value {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
+    let memory = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": model,
+        "memory": memory.lines().next(),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+    })
 }

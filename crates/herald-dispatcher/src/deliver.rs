@@ -377,9 +377,11 @@ async fn record_attempt(
         response_body: sent.response_excerpt.clone(),
         error_class: sent.result.class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
     };
+    // A plain publish, which HERALD_ATTEMPTS captures: the delivery does not wait for the
+    // record's PubAck (a round trip and a reply per attempt), and the record is history, not
+    // state: nothing decides on it.
     let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
-    let publish = PublishMessage::build().payload(attempt.encode_to_vec().into());
-    if let Err(e) = publish_and_confirm(shared, subject, publish).await {
+    if let Err(e) = shared.js.client().publish(subject, attempt.encode_to_vec().into()).await {
         tracing::warn!(event = %event.id, error = %e, "could not record the attempt");
     }
 }

@@ -1,0 +1,118 @@
+//! The gateway and dispatchers as real processes (the binaries built next to this one), so each
+//! has its own memory figures, read from `/proc`.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// Flags every Herald process of the benchmark gets: loopback receivers allowed, a key ring.
+fn common_flags(nats_url: &str) -> Vec<String> {
+    ["--nats-url", nats_url, "--allow-networks", herald_tests::LOOPBACK, "--secret-keys", herald_tests::SECRET_KEYS]
+        .map(str::to_owned)
+        .to_vec()
+}
+
+/// A Herald binary next to this executable (`target/release/` for a release run).
+fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let path = me.parent().context("executable without a directory")?.join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --release --bins`, or use scripts/bench.sh)",
+        path.display()
+    );
+    let (theirs, mine) = (path.metadata()?.modified()?, me.metadata()?.modified()?);
+    if theirs + Duration::from_secs(600) < mine {
+        eprintln!("warning: {} is older than herald-bench; rebuild with `cargo build --release --bins`", path.display());
+    }
+    Ok(path)
+}
+
+/// A running Herald process; killed when dropped.
+pub struct Proc {
+    child: Child,
+}
+
+/// Memory of a process, in KiB.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Memory {
+    /// Resident now (`VmRSS`).
+    pub rss_kib: u64,
+    /// Highest resident so far (`VmHWM`).
+    pub peak_kib: u64,
+}
+
+impl Proc {
+    fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
+        let child = Command::new(binary(name)?)
+            .args(args)
+            .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self { child })
+    }
+
+    /// The gateway on `port`, ready to take events (waits for `/readyz`).
+    pub async fn gateway(nats_url: &str, port: u16) -> anyhow::Result<Self> {
+        let mut args = common_flags(nats_url);
+        let tokens = format!("admin={},publish={}", herald_tests::ADMIN_TOKEN, herald_tests::PUBLISH_TOKEN);
+        args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--tokens".into(), tokens]);
+        let proc = Self::spawn("herald-gateway", &args)?;
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
+            if ready.is_ok_and(|r| r.status().is_success()) {
+                return Ok(proc);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "the gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
+    /// A dispatcher with the production defaults, plus `extra` flags.
+    pub fn dispatcher(nats_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        let mut args = common_flags(nats_url);
+        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn("herald-dispatcher", &args)
+    }
+
+    /// Current and peak resident memory.
+    pub fn memory(&self) -> Memory {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        Memory { rss_kib: field("VmRSS:"), peak_kib: field("VmHWM:") }
+    }
+
+    /// Stops the process with SIGTERM (a dispatcher finishes what it holds), killing it if it
+    /// has not exited within 30 s.
+    pub async fn stop(mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
