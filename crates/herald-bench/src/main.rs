@@ -3,12 +3,14 @@
 //! gateway and dispatchers as processes (the binaries built next to it) and a lean local
 //! receiver that verifies every signature, then reports, for each payload size:
 //!
-//! - the limits: pipelined JetStream publish (many PubAcks in flight) and a raw POST loop to the
-//!   receiver at the same concurrency as the HTTP clients;
+//! - the limits: pipelined JetStream publish (many PubAcks in flight), a raw POST loop to the
+//!   receiver at the same concurrency as the HTTP clients, and a raw relay (a durable pull
+//!   consumer POSTing each message and acking it after the 2xx: the least any JetStream-backed
+//!   webhook sender does);
 //! - HTTP ingest (`POST /v1/events/batch`, `POST /v1/events`) and NATS ingest (publishing
 //!   straight to `herald.events.…`), as ratios to raw publish;
 //! - end to end (publish → verified receipt) with 1, 10 and 100 subscriptions per event type and
-//!   1 and 3 dispatchers, as deliveries/s and a ratio to the raw POST loop;
+//!   1 and 3 dispatchers, as deliveries/s and ratios to the raw POST loop and the raw relay;
 //! - latency publish (`POST /v1/events`) → receipt, p50/p95/p99, at a fixed rate;
 //! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
 //!   deliveries to a slow receiver.
@@ -89,6 +91,8 @@ struct Row {
     unit: &'static str,
     /// The value as a fraction of a limit, with the limit's name.
     ratio: Option<(f64, &'static str)>,
+    /// End to end: the value as a fraction of the raw relay.
+    of_relay: Option<f64>,
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
@@ -103,6 +107,7 @@ fn per_sec(n: usize, took: Duration) -> f64 {
 const TENANT: &str = "default";
 const RAW_POST: &str = "raw POST loop";
 const RAW_PUBLISH: &str = "raw publish";
+const RAW_RELAY: &str = "raw relay: consume → POST → ack";
 
 struct Bench {
     args: Args,
@@ -178,6 +183,14 @@ async fn main() -> anyhow::Result<()> {
             ..Default::default()
         })
         .await?;
+    bench
+        .js
+        .create_stream(jetstream::stream::Config {
+            name: "BENCH_RELAY".into(),
+            subjects: vec!["bench.relay.>".into()],
+            ..Default::default()
+        })
+        .await?;
     for &payload in &args.payloads {
         bench.limits_and_ingest(payload).await?;
     }
@@ -214,6 +227,16 @@ async fn main() -> anyhow::Result<()> {
         }
         dispatcher_peak = dispatchers.iter().map(|d| d.memory().peak_kib).max().unwrap_or(0).max(dispatcher_peak);
     }
+    // Healthy runs defer nothing and retry nothing; say so if they did.
+    let mut extra_work = [0.0; 2];
+    for d in &dispatchers {
+        extra_work[0] += d.counter(&bench.http, "herald_deferrals_total").await;
+        extra_work[1] += d.counter(&bench.http, "herald_retries_scheduled_total").await;
+    }
+    println!(
+        "dispatchers: {} deferrals, {} retries scheduled during the end-to-end runs",
+        extra_work[0], extra_work[1]
+    );
     for d in dispatchers {
         d.stop().await;
     }
@@ -256,16 +279,24 @@ impl Bench {
     }
 
     fn push(&mut self, payload: usize, name: impl Into<String>, value: f64, unit: &'static str) {
-        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: None });
+        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: None, of_relay: None });
     }
 
     fn limit(&self, payload: usize, name: &str) -> f64 {
         self.rows.iter().find(|r| r.payload == payload && r.name == name).map(|r| r.value).unwrap_or(f64::NAN)
     }
 
-    fn push_ratio(&mut self, payload: usize, name: impl Into<String>, value: f64, unit: &'static str, of: &'static str) {
+    fn push_ratio(
+        &mut self,
+        payload: usize,
+        name: impl Into<String>,
+        value: f64,
+        unit: &'static str,
+        of: &'static str,
+    ) {
         let base = self.limit(payload, of);
-        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: Some((value / base, of)) });
+        let of_relay = (of == RAW_POST).then(|| value / self.limit(payload, RAW_RELAY));
+        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: Some((value / base, of)), of_relay });
     }
 
     /// `measure(events)` once as a warm-up with a fifth of the events, then `runs` times; the
@@ -296,8 +327,9 @@ impl Bench {
             .median_of(events, |b, n| {
                 let body = body.clone();
                 let js = b.js.clone();
-                let messages =
-                    (0..n).map(|i| (format!("bench.raw.{}", i % 16), PublishMessage::build().payload(body.clone()))).collect();
+                let messages = (0..n)
+                    .map(|i| (format!("bench.raw.{}", i % 16), PublishMessage::build().payload(body.clone())))
+                    .collect();
                 async move { pipelined(&js, messages).await }
             })
             .await?;
@@ -320,6 +352,16 @@ impl Bench {
             })
             .await?;
         self.push(payload, RAW_POST, post, "req/s");
+        let relay = self
+            .median_of(events, |b, n| {
+                let messages = (0..n)
+                    .map(|i| (format!("bench.relay.{}", i % 16), PublishMessage::build().payload(body.clone())))
+                    .collect();
+                let (js, http, url, clients) = (b.js.clone(), b.http.clone(), b.sink.raw_url(), b.args.concurrency);
+                async move { relay(&js, &http, &url, clients, messages).await }
+            })
+            .await?;
+        self.push(payload, RAW_RELAY, relay, "msg/s");
         if !self.wants("ingest") {
             return Ok(());
         }
@@ -344,10 +386,10 @@ impl Bench {
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
         let batch = self
             .median_of(events, |b, n| {
-                let events: Vec<Value> = (0..n)
-                    .map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data}))
-                    .collect();
-                let (http, url, clients) = (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
+                let events: Vec<Value> =
+                    (0..n).map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data})).collect();
+                let (http, url, clients) =
+                    (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
                 async move {
                     let bodies: Vec<String> =
                         events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
@@ -525,17 +567,16 @@ impl Bench {
         Ok(InFlight { deliveries, slow_ms: self.args.slow_ms, runs })
     }
 
-    fn report(
-        &self,
-        memory: &[(&str, u64)],
-        in_flight: &InFlight,
-        gateway_idle: procs::Memory,
-    ) -> anyhow::Result<()> {
-        println!("{:>7}  {:<52} {:>12} {:<13} {:>6}  of", "payload", "measurement", "value", "unit", "ratio");
+    fn report(&self, memory: &[(&str, u64)], in_flight: &InFlight, gateway_idle: procs::Memory) -> anyhow::Result<()> {
+        println!(
+            "{:>7}  {:<52} {:>12} {:<13} {:>6}  {:<16} {:>8}",
+            "payload", "measurement", "value", "unit", "ratio", "of", "of relay"
+        );
         for r in &self.rows {
             let (ratio, of) = r.ratio.map(|(x, of)| (format!("{x:.2}"), of)).unwrap_or(("".into(), ""));
+            let relay = r.of_relay.map(|x| format!("{x:.2}")).unwrap_or_default();
             let value = if r.unit == "ms" { format!("{:.1}", r.value) } else { format!("{:.0}", r.value) };
-            println!("{:>6}B  {:<52} {value:>12} {:<13} {ratio:>6}  {of}", r.payload, r.name, r.unit);
+            println!("{:>6}B  {:<52} {value:>12} {:<13} {ratio:>6}  {of:<16} {relay:>8}", r.payload, r.name, r.unit);
         }
         let mib = |kib: u64| kib as f64 / 1024.0;
         for (name, kib) in memory {
@@ -558,6 +599,7 @@ impl Bench {
                 json!({
                     "payload_bytes": r.payload, "measurement": r.name, "value": r.value, "unit": r.unit,
                     "ratio": r.ratio.map(|(x, _)| x), "ratio_of": r.ratio.map(|(_, of)| of),
+                    "ratio_to_raw_relay": r.of_relay,
                 })
             })
             .collect();
@@ -604,6 +646,49 @@ async fn pipelined(js: &jetstream::Context, messages: Vec<(String, PublishMessag
     Ok(per_sec(n, started.elapsed()))
 }
 
+/// The least a durable relay from JetStream to HTTP can do: publish `messages`, pull them with
+/// a durable consumer, POST each to the receiver (`clients` at once) and ack it after the 2xx.
+/// Returns messages/s from the first publish to the last ack sent.
+async fn relay(
+    js: &jetstream::Context,
+    http: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    messages: Vec<(String, PublishMessage)>,
+) -> anyhow::Result<f64> {
+    let n = messages.len();
+    let stream = js.get_stream("BENCH_RELAY").await?;
+    let _ = stream.delete_consumer("relay").await;
+    stream.purge().await?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("relay".into()),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            max_ack_pending: 10_000,
+            ..Default::default()
+        })
+        .await?;
+    let started = Instant::now();
+    let consume = async {
+        let pulled = consumer.stream().max_messages_per_batch(256).messages().await?;
+        pulled
+            .take(n)
+            .for_each_concurrent(clients, |msg| async move {
+                let Ok(msg) = msg else { return };
+                let sent = http.post(url).body(msg.payload.clone()).send().await;
+                if sent.is_ok_and(|r| r.status().is_success()) {
+                    let _ = msg.ack().await;
+                }
+            })
+            .await;
+        anyhow::Ok(())
+    };
+    let (published, consumed) = tokio::join!(pipelined(js, messages), consume);
+    published?;
+    consumed?;
+    Ok(per_sec(n, started.elapsed()))
+}
+
 /// An event as a service publishes it straight to NATS: JSON, its id as the dedup id.
 fn json_event(id: &str, event: &Value) -> PublishMessage {
     PublishMessage::build()
@@ -627,7 +712,8 @@ async fn post_json(http: &reqwest::Client, url: &str, body: String) -> u16 {
 /// What the figures were measured on.
 fn machine() -> Value {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let model = cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|m| m.trim_start_matches([' ', '\t', ':']));
     let memory = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
     json!({
         "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),

@@ -25,7 +25,10 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     );
     let (theirs, mine) = (path.metadata()?.modified()?, me.metadata()?.modified()?);
     if theirs + Duration::from_secs(600) < mine {
-        eprintln!("warning: {} is older than herald-bench; rebuild with `cargo build --release --bins`", path.display());
+        eprintln!(
+            "warning: {} is older than herald-bench; rebuild with `cargo build --release --bins`",
+            path.display()
+        );
     }
     Ok(path)
 }
@@ -33,6 +36,8 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
 /// A running Herald process; killed when dropped.
 pub struct Proc {
     child: Child,
+    /// Where its `/metrics` are served.
+    metrics_url: Option<String>,
 }
 
 /// Memory of a process, in KiB.
@@ -54,7 +59,7 @@ impl Proc {
             .stderr(Stdio::inherit())
             .spawn()
             .with_context(|| format!("starting {name}"))?;
-        Ok(Self { child })
+        Ok(Self { child, metrics_url: None })
     }
 
     /// The gateway on `port`, ready to take events (waits for `/readyz`).
@@ -62,7 +67,8 @@ impl Proc {
         let mut args = common_flags(nats_url);
         let tokens = format!("admin={},publish={}", herald_tests::ADMIN_TOKEN, herald_tests::PUBLISH_TOKEN);
         args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--tokens".into(), tokens]);
-        let proc = Self::spawn("herald-gateway", &args)?;
+        let mut proc = Self::spawn("herald-gateway", &args)?;
+        proc.metrics_url = Some(format!("http://127.0.0.1:{port}/metrics"));
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -78,9 +84,23 @@ impl Proc {
     /// A dispatcher with the production defaults, plus `extra` flags.
     pub fn dispatcher(nats_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = common_flags(nats_url);
-        args.extend(["--listen".into(), "127.0.0.1:0".into()]);
+        let port = herald_tests::free_port();
+        args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::spawn("herald-dispatcher", &args)
+        let mut proc = Self::spawn("herald-dispatcher", &args)?;
+        proc.metrics_url = Some(format!("http://127.0.0.1:{port}/metrics"));
+        Ok(proc)
+    }
+
+    /// The sum of a counter's series (all labels) in the process's `/metrics`; 0 if unreadable.
+    pub async fn counter(&self, http: &reqwest::Client, name: &str) -> f64 {
+        let Some(url) = &self.metrics_url else { return 0.0 };
+        let Ok(resp) = http.get(url).send().await else { return 0.0 };
+        let text = resp.text().await.unwrap_or_default();
+        text.lines()
+            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// Current and peak resident memory.

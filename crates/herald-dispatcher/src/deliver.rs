@@ -101,15 +101,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
     // The resolver checks every address a host name resolves to; an IP literal is checked here.
-    let refusal = match url::Url::parse(&sub.url) {
-        Ok(url) => shared.policy.check_url(&url).err(),
-        Err(e) => Some(herald_core::ssrf::Refused(format!("the URL does not parse: {e}"))),
-    };
-    let sent = match refusal {
-        Some(refusal) => http_client::refused_result(&refusal),
-        None => {
+    let checked = url::Url::parse(&sub.url)
+        .map_err(|e| herald_core::ssrf::Refused(format!("the URL does not parse: {e}")))
+        .and_then(|url| shared.policy.check_url(&url).map(|()| url));
+    let sent = match checked {
+        Err(refusal) => http_client::refused_result(&refusal),
+        Ok(url) => {
             let _http_slot = shared.http_slots.acquire().await.expect("never closed");
-            let request = WebhookRequest { url: &sub.url, headers, body };
+            let request = WebhookRequest { url: &url, headers, body };
             metrics::IN_FLIGHT.add(&[], 1.0);
             let sent = http_client::send(&shared.http, request, shared.config.response_body_limit).await;
             metrics::IN_FLIGHT.add(&[], -1.0);

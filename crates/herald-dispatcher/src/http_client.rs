@@ -75,8 +75,8 @@ pub fn build(
 /// One webhook request, ready to send.
 #[derive(Debug)]
 pub struct WebhookRequest<'a> {
-    /// The subscriber URL.
-    pub url: &'a str,
+    /// The subscriber URL, parsed once (and checked by the SSRF guard) by the caller.
+    pub url: &'a url::Url,
     /// Herald's own headers followed by the subscription's.
     pub headers: HeaderMap,
     /// The exact signed body.
@@ -128,7 +128,7 @@ pub struct Sent {
 /// POSTs the webhook and reads at most `excerpt_limit` bytes of the answer.
 pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
     let started = Instant::now();
-    let outcome = client.post(req.url).headers(req.headers).body(req.body).send().await;
+    let outcome = client.post(req.url.clone()).headers(req.headers).body(req.body).send().await;
     let (result, response_excerpt) = match outcome {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
