@@ -107,6 +107,7 @@ fn per_sec(n: usize, took: Duration) -> f64 {
 const TENANT: &str = "default";
 const RAW_POST: &str = "raw POST loop";
 const RAW_PUBLISH: &str = "raw publish";
+const RAW_PUBLISH_DEDUP: &str = "raw publish with Nats-Msg-Id";
 const RAW_RELAY: &str = "raw relay: consume → POST → ack";
 
 struct Bench {
@@ -256,7 +257,7 @@ async fn main() -> anyhow::Result<()> {
         ("gateway RSS at the end, idle", gateway_end.rss_kib),
         ("dispatcher peak RSS, end-to-end runs", dispatcher_peak),
     ];
-    bench.report(&memory_rows, &memory, gateway_idle)?;
+    bench.report(&memory_rows, &memory, gateway_idle, extra_work)?;
     Ok(())
 }
 
@@ -334,6 +335,20 @@ impl Bench {
             })
             .await?;
         self.push(payload, RAW_PUBLISH, raw, "msg/s");
+        let dedup = self
+            .median_of(events, |b, n| {
+                let body = body.clone();
+                let js = b.js.clone();
+                let messages = (0..n)
+                    .map(|i| {
+                        let publish = PublishMessage::build().payload(body.clone()).message_id(b.next_id("r"));
+                        (format!("bench.raw.{}", i % 16), publish)
+                    })
+                    .collect();
+                async move { pipelined(&js, messages).await }
+            })
+            .await?;
+        self.push(payload, RAW_PUBLISH_DEDUP, dedup, "msg/s");
         let post = self
             .median_of(events, |b, n| {
                 let (http, url, body, clients) = (b.http.clone(), b.sink.raw_url(), body.clone(), b.args.concurrency);
@@ -567,7 +582,13 @@ impl Bench {
         Ok(InFlight { deliveries, slow_ms: self.args.slow_ms, runs })
     }
 
-    fn report(&self, memory: &[(&str, u64)], in_flight: &InFlight, gateway_idle: procs::Memory) -> anyhow::Result<()> {
+    fn report(
+        &self,
+        memory: &[(&str, u64)],
+        in_flight: &InFlight,
+        gateway_idle: procs::Memory,
+        [deferrals, retries]: [f64; 2],
+    ) -> anyhow::Result<()> {
         println!(
             "{:>7}  {:<52} {:>12} {:<13} {:>6}  {:<16} {:>8}",
             "payload", "measurement", "value", "unit", "ratio", "of", "of relay"
@@ -591,7 +612,10 @@ impl Bench {
                 mib(*peak)
             );
         }
-        println!("bad signatures at the receiver: {}", self.sink.bad_signatures());
+        println!(
+            "bad signatures at the receiver: {}; deferrals: {deferrals}, retries: {retries} (end-to-end and latency runs)",
+            self.sink.bad_signatures()
+        );
         let rows: Vec<Value> = self
             .rows
             .iter()
@@ -617,6 +641,8 @@ impl Bench {
                 "max_requests_open": held, "dispatcher_peak_rss_kib": peak,
             })).collect::<Vec<_>>(),
             "bad_signatures": self.sink.bad_signatures(),
+            "deferrals": deferrals,
+            "retries": retries,
         });
         if let Some(dir) = self.args.json.parent() {
             std::fs::create_dir_all(dir)?;
