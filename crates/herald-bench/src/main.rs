@@ -234,10 +234,6 @@ async fn main() -> anyhow::Result<()> {
         extra_work[0] += d.counter(&bench.http, "herald_deferrals_total").await;
         extra_work[1] += d.counter(&bench.http, "herald_retries_scheduled_total").await;
     }
-    println!(
-        "dispatchers: {} deferrals, {} retries scheduled during the end-to-end runs",
-        extra_work[0], extra_work[1]
-    );
     for d in dispatchers {
         d.stop().await;
     }

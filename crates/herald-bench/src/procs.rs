@@ -23,13 +23,6 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
         "{} is missing: build it first (`cargo build --release --bins`, or use scripts/bench.sh)",
         path.display()
     );
-    let (theirs, mine) = (path.metadata()?.modified()?, me.metadata()?.modified()?);
-    if theirs + Duration::from_secs(600) < mine {
-        eprintln!(
-            "warning: {} is older than herald-bench; rebuild with `cargo build --release --bins`",
-            path.display()
-        );
-    }
     Ok(path)
 }
 
