@@ -25,8 +25,7 @@ impl Family {
     /// Adds `by` to the series with these label values (in the family's label order).
     pub fn add(&self, labels: &[&str], by: f64) {
         debug_assert_eq!(labels.len(), self.labels.len(), "{}", self.name);
-        let key = labels.iter().map(|l| l.to_string()).collect();
-        *self.values.lock().expect("metrics lock").entry(key).or_default() += by;
+        *series(&mut self.values.lock().expect("metrics lock"), labels, || 0.0) += by;
     }
 
     /// Adds one.
@@ -36,8 +35,7 @@ impl Family {
 
     /// Sets a gauge.
     pub fn set(&self, labels: &[&str], value: f64) {
-        let key = labels.iter().map(|l| l.to_string()).collect();
-        self.values.lock().expect("metrics lock").insert(key, value);
+        *series(&mut self.values.lock().expect("metrics lock"), labels, || 0.0) = value;
     }
 
     fn render(&self, out: &mut String) {
@@ -74,9 +72,8 @@ impl Histogram {
     /// Records one observation.
     pub fn observe(&self, labels: &[&str], value: Duration) {
         let secs = value.as_secs_f64();
-        let key = labels.iter().map(|l| l.to_string()).collect();
         let mut values = self.values.lock().expect("metrics lock");
-        let (counts, sum, count) = values.entry(key).or_insert_with(|| (vec![0; self.buckets.len()], 0.0, 0));
+        let (counts, sum, count) = series(&mut values, labels, || (vec![0; self.buckets.len()], 0.0, 0));
         for (i, le) in self.buckets.iter().enumerate() {
             if secs <= *le {
                 counts[i] += 1;
@@ -97,6 +94,16 @@ impl Histogram {
             let _ = writeln!(out, "{}_sum{} {sum}", self.name, label_text(self.labels, values, None));
             let _ = writeln!(out, "{}_count{} {count}", self.name, label_text(self.labels, values, None));
         }
+    }
+}
+
+/// The series with these label values, created on first use. Label sets are small and closed, so
+/// a scan finds an existing series without allocating a key (this runs for every delivery).
+fn series<'a, V>(values: &'a mut BTreeMap<Vec<String>, V>, labels: &[&str], new: impl FnOnce() -> V) -> &'a mut V {
+    let same = |key: &Vec<String>| key.len() == labels.len() && key.iter().zip(labels).all(|(k, l)| k == l);
+    match values.keys().position(same) {
+        Some(index) => values.values_mut().nth(index).expect("the key was just found"),
+        None => values.entry(labels.iter().map(|l| l.to_string()).collect()).or_insert_with(new),
     }
 }
 
