@@ -472,16 +472,21 @@ impl Bench {
     }
 
     async fn publish_events(&mut self, group: &Group, n: usize, payload: usize) -> anyhow::Result<f64> {
+        let messages = self.events_for(group, n, payload);
+        pipelined(&self.js, messages).await
+    }
+
+    /// `n` events of `group`'s type as a service publishes them straight to NATS.
+    fn events_for(&mut self, group: &Group, n: usize, payload: usize) -> Vec<(String, PublishMessage)> {
         let data = Self::data(payload);
         let subject = herald_core::nats::event_subject(TENANT, &group.event_type);
-        let messages = (0..n)
+        (0..n)
             .map(|_| {
                 let id = self.next_id("e");
                 let event = json!({"id": id, "type": group.event_type, "data": data});
                 (subject.clone(), json_event(&id, &event))
             })
-            .collect();
-        pipelined(&self.js, messages).await
+            .collect()
     }
 
     async fn end_to_end(&mut self, group: &Group, payload: usize, replicas: usize) -> anyhow::Result<()> {
@@ -491,8 +496,9 @@ impl Bench {
         // A warm-up with a fifth of the events, then the measured runs.
         for n in std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs)) {
             let target = self.sink.delivered(group.paths.clone()) + (n * subs) as u64;
+            let messages = self.events_for(group, n, payload);
             let started = Instant::now();
-            self.publish_events(group, n, payload).await?;
+            pipelined(&self.js, messages).await?;
             let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
             rates.push(per_sec(n * subs, done - started));
         }
