@@ -194,10 +194,11 @@ async fn main() -> anyhow::Result<()> {
         .await?;
     for &payload in &args.payloads {
         bench.limits_and_ingest(payload).await?;
+        bench.settle(&["BENCH_RAW", "BENCH_RELAY", herald_core::nats::EVENTS_STREAM]).await?;
     }
     let gateway_loaded = bench.gateway.memory();
     // The ingest runs' events have no subscriptions; drop them before dispatchers start.
-    bench.js.get_stream(herald_core::nats::EVENTS_STREAM).await?.purge().await?;
+    bench.settle(&["BENCH_RAW", "BENCH_RELAY", herald_core::nats::EVENTS_STREAM]).await?;
 
     // End to end.
     let mut groups = Vec::new();
@@ -296,18 +297,21 @@ impl Bench {
         self.rows.push(Row { payload, name: name.into(), value, unit, ratio: Some((value / base, of)), of_relay });
     }
 
-    /// `measure(events)` once as a warm-up with a fifth of the events, then `runs` times; the
-    /// median of the rates.
+    /// `measure(events)` once as a warm-up with a fifth of the events, then `runs` times, each
+    /// from empty streams; the median of the rates.
     async fn median_of<F, Fut>(&mut self, events: usize, mut measure: F) -> anyhow::Result<f64>
     where
         F: FnMut(&mut Self, usize) -> Fut,
         Fut: Future<Output = anyhow::Result<f64>>,
     {
+        let streams = ["BENCH_RAW", herald_core::nats::EVENTS_STREAM];
         measure(self, (events / 5).max(1)).await?;
         let mut rates = Vec::new();
         for _ in 0..self.args.runs {
+            self.settle(&streams).await?;
             rates.push(measure(self, events).await?);
         }
+        self.settle(&streams).await?;
         Ok(median(rates))
     }
 
@@ -462,6 +466,16 @@ impl Bench {
         Ok(Group { event_type, paths: start..start + count })
     }
 
+    /// Empties `streams` and flushes dirty pages to disk, so that no measurement pays for the
+    /// write-back of an earlier one's data (with 16 KiB payloads that is gigabytes).
+    async fn settle(&self, streams: &[&str]) -> anyhow::Result<()> {
+        for name in streams {
+            self.js.get_stream(*name).await?.purge().await?;
+        }
+        tokio::task::spawn_blocking(|| std::process::Command::new("sync").status()).await??;
+        Ok(())
+    }
+
     /// One event through a group, proving the dispatchers have its subscriptions.
     async fn warm_up(&mut self, group: &Group) -> anyhow::Result<()> {
         let before = self.sink.delivered(group.paths.clone());
@@ -501,6 +515,10 @@ impl Bench {
             pipelined(&self.js, messages).await?;
             let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
             rates.push(per_sec(n * subs, done - started));
+            // Everything was received; the acks follow within milliseconds.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
+            self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
         }
         let rate = median(rates.split_off(1));
         let name = format!(

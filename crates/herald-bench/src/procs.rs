@@ -46,7 +46,7 @@ impl Proc {
     fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
         let child = Command::new(binary(name)?)
             .args(args)
-            .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()))
+            .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "error".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
