@@ -363,14 +363,26 @@ pub(crate) async fn patch(
     body: Body,
 ) -> Result<Json<View>, ApiError> {
     let input: PatchInput = body.json()?;
+    let sub = modify(&state, &caller, &id, |sub| input.apply(&state, sub)).await?;
+    tracing::info!(id = %sub.id, enabled = sub.enabled, "subscription updated");
+    Ok(Json(View::of(&sub)))
+}
+
+/// Reads the subscription, applies `change` and writes it back only if nobody wrote in between
+/// (compare-and-set on the KV revision), starting over from a fresh read up to five times.
+async fn modify(
+    state: &AppState,
+    caller: &Caller,
+    id: &str,
+    mut change: impl FnMut(&mut proto::Subscription) -> Result<(), ApiError>,
+) -> Result<proto::Subscription, ApiError> {
     for _ in 0..5 {
-        let (key, entry, mut sub) = locate(&state, &caller, &id).await?;
-        input.apply(&state, &mut sub)?;
+        let (key, entry, mut sub) = locate(state, caller, id).await?;
+        change(&mut sub)?;
         match state.kv.update(&key, sub.encode_to_vec().into(), entry.revision).await {
             Ok(revision) => {
                 state.registry.upsert(revision, sub.clone());
-                tracing::info!(id = %sub.id, enabled = sub.enabled, "subscription updated");
-                return Ok(Json(View::of(&sub)));
+                return Ok(sub);
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(kv_error("update", e)),
@@ -447,13 +459,12 @@ pub(crate) async fn rotate_secret(
     };
     let now = time::OffsetDateTime::now_utc();
     let expires_at = herald_core::rfc3339(now + grace);
-    for _ in 0..5 {
-        let (key, entry, mut sub) = locate(&state, &caller, &id).await?;
-        let still_valid = |s: &proto::SigningSecret| {
-            s.expires_at.is_empty()
-                || time::OffsetDateTime::parse(&s.expires_at, &time::format_description::well_known::Rfc3339)
-                    .is_ok_and(|t| t > now)
-        };
+    let still_valid = |s: &proto::SigningSecret| {
+        s.expires_at.is_empty()
+            || time::OffsetDateTime::parse(&s.expires_at, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|t| t > now)
+    };
+    let sub = modify(&state, &caller, &id, |sub| {
         let mut secrets: Vec<proto::SigningSecret> = Vec::with_capacity(sub.secrets.len() + 1);
         secrets.push(proto::SigningSecret {
             secret: state.keys.seal(&sub.id, &new_secret.to_text()),
@@ -469,17 +480,11 @@ pub(crate) async fn rotate_secret(
         }
         sub.secrets = secrets;
         sub.updated_at = herald_core::rfc3339(now);
-        match state.kv.update(&key, sub.encode_to_vec().into(), entry.revision).await {
-            Ok(revision) => {
-                state.registry.upsert(revision, sub.clone());
-                tracing::info!(id = %sub.id, grace = ?grace, "subscription secret rotated");
-                return Ok(Json(Rotated { id: sub.id, secret: new_secret.to_text(), previous_expires_at: expires_at }));
-            }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
-            Err(e) => return Err(kv_error("update", e)),
-        }
-    }
-    Err(ApiError::conflict("the subscription kept changing concurrently; retry"))
+        Ok(())
+    })
+    .await?;
+    tracing::info!(id = %sub.id, grace = ?grace, "subscription secret rotated");
+    Ok(Json(Rotated { id: sub.id, secret: new_secret.to_text(), previous_expires_at: expires_at }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
