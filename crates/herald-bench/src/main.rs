@@ -406,17 +406,8 @@ impl Bench {
                 let (http, url, clients) =
                     (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
                 async move {
-                    let bodies: Vec<String> =
-                        events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
-                    let started = Instant::now();
-                    let refused = futures::stream::iter(bodies)
-                        .map(|body| post_json(&http, &url, body))
-                        .buffer_unordered(clients)
-                        .filter(|status| std::future::ready(*status != 202))
-                        .count()
-                        .await;
-                    anyhow::ensure!(refused == 0, "{refused} batches were not accepted");
-                    Ok(per_sec(n, started.elapsed()))
+                    let bodies = events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
+                    post_all(&http, &url, clients, bodies, n).await
                 }
             })
             .await?;
@@ -428,17 +419,7 @@ impl Bench {
                     .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
                     .collect();
                 let (http, url, clients) = (b.http.clone(), format!("{}/v1/events", b.gateway_url), b.args.concurrency);
-                async move {
-                    let started = Instant::now();
-                    let refused = futures::stream::iter(bodies)
-                        .map(|body| post_json(&http, &url, body))
-                        .buffer_unordered(clients)
-                        .filter(|status| std::future::ready(*status != 202))
-                        .count()
-                        .await;
-                    anyhow::ensure!(refused == 0, "{refused} events were not accepted");
-                    Ok(per_sec(n, started.elapsed()))
-                }
+                async move { post_all(&http, &url, clients, bodies, n).await }
             })
             .await?;
         self.push_ratio(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
@@ -741,6 +722,26 @@ fn json_event(id: &str, event: &Value) -> PublishMessage {
         .payload(serde_json::to_vec(event).expect("JSON").into())
         .header("Content-Type", "application/json")
         .message_id(id)
+}
+
+/// POSTs `bodies` (carrying `events` events in all) with `clients` requests at once; every one
+/// must be answered 202. Returns events/s.
+async fn post_all(
+    http: &reqwest::Client,
+    url: &str,
+    clients: usize,
+    bodies: Vec<String>,
+    events: usize,
+) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let refused = futures::stream::iter(bodies)
+        .map(|body| post_json(http, url, body))
+        .buffer_unordered(clients)
+        .filter(|status| std::future::ready(*status != 202))
+        .count()
+        .await;
+    anyhow::ensure!(refused == 0, "{refused} requests were not accepted");
+    Ok(per_sec(events, started.elapsed()))
 }
 
 /// POSTs a JSON body with the publish token; the status (0 when no answer came).
