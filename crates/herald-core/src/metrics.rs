@@ -135,9 +135,14 @@ pub static PUBLISH_SECONDS: Histogram =
 /// Events fanned out, by outcome (`fanned_out`, `invalid`, `retried`).
 pub static FANOUT_EVENTS: Family =
     Family::new("herald_fanout_events_total", "Events taken by fan-out, by outcome.", "counter", &["outcome"]);
-/// Deliveries created by fan-out.
-pub static FANOUT_DELIVERIES: Family =
-    Family::new("herald_fanout_deliveries_total", "Deliveries created by fan-out.", "counter", &[]);
+/// Deliveries created by fan-out, by path (`stored` in `HERALD_DELIVERIES`, or first attempted
+/// `inline` by fan-out).
+pub static FANOUT_DELIVERIES: Family = Family::new(
+    "herald_fanout_deliveries_total",
+    "Deliveries created by fan-out, by path (stored first, or first attempted inline).",
+    "counter",
+    &["path"],
+);
 /// Attempts, by outcome and status class (`2xx` … `5xx`, `none`).
 pub static ATTEMPTS: Family = Family::new(
     "herald_delivery_attempts_total",

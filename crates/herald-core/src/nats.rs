@@ -393,7 +393,9 @@ pub async fn ensure_consumers(
         description: Some("Herald: fans events out to subscriptions".into()),
         filter_subject: "herald.events.>".into(),
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        // Fan-out holds an event while it makes first attempts inline, as long as an attempt
+        // to a delivery may take.
+        ack_wait: topology.deliver_ack_wait,
         max_ack_pending: topology.fanout_max_ack_pending,
         // One replica fans out at a time (the others stand by), so deliveries are stored in
         // event order: what ordered subscriptions rely on.

@@ -127,16 +127,10 @@ impl Breakers {
     /// its limit waits briefly for a slot (a busy but healthy endpoint frees them fast); if
     /// none frees up, or too many already wait, it is deferred.
     pub async fn admit(self: &Arc<Self>, subscription: &str, cap: u32) -> Admission {
-        let cap = if cap > 0 { cap } else { self.config.max_in_flight };
         let slots = {
             let now = Instant::now();
             let mut states = self.states.lock().expect("breaker lock");
-            let state = states.entry(subscription.to_owned()).or_insert_with(|| State::new(cap));
-            if state.cap != cap {
-                // The limit changed: slots taken from the old semaphore simply lapse.
-                state.slots = Arc::new(Semaphore::new(cap as usize));
-                state.cap = cap;
-            }
+            let state = self.state(&mut states, subscription, cap);
             if let Some(until) = state.open_until {
                 // Spread the returns over a cool-down, so they do not all come back at once.
                 if now < until {
@@ -184,6 +178,32 @@ impl Breakers {
             Some(slot) => Admission::Go(self.permit(subscription, false, Some(slot))),
             None => Admission::Defer { after: Duration::ZERO, why: "subscription at its in-flight limit" },
         }
+    }
+
+    /// A slot for an attempt made right away, with no waiting and no deferral, granted only to
+    /// an endpoint that is healthy and fast, has a free slot, and has nobody queued for one:
+    /// fan-out then makes the first attempt itself instead of storing the delivery first.
+    pub fn admit_now(self: &Arc<Self>, subscription: &str, cap: u32) -> Option<Permit> {
+        let mut states = self.states.lock().expect("breaker lock");
+        let state = self.state(&mut states, subscription, cap);
+        if state.struggling() || state.waiting > 0 || state.latency >= SLOW / 2 {
+            return None;
+        }
+        let slot = state.slots.clone().try_acquire_owned().ok()?;
+        drop(states);
+        Some(self.permit(subscription, false, Some(slot)))
+    }
+
+    /// The state of `subscription`, created if new; `cap` (0: the default) is its in-flight limit.
+    fn state<'a>(&self, states: &'a mut HashMap<String, State>, subscription: &str, cap: u32) -> &'a mut State {
+        let cap = if cap > 0 { cap } else { self.config.max_in_flight };
+        let state = states.entry(subscription.to_owned()).or_insert_with(|| State::new(cap));
+        if state.cap != cap {
+            // The limit changed: slots taken from the old semaphore simply lapse.
+            state.slots = Arc::new(Semaphore::new(cap as usize));
+            state.cap = cap;
+        }
+        state
     }
 
     fn permit(self: &Arc<Self>, subscription: &str, probe: bool, slot: Option<OwnedSemaphorePermit>) -> Permit {
@@ -348,6 +368,29 @@ mod tests {
         // No slot within the wait: deferred.
         let _p3 = go(&b).await;
         assert_eq!(deferred(&b, 0).await, "subscription at its in-flight limit");
+    }
+
+    #[tokio::test]
+    async fn admit_now_only_for_a_healthy_endpoint_with_a_free_slot() {
+        let b = Breakers::new(config());
+        let p1 = b.admit_now("s", 0).expect("fresh endpoint");
+        let p2 = b.admit_now("s", 0).expect("second slot");
+        assert!(b.admit_now("s", 0).is_none(), "no free slot");
+        p1.finish(true);
+        assert!(b.admit_now("s", 0).is_some(), "a slot came back");
+        p2.finish(false);
+        assert!(b.admit_now("s", 0).is_none(), "a failing endpoint goes the stored way");
+        go(&b).await.finish(true);
+        assert!(b.admit_now("s", 0).is_some(), "healthy again");
+    }
+
+    #[tokio::test]
+    async fn admit_now_refuses_a_slow_endpoint() {
+        let b = Breakers::new(config());
+        go(&b).await.finish(true);
+        b.states.lock().unwrap().get_mut("s").unwrap().latency = SLOW / 2;
+        assert!(b.admit_now("s", 0).is_none());
+        assert!(matches!(b.admit("s", 0).await, Admission::Go(_)), "the stored way still delivers");
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
-//! Delivery: one message from `HERALD_DELIVERIES` → one signed POST → ack on 2xx, a scheduled
-//! retry, or a dead letter. Every attempt is recorded on `HERALD_ATTEMPTS`. Endpoint health is
-//! tracked here too: the circuit breaker, and disabling a subscription whose endpoint is gone.
+//! Delivery: one signed POST → a 2xx, a scheduled retry, or a dead letter. Deliveries come from
+//! `HERALD_DELIVERIES` (acked once their outcome is settled) or straight from fan-out, which
+//! makes the first attempt to a healthy, fast endpoint itself rather than storing the delivery
+//! first. Every attempt is recorded on `HERALD_ATTEMPTS`. Endpoint health is tracked here too:
+//! the circuit breaker, and disabling a subscription whose endpoint is gone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +17,7 @@ use herald_core::retry::RetryPolicy;
 use herald_core::{metrics, nats, proto, trace};
 
 use crate::Shared;
-use crate::breaker::Admission;
+use crate::breaker::{Admission, Permit};
 use crate::http_client::{self, WebhookRequest};
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
@@ -31,12 +33,61 @@ pub(crate) enum Mode {
     Lane { fifo: bool },
 }
 
+/// What becomes of the message a delivery came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    /// Done with: delivered, or its retry or dead letter is stored.
+    Ack,
+    /// Hand it out again after this long: its outcome could not be stored, or an ordered
+    /// delivery is retried in place.
+    Nak(Duration),
+}
+
+/// Handles one message of `HERALD_DELIVERIES`, acking it once its outcome is settled.
 pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: Mode) {
+    match from_message(&shared, &msg, mode).await {
+        Settle::Ack => {
+            if let Err(e) = msg.ack().await {
+                tracing::warn!(subject = %msg.subject, error = %e, "ack failed; the delivery may be handed out again");
+            }
+        }
+        Settle::Nak(after) => {
+            let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
+        }
+    }
+}
+
+/// The first attempt of `event` to `sub`, made by fan-out under `permit` (from
+/// [`crate::breaker::Breakers::admit_now`]). `Ok` once the outcome is settled (delivered, or
+/// the retry or dead letter stored); `Err` if it could not be stored, and the event must come
+/// back.
+pub(crate) async fn first_attempt(
+    shared: Arc<Shared>,
+    event: &proto::Event,
+    sub: Arc<proto::Subscription>,
+    permit: Permit,
+    traceparent: &str,
+) -> Result<(), ()> {
+    let delivery = proto::Delivery {
+        event: Some(event.clone()),
+        subscription_id: sub.id.clone(),
+        attempt: 1,
+        ..Default::default()
+    };
+    // A retry goes where the delivery would have been stored had fan-out not tried it.
+    let target = nats::route_subject(&sub);
+    match attempt(&shared, delivery, &sub, Some(permit), Some(traceparent), &target, false).await {
+        Settle::Ack => Ok(()),
+        Settle::Nak(_) => Err(()),
+    }
+}
+
+async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode) -> Settle {
     let fifo = mode == Mode::Lane { fifo: true };
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
     let mut delivery = match proto::Delivery::decode(msg.payload.as_ref()) {
         Ok(d) if d.event.is_some() => d,
-        _ => return dead_letter(&shared, &msg, "poison", None, "undecodable delivery message".into()).await,
+        _ => return dead_letter(shared, Some(msg), "poison", None, "undecodable delivery message".into()).await,
     };
     if fifo {
         // An ordered delivery is retried in place (it must stay at the head), so every hand-out
@@ -44,22 +95,24 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         delivery.attempt = delivery.attempt.max(1) - 1 + delivered.max(1) as u32;
     } else if delivered > shared.config.max_redeliveries {
         let reason = format!("handed out {delivered} times without an outcome (dispatcher crash loop?)");
-        return dead_letter(&shared, &msg, "poison", Some(delivery), reason).await;
+        return dead_letter(shared, Some(msg), "poison", Some(delivery), reason).await;
     }
     let event = delivery.event.as_ref().expect("checked above");
     // A delivery nobody can receive is dead-lettered, not dropped: after re-enabling (or
     // re-creating) the subscription it can be redriven.
     let Some(sub) = shared.registry.get(&event.tenant, &delivery.subscription_id) else {
-        return dead_letter(&shared, &msg, "unroutable", Some(delivery), "the subscription no longer exists".into())
-            .await;
+        let reason = "the subscription no longer exists".into();
+        return dead_letter(shared, Some(msg), "unroutable", Some(delivery), reason).await;
     };
     if !sub.enabled {
         let reason = match sub.disabled_reason.as_str() {
             "" => "the subscription is disabled".to_owned(),
             why => format!("the subscription is disabled: {why}"),
         };
-        return dead_letter(&shared, &msg, "unroutable", Some(delivery), reason).await;
+        return dead_letter(shared, Some(msg), "unroutable", Some(delivery), reason).await;
     }
+    let parent =
+        msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str()).filter(|p| trace::is_valid(p));
 
     // An ordered lane has one delivery in flight and retries in place: it needs no breaker.
     let admission = if fifo { None } else { Some(shared.breakers.admit(&sub.id, sub.max_in_flight).await) };
@@ -73,30 +126,42 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
             let mut deferred = delivery;
             let backoff = Duration::from_secs(1 << deferred.deferrals.min(6)).min(Duration::from_secs(60));
             deferred.deferrals += 1;
-            return reschedule(&shared, &msg, deferred, after.max(backoff)).await;
+            return reschedule(shared, msg.subject.as_str(), parent, deferred, after.max(backoff)).await;
         }
     };
+    attempt(shared, delivery, &sub, permit, parent, msg.subject.as_str(), fifo).await
+}
 
+/// Signs and sends one attempt, records it, and settles its outcome: a retry is scheduled back
+/// to `target`, exhaustion is dead-lettered.
+async fn attempt(
+    shared: &Arc<Shared>,
+    delivery: proto::Delivery,
+    sub: &proto::Subscription,
+    permit: Option<Permit>,
+    parent: Option<&str>,
+    target: &str,
+    fifo: bool,
+) -> Settle {
+    let event = delivery.event.as_ref().expect("deliveries carry their event");
     let body = match herald_core::event::webhook_body(event) {
         Ok(b) => b,
         Err(e) => {
-            return dead_letter(&shared, &msg, "poison", Some(delivery), format!("cannot render the body: {e}")).await;
+            let reason = format!("cannot render the body: {e}");
+            return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
     let now = OffsetDateTime::now_utc();
-    let secrets = herald_core::subscription::signing_secrets(&sub, now, &shared.keys);
+    let secrets = herald_core::subscription::signing_secrets(sub, now, &shared.keys);
     let refs: Vec<_> = secrets.iter().collect();
     let signature = match herald_signature::sign(&refs, &event.id, now.unix_timestamp(), &body) {
         Ok(s) if !secrets.is_empty() => s,
         _ => {
             let reason = "the subscription has no usable signing secret".into();
-            return dead_letter(&shared, &msg, "poison", Some(delivery), reason).await;
+            return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
-    let parent =
-        msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str()).filter(|p| trace::is_valid(p));
     let traceparent = trace::child_of(parent);
-    let parent = parent.map(str::to_owned);
     let started = std::time::SystemTime::now();
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
@@ -118,12 +183,12 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
     if let Some(permit) = permit {
         permit.finish(sent.result.succeeded());
     }
-    let policy = subscription_policy(&sub).unwrap_or_else(|| shared.config.retry_schedule.clone());
+    let policy = subscription_policy(sub).unwrap_or_else(|| shared.config.retry_schedule.clone());
     let mut outcome = retry::decide(&policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
-    if let Some(reason) = track_endpoint_health(&shared, &sub, &sent.result, now).await {
+    if let Some(reason) = track_endpoint_health(shared, sub, &sent.result, now).await {
         outcome = DeliveryOutcome::DeadLetter { reason };
     }
-    record_attempt(&shared, &delivery, &sub.url, now, &sent, &outcome).await;
+    record_attempt(shared, &delivery, &sub.url, now, &sent, &outcome).await;
     if let Some(tracer) = &shared.tracer {
         let mut attributes = vec![
             ("herald.event_id", event.id.clone()),
@@ -136,7 +201,7 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
         }
         tracer.record(herald_core::otel::SpanRecord {
             traceparent: traceparent.clone(),
-            parent: parent.clone(),
+            parent: parent.map(str::to_owned),
             name: "webhook attempt",
             kind: herald_core::otel::Kind::Client,
             start: started,
@@ -149,20 +214,18 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
     metrics::ATTEMPTS.inc(&[outcome_name(&outcome), class]);
     metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
 
-    let event_id = event.id.clone();
     match outcome {
         DeliveryOutcome::Delivered => {
-            if let Err(e) = msg.ack().await {
-                tracing::warn!(event = %event.id, error = %e, "ack after delivery failed; it may be delivered again");
-            }
             tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
+            Settle::Ack
         }
         DeliveryOutcome::Retry { after } if fifo => {
-            tracing::info!(event = %event_id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
-            let _ = msg.ack_with(AckKind::Nak(Some(after))).await;
+            tracing::info!(event = %event.id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
+            Settle::Nak(after)
         }
         DeliveryOutcome::Retry { after } => {
             metrics::RETRIES.inc(&[]);
+            let event_id = event.id.clone();
             let mut next = delivery;
             if next.first_attempt_at.is_empty() {
                 next.first_attempt_at = herald_core::rfc3339(now);
@@ -178,14 +241,14 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
                 error = %next.last_error,
                 "attempt failed; retry scheduled"
             );
-            reschedule(&shared, &msg, next, after).await
+            reschedule(shared, target, parent, next, after).await
         }
         DeliveryOutcome::DeadLetter { reason } => {
             let mut last = delivery;
             last.last_status = sent.result.status.unwrap_or(0).into();
             last.last_error = sent.result.error.clone().unwrap_or_default();
             let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
-            dead_letter(&shared, &msg, kind, Some(last), reason).await
+            dead_letter(shared, None, kind, Some(last), reason).await
         }
     }
 }
@@ -198,32 +261,33 @@ fn subscription_policy(sub: &proto::Subscription) -> Option<RetryPolicy> {
     RetryPolicy::parse(&sub.retry_schedule).ok()
 }
 
-/// Stores `delivery` as a JetStream message schedule that publishes it back to the delivery
-/// subject after `after`, then acks this message: the wait holds no consumer slot. Used for
-/// retries (with the attempt count raised) and for deferrals (unchanged).
-async fn reschedule(shared: &Shared, msg: &jetstream::Message, delivery: proto::Delivery, after: Duration) {
+/// Stores `delivery` as a JetStream message schedule that publishes it to `target` after
+/// `after`: the wait holds no consumer slot. Used for retries (with the attempt count raised)
+/// and for deferrals (unchanged).
+async fn reschedule(
+    shared: &Shared,
+    target: &str,
+    parent: Option<&str>,
+    delivery: proto::Delivery,
+    after: Duration,
+) -> Settle {
     let event = delivery.event.clone().unwrap_or_default();
     // Schedules fire with one-second granularity and the time is truncated to whole seconds:
     // round up, so a retry never comes early, and never ask for a time already past.
     let due = OffsetDateTime::now_utc() + after.max(Duration::from_secs(1)) + Duration::from_millis(999);
-    // Back to where it came from: the shared subject or the subscription's lane.
-    let target = msg.subject.to_string();
-    let parent = msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str().to_owned());
     let mut publish = PublishMessage::build()
         .payload(delivery.encode_to_vec().into())
         .header("Nats-Schedule", format!("@at {}", herald_core::rfc3339(due)))
-        .header("Nats-Schedule-Target", target.as_str());
+        .header("Nats-Schedule-Target", target);
     if let Some(p) = parent {
         publish = publish.header(trace::TRACEPARENT, p);
     }
     let subject = nats::retry_schedule_subject(&event.tenant, &delivery.subscription_id, &event.id);
     match publish_and_confirm(shared, subject, publish).await {
-        Ok(()) => {
-            let _ = msg.ack().await;
-        }
+        Ok(()) => Settle::Ack,
         Err(e) => {
             tracing::warn!(event = %event.id, error = %e, "could not schedule the delivery; it will be handed out again");
-            let _ = msg.ack_with(AckKind::Nak(Some(STORE_RETRY.max(after.min(Duration::from_secs(60)))))).await;
+            Settle::Nak(STORE_RETRY.max(after.min(Duration::from_secs(60))))
         }
     }
 }
@@ -304,29 +368,31 @@ async fn track_endpoint_health(
     disable_reason
 }
 
-/// Moves a delivery to `HERALD_DLQ` with its reason, then acks it. If the DLQ cannot be written,
-/// the delivery is handed out again later instead: nothing is dropped.
+/// Moves a delivery to `HERALD_DLQ` with its reason. If the DLQ cannot be written, the
+/// delivery is handed out again later instead: nothing is dropped. `msg` is the message it came
+/// in, kept whole in the letter when it could not be decoded (`delivery` is `None`).
 async fn dead_letter(
     shared: &Shared,
-    msg: &jetstream::Message,
+    msg: Option<&jetstream::Message>,
     kind: &'static str,
     delivery: Option<proto::Delivery>,
     reason: String,
-) {
+) -> Settle {
     let target =
         delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone())));
+    let raw = if delivery.is_none() { msg } else { None };
     let (tenant, sub_id) = match target {
         Some((t, s)) if !t.is_empty() && !s.is_empty() => (t, s),
         _ => {
             // Undecodable: take the tenant and subscription from the delivery subject.
-            let mut parts = msg.subject.as_str().split('.').skip(2);
+            let mut parts = raw.map(|m| m.subject.as_str()).unwrap_or_default().split('.').skip(2);
             (parts.next().unwrap_or("_unknown").to_owned(), parts.next().unwrap_or("_unknown").to_owned())
         }
     };
     let letter = proto::DeadLetter {
         reason: reason.clone(),
-        raw_subject: if delivery.is_none() { msg.subject.to_string() } else { String::new() },
-        raw_payload: if delivery.is_none() { msg.payload.to_vec() } else { Vec::new() },
+        raw_subject: raw.map(|m| m.subject.to_string()).unwrap_or_default(),
+        raw_payload: raw.map(|m| m.payload.to_vec()).unwrap_or_default(),
         delivery,
         dead_at: herald_core::now_rfc3339(),
     };
@@ -335,11 +401,11 @@ async fn dead_letter(
         Ok(()) => {
             metrics::DEAD_LETTERS.inc(&[kind]);
             tracing::warn!(tenant, subscription = sub_id, reason, "delivery dead-lettered");
-            let _ = msg.ack().await;
+            Settle::Ack
         }
         Err(e) => {
             tracing::warn!(error = %e, "could not dead-letter; the delivery will be handed out again");
-            let _ = msg.ack_with(AckKind::Nak(Some(STORE_RETRY))).await;
+            Settle::Nak(STORE_RETRY)
         }
     }
 }

@@ -1,7 +1,10 @@
-//! Fan-out: one event from `HERALD_EVENTS` becomes one delivery message per matching, enabled
-//! subscription of its tenant, all published with their PubAcks in flight together; the event
-//! is acked only once every delivery is stored. Invalid events are dead-lettered, never
-//! delivered and never retried.
+//! Fan-out: one event from `HERALD_EVENTS` becomes one delivery per matching, enabled
+//! subscription of its tenant. A delivery to a healthy, fast endpoint with a free slot is
+//! attempted right here (the first attempt inline: no store, hand-out and ack of a delivery
+//! message on the way); every other one is published to `HERALD_DELIVERIES`, all with their
+//! PubAcks in flight together. The event is acked only once every delivery is stored or
+//! settled (delivered, or its retry or dead letter stored), so a crash at any point brings the
+//! event back. Invalid events are dead-lettered, never delivered and never retried.
 
 use std::future::IntoFuture;
 use std::sync::Arc;
@@ -11,9 +14,10 @@ use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
 
 use herald_core::event::{self, StoredAt};
+use herald_core::subscription::needs_lane;
 use herald_core::{metrics, nats, proto, trace};
 
-use crate::Shared;
+use crate::{Shared, deliver};
 
 /// The in-order part of fanning out one event: decode it, match subscriptions, and send one
 /// delivery per match (in event order, since one replica fans out and sends are ordered on its
@@ -23,8 +27,8 @@ pub(crate) async fn send(
     shared: Arc<Shared>,
     msg: jetstream::Message,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
-    let (sequence, published) = match msg.info() {
-        Ok(info) => (info.stream_sequence, info.published),
+    let (sequence, published, handed_out) = match msg.info() {
+        Ok(info) => (info.stream_sequence, info.published, info.delivered),
         Err(e) => {
             tracing::warn!(error = %e, "event without JetStream metadata; skipped");
             return None;
@@ -55,9 +59,21 @@ pub(crate) async fn send(
     };
 
     let subs = shared.registry.matching(&event.tenant, &event.r#type);
+    // Inline attempts hold the event in hand while they run, so they are bounded apart from
+    // fan-out's own slots; and an event handed out again (its dispatcher may have crashed on
+    // it) takes the stored way, with its crash-loop guard.
+    let inline_slot =
+        if handed_out == 1 && !subs.is_empty() { shared.inline_slots.clone().try_acquire_owned().ok() } else { None };
+    let mut inline = Vec::new();
     let mut acks = Vec::with_capacity(subs.len());
     let mut failed = None;
     for sub in &subs {
+        if inline_slot.is_some() && !needs_lane(sub) {
+            if let Some(permit) = shared.breakers.admit_now(&sub.id, 0) {
+                inline.push((sub.clone(), permit));
+                continue;
+            }
+        }
         let (subject, publish) = nats::first_delivery(&event, sub, &traceparent);
         match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push(ack.into_future()),
@@ -67,17 +83,30 @@ pub(crate) async fn send(
             }
         }
     }
+    let (stored, attempted) = (acks.len(), inline.len());
     Some(futures::future::Either::Right(async move {
         if let Some(error) = failed {
             metrics::FANOUT_EVENTS.inc(&["retried"]);
             return retry_later(&msg, &event.id, &error).await;
         }
-        for result in futures::future::join_all(acks).await {
+        let attempts = futures::future::join_all(
+            inline
+                .into_iter()
+                .map(|(sub, permit)| deliver::first_attempt(shared.clone(), &event, sub, permit, &traceparent)),
+        );
+        let (acks, attempts) = futures::future::join(futures::future::join_all(acks), attempts).await;
+        drop(inline_slot);
+        for result in acks {
             if let Err(e) = result {
-                // Deliveries already stored are deduplicated by their ids when the event comes back.
+                // Deliveries already stored are deduplicated by their ids when the event comes
+                // back; those attempted inline are made again (at least once).
                 metrics::FANOUT_EVENTS.inc(&["retried"]);
                 return retry_later(&msg, &event.id, &e.to_string()).await;
             }
+        }
+        if attempts.iter().any(Result::is_err) {
+            metrics::FANOUT_EVENTS.inc(&["retried"]);
+            return retry_later(&msg, &event.id, "an inline attempt's outcome could not be stored").await;
         }
         if let Err(e) = msg.ack().await {
             tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
@@ -99,7 +128,8 @@ pub(crate) async fn send(
                 error: None,
             });
         }
-        metrics::FANOUT_DELIVERIES.add(&[], subs.len() as f64);
+        metrics::FANOUT_DELIVERIES.add(&["stored"], stored as f64);
+        metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))
 }

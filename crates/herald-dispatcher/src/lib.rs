@@ -86,6 +86,11 @@ pub struct Config {
     /// Events fanned out at once in this replica.
     #[arg(long, env = "HERALD_FANOUT_CONCURRENCY", default_value_t = 32)]
     pub fanout_concurrency: usize,
+    /// Events whose first attempts fan-out may be making itself at once, to endpoints that are
+    /// healthy, fast and not at their limit (the rest are stored in `HERALD_DELIVERIES` first,
+    /// as every delivery is with 0).
+    #[arg(long, env = "HERALD_INLINE_ATTEMPTS", default_value_t = 64)]
+    pub inline_attempts: usize,
     /// On SIGTERM, how long in-flight deliveries may take to finish; the rest stay unacked and
     /// are redelivered to another replica.
     #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "20s", value_parser = herald_core::runtime::parse_duration)]
@@ -107,6 +112,8 @@ pub(crate) struct Shared {
     /// HTTP requests in flight in this replica (`HERALD_CONCURRENCY`). Deliveries waiting for
     /// their subscription's turn hold a message, not one of these.
     pub http_slots: Arc<tokio::sync::Semaphore>,
+    /// Events held by fan-out while it makes their first attempts (`HERALD_INLINE_ATTEMPTS`).
+    pub inline_slots: Arc<tokio::sync::Semaphore>,
     /// The SSRF policy, for URLs whose host is an IP literal (the resolver checks the rest).
     pub policy: Arc<herald_core::ssrf::Policy>,
     /// Opens the sealed signing secrets.
@@ -194,6 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         registry,
         breakers,
         http_slots,
+        inline_slots: Arc::new(tokio::sync::Semaphore::new(config.inline_attempts)),
         policy,
         keys,
         tracer: config.common.tracer("herald-dispatcher"),
@@ -204,7 +212,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let hard_stop = CancellationToken::new();
     let fanout = tokio::spawn({
         let shared = shared.clone();
-        let pull = Pull { in_hand: shared.config.fanout_concurrency, pinned: true, rate_per_sec: 0 };
+        // Events held by inline attempts come on top of fan-out's own.
+        let in_hand = shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts;
+        let pull = Pull { in_hand, pinned: true, rate_per_sec: 0 };
         consume(fanout_consumer, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
             fanout::send(shared.clone(), msg)
         })

@@ -295,3 +295,41 @@ async fn deliveries_resume_after_a_nats_restart_without_restarting_herald() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_attempts_to_a_healthy_endpoint_are_made_inline_unless_turned_off() {
+    for (inline, stored) in [("64", 0), ("0", 1)] {
+        let mut stack = Stack::gateway_only().await;
+        let rx = Receiver::start().await;
+        let sub = stack.subscribe(&rx.url("/fast"), &["fast.path"], None).await;
+        stack.start_dispatcher_with(&[("--inline-attempts", inline)]);
+        let (status, _) = stack.publish(json!({"id": "fast-1", "type": "fast.path", "data": {"n": 1}})).await;
+        assert_eq!(status, 202);
+
+        let got = rx.wait_for(1, SOON).await;
+        got[0].verify(sub["secret"].as_str().unwrap()).expect("signed");
+        assert_eq!(got[0].header("webhook-id"), Some("fast-1"));
+        // The event is acked once the inline attempt settled, and its attempt is on record.
+        stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", SOON).await;
+        stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+        assert_eq!(
+            stack.stream_messages("HERALD_DELIVERIES").await,
+            stored,
+            "deliveries stored on the way with --inline-attempts {inline}"
+        );
+        let deadline = std::time::Instant::now() + SOON;
+        let attempts = loop {
+            let (status, _, page) = stack.call(reqwest::Method::GET, "/v1/events/fast-1/attempts", None).await;
+            assert_eq!(status, 200, "{page}");
+            if !page["data"].as_array().unwrap().is_empty() {
+                break page;
+            }
+            assert!(std::time::Instant::now() < deadline, "no attempt recorded");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert_eq!(attempts["data"][0]["outcome"], "delivered", "{attempts}");
+        assert_eq!(attempts["data"][0]["attempt"], 1, "{attempts}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(rx.received().len(), 1, "delivered once with --inline-attempts {inline}");
+    }
+}
