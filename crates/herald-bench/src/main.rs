@@ -230,10 +230,12 @@ async fn main() -> anyhow::Result<()> {
         dispatcher_peak = dispatchers.iter().map(|d| d.memory().peak_kib).max().unwrap_or(0).max(dispatcher_peak);
     }
     // Healthy runs defer nothing and retry nothing; say so if they did.
-    let mut extra_work = [0.0; 2];
+    let mut extra_work = [0.0; 4];
     for d in &dispatchers {
         extra_work[0] += d.counter(&bench.http, "herald_deferrals_total").await;
         extra_work[1] += d.counter(&bench.http, "herald_retries_scheduled_total").await;
+        extra_work[2] += d.counter(&bench.http, r#"herald_fanout_deliveries_total{path="inline"}"#).await;
+        extra_work[3] += d.counter(&bench.http, "herald_fanout_deliveries_total").await;
     }
     for d in dispatchers {
         d.stop().await;
@@ -588,7 +590,7 @@ impl Bench {
         memory: &[(&str, u64)],
         in_flight: &InFlight,
         gateway_idle: procs::Memory,
-        [deferrals, retries]: [f64; 2],
+        [deferrals, retries, inline, fanned_out]: [f64; 4],
     ) -> anyhow::Result<()> {
         println!(
             "{:>7}  {:<52} {:>12} {:<13} {:>6}  {:<16} {:>8}",
@@ -617,6 +619,7 @@ impl Bench {
             "bad signatures at the receiver: {}; deferrals: {deferrals}, retries: {retries} (end-to-end and latency runs)",
             self.sink.bad_signatures()
         );
+        println!("first attempts made inline by fan-out: {inline} of {fanned_out} deliveries (the rest stored first)");
         let rows: Vec<Value> = self
             .rows
             .iter()
@@ -644,6 +647,8 @@ impl Bench {
             "bad_signatures": self.sink.bad_signatures(),
             "deferrals": deferrals,
             "retries": retries,
+            "inline_first_attempts": inline,
+            "fanned_out_deliveries": fanned_out,
         });
         if let Some(dir) = self.args.json.parent() {
             std::fs::create_dir_all(dir)?;

@@ -85,13 +85,18 @@ impl Proc {
         Ok(proc)
     }
 
-    /// The sum of a counter's series (all labels) in the process's `/metrics`; 0 if unreadable.
+    /// The sum of a counter's series in the process's `/metrics`: all of them for a bare name,
+    /// one for a name with its labels (`name{label="value"}`); 0 if unreadable.
     pub async fn counter(&self, http: &reqwest::Client, name: &str) -> f64 {
         let Some(url) = &self.metrics_url else { return 0.0 };
         let Ok(resp) = http.get(url).send().await else { return 0.0 };
         let text = resp.text().await.unwrap_or_default();
         text.lines()
-            .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+            .filter(|l| {
+                l.strip_prefix(name).is_some_and(|rest| {
+                    rest.starts_with(if name.ends_with('}') { &[' '][..] } else { &['{', ' '][..] })
+                })
+            })
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
     }

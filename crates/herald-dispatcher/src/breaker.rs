@@ -180,18 +180,12 @@ impl Breakers {
         }
     }
 
-    /// A slot for an attempt made right away, with no waiting and no deferral, granted only to
-    /// an endpoint that is healthy and fast, has a free slot, and has nobody queued for one:
-    /// fan-out then makes the first attempt itself instead of storing the delivery first.
-    pub fn admit_now(self: &Arc<Self>, subscription: &str, cap: u32) -> Option<Permit> {
-        let mut states = self.states.lock().expect("breaker lock");
-        let state = self.state(&mut states, subscription, cap);
-        if state.struggling() || state.waiting > 0 || state.latency >= SLOW / 2 {
-            return None;
-        }
-        let slot = state.slots.clone().try_acquire_owned().ok()?;
-        drop(states);
-        Some(self.permit(subscription, false, Some(slot)))
+    /// Whether fan-out may make the first attempt to `subscription` itself: the endpoint is
+    /// healthy and fast (or not yet known), so holding the event for the attempt is cheaper than
+    /// storing a delivery first. The attempt is still admitted by [`Breakers::admit`].
+    pub fn fit_for_inline(&self, subscription: &str) -> bool {
+        let states = self.states.lock().expect("breaker lock");
+        states.get(subscription).is_none_or(|s| !s.struggling() && s.latency < SLOW / 2)
     }
 
     /// The state of `subscription`, created if new; `cap` (0: the default) is its in-flight limit.
@@ -371,26 +365,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn admit_now_only_for_a_healthy_endpoint_with_a_free_slot() {
+    async fn only_healthy_fast_endpoints_are_fit_for_inline_attempts() {
         let b = Breakers::new(config());
-        let p1 = b.admit_now("s", 0).expect("fresh endpoint");
-        let p2 = b.admit_now("s", 0).expect("second slot");
-        assert!(b.admit_now("s", 0).is_none(), "no free slot");
-        p1.finish(true);
-        assert!(b.admit_now("s", 0).is_some(), "a slot came back");
-        p2.finish(false);
-        assert!(b.admit_now("s", 0).is_none(), "a failing endpoint goes the stored way");
+        assert!(b.fit_for_inline("s"), "unknown yet");
         go(&b).await.finish(true);
-        assert!(b.admit_now("s", 0).is_some(), "healthy again");
-    }
-
-    #[tokio::test]
-    async fn admit_now_refuses_a_slow_endpoint() {
-        let b = Breakers::new(config());
+        assert!(b.fit_for_inline("s"));
+        go(&b).await.finish(false);
+        assert!(!b.fit_for_inline("s"), "failing");
         go(&b).await.finish(true);
+        assert!(b.fit_for_inline("s"), "healthy again");
         b.states.lock().unwrap().get_mut("s").unwrap().latency = SLOW / 2;
-        assert!(b.admit_now("s", 0).is_none());
-        assert!(matches!(b.admit("s", 0).await, Admission::Go(_)), "the stored way still delivers");
+        assert!(!b.fit_for_inline("s"), "slow");
     }
 
     #[tokio::test]

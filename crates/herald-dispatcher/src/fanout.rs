@@ -17,6 +17,7 @@ use herald_core::event::{self, StoredAt};
 use herald_core::subscription::needs_lane;
 use herald_core::{metrics, nats, proto, trace};
 
+use crate::breaker::Admission;
 use crate::{Shared, deliver};
 
 /// The in-order part of fanning out one event: decode it, match subscriptions, and send one
@@ -68,11 +69,9 @@ pub(crate) async fn send(
     let mut acks = Vec::with_capacity(subs.len());
     let mut failed = None;
     for sub in &subs {
-        if inline_slot.is_some() && !needs_lane(sub) {
-            if let Some(permit) = shared.breakers.admit_now(&sub.id, 0) {
-                inline.push((sub.clone(), permit));
-                continue;
-            }
+        if inline_slot.is_some() && !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id) {
+            inline.push(sub.clone());
+            continue;
         }
         let (subject, publish) = nats::first_delivery(&event, sub, &traceparent);
         match shared.js.send_publish(subject, publish).await {
@@ -83,16 +82,15 @@ pub(crate) async fn send(
             }
         }
     }
-    let (stored, attempted) = (acks.len(), inline.len());
+    let inline_slot = if inline.is_empty() { None } else { inline_slot };
+    let mut stored = acks.len();
     Some(futures::future::Either::Right(async move {
         if let Some(error) = failed {
             metrics::FANOUT_EVENTS.inc(&["retried"]);
             return retry_later(&msg, &event.id, &error).await;
         }
         let attempts = futures::future::join_all(
-            inline
-                .into_iter()
-                .map(|(sub, permit)| deliver::first_attempt(shared.clone(), &event, sub, permit, &traceparent)),
+            inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sub, &traceparent)),
         );
         let (acks, attempts) = futures::future::join(futures::future::join_all(acks), attempts).await;
         drop(inline_slot);
@@ -104,9 +102,16 @@ pub(crate) async fn send(
                 return retry_later(&msg, &event.id, &e.to_string()).await;
             }
         }
-        if attempts.iter().any(Result::is_err) {
-            metrics::FANOUT_EVENTS.inc(&["retried"]);
-            return retry_later(&msg, &event.id, "an inline attempt's outcome could not be stored").await;
+        let mut attempted = 0;
+        for result in attempts {
+            match result {
+                Ok(Path::Inline) => attempted += 1,
+                Ok(Path::Stored) => stored += 1,
+                Err(e) => {
+                    metrics::FANOUT_EVENTS.inc(&["retried"]);
+                    return retry_later(&msg, &event.id, &e).await;
+                }
+            }
         }
         if let Err(e) = msg.ack().await {
             tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
@@ -132,6 +137,36 @@ pub(crate) async fn send(
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))
+}
+
+/// How a delivery left fan-out.
+enum Path {
+    /// Attempted by fan-out, its outcome settled.
+    Inline,
+    /// Stored in `HERALD_DELIVERIES` for the delivery consumer.
+    Stored,
+}
+
+/// The first attempt of `event` to `sub`, made here once the endpoint has a free slot. An
+/// endpoint that stays at its limit or starts struggling meanwhile gets the delivery stored
+/// instead, as any other.
+async fn attempt_inline(
+    shared: Arc<Shared>,
+    event: &proto::Event,
+    sub: Arc<proto::Subscription>,
+    traceparent: &str,
+) -> Result<Path, String> {
+    match shared.breakers.admit(&sub.id, 0).await {
+        Admission::Go(permit) => deliver::first_attempt(shared, event, sub, permit, traceparent)
+            .await
+            .map(|()| Path::Inline)
+            .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned()),
+        Admission::Defer { .. } => {
+            let (subject, publish) = nats::first_delivery(event, &sub, traceparent);
+            let ack = shared.js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
+            ack.await.map(|_| Path::Stored).map_err(|e| e.to_string())
+        }
+    }
 }
 
 async fn retry_later(msg: &jetstream::Message, event_id: &str, error: &str) {
