@@ -60,16 +60,15 @@ pub(crate) async fn send(
     };
 
     let subs = shared.registry.matching(&event.tenant, &event.r#type);
-    // Inline attempts hold the event in hand while they run, so they are bounded apart from
-    // fan-out's own slots; and an event handed out again (its dispatcher may have crashed on
-    // it) takes the stored way, with its crash-loop guard.
-    let inline_slot =
-        if handed_out == 1 && !subs.is_empty() { shared.inline_slots.clone().try_acquire_owned().ok() } else { None };
+    // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
+    // with its crash-loop guard.
+    let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);
+    let inline_slot = if handed_out == 1 && subs.iter().any(|s| fit(s)) { shared.inline.take().await } else { None };
     let mut inline = Vec::new();
     let mut acks = Vec::with_capacity(subs.len());
     let mut failed = None;
     for sub in &subs {
-        if inline_slot.is_some() && !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id) {
+        if inline_slot.is_some() && fit(sub) {
             inline.push(sub.clone());
             continue;
         }
@@ -137,6 +136,51 @@ pub(crate) async fn send(
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))
+}
+
+/// How long fan-out waits for an event to be let through inline while all inline slots are
+/// taken; if none frees up in time, it stops waiting for [`INLINE_BACKOFF`].
+const INLINE_WAIT: Duration = Duration::from_millis(20);
+const INLINE_BACKOFF: Duration = Duration::from_secs(1);
+
+/// The events that fan-out may hold while it makes their first attempts inline
+/// (`HERALD_INLINE_ATTEMPTS`). Those attempts go to healthy, fast endpoints, so a slot frees up
+/// in moments and an event waits for one rather than take the slower stored way. If the slots
+/// stay taken (endpoints turned slow under their attempts), events stop waiting for a while
+/// and are stored: fan-out never stalls behind a slow endpoint.
+pub(crate) struct InlineSlots {
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Inline attempts are turned off (`HERALD_INLINE_ATTEMPTS=0`).
+    off: bool,
+    /// While set and in the future, events do not wait for a slot.
+    backoff_until: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl InlineSlots {
+    pub(crate) fn new(slots: usize) -> Self {
+        Self { slots: Arc::new(tokio::sync::Semaphore::new(slots)), off: slots == 0, backoff_until: Default::default() }
+    }
+
+    /// A slot, if one is free or frees up within [`INLINE_WAIT`].
+    async fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = self.slots.clone().try_acquire_owned() {
+            return Some(slot);
+        }
+        if self.off {
+            return None;
+        }
+        let now = tokio::time::Instant::now();
+        if self.backoff_until.lock().expect("inline lock").is_some_and(|until| now < until) {
+            return None;
+        }
+        match tokio::time::timeout(INLINE_WAIT, self.slots.clone().acquire_owned()).await {
+            Ok(Ok(slot)) => Some(slot),
+            _ => {
+                *self.backoff_until.lock().expect("inline lock") = Some(now + INLINE_BACKOFF);
+                None
+            }
+        }
+    }
 }
 
 /// How a delivery left fan-out.

@@ -89,7 +89,7 @@ pub struct Config {
     /// Events whose first attempts fan-out may be making itself at once, to endpoints that are
     /// healthy, fast and not at their limit (the rest are stored in `HERALD_DELIVERIES` first,
     /// as every delivery is with 0).
-    #[arg(long, env = "HERALD_INLINE_ATTEMPTS", default_value_t = 64)]
+    #[arg(long, env = "HERALD_INLINE_ATTEMPTS", default_value_t = 256)]
     pub inline_attempts: usize,
     /// On SIGTERM, how long in-flight deliveries may take to finish; the rest stay unacked and
     /// are redelivered to another replica.
@@ -113,7 +113,7 @@ pub(crate) struct Shared {
     /// their subscription's turn hold a message, not one of these.
     pub http_slots: Arc<tokio::sync::Semaphore>,
     /// Events held by fan-out while it makes their first attempts (`HERALD_INLINE_ATTEMPTS`).
-    pub inline_slots: Arc<tokio::sync::Semaphore>,
+    pub inline: fanout::InlineSlots,
     /// The SSRF policy, for URLs whose host is an IP literal (the resolver checks the rest).
     pub policy: Arc<herald_core::ssrf::Policy>,
     /// Opens the sealed signing secrets.
@@ -201,7 +201,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         registry,
         breakers,
         http_slots,
-        inline_slots: Arc::new(tokio::sync::Semaphore::new(config.inline_attempts)),
+        inline: fanout::InlineSlots::new(config.inline_attempts),
         policy,
         keys,
         tracer: config.common.tracer("herald-dispatcher"),
