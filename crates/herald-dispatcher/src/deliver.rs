@@ -17,6 +17,8 @@ use herald_core::retry::RetryPolicy;
 use herald_core::{metrics, nats, proto, trace};
 
 use crate::Shared;
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::breaker::{Admission, Permit};
 use crate::http_client::{self, WebhookRequest};
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
@@ -57,8 +59,8 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
     }
 }
 
-/// The first attempt of `event` to `sub`, made by fan-out under `permit` (from
-/// [`crate::breaker::Breakers::admit_now`]). `Ok` once the outcome is settled (delivered, or
+/// The first attempt of `event` to `sub`, made by fan-out under its endpoint's `permit` and
+/// one of the replica's HTTP slots. `Ok` once the outcome is settled (delivered, or
 /// the retry or dead letter stored); `Err` if it could not be stored, and the event must come
 /// back.
 pub(crate) async fn first_attempt(
@@ -66,17 +68,15 @@ pub(crate) async fn first_attempt(
     event: &proto::Event,
     sub: Arc<proto::Subscription>,
     permit: Permit,
+    http_slot: OwnedSemaphorePermit,
     traceparent: &str,
 ) -> Result<(), ()> {
-    let delivery = proto::Delivery {
-        event: Some(event.clone()),
-        subscription_id: sub.id.clone(),
-        attempt: 1,
-        ..Default::default()
-    };
+    // The event joins the delivery only if it has to be stored (a retry or a dead letter).
+    let delivery = proto::Delivery { subscription_id: sub.id.clone(), attempt: 1, ..Default::default() };
     // A retry goes where the delivery would have been stored had fan-out not tried it.
     let target = nats::route_subject(&sub);
-    match attempt(&shared, delivery, &sub, Some(permit), Some(traceparent), &target, false).await {
+    let admitted = Admitted { permit: Some(permit), http_slot: Some(http_slot) };
+    match attempt(&shared, event, delivery, &sub, admitted, Some(traceparent), &target, false).await {
         Settle::Ack => Ok(()),
         Settle::Nak(_) => Err(()),
     }
@@ -129,25 +129,43 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
             return reschedule(shared, msg.subject.as_str(), parent, deferred, after.max(backoff)).await;
         }
     };
-    attempt(shared, delivery, &sub, permit, parent, msg.subject.as_str(), fifo).await
+    let event = delivery.event.take().expect("checked above");
+    let admitted = Admitted { permit, http_slot: None };
+    attempt(shared, &event, delivery, &sub, admitted, parent, msg.subject.as_str(), fifo).await
 }
 
-/// Signs and sends one attempt, records it, and settles its outcome: a retry is scheduled back
+/// What an attempt goes ahead with: its endpoint's slot (none on an ordered lane) and, if
+/// already taken, one of the replica's HTTP slots.
+struct Admitted {
+    permit: Option<Permit>,
+    http_slot: Option<OwnedSemaphorePermit>,
+}
+
+/// Signs and sends one attempt of `event` (`delivery` without it: it is put back only if the
+/// delivery has to be stored), records it, and settles its outcome: a retry is scheduled back
 /// to `target`, exhaustion is dead-lettered.
+#[allow(clippy::too_many_arguments)]
 async fn attempt(
     shared: &Arc<Shared>,
-    delivery: proto::Delivery,
+    event: &proto::Event,
+    mut delivery: proto::Delivery,
     sub: &proto::Subscription,
-    permit: Option<Permit>,
+    admitted: Admitted,
     parent: Option<&str>,
     target: &str,
     fifo: bool,
 ) -> Settle {
-    let event = delivery.event.as_ref().expect("deliveries carry their event");
+    let Admitted { permit, http_slot } = admitted;
+    // Bodies and requests exist only for the requests this replica may have open at once.
+    let _http_slot = match http_slot {
+        Some(slot) => slot,
+        None => shared.http_slots.clone().acquire_owned().await.expect("never closed"),
+    };
     let body = match herald_core::event::webhook_body(event) {
         Ok(b) => b,
         Err(e) => {
             let reason = format!("cannot render the body: {e}");
+            delivery.event = Some(event.clone());
             return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
@@ -158,6 +176,7 @@ async fn attempt(
         Ok(s) if !secrets.is_empty() => s,
         _ => {
             let reason = "the subscription has no usable signing secret".into();
+            delivery.event = Some(event.clone());
             return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
@@ -172,7 +191,6 @@ async fn attempt(
     let sent = match checked {
         Err(refusal) => http_client::refused_result(&refusal),
         Ok(url) => {
-            let _http_slot = shared.http_slots.acquire().await.expect("never closed");
             let request = WebhookRequest { url: &url, headers, body };
             metrics::IN_FLIGHT.add(&[], 1.0);
             let sent = http_client::send(&shared.http, request, shared.config.response_body_limit).await;
@@ -188,7 +206,7 @@ async fn attempt(
     if let Some(reason) = track_endpoint_health(shared, sub, &sent.result, now).await {
         outcome = DeliveryOutcome::DeadLetter { reason };
     }
-    record_attempt(shared, &delivery, &sub.url, now, &sent, &outcome).await;
+    record_attempt(shared, event, &delivery, &sub.url, now, &sent, &outcome).await;
     if let Some(tracer) = &shared.tracer {
         let mut attributes = vec![
             ("herald.event_id", event.id.clone()),
@@ -227,6 +245,7 @@ async fn attempt(
             metrics::RETRIES.inc(&[]);
             let event_id = event.id.clone();
             let mut next = delivery;
+            next.event = Some(event.clone());
             if next.first_attempt_at.is_empty() {
                 next.first_attempt_at = herald_core::rfc3339(now);
             }
@@ -245,6 +264,7 @@ async fn attempt(
         }
         DeliveryOutcome::DeadLetter { reason } => {
             let mut last = delivery;
+            last.event = Some(event.clone());
             last.last_status = sent.result.status.unwrap_or(0).into();
             last.last_error = sent.result.error.clone().unwrap_or_default();
             let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
@@ -421,13 +441,13 @@ fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
 /// Records the attempt on `HERALD_ATTEMPTS`. A failure to record is logged, never fatal.
 async fn record_attempt(
     shared: &Shared,
+    event: &proto::Event,
     delivery: &proto::Delivery,
     url: &str,
     at: OffsetDateTime,
     sent: &http_client::Sent,
     outcome: &DeliveryOutcome,
 ) {
-    let event = delivery.event.as_ref().expect("deliveries carry their event");
     let attempt = proto::Attempt {
         event_id: event.id.clone(),
         subscription_id: delivery.subscription_id.clone(),

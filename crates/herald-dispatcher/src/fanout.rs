@@ -201,10 +201,15 @@ async fn attempt_inline(
     traceparent: &str,
 ) -> Result<Path, String> {
     match shared.breakers.admit(&sub.id, 0).await {
-        Admission::Go(permit) => deliver::first_attempt(shared, event, sub, permit, traceparent)
-            .await
-            .map(|()| Path::Inline)
-            .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned()),
+        // Boxed, once it may send: the attempt's state exists for the requests open, not for
+        // every delivery an event holds (100 subscriptions × 256 events in hand).
+        Admission::Go(permit) => {
+            let http_slot = shared.http_slots.clone().acquire_owned().await.expect("never closed");
+            let settled = Box::pin(deliver::first_attempt(shared, event, sub, permit, http_slot, traceparent)).await;
+            settled
+                .map(|()| Path::Inline)
+                .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned())
+        }
         Admission::Defer { .. } => {
             let (subject, publish) = nats::first_delivery(event, &sub, traceparent);
             let ack = shared.js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
@@ -250,5 +255,46 @@ async fn dead_letter_invalid(shared: &Shared, msg: &jetstream::Message, reason: 
             tracing::warn!(error = %e, "could not dead-letter an invalid event; will retry");
             let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(5)))).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn events_wait_for_a_moving_inline_slot_but_not_behind_stuck_ones() {
+        let slots = InlineSlots::new(1);
+        let held = slots.take().await.expect("free");
+        // A slot freed within the wait is taken.
+        let waiter = tokio::spawn(async move {
+            let got = slots.take().await.is_some();
+            (slots, got)
+        });
+        tokio::time::sleep(INLINE_WAIT / 2).await;
+        drop(held);
+        let (slots, got) = waiter.await.unwrap();
+        assert!(got, "a slot freed within the wait");
+
+        // None frees up: one event waits out INLINE_WAIT, the next ones do not wait at all.
+        let _stuck = slots.take().await.expect("free again");
+        let started = tokio::time::Instant::now();
+        assert!(slots.take().await.is_none());
+        assert_eq!(started.elapsed(), INLINE_WAIT);
+        let started = tokio::time::Instant::now();
+        assert!(slots.take().await.is_none());
+        assert_eq!(started.elapsed(), Duration::ZERO, "no waiting while backing off");
+        // After the back-off, events wait again.
+        tokio::time::sleep(INLINE_BACKOFF).await;
+        let started = tokio::time::Instant::now();
+        assert!(slots.take().await.is_none());
+        assert_eq!(started.elapsed(), INLINE_WAIT);
+    }
+
+    #[tokio::test]
+    async fn turned_off_means_never_inline_and_never_waiting() {
+        let slots = InlineSlots::new(0);
+        assert!(slots.take().await.is_none());
+        assert!(slots.take().await.is_none());
     }
 }
