@@ -63,7 +63,13 @@ pub(crate) async fn supervise(
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
 ) {
-    let tasks = TaskTracker::new();
+    let lanes = Lanes {
+        shared: &shared,
+        topology: &topology,
+        tasks: TaskTracker::new(),
+        shutdown: &shutdown,
+        hard_stop: &hard_stop,
+    };
     let mut running: HashMap<String, Running> = HashMap::new();
     let mut first = true;
     loop {
@@ -82,138 +88,131 @@ pub(crate) async fn supervise(
             }
         };
         if first {
-            adopt_orphans(&shared, &topology, &stream, &mut running, &tasks, &shutdown, &hard_stop).await;
+            lanes.adopt_orphans(&stream, &mut running).await;
             first = false;
         }
-        reconcile(&shared, &topology, &stream, &mut running, &tasks, &shutdown, &hard_stop).await;
+        lanes.reconcile(&stream, &mut running).await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
         }
     }
-    tasks.close();
-    tasks.wait().await;
+    lanes.tasks.close();
+    lanes.tasks.wait().await;
 }
 
-async fn reconcile(
-    shared: &Arc<Shared>,
-    topology: &Topology,
-    stream: &jetstream::stream::Stream,
-    running: &mut HashMap<String, Running>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
-) {
-    let subs = shared.registry.list(None, None, usize::MAX);
-    for sub in subs.iter().filter(|s| needs_lane(s)) {
-        let spec = Spec::of(sub);
-        if running.get(&sub.id).is_some_and(|r| r.spec == spec) {
-            continue;
-        }
-        if let Some(old) = running.remove(&sub.id) {
-            old.stop.cancel();
-        }
-        match start(shared, topology, stream, &sub.id, spec.clone(), tasks, shutdown, hard_stop).await {
-            Ok(stop) => {
-                running.insert(sub.id.clone(), Running { spec, stop });
+/// What every lane of this replica is started with.
+struct Lanes<'a> {
+    shared: &'a Arc<Shared>,
+    topology: &'a Topology,
+    /// The lanes' pull loops.
+    tasks: TaskTracker,
+    shutdown: &'a CancellationToken,
+    hard_stop: &'a CancellationToken,
+}
+
+impl Lanes<'_> {
+    async fn reconcile(&self, stream: &jetstream::stream::Stream, running: &mut HashMap<String, Running>) {
+        let shared = self.shared;
+        let subs = shared.registry.list(None, None, usize::MAX);
+        for sub in subs.iter().filter(|s| needs_lane(s)) {
+            let spec = Spec::of(sub);
+            if running.get(&sub.id).is_some_and(|r| r.spec == spec) {
+                continue;
             }
-            Err(e) => tracing::warn!(subscription = %sub.id, error = %e, "lane: cannot start; will retry"),
+            if let Some(old) = running.remove(&sub.id) {
+                old.stop.cancel();
+            }
+            match self.start(stream, &sub.id, spec.clone()).await {
+                Ok(stop) => {
+                    running.insert(sub.id.clone(), Running { spec, stop });
+                }
+                Err(e) => tracing::warn!(subscription = %sub.id, error = %e, "lane: cannot start; will retry"),
+            }
+        }
+        // A subscription that lost its limits keeps its lane running (idle once drained); a deleted
+        // one's lane goes once nothing is left in it.
+        let deleted: Vec<String> = running.keys().filter(|id| shared.registry.find(id).is_none()).cloned().collect();
+        for id in deleted {
+            let name = nats::lane_consumer(&id);
+            let drained = match stream.consumer_info(&name).await {
+                Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
+                Err(_) => true,
+            };
+            if drained {
+                if let Some(lane) = running.remove(&id) {
+                    lane.stop.cancel();
+                }
+                let _ = stream.delete_consumer(&name).await;
+                tracing::info!(subscription = %id, "lane removed with its subscription");
+            }
         }
     }
-    // A subscription that lost its limits keeps its lane running (idle once drained); a deleted
-    // one's lane goes once nothing is left in it.
-    let deleted: Vec<String> = running.keys().filter(|id| shared.registry.find(id).is_none()).cloned().collect();
-    for id in deleted {
-        let name = nats::lane_consumer(&id);
-        let drained = match stream.consumer_info(&name).await {
-            Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
-            Err(_) => true,
+
+    /// Lanes of subscriptions deleted while no dispatcher ran: drain them (their deliveries are
+    /// dead-lettered) so that nothing is left behind, then they are removed like any other.
+    async fn adopt_orphans(&self, stream: &jetstream::stream::Stream, running: &mut HashMap<String, Running>) {
+        let shared = self.shared;
+        use futures::TryStreamExt as _;
+        let Ok(names) = stream.consumer_names().try_collect::<Vec<String>>().await else { return };
+        for name in names {
+            let Some(id) = name.strip_prefix("herald-lane-") else { continue };
+            if shared.registry.find(id).is_some() || running.contains_key(id) {
+                continue;
+            }
+            let Ok(info) = stream.consumer_info(&name).await else { continue };
+            let tenant = info.config.filter_subject.split('.').nth(2).unwrap_or_default().to_owned();
+            let spec = Spec { tenant, fifo: false, max_in_flight: 0, rate_limit: 0 };
+            if let Ok(stop) = self.start(stream, id, spec.clone()).await {
+                tracing::info!(subscription = id, "draining the lane of a deleted subscription");
+                running.insert(id.to_owned(), Running { spec, stop });
+            }
+        }
+    }
+
+    async fn start(
+        &self,
+        stream: &jetstream::stream::Stream,
+        subscription: &str,
+        spec: Spec,
+    ) -> Result<CancellationToken, nats::BootstrapError> {
+        let Self { shared, topology, tasks, shutdown, hard_stop } = self;
+        let config = consumer::pull::Config {
+            durable_name: Some(nats::lane_consumer(subscription)),
+            description: Some(format!("Herald: lane of subscription {subscription}")),
+            filter_subject: nats::lane_subject(&spec.tenant, subscription),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: topology.deliver_ack_wait,
+            max_ack_pending: spec.in_flight() as i64,
+            ..Default::default()
         };
-        if drained {
-            if let Some(lane) = running.remove(&id) {
-                lane.stop.cancel();
+        let pinned = spec.rate_limit > 0;
+        let config = if pinned {
+            consumer::pull::Config {
+                priority_policy: consumer::PriorityPolicy::PinnedClient,
+                priority_groups: vec![nats::PRIORITY_GROUP.into()],
+                priority_timeout: nats::PIN_TIMEOUT,
+                ..config
             }
-            let _ = stream.delete_consumer(&name).await;
-            tracing::info!(subscription = %id, "lane removed with its subscription");
-        }
+        } else {
+            config
+        };
+        let consumer = nats::upsert_consumer(stream, config).await?;
+        let stop = shutdown.child_token();
+        let pull = Pull { in_hand: spec.in_flight() as usize, pinned, rate_per_sec: spec.rate_limit };
+        let mode = Mode::Lane { fifo: spec.fifo };
+        let shared = Arc::clone(shared);
+        tasks.spawn(consume(consumer, pull, stop.clone(), CancellationToken::clone(hard_stop), move |msg| {
+            let shared = shared.clone();
+            async move { Some(deliver::handle(shared, msg, mode)) }
+        }));
+        tracing::info!(
+            subscription,
+            fifo = spec.fifo,
+            max_in_flight = spec.in_flight(),
+            rate_limit = spec.rate_limit,
+            "lane running"
+        );
+        Ok(stop)
     }
-}
-
-/// Lanes of subscriptions deleted while no dispatcher ran: drain them (their deliveries are
-/// dead-lettered) so that nothing is left behind, then they are removed like any other.
-#[allow(clippy::too_many_arguments)]
-async fn adopt_orphans(
-    shared: &Arc<Shared>,
-    topology: &Topology,
-    stream: &jetstream::stream::Stream,
-    running: &mut HashMap<String, Running>,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
-) {
-    use futures::TryStreamExt as _;
-    let Ok(names) = stream.consumer_names().try_collect::<Vec<String>>().await else { return };
-    for name in names {
-        let Some(id) = name.strip_prefix("herald-lane-") else { continue };
-        if shared.registry.find(id).is_some() || running.contains_key(id) {
-            continue;
-        }
-        let Ok(info) = stream.consumer_info(&name).await else { continue };
-        let tenant = info.config.filter_subject.split('.').nth(2).unwrap_or_default().to_owned();
-        let spec = Spec { tenant, fifo: false, max_in_flight: 0, rate_limit: 0 };
-        if let Ok(stop) = start(shared, topology, stream, id, spec.clone(), tasks, shutdown, hard_stop).await {
-            tracing::info!(subscription = id, "draining the lane of a deleted subscription");
-            running.insert(id.to_owned(), Running { spec, stop });
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn start(
-    shared: &Arc<Shared>,
-    topology: &Topology,
-    stream: &jetstream::stream::Stream,
-    subscription: &str,
-    spec: Spec,
-    tasks: &TaskTracker,
-    shutdown: &CancellationToken,
-    hard_stop: &CancellationToken,
-) -> Result<CancellationToken, nats::BootstrapError> {
-    let config = consumer::pull::Config {
-        durable_name: Some(nats::lane_consumer(subscription)),
-        description: Some(format!("Herald: lane of subscription {subscription}")),
-        filter_subject: nats::lane_subject(&spec.tenant, subscription),
-        ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: topology.deliver_ack_wait,
-        max_ack_pending: spec.in_flight() as i64,
-        ..Default::default()
-    };
-    let pinned = spec.rate_limit > 0;
-    let config = if pinned {
-        consumer::pull::Config {
-            priority_policy: consumer::PriorityPolicy::PinnedClient,
-            priority_groups: vec![nats::PRIORITY_GROUP.into()],
-            priority_timeout: nats::PIN_TIMEOUT,
-            ..config
-        }
-    } else {
-        config
-    };
-    let consumer = nats::upsert_consumer(stream, config).await?;
-    let stop = shutdown.child_token();
-    let pull = Pull { in_hand: spec.in_flight() as usize, pinned, rate_per_sec: spec.rate_limit };
-    let mode = Mode::Lane { fifo: spec.fifo };
-    let shared = shared.clone();
-    tasks.spawn(consume(consumer, pull, stop.clone(), hard_stop.clone(), move |msg| {
-        let shared = shared.clone();
-        async move { Some(deliver::handle(shared, msg, mode)) }
-    }));
-    tracing::info!(
-        subscription,
-        fifo = spec.fifo,
-        max_in_flight = spec.in_flight(),
-        rate_limit = spec.rate_limit,
-        "lane running"
-    );
-    Ok(stop)
 }
