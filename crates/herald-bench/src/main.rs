@@ -218,7 +218,7 @@ async fn main() -> anyhow::Result<()> {
         for &payload in &args.payloads {
             for group in &groups {
                 if bench.wants("e2e") {
-                    bench.end_to_end(group, payload, replicas).await?;
+                    bench.end_to_end(group, payload, &dispatchers).await?;
                 }
             }
         }
@@ -486,18 +486,21 @@ impl Bench {
             .collect()
     }
 
-    async fn end_to_end(&mut self, group: &Group, payload: usize, replicas: usize) -> anyhow::Result<()> {
-        let subs = group.paths.len();
+    async fn end_to_end(&mut self, group: &Group, payload: usize, dispatchers: &[Proc]) -> anyhow::Result<()> {
+        let (subs, replicas) = (group.paths.len(), dispatchers.len());
         let events = (self.args.events / subs).max(10);
+        let cpu = || dispatchers.iter().map(Proc::cpu_seconds).sum::<f64>();
         let mut rates = Vec::new();
+        let mut cpu_per_delivery = Vec::new();
         // A warm-up with a fifth of the events, then the measured runs.
         for n in std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs)) {
             let target = self.sink.delivered(group.paths.clone()) + (n * subs) as u64;
             let messages = self.events_for(group, n, payload);
-            let started = Instant::now();
+            let (started, cpu_before) = (Instant::now(), cpu());
             pipelined(&self.js, messages).await?;
             let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
             rates.push(per_sec(n * subs, done - started));
+            cpu_per_delivery.push((cpu() - cpu_before) * 1e6 / (n * subs) as f64);
             // Everything was received; the acks follow within milliseconds.
             tokio::time::sleep(Duration::from_millis(200)).await;
             use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
@@ -509,7 +512,9 @@ impl Bench {
             if subs == 1 { "" } else { "s" },
             if replicas == 1 { "" } else { "s" }
         );
-        self.push_ratio(payload, name, rate, "deliveries/s", RAW_POST);
+        self.push_ratio(payload, name.clone(), rate, "deliveries/s", RAW_POST);
+        // CPU time is steadier than throughput on a shared machine: what optimisations move.
+        self.push(payload, format!("  dispatcher CPU, {}", &name[12..]), median(cpu_per_delivery.split_off(1)), "µs/delivery");
         Ok(())
     }
 
@@ -599,7 +604,7 @@ impl Bench {
         for r in &self.rows {
             let (ratio, of) = r.ratio.map(|(x, of)| (format!("{x:.2}"), of)).unwrap_or(("".into(), ""));
             let relay = r.of_relay.map(|x| format!("{x:.2}")).unwrap_or_default();
-            let value = if r.unit == "ms" { format!("{:.1}", r.value) } else { format!("{:.0}", r.value) };
+            let value = if r.unit == "ms" || r.unit.starts_with("µs") { format!("{:.1}", r.value) } else { format!("{:.0}", r.value) };
             println!("{:>6}B  {:<52} {value:>12} {:<13} {ratio:>6}  {of:<16} {relay:>8}", r.payload, r.name, r.unit);
         }
         let mib = |kib: u64| kib as f64 / 1024.0;

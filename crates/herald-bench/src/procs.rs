@@ -101,6 +101,18 @@ impl Proc {
             .sum()
     }
 
+    /// CPU time (user + system) the process has used so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name, which is in parentheses and may hold spaces; utime and
+        // stime are the 14th and 15th fields, in clock ticks (100 per second on Linux).
+        let ticks: u64 = stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum())
+            .unwrap_or(0);
+        ticks as f64 / 100.0
+    }
+
     /// Current and peak resident memory.
     pub fn memory(&self) -> Memory {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();

@@ -103,11 +103,55 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// Formats a time as RFC 3339 in UTC with second precision (`2026-11-23T09:08:00Z`).
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC).replace_nanosecond(0).unwrap_or(t);
-    t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()
+    let t = t.to_offset(time::UtcOffset::UTC);
+    if !(0..=9999).contains(&t.year()) {
+        let t = t.replace_nanosecond(0).unwrap_or(t);
+        return t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+    }
+    // By hand: every attempt and event stamps a time, and the general formatter is slow.
+    let mut out = [0u8; 20];
+    let fields = [
+        (0, 4, t.year() as u32),
+        (5, 2, t.month() as u32),
+        (8, 2, t.day().into()),
+        (11, 2, t.hour().into()),
+        (14, 2, t.minute().into()),
+        (17, 2, t.second().into()),
+    ];
+    for (at, width, mut value) in fields {
+        for i in (at..at + width).rev() {
+            out[i] = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
+    for (at, separator) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'Z')] {
+        out[at] = separator;
+    }
+    out.iter().map(|&b| b as char).collect()
 }
 
 /// Now, in RFC 3339 (UTC, seconds).
 pub fn now_rfc3339() -> String {
     rfc3339(time::OffsetDateTime::now_utc())
+}
+
+#[cfg(test)]
+mod tests {
+    use time::format_description::well_known::Rfc3339;
+    use time::{OffsetDateTime, UtcOffset};
+
+    #[test]
+    fn rfc3339_matches_the_general_formatter() {
+        let offset = UtcOffset::from_hms(5, 30, 0).unwrap();
+        // From 1970 to past 2100, a little over a day apart, at changing times of day.
+        for step in 0..40_000i64 {
+            let t = OffsetDateTime::from_unix_timestamp(step * 97_123 + step % 1000).unwrap();
+            let t = t.replace_nanosecond((step as u32 * 7919) % 1_000_000_000).unwrap().to_offset(offset);
+            let expected = t.to_offset(UtcOffset::UTC).replace_nanosecond(0).unwrap().format(&Rfc3339).unwrap();
+            assert_eq!(super::rfc3339(t), expected);
+        }
+        let epoch = OffsetDateTime::from_unix_timestamp(0).unwrap();
+        assert_eq!(super::rfc3339(epoch.replace_year(7).unwrap()), "0007-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(epoch.replace_year(9999).unwrap()), "9999-01-01T00:00:00Z");
+    }
 }

@@ -167,14 +167,40 @@ pub fn signing_secrets(
     now: OffsetDateTime,
     keys: &crate::secrets::KeyRing,
 ) -> Vec<herald_signature::Secret> {
+    open_secrets(sub, keys).into_iter().filter(|s| s.signs_at(now)).map(|s| s.secret).collect()
+}
+
+/// A subscription's signing secret, opened, with the end of its grace period if rotated out.
+#[derive(Debug, Clone)]
+pub struct OpenedSecret {
+    pub secret: herald_signature::Secret,
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl OpenedSecret {
+    /// True if it signs webhooks sent at `now`.
+    pub fn signs_at(&self, now: OffsetDateTime) -> bool {
+        self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+/// Every signing secret of `sub` opened with `keys`, expired or not (see [`OpenedSecret::signs_at`]).
+/// Entries that do not open or parse, or whose expiry is not a time, are skipped (and logged,
+/// without their content).
+pub fn open_secrets(sub: &proto::Subscription, keys: &crate::secrets::KeyRing) -> Vec<OpenedSecret> {
     sub.secrets
         .iter()
-        .filter(|s| s.expires_at.is_empty() || OffsetDateTime::parse(&s.expires_at, &Rfc3339).is_ok_and(|t| t > now))
-        .filter_map(|s| match keys.open(&sub.id, &s.secret) {
-            Ok(text) => herald_signature::Secret::parse(&text).ok(),
-            Err(e) => {
-                tracing::warn!(subscription = %sub.id, error = %e, "a signing secret does not open");
-                None
+        .filter_map(|s| {
+            let expires_at = match s.expires_at.as_str() {
+                "" => None,
+                text => Some(OffsetDateTime::parse(text, &Rfc3339).ok()?),
+            };
+            match keys.open(&sub.id, &s.secret) {
+                Ok(text) => Some(OpenedSecret { secret: herald_signature::Secret::parse(&text).ok()?, expires_at }),
+                Err(e) => {
+                    tracing::warn!(subscription = %sub.id, error = %e, "a signing secret does not open");
+                    None
+                }
             }
         })
         .collect()

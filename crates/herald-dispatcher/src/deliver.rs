@@ -13,7 +13,6 @@ use prost::Message as _;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use herald_core::retry::RetryPolicy;
 use herald_core::{metrics, nats, proto, trace};
 
 use crate::Shared;
@@ -149,7 +148,7 @@ async fn attempt(
     shared: &Arc<Shared>,
     event: &proto::Event,
     mut delivery: proto::Delivery,
-    sub: &proto::Subscription,
+    sub: &Arc<proto::Subscription>,
     admitted: Admitted,
     parent: Option<&str>,
     target: &str,
@@ -170,9 +169,9 @@ async fn attempt(
         }
     };
     let now = OffsetDateTime::now_utc();
-    let secrets = herald_core::subscription::signing_secrets(sub, now, &shared.keys);
-    let refs: Vec<_> = secrets.iter().collect();
-    let signature = match herald_signature::sign(&refs, &event.id, now.unix_timestamp(), &body) {
+    let prepared = shared.prepared.get(sub, &shared.keys, &shared.policy);
+    let secrets = prepared.signing_secrets(now);
+    let signature = match herald_signature::sign(&secrets, &event.id, now.unix_timestamp(), &body) {
         Ok(s) if !secrets.is_empty() => s,
         _ => {
             let reason = "the subscription has no usable signing secret".into();
@@ -184,14 +183,10 @@ async fn attempt(
     let started = std::time::SystemTime::now();
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
-    // The resolver checks every address a host name resolves to; an IP literal is checked here.
-    let checked = url::Url::parse(&sub.url)
-        .map_err(|e| herald_core::ssrf::Refused(format!("the URL does not parse: {e}")))
-        .and_then(|url| shared.policy.check_url(&url).map(|()| url));
-    let sent = match checked {
-        Err(refusal) => http_client::refused_result(&refusal),
+    let sent = match &prepared.url {
+        Err(refusal) => http_client::refused_result(refusal),
         Ok(url) => {
-            let request = WebhookRequest { url: &url, headers, body };
+            let request = WebhookRequest { url, headers, body };
             metrics::IN_FLIGHT.add(&[], 1.0);
             let sent = http_client::send(&shared.http, request, shared.config.response_body_limit).await;
             metrics::IN_FLIGHT.add(&[], -1.0);
@@ -201,8 +196,8 @@ async fn attempt(
     if let Some(permit) = permit {
         permit.finish(sent.result.succeeded());
     }
-    let policy = subscription_policy(sub).unwrap_or_else(|| shared.config.retry_schedule.clone());
-    let mut outcome = retry::decide(&policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
+    let policy = prepared.retry_schedule.as_ref().unwrap_or(&shared.config.retry_schedule);
+    let mut outcome = retry::decide(policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
     if let Some(reason) = track_endpoint_health(shared, sub, &sent.result, now).await {
         outcome = DeliveryOutcome::DeadLetter { reason };
     }
@@ -271,14 +266,6 @@ async fn attempt(
             dead_letter(shared, None, kind, Some(last), reason).await
         }
     }
-}
-
-/// The subscription's own retry schedule, if it has a valid one.
-fn subscription_policy(sub: &proto::Subscription) -> Option<RetryPolicy> {
-    if sub.retry_schedule.is_empty() {
-        return None;
-    }
-    RetryPolicy::parse(&sub.retry_schedule).ok()
 }
 
 /// Stores `delivery` as a JetStream message schedule that publishes it to `target` after

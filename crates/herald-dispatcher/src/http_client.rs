@@ -69,6 +69,9 @@ pub fn build(
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(32)
+        // Herald retries on its own schedule; reqwest's retry layer would copy every request
+        // (headers, extensions) just in case.
+        .retry(reqwest::retry::never().max_retries_per_request(0))
         .build()?)
 }
 
@@ -128,7 +131,10 @@ pub struct Sent {
 /// POSTs the webhook and reads at most `excerpt_limit` bytes of the answer.
 pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
     let started = Instant::now();
-    let outcome = client.post(req.url.clone()).headers(req.headers).body(req.body).send().await;
+    let mut request = reqwest::Request::new(reqwest::Method::POST, req.url.clone());
+    *request.headers_mut() = req.headers;
+    *request.body_mut() = Some(req.body.into());
+    let outcome = client.execute(request).await;
     let (result, response_excerpt) = match outcome {
         Ok(mut resp) => {
             let status = resp.status().as_u16();

@@ -17,6 +17,7 @@ mod fanout;
 mod health;
 pub mod http_client;
 mod lanes;
+mod prepared;
 mod pull;
 pub mod retry;
 
@@ -118,6 +119,8 @@ pub(crate) struct Shared {
     pub policy: Arc<herald_core::ssrf::Policy>,
     /// Opens the sealed signing secrets.
     pub keys: herald_core::secrets::KeyRing,
+    /// Subscriptions' URLs, secrets and schedules, worked out once per revision.
+    pub prepared: prepared::PreparedSubscriptions,
     /// Exports spans, when OTLP is configured.
     pub tracer: Option<herald_core::otel::Tracer>,
     pub http: reqwest::Client,
@@ -204,6 +207,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         inline: fanout::InlineSlots::new(config.inline_attempts),
         policy,
         keys,
+        prepared: Default::default(),
         tracer: config.common.tracer("herald-dispatcher"),
         http,
         config,

@@ -86,6 +86,8 @@ pub(crate) async fn consume<F, I, S>(
                         next_slot += interval;
                     }
                     let Some(work) = inline(msg).await else { continue };
+                    // Boxed: the task then moves a pointer, not the whole state machine, into place.
+                    let work = Box::pin(work);
                     let hard_stop = hard_stop.clone();
                     tasks.spawn(async move {
                         tokio::select! {

@@ -1,0 +1,147 @@
+//! What an attempt needs from its subscription that only changes with the subscription: the
+//! parsed and SSRF-checked URL, the opened signing secrets and the retry schedule. Worked out
+//! once per revision rather than on every attempt (URL parsing and opening a sealed secret are a
+//! few percent of an attempt's CPU). The registry replaces a subscription's `Arc` whenever the
+//! subscription changes, so a revision is recognised by its `Arc`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+
+use time::OffsetDateTime;
+
+use herald_core::proto;
+use herald_core::retry::RetryPolicy;
+use herald_core::secrets::KeyRing;
+use herald_core::ssrf::{Policy, Refused};
+use herald_core::subscription::{OpenedSecret, open_secrets};
+
+/// One revision of a subscription, prepared for attempts.
+#[derive(Debug)]
+pub(crate) struct Prepared {
+    /// The URL to POST to, or why it may not be (the resolver checks host names' addresses at
+    /// connect time; an IP literal is checked here).
+    pub url: Result<url::Url, Refused>,
+    secrets: Vec<OpenedSecret>,
+    /// The subscription's own retry schedule, if it has a valid one.
+    pub retry_schedule: Option<RetryPolicy>,
+}
+
+impl Prepared {
+    fn new(sub: &proto::Subscription, keys: &KeyRing, policy: &Policy) -> Self {
+        let url = url::Url::parse(&sub.url)
+            .map_err(|e| Refused(format!("the URL does not parse: {e}")))
+            .and_then(|url| policy.check_url(&url).map(|()| url));
+        let retry_schedule =
+            if sub.retry_schedule.is_empty() { None } else { RetryPolicy::parse(&sub.retry_schedule).ok() };
+        Self { url, secrets: open_secrets(sub, keys), retry_schedule }
+    }
+
+    /// The secrets that sign a webhook sent at `now` (rotated-out ones until their grace ends).
+    pub fn signing_secrets(&self, now: OffsetDateTime) -> Vec<&herald_signature::Secret> {
+        self.secrets.iter().filter(|s| s.signs_at(now)).map(|s| &s.secret).collect()
+    }
+}
+
+/// Prepared revisions by subscription id. An entry whose revision is no longer held by anyone
+/// (the subscription changed or was deleted) is replaced on next use or swept as the map grows.
+#[derive(Default)]
+pub(crate) struct PreparedSubscriptions {
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    by_id: HashMap<String, (Weak<proto::Subscription>, Arc<Prepared>)>,
+    /// Sweep dead entries once the map grows past this.
+    sweep_at: usize,
+}
+
+/// The map is swept of dead entries no more often than this many insertions apart.
+const MIN_SWEEP: usize = 1024;
+
+impl PreparedSubscriptions {
+    /// `sub` prepared: from the cache if this revision was seen before.
+    pub(crate) fn get(&self, sub: &Arc<proto::Subscription>, keys: &KeyRing, policy: &Policy) -> Arc<Prepared> {
+        {
+            let entries = self.entries.lock().expect("prepared lock");
+            // A held `Weak` keeps its allocation, so the address cannot be reused by another
+            // subscription while the entry exists.
+            if let Some((revision, prepared)) = entries.by_id.get(&sub.id)
+                && std::ptr::eq(revision.as_ptr(), Arc::as_ptr(sub))
+            {
+                return prepared.clone();
+            }
+        }
+        let prepared = Arc::new(Prepared::new(sub, keys, policy));
+        let mut entries = self.entries.lock().expect("prepared lock");
+        if entries.by_id.len() >= entries.sweep_at {
+            entries.by_id.retain(|_, (revision, _)| revision.strong_count() > 0);
+            entries.sweep_at = (entries.by_id.len() * 2).max(MIN_SWEEP);
+        }
+        entries.by_id.insert(sub.id.clone(), (Arc::downgrade(sub), prepared.clone()));
+        prepared
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries.lock().unwrap().by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, url: &str) -> Arc<proto::Subscription> {
+        Arc::new(proto::Subscription {
+            id: id.into(),
+            url: url.into(),
+            secrets: vec![proto::SigningSecret {
+                secret: herald_signature::Secret::generate().to_text(),
+                expires_at: String::new(),
+            }],
+            ..Default::default()
+        })
+    }
+
+    #[test]
+    fn a_revision_is_prepared_once_and_a_new_one_again() {
+        let (cache, keys, policy) = (PreparedSubscriptions::default(), KeyRing::default(), Policy::default());
+        let first = sub("sub_1", "https://example.com/a");
+        let a = cache.get(&first, &keys, &policy);
+        assert!(Arc::ptr_eq(&a, &cache.get(&first, &keys, &policy)), "same revision, same preparation");
+        assert_eq!(a.url.as_ref().unwrap().path(), "/a");
+        assert_eq!(a.signing_secrets(OffsetDateTime::now_utc()).len(), 1);
+
+        // An equal-looking new revision is prepared afresh: a changed URL is seen.
+        let second = sub("sub_1", "https://example.com/b");
+        let b = cache.get(&second, &keys, &policy);
+        assert_eq!(b.url.as_ref().unwrap().path(), "/b");
+        assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn refusals_and_retry_schedules_are_prepared_too() {
+        let (cache, keys) = (PreparedSubscriptions::default(), KeyRing::default());
+        let policy = Policy::default();
+        let refused = cache.get(&sub("sub_2", "http://127.0.0.1:9/x"), &keys, &policy);
+        assert!(refused.url.is_err(), "loopback is refused by the default policy");
+        let mut with_schedule = (*sub("sub_3", "https://example.com/")).clone();
+        with_schedule.retry_schedule = "10s,1m".into();
+        let prepared = cache.get(&Arc::new(with_schedule), &keys, &policy);
+        assert_eq!(prepared.retry_schedule, Some(RetryPolicy::parse("10s,1m").unwrap()));
+    }
+
+    #[test]
+    fn entries_of_dropped_revisions_are_swept() {
+        let (cache, keys, policy) = (PreparedSubscriptions::default(), KeyRing::default(), Policy::default());
+        let kept = sub("kept", "https://example.com/");
+        cache.get(&kept, &keys, &policy);
+        for i in 0..MIN_SWEEP * 2 {
+            cache.get(&sub(&format!("gone_{i}"), "https://example.com/"), &keys, &policy);
+        }
+        assert!(cache.len() < MIN_SWEEP + 2, "dropped revisions swept, {} left", cache.len());
+        let again = cache.get(&kept, &keys, &policy);
+        assert!(again.url.is_ok());
+    }
+}
