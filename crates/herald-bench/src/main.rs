@@ -15,7 +15,10 @@
 //! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
 //!   deliveries to a slow receiver.
 //!
-//! Every figure is the median of `--runs` runs after a warm-up. `--smoke` runs a tiny
+//! Every figure is the median of `--runs` runs after a warm-up. A ratio is the median of each
+//! run's ratio to its limit measured right before it (raw publish for ingest, the raw POST loop
+//! for end to end), so that the drift of a shared machine over the benchmark cancels; the
+//! dispatchers' CPU time per delivery is reported too, being steadier than any rate. `--smoke` runs a tiny
 //! configuration (CI runs it so the benchmark cannot rot). Results are printed as a table and
 //! written as JSON. A benchmark, not a test: it never fails on a number.
 #![forbid(unsafe_code)]
@@ -286,17 +289,17 @@ impl Bench {
         self.rows.iter().find(|r| r.payload == payload && r.name == name).map(|r| r.value).unwrap_or(f64::NAN)
     }
 
-    fn push_ratio(
+    /// A row whose ratio was measured in pairs (see [`Bench::paired_median_of`]).
+    fn push_paired(
         &mut self,
         payload: usize,
         name: impl Into<String>,
-        value: f64,
+        (value, ratio): (f64, f64),
         unit: &'static str,
         of: &'static str,
     ) {
-        let base = self.limit(payload, of);
         let of_relay = (of == RAW_POST).then(|| value / self.limit(payload, RAW_RELAY));
-        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: Some((value / base, of)), of_relay });
+        self.rows.push(Row { payload, name: name.into(), value, unit, ratio: Some((ratio, of)), of_relay });
     }
 
     /// `measure(events)` once as a warm-up with a fifth of the events, then `runs` times, each
@@ -317,6 +320,61 @@ impl Bench {
         Ok(median(rates))
     }
 
+    /// Like [`Bench::median_of`], but each measured run comes right after a run of `limit`
+    /// (from empty streams too): the median rate, and the median of each run's ratio to the
+    /// limit measured just before it, so that the machine's drift over the benchmark cancels.
+    async fn paired_median_of<L, LFut, F, Fut>(
+        &mut self,
+        events: usize,
+        mut limit: L,
+        mut measure: F,
+    ) -> anyhow::Result<(f64, f64)>
+    where
+        L: FnMut(&mut Self, usize) -> LFut,
+        LFut: Future<Output = anyhow::Result<f64>>,
+        F: FnMut(&mut Self, usize) -> Fut,
+        Fut: Future<Output = anyhow::Result<f64>>,
+    {
+        let streams = ["BENCH_RAW", herald_core::nats::EVENTS_STREAM];
+        measure(self, (events / 5).max(1)).await?;
+        let (mut rates, mut ratios) = (Vec::new(), Vec::new());
+        for _ in 0..self.args.runs {
+            self.settle(&streams).await?;
+            let base = limit(self, events).await?;
+            self.settle(&streams).await?;
+            let rate = measure(self, events).await?;
+            rates.push(rate);
+            ratios.push(rate / base);
+        }
+        self.settle(&streams).await?;
+        Ok((median(rates), median(ratios)))
+    }
+
+    /// `n` copies of `body` published to a plain stream, many PubAcks in flight.
+    fn raw_publish(&self, n: usize, body: bytes::Bytes) -> impl Future<Output = anyhow::Result<f64>> + use<> {
+        let js = self.js.clone();
+        let messages =
+            (0..n).map(|i| (format!("bench.raw.{}", i % 16), PublishMessage::build().payload(body.clone()))).collect();
+        async move { pipelined(&js, messages).await }
+    }
+
+    /// `n` POSTs of `body` to the receiver, `--concurrency` at a time.
+    fn raw_post(&self, n: usize, body: bytes::Bytes) -> impl Future<Output = anyhow::Result<f64>> + use<> {
+        let (http, url, clients) = (self.http.clone(), self.sink.raw_url(), self.args.concurrency);
+        async move {
+            let started = Instant::now();
+            futures::stream::iter(0..n)
+                .for_each_concurrent(clients, |_| {
+                    let (http, url, body) = (&http, &url, body.clone());
+                    async move {
+                        let _ = http.post(url.as_str()).body(body).send().await;
+                    }
+                })
+                .await;
+            Ok(per_sec(n, started.elapsed()))
+        }
+    }
+
     fn wants(&self, phase: &str) -> bool {
         self.args.only.iter().any(|p| p == phase)
     }
@@ -326,16 +384,7 @@ impl Bench {
         let data = Self::data(payload);
         let body = bytes::Bytes::from(serde_json::to_vec(&data)?);
 
-        let raw = self
-            .median_of(events, |b, n| {
-                let body = body.clone();
-                let js = b.js.clone();
-                let messages = (0..n)
-                    .map(|i| (format!("bench.raw.{}", i % 16), PublishMessage::build().payload(body.clone())))
-                    .collect();
-                async move { pipelined(&js, messages).await }
-            })
-            .await?;
+        let raw = self.median_of(events, |b, n| b.raw_publish(n, body.clone())).await?;
         self.push(payload, RAW_PUBLISH, raw, "msg/s");
         let dedup = self
             .median_of(events, |b, n| {
@@ -351,23 +400,7 @@ impl Bench {
             })
             .await?;
         self.push(payload, RAW_PUBLISH_DEDUP, dedup, "msg/s");
-        let post = self
-            .median_of(events, |b, n| {
-                let (http, url, body, clients) = (b.http.clone(), b.sink.raw_url(), body.clone(), b.args.concurrency);
-                async move {
-                    let started = Instant::now();
-                    futures::stream::iter(0..n)
-                        .for_each_concurrent(clients, |_| {
-                            let (http, url, body) = (&http, &url, body.clone());
-                            async move {
-                                let _ = http.post(url.as_str()).body(body).send().await;
-                            }
-                        })
-                        .await;
-                    Ok(per_sec(n, started.elapsed()))
-                }
-            })
-            .await?;
+        let post = self.median_of(events, |b, n| b.raw_post(n, body.clone())).await?;
         self.push(payload, RAW_POST, post, "req/s");
         let relay = self
             .median_of(events, |b, n| {
@@ -384,25 +417,29 @@ impl Bench {
         }
 
         let nats_ingest = self
-            .median_of(events, |b, n| {
-                let js = b.js.clone();
-                let subject = herald_core::nats::event_subject(TENANT, "bench.ingest.nats");
-                let messages = (0..n)
-                    .map(|_| {
-                        let id = b.next_id("n");
-                        let event = json!({"id": id, "type": "bench.ingest.nats", "data": data});
-                        (subject.clone(), json_event(&id, &event))
-                    })
-                    .collect();
-                async move { pipelined(&js, messages).await }
-            })
+            .paired_median_of(
+                events,
+                |b, n| b.raw_publish(n, body.clone()),
+                |b, n| {
+                    let js = b.js.clone();
+                    let subject = herald_core::nats::event_subject(TENANT, "bench.ingest.nats");
+                    let messages = (0..n)
+                        .map(|_| {
+                            let id = b.next_id("n");
+                            let event = json!({"id": id, "type": "bench.ingest.nats", "data": data});
+                            (subject.clone(), json_event(&id, &event))
+                        })
+                        .collect();
+                    async move { pipelined(&js, messages).await }
+                },
+            )
             .await?;
-        self.push_ratio(payload, "NATS ingest (herald.events.…)", nats_ingest, "events/s", RAW_PUBLISH);
+        self.push_paired(payload, "NATS ingest (herald.events.…)", nats_ingest, "events/s", RAW_PUBLISH);
 
         // Batches of up to the gateway's 100 events, kept under its 256 KiB body limit.
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
         let batch = self
-            .median_of(events, |b, n| {
+            .paired_median_of(events, |b, n| b.raw_publish(n, body.clone()), |b, n| {
                 let events: Vec<Value> =
                     (0..n).map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data})).collect();
                 let (http, url, clients) =
@@ -413,10 +450,10 @@ impl Bench {
                 }
             })
             .await?;
-        self.push_ratio(payload, format!("HTTP ingest, batch of {per_batch}"), batch, "events/s", RAW_PUBLISH);
+        self.push_paired(payload, format!("HTTP ingest, batch of {per_batch}"), batch, "events/s", RAW_PUBLISH);
 
         let single = self
-            .median_of(events / 2, |b, n| {
+            .paired_median_of(events / 2, |b, n| b.raw_publish(n, body.clone()), |b, n| {
                 let bodies: Vec<String> = (0..n)
                     .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
                     .collect();
@@ -424,7 +461,7 @@ impl Bench {
                 async move { post_all(&http, &url, clients, bodies, n).await }
             })
             .await?;
-        self.push_ratio(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
+        self.push_paired(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
         Ok(())
     }
 
@@ -490,29 +527,33 @@ impl Bench {
         let (subs, replicas) = (group.paths.len(), dispatchers.len());
         let events = (self.args.events / subs).max(10);
         let cpu = || dispatchers.iter().map(Proc::cpu_seconds).sum::<f64>();
-        let mut rates = Vec::new();
+        let (mut rates, mut ratios) = (Vec::new(), Vec::new());
         let mut cpu_per_delivery = Vec::new();
+        let post_body = bytes::Bytes::from(serde_json::to_vec(&Self::data(payload))?);
         // A warm-up with a fifth of the events, then the measured runs.
         for n in std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs)) {
+            // The raw POST loop right before each run, as the ratio's base.
+            let post = self.raw_post(n * subs, post_body.clone()).await?;
             let target = self.sink.delivered(group.paths.clone()) + (n * subs) as u64;
             let messages = self.events_for(group, n, payload);
             let (started, cpu_before) = (Instant::now(), cpu());
             pipelined(&self.js, messages).await?;
             let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
             rates.push(per_sec(n * subs, done - started));
+            ratios.push(per_sec(n * subs, done - started) / post);
             cpu_per_delivery.push((cpu() - cpu_before) * 1e6 / (n * subs) as f64);
             // Everything was received; the acks follow within milliseconds.
             tokio::time::sleep(Duration::from_millis(200)).await;
             use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
             self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
         }
-        let rate = median(rates.split_off(1));
+        let (rate, ratio) = (median(rates.split_off(1)), median(ratios.split_off(1)));
         let name = format!(
             "end to end, {subs} subscription{}, {replicas} dispatcher{}",
             if subs == 1 { "" } else { "s" },
             if replicas == 1 { "" } else { "s" }
         );
-        self.push_ratio(payload, name.clone(), rate, "deliveries/s", RAW_POST);
+        self.push_paired(payload, name.clone(), (rate, ratio), "deliveries/s", RAW_POST);
         // CPU time is steadier than throughput on a shared machine: what optimisations move.
         self.push(payload, format!("  dispatcher CPU, {}", &name[12..]), median(cpu_per_delivery.split_off(1)), "µs/delivery");
         Ok(())

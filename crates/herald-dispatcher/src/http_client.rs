@@ -57,6 +57,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 /// host is resolved through the SSRF guard; redirects are never followed; no proxy is used.
 pub fn build(
     timeout: Duration,
+    concurrency: usize,
     policy: Arc<Policy>,
     overrides: HashMap<String, IpAddr>,
 ) -> anyhow::Result<reqwest::Client> {
@@ -68,7 +69,9 @@ pub fn build(
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
         .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(32)
+        // As many as may be open at once: a busy endpoint keeps its connections between
+        // requests instead of opening and closing most of them each time.
+        .pool_max_idle_per_host(concurrency.max(1))
         // Herald retries on its own schedule; reqwest's retry layer would copy every request
         // (headers, extensions) just in case.
         .retry(reqwest::retry::never().max_retries_per_request(0))
@@ -94,17 +97,20 @@ pub fn headers(
     traceparent: &str,
     extra: &std::collections::BTreeMap<String, String>,
 ) -> HeaderMap {
-    let mut h = HeaderMap::new();
+    static USER_AGENT: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
+        HeaderValue::from_str(&format!("Herald/{}", herald_core::VERSION)).expect("a valid header value")
+    });
+    let mut h = HeaderMap::with_capacity(8 + extra.len());
+    h.insert(reqwest::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(reqwest::header::USER_AGENT, USER_AGENT.clone());
+    h.insert(HeaderName::from_static("webhook-timestamp"), HeaderValue::from(timestamp));
     let mut set = |name: &'static str, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             h.insert(HeaderName::from_static(name), v);
         }
     };
-    set("content-type", "application/json");
     set("webhook-id", msg_id);
-    set("webhook-timestamp", &timestamp.to_string());
     set("webhook-signature", signature);
-    set("user-agent", &format!("Herald/{}", herald_core::VERSION));
     set("traceparent", traceparent);
     for (name, value) in extra {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {

@@ -155,7 +155,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
     let http =
-        http_client::build(config.http_timeout, policy.clone(), overrides).context("building the HTTP client")?;
+        http_client::build(config.http_timeout, config.concurrency, policy.clone(), overrides).context("building the HTTP client")?;
 
     let registry = Registry::new();
     let tracker = TaskTracker::new();
