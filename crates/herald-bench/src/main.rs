@@ -439,27 +439,38 @@ impl Bench {
         // Batches of up to the gateway's 100 events, kept under its 256 KiB body limit.
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
         let batch = self
-            .paired_median_of(events, |b, n| b.raw_publish(n, body.clone()), |b, n| {
-                let events: Vec<Value> =
-                    (0..n).map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data})).collect();
-                let (http, url, clients) =
-                    (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
-                async move {
-                    let bodies = events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
-                    post_all(&http, &url, clients, bodies, n).await
-                }
-            })
+            .paired_median_of(
+                events,
+                |b, n| b.raw_publish(n, body.clone()),
+                |b, n| {
+                    let events: Vec<Value> = (0..n)
+                        .map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data}))
+                        .collect();
+                    let (http, url, clients) =
+                        (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
+                    async move {
+                        let bodies =
+                            events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
+                        post_all(&http, &url, clients, bodies, n).await
+                    }
+                },
+            )
             .await?;
         self.push_paired(payload, format!("HTTP ingest, batch of {per_batch}"), batch, "events/s", RAW_PUBLISH);
 
         let single = self
-            .paired_median_of(events / 2, |b, n| b.raw_publish(n, body.clone()), |b, n| {
-                let bodies: Vec<String> = (0..n)
-                    .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
-                    .collect();
-                let (http, url, clients) = (b.http.clone(), format!("{}/v1/events", b.gateway_url), b.args.concurrency);
-                async move { post_all(&http, &url, clients, bodies, n).await }
-            })
+            .paired_median_of(
+                events / 2,
+                |b, n| b.raw_publish(n, body.clone()),
+                |b, n| {
+                    let bodies: Vec<String> = (0..n)
+                        .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
+                        .collect();
+                    let (http, url, clients) =
+                        (b.http.clone(), format!("{}/v1/events", b.gateway_url), b.args.concurrency);
+                    async move { post_all(&http, &url, clients, bodies, n).await }
+                },
+            )
             .await?;
         self.push_paired(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
         Ok(())
@@ -555,7 +566,12 @@ impl Bench {
         );
         self.push_paired(payload, name.clone(), (rate, ratio), "deliveries/s", RAW_POST);
         // CPU time is steadier than throughput on a shared machine: what optimisations move.
-        self.push(payload, format!("  dispatcher CPU, {}", &name[12..]), median(cpu_per_delivery.split_off(1)), "µs/delivery");
+        self.push(
+            payload,
+            format!("  dispatcher CPU, {}", &name[12..]),
+            median(cpu_per_delivery.split_off(1)),
+            "µs/delivery",
+        );
         Ok(())
     }
 
@@ -645,7 +661,11 @@ impl Bench {
         for r in &self.rows {
             let (ratio, of) = r.ratio.map(|(x, of)| (format!("{x:.2}"), of)).unwrap_or(("".into(), ""));
             let relay = r.of_relay.map(|x| format!("{x:.2}")).unwrap_or_default();
-            let value = if r.unit == "ms" || r.unit.starts_with("µs") { format!("{:.1}", r.value) } else { format!("{:.0}", r.value) };
+            let value = if r.unit == "ms" || r.unit.starts_with("µs") {
+                format!("{:.1}", r.value)
+            } else {
+                format!("{:.0}", r.value)
+            };
             println!("{:>6}B  {:<52} {value:>12} {:<13} {ratio:>6}  {of:<16} {relay:>8}", r.payload, r.name, r.unit);
         }
         let mib = |kib: u64| kib as f64 / 1024.0;

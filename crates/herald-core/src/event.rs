@@ -161,8 +161,11 @@ pub fn decode_stored(
     if event.data.is_empty() {
         return Err(invalid("data", "is empty; it must be a JSON document"));
     }
-    serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
-        .map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
+    // JSON events had `data` checked as they were parsed; protobuf ones carry it as bytes.
+    if !is_json {
+        serde_json::from_slice::<serde::de::IgnoredAny>(&event.data)
+            .map_err(|e| invalid("data", format!("is not valid JSON: {e}")))?;
+    }
     Ok(event)
 }
 

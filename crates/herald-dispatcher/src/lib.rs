@@ -154,8 +154,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let policy = Arc::new(config.common.ssrf_policy());
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
-    let http =
-        http_client::build(config.http_timeout, config.concurrency, policy.clone(), overrides).context("building the HTTP client")?;
+    let http = http_client::build(config.http_timeout, config.concurrency, policy.clone(), overrides)
+        .context("building the HTTP client")?;
 
     let registry = Registry::new();
     let tracker = TaskTracker::new();
