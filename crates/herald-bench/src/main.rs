@@ -320,9 +320,9 @@ impl Bench {
         Ok(median(rates))
     }
 
-    /// Like [`Bench::median_of`], but each measured run comes right after a run of `limit`
-    /// (from empty streams too): the median rate, and the median of each run's ratio to the
-    /// limit measured just before it, so that the machine's drift over the benchmark cancels.
+    /// Like [`Bench::median_of`], but each measured run is paired with a run of `limit` right
+    /// before or after it (alternately; from empty streams too): the median rate, and the median
+    /// of each run's ratio to its pair's limit, so that the machine's drift cancels.
     async fn paired_median_of<L, LFut, F, Fut>(
         &mut self,
         events: usize,
@@ -338,11 +338,18 @@ impl Bench {
         let streams = ["BENCH_RAW", herald_core::nats::EVENTS_STREAM];
         measure(self, (events / 5).max(1)).await?;
         let (mut rates, mut ratios) = (Vec::new(), Vec::new());
-        for _ in 0..self.args.runs {
+        for run in 0..self.args.runs {
+            // Which goes first alternates, so that neither always runs on the other's heels.
             self.settle(&streams).await?;
-            let base = limit(self, events).await?;
-            self.settle(&streams).await?;
-            let rate = measure(self, events).await?;
+            let (base, rate) = if run % 2 == 0 {
+                let base = limit(self, events).await?;
+                self.settle(&streams).await?;
+                (base, measure(self, events).await?)
+            } else {
+                let rate = measure(self, events).await?;
+                self.settle(&streams).await?;
+                (limit(self, events).await?, rate)
+            };
             rates.push(rate);
             ratios.push(rate / base);
         }
