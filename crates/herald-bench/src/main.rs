@@ -16,10 +16,10 @@
 //!   deliveries to a slow receiver.
 //!
 //! Every figure is the median of `--runs` runs after a warm-up. A ratio is the median of each
-//! run's ratio to its limit measured right before it (raw publish for ingest, the raw POST loop
-//! for end to end), so that the drift of a shared machine over the benchmark cancels; the
-//! dispatchers' CPU time per delivery is reported too, being steadier than any rate. `--smoke` runs a tiny
-//! configuration (CI runs it so the benchmark cannot rot). Results are printed as a table and
+//! run's ratio to its limit measured next to it (raw publish for ingest, the raw POST loop for
+//! end to end), so that the drift of a shared machine over the benchmark cancels; the
+//! dispatchers' CPU time per delivery is reported too, being steadier than any rate. `--smoke`
+//! runs a tiny configuration (CI runs it so the benchmark cannot rot). Results are printed as a table and
 //! written as JSON. A benchmark, not a test: it never fails on a number.
 #![forbid(unsafe_code)]
 
@@ -179,22 +179,11 @@ async fn main() -> anyhow::Result<()> {
     );
 
     // Ingest and the limits, with no dispatcher running: nothing else competes for the CPU.
-    bench
-        .js
-        .create_stream(jetstream::stream::Config {
-            name: "BENCH_RAW".into(),
-            subjects: vec!["bench.raw.>".into()],
-            ..Default::default()
-        })
-        .await?;
-    bench
-        .js
-        .create_stream(jetstream::stream::Config {
-            name: "BENCH_RELAY".into(),
-            subjects: vec!["bench.relay.>".into()],
-            ..Default::default()
-        })
-        .await?;
+    for (name, subjects) in [("BENCH_RAW", "bench.raw.>"), ("BENCH_RELAY", "bench.relay.>")] {
+        let config =
+            jetstream::stream::Config { name: name.into(), subjects: vec![subjects.into()], ..Default::default() };
+        bench.js.create_stream(config).await?;
+    }
     for &payload in &args.payloads {
         bench.limits_and_ingest(payload).await?;
         bench.settle(&["BENCH_RAW", "BENCH_RELAY", herald_core::nats::EVENTS_STREAM]).await?;
@@ -557,8 +546,9 @@ impl Bench {
             let (started, cpu_before) = (Instant::now(), cpu());
             pipelined(&self.js, messages).await?;
             let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
-            rates.push(per_sec(n * subs, done - started));
-            ratios.push(per_sec(n * subs, done - started) / post);
+            let rate = per_sec(n * subs, done - started);
+            rates.push(rate);
+            ratios.push(rate / post);
             cpu_per_delivery.push((cpu() - cpu_before) * 1e6 / (n * subs) as f64);
             // Everything was received; the acks follow within milliseconds.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -566,19 +556,15 @@ impl Bench {
             self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
         }
         let (rate, ratio) = (median(rates.split_off(1)), median(ratios.split_off(1)));
-        let name = format!(
-            "end to end, {subs} subscription{}, {replicas} dispatcher{}",
+        let setup = format!(
+            "{subs} subscription{}, {replicas} dispatcher{}",
             if subs == 1 { "" } else { "s" },
             if replicas == 1 { "" } else { "s" }
         );
-        self.push_paired(payload, name.clone(), (rate, ratio), "deliveries/s", RAW_POST);
+        self.push_paired(payload, format!("end to end, {setup}"), (rate, ratio), "deliveries/s", RAW_POST);
         // CPU time is steadier than throughput on a shared machine: what optimisations move.
-        self.push(
-            payload,
-            format!("  dispatcher CPU, {}", &name[12..]),
-            median(cpu_per_delivery.split_off(1)),
-            "µs/delivery",
-        );
+        let cpu = median(cpu_per_delivery.split_off(1));
+        self.push(payload, format!("  dispatcher CPU, {setup}"), cpu, "µs/delivery");
         Ok(())
     }
 

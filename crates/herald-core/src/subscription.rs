@@ -159,18 +159,9 @@ pub fn wants(sub: &proto::Subscription, event_type: &str) -> bool {
     sub.enabled && sub.event_types.iter().any(|p| pattern::matches(p, event_type))
 }
 
-/// The secrets that sign a webhook now: the current one and any rotated-out one whose grace
-/// period has not ended, opened with `keys`. Entries that do not open or parse are skipped (and
-/// logged, without their content).
-pub fn signing_secrets(
-    sub: &proto::Subscription,
-    now: OffsetDateTime,
-    keys: &crate::secrets::KeyRing,
-) -> Vec<herald_signature::Secret> {
-    open_secrets(sub, keys).into_iter().filter(|s| s.signs_at(now)).map(|s| s.secret).collect()
-}
-
 /// A subscription's signing secret, opened, with the end of its grace period if rotated out.
+/// The secrets that sign a webhook now are those that [`OpenedSecret::signs_at`] it: the
+/// current one and any rotated-out one whose grace period has not ended.
 #[derive(Debug, Clone)]
 pub struct OpenedSecret {
     pub secret: herald_signature::Secret,
@@ -251,7 +242,9 @@ mod tests {
             secrets: vec![s(""), s("2030-01-01T00:00:00Z"), s("2020-01-01T00:00:00Z")],
             ..Default::default()
         };
-        assert_eq!(signing_secrets(&sub, now, &crate::secrets::KeyRing::default()).len(), 2);
+        let opened = open_secrets(&sub, &crate::secrets::KeyRing::default());
+        assert_eq!(opened.len(), 3);
+        assert_eq!(opened.iter().filter(|s| s.signs_at(now)).count(), 2);
     }
 }
 
