@@ -1,6 +1,8 @@
 //! Events in and out: validating what clients send (HTTP JSON, or protobuf/JSON straight on
 //! NATS) into a [`proto::Event`], and rendering the webhook body a subscriber receives.
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use time::OffsetDateTime;
@@ -23,26 +25,71 @@ fn invalid(field: &'static str, message: impl Into<String>) -> InvalidEvent {
     InvalidEvent { field, message: message.into() }
 }
 
-/// An event as clients send it in JSON, over HTTP or on NATS.
+/// An event as clients send it in JSON, over HTTP or on NATS. Borrows from the JSON text: its
+/// strings (unless they hold escapes) and `data` are not copied until the event is validated.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EventInput {
+pub struct EventInput<'a> {
     /// Idempotency key; generated when absent.
-    pub id: Option<String>,
+    #[serde(borrow)]
+    pub id: Option<Text<'a>>,
     /// Event type, e.g. `order.created`.
-    #[serde(rename = "type")]
-    pub event_type: Option<String>,
+    #[serde(rename = "type", borrow)]
+    pub event_type: Option<Text<'a>>,
     /// Any JSON document.
-    pub data: Option<Box<RawValue>>,
+    #[serde(borrow)]
+    pub data: Option<&'a RawValue>,
     /// Tenant; `default` when absent.
-    pub tenant: Option<String>,
+    #[serde(borrow)]
+    pub tenant: Option<Text<'a>>,
     /// Free-form origin.
-    pub source: Option<String>,
+    #[serde(borrow)]
+    pub source: Option<Text<'a>>,
     /// RFC 3339; the time of acceptance when absent.
-    pub time: Option<String>,
+    #[serde(borrow)]
+    pub time: Option<Text<'a>>,
 }
 
-impl EventInput {
+/// A JSON string: borrowed from the JSON text, or owned when it held escapes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl<'a> From<&'a str> for Text<'a> {
+    fn from(s: &'a str) -> Self {
+        Self(Cow::Borrowed(s))
+    }
+}
+
+impl std::ops::Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(s)))
+            }
+        }
+        deserializer.deserialize_str(Visitor)
+    }
+}
+
+impl EventInput<'_> {
     /// Validates an HTTP-submitted event. A missing id is generated, a missing tenant is
     /// `default`, a missing time is now.
     pub fn validate(self) -> Result<proto::Event, InvalidEvent> {
@@ -63,7 +110,7 @@ impl EventInput {
             Some(t) => normalize_time(&t)?,
             None => crate::now_rfc3339(),
         };
-        let source = self.source.unwrap_or_default();
+        let source = self.source.map(|s| s.0.into_owned()).unwrap_or_default();
         if source.len() > 1024 {
             return Err(invalid("source", "must be at most 1024 characters"));
         }
@@ -118,12 +165,13 @@ pub fn decode_stored(
         let input: EventInput =
             serde_json::from_slice(payload).map_err(|e| invalid("body", format!("is not a valid JSON event: {e}")))?;
         let data = input.data.ok_or_else(|| invalid("data", "is required"))?;
+        let owned = |text: Option<Text>| text.map(|t| t.0.into_owned()).unwrap_or_default();
         proto::Event {
-            id: input.id.unwrap_or_default(),
-            r#type: input.event_type.unwrap_or_default(),
-            tenant: input.tenant.unwrap_or_default(),
-            source: input.source.unwrap_or_default(),
-            time: input.time.unwrap_or_default(),
+            id: owned(input.id),
+            r#type: owned(input.event_type),
+            tenant: owned(input.tenant),
+            source: owned(input.source),
+            time: owned(input.time),
             data: data.get().as_bytes().to_vec(),
         }
     } else {
@@ -216,6 +264,18 @@ mod tests {
         assert_eq!(e.tenant, "default");
         assert_eq!(e.data, br#"{"n":1}"#);
         assert!(!e.time.is_empty());
+    }
+
+    #[test]
+    fn http_event_fields_are_borrowed_unless_escaped() {
+        let json = r#"{"id":"a-1","type":"order\u002ecreated","source":"x\"y","data":[1, "\u00e9"]}"#;
+        let parsed: EventInput = serde_json::from_str(json).unwrap();
+        assert!(matches!(parsed.id.as_ref().unwrap().0, Cow::Borrowed("a-1")));
+        assert!(matches!(parsed.event_type.as_ref().unwrap().0, Cow::Owned(_)));
+        let e = parsed.validate().unwrap();
+        assert_eq!((e.id.as_str(), e.r#type.as_str(), e.source.as_str()), ("a-1", "order.created", "x\"y"));
+        assert_eq!(e.data, br#"[1, "\u00e9"]"#, "data verbatim");
+        assert_eq!(input(r#"{"type":"a","data":null}"#).unwrap_err().field, "data");
     }
 
     #[test]

@@ -67,7 +67,9 @@ impl EventId {
         if s.is_empty() || s.len() > 128 {
             return Err(InvalidId(format!("event id must be 1 to 128 characters long, got {}", s.len())));
         }
-        if let Some(c) = s.chars().find(|&c| !(c.is_ascii() && (is_word(c as u8) || c == ':'))) {
+        // Every byte of a non-ASCII character is refused, so the first refused byte starts one.
+        if let Some(at) = s.bytes().position(|b| !(is_word(b) || b == b':')) {
+            let c = s[at..].chars().next().unwrap_or_default();
             return Err(InvalidId(format!(
                 "event id {s:?} contains {c:?}; only letters, digits, '_', '-' and ':' are allowed"
             )));
@@ -126,11 +128,23 @@ impl EventType {
         if s.is_empty() || s.len() > 255 {
             return Err(InvalidId(format!("event type must be 1 to 255 characters long, got {}", s.len())));
         }
-        let tokens = s.split('.').count();
+        // One pass: every byte a word byte or a dot, no empty token.
+        let (mut tokens, mut token_len, mut well_formed) = (1, 0, true);
+        for b in s.bytes() {
+            if b == b'.' {
+                well_formed &= token_len > 0;
+                tokens += 1;
+                token_len = 0;
+            } else {
+                well_formed &= is_word(b);
+                token_len += 1;
+            }
+        }
+        well_formed &= token_len > 0;
         if tokens > 16 {
             return Err(InvalidId(format!("event type {s:?} has {tokens} tokens; at most 16 are allowed")));
         }
-        if s.split('.').any(|t| t.is_empty() || !t.bytes().all(is_word)) {
+        if !well_formed {
             return Err(InvalidId(format!(
                 "event type {s:?} must be dot-separated tokens of letters, digits, '_' and '-' (e.g. order.created)"
             )));
@@ -151,6 +165,7 @@ mod tests {
         for bad in ["", "a.b", "a b", "é", "a/b", "a*", &"x".repeat(129)] {
             assert!(EventId::parse(bad).is_err(), "{bad:?}");
         }
+        assert!(EventId::parse("abé").unwrap_err().0.contains("'é'"), "names the character");
         let g = EventId::generate();
         assert!(g.as_str().starts_with("evt_"));
         EventId::parse(g.as_str()).unwrap();

@@ -127,7 +127,9 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
     for (at, separator) in [(4, b'-'), (7, b'-'), (10, b'T'), (13, b':'), (16, b':'), (19, b'Z')] {
         out[at] = separator;
     }
-    out.iter().map(|&b| b as char).collect()
+    let mut text = String::with_capacity(out.len());
+    text.extend(out.iter().map(|&b| b as char));
+    text
 }
 
 /// Now, in RFC 3339 (UTC, seconds).

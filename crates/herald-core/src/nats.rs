@@ -33,7 +33,7 @@ pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
 /// `herald.events.{tenant}.{type}`.
 pub fn event_subject(tenant: &str, event_type: &str) -> String {
-    format!("{EVENTS_SUBJECT_PREFIX}{tenant}.{event_type}")
+    [EVENTS_SUBJECT_PREFIX, tenant, ".", event_type].concat()
 }
 
 /// `herald.deliveries.{tenant}.{subscription_id}`: where due deliveries wait for the consumer.

@@ -73,9 +73,20 @@ pub fn parse_size(text: &str) -> Result<usize, String> {
     n.checked_mul(mult).filter(|&n| n > 0).ok_or_else(|| format!("{text:?} is out of range"))
 }
 
-/// What every handler shares.
+/// What every handler shares. One `Arc`: axum clones the state for every request (several
+/// times), and the NATS handles inside are costly to clone.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// The handles behind [`AppState`].
+pub struct Handles {
     pub(crate) js: jetstream::Context,
     pub(crate) kv: jetstream::kv::Store,
     pub(crate) client: async_nats::Client,
@@ -124,7 +135,7 @@ pub async fn run(
     let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
     let reload = tokio::spawn(reload_tokens(config.clone(), tokens.clone(), cancel.clone()));
 
-    let state = AppState {
+    let state = AppState(Arc::new(Handles {
         js,
         kv: handles.subscriptions,
         client,
@@ -134,7 +145,7 @@ pub async fn run(
         tracer: config.common.tracer("herald-gateway"),
         policy: Arc::new(config.common.ssrf_policy()),
         config: Arc::new(config),
-    };
+    }));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
     cancel.cancel();

@@ -10,7 +10,7 @@ use prost::Message as _;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use herald_core::event::EventInput;
+use herald_core::event::{EventInput, Text};
 use herald_core::{metrics, nats, proto, trace};
 
 use crate::auth::Caller;
@@ -32,7 +32,7 @@ pub(crate) struct Accepted {
 fn parse_event(caller: &Caller, raw: &[u8]) -> Result<proto::Event, ApiError> {
     let mut input: EventInput = serde_json::from_slice(raw).map_err(|e| ApiError::malformed_json(e.to_string()))?;
     if input.tenant.is_none() {
-        input.tenant = caller.own_tenant().map(str::to_owned);
+        input.tenant = caller.own_tenant().map(Text::from);
     }
     let event =
         input.validate().map_err(|e| ApiError::invalid(Some(e.field), format!("{}: {}", e.field, e.message)))?;
@@ -63,14 +63,21 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
 }
 
 /// Sends one event and returns the future of its PubAck, so that a caller can have many in
-/// flight at once.
-async fn send(state: &AppState, event: &proto::Event, traceparent: &str) -> Result<PublishAckFuture, ApiError> {
+/// flight at once. `traceparent`, when there is one, goes along for fan-out to continue from.
+async fn send(state: &AppState, event: &proto::Event, traceparent: Option<&str>) -> Result<PublishAckFuture, ApiError> {
     let subject = nats::event_subject(&event.tenant, &event.r#type);
-    let publish = PublishMessage::build()
-        .payload(event.encode_to_vec().into())
-        .message_id(&event.id)
-        .header(trace::TRACEPARENT, traceparent);
+    let mut publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
+    if let Some(traceparent) = traceparent {
+        publish = publish.header(trace::TRACEPARENT, traceparent);
+    }
     state.js.send_publish(subject, publish).await.map_err(|e| publish_error(e.kind(), &e))
+}
+
+/// Whether events carry trace context on to fan-out: when the caller sent some, or when this
+/// gateway exports its own spans. Otherwise there is no trace to continue, and the dispatcher
+/// starts one (a header less per event for JetStream to store and parse).
+fn propagates(state: &AppState, incoming: Option<&str>) -> bool {
+    incoming.is_some() || state.tracer.is_some()
 }
 
 async fn confirm(
@@ -85,14 +92,18 @@ async fn confirm(
 
 /// Counts one event's outcome.
 fn count(result: &Result<Accepted, ApiError>) {
-    let outcome = match result {
+    metrics::EVENTS_INGESTED.inc(&[outcome(result)]);
+}
+
+/// One event's outcome, as `herald_events_ingested_total` labels it.
+fn outcome(result: &Result<Accepted, ApiError>) -> &'static str {
+    match result {
         Ok(a) if a.duplicate => "duplicate",
         Ok(_) => "accepted",
         Err(e) if e.status() == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         Err(e) if e.status() == StatusCode::FORBIDDEN => "forbidden",
         Err(_) => "invalid",
-    };
-    metrics::EVENTS_INGESTED.inc(&[outcome]);
+    }
 }
 
 fn incoming_traceparent(headers: &HeaderMap) -> Option<&str> {
@@ -128,7 +139,7 @@ pub(crate) async fn publish(
         ensure_connected(&state)?;
         let sent_at = std::time::Instant::now();
         let publish_start = std::time::SystemTime::now();
-        let ack = send(&state, &event, &publish_tp).await?;
+        let ack = send(&state, &event, propagates(&state, parent.as_deref()).then_some(publish_tp.as_str())).await?;
         let confirmed = confirm(&event, ack, sent_at).await;
         published = Some((publish_start, std::time::SystemTime::now(), confirmed.is_ok()));
         confirmed
@@ -170,9 +181,11 @@ pub(crate) async fn publish(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct BatchInput {
+pub(crate) struct BatchInput<'a> {
+    /// Each item is parsed on its own (a bad one fails alone), from the body: not copied.
     #[schema(value_type = Vec<crate::openapi::EventBody>)]
-    events: Vec<Box<RawValue>>,
+    #[serde(borrow)]
+    events: Vec<&'a RawValue>,
 }
 
 /// One item's outcome in a batch.
@@ -235,14 +248,15 @@ pub(crate) async fn publish_batch(
         ));
     }
     ensure_connected(&state)?;
-    let traceparent = trace::child_of(incoming_traceparent(&headers));
+    let incoming = incoming_traceparent(&headers);
+    let traceparent = propagates(&state, incoming).then(|| trace::child_of(incoming));
 
     // Send everything first, then collect the acknowledgements: one round trip, not N.
     let sent_at = std::time::Instant::now();
     let mut pending = Vec::with_capacity(input.events.len());
     for raw in &input.events {
         let item = match parse_event(&caller, raw.get().as_bytes()) {
-            Ok(event) => match send(&state, &event, &traceparent).await {
+            Ok(event) => match send(&state, &event, traceparent.as_deref()).await {
                 Ok(ack) => Ok((event, ack)),
                 Err(e) => Err(e),
             },
@@ -251,14 +265,20 @@ pub(crate) async fn publish_batch(
         pending.push(item);
     }
     let outcomes = futures::future::join_all(pending.into_iter().map(|item| async move {
-        let result = match item {
+        match item {
             Ok((event, ack)) => confirm(&event, ack, sent_at).await,
             Err(e) => Err(e),
-        };
-        count(&result);
-        result
+        }
     }))
     .await;
+    // Counted per outcome, not per event: one lock of the metric for the batch.
+    let mut tally = std::collections::BTreeMap::new();
+    for result in &outcomes {
+        *tally.entry(outcome(result)).or_insert(0.0) += 1.0;
+    }
+    for (label, n) in tally {
+        metrics::EVENTS_INGESTED.add(&[label], n);
+    }
 
     let mut results = Vec::with_capacity(outcomes.len());
     let (mut accepted, mut failed, mut unavailable) = (0, 0, 0);
