@@ -8,7 +8,7 @@
 //!   consumer POSTing each message and acking it after the 2xx: the least any JetStream-backed
 //!   webhook sender does);
 //! - HTTP ingest (`POST /v1/events/batch`, `POST /v1/events`) and NATS ingest (publishing
-//!   straight to `herald.events.…`), as ratios to raw publish;
+//!   straight to `herald.events.…`, JSON and protobuf events), as ratios to raw publish;
 //! - end to end (publish → verified receipt) with 1, 10 and 100 subscriptions per event type and
 //!   1 and 3 dispatchers, as deliveries/s and ratios to the raw POST loop and the raw relay;
 //! - latency publish (`POST /v1/events`) → receipt, p50/p95/p99, at a fixed rate;
@@ -430,7 +430,34 @@ impl Bench {
                 },
             )
             .await?;
-        self.push_paired(payload, "NATS ingest (herald.events.…)", nats_ingest, "events/s", RAW_PUBLISH);
+        self.push_paired(payload, "NATS ingest, JSON (herald.events.…)", nats_ingest, "events/s", RAW_PUBLISH);
+
+        // The same as a protobuf herald.v1.Event, the format the gateway stores: no Content-Type.
+        let data_bytes = serde_json::to_vec(&data)?;
+        let nats_proto = self
+            .paired_median_of(
+                events,
+                |b, n| b.raw_publish(n, body.clone()),
+                |b, n| {
+                    let js = b.js.clone();
+                    let subject = herald_core::nats::event_subject(TENANT, "bench.ingest.proto");
+                    let messages = (0..n)
+                        .map(|_| {
+                            let id = b.next_id("p");
+                            let event = herald_core::proto::Event {
+                                id: id.clone(),
+                                data: data_bytes.clone(),
+                                ..Default::default()
+                            };
+                            let payload = prost::Message::encode_to_vec(&event).into();
+                            (subject.clone(), PublishMessage::build().payload(payload).message_id(id))
+                        })
+                        .collect();
+                    async move { pipelined(&js, messages).await }
+                },
+            )
+            .await?;
+        self.push_paired(payload, "NATS ingest, protobuf (herald.events.…)", nats_proto, "events/s", RAW_PUBLISH);
 
         // Batches of up to the gateway's 100 events, kept under its 256 KiB body limit.
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
