@@ -45,6 +45,10 @@ struct Args {
     /// Events per ingest measurement, and deliveries per end-to-end measurement.
     #[arg(long, default_value_t = 10_000)]
     events: usize,
+    /// Each ingest run carries at least this many MiB of payload: more events than `--events`
+    /// for small payloads (10,000 of 256 B are published in some 50 ms, too short to time).
+    #[arg(long, default_value_t = 12)]
+    ingest_mib: usize,
     /// Payload sizes in bytes (the event's data), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "256,16384")]
     payloads: Vec<usize>,
@@ -140,6 +144,7 @@ async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
     if args.smoke {
         args.events = 200;
+        args.ingest_mib = 0;
         args.payloads = vec![256];
         args.concurrency = 4;
         args.batch_clients = 2;
@@ -377,13 +382,14 @@ impl Bench {
 
     async fn limits_and_ingest(&mut self, payload: usize) -> anyhow::Result<()> {
         let events = self.args.events;
+        let ingest = events.max(self.args.ingest_mib * 1024 * 1024 / payload.max(1));
         let data = Self::data(payload);
         let body = bytes::Bytes::from(serde_json::to_vec(&data)?);
 
-        let raw = self.median_of(events, |b, n| b.raw_publish(n, body.clone())).await?;
+        let raw = self.median_of(ingest, |b, n| b.raw_publish(n, body.clone())).await?;
         self.push(payload, RAW_PUBLISH, raw, "msg/s");
         let dedup = self
-            .median_of(events, |b, n| {
+            .median_of(ingest, |b, n| {
                 let body = body.clone();
                 let js = b.js.clone();
                 let messages = (0..n)
@@ -414,7 +420,7 @@ impl Bench {
 
         let nats_ingest = self
             .paired_median_of(
-                events,
+                ingest,
                 |b, n| b.raw_publish(n, body.clone()),
                 |b, n| {
                     let js = b.js.clone();
@@ -436,7 +442,7 @@ impl Bench {
         let data_bytes = serde_json::to_vec(&data)?;
         let nats_proto = self
             .paired_median_of(
-                events,
+                ingest,
                 |b, n| b.raw_publish(n, body.clone()),
                 |b, n| {
                     let js = b.js.clone();
@@ -463,7 +469,7 @@ impl Bench {
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
         let batch = self
             .paired_median_of(
-                events,
+                ingest,
                 |b, n| b.raw_publish(n, body.clone()),
                 |b, n| {
                     let events: Vec<Value> = (0..n)
@@ -483,7 +489,7 @@ impl Bench {
 
         let single = self
             .paired_median_of(
-                events / 2,
+                ingest / 2,
                 |b, n| b.raw_publish(n, body.clone()),
                 |b, n| {
                     let bodies: Vec<String> = (0..n)
