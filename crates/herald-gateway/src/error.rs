@@ -20,6 +20,23 @@ pub struct ApiError {
     retry_after: Option<u64>,
 }
 
+/// The problem+json answers every authenticated route can give, listed once for the OpenAPI
+/// document (`responses(..., Problems)`); never built.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Problems {
+    #[response(status = 400, description = "Invalid request", content_type = "application/problem+json")]
+    Invalid(Problem),
+    #[response(status = 401, description = "No or unknown token", content_type = "application/problem+json")]
+    Unauthenticated(Problem),
+    #[response(status = 403, description = "The token lacks the scope", content_type = "application/problem+json")]
+    Forbidden(Problem),
+    #[response(status = 404, description = "Not found", content_type = "application/problem+json")]
+    NotFound(Problem),
+    #[response(status = 503, description = "NATS unavailable; retry", content_type = "application/problem+json")]
+    Unavailable(Problem),
+}
+
 /// An RFC 9457 problem: every error the API answers.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Problem {

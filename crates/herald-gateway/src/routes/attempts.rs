@@ -90,12 +90,7 @@ fn newest_first(mut stored: Vec<Stored>, q: &PageQuery) -> Page {
 /// `GET /v1/events/{id}/attempts`: every attempt of one event, across its subscriptions that
 /// the caller may see.
 #[utoipa::path(get, path = "/v1/events/{id}/attempts", tag = "events", params(("id" = String, Path, description = "Event id"), PageQuery),
-    responses((status = 200, description = "Newest first", body = Page),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "Newest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn for_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -116,12 +111,7 @@ pub(crate) async fn for_event(
 
 /// `GET /v1/subscriptions/{id}/attempts`: its attempts, newest first, paged with `before`.
 #[utoipa::path(get, path = "/v1/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id"), PageQuery),
-    responses((status = 200, description = "Newest first", body = Page),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "Newest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn for_subscription(
     State(state): State<AppState>,
     caller: Caller,

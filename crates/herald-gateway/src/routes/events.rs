@@ -114,12 +114,7 @@ fn incoming_traceparent(headers: &HeaderMap) -> Option<&str> {
 #[utoipa::path(post, path = "/v1/events", tag = "events", request_body = crate::openapi::EventBody,
     responses(
         (status = 202, description = "Stored durably in JetStream", body = Accepted),
-        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::Problems
     ), security(("bearer" = [])))]
 pub(crate) async fn publish(
     State(state): State<AppState>,
@@ -219,12 +214,7 @@ pub(crate) struct BatchResult {
     responses(
         (status = 202, description = "All stored", body = BatchResult),
         (status = 207, description = "Some not stored: see each result", body = BatchResult),
-        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")
+        (status = 413, description = "Body too large", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::Problems
     ), security(("bearer" = [])))]
 pub(crate) async fn publish_batch(
     State(state): State<AppState>,

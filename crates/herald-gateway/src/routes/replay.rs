@@ -45,12 +45,7 @@ pub(crate) struct ReplayResult {
 
 /// `POST /v1/subscriptions/{id}/replay` `{since, until?, event_types?}`.
 #[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")), request_body = ReplayInput,
-    responses((status = 200, description = "Replayed", body = ReplayResult),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "Replayed", body = ReplayResult), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     caller: Caller,

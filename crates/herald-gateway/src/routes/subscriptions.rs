@@ -108,12 +108,7 @@ pub(crate) struct CreateInput {
 
 /// `POST /v1/subscriptions`.
 #[utoipa::path(post, path = "/v1/subscriptions", tag = "subscriptions", request_body = CreateInput,
-    responses((status = 201, description = "Created; the secret is shown only here", body = View),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 201, description = "Created; the secret is shown only here", body = View), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -200,12 +195,7 @@ pub(crate) struct Page {
 
 /// `GET /v1/subscriptions?tenant=&limit=&after=`: ordered by creation, 50 a page by default.
 #[utoipa::path(get, path = "/v1/subscriptions", tag = "subscriptions", params(ListQuery),
-    responses((status = 200, description = "A page, oldest first", body = Page),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "A page, oldest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -268,12 +258,7 @@ pub(crate) async fn locate(
 
 /// `GET /v1/subscriptions/{id}`.
 #[utoipa::path(get, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), 
-    responses((status = 200, description = "The subscription", body = View),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 200, description = "The subscription", body = View), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -350,12 +335,7 @@ impl PatchInput {
 /// top of the newer version.
 #[utoipa::path(patch, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), request_body = PatchInput,
     responses((status = 200, description = "Changed", body = View),
-        (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+        (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -393,12 +373,7 @@ async fn modify(
 
 /// `DELETE /v1/subscriptions/{id}`: no further deliveries are made to it.
 #[utoipa::path(delete, path = "/v1/subscriptions/{id}", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), 
-    responses((status = 204, description = "Deleted"),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+    responses((status = 204, description = "Deleted"), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     caller: Caller,
@@ -435,12 +410,7 @@ pub(crate) struct Rotated {
 /// webhook. Older secrets whose grace ended are dropped.
 #[utoipa::path(post, path = "/v1/subscriptions/{id}/rotate-secret", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id (sub_…)")), request_body(content = RotateInput, content_type = "application/json"),
     responses((status = 200, description = "The new secret, shown only here", body = Rotated),
-        (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 400, description = "Invalid request", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "No or unknown token", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 403, description = "The token lacks the scope", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 404, description = "Not found", body = crate::error::Problem, content_type = "application/problem+json"),
-        (status = 503, description = "NATS unavailable; retry", body = crate::error::Problem, content_type = "application/problem+json")), security(("bearer" = [])))]
+        (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn rotate_secret(
     State(state): State<AppState>,
     caller: Caller,
