@@ -114,6 +114,34 @@ async fn the_publishers_trace_reaches_the_subscriber() {
     assert!(herald_core::trace::is_valid(traceparent), "{traceparent}");
     assert_eq!(&traceparent[3..35], trace_id, "the same trace");
     assert_ne!(&traceparent[36..52], "00f067aa0ba902b7", "a span of Herald's own");
+
+    // Without a caller's trace (and no span export) none is stored with the event; the
+    // dispatcher starts one for the webhook.
+    let resp = stack
+        .http
+        .post(format!("{}/v1/events", stack.gateway))
+        .bearer_auth(herald_tests::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(json!({"id": "t-2", "type": "t.x", "data": {}}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let got = rx.wait_for(2, SOON).await;
+    let second = got.iter().find(|r| r.header("webhook-id") == Some("t-2")).expect("t-2 delivered");
+    let started = second.header("traceparent").unwrap();
+    assert!(herald_core::trace::is_valid(started) && &started[3..35] != trace_id, "{started}");
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap();
+    let stored_trace = |seq| {
+        let events = events.clone();
+        async move {
+            let stored = events.get_raw_message(seq).await.unwrap();
+            stored.headers.get("traceparent").map(|v| v.as_str().to_owned())
+        }
+    };
+    assert!(stored_trace(1).await.is_some_and(|t| &t[3..35] == trace_id), "the caller's trace is stored");
+    assert_eq!(stored_trace(2).await, None, "no trace to continue, none stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
