@@ -54,6 +54,13 @@ pub struct EventInput<'a> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Text<'a>(pub Cow<'a, str>);
 
+impl Text<'_> {
+    /// The text as an owned string (a copy only when borrowed).
+    pub fn into_owned(self) -> String {
+        self.0.into_owned()
+    }
+}
+
 impl<'a> From<&'a str> for Text<'a> {
     fn from(s: &'a str) -> Self {
         Self(Cow::Borrowed(s))
@@ -110,7 +117,7 @@ impl EventInput<'_> {
             Some(t) => normalize_time(&t)?,
             None => crate::now_rfc3339(),
         };
-        let source = self.source.map(|s| s.0.into_owned()).unwrap_or_default();
+        let source = self.source.map(Text::into_owned).unwrap_or_default();
         if source.len() > 1024 {
             return Err(invalid("source", "must be at most 1024 characters"));
         }
@@ -165,7 +172,7 @@ pub fn decode_stored(
         let input: EventInput =
             serde_json::from_slice(payload).map_err(|e| invalid("body", format!("is not a valid JSON event: {e}")))?;
         let data = input.data.ok_or_else(|| invalid("data", "is required"))?;
-        let owned = |text: Option<Text>| text.map(|t| t.0.into_owned()).unwrap_or_default();
+        let owned = |text: Option<Text>| text.map(Text::into_owned).unwrap_or_default();
         proto::Event {
             id: owned(input.id),
             r#type: owned(input.event_type),
