@@ -418,52 +418,18 @@ impl Bench {
             return Ok(());
         }
 
-        let nats_ingest = self
-            .paired_median_of(
-                ingest,
-                |b, n| b.raw_publish(n, body.clone()),
-                |b, n| {
-                    let js = b.js.clone();
-                    let subject = herald_core::nats::event_subject(TENANT, "bench.ingest.nats");
-                    let messages = (0..n)
-                        .map(|_| {
-                            let id = b.next_id("n");
-                            let event = json!({"id": id, "type": "bench.ingest.nats", "data": data});
-                            (subject.clone(), json_event(&id, &event))
-                        })
-                        .collect();
-                    async move { pipelined(&js, messages).await }
-                },
-            )
-            .await?;
-        self.push_paired(payload, "NATS ingest, JSON (herald.events.…)", nats_ingest, "events/s", RAW_PUBLISH);
-
+        let nats_json = |id: String| {
+            let event = json!({"id": id, "type": "bench.ingest.json", "data": data});
+            json_event(&id, &event)
+        };
+        self.nats_ingest(payload, ingest, &body, "JSON", "bench.ingest.json", nats_json).await?;
         // The same as a protobuf herald.v1.Event, the format the gateway stores: no Content-Type.
         let data_bytes = serde_json::to_vec(&data)?;
-        let nats_proto = self
-            .paired_median_of(
-                ingest,
-                |b, n| b.raw_publish(n, body.clone()),
-                |b, n| {
-                    let js = b.js.clone();
-                    let subject = herald_core::nats::event_subject(TENANT, "bench.ingest.proto");
-                    let messages = (0..n)
-                        .map(|_| {
-                            let id = b.next_id("p");
-                            let event = herald_core::proto::Event {
-                                id: id.clone(),
-                                data: data_bytes.clone(),
-                                ..Default::default()
-                            };
-                            let payload = prost::Message::encode_to_vec(&event).into();
-                            (subject.clone(), PublishMessage::build().payload(payload).message_id(id))
-                        })
-                        .collect();
-                    async move { pipelined(&js, messages).await }
-                },
-            )
-            .await?;
-        self.push_paired(payload, "NATS ingest, protobuf (herald.events.…)", nats_proto, "events/s", RAW_PUBLISH);
+        let nats_proto = |id: String| {
+            let event = herald_core::proto::Event { id: id.clone(), data: data_bytes.clone(), ..Default::default() };
+            PublishMessage::build().payload(prost::Message::encode_to_vec(&event).into()).message_id(id)
+        };
+        self.nats_ingest(payload, ingest, &body, "protobuf", "bench.ingest.proto", nats_proto).await?;
 
         // Batches of up to the gateway's 100 events, kept under its 256 KiB body limit.
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
@@ -502,6 +468,34 @@ impl Bench {
             )
             .await?;
         self.push_paired(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
+        Ok(())
+    }
+
+    /// NATS ingest: `events` events of `event_type`, each `message(id)`, published straight to
+    /// `herald.events.…`, paired with raw publish of `body`.
+    async fn nats_ingest(
+        &mut self,
+        payload: usize,
+        events: usize,
+        body: &bytes::Bytes,
+        format: &str,
+        event_type: &str,
+        message: impl Fn(String) -> PublishMessage,
+    ) -> anyhow::Result<()> {
+        let subject = herald_core::nats::event_subject(TENANT, event_type);
+        let measured = self
+            .paired_median_of(
+                events,
+                |b, n| b.raw_publish(n, body.clone()),
+                |b, n| {
+                    let js = b.js.clone();
+                    let messages = (0..n).map(|_| (subject.clone(), message(b.next_id("n")))).collect();
+                    async move { pipelined(&js, messages).await }
+                },
+            )
+            .await?;
+        let name = format!("NATS ingest, {format} (herald.events.…)");
+        self.push_paired(payload, name, measured, "events/s", RAW_PUBLISH);
         Ok(())
     }
 

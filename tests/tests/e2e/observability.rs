@@ -98,17 +98,19 @@ async fn the_publishers_trace_reaches_the_subscriber() {
     let rx = Receiver::start().await;
     stack.subscribe(&rx.url("/t"), &["t.*"], None).await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
-    let resp = stack
-        .http
-        .post(format!("{}/v1/events", stack.gateway))
-        .bearer_auth(herald_tests::ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
-        .body(json!({"id": "t-1", "type": "t.x", "data": {}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let publish = |id: &str, traceparent: Option<String>| {
+        let mut req = stack
+            .http
+            .post(format!("{}/v1/events", stack.gateway))
+            .bearer_auth(herald_tests::ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(json!({"id": id, "type": "t.x", "data": {}}).to_string());
+        if let Some(traceparent) = traceparent {
+            req = req.header("traceparent", traceparent);
+        }
+        async move { assert_eq!(req.send().await.unwrap().status(), 202) }
+    };
+    publish("t-1", Some(format!("00-{trace_id}-00f067aa0ba902b7-01"))).await;
     let got = rx.wait_for(1, SOON).await;
     let traceparent = got[0].header("traceparent").unwrap();
     assert!(herald_core::trace::is_valid(traceparent), "{traceparent}");
@@ -117,16 +119,7 @@ async fn the_publishers_trace_reaches_the_subscriber() {
 
     // Without a caller's trace (and no span export) none is stored with the event; the
     // dispatcher starts one for the webhook.
-    let resp = stack
-        .http
-        .post(format!("{}/v1/events", stack.gateway))
-        .bearer_auth(herald_tests::ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .body(json!({"id": "t-2", "type": "t.x", "data": {}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    publish("t-2", None).await;
     let got = rx.wait_for(2, SOON).await;
     let second = got.iter().find(|r| r.header("webhook-id") == Some("t-2")).expect("t-2 delivered");
     let started = second.header("traceparent").unwrap();
