@@ -116,6 +116,11 @@ impl NatsServer {
         format!("nats://127.0.0.1:{}", self.port)
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Stops the server (its store stays, so [`NatsServer::restart`] brings the data back).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -17,8 +17,10 @@
 //!
 //! Every figure is the median of `--runs` runs after a warm-up. A ratio is the median of each
 //! run's ratio to its limit measured next to it (raw publish for ingest, the raw POST loop for
-//! end to end), so that the drift of a shared machine over the benchmark cancels; the
-//! dispatchers' CPU time per delivery is reported too, being steadier than any rate. `--smoke`
+//! end to end), so that the drift of a shared machine over the benchmark cancels. End to end
+//! also reports the CPU time per delivery of the dispatchers, nats-server and the benchmark
+//! itself (steadier than any rate, and what bounds it on a machine they share), and the
+//! dispatcher CPU per delivery those leave at half the raw POST loop's rate. `--smoke`
 //! runs a tiny configuration (CI runs it so the benchmark cannot rot). Results are printed as a table and
 //! written as JSON. A benchmark, not a test: it never fails on a number.
 #![forbid(unsafe_code)]
@@ -560,23 +562,40 @@ impl Bench {
     async fn end_to_end(&mut self, group: &Group, payload: usize, dispatchers: &[Proc]) -> anyhow::Result<()> {
         let (subs, replicas) = (group.paths.len(), dispatchers.len());
         let events = (self.args.events / subs).max(10);
-        let cpu = || dispatchers.iter().map(Proc::cpu_seconds).sum::<f64>();
-        let (mut rates, mut ratios) = (Vec::new(), Vec::new());
-        let mut cpu_per_delivery = Vec::new();
+        let nats_pid = self.nats.pid().map(|p| p.to_string()).unwrap_or_default();
+        // CPU seconds so far of the dispatchers, nats-server and this process (the publisher
+        // and the receiver).
+        let cpu = || {
+            [
+                dispatchers.iter().map(Proc::cpu_seconds).sum::<f64>(),
+                procs::cpu_seconds(&nats_pid),
+                procs::cpu_seconds("self"),
+            ]
+        };
+        let (mut rates, mut ratios, mut posts) = (Vec::new(), Vec::new(), Vec::new());
+        let mut cpu_per_delivery: [Vec<f64>; 3] = Default::default();
+        let mut cpu_per_post = Vec::new();
         let post_body = bytes::Bytes::from(serde_json::to_vec(&Self::data(payload))?);
         // A warm-up with a fifth of the events, then the measured runs.
         for n in std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs)) {
+            let deliveries = n * subs;
             // The raw POST loop right before each run, as the ratio's base.
-            let post = self.raw_post(n * subs, post_body.clone()).await?;
-            let target = self.sink.delivered(group.paths.clone()) + (n * subs) as u64;
+            let own_before = procs::cpu_seconds("self");
+            let post = self.raw_post(deliveries, post_body.clone()).await?;
+            cpu_per_post.push((procs::cpu_seconds("self") - own_before) * 1e6 / deliveries as f64);
+            let target = self.sink.delivered(group.paths.clone()) + deliveries as u64;
             let messages = self.events_for(group, n, payload);
-            let (started, cpu_before) = (Instant::now(), cpu());
+            let (started, before) = (Instant::now(), cpu());
             pipelined(&self.js, messages).await?;
             let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
-            let rate = per_sec(n * subs, done - started);
+            let after = cpu();
+            let rate = per_sec(deliveries, done - started);
             rates.push(rate);
             ratios.push(rate / post);
-            cpu_per_delivery.push((cpu() - cpu_before) * 1e6 / (n * subs) as f64);
+            posts.push(post);
+            for (i, per) in cpu_per_delivery.iter_mut().enumerate() {
+                per.push((after[i] - before[i]) * 1e6 / deliveries as f64);
+            }
             // Everything was received; the acks follow within milliseconds.
             tokio::time::sleep(Duration::from_millis(200)).await;
             use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
@@ -589,9 +608,21 @@ impl Bench {
             if replicas == 1 { "" } else { "s" }
         );
         self.push_paired(payload, format!("end to end, {setup}"), (rate, ratio), "deliveries/s", RAW_POST);
-        // CPU time is steadier than throughput on a shared machine: what optimisations move.
-        let cpu = median(cpu_per_delivery.split_off(1));
-        self.push(payload, format!("  dispatcher CPU, {setup}"), cpu, "µs/delivery");
+        // CPU time is steadier than throughput on a shared machine: what optimisations move,
+        // and, with the other processes' share, what bounds the rate. "benchmark" is this
+        // process: the publisher and the receiver; the raw POST loop's CPU is its client's and
+        // the receiver's, per request.
+        let [dispatcher, nats, own] = cpu_per_delivery.map(|mut runs| median(runs.split_off(1)));
+        self.push(payload, format!("  dispatcher CPU, {setup}"), dispatcher, "µs/delivery");
+        self.push(payload, format!("  nats-server CPU, {setup}"), nats, "µs/delivery");
+        self.push(payload, format!("  benchmark CPU, {setup}"), own, "µs/delivery");
+        let post_cpu = median(cpu_per_post.split_off(1));
+        self.push(payload, format!("  raw POST loop CPU, {setup}"), post_cpu, "µs/request");
+        // What the machine's cores leave the dispatchers per delivery at half the raw POST
+        // loop's rate, once nats-server and the benchmark have had their share.
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        let budget = cores * 1e6 / (0.5 * median(posts.split_off(1))) - nats - own;
+        self.push(payload, format!("  dispatcher budget at 0.5×, {setup}"), budget, "µs/delivery");
         Ok(())
     }
 
@@ -675,7 +706,7 @@ impl Bench {
         [deferrals, retries, inline, fanned_out]: [f64; 4],
     ) -> anyhow::Result<()> {
         println!(
-            "{:>7}  {:<52} {:>12} {:<13} {:>6}  {:<16} {:>8}",
+            "{:>7}  {:<60} {:>12} {:<13} {:>6}  {:<16} {:>8}",
             "payload", "measurement", "value", "unit", "ratio", "of", "of relay"
         );
         for r in &self.rows {
@@ -686,11 +717,11 @@ impl Bench {
             } else {
                 format!("{:.0}", r.value)
             };
-            println!("{:>6}B  {:<52} {value:>12} {:<13} {ratio:>6}  {of:<16} {relay:>8}", r.payload, r.name, r.unit);
+            println!("{:>6}B  {:<60} {value:>12} {:<13} {ratio:>6}  {of:<16} {relay:>8}", r.payload, r.name, r.unit);
         }
         let mib = |kib: u64| kib as f64 / 1024.0;
         for (name, kib) in memory {
-            println!("{:>7}  {name:<52} {:>12.1} MiB", "", mib(*kib));
+            println!("{:>7}  {name:<60} {:>12.1} MiB", "", mib(*kib));
         }
         for (flags, held, peak) in &in_flight.runs {
             println!(

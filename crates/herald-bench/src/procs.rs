@@ -103,14 +103,7 @@ impl Proc {
 
     /// CPU time (user + system) the process has used so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name, which is in parentheses and may hold spaces; utime and
-        // stime are the 14th and 15th fields, in clock ticks (100 per second on Linux).
-        let ticks: u64 = stat
-            .rsplit_once(')')
-            .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum())
-            .unwrap_or(0);
-        ticks as f64 / 100.0
+        cpu_seconds(&self.child.id().to_string())
     }
 
     /// Current and peak resident memory.
@@ -138,6 +131,19 @@ impl Proc {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// CPU time (user + system) process `pid` (`self`: this one) has used so far, in seconds; 0 if
+/// it cannot be read.
+pub fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces; utime and
+    // stime are the 14th and 15th fields, in clock ticks (100 per second on Linux).
+    let ticks: u64 = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().skip(11).take(2).filter_map(|t| t.parse::<u64>().ok()).sum())
+        .unwrap_or(0);
+    ticks as f64 / 100.0
 }
 
 impl Drop for Proc {
