@@ -148,7 +148,8 @@ pub struct StoredAt {
 }
 
 /// Decodes and validates an event taken from `herald.events.{tenant}.{type}`: protobuf
-/// `herald.v1.Event`, or JSON when `content_type` is `application/json`. Empty tenant, type, id
+/// `herald.v1.Event`, or JSON when `content_type` is `application/json` or, with no
+/// `content_type`, when the payload starts with `{`. Empty tenant, type, id
 /// and time are filled in from the subject, the `Nats-Msg-Id` and the stream; fields that
 /// disagree with the subject are refused.
 pub fn decode_stored(
@@ -167,7 +168,13 @@ pub fn decode_stored(
     let subject_tenant = TenantId::parse(subject_tenant).map_err(|e| invalid("subject", e.0))?;
     let subject_type = EventType::parse(subject_type).map_err(|e| invalid("subject", e.0))?;
 
-    let is_json = content_type.is_some_and(|ct| ct.trim().starts_with("application/json"));
+    // Without a Content-Type the first byte tells: a protobuf Event never starts with `{`
+    // (0x7B would open a group for field 15, a wire type proto3 does not write). Publishers
+    // may then skip the header, which nats-server would otherwise parse on every event.
+    let is_json = match content_type {
+        Some(ct) => ct.trim().starts_with("application/json"),
+        None => payload.first() == Some(&b'{'),
+    };
     let mut event = if is_json {
         let input: EventInput =
             serde_json::from_slice(payload).map_err(|e| invalid("body", format!("is not a valid JSON event: {e}")))?;
@@ -185,7 +192,7 @@ pub fn decode_stored(
         <proto::Event as prost::Message>::decode(payload).map_err(|e| {
             invalid(
                 "body",
-                format!("is not a protobuf herald.v1.Event ({e}); send JSON with Content-Type: application/json"),
+                format!("is not a protobuf herald.v1.Event ({e}); a JSON event starts with `{{` or carries Content-Type: application/json"),
             )
         })?
     };
@@ -326,6 +333,28 @@ mod tests {
         assert_eq!(err.field, "body");
         let err = decode_stored("herald.events.t1", None, None, b"", stored()).unwrap_err();
         assert_eq!(err.field, "subject");
+    }
+
+    #[test]
+    fn stored_json_needs_no_content_type() {
+        let json = br#"{"id":"e1","data":{"a":true}}"#;
+        let got = decode_stored("herald.events.t1.user.signup", None, None, json, stored()).unwrap();
+        assert_eq!(
+            (got.id.as_str(), got.r#type.as_str(), got.data.as_slice()),
+            ("e1", "user.signup", &br#"{"a":true}"#[..])
+        );
+        // Broken JSON is reported as JSON, not as a failed protobuf decode.
+        let err = decode_stored("herald.events.t1.a", None, None, br#"{"data":"#, stored()).unwrap_err();
+        assert_eq!(err.field, "body");
+        assert!(err.to_string().contains("not a valid JSON event"), "{err}");
+        // A Content-Type that is not JSON still means protobuf, whatever the first byte.
+        let err = decode_stored("herald.events.t1.a", Some("application/x-protobuf"), None, json, stored());
+        assert!(err.unwrap_err().to_string().contains("not a protobuf"));
+        // Protobuf events (whose first byte is a field tag) are unaffected.
+        let e = proto::Event { id: "p1".into(), data: b"1".to_vec(), ..Default::default() };
+        let bytes = prost::Message::encode_to_vec(&e);
+        assert_ne!(bytes[0], b'{');
+        assert_eq!(decode_stored("herald.events.t1.a", None, None, &bytes, stored()).unwrap().id, "p1");
     }
 
     #[test]

@@ -64,7 +64,7 @@ async fn http_event_is_delivered_once_signed_with_the_specified_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn events_published_on_nats_as_protobuf_and_json_are_delivered() {
+async fn events_published_on_nats_as_protobuf_and_json_with_or_without_content_type_are_delivered() {
     let stack = Stack::start().await;
     let rx = Receiver::start().await;
     let sub = stack.subscribe(&rx.url("/n"), &["user.>"], Some("acme")).await;
@@ -85,8 +85,14 @@ async fn events_published_on_nats_as_protobuf_and_json_are_delivered() {
         .unwrap()
         .await
         .unwrap();
+    // JSON with no headers at all: recognised by its opening brace.
+    js.publish("herald.events.acme.user.renamed", r#"{"id":"bare-1","data":{"via":"bare json"}}"#.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
 
-    let got = rx.wait_for(2, SOON).await;
+    let got = rx.wait_for(3, SOON).await;
     let mut seen: Vec<(String, String, String)> = got
         .iter()
         .map(|r| {
@@ -104,6 +110,7 @@ async fn events_published_on_nats_as_protobuf_and_json_are_delivered() {
     assert_eq!(
         seen,
         [
+            ("bare-1".to_owned(), "user.renamed".to_owned(), "bare json".to_owned()),
             ("json-1".to_owned(), "user.deleted".to_owned(), "json".to_owned()),
             ("pb-1".to_owned(), "user.signed_up".to_owned(), "protobuf".to_owned())
         ]
