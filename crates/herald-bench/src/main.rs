@@ -573,16 +573,18 @@ impl Bench {
             ]
         };
         let (mut rates, mut ratios, mut posts) = (Vec::new(), Vec::new(), Vec::new());
-        let mut cpu_per_delivery: [Vec<f64>; 3] = Default::default();
-        let mut cpu_per_post = Vec::new();
+        // CPU seconds over the measured runs (not the warm-up), and what they carried: clock
+        // ticks are 10 ms, so totals over all runs are finer than any one run's figure.
+        let (mut cpu_spent, mut post_cpu_spent, mut measured) = ([0.0; 3], 0.0, 0);
         let post_body = bytes::Bytes::from(serde_json::to_vec(&Self::data(payload))?);
         // A warm-up with a fifth of the events, then the measured runs.
-        for n in std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs)) {
+        let runs = std::iter::once((events / 5).max(1)).chain(std::iter::repeat_n(events, self.args.runs));
+        for (run, n) in runs.enumerate() {
             let deliveries = n * subs;
             // The raw POST loop right before each run, as the ratio's base.
             let own_before = procs::cpu_seconds("self");
             let post = self.raw_post(deliveries, post_body.clone()).await?;
-            cpu_per_post.push((procs::cpu_seconds("self") - own_before) * 1e6 / deliveries as f64);
+            let post_cpu = procs::cpu_seconds("self") - own_before;
             let target = self.sink.delivered(group.paths.clone()) + deliveries as u64;
             let messages = self.events_for(group, n, payload);
             let (started, before) = (Instant::now(), cpu());
@@ -593,8 +595,12 @@ impl Bench {
             rates.push(rate);
             ratios.push(rate / post);
             posts.push(post);
-            for (i, per) in cpu_per_delivery.iter_mut().enumerate() {
-                per.push((after[i] - before[i]) * 1e6 / deliveries as f64);
+            if run > 0 {
+                measured += deliveries;
+                post_cpu_spent += post_cpu;
+                for (i, spent) in cpu_spent.iter_mut().enumerate() {
+                    *spent += after[i] - before[i];
+                }
             }
             // Everything was received; the acks follow within milliseconds.
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -612,11 +618,12 @@ impl Bench {
         // and, with the other processes' share, what bounds the rate. "benchmark" is this
         // process: the publisher and the receiver; the raw POST loop's CPU is its client's and
         // the receiver's, per request.
-        let [dispatcher, nats, own] = cpu_per_delivery.map(|mut runs| median(runs.split_off(1)));
+        let per_delivery = |seconds: f64| seconds * 1e6 / measured as f64;
+        let [dispatcher, nats, own] = cpu_spent.map(per_delivery);
         self.push(payload, format!("  dispatcher CPU, {setup}"), dispatcher, "µs/delivery");
         self.push(payload, format!("  nats-server CPU, {setup}"), nats, "µs/delivery");
         self.push(payload, format!("  benchmark CPU, {setup}"), own, "µs/delivery");
-        let post_cpu = median(cpu_per_post.split_off(1));
+        let post_cpu = per_delivery(post_cpu_spent);
         self.push(payload, format!("  raw POST loop CPU, {setup}"), post_cpu, "µs/request");
         // What the machine's cores leave the dispatchers per delivery at half the raw POST
         // loop's rate, once nats-server and the benchmark have had their share.
