@@ -665,10 +665,19 @@ impl DispatcherProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for the exit; returns whether it exited successfully.
+    /// SIGTERM, then waits up to a minute for the exit; returns whether it exited, successfully,
+    /// in that time (a process still running then is killed).
     pub fn terminate(mut self) -> bool {
         let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(status)) => return status.success(),
+                Ok(None) => std::thread::sleep(Duration::from_millis(50)),
+                Err(_) => return false,
+            }
+        }
+        false
     }
 }
 

@@ -133,6 +133,9 @@ pub(crate) struct Readiness {
     consuming: AtomicBool,
 }
 
+/// How long the exit waits for NATS to take what the client still buffers.
+const FINAL_FLUSH: Duration = Duration::from_secs(5);
+
 /// Runs until `shutdown` is cancelled: bootstraps NATS, loads subscriptions, then consumes.
 /// After cancellation, pulling stops, in-flight deliveries get `shutdown_grace` to finish, and
 /// whatever is still unfinished is left unacked for redelivery.
@@ -249,7 +252,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;
-    client.flush().await.ok();
+    // Send what acks and attempt records are still buffered, if NATS is there to take them. A
+    // flush waits for a reconnect, so with NATS gone (stopped along with us) it would never end.
+    if tokio::time::timeout(FINAL_FLUSH, client.flush()).await.is_err() {
+        tracing::warn!("NATS unreachable at exit; unacked deliveries will be handed out again");
+    }
     Ok(())
 }
 

@@ -48,3 +48,21 @@ async fn sigterm_lets_in_flight_deliveries_finish_and_acks_them() {
     assert_eq!(rx.received().len(), 1, "no redelivery of a finished delivery");
     drop(again);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_a_dispatcher_whose_nats_is_gone() {
+    // NATS and the dispatcher stopped together (a node going down, a developer's Ctrl-C): the
+    // dispatcher must still exit, not wait for a reconnect that never comes.
+    let mut stack = Stack::gateway_only().await;
+    let rx = Receiver::start().await;
+    stack.subscribe(&rx.url("/g"), &["gone.test"], None).await;
+    let dispatcher = DispatcherProcess::start(&stack.nats.url());
+    stack.publish(json!({"id": "before", "type": "gone.test", "data": {}})).await;
+    rx.wait_for(1, Duration::from_secs(30)).await;
+
+    stack.nats.stop();
+    let started = std::time::Instant::now();
+    assert!(dispatcher.terminate(), "the dispatcher exits cleanly on SIGTERM without NATS");
+    // Not a timing assertion: the bound is the minute `terminate` waits; this says how long.
+    eprintln!("exited {:?} after SIGTERM", started.elapsed());
+}
