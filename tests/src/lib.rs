@@ -638,12 +638,22 @@ impl Drop for Stack {
 /// A dispatcher running as a real process, so a test can SIGKILL it.
 pub struct DispatcherProcess {
     child: Child,
+    /// Its health and metrics address.
+    listen: String,
 }
 
 impl DispatcherProcess {
     /// Starts `target/<profile>/herald-dispatcher` with [`dispatcher_args`].
     pub fn start(nats_url: &str) -> Self {
-        let args = dispatcher_args(nats_url);
+        Self::start_with(nats_url, &[])
+    }
+
+    /// Starts it with [`dispatcher_args_with`].
+    pub fn start_with(nats_url: &str, overrides: &[(&str, &str)]) -> Self {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let mut overrides = overrides.to_vec();
+        overrides.push(("--listen", &listen));
+        let args = dispatcher_args_with(nats_url, &overrides);
         let child = Command::new(target_bin("herald-dispatcher"))
             .args(&args[1..])
             .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "warn".into()))
@@ -651,7 +661,36 @@ impl DispatcherProcess {
             .stderr(if std::env::var_os("HERALD_TEST_LOG").is_some() { Stdio::inherit() } else { Stdio::null() })
             .spawn()
             .expect("spawn herald-dispatcher");
-        Self { child }
+        Self { child, listen }
+    }
+
+    /// Waits until it reports ready (`/readyz`: connected, subscriptions loaded, consuming).
+    pub async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let url = format!("http://{}/readyz", self.listen);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "dispatcher {} did not become ready", self.pid());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sum of a metric's series in its `/metrics` (all labels), or `None` while unreachable.
+    pub async fn metric(&self, name: &str) -> Option<f64> {
+        let text = reqwest::get(format!("http://{}/metrics", self.listen)).await.ok()?.text().await.ok()?;
+        Some(
+            text.lines()
+                .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        )
+    }
+
+    /// Webhook attempts this replica has made (`herald_delivery_attempts_total`).
+    pub async fn attempts(&self) -> f64 {
+        self.metric("herald_delivery_attempts_total").await.unwrap_or(0.0)
     }
 
     /// The process id.

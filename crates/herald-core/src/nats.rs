@@ -17,10 +17,16 @@ pub const ATTEMPTS_STREAM: &str = "HERALD_ATTEMPTS";
 pub const SUBSCRIPTIONS_BUCKET: &str = "herald-subscriptions";
 /// Durable consumer of `HERALD_EVENTS` that fans events out.
 pub const FANOUT_CONSUMER: &str = "herald-fanout";
+/// Durable consumer of `HERALD_EVENTS` that stores the deliveries of ordered subscriptions, in
+/// event order: pinned to one replica at a time, and filtered to those subscriptions' events.
+pub const ORDERED_FANOUT_CONSUMER: &str = "herald-fanout-ordered";
+/// The ordered fan-out's filter while no subscription is ordered: no tenant id holds a `$`, so
+/// no event is ever published there.
+pub const ORDERED_IDLE_FILTER: &str = "herald.events.$none";
 /// Durable consumer of due deliveries.
 pub const DELIVER_CONSUMER: &str = "herald-deliver";
 
-/// The priority group of pinned consumers (fan-out and lanes).
+/// The priority group of pinned consumers (ordered fan-out and rate-limited lanes).
 pub const PRIORITY_GROUP: &str = "herald";
 /// How long a pinned consumer waits for its pinned replica before another takes over.
 pub const PIN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -105,6 +111,42 @@ pub fn attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> S
     format!("herald.attempts.{tenant}.{subscription_id}.{event_id}")
 }
 
+/// The ordered fan-out consumer's filter subjects for the given `(tenant, type pattern)`
+/// selections: their event subjects, sorted, each left out if another covers it (the server
+/// refuses overlapping filters that are subsets of each other); [`ORDERED_IDLE_FILTER`] alone
+/// when there are none.
+pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+    let mut subjects: Vec<String> = selections.into_iter().map(|(tenant, pattern)| event_subject(tenant, pattern)).collect();
+    subjects.sort();
+    subjects.dedup();
+    let kept: Vec<String> = subjects
+        .iter()
+        .filter(|s| !subjects.iter().any(|other| other != *s && crate::pattern::covers(other, s)))
+        .cloned()
+        .collect();
+    if kept.is_empty() { vec![ORDERED_IDLE_FILTER.to_owned()] } else { kept }
+}
+
+/// The ordered fan-out consumer reading `filters` from stream sequence `start_sequence` on.
+/// Its filter changes by re-creating it from a chosen sequence: a filter changed in place
+/// would replay the new subjects' whole history from the consumer's last position.
+pub fn ordered_fanout_config(topology: &Topology, filters: Vec<String>, start_sequence: u64) -> consumer::pull::Config {
+    consumer::pull::Config {
+        durable_name: Some(ORDERED_FANOUT_CONSUMER.into()),
+        description: Some("Herald: stores the deliveries of ordered subscriptions, in event order".into()),
+        filter_subjects: filters,
+        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) },
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: topology.deliver_ack_wait,
+        max_ack_pending: topology.fanout_max_ack_pending,
+        // One replica at a time, so that deliveries are stored in event order.
+        priority_policy: consumer::PriorityPolicy::PinnedClient,
+        priority_groups: vec![PRIORITY_GROUP.into()],
+        priority_timeout: PIN_TIMEOUT,
+        ..Default::default()
+    }
+}
+
 /// KV key of a subscription.
 pub fn subscription_key(tenant: &str, subscription_id: &str) -> String {
     format!("{tenant}.{subscription_id}")
@@ -145,7 +187,8 @@ impl Default for Topology {
             attempts_max_age: Duration::from_secs(7 * 86_400),
             deliver_ack_wait: Duration::from_secs(60),
             deliver_max_ack_pending: 10_000,
-            fanout_max_ack_pending: 1_000,
+            // Every replica holds a few hundred events while it fans them out.
+            fanout_max_ack_pending: 20_000,
         }
     }
 }
@@ -383,25 +426,33 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
     Ok(Handles { js: js.clone(), subscriptions })
 }
 
-/// The dispatcher's two durable pull consumers, created or updated to match `topology`.
-pub async fn ensure_consumers(
-    js: &jetstream::Context,
-    topology: &Topology,
-) -> Result<(consumer::PullConsumer, consumer::PullConsumer), BootstrapError> {
+/// The dispatcher's durable pull consumers.
+#[derive(Debug)]
+pub struct Consumers {
+    /// [`FANOUT_CONSUMER`]: every replica pulls it.
+    pub fanout: consumer::PullConsumer,
+    /// [`ORDERED_FANOUT_CONSUMER`]: pinned to one replica at a time.
+    pub ordered: consumer::PullConsumer,
+    /// [`DELIVER_CONSUMER`]: every replica pulls it.
+    pub deliver: consumer::PullConsumer,
+}
+
+/// The dispatcher's durable pull consumers, created or updated to match `topology`. The
+/// ordered fan-out consumer is created if missing and otherwise left as it is: its filter
+/// follows the ordered subscriptions, which the dispatchers keep it in line with.
+pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> Result<Consumers, BootstrapError> {
     let fanout = consumer::pull::Config {
         durable_name: Some(FANOUT_CONSUMER.into()),
-        description: Some("Herald: fans events out to subscriptions".into()),
+        description: Some("Herald: fans events out to unordered subscriptions (every replica)".into()),
         filter_subject: "herald.events.>".into(),
         ack_policy: consumer::AckPolicy::Explicit,
         // Fan-out holds an event while it makes first attempts inline, as long as an attempt
         // to a delivery may take.
         ack_wait: topology.deliver_ack_wait,
         max_ack_pending: topology.fanout_max_ack_pending,
-        // One replica fans out at a time (the others stand by), so deliveries are stored in
-        // event order: what ordered subscriptions rely on.
-        priority_policy: consumer::PriorityPolicy::PinnedClient,
-        priority_groups: vec![PRIORITY_GROUP.into()],
-        priority_timeout: PIN_TIMEOUT,
+        // Not pinned (it was before 0.2, and an update takes the pin off): every replica pulls
+        // events, so fan-out and first attempts grow with replicas. Ordered subscriptions are
+        // served by the ordered consumer instead.
         ..Default::default()
     };
     let deliver = consumer::pull::Config {
@@ -416,8 +467,24 @@ pub async fn ensure_consumers(
     let events = js.get_stream(EVENTS_STREAM).await.map_err(|e| create_err(EVENTS_STREAM, e))?;
     let deliveries = js.get_stream(DELIVERIES_STREAM).await.map_err(|e| create_err(DELIVERIES_STREAM, e))?;
     let fanout = upsert_consumer(&events, fanout).await?;
+    let ordered = match events.get_consumer(ORDERED_FANOUT_CONSUMER).await {
+        Ok(c) => c,
+        Err(_) => {
+            let mut events = events.clone();
+            let next = events.info().await.map_err(|e| create_err(EVENTS_STREAM, e))?.state.last_sequence + 1;
+            let config = ordered_fanout_config(topology, vec![ORDERED_IDLE_FILTER.into()], next);
+            match events.create_consumer(config).await {
+                Ok(c) => c,
+                // Another replica created it meanwhile.
+                Err(_) => events
+                    .get_consumer(ORDERED_FANOUT_CONSUMER)
+                    .await
+                    .map_err(|e| create_err(&format!("consumer {ORDERED_FANOUT_CONSUMER}"), e))?,
+            }
+        }
+    };
     let deliver = upsert_consumer(&deliveries, deliver).await?;
-    Ok((fanout, deliver))
+    Ok(Consumers { fanout, ordered, deliver })
 }
 
 /// Creates a durable pull consumer, or brings an existing one in line with `config`.
@@ -458,6 +525,32 @@ mod tests {
         assert_eq!(delivery_subject("t", "sub_1"), "herald.deliveries.t.sub_1");
         assert_eq!(retry_schedule_subject("t", "sub_1", "e:1"), "herald.retries.t.sub_1.e:1");
         assert_eq!(dlq_subject("t", "sub_1"), "herald.dlq.t.sub_1");
+    }
+
+    #[test]
+    fn ordered_filters_leave_out_what_another_covers() {
+        assert_eq!(ordered_filters([]), vec![ORDERED_IDLE_FILTER]);
+        let got = ordered_filters([
+            ("t", "order.*"),
+            ("t", "order.paid"),
+            ("t", "order.*"),
+            ("u", "order.paid"),
+            ("t", "invoice.>"),
+            ("t", "invoice.*.v2"),
+            ("t", "a.*.c"),
+            ("t", "a.b.*"),
+        ]);
+        assert_eq!(
+            got,
+            vec![
+                "herald.events.t.a.*.c",
+                "herald.events.t.a.b.*",
+                "herald.events.t.invoice.>",
+                "herald.events.t.order.*",
+                "herald.events.u.order.paid",
+            ]
+        );
+        assert_eq!(ordered_filters([("t", ">"), ("t", "x.y")]), vec!["herald.events.t.>"]);
     }
 }
 

@@ -57,6 +57,21 @@ pub fn matches(pattern: &str, event_type: &str) -> bool {
     types.next().is_none()
 }
 
+/// True if every subject that `narrow` selects is also selected by `wide` (both NATS subjects
+/// or patterns, dot-separated, `*` one token, `>` the rest).
+pub fn covers(wide: &str, narrow: &str) -> bool {
+    let mut narrow_tokens = narrow.split('.');
+    for w in wide.split('.') {
+        match (w, narrow_tokens.next()) {
+            (">", Some(_)) => return true,
+            ("*", Some(n)) if n != ">" => {}
+            (w, Some(n)) if w == n => {}
+            _ => return false,
+        }
+    }
+    narrow_tokens.next().is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -90,6 +105,28 @@ mod tests {
     fn invalid_patterns() {
         for bad in ["", "a..b", "a.>.b", ">.a", "a.b*", "a b", "a.", "a.**"] {
             assert!(TypePattern::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn covering_patterns() {
+        let cases = [
+            ("a.>", "a.b", true),
+            ("a.>", "a.*.c", true),
+            ("a.>", "a.>", true),
+            ("a.>", "a", false),
+            (">", "a.>", true),
+            ("a.*", "a.b", true),
+            ("a.*", "a.*", true),
+            ("a.*", "a.>", false),
+            ("a.*", "a.b.c", false),
+            ("a.b", "a.*", false),
+            ("a.b", "a.b", true),
+            ("a.*.c", "a.*.*", false),
+            ("a.*.*", "a.*.c", true),
+        ];
+        for (wide, narrow, want) in cases {
+            assert_eq!(covers(wide, narrow), want, "{wide} covers {narrow}");
         }
     }
 }

@@ -1,5 +1,7 @@
 //! Fan-out: one event from `HERALD_EVENTS` becomes one delivery per matching, enabled
-//! subscription of its tenant. A delivery to a healthy, fast endpoint with a free slot is
+//! subscription of its tenant. Two consumers feed it (see `routes.rs`): the shared one, pulled
+//! by every replica, for unordered subscriptions, and the pinned, filtered one for ordered
+//! subscriptions. A delivery to a healthy, fast endpoint with a free slot is
 //! attempted right here (the first attempt inline: no store, hand-out and ack of a delivery
 //! message on the way); every other one is published to `HERALD_DELIVERIES`, all with their
 //! PubAcks in flight together. The event is acked only once every delivery is stored or
@@ -20,12 +22,23 @@ use herald_core::{metrics, nats, proto, trace};
 use crate::breaker::Admission;
 use crate::{Shared, deliver};
 
+/// Which consumer an event came from, and so which subscriptions it is fanned out to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// `herald-fanout`, every replica: unordered subscriptions, first attempts inline.
+    Shared,
+    /// `herald-fanout-ordered`, one replica at a time: ordered subscriptions, stored in their
+    /// lanes in event order.
+    Ordered,
+}
+
 /// The in-order part of fanning out one event: decode it, match subscriptions, and send one
-/// delivery per match (in event order, since one replica fans out and sends are ordered on its
-/// connection). Returns the rest, which waits for the PubAcks and acks the event, to run
-/// alongside other events.
+/// delivery per match (for the ordered role in event order, since one replica reads that
+/// consumer and sends are ordered on its connection). Returns the rest, which waits for the
+/// PubAcks and acks the event, to run alongside other events.
 pub(crate) async fn send(
     shared: Arc<Shared>,
+    role: Role,
     msg: jetstream::Message,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let (sequence, published, handed_out) = match msg.info() {
@@ -53,17 +66,33 @@ pub(crate) async fn send(
         Ok(event) => event,
         Err(invalid) => {
             let reason = invalid.to_string();
-            return Some(futures::future::Either::Left(
-                async move { dead_letter_invalid(&shared, &msg, &reason).await },
-            ));
+            return Some(futures::future::Either::Left(async move {
+                // The shared fan-out dead-letters it; the ordered one only lets it go.
+                match role {
+                    Role::Shared => dead_letter_invalid(&shared, &msg, &reason).await,
+                    Role::Ordered => {
+                        let _ = msg.ack().await;
+                    }
+                }
+            }));
         }
     };
 
-    let subs = shared.registry.matching(&event.tenant, &event.r#type);
+    let mut subs = shared.registry.matching(&event.tenant, &event.r#type);
+    match role {
+        Role::Shared => subs.retain(|s| shared.routes.shared_serves(s)),
+        // A subscription made ordered after the event was stored had it from the shared
+        // fan-out (the ordered consumer may start behind, where it left off).
+        Role::Ordered => subs.retain(|s| shared.routes.ordered_serves(s) && !created_after(s, published)),
+    }
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
     // with its crash-loop guard.
     let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);
-    let inline_slot = if handed_out == 1 && subs.iter().any(|s| fit(s)) { shared.inline.take().await } else { None };
+    let inline_slot = if role == Role::Shared && handed_out == 1 && subs.iter().any(|s| fit(s)) {
+        shared.inline.take().await
+    } else {
+        None
+    };
     let mut inline = Vec::new();
     let mut acks = Vec::with_capacity(subs.len());
     let mut failed = None;
@@ -115,12 +144,20 @@ pub(crate) async fn send(
         if let Err(e) = msg.ack().await {
             tracing::warn!(event = %event.id, error = %e, "ack of fanned-out event failed; it will be fanned out again (deduplicated)");
         }
-        metrics::FANOUT_EVENTS.inc(&["fanned_out"]);
+        if role == Role::Ordered && subs.is_empty() {
+            return;
+        }
+        if role == Role::Shared {
+            metrics::FANOUT_EVENTS.inc(&["fanned_out"]);
+        }
         if let Some(tracer) = &shared.tracer {
             tracer.record(herald_core::otel::SpanRecord {
                 traceparent,
                 parent,
-                name: "fanout",
+                name: match role {
+                    Role::Shared => "fanout",
+                    Role::Ordered => "fanout ordered",
+                },
                 kind: herald_core::otel::Kind::Consumer,
                 start: started,
                 end: std::time::SystemTime::now(),
@@ -136,6 +173,16 @@ pub(crate) async fn send(
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))
+}
+
+/// True if `sub` was created after `stored` (a few seconds' leeway for clocks), so it never
+/// wanted the event.
+fn created_after(sub: &proto::Subscription, stored: time::OffsetDateTime) -> bool {
+    let Ok(created) = time::OffsetDateTime::parse(&sub.created_at, &time::format_description::well_known::Rfc3339)
+    else {
+        return false;
+    };
+    created - time::Duration::seconds(5) > stored
 }
 
 /// How long fan-out waits for an event to be let through inline while all inline slots are

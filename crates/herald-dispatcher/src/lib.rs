@@ -2,11 +2,14 @@
 //! matching subscription, and POSTs each delivery signed the Standard Webhooks way, acking only
 //! after a 2xx. Failed attempts come back later through a JetStream message schedule, holding no
 //! consumer slot meanwhile; exhausted ones are dead-lettered. Replicas share the durable
-//! consumers, so it scales by running more.
+//! consumers (events and deliveries alike), so it scales by running more; only ordered
+//! subscriptions are fanned out by one replica at a time.
 //!
 //! # Layout
-//! - [`Config`] and [`run`]: start-up, the two consumer loops, graceful shutdown.
+//! - [`Config`] and [`run`]: start-up, the consumer loops, graceful shutdown.
 //! - `fanout.rs`: event → deliveries. `deliver.rs`: delivery → HTTP attempt → outcome.
+//! - `routes.rs`: which fan-out serves which subscription; the ordered consumer's filter.
+//! - `lanes.rs`: a consumer per ordered or limited subscription. `pull.rs`: the pull loop.
 //! - [`retry`]: the outcome decision. [`http_client`]: the webhook request.
 //! - `health.rs`: `/healthz` and `/readyz` on `HERALD_LISTEN`.
 #![forbid(unsafe_code)]
@@ -20,6 +23,7 @@ mod lanes;
 mod prepared;
 mod pull;
 pub mod retry;
+mod routes;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -121,6 +125,8 @@ pub(crate) struct Shared {
     pub keys: herald_core::secrets::KeyRing,
     /// Subscriptions' URLs, secrets and schedules, worked out once per revision.
     pub prepared: prepared::PreparedSubscriptions,
+    /// Which fan-out serves which subscription.
+    pub routes: Arc<routes::Routes>,
     /// Exports spans, when OTLP is configured.
     pub tracer: Option<herald_core::otel::Tracer>,
     pub http: reqwest::Client,
@@ -153,7 +159,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         );
     }
     let handles = nats::ensure_streams(&js, &topology).await?;
-    let (fanout_consumer, deliver_consumer) = nats::ensure_consumers(&js, &topology).await?;
+    let consumers = nats::ensure_consumers(&js, &topology).await?;
     let policy = Arc::new(config.common.ssrf_policy());
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
@@ -201,6 +207,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     tracker.spawn(watch_gauges(js.clone(), breakers.clone(), shutdown.clone()));
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
+    let routes = Arc::new(routes::Routes::default());
+    tracker.spawn(routes::supervise(
+        routes.clone(),
+        registry.clone(),
+        js.clone(),
+        topology.clone(),
+        shutdown.clone(),
+    ));
     let shared = Arc::new(Shared {
         js,
         subscriptions: handles.subscriptions,
@@ -211,6 +225,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         policy,
         keys,
         prepared: Default::default(),
+        routes,
         tracer: config.common.tracer("herald-dispatcher"),
         http,
         config,
@@ -221,16 +236,23 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let shared = shared.clone();
         // Events held by inline attempts come on top of fan-out's own.
         let in_hand = shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts;
-        let pull = Pull { in_hand, pinned: true, rate_per_sec: 0 };
-        consume(fanout_consumer, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
-            fanout::send(shared.clone(), msg)
+        let pull = Pull { in_hand, pinned: false, rate_per_sec: 0 };
+        consume(consumers.fanout, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+            fanout::send(shared.clone(), fanout::Role::Shared, msg)
+        })
+    });
+    let ordered = tokio::spawn({
+        let shared = shared.clone();
+        let pull = Pull { in_hand: shared.config.fanout_concurrency.max(1), pinned: true, rate_per_sec: 0 };
+        consume(consumers.ordered, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+            fanout::send(shared.clone(), fanout::Role::Ordered, msg)
         })
     });
     let deliver = tokio::spawn({
         let shared = shared.clone();
         // Messages in hand: requests in flight plus those queued behind a busy subscription.
         let pull = Pull { in_hand: shared.config.concurrency.saturating_mul(4), pinned: false, rate_per_sec: 0 };
-        consume(deliver_consumer, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+        consume(consumers.deliver, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
             let shared = shared.clone();
             async move { Some(deliver::handle(shared, msg, deliver::Mode::Shared)) }
         })
@@ -242,6 +264,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(grace = ?grace, "stopped pulling; finishing in-flight work");
     let drained = tokio::time::timeout(grace, async {
         let _ = fanout.await;
+        let _ = ordered.await;
         let _ = deliver.await;
         let _ = lanes.await;
     })
@@ -261,13 +284,19 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 }
 
 /// Refreshes the gauges that are read rather than counted: open circuits and the backlog of
-/// the two shared consumers (what an autoscaler scales dispatchers on).
+/// the fan-out and delivery consumers. Those of the two shared ones are what more replicas
+/// relieve, and what an autoscaler scales dispatchers on; the ordered one is served by one
+/// replica at a time.
 async fn watch_gauges(js: jetstream::Context, breakers: Arc<breaker::Breakers>, shutdown: CancellationToken) {
     use herald_core::metrics::{CIRCUITS_OPEN, CONSUMER_LAG};
     loop {
         CIRCUITS_OPEN.set(&[], breakers.open_count() as f64);
         for (stream, consumer) in
-            [(nats::EVENTS_STREAM, nats::FANOUT_CONSUMER), (nats::DELIVERIES_STREAM, nats::DELIVER_CONSUMER)]
+            [
+                (nats::EVENTS_STREAM, nats::FANOUT_CONSUMER),
+                (nats::EVENTS_STREAM, nats::ORDERED_FANOUT_CONSUMER),
+                (nats::DELIVERIES_STREAM, nats::DELIVER_CONSUMER),
+            ]
         {
             if let Ok(stream) = js.get_stream(stream).await {
                 if let Ok(info) = stream.consumer_info(consumer).await {

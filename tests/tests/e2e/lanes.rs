@@ -1,4 +1,5 @@
-//! Lanes: strictly ordered subscriptions, and limits that hold across dispatcher replicas.
+//! Lanes: strictly ordered subscriptions, and limits that hold across dispatcher replicas (three
+//! of them: one in the test process, two as processes).
 
 use std::time::Duration;
 
@@ -21,6 +22,7 @@ async fn publish_batches(stack: &Stack, tag: &str, event_type: &str, n: usize) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifo_subscription_receives_every_event_in_publish_order_despite_failures() {
     let stack = Stack::start().await;
+    let others = [DispatcherProcess::start(&stack.nats.url()), DispatcherProcess::start(&stack.nats.url())];
     let rx = Receiver::start().await;
     // Every 97th request fails, so about ten events need a retry.
     rx.script_per_path("/fifo", (0..1200).map(|k| Reply::status(if k % 97 == 50 { 503 } else { 200 })));
@@ -60,31 +62,32 @@ async fn fifo_subscription_receives_every_event_in_publish_order_despite_failure
     assert_eq!(expected, n);
     assert!(retries >= 5, "the failures were retried in place ({retries})");
     assert_eq!(stack.stream_messages("HERALD_DLQ").await, 0);
+    drop(others);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_in_flight_holds_across_two_dispatcher_replicas() {
+async fn max_in_flight_holds_across_three_dispatcher_replicas() {
     let stack = Stack::start().await;
-    let second = DispatcherProcess::start(&stack.nats.url());
+    let others = [DispatcherProcess::start(&stack.nats.url()), DispatcherProcess::start(&stack.nats.url())];
     let rx = Receiver::start().await;
     rx.script_per_path("/limited", (0..200).map(|_| Reply { delay: Duration::from_millis(100), ..Reply::status(200) }));
     let body = json!({"url": rx.url("/limited"), "event_types": ["lim.*"], "max_in_flight": 3});
     let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
     assert_eq!(status, 201, "{sub}");
-    tokio::time::sleep(Duration::from_secs(2)).await; // both replicas start the lane
+    tokio::time::sleep(Duration::from_secs(2)).await; // every replica starts the lane
 
     publish_batches(&stack, "lim", "lim.x", 60).await;
     rx.wait_for(60, Duration::from_secs(20)).await;
     let max = rx.max_in_flight();
     assert!(max <= 3, "the receiver saw {max} requests at once; the limit is 3");
     assert!(max >= 2, "deliveries did run concurrently ({max})");
-    drop(second);
+    drop(others);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rate_limit_holds_across_two_dispatcher_replicas() {
+async fn rate_limit_holds_across_three_dispatcher_replicas() {
     let stack = Stack::start().await;
-    let second = DispatcherProcess::start(&stack.nats.url());
+    let others = [DispatcherProcess::start(&stack.nats.url()), DispatcherProcess::start(&stack.nats.url())];
     let rx = Receiver::start().await;
     let body = json!({"url": rx.url("/paced"), "event_types": ["rate.*"], "rate_limit": 10});
     let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
@@ -103,5 +106,5 @@ async fn rate_limit_holds_across_two_dispatcher_replicas() {
     assert!(busiest <= 11, "{busiest} requests within one second; the limit is 10/s");
     let lane = format!("herald-lane-{}", sub["id"].as_str().unwrap());
     stack.wait_consumer_drained("HERALD_DELIVERIES", &lane, SOON).await;
-    drop(second);
+    drop(others);
 }

@@ -12,6 +12,7 @@ mod lanes;
 mod observability;
 mod records;
 mod retry;
+mod scaleout;
 mod security;
 mod ssrf;
 mod subscriptions;

@@ -1,0 +1,232 @@
+//! Which fan-out serves which subscription. Every replica pulls the shared consumer
+//! (`herald-fanout`), which serves unordered subscriptions: fan-out and first attempts grow with
+//! replicas. Ordered (`fifo`) subscriptions are served by the ordered consumer
+//! (`herald-fanout-ordered`), pinned to one replica at a time so their deliveries are stored in
+//! event order, and filtered to their events alone, so that other subscriptions pay nothing
+//! for it. A subscription whose ordering changes is served by both for [`GRACE`], so no event
+//! falls between them while replicas learn of the change (a delivery stored by both is
+//! deduplicated by its id).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use herald_core::nats::{self, Topology};
+use herald_core::proto::Subscription;
+use herald_core::registry::Registry;
+use herald_core::subscription::is_fifo;
+
+/// How long a subscription stays served by the fan-out it leaves, and how long a subject stays
+/// in the ordered consumer's filter after nothing here wants it any more.
+pub(crate) const GRACE: Duration = Duration::from_secs(10);
+
+/// How often the registry is looked at and the ordered consumer's filter checked.
+const EVERY: Duration = Duration::from_secs(1);
+
+/// When a subscription was last seen ordered and unordered.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    fifo: Option<Instant>,
+    unordered: Option<Instant>,
+}
+
+/// What this replica remembers of subscriptions' orderings and of the ordered filter.
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    seen: Mutex<HashMap<String, Seen>>,
+    /// Subjects of the ordered consumer's filter, with when each was last wanted here (or first
+    /// found in the filter: another replica may want it for reasons this one has not seen).
+    subjects: Mutex<HashMap<String, Instant>>,
+}
+
+fn recent(at: Option<Instant>) -> bool {
+    at.is_some_and(|t| t.elapsed() < GRACE)
+}
+
+impl Routes {
+    /// The shared fan-out serves `sub`: it is unordered, or was moments ago.
+    pub(crate) fn shared_serves(&self, sub: &Subscription) -> bool {
+        !is_fifo(sub) || recent(self.seen.lock().expect("routes lock").get(&sub.id).and_then(|s| s.unordered))
+    }
+
+    /// The ordered fan-out serves `sub`: it is ordered, or was moments ago.
+    pub(crate) fn ordered_serves(&self, sub: &Subscription) -> bool {
+        is_fifo(sub) || recent(self.seen.lock().expect("routes lock").get(&sub.id).and_then(|s| s.fifo))
+    }
+
+    /// Notes every subscription's ordering as of now.
+    fn observe(&self, subs: &[Arc<Subscription>]) {
+        let now = Instant::now();
+        let mut seen = self.seen.lock().expect("routes lock");
+        for sub in subs {
+            let entry = seen.entry(sub.id.clone()).or_default();
+            if is_fifo(sub) {
+                entry.fifo = Some(now);
+            } else {
+                entry.unordered = Some(now);
+            }
+        }
+        // Deleted subscriptions are forgotten once the grace period is over.
+        seen.retain(|_, s| recent(s.fifo) || recent(s.unordered));
+    }
+
+    /// The filter the ordered consumer should have, given its `current` one: the subjects of
+    /// the enabled subscriptions served by the ordered fan-out, and those of `current` wanted
+    /// within [`GRACE`].
+    fn wanted_filter(&self, subs: &[Arc<Subscription>], current: &[String]) -> Vec<String> {
+        let now = Instant::now();
+        let wanted: Vec<String> = subs
+            .iter()
+            .filter(|s| s.enabled && self.ordered_serves(s))
+            .flat_map(|s| s.event_types.iter().map(|p| nats::event_subject(&s.tenant, p)))
+            .collect();
+        let mut subjects = self.subjects.lock().expect("routes lock");
+        for subject in &wanted {
+            subjects.insert(subject.clone(), now);
+        }
+        for subject in current.iter().filter(|s| *s != nats::ORDERED_IDLE_FILTER) {
+            subjects.entry(subject.clone()).or_insert(now);
+        }
+        subjects.retain(|s, _| current.contains(s) || wanted.contains(s));
+        let prefix = nats::EVENTS_SUBJECT_PREFIX;
+        let selections = subjects
+            .iter()
+            .filter(|(_, at)| at.elapsed() < GRACE)
+            .filter_map(|(s, _)| s.strip_prefix(prefix)?.split_once('.'));
+        nats::ordered_filters(selections)
+    }
+}
+
+/// Keeps the routes current and the ordered consumer's filter in line with the ordered
+/// subscriptions, until `shutdown`. Every replica does it; they agree within moments, and a
+/// replica only re-creates the consumer when its filter differs from what it wants.
+pub(crate) async fn supervise(
+    routes: Arc<Routes>,
+    registry: Arc<Registry>,
+    js: async_nats::jetstream::Context,
+    topology: Topology,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let subs = registry.list(None, None, usize::MAX);
+        routes.observe(&subs);
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            result = reconcile(&routes, &subs, &js, &topology) => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "ordered fan-out: cannot check or update its filter; will retry");
+                }
+            }
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tokio::time::sleep(EVERY) => {}
+        }
+    }
+}
+
+async fn reconcile(
+    routes: &Routes,
+    subs: &[Arc<Subscription>],
+    js: &async_nats::jetstream::Context,
+    topology: &Topology,
+) -> anyhow::Result<()> {
+    let mut stream = js.get_stream(nats::EVENTS_STREAM).await?;
+    // The stream's end first, then the consumer: if the consumer has nothing left to do, every
+    // event it selects up to that end has been fanned out.
+    let last = stream.info().await?.state.last_sequence;
+    let info = stream.consumer_info(nats::ORDERED_FANOUT_CONSUMER).await?;
+    let current = if info.config.filter_subjects.is_empty() {
+        vec![info.config.filter_subject.clone()]
+    } else {
+        info.config.filter_subjects.clone()
+    };
+    let mut current_sorted = current.clone();
+    current_sorted.sort();
+    let wanted = routes.wanted_filter(subs, &current);
+    if wanted == current_sorted {
+        return Ok(());
+    }
+    // Start after the end if all is done; otherwise where the unfinished work begins (what is
+    // fanned out again is deduplicated by delivery id).
+    let start = if info.num_pending == 0 && info.num_ack_pending == 0 {
+        last + 1
+    } else {
+        info.ack_floor.stream_sequence + 1
+    };
+    stream.delete_consumer(nats::ORDERED_FANOUT_CONSUMER).await.ok();
+    let config = nats::ordered_fanout_config(topology, wanted.clone(), start);
+    match stream.create_consumer(config).await {
+        Ok(_) => tracing::info!(filter = ?wanted, start, "ordered fan-out now reads the ordered subscriptions' events"),
+        // Another replica re-created it at the same moment; the next round compares again.
+        Err(e) => tracing::debug!(error = %e, "ordered fan-out: re-created by another replica"),
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sub(id: &str, fifo: bool, types: &[&str]) -> Arc<Subscription> {
+        Arc::new(Subscription {
+            id: id.into(),
+            tenant: "t".into(),
+            enabled: true,
+            ordering: if fifo { "fifo".into() } else { String::new() },
+            event_types: types.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_subscription_changing_its_ordering_is_served_by_both_fan_outs_for_a_while() {
+        let routes = Routes::default();
+        let before = sub("s1", false, &["a.b"]);
+        routes.observe(&[before.clone()]);
+        assert!(routes.shared_serves(&before));
+        assert!(!routes.ordered_serves(&before));
+
+        let after = sub("s1", true, &["a.b"]);
+        // Before this replica looks again, and after: both serve it.
+        assert!(routes.shared_serves(&after) && routes.ordered_serves(&after));
+        routes.observe(&[after.clone()]);
+        assert!(routes.shared_serves(&after) && routes.ordered_serves(&after));
+        tokio::time::sleep(GRACE).await;
+        routes.observe(&[after.clone()]);
+        assert!(!routes.shared_serves(&after), "the shared fan-out lets go after the grace period");
+        assert!(routes.ordered_serves(&after));
+
+        // A subscription this replica never saw unordered goes the ordered way at once.
+        let new = sub("s2", true, &["x"]);
+        assert!(!routes.shared_serves(&new));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_ordered_filter_follows_ordered_subscriptions_and_keeps_what_others_want_for_a_while() {
+        let routes = Routes::default();
+        let idle = vec![nats::ORDERED_IDLE_FILTER.to_owned()];
+        let plain = sub("s0", false, &["p.q"]);
+        assert_eq!(routes.wanted_filter(&[plain.clone()], &idle), idle, "no ordered subscription: idle");
+
+        let ordered = sub("s1", true, &["a.*", "a.b"]);
+        let filter = routes.wanted_filter(&[plain.clone(), ordered.clone()], &idle);
+        assert_eq!(filter, vec!["herald.events.t.a.*"]);
+
+        // A subject found in the filter that this replica does not want (another replica put it
+        // there) stays for the grace period, then goes.
+        let current = vec!["herald.events.t.a.*".to_owned(), "herald.events.t.z".to_owned()];
+        assert_eq!(routes.wanted_filter(&[ordered.clone()], &current), current);
+        tokio::time::sleep(GRACE).await;
+        assert_eq!(routes.wanted_filter(&[ordered.clone()], &current), vec!["herald.events.t.a.*"]);
+
+        // A disabled ordered subscription needs no events.
+        let disabled = Arc::new(Subscription { enabled: false, ..(*ordered).clone() });
+        let current = vec!["herald.events.t.a.*".to_owned()];
+        tokio::time::sleep(GRACE).await;
+        assert_eq!(routes.wanted_filter(&[disabled], &current), idle);
+    }
+}
