@@ -12,6 +12,8 @@
 //! - end to end (publish → verified receipt) with 1, 10 and 100 subscriptions per event type and
 //!   1 and 3 dispatchers, as deliveries/s and ratios to the raw POST loop and the raw relay;
 //! - latency publish (`POST /v1/events`) → receipt, p50/p95/p99, at a fixed rate;
+//! - scale-out: one backlog drained by 1, 2, 3 and 4 dispatchers, each held to a CPU share in
+//!   a cgroup of its own: deliveries/s, the factor over one, each replica's share of attempts;
 //! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
 //!   deliveries to a slow receiver.
 //!
@@ -26,6 +28,7 @@
 #![forbid(unsafe_code)]
 
 mod procs;
+mod scaleout;
 mod sink;
 
 use std::collections::VecDeque;
@@ -81,9 +84,23 @@ struct Args {
     /// Measured repetitions of each figure (after a warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// What to measure besides the limits, comma-separated: ingest, e2e, latency, memory.
-    #[arg(long, value_delimiter = ',', default_value = "ingest,e2e,latency,memory")]
+    /// What to measure besides the limits, comma-separated: ingest, e2e, latency, memory,
+    /// scaleout.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,e2e,latency,memory,scaleout")]
     only: Vec<String>,
+    /// Scale-out: dispatcher replica counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    scale_replicas: Vec<usize>,
+    /// Scale-out: the CPU share each replica is held to (cgroup quota), in CPUs.
+    #[arg(long, default_value_t = 0.2)]
+    scale_cpu: f64,
+    /// Scale-out: events in the backlog each run drains (one subscription).
+    #[arg(long, default_value_t = 20_000)]
+    scale_backlog: usize,
+    /// Scale-out: run this dispatcher binary instead of the one built next to the benchmark
+    /// (to compare two builds on the same machine).
+    #[arg(long)]
+    dispatcher_binary: Option<std::path::PathBuf>,
     /// A tiny configuration, to check the benchmark still runs.
     #[arg(long)]
     smoke: bool,
@@ -157,6 +174,8 @@ async fn main() -> anyhow::Result<()> {
         args.in_flight = 200;
         args.slow_ms = 200;
         args.runs = 1;
+        args.scale_replicas = vec![1, 2];
+        args.scale_backlog = 200;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
@@ -238,6 +257,14 @@ async fn main() -> anyhow::Result<()> {
     }
     for d in dispatchers {
         d.stop().await;
+    }
+
+    // Scale-out, with dispatchers of its own (capped), on a subscription of its own.
+    if bench.wants("scaleout") {
+        let group = bench.subscribe(1).await?;
+        for &payload in &args.payloads {
+            bench.scale_out(&group, payload).await?;
+        }
     }
 
     // Memory with deliveries in flight to a slow receiver.

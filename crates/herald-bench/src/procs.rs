@@ -44,7 +44,12 @@ pub struct Memory {
 
 impl Proc {
     fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
-        let child = Command::new(binary(name)?)
+        Self::spawn_binary(&binary(name)?, args)
+    }
+
+    fn spawn_binary(path: &std::path::Path, args: &[String]) -> anyhow::Result<Self> {
+        let name = path.display();
+        let child = Command::new(path)
             .args(args)
             .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "error".into()))
             .stdin(Stdio::null())
@@ -76,13 +81,44 @@ impl Proc {
 
     /// A dispatcher with the production defaults, plus `extra` flags.
     pub fn dispatcher(nats_url: &str, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::dispatcher_from(nats_url, extra, None)
+    }
+
+    /// [`Proc::dispatcher`], run from `binary` if given (another build, to compare).
+    pub fn dispatcher_from(
+        nats_url: &str,
+        extra: &[&str],
+        binary_path: Option<&std::path::Path>,
+    ) -> anyhow::Result<Self> {
         let mut args = common_flags(nats_url);
         let port = herald_tests::free_port();
         args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut proc = Self::spawn("herald-dispatcher", &args)?;
+        let path = match binary_path {
+            Some(p) => p.to_owned(),
+            None => binary("herald-dispatcher")?,
+        };
+        let mut proc = Self::spawn_binary(&path, &args)?;
         proc.metrics_url = Some(format!("http://127.0.0.1:{port}/metrics"));
         Ok(proc)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits until its `/readyz` answers 2xx (a dispatcher: subscriptions loaded, consuming).
+    pub async fn wait_ready(&self) -> anyhow::Result<()> {
+        let url = self.metrics_url.as_deref().context("no health address")?.replace("/metrics", "/readyz");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{url} did not become ready");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
     }
 
     /// The sum of a counter's series in the process's `/metrics`: all of them for a bare name,

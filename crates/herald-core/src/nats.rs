@@ -116,7 +116,8 @@ pub fn attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> S
 /// refuses overlapping filters that are subsets of each other); [`ORDERED_IDLE_FILTER`] alone
 /// when there are none.
 pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<String> {
-    let mut subjects: Vec<String> = selections.into_iter().map(|(tenant, pattern)| event_subject(tenant, pattern)).collect();
+    let mut subjects: Vec<String> =
+        selections.into_iter().map(|(tenant, pattern)| event_subject(tenant, pattern)).collect();
     subjects.sort();
     subjects.dedup();
     let kept: Vec<String> = subjects
@@ -127,15 +128,19 @@ pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a st
     if kept.is_empty() { vec![ORDERED_IDLE_FILTER.to_owned()] } else { kept }
 }
 
-/// The ordered fan-out consumer reading `filters` from stream sequence `start_sequence` on.
-/// Its filter changes by re-creating it from a chosen sequence: a filter changed in place
-/// would replay the new subjects' whole history from the consumer's last position.
-pub fn ordered_fanout_config(topology: &Topology, filters: Vec<String>, start_sequence: u64) -> consumer::pull::Config {
+/// The ordered fan-out consumer reading `filters` from `start` on. Its filter changes by
+/// re-creating it from a chosen point: a filter changed in place would replay the new
+/// subjects' whole history from the consumer's last position.
+pub fn ordered_fanout_config(
+    topology: &Topology,
+    filters: Vec<String>,
+    start: consumer::DeliverPolicy,
+) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(ORDERED_FANOUT_CONSUMER.into()),
         description: Some("Herald: stores the deliveries of ordered subscriptions, in event order".into()),
         filter_subjects: filters,
-        deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: start_sequence.max(1) },
+        deliver_policy: start,
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: topology.deliver_ack_wait,
         max_ack_pending: topology.fanout_max_ack_pending,
@@ -470,9 +475,8 @@ pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> R
     let ordered = match events.get_consumer(ORDERED_FANOUT_CONSUMER).await {
         Ok(c) => c,
         Err(_) => {
-            let mut events = events.clone();
-            let next = events.info().await.map_err(|e| create_err(EVENTS_STREAM, e))?.state.last_sequence + 1;
-            let config = ordered_fanout_config(topology, vec![ORDERED_IDLE_FILTER.into()], next);
+            let config =
+                ordered_fanout_config(topology, vec![ORDERED_IDLE_FILTER.into()], consumer::DeliverPolicy::New);
             match events.create_consumer(config).await {
                 Ok(c) => c,
                 // Another replica created it meanwhile.

@@ -208,13 +208,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracker.spawn(watch_gauges(js.clone(), breakers.clone(), shutdown.clone()));
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
     let routes = Arc::new(routes::Routes::default());
-    tracker.spawn(routes::supervise(
-        routes.clone(),
-        registry.clone(),
-        js.clone(),
-        topology.clone(),
-        shutdown.clone(),
-    ));
+    tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), topology.clone(), shutdown.clone()));
     let shared = Arc::new(Shared {
         js,
         subscriptions: handles.subscriptions,
@@ -291,13 +285,11 @@ async fn watch_gauges(js: jetstream::Context, breakers: Arc<breaker::Breakers>, 
     use herald_core::metrics::{CIRCUITS_OPEN, CONSUMER_LAG};
     loop {
         CIRCUITS_OPEN.set(&[], breakers.open_count() as f64);
-        for (stream, consumer) in
-            [
-                (nats::EVENTS_STREAM, nats::FANOUT_CONSUMER),
-                (nats::EVENTS_STREAM, nats::ORDERED_FANOUT_CONSUMER),
-                (nats::DELIVERIES_STREAM, nats::DELIVER_CONSUMER),
-            ]
-        {
+        for (stream, consumer) in [
+            (nats::EVENTS_STREAM, nats::FANOUT_CONSUMER),
+            (nats::EVENTS_STREAM, nats::ORDERED_FANOUT_CONSUMER),
+            (nats::DELIVERIES_STREAM, nats::DELIVER_CONSUMER),
+        ] {
             if let Ok(stream) = js.get_stream(stream).await {
                 if let Ok(info) = stream.consumer_info(consumer).await {
                     CONSUMER_LAG.set(&[consumer, "pending"], info.num_pending as f64);

@@ -7,9 +7,9 @@
 //! falls between them while replicas learn of the change (a delivery stored by both is
 //! deduplicated by its id).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,10 @@ pub(crate) const GRACE: Duration = Duration::from_secs(10);
 /// How often the registry is looked at and the ordered consumer's filter checked.
 const EVERY: Duration = Duration::from_secs(1);
 
+/// How far back the stream's end is remembered, to start the ordered consumer where a newly
+/// ordered subscription began.
+const MARKS_KEPT: Duration = Duration::from_secs(60);
+
 /// When a subscription was last seen ordered and unordered.
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
@@ -40,6 +44,9 @@ pub(crate) struct Routes {
     /// Subjects of the ordered consumer's filter, with when each was last wanted here (or first
     /// found in the filter: another replica may want it for reasons this one has not seen).
     subjects: Mutex<HashMap<String, Instant>>,
+    /// The events stream's last sequence as seen at each round, newest last: where the stream
+    /// ended at a given time.
+    marks: Mutex<VecDeque<(SystemTime, u64)>>,
 }
 
 fn recent(at: Option<Instant>) -> bool {
@@ -98,6 +105,44 @@ impl Routes {
             .filter_map(|(s, _)| s.strip_prefix(prefix)?.split_once('.'));
         nats::ordered_filters(selections)
     }
+
+    /// Notes that the events stream ended at `last` now.
+    fn mark(&self, last: u64) {
+        let now = SystemTime::now();
+        let mut marks = self.marks.lock().expect("routes lock");
+        marks.push_back((now, last));
+        while marks.front().is_some_and(|(at, _)| now.duration_since(*at).unwrap_or_default() > MARKS_KEPT) {
+            marks.pop_front();
+        }
+    }
+
+    /// When the earliest of the subscriptions the ordered consumer newly serves (those
+    /// `current` does not cover) became ordered: its `updated_at`, a second early for clocks,
+    /// and at most [`MARKS_KEPT`] / 2 ago (what is fanned out again is deduplicated within
+    /// the duplicate window). `None` if it serves no new subscription.
+    fn new_since(&self, subs: &[Arc<Subscription>], current: &[String]) -> Option<SystemTime> {
+        let covered = |tenant: &str, pattern: &str| {
+            let subject = nats::event_subject(tenant, pattern);
+            current.iter().any(|c| herald_core::pattern::covers(c, &subject))
+        };
+        let since = subs
+            .iter()
+            .filter(|s| s.enabled && self.ordered_serves(s))
+            .filter(|s| s.event_types.iter().any(|p| !covered(&s.tenant, p)))
+            .map(|s| if s.updated_at.is_empty() { &s.created_at } else { &s.updated_at })
+            .filter_map(|t| time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).ok())
+            .min()?;
+        let now = SystemTime::now();
+        Some((SystemTime::from(since) - Duration::from_secs(1)).clamp(now - MARKS_KEPT / 2, now))
+    }
+
+    /// The sequence after the stream's end as of the last mark taken at or before `since` (or
+    /// the oldest mark).
+    fn sequence_at(&self, since: SystemTime) -> Option<u64> {
+        let marks = self.marks.lock().expect("routes lock");
+        let mark = marks.iter().rev().find(|(at, _)| *at <= since).or(marks.front())?;
+        Some(mark.1 + 1)
+    }
 }
 
 /// Keeps the routes current and the ordered consumer's filter in line with the ordered
@@ -134,10 +179,12 @@ async fn reconcile(
     js: &async_nats::jetstream::Context,
     topology: &Topology,
 ) -> anyhow::Result<()> {
+    use async_nats::jetstream::consumer::DeliverPolicy;
     let mut stream = js.get_stream(nats::EVENTS_STREAM).await?;
     // The stream's end first, then the consumer: if the consumer has nothing left to do, every
     // event it selects up to that end has been fanned out.
     let last = stream.info().await?.state.last_sequence;
+    routes.mark(last);
     let info = stream.consumer_info(nats::ORDERED_FANOUT_CONSUMER).await?;
     let current = if info.config.filter_subjects.is_empty() {
         vec![info.config.filter_subject.clone()]
@@ -150,17 +197,26 @@ async fn reconcile(
     if wanted == current_sorted {
         return Ok(());
     }
-    // Start after the end if all is done; otherwise where the unfinished work begins (what is
-    // fanned out again is deduplicated by delivery id).
+    // Where to start: where a newly served subscription became ordered, and no later than
+    // the old consumer's unfinished work (what is fanned out again is deduplicated by
+    // delivery id); after the end if there is neither.
+    let since = routes.new_since(subs, &current);
     let start = if info.num_pending == 0 && info.num_ack_pending == 0 {
-        last + 1
+        match since {
+            Some(t) => DeliverPolicy::ByStartTime { start_time: t.into() },
+            None => DeliverPolicy::ByStartSequence { start_sequence: last + 1 },
+        }
     } else {
-        info.ack_floor.stream_sequence + 1
+        let unfinished = info.ack_floor.stream_sequence + 1;
+        let new = since.and_then(|t| routes.sequence_at(t)).unwrap_or(unfinished);
+        DeliverPolicy::ByStartSequence { start_sequence: unfinished.min(new) }
     };
     stream.delete_consumer(nats::ORDERED_FANOUT_CONSUMER).await.ok();
     let config = nats::ordered_fanout_config(topology, wanted.clone(), start);
     match stream.create_consumer(config).await {
-        Ok(_) => tracing::info!(filter = ?wanted, start, "ordered fan-out now reads the ordered subscriptions' events"),
+        Ok(_) => {
+            tracing::info!(filter = ?wanted, ?start, "ordered fan-out now reads the ordered subscriptions' events")
+        }
         // Another replica re-created it at the same moment; the next round compares again.
         Err(e) => tracing::debug!(error = %e, "ordered fan-out: re-created by another replica"),
     }
@@ -228,5 +284,40 @@ mod tests {
         let current = vec!["herald.events.t.a.*".to_owned()];
         tokio::time::sleep(GRACE).await;
         assert_eq!(routes.wanted_filter(&[disabled], &current), idle);
+    }
+
+    #[test]
+    fn the_ordered_consumer_starts_where_a_newly_ordered_subscription_began() {
+        let routes = Routes::default();
+        let rfc3339 = |t: SystemTime| {
+            time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap()
+        };
+        let now = SystemTime::now();
+        {
+            let mut marks = routes.marks.lock().unwrap();
+            for (ago, last) in [(25, 100), (20, 200), (10, 300), (0, 400)] {
+                marks.push_back((now - Duration::from_secs(ago), last));
+            }
+        }
+        let mut new = (*sub("s1", true, &["a.b"])).clone();
+        new.updated_at = rfc3339(now - Duration::from_secs(15));
+        let new = Arc::new(new);
+        let idle = vec![nats::ORDERED_IDLE_FILTER.to_owned()];
+        // Made 15 s ago: a second earlier, and after the mark of 20 s ago, the last before it.
+        let since = routes.new_since(&[new.clone()], &idle).unwrap();
+        let ago = now.duration_since(since).unwrap().as_secs_f64();
+        assert!((15.9..16.5).contains(&ago), "{ago}");
+        assert_eq!(routes.sequence_at(since), Some(201));
+        // Already read by the consumer: no constraint.
+        assert_eq!(routes.new_since(&[new.clone()], &["herald.events.t.>".to_owned()]), None);
+        // Made long ago (a replica lost it from the filter for a moment): not further back
+        // than the duplicate window keeps track of.
+        let mut old = (*new).clone();
+        old.updated_at = rfc3339(now - Duration::from_secs(3600));
+        let since = routes.new_since(&[Arc::new(old)], &idle).unwrap();
+        assert!(now.duration_since(since).unwrap() <= MARKS_KEPT / 2);
+        assert_eq!(routes.sequence_at(now - Duration::from_secs(90)), Some(101), "before every mark: the oldest");
+        // Unordered ones do not count.
+        assert_eq!(routes.new_since(&[sub("s2", false, &["x"])], &idle), None);
     }
 }

@@ -185,8 +185,9 @@ async fn a_subscription_made_ordered_while_events_flow_misses_none() {
     let switcher = async {
         for ordering in ["fifo", "unordered", "fifo"] {
             tokio::time::sleep(Duration::from_millis(1500)).await;
-            let (status, _, body) =
-                stack.call(Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(json!({"ordering": ordering}))).await;
+            let (status, _, body) = stack
+                .call(Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(json!({"ordering": ordering})))
+                .await;
             assert_eq!(status, 200, "{body}");
         }
     };
