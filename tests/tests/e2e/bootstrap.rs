@@ -47,11 +47,48 @@ async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
     let consumer = stream.consumer_info("herald-deliver").await.unwrap();
     assert_eq!(consumer.config.filter_subject, "herald.deliveries.>");
 
+    // Fan-out: shared by every replica; the ordered fan-out pinned, and idle until a subscription
+    // asks for order.
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap();
+    let fanout = events.consumer_info("herald-fanout").await.unwrap();
+    assert_eq!(fanout.config.priority_policy, async_nats::jetstream::consumer::PriorityPolicy::None);
+    let ordered = events.consumer_info("herald-fanout-ordered").await.unwrap();
+    assert_eq!(ordered.config.priority_policy, async_nats::jetstream::consumer::PriorityPolicy::PinnedClient);
+    assert_eq!(ordered.config.filter_subjects, ["herald.events.$none"]);
+
     // A changed setting is applied on the next start-up, not refused.
     let longer = herald_core::nats::Topology { events_max_age: std::time::Duration::from_secs(86_400), ..topology };
     herald_core::nats::ensure_streams(&js, &longer).await.unwrap();
     let events = js.get_stream("HERALD_EVENTS").await.unwrap().info().await.unwrap().clone();
     assert_eq!(events.config.max_age, std::time::Duration::from_secs(86_400));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_fan_out_of_an_earlier_version_is_shared_after_the_upgrade() {
+    use async_nats::jetstream::consumer::{self, PriorityPolicy};
+    herald_tests::init();
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let topology = herald_core::nats::Topology::default();
+    herald_core::nats::ensure_streams(&js, &topology).await.unwrap();
+    // herald-fanout as versions before the shared fan-out made it, with an event fanned out.
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap();
+    let before = consumer::pull::Config {
+        durable_name: Some("herald-fanout".into()),
+        filter_subject: "herald.events.>".into(),
+        ack_policy: consumer::AckPolicy::Explicit,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec!["herald".into()],
+        priority_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    events.create_consumer(before).await.unwrap();
+    js.publish("herald.events.default.up.grade", "{}".into()).await.unwrap().await.unwrap();
+
+    herald_core::nats::ensure_consumers(&js, &topology).await.unwrap();
+    let info = events.consumer_info("herald-fanout").await.unwrap();
+    assert_eq!(info.config.priority_policy, PriorityPolicy::None, "unpinned in place");
+    assert_eq!(info.num_pending, 1, "kept its position: the event is still to be fanned out");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
