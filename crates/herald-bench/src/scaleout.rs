@@ -28,17 +28,20 @@ pub enum Cgroups {
 }
 
 impl Cgroups {
-    /// The interface this machine offers, if this process may make groups (as root).
+    /// The interface this machine offers, if this process may make groups (as root): a probe
+    /// group is made and removed.
     pub fn detect() -> anyhow::Result<Self> {
-        let writable = |p: &str| std::fs::metadata(p).is_ok_and(|m| !m.permissions().readonly());
-        if std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() && writable("/sys/fs/cgroup/cpu") {
-            return Ok(Self::V1);
-        }
         let controllers = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-        if controllers.split_whitespace().any(|c| c == "cpu") && writable("/sys/fs/cgroup") {
-            return Ok(Self::V2);
-        }
-        anyhow::bail!("no writable cgroup with a CPU controller (run as root on cgroup v1 or v2)")
+        let found = if std::path::Path::new("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").exists() {
+            Self::V1
+        } else if controllers.split_whitespace().any(|c| c == "cpu") {
+            Self::V2
+        } else {
+            anyhow::bail!("no cgroup with a CPU controller under /sys/fs/cgroup (v1 or v2)")
+        };
+        let probe = found.cap(&format!("herald-bench-probe-{}", std::process::id()), 1.0)?;
+        drop(probe);
+        Ok(found)
     }
 
     /// How it is described in the results.
@@ -118,26 +121,35 @@ impl Bench {
                 d.wait_ready().await?;
             }
             self.warm_up(group).await?;
-            let (mut rates, mut shares) = (Vec::new(), vec![0.0; replicas]);
+            let (mut rates, mut shares, mut inline) = (Vec::new(), vec![0.0; replicas], 0.0);
+            // CPU seconds the replicas used over the measured runs, and the wall time they took.
+            let (mut cpu, mut wall) = (0.0, 0.0);
+            const INLINE: &str = r#"herald_fanout_deliveries_total{path="inline"}"#;
             // A warm-up with a fifth of the backlog, then the measured runs.
             let runs = std::iter::once((backlog / 5).max(1)).chain(std::iter::repeat_n(backlog, self.args.runs));
             for (run, n) in runs.enumerate() {
-                let mut before = Vec::new();
+                let (mut before, mut inline_before) = (Vec::new(), 0.0);
                 for d in &dispatchers {
                     before.push(d.counter(&self.http, "herald_delivery_attempts_total").await);
+                    inline_before += d.counter(&self.http, INLINE).await;
                 }
                 let target = self.sink.delivered(group.paths.clone()) + n as u64;
                 let messages = self.events_for(group, n, payload);
+                let cpu_before: f64 = dispatchers.iter().map(Proc::cpu_seconds).sum();
                 let started = Instant::now();
                 pipelined(&self.js, messages).await?;
                 let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(60)).await?;
                 if run > 0 {
+                    cpu += dispatchers.iter().map(Proc::cpu_seconds).sum::<f64>() - cpu_before;
+                    wall += (done - started).as_secs_f64();
                     rates.push(per_sec(n, done - started));
                     // Attempts are counted as they are recorded, a moment after the receipt.
                     tokio::time::sleep(Duration::from_millis(300)).await;
                     for (i, d) in dispatchers.iter().enumerate() {
                         shares[i] += d.counter(&self.http, "herald_delivery_attempts_total").await - before[i];
+                        inline += d.counter(&self.http, INLINE).await;
                     }
+                    inline -= inline_before;
                 }
                 use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
                 self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
@@ -161,8 +173,17 @@ impl Bench {
                 of_relay: None,
             });
             let smallest = shares.iter().copied().fold(f64::INFINITY, f64::min) / total;
-            let name = format!("  attempts by each replica, {setup}: {} %", percent.join(" / "));
+            let name = format!(
+                "  attempts by each replica, {setup}: {} % ({:.0} % first attempts inline)",
+                percent.join(" / "),
+                100.0 * inline / total
+            );
             self.push(payload, name, 100.0 * smallest, "% (smallest)");
+            // How much of their quota the replicas used, and what a delivery cost them: a
+            // replica that leaves quota unused is waiting, not working.
+            let used = cpu / (wall * cpus * replicas as f64);
+            self.push(payload, format!("  dispatcher CPU used of the quota, {setup}"), 100.0 * used, "%");
+            self.push(payload, format!("  dispatcher CPU, {setup}"), cpu * 1e6 / total, "µs/delivery");
         }
         Ok(())
     }

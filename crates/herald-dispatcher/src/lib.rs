@@ -79,7 +79,7 @@ pub struct Config {
     pub breaker_cooldown: Duration,
     /// Requests in flight to one subscription from this replica, unless the subscription sets
     /// its own `max_in_flight`: one slow endpoint cannot take every slot.
-    #[arg(long, env = "HERALD_SUBSCRIPTION_CONCURRENCY", default_value_t = 32)]
+    #[arg(long, env = "HERALD_SUBSCRIPTION_CONCURRENCY", default_value_t = 64)]
     pub subscription_concurrency: u32,
     /// A subscription failing without a single success for this long is disabled.
     #[arg(long, env = "HERALD_DISABLE_AFTER", default_value = "5d", value_parser = herald_core::runtime::parse_duration)]
