@@ -242,17 +242,17 @@ mod tests {
     async fn a_subscription_changing_its_ordering_is_served_by_both_fan_outs_for_a_while() {
         let routes = Routes::default();
         let before = sub("s1", false, &["a.b"]);
-        routes.observe(&[before.clone()]);
+        routes.observe(std::slice::from_ref(&before));
         assert!(routes.shared_serves(&before));
         assert!(!routes.ordered_serves(&before));
 
         let after = sub("s1", true, &["a.b"]);
         // Before this replica looks again, and after: both serve it.
         assert!(routes.shared_serves(&after) && routes.ordered_serves(&after));
-        routes.observe(&[after.clone()]);
+        routes.observe(std::slice::from_ref(&after));
         assert!(routes.shared_serves(&after) && routes.ordered_serves(&after));
         tokio::time::sleep(GRACE).await;
-        routes.observe(&[after.clone()]);
+        routes.observe(std::slice::from_ref(&after));
         assert!(!routes.shared_serves(&after), "the shared fan-out lets go after the grace period");
         assert!(routes.ordered_serves(&after));
 
@@ -266,7 +266,7 @@ mod tests {
         let routes = Routes::default();
         let idle = vec![nats::ORDERED_IDLE_FILTER.to_owned()];
         let plain = sub("s0", false, &["p.q"]);
-        assert_eq!(routes.wanted_filter(&[plain.clone()], &idle), idle, "no ordered subscription: idle");
+        assert_eq!(routes.wanted_filter(std::slice::from_ref(&plain), &idle), idle, "no ordered subscription: idle");
 
         let ordered = sub("s1", true, &["a.*", "a.b"]);
         let filter = routes.wanted_filter(&[plain.clone(), ordered.clone()], &idle);
@@ -275,9 +275,9 @@ mod tests {
         // A subject found in the filter that this replica does not want (another replica put it
         // there) stays for the grace period, then goes.
         let current = vec!["herald.events.t.a.*".to_owned(), "herald.events.t.z".to_owned()];
-        assert_eq!(routes.wanted_filter(&[ordered.clone()], &current), current);
+        assert_eq!(routes.wanted_filter(std::slice::from_ref(&ordered), &current), current);
         tokio::time::sleep(GRACE).await;
-        assert_eq!(routes.wanted_filter(&[ordered.clone()], &current), vec!["herald.events.t.a.*"]);
+        assert_eq!(routes.wanted_filter(std::slice::from_ref(&ordered), &current), vec!["herald.events.t.a.*"]);
 
         // A disabled ordered subscription needs no events.
         let disabled = Arc::new(Subscription { enabled: false, ..(*ordered).clone() });
@@ -304,12 +304,12 @@ mod tests {
         let new = Arc::new(new);
         let idle = vec![nats::ORDERED_IDLE_FILTER.to_owned()];
         // Made 15 s ago: a second earlier, and after the mark of 20 s ago, the last before it.
-        let since = routes.new_since(&[new.clone()], &idle).unwrap();
+        let since = routes.new_since(std::slice::from_ref(&new), &idle).unwrap();
         let ago = now.duration_since(since).unwrap().as_secs_f64();
         assert!((15.9..16.5).contains(&ago), "{ago}");
         assert_eq!(routes.sequence_at(since), Some(201));
         // Already read by the consumer: no constraint.
-        assert_eq!(routes.new_since(&[new.clone()], &["herald.events.t.>".to_owned()]), None);
+        assert_eq!(routes.new_since(std::slice::from_ref(&new), &["herald.events.t.>".to_owned()]), None);
         // Made long ago (a replica lost it from the filter for a moment): not further back
         // than the duplicate window keeps track of.
         let mut old = (*new).clone();
