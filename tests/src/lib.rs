@@ -3,6 +3,10 @@
 //! dispatcher run in-process (or, for crash tests, as real processes).
 #![forbid(unsafe_code)]
 
+mod cluster;
+
+pub use cluster::NatsCluster;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -436,6 +440,22 @@ pub fn dispatcher_args_with(nats_url: &str, overrides: &[(&str, &str)]) -> Vec<S
     args
 }
 
+/// Gateway settings for tests against `nats_url`: the test tokens and key ring, a short publish
+/// timeout, loopback receivers allowed (unless `extra` sets `--allow-networks`), then `extra`.
+pub fn gateway_config(nats_url: &str, extra: &[&str]) -> herald_gateway::Config {
+    let tokens = format!("admin={ADMIN_TOKEN},publish={PUBLISH_TOKEN},tenant:acme=test-acme-token-0123456789");
+    let mut args: Vec<String> = ["herald-gateway", "--nats-url", nats_url, "--tokens", &tokens]
+        .into_iter()
+        .chain(["--publish-timeout", "2s", "--secret-keys", SECRET_KEYS])
+        .map(str::to_owned)
+        .collect();
+    if !extra.contains(&"--allow-networks") {
+        args.extend(["--allow-networks".into(), LOOPBACK.into()]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    herald_gateway::Config::try_parse_from(args).expect("gateway flags")
+}
+
 /// A gateway and (optionally) a dispatcher running in this process against one nats-server.
 pub struct Stack {
     /// The server.
@@ -472,23 +492,7 @@ impl Stack {
     pub async fn start_with(with_dispatcher: bool, gateway_flags: &[&str]) -> Self {
         init();
         let nats = NatsServer::start();
-        let tokens = format!("admin={ADMIN_TOKEN},publish={PUBLISH_TOKEN},tenant:acme=test-acme-token-0123456789");
-        let mut args = vec![
-            "herald-gateway".to_string(),
-            "--nats-url".into(),
-            nats.url(),
-            "--tokens".into(),
-            tokens,
-            "--publish-timeout".into(),
-            "2s".into(),
-            "--secret-keys".into(),
-            SECRET_KEYS.into(),
-        ];
-        if !gateway_flags.contains(&"--allow-networks") {
-            args.extend(["--allow-networks".into(), LOOPBACK.into()]);
-        }
-        args.extend(gateway_flags.iter().map(|s| s.to_string()));
-        let config = herald_gateway::Config::try_parse_from(args).expect("gateway flags");
+        let config = gateway_config(&nats.url(), gateway_flags);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let gateway = format!("http://{}", listener.local_addr().unwrap());
         let gateway_stop = CancellationToken::new();
@@ -666,7 +670,7 @@ impl DispatcherProcess {
 
     /// Waits until it reports ready (`/readyz`: connected, subscriptions loaded, consuming).
     pub async fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let url = format!("http://{}/readyz", self.listen);
         loop {
             if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {

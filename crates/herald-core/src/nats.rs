@@ -233,6 +233,58 @@ pub enum BootstrapError {
     },
 }
 
+/// Words in a failure that say it may pass by itself: a request that timed out, a cluster
+/// still electing its leaders or placing a stream, a connection being re-established. "No
+/// responders" is not among them: that is what a server without JetStream answers.
+const TRANSIENT: &[&str] = &[
+    "timed out",
+    "timeout",
+    "temporarily unavailable",
+    "no suitable peers",
+    "insufficient resources",
+    "leader",
+    "not current",
+    "disconnected",
+    "connection",
+];
+
+impl BootstrapError {
+    /// True if waiting may cure it; false for a definite refusal (no JetStream, a server too
+    /// old, a configuration the server rejects).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Create { detail, .. } | Self::NoJetStream(detail) => {
+                let detail = detail.to_lowercase();
+                TRANSIENT.iter().any(|t| detail.contains(t))
+            }
+            Self::Connect { .. } | Self::ServerTooOld { .. } => false,
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds or fails definitely. Transient failures (see
+/// [`BootstrapError::is_transient`]) are logged with `what` is waited for and retried after
+/// 0.5 s, doubling up to 5 s: any number of services may start at once against a cluster that
+/// is still electing leaders.
+pub async fn until_ready<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, BootstrapError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, BootstrapError>>,
+{
+    let mut delay = Duration::from_millis(500);
+    loop {
+        match attempt().await {
+            Ok(done) => return Ok(done),
+            Err(e) if e.is_transient() => {
+                tracing::warn!(error = %e, retry_in = ?delay, "waiting for NATS JetStream: {what}");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// How to authenticate to, and encrypt the connection with, a secured NATS.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct NatsAuthArgs {
@@ -359,7 +411,16 @@ pub struct Handles {
 /// start-up). Refuses a server older than 2.12 or without JetStream.
 pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Result<Handles, BootstrapError> {
     check_server_version(&js.client().server_info().version)?;
-    js.query_account().await.map_err(|e| BootstrapError::NoJetStream(e.to_string()))?;
+    js.query_account().await.map_err(|e| {
+        let detail = e.to_string();
+        // No answer in time is a cluster still electing its meta leader, not a server without
+        // JetStream (which answers at once that nobody responds).
+        if detail.contains("timed out") {
+            create_err("streams yet: JetStream did not answer (is the cluster still electing its leader?)", detail)
+        } else {
+            BootstrapError::NoJetStream(detail)
+        }
+    })?;
 
     let streams = [
         stream::Config {
@@ -521,6 +582,39 @@ mod tests {
         assert!(matches!(check_server_version("2.9.25"), Err(BootstrapError::ServerTooOld { .. })));
         assert!(matches!(check_server_version("2.11.9"), Err(BootstrapError::ServerTooOld { .. })));
         assert!(matches!(check_server_version(""), Err(BootstrapError::ServerTooOld { .. })));
+    }
+
+    #[test]
+    fn transient_and_definite_bootstrap_failures() {
+        let create = |detail: &str| BootstrapError::Create { what: "stream X".into(), detail: detail.into() };
+        assert!(create("jetstream request timed out").is_transient());
+        assert!(create("JetStream system temporarily unavailable (10008)").is_transient());
+        assert!(create("no suitable peers for placement (10005)").is_transient());
+        assert!(BootstrapError::NoJetStream("timed out".into()).is_transient());
+        assert!(!BootstrapError::NoJetStream("no responders".into()).is_transient());
+        assert!(!create("subjects overlap with an existing stream (10065)").is_transient());
+        assert!(!create("replicas > 1 not supported in non-clustered mode (10074)").is_transient());
+        assert!(!BootstrapError::ServerTooOld { found: "2.9.0".into() }.is_transient());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn until_ready_retries_what_may_pass_and_gives_up_on_what_will_not() {
+        let mut calls = 0;
+        let got = until_ready("a test", || {
+            calls += 1;
+            let n = calls;
+            async move { if n < 4 { Err(BootstrapError::NoJetStream("request timed out".into())) } else { Ok(n) } }
+        })
+        .await;
+        assert_eq!(got.unwrap(), 4);
+        let mut calls = 0;
+        let refused = until_ready("a test", || {
+            calls += 1;
+            async { Err::<(), _>(BootstrapError::NoJetStream("no responders".into())) }
+        })
+        .await;
+        assert!(refused.is_err());
+        assert_eq!(calls, 1);
     }
 
     #[test]

@@ -158,8 +158,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             config.http_timeout
         );
     }
-    let handles = nats::ensure_streams(&js, &topology).await?;
-    let consumers = nats::ensure_consumers(&js, &topology).await?;
+    let handles =
+        nats::until_ready("streams and the subscriptions bucket", || nats::ensure_streams(&js, &topology)).await?;
+    let consumers = nats::until_ready("the dispatcher's consumers", || nats::ensure_consumers(&js, &topology)).await?;
     let policy = Arc::new(config.common.ssrf_policy());
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;

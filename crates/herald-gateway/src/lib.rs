@@ -128,7 +128,9 @@ pub async fn run(
     }
     let client = config.common.connect("herald-gateway").await?;
     let js = jetstream::ContextBuilder::new().timeout(config.publish_timeout).build(client.clone());
-    let handles = nats::ensure_streams(&js, &config.common.topology.topology()).await?;
+    let topology = config.common.topology.topology();
+    let handles =
+        nats::until_ready("streams and the subscriptions bucket", || nats::ensure_streams(&js, &topology)).await?;
 
     let registry = Registry::new();
     let cancel = tokio_util::sync::CancellationToken::new();

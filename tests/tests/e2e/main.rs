@@ -4,6 +4,7 @@
 mod bootstrap;
 mod chaos;
 mod cli;
+mod cluster;
 mod crash;
 mod delivery;
 mod gateway;

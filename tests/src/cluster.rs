@@ -1,0 +1,115 @@
+//! A three-node JetStream cluster on loopback: each node its own client and route ports (random)
+//! and its own temporary store, so a test can SIGKILL and restart one node at a time.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{free_port, nats_server_bin, temp_dir};
+
+/// One node of a [`NatsCluster`].
+struct Node {
+    name: String,
+    port: u16,
+    route_port: u16,
+    store: PathBuf,
+    child: Option<Child>,
+}
+
+/// Three `nats-server` processes forming one JetStream cluster (`herald-test`).
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+}
+
+impl NatsCluster {
+    /// Starts three nodes and returns once each accepts client connections; the cluster may
+    /// still be electing its meta leader (see [`NatsCluster::wait_for_meta_leader`]).
+    pub fn start() -> Self {
+        let nodes = (0..3)
+            .map(|i| Node {
+                name: format!("n{i}"),
+                port: free_port(),
+                route_port: free_port(),
+                store: temp_dir("herald-nats-cluster"),
+                child: None,
+            })
+            .collect();
+        let mut cluster = Self { nodes };
+        for i in 0..3 {
+            cluster.spawn(i);
+        }
+        for i in 0..3 {
+            cluster.wait_listening(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let routes: Vec<String> = self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.route_port)).collect();
+        let node = &mut self.nodes[i];
+        let log = std::fs::File::create(node.store.join("server.log")).expect("log file");
+        let child = Command::new(nats_server_bin())
+            .args(["-a", "127.0.0.1", "-p", &node.port.to_string(), "-js", "--server_name", &node.name])
+            .args(["--cluster_name", "herald-test", "--cluster", &format!("nats://127.0.0.1:{}", node.route_port)])
+            .args(["--routes", &routes.join(",")])
+            .arg("-sd")
+            .arg(node.store.join("js"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", nats_server_bin().display()));
+        node.child = Some(child);
+    }
+
+    fn wait_listening(&self, i: usize) {
+        let node = &self.nodes[i];
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
+            assert!(Instant::now() < deadline, "node {} did not start; see {}", node.name, node.store.display());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every node's client URL, comma-separated (what `HERALD_NATS_URL` takes).
+    pub fn url(&self) -> String {
+        self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// SIGKILLs node `i` (its store stays).
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i);
+        self.wait_listening(i);
+    }
+
+    /// Waits until JetStream answers account requests, which needs an elected meta leader.
+    pub async fn wait_for_meta_leader(&self) {
+        let addrs: Vec<async_nats::ServerAddr> = self.url().split(',').map(|u| u.parse().expect("URL")).collect();
+        let client = async_nats::connect(addrs).await.expect("connect to the cluster");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while js.query_account().await.is_err() {
+            assert!(Instant::now() < deadline, "the cluster elected no meta leader in 30 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+        for node in &self.nodes {
+            let _ = std::fs::remove_dir_all(&node.store);
+        }
+    }
+}
