@@ -170,6 +170,13 @@ pub static DEAD_LETTERS: Family = Family::new(
     "counter",
     &["kind"],
 );
+/// Deliveries handed out again that had already been delivered: acked without sending.
+pub static REDELIVERIES_SKIPPED: Family = Family::new(
+    "herald_redeliveries_skipped_total",
+    "Deliveries handed out again (after a crash or a lost ack) whose attempt record shows them delivered: not sent again.",
+    "counter",
+    &[],
+);
 /// Webhook requests in flight in this replica.
 pub static IN_FLIGHT: Family =
     Family::new("herald_deliveries_in_flight", "Webhook requests in flight in this replica.", "gauge", &[]);
@@ -195,6 +202,7 @@ static ALL: LazyLock<Vec<&'static (dyn Render + Sync)>> = LazyLock::new(|| {
         &DEFERRALS,
         &RETRIES,
         &DEAD_LETTERS,
+        &REDELIVERIES_SKIPPED,
         &IN_FLIGHT,
         &CIRCUITS_OPEN,
         &CONSUMER_LAG,

@@ -110,6 +110,15 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
         };
         return dead_letter(shared, Some(msg), "unroutable", Some(delivery), reason).await;
     }
+    // Handed out again: after a crash or a lost ack it may have been delivered already.
+    if delivered > 1 {
+        let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
+        if delivered_since(shared, &event.tenant, &sub.id, &event.id, stored).await {
+            tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
+            metrics::REDELIVERIES_SKIPPED.inc(&[]);
+            return Settle::Ack;
+        }
+    }
     let parent =
         msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str()).filter(|p| trace::is_valid(p));
 
@@ -422,6 +431,29 @@ fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
         DeliveryOutcome::Delivered => "delivered",
         DeliveryOutcome::Retry { .. } => "retry",
         DeliveryOutcome::DeadLetter { .. } => "dead_letter",
+    }
+}
+
+/// True if `event` reached `subscription` after `since` (when the message now handed out again
+/// was stored): the last attempt record for the pair, stored after that, says delivered. A
+/// dispatcher that died between the subscriber's 2xx and its ack leaves exactly that behind.
+/// An explicit replay or redrive is a new message, stored after any earlier record, so it is
+/// still sent. Anything unreadable counts as not delivered: at least once.
+pub(crate) async fn delivered_since(
+    shared: &Shared,
+    tenant: &str,
+    subscription: &str,
+    event: &str,
+    since: OffsetDateTime,
+) -> bool {
+    let Ok(stream) = shared.js.get_stream_no_info(nats::ATTEMPTS_STREAM).await else { return false };
+    let subject = nats::attempt_subject(tenant, subscription, event);
+    match stream.get_last_raw_message_by_subject(&subject).await {
+        Ok(record) => {
+            record.time >= since
+                && proto::Attempt::decode(record.payload.as_ref()).is_ok_and(|a| a.outcome == "delivered")
+        }
+        Err(_) => false,
     }
 }
 

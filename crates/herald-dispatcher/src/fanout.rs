@@ -85,6 +85,16 @@ pub(crate) async fn send(
         // fan-out (the ordered consumer may start behind, where it left off).
         Role::Ordered => subs.retain(|s| shared.routes.ordered_serves(s) && !created_after(s, published)),
     }
+    // Handed out again (its fan-out died, or the ack was lost): what was already delivered
+    // inline is not sent again.
+    if handed_out > 1 && !subs.is_empty() {
+        let checks = subs.iter().map(|s| deliver::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
+        let done = futures::future::join_all(checks).await;
+        let before = subs.len();
+        let mut done = done.into_iter();
+        subs.retain(|_| !done.next().unwrap_or(false));
+        metrics::REDELIVERIES_SKIPPED.add(&[], (before - subs.len()) as f64);
+    }
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
     // with its crash-loop guard.
     let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);

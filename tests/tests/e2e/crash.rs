@@ -66,3 +66,74 @@ async fn sigterm_stops_a_dispatcher_whose_nats_is_gone() {
     // Not a timing assertion: the bound is the minute `terminate` waits; this says how long.
     eprintln!("exited {:?} after SIGTERM", started.elapsed());
 }
+
+/// Kills a dispatcher (`flags`) once a fast receiver has answered 2xx to part of a backlog while
+/// a slow one, subscribed to the same events, still has most of them to answer (so the events
+/// are not acked yet), starts another, and returns `(events, duplicates at the fast receiver,
+/// duplicates whose first record was there)`: an event sent again although a record of its
+/// delivery had been stored is what the check before sending must prevent; one whose record
+/// was lost with the process (a request in flight at the kill) may be sent again.
+async fn redeliveries_after_a_kill(flags: &[(&str, &str)]) -> (usize, usize, usize) {
+    let stack = Stack::gateway_only().await;
+    let rx = Receiver::start().await;
+    let n = 300;
+    rx.script_per_path("/once", (0..n * 2).map(|_| Reply { delay: Duration::from_millis(20), ..Reply::status(200) }));
+    rx.script_per_path("/slow", (0..n * 2).map(|_| Reply { delay: Duration::from_millis(1000), ..Reply::status(200) }));
+    stack.subscribe(&rx.url("/once"), &["once.test"], None).await;
+    stack.subscribe(&rx.url("/slow"), &["once.test"], None).await;
+    let first = DispatcherProcess::start_with(&stack.nats.url(), flags);
+    first.wait_ready().await;
+    for chunk in (0..n).collect::<Vec<_>>().chunks(100) {
+        let events: Vec<_> =
+            chunk.iter().map(|i| json!({"id": format!("once-{i}"), "type": "once.test", "data": {}})).collect();
+        let (status, _, body) =
+            stack.call(reqwest::Method::POST, "/v1/events/batch", Some(json!({"events": events}))).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    rx.wait_until(Duration::from_secs(30), "a third at the fast receiver", |r| {
+        r.iter().filter(|r| r.path == "/once").count() >= n / 3
+    })
+    .await;
+    first.kill();
+    let second = DispatcherProcess::start_with(&stack.nats.url(), flags);
+    let distinct = |r: &[herald_tests::Received], path: &str| {
+        let ids = r.iter().filter(|r| r.path == path).filter_map(|r| r.header("webhook-id"));
+        ids.collect::<std::collections::HashSet<_>>().len()
+    };
+    rx.wait_until(Duration::from_secs(90), "every event at both", |r| {
+        distinct(r, "/once") >= n && distinct(r, "/slow") >= n
+    })
+    .await;
+    // Past the ack wait (5 s), whatever the killed one held has been handed out again.
+    stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", Duration::from_secs(30)).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", Duration::from_secs(30)).await;
+    let mut counts = std::collections::HashMap::new();
+    for r in rx.received_on("/once") {
+        *counts.entry(r.header("webhook-id").unwrap().to_owned()).or_insert(0usize) += 1;
+    }
+    let (mut duplicates, mut despite_record) = (0, 0);
+    for (id, count) in counts.iter().filter(|(_, c)| **c > 1) {
+        duplicates += count - 1;
+        let (_, _, attempts) = stack.call(reqwest::Method::GET, &format!("/v1/events/{id}/attempts"), None).await;
+        let to_fast = |x: &&serde_json::Value| x["url"].as_str().is_some_and(|u| u.ends_with("/once"));
+        let records = attempts["data"].as_array().cloned().unwrap_or_default();
+        let delivered = records.iter().filter(to_fast).filter(|x| x["outcome"] == "delivered").count();
+        // Two records of one delivery: the first was stored, and it was sent again anyway.
+        if delivered > 1 {
+            despite_record += 1;
+        }
+    }
+    drop(second);
+    (n, duplicates, despite_record)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_was_delivered_before_a_kill_is_not_sent_again() {
+    // Inline first attempts (the event comes back to fan-out) and stored deliveries (the
+    // delivery comes back to the delivery consumer).
+    for flags in [&[][..], &[("--inline-attempts", "0")][..]] {
+        let (n, duplicates, despite_record) = redeliveries_after_a_kill(flags).await;
+        eprintln!("{flags:?}: {n} events, {duplicates} sent twice, {despite_record} of them despite a record");
+        assert_eq!(despite_record, 0, "{flags:?}: events sent again although their delivery was recorded");
+    }
+}
