@@ -110,8 +110,10 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
         };
         return dead_letter(shared, Some(msg), "unroutable", Some(delivery), reason).await;
     }
-    // Handed out again: after a crash or a lost ack it may have been delivered already.
-    if delivered > 1 {
+    // Handed out again (after a crash or a lost ack), or a retry (whose schedule may fire
+    // after a delivery the crash of its dispatcher left unacked had already succeeded): it may
+    // have been delivered already.
+    if delivered > 1 || delivery.attempt > 1 {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         if delivered_since(shared, &event.tenant, &sub.id, &event.id, stored).await {
             tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
