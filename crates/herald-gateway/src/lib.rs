@@ -5,6 +5,7 @@
 //! # Layout
 //! - [`Config`]: flags and `HERALD_*` variables; [`run`]: serve until the shutdown future.
 //! - [`auth`]: bearer tokens and scopes; [`error`]: problem+json errors.
+//! - `serve.rs`: the HTTP server loop, with header timeouts and a bounded shutdown.
 //! - `routes/events.rs`, `routes/subscriptions.rs`, `routes/health.rs`: one file per resource.
 #![forbid(unsafe_code)]
 
@@ -13,6 +14,7 @@ pub mod error;
 pub mod openapi;
 pub(crate) mod routes;
 mod scan;
+mod serve;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,6 +52,14 @@ pub struct Config {
     /// Most events in one `POST /v1/events/batch`.
     #[arg(long, env = "HERALD_MAX_BATCH", default_value_t = 100)]
     pub max_batch: usize,
+    /// How long a client may take to send a request's headers; a connection that sends half a
+    /// request (or nothing, or sits idle between requests) is closed after it.
+    #[arg(long, env = "HERALD_HEADER_TIMEOUT", default_value = "10s", value_parser = herald_core::runtime::parse_duration)]
+    pub header_timeout: Duration,
+    /// On SIGTERM, how long requests in progress may take to finish before the connections
+    /// still open are closed.
+    #[arg(long, env = "HERALD_SHUTDOWN_GRACE", default_value = "10s", value_parser = herald_core::runtime::parse_duration)]
+    pub shutdown_grace: Duration,
     /// How long to wait for JetStream to acknowledge a write before answering 503.
     #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "5s", value_parser = herald_core::runtime::parse_duration)]
     pub publish_timeout: Duration,
@@ -149,7 +159,8 @@ pub async fn run(
         config: Arc::new(config),
     }));
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await?;
+    let bounds = serve::Bounds { header_timeout: state.config.header_timeout, grace: state.config.shutdown_grace };
+    serve::serve(listener, router(state), bounds, shutdown).await?;
     cancel.cancel();
     let _ = follow.await;
     let _ = reload.await;

@@ -175,3 +175,73 @@ async fn health_and_readiness() {
         stack.http.get(format!("{}/healthz", stack.gateway)).header("x-request-id", "req-42").send().await.unwrap();
     assert_eq!(resp.headers()["x-request-id"], "req-42", "the caller's request id is kept");
 }
+
+/// Reads from `conn` until the server closes it (end of stream or a reset), for at most `limit`;
+/// returns whether it did.
+async fn closed_within(conn: &mut tokio::net::TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt as _;
+    let mut buf = [0u8; 1024];
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, conn.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a 408 or the like before the close
+            Err(_) => return false,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_half_a_request_or_nothing_is_cut_off() {
+    use tokio::io::AsyncWriteExt as _;
+    let stack = Stack::start_with(false, &["--header-timeout", "1s"]).await;
+    let addr = stack.gateway.trim_start_matches("http://").to_owned();
+    let mut half = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    half.write_all(b"POST /v1/events HTTP/1.1\r\nhost: herald\r\ncontent-type: appl").await.unwrap();
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A kept-alive connection, idle after a complete request.
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nhost: herald\r\n\r\n").await.unwrap();
+    for (what, conn) in [("half a request", &mut half), ("nothing", &mut silent), ("idle after a request", &mut idle)] {
+        assert!(closed_within(conn, Duration::from_secs(10)).await, "a connection that sent {what} stays open");
+    }
+    // Meanwhile the gateway serves everyone else.
+    let (status, _, _) = stack.call(Method::GET, "/healthz", None).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_within_its_grace_while_clients_hold_connections_open() {
+    use tokio::io::AsyncWriteExt as _;
+    herald_tests::init();
+    let nats = herald_tests::NatsServer::start();
+    let config = herald_tests::gateway_config(&nats.url(), &["--header-timeout", "60s", "--shutdown-grace", "2s"]);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let gateway = tokio::spawn(herald_gateway::run(config, listener, stop.clone().cancelled_owned()));
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + SOON;
+    while !http.get(format!("http://{addr}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "gateway not ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Clients holding connections: half a request each, and idle ones.
+    let mut held = Vec::new();
+    for i in 0..300 {
+        let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+        if i % 2 == 0 {
+            conn.write_all(b"POST /v1/events HTTP/1.1\r\nhost: herald\r\n").await.unwrap();
+        }
+        held.push(conn);
+    }
+    let started = Instant::now();
+    stop.cancel();
+    let finished = tokio::time::timeout(Duration::from_secs(30), gateway).await;
+    assert!(finished.is_ok(), "the gateway was still running 30 s after shutdown with {} connections open", held.len());
+    finished.unwrap().unwrap().unwrap();
+    // Not a timing assertion: the bound is the 30 s above; this says how long it took.
+    eprintln!("gateway stopped {:?} after shutdown (grace 2 s)", started.elapsed());
+    drop(held);
+}
