@@ -7,6 +7,8 @@
 #   scripts/dev.sh --once       # stop after the demo event arrived (a smoke test)
 #
 # Ports: NATS_PORT (4222), GATEWAY_PORT (8080), DISPATCHER_PORT (9090), RECEIVER_PORT (9999).
+# NATS_SYNC: how often nats-server flushes its store to disk — its default "2m", or "always"
+# (every write reaches the disk before the PubAck, so before Herald's 202; slower ingest).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -45,8 +47,11 @@ PY
   exit 1
 }
 
-echo "==> nats-server on 127.0.0.1:$NATS_PORT (store: .herald-dev/jetstream)"
-"$nats_bin" -js -a 127.0.0.1 -p "$NATS_PORT" -sd "$dev/jetstream" >"$dev/nats.log" 2>&1 &
+NATS_SYNC="${NATS_SYNC:-2m}"
+case "$NATS_SYNC" in always | [0-9]*[smh]) ;; *) echo "NATS_SYNC must be \"always\" or a duration such as 2m" >&2; exit 2 ;; esac
+printf 'jetstream {\n  store_dir: "%s"\n  sync_interval: %s\n}\n' "$dev/jetstream" "$NATS_SYNC" >"$dev/nats.conf"
+echo "==> nats-server on 127.0.0.1:$NATS_PORT (store: .herald-dev/jetstream, sync_interval: $NATS_SYNC)"
+"$nats_bin" -c "$dev/nats.conf" -a 127.0.0.1 -p "$NATS_PORT" >"$dev/nats.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$NATS_PORT") 2>/dev/null && break; sleep 0.1; done
 
