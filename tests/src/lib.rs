@@ -82,6 +82,8 @@ pub struct NatsServer {
     jetstream: bool,
     /// `--user` and `--pass`, for a secured server.
     auth: Option<(String, String)>,
+    /// JetStream flushes every write to disk before acknowledging it (`sync_interval: always`).
+    sync_always: bool,
     child: Option<Child>,
 }
 
@@ -103,14 +105,28 @@ impl NatsServer {
             store: temp_dir("herald-nats"),
             jetstream: true,
             auth: Some((user.into(), pass.into())),
+            sync_always: false,
             child: None,
         };
         server.restart();
         server
     }
 
+    /// Starts a server whose JetStream flushes every write to disk before acknowledging it.
+    pub fn start_synced() -> Self {
+        let mut server = Self::new(true);
+        server.sync_always = true;
+        server.restart();
+        server
+    }
+
+    fn new(jetstream: bool) -> Self {
+        let (port, store) = (free_port(), temp_dir("herald-nats"));
+        Self { port, store, jetstream, auth: None, sync_always: false, child: None }
+    }
+
     fn start_with(jetstream: bool) -> Self {
-        let mut server = Self { port: free_port(), store: temp_dir("herald-nats"), jetstream, auth: None, child: None };
+        let mut server = Self::new(jetstream);
         server.restart();
         server
     }
@@ -139,7 +155,12 @@ impl NatsServer {
         let log = std::fs::File::create(self.store.join("server.log")).expect("log file");
         let mut cmd = Command::new(nats_server_bin());
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
-        if self.jetstream {
+        if self.sync_always {
+            let config = self.store.join("nats.conf");
+            let text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", self.store.join("js"));
+            std::fs::write(&config, text).expect("nats config");
+            cmd.arg("-c").arg(config);
+        } else if self.jetstream {
             cmd.arg("-js").arg("-sd").arg(self.store.join("js"));
         }
         if let Some((user, pass)) = &self.auth {

@@ -12,6 +12,8 @@
 //! - end to end (publish → verified receipt) with 1, 10 and 100 subscriptions per event type and
 //!   1 and 3 dispatchers, as deliveries/s and ratios to the raw POST loop and the raw relay;
 //! - latency publish (`POST /v1/events`) → receipt, p50/p95/p99, at a fixed rate;
+//! - durability: HTTP ingest with `sync_interval: always` and on a three-node cluster at R3, as
+//!   ratios to the same ingest at R1;
 //! - scale-out: one backlog drained by 1, 2, 3 and 4 dispatchers, each held to a CPU share in
 //!   a cgroup of its own: deliveries/s, the factor over one, each replica's share of attempts;
 //! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
@@ -27,6 +29,7 @@
 //! written as JSON. A benchmark, not a test: it never fails on a number.
 #![forbid(unsafe_code)]
 
+mod durability;
 mod procs;
 mod scaleout;
 mod sink;
@@ -84,9 +87,9 @@ struct Args {
     /// Measured repetitions of each figure (after a warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     runs: usize,
-    /// What to measure besides the limits, comma-separated: ingest, e2e, latency, memory,
-    /// scaleout.
-    #[arg(long, value_delimiter = ',', default_value = "ingest,e2e,latency,memory,scaleout")]
+    /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
+    /// memory, scaleout.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,durability,e2e,latency,memory,scaleout")]
     only: Vec<String>,
     /// Scale-out: dispatcher replica counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
@@ -213,6 +216,11 @@ async fn main() -> anyhow::Result<()> {
     for &payload in &args.payloads {
         bench.limits_and_ingest(payload).await?;
         bench.settle(&["BENCH_RAW", "BENCH_RELAY", herald_core::nats::EVENTS_STREAM]).await?;
+    }
+    if bench.wants("durability") {
+        for &payload in &args.payloads {
+            bench.durability(payload).await?;
+        }
     }
     let gateway_loaded = bench.gateway.memory();
     // The ingest runs' events have no subscriptions; drop them before dispatchers start.

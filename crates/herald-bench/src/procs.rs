@@ -62,7 +62,13 @@ impl Proc {
 
     /// The gateway on `port`, ready to take events (waits for `/readyz`).
     pub async fn gateway(nats_url: &str, port: u16) -> anyhow::Result<Self> {
+        Self::gateway_with(nats_url, port, &[]).await
+    }
+
+    /// [`Proc::gateway`] with `extra` flags.
+    pub async fn gateway_with(nats_url: &str, port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = common_flags(nats_url);
+        args.extend(extra.iter().map(|s| s.to_string()));
         let tokens = format!("admin={},publish={}", herald_tests::ADMIN_TOKEN, herald_tests::PUBLISH_TOKEN);
         args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--tokens".into(), tokens]);
         let mut proc = Self::spawn("herald-gateway", &args)?;
