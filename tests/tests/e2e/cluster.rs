@@ -63,3 +63,135 @@ async fn a_gateway_and_three_dispatchers_started_at_once_against_a_new_cluster_a
     stop.cancel();
     drop(dispatchers);
 }
+
+/// A gateway in this process against `url`, with `--replicas 3`; its base URL once ready.
+async fn cluster_gateway(url: &str, stop: &CancellationToken) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gateway = format!("http://{}", listener.local_addr().unwrap());
+    let config = herald_tests::gateway_config(url, &["--replicas", "3"]);
+    tokio::spawn(herald_gateway::run(config, listener, stop.clone().cancelled_owned()));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !reqwest::get(format!("{gateway}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+        assert!(Instant::now() < deadline, "the gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway
+}
+
+/// POSTs `body` to the gateway with the admin token: status and JSON body.
+async fn call(gateway: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{gateway}{path}"))
+        .bearer_auth(herald_tests::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await;
+    match response {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default())
+        }
+        Err(_) => (0, serde_json::Value::Null),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_lost_while_nats_nodes_and_dispatchers_are_killed_in_turn() {
+    herald_tests::init();
+    let n: usize = std::env::var("HERALD_CLUSTER_CHAOS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
+    let mut cluster = NatsCluster::start();
+    cluster.wait_for_meta_leader().await;
+    let url = cluster.url();
+    let stop = CancellationToken::new();
+    let gateway = cluster_gateway(&url, &stop).await;
+    let rx = Receiver::start().await;
+    rx.fail_randomly(0.1);
+    let schedule = vec!["1s"; 15].join(",");
+    let mut secrets = std::collections::HashMap::new();
+    for path in ["/a", "/b"] {
+        let body = json!({"url": rx.url(path), "event_types": ["cc.*"], "retry_schedule": schedule});
+        let (status, sub) = call(&gateway, "/v1/subscriptions", body).await;
+        assert_eq!(status, 201, "{sub}");
+        secrets.insert(path, sub["secret"].as_str().unwrap().to_owned());
+    }
+    let replicas = [("--replicas", "3")];
+    let mut dispatchers: Vec<Option<DispatcherProcess>> =
+        (0..2).map(|_| Some(DispatcherProcess::start_with(&url, &replicas))).collect();
+    for d in dispatchers.iter().flatten() {
+        d.wait_ready().await;
+    }
+
+    // Batches of 20; after every fifth batch a node is SIGKILLed (in turn: each one, stream and
+    // consumer leaders among them), and after the next it comes back; one dispatcher is
+    // SIGKILLed and restarted along the way. A batch answered with anything but 202 is sent
+    // again with the same ids.
+    let (mut node_kills, mut last_kill, mut down) = (0, Instant::now(), None::<usize>);
+    let mut refused = 0;
+    for (b, chunk) in (0..n).collect::<Vec<_>>().chunks(20).enumerate() {
+        let events: Vec<_> =
+            chunk.iter().map(|i| json!({"id": format!("cc-{i}"), "type": "cc.x", "data": {"i": i}})).collect();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let (status, body) = call(&gateway, "/v1/events/batch", json!({"events": events})).await;
+            if status == 202 {
+                break;
+            }
+            refused += 1;
+            assert!(matches!(status, 207 | 503 | 0), "unexpected {status}: {body}");
+            assert!(Instant::now() < deadline, "the gateway never accepted a batch: {body}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        match (b % 5, down) {
+            (0, None) if b > 0 => {
+                let victim = node_kills % 3;
+                cluster.kill(victim);
+                (node_kills, last_kill, down) = (node_kills + 1, Instant::now(), Some(victim));
+            }
+            (1, Some(victim)) => {
+                cluster.restart(victim);
+                down = None;
+            }
+            _ => {}
+        }
+        if b == n / 40 {
+            if let Some(d) = dispatchers[0].take() {
+                d.kill();
+            }
+            dispatchers[0] = Some(DispatcherProcess::start_with(&url, &replicas));
+        }
+    }
+    if let Some(victim) = down {
+        cluster.restart(victim);
+    }
+    let whole_again = Instant::now();
+
+    let all: std::collections::HashSet<String> = (0..n).map(|i| format!("cc-{i}")).collect();
+    let delivered_to = |got: &[herald_tests::Received], path: &str| {
+        got.iter()
+            .filter(|r| r.path == path && r.status == 200)
+            .filter_map(|r| r.header("webhook-id").map(str::to_owned))
+            .collect::<std::collections::HashSet<_>>()
+    };
+    let got = rx
+        .wait_until(Duration::from_secs(180), "every event at both subscriptions", |got| {
+            delivered_to(got, "/a") == all && delivered_to(got, "/b") == all
+        })
+        .await;
+    let recovered = whole_again.elapsed();
+    let mut duplicates = 0;
+    for path in ["/a", "/b"] {
+        let mut ok = std::collections::HashMap::new();
+        for r in got.iter().filter(|r| r.path == path && r.status == 200) {
+            r.verify(&secrets[path]).unwrap();
+            *ok.entry(r.header("webhook-id").unwrap().to_owned()).or_insert(0usize) += 1;
+        }
+        duplicates += ok.values().map(|c| c - 1).sum::<usize>();
+    }
+    eprintln!(
+        "cluster chaos: {n} events × 2 subscriptions, 0 lost, {duplicates} duplicates, {node_kills} node kills, {refused} batches refused and sent again, last delivery {recovered:?} after the cluster was whole again ({:?} after the last kill)",
+        last_kill.elapsed()
+    );
+    stop.cancel();
+    drop(dispatchers);
+}
