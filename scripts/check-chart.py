@@ -115,6 +115,19 @@ def main():
     env = {e["name"]: e.get("value") for e in by_kind(ext, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]}
     if env.get("HERALD_NATS_URL") != "tls://nats.messaging.svc:4222" or env.get("HERALD_NATS_CREDS") != "/etc/herald/nats.creds":
         fail(f"external-nats: NATS settings not passed: {env}")
+    # Stream replicas: 1 against an external server unless set, 3 with the bundled NATS cluster.
+    def replicas(objects):
+        env = by_kind(objects, "Deployment")[0]["spec"]["template"]["spec"]["containers"][0]["env"]
+        return next(e["value"] for e in env if e["name"] == "HERALD_REPLICAS")
+    if replicas(d) != "1":
+        fail(f"defaults: HERALD_REPLICAS {replicas(d)}, expected 1")
+    bundled = results["bundled-nats"]
+    if replicas(bundled) != "3":
+        fail(f"bundled-nats: HERALD_REPLICAS {replicas(bundled)}, expected 3 on the bundled cluster")
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    cluster = defaults["nats"]["config"]["cluster"]
+    if not (cluster["enabled"] and cluster["replicas"] >= 3 and defaults["nats"]["config"]["jetstream"]["enabled"]):
+        fail(f"the bundled NATS is not a JetStream cluster of three: {defaults['nats']['config']}")
     print(f"chart check: {len(results)} value sets rendered and validated")
 
 

@@ -28,6 +28,15 @@ app.kubernetes.io/component: {{ .component }}
 {{- .Values.secrets.existingSecret | default (printf "%s-secrets" (include "herald.fullname" .)) -}}
 {{- end -}}
 
+{{/* Stream replicas: config.replicas if set, else 3 on the bundled NATS cluster, else 1. */}}
+{{- define "herald.streamReplicas" -}}
+{{- if kindIs "invalid" .Values.config.replicas -}}
+{{- if .Values.nats.enabled -}}3{{- else -}}1{{- end -}}
+{{- else -}}
+{{- .Values.config.replicas -}}
+{{- end -}}
+{{- end -}}
+
 {{- define "herald.natsUrl" -}}
 {{- if .Values.nats.enabled -}}
 nats://{{ .Release.Name }}-nats:4222
@@ -45,7 +54,7 @@ nats://{{ .Release.Name }}-nats:4222
 - name: HERALD_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
 - name: HERALD_REPLICAS
-  value: {{ .Values.config.replicas | quote }}
+  value: {{ include "herald.streamReplicas" . | quote }}
 - name: HERALD_EVENTS_MAX_AGE
   value: {{ .Values.config.eventsMaxAge | quote }}
 - name: HERALD_DUPLICATE_WINDOW
