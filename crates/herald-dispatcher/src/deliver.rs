@@ -110,12 +110,14 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
         };
         return dead_letter(shared, Some(msg), "unroutable", Some(delivery), reason).await;
     }
-    // Handed out again (after a crash or a lost ack), or a retry (whose schedule may fire
-    // after a delivery the crash of its dispatcher left unacked had already succeeded): it may
-    // have been delivered already.
+    // Handed out again (after a crash or a lost ack): delivered if a record since it was
+    // stored says so. A retry (attempt > 1; only schedules make those, replays and redrives
+    // start at 1): delivered if the last record says so, whenever — a schedule can fire twice
+    // after a leader change, and NATS strips the message id from what it fires.
     if delivered > 1 || delivery.attempt > 1 {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        if delivered_since(shared, &event.tenant, &sub.id, &event.id, stored).await {
+        let since = if delivery.attempt > 1 { OffsetDateTime::UNIX_EPOCH } else { stored };
+        if delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await {
             tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
             metrics::REDELIVERIES_SKIPPED.inc(&[]);
             return Settle::Ack;

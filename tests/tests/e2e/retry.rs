@@ -110,3 +110,38 @@ async fn connection_failures_and_timeouts_are_classified() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_whose_schedule_fires_twice_is_sent_once() {
+    // After a leader change a message schedule may fire again, and NATS strips the
+    // `Nats-Msg-Id` from what it fires, so the repeat is not deduplicated: the dispatcher must
+    // see from the attempt record that the retry was already delivered.
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    let sub = stack.subscribe(&rx.url("/twice"), &["twice.x"], None).await;
+    let event = herald_core::proto::Event {
+        id: "fired-twice".into(),
+        r#type: "twice.x".into(),
+        tenant: "default".into(),
+        data: br#"{"n":1}"#.to_vec(),
+        time: herald_core::now_rfc3339(),
+        ..Default::default()
+    };
+    let retry = herald_core::proto::Delivery {
+        event: Some(event),
+        subscription_id: sub["id"].as_str().unwrap().to_owned(),
+        attempt: 2,
+        ..Default::default()
+    };
+    let js = jetstream::new(stack.nats.client().await);
+    let subject = herald_core::nats::delivery_subject("default", sub["id"].as_str().unwrap());
+    // The retry as its schedule fires it: no message id.
+    js.publish(subject.clone(), retry.encode_to_vec().into()).await.unwrap().await.unwrap();
+    rx.wait_for(1, SOON).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    tokio::time::sleep(Duration::from_millis(200)).await; // the record is stored
+    js.publish(subject, retry.encode_to_vec().into()).await.unwrap().await.unwrap();
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(rx.received().len(), 1, "the repeat was sent again");
+}
