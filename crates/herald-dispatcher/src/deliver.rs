@@ -114,7 +114,10 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     // stored says so. A retry (attempt > 1; only schedules make those, replays and redrives
     // start at 1): delivered if the last record says so, whenever — a schedule can fire twice
     // after a leader change, and NATS strips the message id from what it fires.
-    if delivered > 1 || delivery.attempt > 1 {
+    // An ordered lane checks every delivery: after a consumer leader change on a cluster, the
+    // new leader may hand out again, as new, what the old one had seen acked, and sending it
+    // would break the order.
+    if fifo || delivered > 1 || delivery.attempt > 1 {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         let since = if delivery.attempt > 1 { OffsetDateTime::UNIX_EPOCH } else { stored };
         if delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await {
@@ -312,7 +315,11 @@ async fn reschedule(
     }
 }
 
-async fn publish_and_confirm(shared: &Shared, subject: String, publish: PublishMessage) -> Result<(), String> {
+pub(crate) async fn publish_and_confirm(
+    shared: &Shared,
+    subject: String,
+    publish: PublishMessage,
+) -> Result<(), String> {
     let ack = shared.js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
     ack.await.map(|_| ()).map_err(|e| e.to_string())
 }

@@ -111,6 +111,10 @@ pub(crate) async fn send(
             inline.push(sub.clone());
             continue;
         }
+        if role == Role::Ordered {
+            store_in_order(&shared, &event, sub, &traceparent).await;
+            continue;
+        }
         let (subject, publish) = nats::first_delivery(&event, sub, &traceparent);
         match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push(ack.into_future()),
@@ -121,7 +125,7 @@ pub(crate) async fn send(
         }
     }
     let inline_slot = if inline.is_empty() { None } else { inline_slot };
-    let mut stored = acks.len();
+    let mut stored = if role == Role::Ordered { subs.len() } else { acks.len() };
     Some(futures::future::Either::Right(async move {
         if let Some(error) = failed {
             metrics::FANOUT_EVENTS.inc(&["retried"]);
@@ -183,6 +187,25 @@ pub(crate) async fn send(
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }))
+}
+
+/// Stores the delivery of `event` to the ordered `sub` and waits until JetStream confirms it,
+/// trying again (deduplicated by its id) for as long as it takes: a later event's delivery
+/// must not be stored before it, which a store failing during a leader election and the next
+/// one succeeding would do. The ordered fan-out waits here, which is what order costs.
+async fn store_in_order(shared: &Shared, event: &proto::Event, sub: &proto::Subscription, traceparent: &str) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let (subject, publish) = nats::first_delivery(event, sub, traceparent);
+        match deliver::publish_and_confirm(shared, subject, publish).await {
+            Ok(()) => return,
+            Err(e) => {
+                tracing::warn!(event = %event.id, subscription = %sub.id, error = %e, retry_in = ?delay, "ordered delivery not stored yet; trying again before any later event");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// True if `sub` was created after `stored` (a few seconds' leeway for clocks), so it never
