@@ -25,6 +25,9 @@ done
 grep -q 'Herald is running' "$root/.herald-dev/api-fuzz-stack.log" || { cat "$root/.herald-dev/api-fuzz-stack.log" >&2; exit 1; }
 token="$(sed -n 's/^admin=//p' "$root/.herald-dev/tokens")"
 
+# Run from target/ so that schemathesis keeps its cache (.schemathesis/) out of the checkout.
+mkdir -p "$root/target/schemathesis"
+cd "$root/target/schemathesis"
 PYTHONPATH="$st_py" timeout 600 python3 "$st_py/bin/st" run "http://127.0.0.1:$GATEWAY_PORT/openapi.json" \
   -H "Authorization: Bearer $token" \
   --checks not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance \

@@ -5,6 +5,9 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
+# What the checkout looks like before: a test run must leave it so (checked at the end).
+status_before="$(git status --porcelain 2>/dev/null || true)"
+
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 echo "using $("$NATS_SERVER_BIN" --version)"
@@ -39,3 +42,12 @@ echo "herald-bench --smoke: ran ($(head -n 1 target/herald-bench-smoke.txt))"
 # One closing line over all test binaries.
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
      END { printf "all test binaries: %d passed, %d failed\n", p, f }' "$log"
+# A test run leaves the checkout as it found it: tools' caches and outputs go to target/ or
+# .tools/ (both ignored), never into tracked or unignored files.
+status_after="$(git status --porcelain 2>/dev/null || true)"
+if [ "$status_before" != "$status_after" ]; then
+  echo "the test run changed the checkout (git status --porcelain before / after):" >&2
+  diff <(echo "$status_before") <(echo "$status_after") >&2 || true
+  exit 1
+fi
+echo "git status: the checkout is as the test run found it"
