@@ -660,6 +660,16 @@ impl Drop for Stack {
     }
 }
 
+/// The sum of a metric's series in Prometheus text: all of them for a bare name, one for a name
+/// with its labels (`name{label="value"}`).
+pub fn metric_sum(text: &str, name: &str) -> f64 {
+    let after_name: &[char] = if name.ends_with('}') { &[' '] } else { &['{', ' '] };
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(after_name)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// A dispatcher running as a real process, so a test can SIGKILL it.
 pub struct DispatcherProcess {
     child: Child,
@@ -705,12 +715,7 @@ impl DispatcherProcess {
     /// The sum of a metric's series in its `/metrics` (all labels), or `None` while unreachable.
     pub async fn metric(&self, name: &str) -> Option<f64> {
         let text = reqwest::get(format!("http://{}/metrics", self.listen)).await.ok()?.text().await.ok()?;
-        Some(
-            text.lines()
-                .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
-                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                .sum(),
-        )
+        Some(metric_sum(&text, name))
     }
 
     /// Webhook attempts this replica has made (`herald_delivery_attempts_total`).

@@ -132,15 +132,7 @@ impl Proc {
     pub async fn counter(&self, http: &reqwest::Client, name: &str) -> f64 {
         let Some(url) = &self.metrics_url else { return 0.0 };
         let Ok(resp) = http.get(url).send().await else { return 0.0 };
-        let text = resp.text().await.unwrap_or_default();
-        text.lines()
-            .filter(|l| {
-                l.strip_prefix(name).is_some_and(|rest| {
-                    rest.starts_with(if name.ends_with('}') { &[' '][..] } else { &['{', ' '][..] })
-                })
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        herald_tests::metric_sum(&resp.text().await.unwrap_or_default(), name)
     }
 
     /// CPU time (user + system) the process has used so far, in seconds.
