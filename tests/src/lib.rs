@@ -756,3 +756,35 @@ impl Drop for DispatcherProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Repeated 2xx answers at `path` of a [`Receiver`]: `(duplicates, despite_record)`, where
+/// `duplicates` counts every 2xx answer to a webhook id beyond its first, and `despite_record`
+/// those of them sent although the send before had been recorded as delivered on
+/// `HERALD_ATTEMPTS` (read through the gateway at `gateway`): the repeats the check before
+/// sending exists to prevent. The others were in flight when a process died, their record lost
+/// with it: at least once allows them.
+pub async fn duplicates_at(gateway: &str, received: &[Received], path: &str) -> (usize, usize) {
+    let mut counts = std::collections::HashMap::<&str, usize>::new();
+    for r in received.iter().filter(|r| r.path == path && (200..300).contains(&r.status)) {
+        *counts.entry(r.header("webhook-id").unwrap_or_default()).or_default() += 1;
+    }
+    let http = reqwest::Client::new();
+    let (mut duplicates, mut despite_record) = (0, 0);
+    for (id, count) in counts.into_iter().filter(|(_, c)| *c > 1) {
+        duplicates += count - 1;
+        let response = http
+            .get(format!("{gateway}/v1/events/{id}/attempts?limit=100"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("gateway reachable");
+        let attempts: Value = serde_json::from_slice(&response.bytes().await.unwrap_or_default()).unwrap_or_default();
+        let records = attempts["data"].as_array().cloned().unwrap_or_default();
+        let delivered = records
+            .iter()
+            .filter(|a| a["url"].as_str().is_some_and(|u| u.ends_with(path)) && a["outcome"] == "delivered")
+            .count();
+        despite_record += delivered.min(count).saturating_sub(1);
+    }
+    (duplicates, despite_record)
+}

@@ -177,6 +177,13 @@ pub static REDELIVERIES_SKIPPED: Family = Family::new(
     "counter",
     &[],
 );
+
+pub static CONSUMER_REWINDS: Family = Family::new(
+    "herald_consumer_rewinds_total",
+    "Messages handed out under a consumer sequence this replica had already seen (a consumer's new leader starting from older state): checked against their attempt records before sending.",
+    "counter",
+    &[],
+);
 /// Webhook requests in flight in this replica.
 pub static IN_FLIGHT: Family =
     Family::new("herald_deliveries_in_flight", "Webhook requests in flight in this replica.", "gauge", &[]);
@@ -203,6 +210,7 @@ static ALL: LazyLock<Vec<&'static (dyn Render + Sync)>> = LazyLock::new(|| {
         &RETRIES,
         &DEAD_LETTERS,
         &REDELIVERIES_SKIPPED,
+        &CONSUMER_REWINDS,
         &IN_FLIGHT,
         &CIRCUITS_OPEN,
         &CONSUMER_LAG,

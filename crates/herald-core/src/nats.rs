@@ -58,6 +58,11 @@ pub fn lane_consumer(subscription_id: &str) -> String {
     format!("herald-lane-{subscription_id}")
 }
 
+/// Set on a delivery an operator asked for again (`replay`, `redrive`): it is sent even to a
+/// subscription whose record says the event was delivered before the delivery was stored.
+/// Without it, an ordered lane sends no event twice, however its delivery came back.
+pub const RESEND_HEADER: &str = "Herald-Resend";
+
 /// Where new deliveries for `sub` go: its lane if it has one, else the shared subject.
 pub fn route_subject(sub: &crate::proto::Subscription) -> String {
     if crate::subscription::needs_lane(sub) {

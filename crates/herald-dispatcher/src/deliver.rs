@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind, kv};
 use prost::Message as _;
 use time::OffsetDateTime;
@@ -24,6 +25,12 @@ use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
 /// How long to wait before NATS is asked again when storing a retry or dead letter failed.
 const STORE_RETRY: Duration = Duration::from_secs(5);
+
+/// How long an attempt record waits for its confirmation before it is published again, and
+/// for how long it is tried: across a NATS node's failure, the client's reconnection and the
+/// attempts stream's leader election (a few seconds).
+const RECORD_CONFIRM: Duration = Duration::from_secs(1);
+const RECORD_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Which consumer a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,16 +121,26 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     // stored says so. A retry (attempt > 1; only schedules make those, replays and redrives
     // start at 1): delivered if the last record says so, whenever — a schedule can fire twice
     // after a leader change, and NATS strips the message id from what it fires.
-    // An ordered lane checks every delivery: after a consumer leader change on a cluster, the
-    // new leader may hand out again, as new, what the old one had seen acked, and sending it
-    // would break the order.
-    if fifo || delivered > 1 || delivery.attempt > 1 {
+    // An ordered lane checks every delivery, and any record counts unless an operator asked
+    // for it again: after a consumer leader change on a cluster the new leader may hand out
+    // again, as new, what the old one had seen acked, and ordered fan-out, started again from
+    // an earlier event, may store a delivery again after the duplicate window; sending either
+    // would break the order. So does any message under a consumer sequence already seen (see
+    // `rewinds`).
+    let rewound = shared.rewinds.handed_out_before(msg);
+    if fifo || delivered > 1 || delivery.attempt > 1 || rewound {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let since = if delivery.attempt > 1 { OffsetDateTime::UNIX_EPOCH } else { stored };
-        if delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await {
-            tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
-            metrics::REDELIVERIES_SKIPPED.inc(&[]);
-            return Settle::Ack;
+        let resent = msg.headers.as_ref().is_some_and(|h| h.get(nats::RESEND_HEADER).is_some());
+        let whenever = delivery.attempt > 1 || (fifo && !resent);
+        let since = if whenever { OffsetDateTime::UNIX_EPOCH } else { stored };
+        match delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await {
+            Record::Delivered => {
+                tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
+                metrics::REDELIVERIES_SKIPPED.inc(&[]);
+                return Settle::Ack;
+            }
+            Record::Unreadable if delivered <= UNREADABLE_WAITS => return Settle::Nak(UNREADABLE_RETRY),
+            Record::Unreadable | Record::NotDelivered => {}
         }
     }
     let parent =
@@ -214,10 +231,14 @@ async fn attempt(
     }
     let policy = prepared.retry_schedule.as_ref().unwrap_or(&shared.config.retry_schedule);
     let mut outcome = retry::decide(policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
-    if let Some(reason) = track_endpoint_health(shared, sub, &sent.result, now).await {
-        outcome = DeliveryOutcome::DeadLetter { reason };
+    let disable = disable_reason(shared, sub, &sent.result, now);
+    if let Some(reason) = &disable {
+        outcome = DeliveryOutcome::DeadLetter { reason: reason.clone() };
     }
+    // Recorded first: should this message be handed out again while the health update below
+    // waits on the KV bucket (a leader election), the record is what stops a second send.
     record_attempt(shared, event, &delivery, &sub.url, now, &sent, &outcome).await;
+    track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
     if let Some(tracer) = &shared.tracer {
         let mut attributes = vec![
             ("herald.event_id", event.id.clone()),
@@ -324,22 +345,17 @@ pub(crate) async fn publish_and_confirm(
     ack.await.map(|_| ()).map_err(|e| e.to_string())
 }
 
-/// Keeps the subscription's shared health fields current, changing the KV entry only on
-/// transitions: `failing_since` is set by the first failure after a success and cleared by the
-/// first success after failures. A `410 Gone`, or failing for longer than
-/// `HERALD_DISABLE_AFTER`, disables the subscription; the returned reason then dead-letters the
-/// delivery at hand.
-async fn track_endpoint_health(
+/// Why `result` disables `sub`, if it does: a `410 Gone`, or failing for longer than
+/// `HERALD_DISABLE_AFTER`. The delivery at hand is then dead-lettered.
+fn disable_reason(
     shared: &Shared,
     sub: &proto::Subscription,
     result: &AttemptResult,
     now: OffsetDateTime,
 ) -> Option<String> {
-    let succeeded = result.succeeded();
-    let gone = result.status == Some(410);
     let failing_for = OffsetDateTime::parse(&sub.failing_since, &Rfc3339).ok().map(|since| now - since);
-    let expired = !succeeded && failing_for.is_some_and(|d| d >= shared.config.disable_after);
-    let disable_reason = if gone {
+    let expired = !result.succeeded() && failing_for.is_some_and(|d| d >= shared.config.disable_after);
+    if result.status == Some(410) {
         Some(format!("the endpoint answered 410 Gone at {}", herald_core::rfc3339(now)))
     } else if expired {
         Some(format!(
@@ -349,50 +365,62 @@ async fn track_endpoint_health(
         ))
     } else {
         None
-    };
-    let change_needed = disable_reason.is_some()
+    }
+}
+
+/// Keeps the subscription's shared health fields current, changing the KV entry only on
+/// transitions: `failing_since` is set by the first failure after a success and cleared by the
+/// first success after failures; `disable` (see [`disable_reason`]) disables it.
+async fn track_endpoint_health(
+    shared: &Shared,
+    sub: &proto::Subscription,
+    result: &AttemptResult,
+    now: OffsetDateTime,
+    disable: Option<&str>,
+) {
+    let succeeded = result.succeeded();
+    let change_needed = disable.is_some()
         || (succeeded && !sub.failing_since.is_empty())
         || (!succeeded && sub.failing_since.is_empty());
     if !change_needed {
-        return None;
+        return;
     }
     let key = nats::subscription_key(&sub.tenant, &sub.id);
     for _ in 0..3 {
-        let Ok(Some(entry)) = shared.subscriptions.entry(&key).await else { return disable_reason };
+        let Ok(Some(entry)) = shared.subscriptions.entry(&key).await else { return };
         if entry.operation != kv::Operation::Put {
-            return disable_reason;
+            return;
         }
-        let Ok(mut current) = proto::Subscription::decode(entry.value.as_ref()) else { return disable_reason };
+        let Ok(mut current) = proto::Subscription::decode(entry.value.as_ref()) else { return };
         let before = (current.failing_since.clone(), current.enabled);
         if succeeded {
             current.failing_since.clear();
         } else if current.failing_since.is_empty() {
             current.failing_since = herald_core::rfc3339(now);
         }
-        if disable_reason.is_none() && before == (current.failing_since.clone(), current.enabled) {
+        if disable.is_none() && before == (current.failing_since.clone(), current.enabled) {
             // Another attempt (or replica) already recorded this transition.
-            return None;
+            return;
         }
-        if let Some(reason) = &disable_reason {
+        if let Some(reason) = disable {
             current.enabled = false;
-            current.disabled_reason = reason.clone();
+            current.disabled_reason = reason.to_owned();
         }
         match shared.subscriptions.update(&key, current.encode_to_vec().into(), entry.revision).await {
             Ok(revision) => {
-                if disable_reason.is_some() {
-                    tracing::warn!(subscription = %sub.id, reason = ?disable_reason, "subscription disabled");
+                if disable.is_some() {
+                    tracing::warn!(subscription = %sub.id, reason = ?disable, "subscription disabled");
                 }
                 shared.registry.upsert(revision, current);
-                return disable_reason;
+                return;
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => {
                 tracing::warn!(subscription = %sub.id, error = %e, "could not update endpoint health");
-                return disable_reason;
+                return;
             }
         }
     }
-    disable_reason
 }
 
 /// Moves a delivery to `HERALD_DLQ` with its reason. If the DLQ cannot be written, the
@@ -445,26 +473,57 @@ fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
     }
 }
 
-/// True if `event` reached `subscription` after `since` (when the message now handed out again
+/// What the attempt record of an (event, subscription) pair says about a message handed out
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// The last record for the pair, stored after `since`, says delivered: not sent again.
+    Delivered,
+    /// No such record: sent.
+    NotDelivered,
+    /// The record could not be read (the stream is electing a leader, or the request timed
+    /// out): the message waits and asks again, up to [`UNREADABLE_WAITS`] times, then is sent.
+    Unreadable,
+}
+
+/// How many hand-outs a message waits for its record to become readable before it is sent
+/// anyway: at least once comes first.
+pub(crate) const UNREADABLE_WAITS: i64 = 4;
+
+/// How long a message whose record could not be read waits before it is handed out again.
+pub(crate) const UNREADABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// Whether `event` reached `subscription` after `since` (when the message now handed out again
 /// was stored): the last attempt record for the pair, stored after that, says delivered. A
 /// dispatcher that died between the subscriber's 2xx and its ack leaves exactly that behind.
 /// An explicit replay or redrive is a new message, stored after any earlier record, so it is
-/// still sent. Anything unreadable counts as not delivered: at least once.
+/// still sent.
 pub(crate) async fn delivered_since(
     shared: &Shared,
     tenant: &str,
     subscription: &str,
     event: &str,
     since: OffsetDateTime,
-) -> bool {
-    let Ok(stream) = shared.js.get_stream_no_info(nats::ATTEMPTS_STREAM).await else { return false };
+) -> Record {
     let subject = nats::attempt_subject(tenant, subscription, event);
-    match stream.get_last_raw_message_by_subject(&subject).await {
+    let found = match shared.js.get_stream_no_info(nats::ATTEMPTS_STREAM).await {
+        Ok(stream) => stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+            .map_err(|e| (e.kind() == LastRawMessageErrorKind::NoMessageFound, e.to_string())),
+        Err(e) => Err((false, e.to_string())),
+    };
+    match found {
         Ok(record) => {
-            record.time >= since
-                && proto::Attempt::decode(record.payload.as_ref()).is_ok_and(|a| a.outcome == "delivered")
+            let delivered = record.time >= since
+                && proto::Attempt::decode(record.payload.as_ref()).is_ok_and(|a| a.outcome == "delivered");
+            if delivered { Record::Delivered } else { Record::NotDelivered }
         }
-        Err(_) => false,
+        Err((true, _)) => Record::NotDelivered,
+        Err((false, error)) => {
+            tracing::warn!(event, subscription, error, "cannot read the attempt record; the delivery waits");
+            Record::Unreadable
+        }
     }
 }
 
@@ -492,11 +551,28 @@ async fn record_attempt(
         response_body: sent.response_excerpt.clone(),
         error_class: sent.result.class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
     };
-    // A plain publish, which HERALD_ATTEMPTS captures: the delivery does not wait for the
-    // record's PubAck (a round trip and a reply per attempt), and the record is history, not
-    // state: nothing decides on it.
+    // Confirmed, and tried again (deduplicated by its id) if the confirmation does not come:
+    // the message is acked only after this, and a message handed out again is not sent again
+    // when its record says delivered. A record lost with a NATS node would let it be sent twice.
     let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
-    if let Err(e) = shared.js.client().publish(subject, attempt.encode_to_vec().into()).await {
-        tracing::warn!(event = %event.id, error = %e, "could not record the attempt");
+    let payload: bytes::Bytes = attempt.encode_to_vec().into();
+    let id = format!("{}:{}:{}:{}", delivery.subscription_id, event.id, attempt.attempt, at.unix_timestamp_nanos());
+    let deadline = tokio::time::Instant::now() + RECORD_PATIENCE;
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let publish = PublishMessage::build().payload(payload.clone()).message_id(&id);
+        let error =
+            match tokio::time::timeout(RECORD_CONFIRM, publish_and_confirm(shared, subject.clone(), publish)).await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => e,
+                Err(_) => format!("not confirmed within {RECORD_CONFIRM:?}"),
+            };
+        if tokio::time::Instant::now() + pause >= deadline {
+            tracing::warn!(event = %event.id, error, "could not record the attempt");
+            return;
+        }
+        tracing::debug!(event = %event.id, error, "attempt record not stored yet; trying again");
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }

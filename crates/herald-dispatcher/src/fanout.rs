@@ -66,7 +66,7 @@ pub(crate) async fn send(
         Ok(event) => event,
         Err(invalid) => {
             let reason = invalid.to_string();
-            return Some(futures::future::Either::Left(async move {
+            return Some(futures::future::Either::Left(futures::future::Either::Left(async move {
                 // The shared fan-out dead-letters it; the ordered one only lets it go.
                 match role {
                     Role::Shared => dead_letter_invalid(&shared, &msg, &reason).await,
@@ -74,7 +74,7 @@ pub(crate) async fn send(
                         let _ = msg.ack().await;
                     }
                 }
-            }));
+            })));
         }
     };
 
@@ -85,14 +85,20 @@ pub(crate) async fn send(
         // fan-out (the ordered consumer may start behind, where it left off).
         Role::Ordered => subs.retain(|s| shared.routes.ordered_serves(s) && !created_after(s, published)),
     }
-    // Handed out again (its fan-out died, or the ack was lost): what was already delivered
-    // inline is not sent again.
-    if handed_out > 1 && !subs.is_empty() {
+    // Handed out again (its fan-out died, or the ack was lost, or its consumer rewound after a
+    // leader change): what was already delivered inline is not sent again.
+    let rewound = shared.rewinds.handed_out_before(&msg);
+    if (handed_out > 1 || rewound) && !subs.is_empty() {
         let checks = subs.iter().map(|s| deliver::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
-        let done = futures::future::join_all(checks).await;
+        let records = futures::future::join_all(checks).await;
+        if handed_out <= deliver::UNREADABLE_WAITS && records.contains(&deliver::Record::Unreadable) {
+            return Some(futures::future::Either::Left(futures::future::Either::Right(async move {
+                let _ = msg.ack_with(AckKind::Nak(Some(deliver::UNREADABLE_RETRY))).await;
+            })));
+        }
         let before = subs.len();
-        let mut done = done.into_iter();
-        subs.retain(|_| !done.next().unwrap_or(false));
+        let mut records = records.into_iter();
+        subs.retain(|_| records.next() != Some(deliver::Record::Delivered));
         metrics::REDELIVERIES_SKIPPED.add(&[], (before - subs.len()) as f64);
     }
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,

@@ -23,6 +23,7 @@ mod lanes;
 mod prepared;
 mod pull;
 pub mod retry;
+mod rewinds;
 mod routes;
 
 use std::sync::Arc;
@@ -127,6 +128,8 @@ pub(crate) struct Shared {
     pub prepared: prepared::PreparedSubscriptions,
     /// Which fan-out serves which subscription.
     pub routes: Arc<routes::Routes>,
+    /// Consumers handing out again, as new, what they had handed out.
+    pub rewinds: rewinds::Rewinds,
     /// Exports spans, when OTLP is configured.
     pub tracer: Option<herald_core::otel::Tracer>,
     pub http: reqwest::Client,
@@ -221,6 +224,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         keys,
         prepared: Default::default(),
         routes,
+        rewinds: Default::default(),
         tracer: config.common.tracer("herald-dispatcher"),
         http,
         config,

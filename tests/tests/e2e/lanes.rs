@@ -108,3 +108,44 @@ async fn rate_limit_holds_across_three_dispatcher_replicas() {
     stack.wait_consumer_drained("HERALD_DELIVERIES", &lane, SOON).await;
     drop(others);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_lane_sends_an_event_once_however_its_delivery_comes_back_unless_an_operator_resends_it() {
+    use herald_core::{nats, proto};
+    use prost::Message as _;
+
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    let body = json!({"url": rx.url("/o"), "event_types": ["once.*"], "ordering": "fifo"});
+    let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    let publish = |id: &'static str| stack.publish(json!({"id": id, "type": "once.x", "data": {"id": id}}));
+    publish("o-1").await;
+    rx.wait_for(1, SOON).await;
+
+    // The delivery of o-1 stored in the lane again, as a new message: what ordered fan-out does
+    // when it starts over from an earlier event after the duplicate window, or a consumer's new
+    // leader handing out again what was acked.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap();
+    let stored = events.get_last_raw_message_by_subject("herald.events.default.once.x").await.unwrap();
+    let at = herald_core::event::StoredAt { sequence: stored.sequence, time: stored.time };
+    let event = herald_core::event::decode_stored(&stored.subject, None, Some("o-1"), &stored.payload, at).unwrap();
+    let delivery =
+        proto::Delivery { event: Some(event), subscription_id: sub_id.clone(), attempt: 1, ..Default::default() };
+    let lane = nats::lane_subject("default", &sub_id);
+    js.publish(lane.clone(), delivery.encode_to_vec().into()).await.unwrap().await.unwrap();
+    publish("o-2").await;
+    rx.wait_for(2, SOON).await;
+
+    // An operator's resend (replay, redrive) is sent again, in its place in the lane.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert(nats::RESEND_HEADER, "replay");
+    js.publish_with_headers(lane, headers, delivery.encode_to_vec().into()).await.unwrap().await.unwrap();
+    publish("o-3").await;
+    rx.wait_for(4, SOON).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", &nats::lane_consumer(&sub_id), SOON).await;
+    let ids: Vec<String> = rx.received().iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    assert_eq!(ids, ["o-1", "o-2", "o-1", "o-3"]);
+}

@@ -219,7 +219,8 @@ pub(crate) async fn redrive(
         delivery.first_attempt_at.clear();
         let publish = PublishMessage::build()
             .payload(delivery.encode_to_vec().into())
-            .message_id(format!("{event_id}:{}:redrive:{}", delivery.subscription_id, s.sequence));
+            .message_id(format!("{event_id}:{}:redrive:{}", delivery.subscription_id, s.sequence))
+            .header(nats::RESEND_HEADER, "redrive");
         let ack = state
             .js
             .send_publish(nats::route_subject(&sub), publish)

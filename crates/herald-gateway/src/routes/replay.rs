@@ -89,6 +89,7 @@ pub(crate) async fn replay(
         }
         let traceparent = trace::child_of(s.header(trace::TRACEPARENT));
         let (subject, publish) = nats::first_delivery(&event, &sub, &traceparent);
+        let publish = publish.header(nats::RESEND_HEADER, "replay");
         let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         pending.push(ack.into_future());
     }
