@@ -128,6 +128,21 @@ def main():
     cluster = defaults["nats"]["config"]["cluster"]
     if not (cluster["enabled"] and cluster["replicas"] >= 3 and defaults["nats"]["config"]["jetstream"]["enabled"]):
         fail(f"the bundled NATS is not a JetStream cluster of three: {defaults['nats']['config']}")
+    # Egress: the proxy settings and the CA bundle reach the dispatcher (and only it).
+    eg = results["egress"]
+    dispatcher = next(o for o in by_kind(eg, "Deployment") if o["metadata"]["name"].endswith("dispatcher"))
+    pod = dispatcher["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    want = {"HERALD_PROXY_URL": "http://smokescreen.egress.svc:4750", "HERALD_NO_PROXY": ".internal.example.com,10.0.0.0/8", "HERALD_CA_FILE": "/etc/herald-ca/ca.pem"}
+    if any(env.get(k) != v for k, v in want.items()):
+        fail(f"egress: dispatcher env {env}")
+    ca = [c for c in by_kind(eg, "ConfigMap") if c["metadata"]["name"].endswith("-ca")]
+    if not ca or "BEGIN CERTIFICATE" not in ca[0]["data"]["ca.pem"]:
+        fail("egress: no CA bundle ConfigMap")
+    if not any(v.get("configMap", {}).get("name") == ca[0]["metadata"]["name"] for v in pod["volumes"]):
+        fail("egress: the CA bundle is not mounted")
+    if any(e["name"].startswith("HERALD_PROXY") for o in by_kind(d, "Deployment") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]):
+        fail("defaults: proxy settings rendered without being set")
     print(f"chart check: {len(results)} value sets rendered and validated")
 
 

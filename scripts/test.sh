@@ -11,6 +11,9 @@ status_before="$(git status --porcelain 2>/dev/null || true)"
 NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 echo "using $("$NATS_SERVER_BIN" --version)"
+# The egress proxy the tests deliver through (Debian's tinyproxy).
+TINYPROXY_BIN="$(scripts/ensure-tinyproxy.sh)"
+export TINYPROXY_BIN
 
 # The Helm chart: rendered with every value set in deploy/helm/ci through the Helm SDK and
 # validated against Kubernetes' schemas (Python tools from PyPI, kept in .tools/).

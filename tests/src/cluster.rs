@@ -19,12 +19,20 @@ struct Node {
 /// Three `nats-server` processes forming one JetStream cluster (`herald-test`).
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    /// The nodes' `sync_interval`, when not nats-server's default (2 minutes).
+    sync: Option<String>,
 }
 
 impl NatsCluster {
     /// Starts three nodes and returns once each accepts client connections; the cluster may
     /// still be electing its meta leader (see [`NatsCluster::wait_for_meta_leader`]).
     pub fn start() -> Self {
+        Self::start_with_sync(None)
+    }
+
+    /// [`NatsCluster::start`] with the nodes' `sync_interval` set (`always`, or a duration):
+    /// how often each flushes its store to disk.
+    pub fn start_with_sync(sync: Option<&str>) -> Self {
         let nodes = (0..3)
             .map(|i| Node {
                 name: format!("n{i}"),
@@ -34,7 +42,7 @@ impl NatsCluster {
                 child: None,
             })
             .collect();
-        let mut cluster = Self { nodes };
+        let mut cluster = Self { nodes, sync: sync.map(str::to_owned) };
         for i in 0..3 {
             cluster.spawn(i);
         }
@@ -52,8 +60,7 @@ impl NatsCluster {
             .args(["-a", "127.0.0.1", "-p", &node.port.to_string(), "-js", "--server_name", &node.name])
             .args(["--cluster_name", "herald-test", "--cluster", &format!("nats://127.0.0.1:{}", node.route_port)])
             .args(["--routes", &routes.join(",")])
-            .arg("-sd")
-            .arg(node.store.join("js"))
+            .args(store_args(&node.store, self.sync.as_deref()))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -111,5 +118,18 @@ impl Drop for NatsCluster {
         for node in &self.nodes {
             let _ = std::fs::remove_dir_all(&node.store);
         }
+    }
+}
+
+/// `-sd <store>`, or, with a `sync_interval`, a configuration file that sets both.
+fn store_args(store: &std::path::Path, sync: Option<&str>) -> Vec<std::ffi::OsString> {
+    match sync {
+        Some(sync) => {
+            let config = store.join("nats.conf");
+            let text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: {sync}\n}}\n", store.join("js"));
+            std::fs::write(&config, text).expect("nats config");
+            vec!["-c".into(), config.into()]
+        }
+        None => vec!["-sd".into(), store.join("js").into()],
     }
 }

@@ -4,8 +4,12 @@
 #![forbid(unsafe_code)]
 
 mod cluster;
+mod proxy;
+mod tls;
 
 pub use cluster::NatsCluster;
+pub use proxy::Proxy;
+pub use tls::{TestCa, Validity};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -273,6 +277,8 @@ pub struct Receiver {
     addr: SocketAddr,
     state: Arc<Mutex<ReceiverState>>,
     arrived: Arc<tokio::sync::Notify>,
+    /// TLS handshakes that failed (an HTTPS receiver only).
+    failed_handshakes: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Receiver {
@@ -283,6 +289,16 @@ impl Receiver {
 
     /// Starts on a random port of `ip` (e.g. `127.0.0.2`, to be a different host).
     pub async fn start_on(ip: &str) -> Self {
+        Self::serve(ip, None).await
+    }
+
+    /// Starts an HTTPS receiver on a random port of `ip` with `tls` (see [`TestCa`]); reach it
+    /// with [`Receiver::https_url`].
+    pub async fn start_tls(ip: &str, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::serve(ip, Some(tls)).await
+    }
+
+    async fn serve(ip: &str, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let arrived = Arc::new(tokio::sync::Notify::new());
         let (s, a) = (state.clone(), arrived.clone());
@@ -325,8 +341,35 @@ impl Receiver {
         });
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        Self { addr, state, arrived }
+        let failed_handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        match tls {
+            None => drop(tokio::spawn(async move { axum::serve(listener, app).await })),
+            Some(config) => {
+                let listener = tls::TlsListener {
+                    tcp: listener,
+                    acceptor: tokio_rustls::TlsAcceptor::from(config),
+                    failed_handshakes: failed_handshakes.clone(),
+                };
+                drop(tokio::spawn(async move { axum::serve(listener, app).await }));
+            }
+        }
+        Self { addr, state, arrived, failed_handshakes }
+    }
+
+    /// `https://{host}:{port}{path}`: the name the certificate is for (resolved to the
+    /// receiver's address through the dispatcher's `--resolve`).
+    pub fn https_url(&self, host: &str, path: &str) -> String {
+        format!("https://{host}:{}{path}", self.addr.port())
+    }
+
+    /// The receiver's IP address.
+    pub fn ip(&self) -> std::net::IpAddr {
+        self.addr.ip()
+    }
+
+    /// TLS handshakes that failed so far.
+    pub fn failed_handshakes(&self) -> usize {
+        self.failed_handshakes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// `http://127.0.0.1:{port}{path}`.

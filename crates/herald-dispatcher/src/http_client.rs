@@ -1,11 +1,13 @@
-//! The HTTP client that POSTs webhooks: no redirects followed, a timeout per attempt, TLS with
-//! the platform's roots, and the exact request of DESIGN.md.
+//! The HTTP client that POSTs webhooks: no redirects followed, a timeout per attempt, TLS 1.2+
+//! with the platform's roots (and `HERALD_CA_FILE`'s), an optional egress proxy, and the exact
+//! request of DESIGN.md.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use herald_core::ssrf::{Policy, Refused};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
@@ -18,6 +20,9 @@ struct GuardedResolver {
     policy: Arc<Policy>,
     /// Fixed answers for some names (`HERALD_RESOLVE`), checked like any other.
     overrides: Arc<HashMap<String, IpAddr>>,
+    /// The egress proxy's host, which the operator chose: resolved without the guard (it is
+    /// usually on a private network). Destinations behind the proxy are not resolved here.
+    proxy_host: Option<String>,
 }
 
 impl reqwest::dns::Resolve for GuardedResolver {
@@ -26,6 +31,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
         // `name.` and `name` are the same host: resolve (and judge) the plain form.
         let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
         let fixed = self.overrides.get(&host).copied();
+        let trusted = self.proxy_host.as_deref() == Some(host.as_str());
         Box::pin(async move {
             let resolved: Vec<SocketAddr> = match fixed {
                 Some(ip) => vec![SocketAddr::new(ip, 0)],
@@ -34,7 +40,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
             let mut refusal = None;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|a| match policy.check_ip(a.ip()) {
+                .filter(|a| match if trusted { Ok(()) } else { policy.check_ip(a.ip()) } {
                     Ok(()) => true,
                     Err(r) => {
                         refusal = Some(r);
@@ -53,18 +59,69 @@ impl reqwest::dns::Resolve for GuardedResolver {
     }
 }
 
+/// Where deliveries go out: extra TLS roots and the egress proxy.
+#[derive(Default)]
+pub struct Egress {
+    /// Roots trusted beside the platform's (`HERALD_CA_FILE`).
+    pub extra_roots: Vec<reqwest::Certificate>,
+    /// `HERALD_PROXY_URL`, with `HERALD_NO_PROXY`.
+    pub proxy: Option<(url::Url, String)>,
+}
+
+impl Egress {
+    /// Reads `HERALD_CA_FILE` and checks `HERALD_PROXY_URL`.
+    pub fn from_config(config: &crate::Config) -> anyhow::Result<Self> {
+        let extra_roots = match &config.ca_file {
+            None => Vec::new(),
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("HERALD_CA_FILE: cannot read {}", path.display()))?;
+                let roots = reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("HERALD_CA_FILE: {} is not PEM certificates", path.display()))?;
+                anyhow::ensure!(!roots.is_empty(), "HERALD_CA_FILE: {} holds no certificate", path.display());
+                roots
+            }
+        };
+        let proxy = match config.proxy_url.as_deref().filter(|u| !u.is_empty()) {
+            None => None,
+            Some(text) => {
+                let url = url::Url::parse(text).map_err(|e| anyhow::anyhow!("HERALD_PROXY_URL: {e}"))?;
+                anyhow::ensure!(
+                    matches!(url.scheme(), "http" | "https") && url.host_str().is_some(),
+                    "HERALD_PROXY_URL: {} is not an http:// or https:// proxy URL",
+                    redacted(&url)
+                );
+                Some((url, config.no_proxy.clone()))
+            }
+        };
+        Ok(Self { extra_roots, proxy })
+    }
+}
+
+/// A proxy URL without its password, for messages.
+pub fn redacted(url: &url::Url) -> String {
+    let mut shown = url.clone();
+    if shown.password().is_some() {
+        let _ = shown.set_password(Some("***"));
+    }
+    shown.to_string()
+}
+
 /// Builds the client. Installs the ring TLS provider for the process if none is yet. Every
-/// host is resolved through the SSRF guard; redirects are never followed; no proxy is used.
+/// host is resolved through the SSRF guard; redirects are never followed; the proxy, if any, is
+/// the only one used (the environment's `HTTP_PROXY` and the like are ignored).
 pub fn build(
     timeout: Duration,
     concurrency: usize,
     policy: Arc<Policy>,
     overrides: HashMap<String, IpAddr>,
+    egress: Egress,
 ) -> anyhow::Result<reqwest::Client> {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver { policy, overrides: Arc::new(overrides) }))
-        .no_proxy()
+    let proxy_host = egress.proxy.as_ref().and_then(|(url, _)| url.host_str()).map(|h| h.to_ascii_lowercase());
+    let mut builder = reqwest::Client::builder()
+        .dns_resolver(Arc::new(GuardedResolver { policy, overrides: Arc::new(overrides), proxy_host }))
+        .tls_version_min(reqwest::tls::Version::TLS_1_2)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(timeout)
         .connect_timeout(timeout.min(Duration::from_secs(10)))
@@ -74,8 +131,20 @@ pub fn build(
         .pool_max_idle_per_host(concurrency.max(1))
         // Herald retries on its own schedule; reqwest's retry layer would copy every request
         // (headers, extensions) just in case.
-        .retry(reqwest::retry::never().max_retries_per_request(0))
-        .build()?)
+        .retry(reqwest::retry::never().max_retries_per_request(0));
+    if !egress.extra_roots.is_empty() {
+        builder = builder.tls_certs_merge(egress.extra_roots);
+    }
+    builder = match egress.proxy {
+        None => builder.no_proxy(),
+        Some((url, no_proxy)) => {
+            let proxy = reqwest::Proxy::all(url.as_str())
+                .map_err(|e| anyhow::anyhow!("HERALD_PROXY_URL {}: {e}", redacted(&url)))?
+                .no_proxy(reqwest::NoProxy::from_string(&no_proxy));
+            builder.proxy(proxy)
+        }
+    };
+    Ok(builder.build()?)
 }
 
 /// One webhook request, ready to send.
@@ -175,6 +244,10 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
             let why = refused(&e).unwrap_or_default();
             (AttemptResult { error: Some(why), class: Some(ErrorClass::Refused), ..Default::default() }, String::new())
         }
+        Err(e) if tls_failure(&e).is_some() => {
+            let why = tls_failure(&e).unwrap_or_default();
+            (AttemptResult { error: Some(why), class: Some(ErrorClass::Tls), ..Default::default() }, String::new())
+        }
         Err(e) => {
             let class = if e.is_timeout() {
                 ErrorClass::Timeout
@@ -212,6 +285,46 @@ fn refused(e: &reqwest::Error) -> Option<String> {
         source = s.source();
     }
     None
+}
+
+/// The TLS failure behind `e`, if that is what stopped the request, in words a person can act
+/// on. rustls' error sits in an `io::Error` somewhere down the chain, whose `source()` skips it.
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![e];
+    while let Some(error) = pending.pop() {
+        if let Some(tls) = error.downcast_ref::<rustls::Error>() {
+            return Some(explain_tls(tls));
+        }
+        if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            pending.push(inner);
+        }
+        if let Some(next) = error.source() {
+            pending.push(next);
+        }
+    }
+    None
+}
+
+fn explain_tls(e: &rustls::Error) -> String {
+    use rustls::{CertificateError as C, Error as E};
+    let what = match e {
+        E::InvalidCertificate(C::UnknownIssuer) => {
+            "the subscriber's certificate is not signed by a trusted authority (neither the platform's roots nor HERALD_CA_FILE)"
+        }
+        E::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "the subscriber's certificate has expired",
+        E::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the subscriber's certificate is not valid yet (or a clock is wrong)"
+        }
+        E::InvalidCertificate(C::NotValidForName | C::NotValidForNameContext { .. }) => {
+            "the subscriber's certificate is not valid for the URL's host name"
+        }
+        E::InvalidCertificate(C::Revoked) => "the subscriber's certificate has been revoked",
+        E::InvalidCertificate(_) => "the subscriber's certificate was refused",
+        E::AlertReceived(_) => "the subscriber refused the TLS handshake (does it require a client certificate?)",
+        E::PeerIncompatible(_) => "the subscriber offers no TLS version or cipher Herald accepts (TLS 1.2 or 1.3)",
+        _ => "the TLS handshake failed",
+    };
+    format!("TLS: {what}: {e}")
 }
 
 /// An attempt refused before any connection: the URL's own host is forbidden.

@@ -65,6 +65,17 @@ pub struct Config {
     /// guard checks them like any other answer.
     #[arg(long, env = "HERALD_RESOLVE", default_value = "")]
     pub resolve: String,
+    /// Extra root certificates (PEM) trusted for subscribers' HTTPS, beside the platform's.
+    #[arg(long, env = "HERALD_CA_FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
+    /// An HTTP proxy every delivery goes through (CONNECT for HTTPS), e.g.
+    /// `http://user:pass@egress:4750`: one source address for subscribers to allow.
+    #[arg(long, env = "HERALD_PROXY_URL")]
+    pub proxy_url: Option<String>,
+    /// Hosts reached without the proxy: comma-separated names (`.example.com` and
+    /// `example.com` cover subdomains), IP addresses and CIDRs, as in `NO_PROXY`.
+    #[arg(long, env = "HERALD_NO_PROXY", default_value = "")]
+    pub no_proxy: String,
     /// Timeout of one delivery attempt.
     #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "15s", value_parser = herald_core::runtime::parse_duration)]
     pub http_timeout: Duration,
@@ -167,7 +178,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let policy = Arc::new(config.common.ssrf_policy());
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
-    let http = http_client::build(config.http_timeout, config.concurrency, policy.clone(), overrides)
+    let egress = http_client::Egress::from_config(&config)?;
+    let http = http_client::build(config.http_timeout, config.concurrency, policy.clone(), overrides, egress)
         .context("building the HTTP client")?;
 
     let registry = Registry::new();

@@ -10,8 +10,11 @@ use herald_core::retry::RetryPolicy;
 pub enum ErrorClass {
     /// No answer within the timeout.
     Timeout,
-    /// Could not connect (refused, reset, DNS, TLS handshake).
+    /// Could not connect (refused, reset, DNS).
     Connection,
+    /// The TLS handshake failed (untrusted, expired or misnamed certificate, no common
+    /// version): retried like a connection failure, since certificates get fixed.
+    Tls,
     /// An answer arrived, but not a 2xx.
     HttpStatus,
     /// Anything else in building or sending the request.
@@ -26,6 +29,7 @@ impl ErrorClass {
         match self {
             Self::Timeout => "timeout",
             Self::Connection => "connection",
+            Self::Tls => "tls",
             Self::HttpStatus => "http_status",
             Self::Request => "request",
             Self::Refused => "refused",

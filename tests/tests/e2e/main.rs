@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod crash;
 mod delivery;
+mod egress;
 mod gateway;
 mod health;
 mod lanes;

@@ -1,0 +1,107 @@
+//! Certificates made by the harness itself (no files checked in): a private CA, server
+//! certificates it signs (current, expired, for another name), and a TLS listener that lets a
+//! [`crate::Receiver`] speak HTTPS.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use time::{Duration, OffsetDateTime};
+
+/// A private certificate authority for one test.
+pub struct TestCa {
+    params: CertificateParams,
+    key: KeyPair,
+    pem: String,
+}
+
+/// How a server certificate's validity period lies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    /// From yesterday to next year.
+    Current,
+    /// Ended yesterday.
+    Expired,
+}
+
+impl TestCa {
+    /// A new CA named `name`.
+    pub fn new(name: &str) -> Self {
+        let key = KeyPair::generate().expect("CA key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).expect("CA certificate");
+        Self { pem: cert.pem(), params, key }
+    }
+
+    /// The CA certificate, PEM.
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// Writes the CA certificate to a new file (what `HERALD_CA_FILE` takes) and returns its path.
+    pub fn write_pem(&self) -> PathBuf {
+        let path = crate::temp_dir("herald-ca").join("ca.pem");
+        std::fs::write(&path, &self.pem).expect("write CA file");
+        path
+    }
+
+    /// A certificate for `host` signed by this CA, and its key.
+    pub fn issue(&self, host: &str, validity: Validity) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let key = KeyPair::generate().expect("server key");
+        let mut params = CertificateParams::new(vec![host.to_owned()]).expect("server params");
+        params.distinguished_name.push(DnType::CommonName, host);
+        let now = OffsetDateTime::now_utc();
+        (params.not_before, params.not_after) = match validity {
+            Validity::Current => (now - Duration::days(1), now + Duration::days(365)),
+            Validity::Expired => (now - Duration::days(30), now - Duration::days(1)),
+        };
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("sign server certificate");
+        (cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+    }
+
+    /// A TLS server configuration presenting a certificate for `host` (HTTP/1.1 only).
+    pub fn server_config(&self, host: &str, validity: Validity) -> Arc<rustls::ServerConfig> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let (cert, key) = self.issue(host, validity);
+        let mut config = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .expect("server TLS config");
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Arc::new(config)
+    }
+}
+
+/// A TCP listener whose connections are TLS: handshakes that fail are dropped (and counted),
+/// as a real server's would be.
+pub(crate) struct TlsListener {
+    pub(crate) tcp: tokio::net::TcpListener,
+    pub(crate) acceptor: tokio_rustls::TlsAcceptor,
+    pub(crate) failed_handshakes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, addr)) = self.tcp.accept().await else { continue };
+            match self.acceptor.accept(stream).await {
+                Ok(tls) => return (tls, addr),
+                Err(_) => {
+                    self.failed_handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.tcp.local_addr()
+    }
+}
