@@ -12,7 +12,7 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::{Value, json};
 
-use herald_signature::{Secret, Verifier};
+use herald_signature::{PublicKey, Secret, Verifier};
 
 #[derive(Parser)]
 #[command(name = "heraldctl", version, about = "Manage Herald and receive its webhooks locally")]
@@ -38,8 +38,9 @@ struct Cli {
 enum Command {
     /// Receive webhooks on a local port, verify their signatures and print them.
     Listen {
-        /// The subscription's signing secret (`whsec_…`); or set HERALD_SECRET.
-        #[arg(long, env = "HERALD_SECRET", hide_env_values = true)]
+        /// The subscription's signing secret (`whsec_…`, HMAC `v1`) or Ed25519 public key
+        /// (`whpk_…`, `v1a`); or set HERALD_SECRET.
+        #[arg(long, visible_alias = "public-key", env = "HERALD_SECRET", hide_env_values = true)]
         secret: String,
         /// Port to listen on.
         #[arg(long, default_value_t = 9999)]
@@ -535,8 +536,13 @@ impl Api {
 }
 
 async fn listen(secret: &str, addr: SocketAddr, status: u16) -> anyhow::Result<()> {
-    let secret = Secret::parse(secret).context("--secret must be the subscription's whsec_… secret")?;
-    let verifier = std::sync::Arc::new(Verifier::new(secret));
+    let verifier = if secret.trim().starts_with(herald_signature::PUBLIC_KEY_PREFIX) {
+        let key = PublicKey::parse(secret).context("--public-key must be the subscription's whpk_… key")?;
+        Verifier::for_public_key(key)
+    } else {
+        Verifier::new(Secret::parse(secret).context("--secret must be the subscription's whsec_… secret")?)
+    };
+    let verifier = std::sync::Arc::new(verifier);
     let status = StatusCode::from_u16(status).context("--status must be an HTTP status code")?;
     let handler = move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
         let verifier = verifier.clone();

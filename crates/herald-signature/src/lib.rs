@@ -1,4 +1,4 @@
-//! Standard Webhooks signing and verification (HMAC-SHA256).
+//! Standard Webhooks signing and verification: HMAC-SHA256 (`v1`) and Ed25519 (`v1a`).
 //!
 //! This crate is what a webhook *receiver* needs, and it is also what Herald's dispatcher signs
 //! with, so the scheme exists exactly once. It has no async runtime and no NATS dependency.
@@ -11,8 +11,14 @@
 //! # Layout
 //! - [`Secret`]: parsing, generating and formatting `whsec_` secrets.
 //! - [`sign`] / [`Secret::sign`]: one `v1,…` signature.
-//! - [`Verifier`]: checks the three headers of a request, with timestamp tolerance.
+//! - [`SigningKey`] / [`PublicKey`]: `whsk_` / `whpk_` keys of the asymmetric `v1a` scheme.
+//! - [`Verifier`]: checks the three headers of a request, with timestamp tolerance, against
+//!   secrets, public keys or both.
 #![forbid(unsafe_code)]
+
+mod ed25519;
+
+pub use ed25519::{PUBLIC_KEY_PREFIX, PublicKey, SIGNING_KEY_PREFIX, SigningKey};
 
 use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -73,8 +79,9 @@ pub enum Error {
         /// How many seconds in the future the timestamp is.
         ahead_secs: u64,
     },
-    /// The `webhook-signature` header holds no `v1,` entry at all.
-    #[error("the `webhook-signature` header holds no v1 signature")]
+    /// The `webhook-signature` header holds no entry of a scheme the verifier has keys for
+    /// (`v1` for secrets, `v1a` for public keys).
+    #[error("the `webhook-signature` header holds no signature of a scheme this verifier checks")]
     NoSignatures,
     /// No signature in the header matches the message.
     #[error("no signature matches the message")]
@@ -82,6 +89,21 @@ pub enum Error {
     /// The message id contains a character that would make the signed content ambiguous.
     #[error("the message id is empty or contains `.`")]
     InvalidMessageId,
+    /// A `whsk_` or `whpk_` key is malformed.
+    #[error("the key is not valid: {0}")]
+    InvalidKey(&'static str),
+}
+
+/// `{id}.{timestamp}.{body}`: what both schemes sign.
+fn signed_content(msg_id: &str, timestamp: i64, body: &[u8]) -> Vec<u8> {
+    let ts = timestamp.to_string();
+    let mut content = Vec::with_capacity(msg_id.len() + ts.len() + body.len() + 2);
+    content.extend_from_slice(msg_id.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(ts.as_bytes());
+    content.push(b'.');
+    content.extend_from_slice(body);
+    content
 }
 
 /// A signing key: the raw bytes behind a `whsec_…` string.
@@ -172,17 +194,29 @@ pub fn sign(secrets: &[&Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> R
     Ok(sigs.join(" "))
 }
 
-/// Verifies incoming webhooks against one or more secrets.
+/// Verifies incoming webhooks against one or more secrets (`v1`) and public keys (`v1a`).
 #[derive(Debug, Clone)]
 pub struct Verifier {
     secrets: Vec<Secret>,
+    public_keys: Vec<PublicKey>,
     tolerance: Duration,
 }
 
 impl Verifier {
     /// A verifier for one secret with the default 5-minute tolerance.
     pub fn new(secret: Secret) -> Self {
-        Self { secrets: vec![secret], tolerance: DEFAULT_TOLERANCE }
+        Self { secrets: vec![secret], public_keys: Vec::new(), tolerance: DEFAULT_TOLERANCE }
+    }
+
+    /// A verifier for one Ed25519 public key (`v1a`) with the default 5-minute tolerance.
+    pub fn for_public_key(key: PublicKey) -> Self {
+        Self { secrets: Vec::new(), public_keys: vec![key], tolerance: DEFAULT_TOLERANCE }
+    }
+
+    /// Also accepts `v1a` signatures made with `key`'s signing key.
+    pub fn with_public_key(mut self, key: PublicKey) -> Self {
+        self.public_keys.push(key);
+        self
     }
 
     /// Also accepts signatures made with `secret` (e.g. the previous one during a rotation).
@@ -232,17 +266,24 @@ impl Verifier {
         if ts > now + tolerance {
             return Err(Error::TimestampTooNew { ahead_secs: (ts - now) as u64 });
         }
-        let mut saw_v1 = false;
+        let mut saw_checkable = false;
         for entry in signature.split(' ').filter(|e| !e.is_empty()) {
-            let Some(("v1", sig)) = entry.split_once(',') else {
-                continue; // other schemes (v1a, …) are not ours to judge
+            let matched = match entry.split_once(',') {
+                Some(("v1", sig)) if !self.secrets.is_empty() => {
+                    saw_checkable = true;
+                    self.secrets.iter().any(|s| s.matches(msg_id, ts, body, sig))
+                }
+                Some(("v1a", sig)) if !self.public_keys.is_empty() => {
+                    saw_checkable = true;
+                    self.public_keys.iter().any(|k| k.matches(msg_id, ts, body, sig))
+                }
+                _ => continue, // a scheme this verifier holds no key for
             };
-            saw_v1 = true;
-            if self.secrets.iter().any(|s| s.matches(msg_id, ts, body, sig)) {
+            if matched {
                 return Ok(());
             }
         }
-        Err(if saw_v1 { Error::SignatureMismatch } else { Error::NoSignatures })
+        Err(if saw_checkable { Error::SignatureMismatch } else { Error::NoSignatures })
     }
 }
 

@@ -152,3 +152,59 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     let _ = listener.kill();
     let _ = listener.wait();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_listen_verifies_ed25519_v1a_signatures_with_a_public_key() {
+    use herald_signature::SigningKey;
+    /// Kills the listener however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    herald_tests::init();
+    let key = SigningKey::generate();
+    let port = free_port();
+    let mut listener = Killed(
+        Command::new(target_bin("heraldctl"))
+            .args(["listen", "--port", &port.to_string(), "--public-key", &key.public_key().to_text()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start heraldctl listen"),
+    );
+    let stdout = listener.0.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(10)).expect("listen starts");
+    assert!(first.contains("listening"), "{first}");
+
+    let http = reqwest::Client::new();
+    let post = |id: &'static str, signer: &SigningKey| {
+        let body = br#"{"type":"asym.test"}"#.to_vec();
+        let ts = time::OffsetDateTime::now_utc().unix_timestamp();
+        let signature = signer.sign(id, ts, &body);
+        http.post(format!("http://127.0.0.1:{port}/in"))
+            .header("webhook-id", id)
+            .header("webhook-timestamp", ts.to_string())
+            .header("webhook-signature", signature)
+            .body(body)
+            .send()
+    };
+    let good = post("asym-1", &key).await.unwrap();
+    assert_eq!(good.status(), 200);
+    let forged = post("asym-2", &SigningKey::generate()).await.unwrap();
+    assert_eq!(forged.status(), 401, "a signature from another key is refused");
+    drop(listener);
+    // The listener is gone, so its output ends: every line it printed is in the channel.
+    let lines: Vec<String> = rx.iter().filter(|l| l.contains("webhook-id=")).collect();
+    assert!(lines.iter().any(|l| l.contains("webhook-id=asym-1") && l.contains("signature verified")), "{lines:?}");
+    assert!(lines.iter().any(|l| l.contains("webhook-id=asym-2") && l.contains("REJECTED")), "{lines:?}");
+}
