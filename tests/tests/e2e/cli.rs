@@ -24,6 +24,52 @@ fn heraldctl(stack: &Stack, args: &[&str]) -> (bool, Value, String) {
     )
 }
 
+/// `heraldctl listen` running, its output read line by line; killed when dropped.
+struct Listen {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Listen {
+    /// Starts it with `args` after `listen` (and `env`), and waits for its first line.
+    fn start(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(target_bin("heraldctl"))
+            .arg("listen")
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start heraldctl listen");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let first = lines.recv_timeout(Duration::from_secs(10)).expect("listen starts");
+        assert!(first.contains("listening"), "{first}");
+        Self { child, lines }
+    }
+
+    /// Stops it and returns every line it printed after the first.
+    fn finish(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // The process is gone, so its output ends: every line is in the channel.
+        self.lines.iter().collect()
+    }
+}
+
+impl Drop for Listen {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     let stack = Stack::start().await;
@@ -39,23 +85,8 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     assert!(ok);
     assert_eq!(list["data"][0]["id"], id.as_str());
 
-    let mut listener = Command::new(target_bin("heraldctl"))
-        .args(["listen", "--port", &port.to_string()])
-        .env("HERALD_SECRET", &secret)
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start heraldctl listen");
-    let stdout = listener.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx.recv_timeout(Duration::from_secs(10)).expect("listen starts");
-    assert!(first.contains("listening"), "{first}");
+    let listener = Listen::start(&["--port", &port.to_string()], &[("HERALD_SECRET", &secret)]);
+    let rx = &listener.lines;
 
     let (ok, sent, err) =
         heraldctl(&stack, &["events", "send", "--type", "cli.test", "--data", r#"{"x": 1}"#, "--id", "cli-1"]);
@@ -149,42 +180,17 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     assert!(ok, "{err}");
     let (ok, _, err) = heraldctl(&stack, &["subscriptions", "get", &id]);
     assert!(!ok && err.contains("404"), "{err}");
-    let _ = listener.kill();
-    let _ = listener.wait();
+    drop(listener);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heraldctl_listen_verifies_ed25519_v1a_signatures_with_a_public_key() {
     use herald_signature::SigningKey;
-    /// Kills the listener however the test ends.
-    struct Killed(std::process::Child);
-    impl Drop for Killed {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     herald_tests::init();
     let key = SigningKey::generate();
     let port = free_port();
-    let mut listener = Killed(
-        Command::new(target_bin("heraldctl"))
-            .args(["listen", "--port", &port.to_string(), "--public-key", &key.public_key().to_text()])
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("start heraldctl listen"),
-    );
-    let stdout = listener.0.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let first = rx.recv_timeout(Duration::from_secs(10)).expect("listen starts");
-    assert!(first.contains("listening"), "{first}");
+    let public_key = key.public_key().to_text();
+    let listener = Listen::start(&["--port", &port.to_string(), "--public-key", &public_key], &[]);
 
     let http = reqwest::Client::new();
     let post = |id: &'static str, signer: &SigningKey| {
@@ -202,9 +208,7 @@ async fn heraldctl_listen_verifies_ed25519_v1a_signatures_with_a_public_key() {
     assert_eq!(good.status(), 200);
     let forged = post("asym-2", &SigningKey::generate()).await.unwrap();
     assert_eq!(forged.status(), 401, "a signature from another key is refused");
-    drop(listener);
-    // The listener is gone, so its output ends: every line it printed is in the channel.
-    let lines: Vec<String> = rx.iter().filter(|l| l.contains("webhook-id=")).collect();
+    let lines: Vec<String> = listener.finish().into_iter().filter(|l| l.contains("webhook-id=")).collect();
     assert!(lines.iter().any(|l| l.contains("webhook-id=asym-1") && l.contains("signature verified")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("webhook-id=asym-2") && l.contains("REJECTED")), "{lines:?}");
 }
