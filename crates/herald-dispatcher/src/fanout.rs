@@ -65,16 +65,12 @@ pub(crate) async fn send(
     let event = match decoded {
         Ok(event) => event,
         Err(invalid) => {
-            let reason = invalid.to_string();
-            return Some(futures::future::Either::Left(futures::future::Either::Left(async move {
-                // The shared fan-out dead-letters it; the ordered one only lets it go.
-                match role {
-                    Role::Shared => dead_letter_invalid(&shared, &msg, &reason).await,
-                    Role::Ordered => {
-                        let _ = msg.ack().await;
-                    }
-                }
-            })));
+            return Some(futures::future::Either::Left(set_aside(
+                shared,
+                role,
+                msg,
+                Aside::Invalid(invalid.to_string()),
+            )));
         }
     };
 
@@ -92,9 +88,7 @@ pub(crate) async fn send(
         let checks = subs.iter().map(|s| deliver::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
         let records = futures::future::join_all(checks).await;
         if handed_out <= deliver::UNREADABLE_WAITS && records.contains(&deliver::Record::Unreadable) {
-            return Some(futures::future::Either::Left(futures::future::Either::Right(async move {
-                let _ = msg.ack_with(AckKind::Nak(Some(deliver::UNREADABLE_RETRY))).await;
-            })));
+            return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::RecordsUnreadable)));
         }
         let before = subs.len();
         let mut records = records.into_iter();
@@ -195,23 +189,38 @@ pub(crate) async fn send(
     }))
 }
 
+/// Why an event is not fanned out now.
+enum Aside {
+    /// It is not a valid event.
+    Invalid(String),
+    /// It was handed out before, and its attempt records cannot be read yet.
+    RecordsUnreadable,
+}
+
+/// Settles an event fan-out does not go on with: an invalid one is dead-lettered by the shared
+/// fan-out and let go by the ordered one; one whose records cannot be read comes back later.
+async fn set_aside(shared: Arc<Shared>, role: Role, msg: jetstream::Message, why: Aside) {
+    match (why, role) {
+        (Aside::Invalid(reason), Role::Shared) => dead_letter_invalid(&shared, &msg, &reason).await,
+        (Aside::Invalid(_), Role::Ordered) => {
+            let _ = msg.ack().await;
+        }
+        (Aside::RecordsUnreadable, _) => {
+            let _ = msg.ack_with(AckKind::Nak(Some(deliver::UNREADABLE_RETRY))).await;
+        }
+    }
+}
+
 /// Stores the delivery of `event` to the ordered `sub` and waits until JetStream confirms it,
 /// trying again (deduplicated by its id) for as long as it takes: a later event's delivery
 /// must not be stored before it, which a store failing during a leader election and the next
 /// one succeeding would do. The ordered fan-out waits here, which is what order costs.
 async fn store_in_order(shared: &Shared, event: &proto::Event, sub: &proto::Subscription, traceparent: &str) {
-    let mut delay = Duration::from_millis(100);
-    loop {
-        let (subject, publish) = nats::first_delivery(event, sub, traceparent);
-        match deliver::publish_and_confirm(shared, subject, publish).await {
-            Ok(()) => return,
-            Err(e) => {
-                tracing::warn!(event = %event.id, subscription = %sub.id, error = %e, retry_in = ?delay, "ordered delivery not stored yet; trying again before any later event");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-            }
-        }
-    }
+    let store = || nats::first_delivery(event, sub, traceparent);
+    let _ = deliver::publish_until_confirmed(shared, store, None, None, |error, retry_in| {
+        tracing::warn!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "ordered delivery not stored yet; trying again before any later event");
+    })
+    .await;
 }
 
 /// True if `sub` was created after `stored` (a few seconds' leeway for clocks), so it never
