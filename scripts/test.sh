@@ -24,6 +24,15 @@ if ! PYTHONPATH="$chart_py" python3 -c 'import helm_python, kubernetes_validate,
     --target "$chart_py" helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 pyyaml==6.0.3
 fi
 PYTHONPATH="$chart_py" python3 scripts/check-chart.py
+# An Ed25519 implementation independent of Herald's (Python's `cryptography`, i.e. OpenSSL), which
+# the signing tests check v1a signatures with.
+crypto_py="$root/.tools/crypto-py"
+if ! PYTHONPATH="$crypto_py" python3 -c 'import cryptography.hazmat.primitives.asymmetric.ed25519' 2>/dev/null; then
+  echo "installing the signature tests' verifier into .tools/ (cryptography)"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+    --target "$crypto_py" 'cryptography>=42,<50'
+fi
+export HERALD_CRYPTO_PY="$crypto_py"
 python3 scripts/check-dockerfile.py
 
 cargo fmt --all -- --check

@@ -9,7 +9,7 @@ mod tls;
 
 pub use cluster::NatsCluster;
 pub use proxy::Proxy;
-pub use tls::{TestCa, Validity};
+pub use tls::{TestCa, Validity, fingerprint};
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -71,7 +71,8 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
-fn temp_dir(prefix: &str) -> PathBuf {
+/// A new empty directory under the system temp dir, named after `prefix`.
+pub fn temp_dir(prefix: &str) -> PathBuf {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("{prefix}-{}-{n}", std::process::id()));
@@ -234,6 +235,17 @@ impl Received {
             &self.body,
         )
     }
+
+    /// Verifies its `v1a` signature with an Ed25519 public key (`whpk_…`).
+    pub fn verify_public_key(&self, key: &str) -> Result<(), herald_signature::Error> {
+        let key = herald_signature::PublicKey::parse(key)?;
+        herald_signature::Verifier::for_public_key(key).verify(
+            self.header("webhook-id"),
+            self.header("webhook-timestamp"),
+            self.header("webhook-signature"),
+            &self.body,
+        )
+    }
 }
 
 /// How the receiver answers one request.
@@ -279,6 +291,8 @@ pub struct Receiver {
     arrived: Arc<tokio::sync::Notify>,
     /// TLS handshakes that failed (an HTTPS receiver only).
     failed_handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Fingerprints of the client certificates presented to it (an HTTPS receiver only).
+    client_certificates: Arc<Mutex<Vec<String>>>,
 }
 
 impl Receiver {
@@ -342,6 +356,7 @@ impl Receiver {
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         let failed_handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let client_certificates = Arc::new(Mutex::new(Vec::new()));
         match tls {
             None => drop(tokio::spawn(async move { axum::serve(listener, app).await })),
             Some(config) => {
@@ -349,11 +364,12 @@ impl Receiver {
                     tcp: listener,
                     acceptor: tokio_rustls::TlsAcceptor::from(config),
                     failed_handshakes: failed_handshakes.clone(),
+                    client_certificates: client_certificates.clone(),
                 };
                 drop(tokio::spawn(async move { axum::serve(listener, app).await }));
             }
         }
-        Self { addr, state, arrived, failed_handshakes }
+        Self { addr, state, arrived, failed_handshakes, client_certificates }
     }
 
     /// `https://{host}:{port}{path}`: the name the certificate is for (resolved to the
@@ -370,6 +386,11 @@ impl Receiver {
     /// TLS handshakes that failed so far.
     pub fn failed_handshakes(&self) -> usize {
         self.failed_handshakes.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// SHA-256 fingerprints (hex) of the client certificates presented in its handshakes.
+    pub fn client_certificates(&self) -> Vec<String> {
+        self.client_certificates.lock().unwrap().clone()
     }
 
     /// `http://127.0.0.1:{port}{path}`.

@@ -5,7 +5,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use time::{Duration, OffsetDateTime};
 
@@ -64,14 +66,50 @@ impl TestCa {
         (cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
     }
 
+    /// A client certificate named `name` signed by this CA, and its key, both PEM (what a
+    /// subscription's `client_certificate` takes).
+    pub fn issue_client(&self, name: &str) -> (String, String) {
+        let key = KeyPair::generate().expect("client key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        (params.not_before, params.not_after) = (now - Duration::days(1), now + Duration::days(90));
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(&key, &issuer).expect("sign client certificate");
+        (cert.pem(), key.serialize_pem())
+    }
+
     /// A TLS server configuration presenting a certificate for `host` (HTTP/1.1 only).
     pub fn server_config(&self, host: &str, validity: Validity) -> Arc<rustls::ServerConfig> {
+        self.server(host, validity, rustls::ServerConfig::builder().with_no_client_auth())
+    }
+
+    /// Like [`TestCa::server_config`], for a server that demands a client certificate signed
+    /// by `clients` and closes the handshake of any client without one.
+    pub fn server_config_requiring_client_certificates(
+        &self,
+        host: &str,
+        clients: &TestCa,
+    ) -> Arc<rustls::ServerConfig> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut roots = rustls::RootCertStore::empty();
+        let ca = <CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(clients.pem.as_bytes())
+            .expect("client CA PEM");
+        roots.add(ca).expect("client CA");
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().expect("client verifier");
+        self.server(host, Validity::Current, rustls::ServerConfig::builder().with_client_cert_verifier(verifier))
+    }
+
+    fn server(
+        &self,
+        host: &str,
+        validity: Validity,
+        builder: rustls::ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+    ) -> Arc<rustls::ServerConfig> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let (cert, key) = self.issue(host, validity);
-        let mut config = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert], key)
-            .expect("server TLS config");
+        let mut config = builder.with_single_cert(vec![cert], key).expect("server TLS config");
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
@@ -83,6 +121,8 @@ pub(crate) struct TlsListener {
     pub(crate) tcp: tokio::net::TcpListener,
     pub(crate) acceptor: tokio_rustls::TlsAcceptor,
     pub(crate) failed_handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    /// SHA-256 (hex) of each client certificate presented in a handshake that succeeded.
+    pub(crate) client_certificates: Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl axum::serve::Listener for TlsListener {
@@ -93,7 +133,12 @@ impl axum::serve::Listener for TlsListener {
         loop {
             let Ok((stream, addr)) = self.tcp.accept().await else { continue };
             match self.acceptor.accept(stream).await {
-                Ok(tls) => return (tls, addr),
+                Ok(tls) => {
+                    if let Some(presented) = tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+                        self.client_certificates.lock().unwrap().push(fingerprint(presented));
+                    }
+                    return (tls, addr);
+                }
                 Err(_) => {
                     self.failed_handshakes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
@@ -104,4 +149,9 @@ impl axum::serve::Listener for TlsListener {
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         self.tcp.local_addr()
     }
+}
+
+/// SHA-256 of a certificate's DER, lower-case hex (as Herald's API shows it).
+pub fn fingerprint(der: &[u8]) -> String {
+    ring::digest::digest(&ring::digest::SHA256, der).as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }

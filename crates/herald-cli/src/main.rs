@@ -105,6 +105,28 @@ enum DeadLetterCommand {
     },
 }
 
+/// A client certificate for mutual TLS, from PEM files.
+#[derive(clap::Args)]
+struct ClientCertArgs {
+    /// PEM file of the certificate to present to the subscriber (then any intermediates).
+    #[arg(long, requires = "client_key")]
+    client_cert: Option<std::path::PathBuf>,
+    /// PEM file of its private key (unencrypted); stored sealed, never shown again.
+    #[arg(long, requires = "client_cert")]
+    client_key: Option<std::path::PathBuf>,
+}
+
+impl ClientCertArgs {
+    /// The API's `client_certificate` object, if files were given.
+    fn read(&self) -> anyhow::Result<Option<Value>> {
+        let (Some(cert), Some(key)) = (&self.client_cert, &self.client_key) else { return Ok(None) };
+        let read = |path: &std::path::Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        Ok(Some(json!({"certificate": read(cert)?, "private_key": read(key)?})))
+    }
+}
+
 #[derive(Subcommand)]
 enum SubCommand {
     /// Create a subscription; prints it with its secret (shown only this once).
@@ -125,6 +147,12 @@ enum SubCommand {
         /// Create it disabled.
         #[arg(long)]
         disabled: bool,
+        /// `hmac-sha256` (the default: a shared `whsec_` secret) or `ed25519` (subscribers get a
+        /// `whpk_` public key).
+        #[arg(long, value_parser = ["hmac-sha256", "ed25519"])]
+        signature_scheme: Option<String>,
+        #[command(flatten)]
+        client_certificate: ClientCertArgs,
     },
     /// List subscriptions.
     List {
@@ -150,6 +178,11 @@ enum SubCommand {
         enabled: Option<bool>,
         #[arg(long)]
         description: Option<String>,
+        #[command(flatten)]
+        client_certificate: ClientCertArgs,
+        /// Stop presenting a client certificate.
+        #[arg(long, conflicts_with_all = ["client_cert", "client_key"])]
+        remove_client_cert: bool,
     },
     /// Delete a subscription.
     Delete { id: String },
@@ -159,6 +192,9 @@ enum SubCommand {
         /// e.g. 24h (the default), 0s to stop the old secret at once.
         #[arg(long)]
         grace: Option<String>,
+        /// Switch to this scheme (`hmac-sha256` or `ed25519`); both sign during the grace period.
+        #[arg(long, value_parser = ["hmac-sha256", "ed25519"])]
+        signature_scheme: Option<String>,
     },
     /// Send it a `herald.ping` test webhook.
     Test { id: String },
@@ -287,8 +323,23 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Listen { secret, port, host, status } => listen(&secret, SocketAddr::new(host, port), status).await,
         Command::Subscriptions(cmd) => {
             let out = match cmd {
-                SubCommand::Create { url, event_types, tenant, description, headers, disabled } => {
+                SubCommand::Create {
+                    url,
+                    event_types,
+                    tenant,
+                    description,
+                    headers,
+                    disabled,
+                    signature_scheme,
+                    client_certificate,
+                } => {
                     let mut body = json!({"url": url, "event_types": event_types, "enabled": !disabled});
+                    if let Some(s) = signature_scheme {
+                        body["signature_scheme"] = json!(s);
+                    }
+                    if let Some(c) = client_certificate.read()? {
+                        body["client_certificate"] = c;
+                    }
                     if let Some(t) = tenant {
                         body["tenant"] = json!(t);
                     }
@@ -307,8 +358,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 SubCommand::Get { id } => {
                     api.call(reqwest::Method::GET, &format!("/v1/subscriptions/{id}"), None).await?
                 }
-                SubCommand::Update { id, url, event_types, enabled, description } => {
+                SubCommand::Update {
+                    id,
+                    url,
+                    event_types,
+                    enabled,
+                    description,
+                    client_certificate,
+                    remove_client_cert,
+                } => {
                     let mut body = json!({});
+                    if let Some(c) = client_certificate.read()? {
+                        body["client_certificate"] = c;
+                    }
+                    if remove_client_cert {
+                        body["client_certificate"] = Value::Null;
+                    }
                     if let Some(u) = url {
                         body["url"] = json!(u);
                     }
@@ -327,11 +392,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     api.call(reqwest::Method::DELETE, &format!("/v1/subscriptions/{id}"), None).await?;
                     json!({"deleted": id})
                 }
-                SubCommand::RotateSecret { id, grace } => {
-                    let body = match grace {
-                        Some(g) => json!({"grace": g}),
-                        None => json!({}),
-                    };
+                SubCommand::RotateSecret { id, grace, signature_scheme } => {
+                    let mut body = json!({});
+                    if let Some(g) = grace {
+                        body["grace"] = json!(g);
+                    }
+                    if let Some(s) = signature_scheme {
+                        body["signature_scheme"] = json!(s);
+                    }
                     api.call(reqwest::Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"), Some(body))
                         .await?
                 }

@@ -16,6 +16,7 @@
 //! - [`runtime`]: duration parsing, logging set-up and the shutdown signal.
 #![forbid(unsafe_code)]
 
+pub mod client_cert;
 pub mod event;
 pub mod ids;
 pub mod metrics;

@@ -162,9 +162,10 @@ pub fn wants(sub: &proto::Subscription, event_type: &str) -> bool {
 /// A subscription's signing secret, opened, with the end of its grace period if rotated out.
 /// The secrets that sign a webhook now are those that [`OpenedSecret::signs_at`] it: the
 /// current one and any rotated-out one whose grace period has not ended.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OpenedSecret {
-    pub secret: herald_signature::Secret,
+    /// An HMAC secret or an Ed25519 signing key.
+    pub secret: herald_signature::Signer,
     pub expires_at: Option<OffsetDateTime>,
 }
 
@@ -172,6 +173,58 @@ impl OpenedSecret {
     /// True if it signs webhooks sent at `now`.
     pub fn signs_at(&self, now: OffsetDateTime) -> bool {
         self.expires_at.is_none_or(|t| t > now)
+    }
+}
+
+/// The HMAC-SHA256 scheme (`v1`, `whsec_` secrets shared with the subscriber): the default.
+pub const HMAC_SHA256: &str = "hmac-sha256";
+/// The Ed25519 scheme (`v1a`, a `whsk_` signing key Herald keeps; the subscriber gets the `whpk_`
+/// public key).
+pub const ED25519: &str = "ed25519";
+
+/// The scheme a stored secret signs with.
+pub fn scheme_of(secret: &proto::SigningSecret) -> &'static str {
+    if secret.public_key.is_empty() { HMAC_SHA256 } else { ED25519 }
+}
+
+/// New signing material for a subscription: `given` (a `whsec_` secret or `whsk_` key a user
+/// brings, e.g. when migrating) or a fresh one of `scheme` (default [`HMAC_SHA256`]). The two
+/// must agree when both are set.
+pub fn new_signer(scheme: Option<&str>, given: Option<&str>) -> Result<herald_signature::Signer, InvalidField> {
+    use herald_signature::{Secret, Signer, SigningKey};
+    let scheme = match scheme {
+        None => None,
+        Some(s @ (HMAC_SHA256 | ED25519)) => Some(s),
+        Some(other) => {
+            return Err(invalid(
+                "signature_scheme",
+                format!("{other:?} is not a scheme; use \"{HMAC_SHA256}\" (v1) or \"{ED25519}\" (v1a)"),
+            ));
+        }
+    };
+    let signer = match given {
+        Some(text) => Signer::parse_strict(text).map_err(|e| invalid("secret", e.to_string()))?,
+        None if scheme == Some(ED25519) => Signer::Ed25519(SigningKey::generate()),
+        None => Signer::Hmac(Secret::generate()),
+    };
+    let given_scheme = if signer.public_key().is_some() { ED25519 } else { HMAC_SHA256 };
+    if scheme.is_some_and(|s| s != given_scheme) {
+        return Err(invalid("secret", format!("is a {given_scheme} key, but signature_scheme asks for {scheme:?}")));
+    }
+    Ok(signer)
+}
+
+/// How `signer` is stored on the subscription `owner`: sealed, with its public key beside it.
+pub fn stored_secret(
+    signer: &herald_signature::Signer,
+    owner: &str,
+    keys: &crate::secrets::KeyRing,
+    expires_at: String,
+) -> proto::SigningSecret {
+    proto::SigningSecret {
+        secret: keys.seal(owner, &signer.to_text()),
+        expires_at,
+        public_key: signer.public_key().map(|k| k.to_text()).unwrap_or_default(),
     }
 }
 
@@ -187,7 +240,7 @@ pub fn open_secrets(sub: &proto::Subscription, keys: &crate::secrets::KeyRing) -
                 text => Some(OffsetDateTime::parse(text, &Rfc3339).ok()?),
             };
             match keys.open(&sub.id, &s.secret) {
-                Ok(text) => Some(OpenedSecret { secret: herald_signature::Secret::parse(&text).ok()?, expires_at }),
+                Ok(text) => Some(OpenedSecret { secret: herald_signature::Signer::parse(&text).ok()?, expires_at }),
                 Err(e) => {
                     tracing::warn!(subscription = %sub.id, error = %e, "a signing secret does not open");
                     None
@@ -237,6 +290,7 @@ mod tests {
         let s = |expires: &str| proto::SigningSecret {
             secret: herald_signature::Secret::generate().to_text(),
             expires_at: expires.into(),
+            public_key: String::new(),
         };
         let sub = proto::Subscription {
             secrets: vec![s(""), s("2030-01-01T00:00:00Z"), s("2020-01-01T00:00:00Z")],
@@ -260,6 +314,27 @@ pub fn validate_retry_schedule(text: &str) -> Result<String, InvalidField> {
         return Err(invalid("retry_schedule", "each delay must be between 1s and 1d"));
     }
     Ok(policy.describe())
+}
+
+#[cfg(test)]
+mod scheme_tests {
+    use super::*;
+
+    #[test]
+    fn schemes_are_chosen_given_and_checked() {
+        let ed = new_signer(Some(ED25519), None).unwrap();
+        let stored = stored_secret(&ed, "sub_1", &crate::secrets::KeyRing::default(), String::new());
+        assert_eq!(scheme_of(&stored), ED25519);
+        assert!(stored.public_key.starts_with("whpk_"));
+        let hmac = new_signer(None, None).unwrap();
+        assert!(hmac.to_text().starts_with("whsec_"));
+        assert_eq!(scheme_of(&stored_secret(&hmac, "s", &Default::default(), String::new())), HMAC_SHA256);
+        assert!(new_signer(Some(ED25519), Some(&ed.to_text())).is_ok());
+        let clash = new_signer(Some(HMAC_SHA256), Some(&ed.to_text())).unwrap_err();
+        assert_eq!(clash.field, "secret");
+        assert_eq!(new_signer(Some("rsa"), None).unwrap_err().field, "signature_scheme");
+        assert!(new_signer(None, Some("whsec_short")).is_err());
+    }
 }
 
 #[cfg(test)]

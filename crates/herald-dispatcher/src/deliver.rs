@@ -202,10 +202,10 @@ async fn attempt(
         }
     };
     let now = OffsetDateTime::now_utc();
-    let prepared = shared.prepared.get(sub, &shared.keys, &shared.policy);
-    let secrets = prepared.signing_secrets(now);
-    let signature = match herald_signature::sign(&secrets, &event.id, now.unix_timestamp(), &body) {
-        Ok(s) if !secrets.is_empty() => s,
+    let prepared = shared.prepared.get(sub);
+    let signers = prepared.signers(now);
+    let signature = match herald_signature::sign(&signers, &event.id, now.unix_timestamp(), &body) {
+        Ok(s) if !signers.is_empty() => s,
         _ => {
             let reason = "the subscription has no usable signing secret".into();
             delivery.event = Some(event.clone());
@@ -216,12 +216,14 @@ async fn attempt(
     let started = std::time::SystemTime::now();
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
 
-    let sent = match &prepared.url {
-        Err(refusal) => http_client::refused_result(refusal),
-        Ok(url) => {
+    let sent = match (&prepared.url, &prepared.client) {
+        (Err(refusal), _) => http_client::refused_result(refusal),
+        (Ok(_), Err(unusable)) => http_client::unusable_certificate(unusable),
+        (Ok(url), Ok(own)) => {
             let request = WebhookRequest { url, headers, body };
             metrics::IN_FLIGHT.add(&[], 1.0);
-            let sent = http_client::send(&shared.http, request, shared.config.response_body_limit).await;
+            let client = own.as_ref().unwrap_or(&shared.http);
+            let sent = http_client::send(client, request, shared.config.response_body_limit).await;
             metrics::IN_FLIGHT.add(&[], -1.0);
             sent
         }

@@ -60,7 +60,7 @@ impl reqwest::dns::Resolve for GuardedResolver {
 }
 
 /// Where deliveries go out: extra TLS roots and the egress proxy.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Egress {
     /// Roots trusted beside the platform's (`HERALD_CA_FILE`).
     pub extra_roots: Vec<reqwest::Certificate>,
@@ -107,44 +107,67 @@ pub fn redacted(url: &url::Url) -> String {
     shown.to_string()
 }
 
-/// Builds the client. Installs the ring TLS provider for the process if none is yet. Every
-/// host is resolved through the SSRF guard; redirects are never followed; the proxy, if any, is
-/// the only one used (the environment's `HTTP_PROXY` and the like are ignored).
-pub fn build(
+/// How webhook clients are made: the one most subscriptions share, and one of its own for each
+/// subscription that presents a client certificate (a TLS identity belongs to a client, and
+/// its connections must not serve another subscription).
+#[derive(Clone)]
+pub struct ClientSettings {
     timeout: Duration,
     concurrency: usize,
-    policy: Arc<Policy>,
-    overrides: HashMap<String, IpAddr>,
+    resolver: Arc<GuardedResolver>,
     egress: Egress,
-) -> anyhow::Result<reqwest::Client> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let proxy_host = egress.proxy.as_ref().and_then(|(url, _)| url.host_str()).map(|h| h.to_ascii_lowercase());
-    let mut builder = reqwest::Client::builder()
-        .dns_resolver(Arc::new(GuardedResolver { policy, overrides: Arc::new(overrides), proxy_host }))
-        .tls_version_min(reqwest::tls::Version::TLS_1_2)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .pool_idle_timeout(Duration::from_secs(90))
-        // As many as may be open at once: a busy endpoint keeps its connections between
-        // requests instead of opening and closing most of them each time.
-        .pool_max_idle_per_host(concurrency.max(1))
-        // Herald retries on its own schedule; reqwest's retry layer would copy every request
-        // (headers, extensions) just in case.
-        .retry(reqwest::retry::never().max_retries_per_request(0));
-    if !egress.extra_roots.is_empty() {
-        builder = builder.tls_certs_merge(egress.extra_roots);
+}
+
+impl ClientSettings {
+    /// Every host is resolved through the SSRF guard (`policy`, with `overrides`' fixed answers).
+    pub fn new(
+        timeout: Duration,
+        concurrency: usize,
+        policy: Arc<Policy>,
+        overrides: HashMap<String, IpAddr>,
+        egress: Egress,
+    ) -> Self {
+        let proxy_host = egress.proxy.as_ref().and_then(|(url, _)| url.host_str()).map(|h| h.to_ascii_lowercase());
+        let resolver = Arc::new(GuardedResolver { policy, overrides: Arc::new(overrides), proxy_host });
+        Self { timeout, concurrency, resolver, egress }
     }
-    builder = match egress.proxy {
-        None => builder.no_proxy(),
-        Some((url, no_proxy)) => {
-            let proxy = reqwest::Proxy::all(url.as_str())
-                .map_err(|e| anyhow::anyhow!("HERALD_PROXY_URL {}: {e}", redacted(&url)))?
-                .no_proxy(reqwest::NoProxy::from_string(&no_proxy));
-            builder.proxy(proxy)
+
+    /// Builds a client, presenting `identity` to servers that ask for a certificate. Installs
+    /// the ring TLS provider for the process if none is yet. Redirects are never followed; the
+    /// proxy, if any, is the only one used (the environment's `HTTP_PROXY` and the like are
+    /// ignored).
+    pub fn build(&self, identity: Option<reqwest::Identity>) -> anyhow::Result<reqwest::Client> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .dns_resolver(self.resolver.clone())
+            .tls_version_min(reqwest::tls::Version::TLS_1_2)
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(self.timeout)
+            .connect_timeout(self.timeout.min(Duration::from_secs(10)))
+            .pool_idle_timeout(Duration::from_secs(90))
+            // As many as may be open at once: a busy endpoint keeps its connections between
+            // requests instead of opening and closing most of them each time.
+            .pool_max_idle_per_host(self.concurrency.max(1))
+            // Herald retries on its own schedule; reqwest's retry layer would copy every request
+            // (headers, extensions) just in case.
+            .retry(reqwest::retry::never().max_retries_per_request(0));
+        if !self.egress.extra_roots.is_empty() {
+            builder = builder.tls_certs_merge(self.egress.extra_roots.iter().cloned());
         }
-    };
-    Ok(builder.build()?)
+        if let Some(identity) = identity {
+            builder = builder.identity(identity);
+        }
+        builder = match &self.egress.proxy {
+            None => builder.no_proxy(),
+            Some((url, no_proxy)) => {
+                let proxy = reqwest::Proxy::all(url.as_str())
+                    .map_err(|e| anyhow::anyhow!("HERALD_PROXY_URL {}: {e}", redacted(url)))?
+                    .no_proxy(reqwest::NoProxy::from_string(no_proxy));
+                builder.proxy(proxy)
+            }
+        };
+        Ok(builder.build()?)
+    }
 }
 
 /// One webhook request, ready to send.
@@ -320,7 +343,19 @@ fn explain_tls(e: &rustls::Error) -> String {
         }
         E::InvalidCertificate(C::Revoked) => "the subscriber's certificate has been revoked",
         E::InvalidCertificate(_) => "the subscriber's certificate was refused",
-        E::AlertReceived(_) => "the subscriber refused the TLS handshake (does it require a client certificate?)",
+        E::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            "the subscriber requires a client certificate: give the subscription one (`client_certificate`)"
+        }
+        E::AlertReceived(
+            rustls::AlertDescription::UnknownCA
+            | rustls::AlertDescription::BadCertificate
+            | rustls::AlertDescription::CertificateUnknown
+            | rustls::AlertDescription::CertificateExpired
+            | rustls::AlertDescription::CertificateRevoked
+            | rustls::AlertDescription::UnsupportedCertificate
+            | rustls::AlertDescription::AccessDenied,
+        ) => "the subscriber does not accept the subscription's client certificate",
+        E::AlertReceived(_) => "the subscriber refused the TLS handshake",
         E::PeerIncompatible(_) => "the subscriber offers no TLS version or cipher Herald accepts (TLS 1.2 or 1.3)",
         _ => "the TLS handshake failed",
     };
@@ -331,6 +366,15 @@ fn explain_tls(e: &rustls::Error) -> String {
 pub fn refused_result(refusal: &Refused) -> Sent {
     let result =
         AttemptResult { error: Some(refusal.to_string()), class: Some(ErrorClass::Refused), ..Default::default() };
+    Sent { result, response_excerpt: String::new(), elapsed: Duration::ZERO }
+}
+
+/// An attempt not made because the subscription's client certificate cannot be used (its key
+/// does not open with the configured keys, or it does not load): a `tls` failure, retried, so
+/// that fixing the keys or replacing the certificate lets the delivery through.
+pub fn unusable_certificate(why: &str) -> Sent {
+    let result =
+        AttemptResult { error: Some(format!("TLS: {why}")), class: Some(ErrorClass::Tls), ..Default::default() };
     Sent { result, response_excerpt: String::new(), elapsed: Duration::ZERO }
 }
 

@@ -131,11 +131,7 @@ pub(crate) struct Shared {
     pub http_slots: Arc<tokio::sync::Semaphore>,
     /// Events held by fan-out while it makes their first attempts (`HERALD_INLINE_ATTEMPTS`).
     pub inline: fanout::InlineSlots,
-    /// The SSRF policy, for URLs whose host is an IP literal (the resolver checks the rest).
-    pub policy: Arc<herald_core::ssrf::Policy>,
-    /// Opens the sealed signing secrets.
-    pub keys: herald_core::secrets::KeyRing,
-    /// Subscriptions' URLs, secrets and schedules, worked out once per revision.
+    /// Subscriptions' URLs, secrets, schedules and own clients, worked out once per revision.
     pub prepared: prepared::PreparedSubscriptions,
     /// Which fan-out serves which subscription.
     pub routes: Arc<routes::Routes>,
@@ -143,6 +139,7 @@ pub(crate) struct Shared {
     pub rewinds: rewinds::Rewinds,
     /// Exports spans, when OTLP is configured.
     pub tracer: Option<herald_core::otel::Tracer>,
+    /// The client that serves every subscription without a client certificate.
     pub http: reqwest::Client,
     pub config: Config,
 }
@@ -179,8 +176,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
     let egress = http_client::Egress::from_config(&config)?;
-    let http = http_client::build(config.http_timeout, config.concurrency, policy.clone(), overrides, egress)
-        .context("building the HTTP client")?;
+    let clients =
+        http_client::ClientSettings::new(config.http_timeout, config.concurrency, policy.clone(), overrides, egress);
+    let http = clients.build(None).context("building the HTTP client")?;
 
     let registry = Registry::new();
     let tracker = TaskTracker::new();
@@ -232,9 +230,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         breakers,
         http_slots,
         inline: fanout::InlineSlots::new(config.inline_attempts),
-        policy,
-        keys,
-        prepared: Default::default(),
+        prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients }),
         routes,
         rewinds: Default::default(),
         tracer: config.common.tracer("herald-dispatcher"),

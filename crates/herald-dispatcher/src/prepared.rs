@@ -1,7 +1,8 @@
 //! What an attempt needs from its subscription that only changes with the subscription: the
-//! parsed and SSRF-checked URL, the opened signing secrets and the retry schedule. Worked out
-//! once per revision rather than on every attempt (URL parsing and opening a sealed secret are a
-//! few percent of an attempt's CPU). The registry replaces a subscription's `Arc` whenever the
+//! parsed and SSRF-checked URL, the opened signing secrets, the retry schedule and, for a
+//! subscription with a client certificate, an HTTP client of its own. Worked out once per
+//! revision rather than on every attempt (URL parsing and opening a sealed secret are a few
+//! percent of an attempt's CPU; a TLS client takes milliseconds to build). The registry replaces a subscription's `Arc` whenever the
 //! subscription changes, so a revision is recognised by its `Arc`.
 
 use std::collections::HashMap;
@@ -15,6 +16,8 @@ use herald_core::secrets::KeyRing;
 use herald_core::ssrf::{Policy, Refused};
 use herald_core::subscription::{OpenedSecret, open_secrets};
 
+use crate::http_client::ClientSettings;
+
 /// One revision of a subscription, prepared for attempts.
 #[derive(Debug)]
 pub(crate) struct Prepared {
@@ -24,28 +27,51 @@ pub(crate) struct Prepared {
     secrets: Vec<OpenedSecret>,
     /// The subscription's own retry schedule, if it has a valid one.
     pub retry_schedule: Option<RetryPolicy>,
+    /// A client presenting the subscription's certificate (`Ok(None)`: it has none, the shared
+    /// client serves it), or why its certificate cannot be used.
+    pub client: Result<Option<reqwest::Client>, String>,
 }
 
 impl Prepared {
-    fn new(sub: &proto::Subscription, keys: &KeyRing, policy: &Policy) -> Self {
+    fn new(sub: &proto::Subscription, with: &PrepareWith) -> Self {
         let url = url::Url::parse(&sub.url)
             .map_err(|e| Refused(format!("the URL does not parse: {e}")))
-            .and_then(|url| policy.check_url(&url).map(|()| url));
+            .and_then(|url| with.policy.check_url(&url).map(|()| url));
         let retry_schedule =
             if sub.retry_schedule.is_empty() { None } else { RetryPolicy::parse(&sub.retry_schedule).ok() };
-        Self { url, secrets: open_secrets(sub, keys), retry_schedule }
+        let client = match herald_core::client_cert::open(sub, &with.keys) {
+            None => Ok(None),
+            Some(Err(e)) => Err(format!("the subscription's client certificate key does not open: {e}")),
+            Some(Ok(pem)) => reqwest::Identity::from_pem(pem.as_bytes())
+                .map_err(anyhow::Error::from)
+                .and_then(|identity| with.clients.build(Some(identity)))
+                .map(Some)
+                .map_err(|e| format!("the subscription's client certificate cannot be used: {e:#}")),
+        };
+        if let Err(why) = &client {
+            tracing::warn!(subscription = %sub.id, "{why}");
+        }
+        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client }
     }
 
-    /// The secrets that sign a webhook sent at `now` (rotated-out ones until their grace ends).
-    pub fn signing_secrets(&self, now: OffsetDateTime) -> Vec<&herald_signature::Secret> {
+    /// What signs a webhook sent at `now` (rotated-out keys until their grace ends).
+    pub fn signers(&self, now: OffsetDateTime) -> Vec<&herald_signature::Signer> {
         self.secrets.iter().filter(|s| s.signs_at(now)).map(|s| &s.secret).collect()
     }
 }
 
+/// What preparing needs: the keys that open sealed secrets, the SSRF policy, and how to build
+/// a subscription's own client.
+pub(crate) struct PrepareWith {
+    pub keys: KeyRing,
+    pub policy: Arc<Policy>,
+    pub clients: ClientSettings,
+}
+
 /// Prepared revisions by subscription id. An entry whose revision is no longer held by anyone
 /// (the subscription changed or was deleted) is replaced on next use or swept as the map grows.
-#[derive(Default)]
 pub(crate) struct PreparedSubscriptions {
+    with: PrepareWith,
     entries: Mutex<Entries>,
 }
 
@@ -60,8 +86,12 @@ struct Entries {
 const MIN_SWEEP: usize = 1024;
 
 impl PreparedSubscriptions {
+    pub(crate) fn new(with: PrepareWith) -> Self {
+        Self { with, entries: Mutex::default() }
+    }
+
     /// `sub` prepared: from the cache if this revision was seen before.
-    pub(crate) fn get(&self, sub: &Arc<proto::Subscription>, keys: &KeyRing, policy: &Policy) -> Arc<Prepared> {
+    pub(crate) fn get(&self, sub: &Arc<proto::Subscription>) -> Arc<Prepared> {
         {
             let entries = self.entries.lock().expect("prepared lock");
             // A held `Weak` keeps its allocation, so the address cannot be reused by another
@@ -72,7 +102,7 @@ impl PreparedSubscriptions {
                 return prepared.clone();
             }
         }
-        let prepared = Arc::new(Prepared::new(sub, keys, policy));
+        let prepared = Arc::new(Prepared::new(sub, &self.with));
         let mut entries = self.entries.lock().expect("prepared lock");
         if entries.by_id.len() >= entries.sweep_at {
             entries.by_id.retain(|_, (revision, _)| revision.strong_count() > 0);
@@ -99,49 +129,62 @@ mod tests {
             secrets: vec![proto::SigningSecret {
                 secret: herald_signature::Secret::generate().to_text(),
                 expires_at: String::new(),
+                public_key: String::new(),
             }],
             ..Default::default()
         })
     }
 
+    fn cache() -> PreparedSubscriptions {
+        let policy = Arc::new(Policy::default());
+        let clients = ClientSettings::new(
+            std::time::Duration::from_secs(5),
+            4,
+            policy.clone(),
+            Default::default(),
+            Default::default(),
+        );
+        PreparedSubscriptions::new(PrepareWith { keys: KeyRing::default(), policy, clients })
+    }
+
     #[test]
     fn a_revision_is_prepared_once_and_a_new_one_again() {
-        let (cache, keys, policy) = (PreparedSubscriptions::default(), KeyRing::default(), Policy::default());
+        let cache = cache();
         let first = sub("sub_1", "https://example.com/a");
-        let a = cache.get(&first, &keys, &policy);
-        assert!(Arc::ptr_eq(&a, &cache.get(&first, &keys, &policy)), "same revision, same preparation");
+        let a = cache.get(&first);
+        assert!(Arc::ptr_eq(&a, &cache.get(&first)), "same revision, same preparation");
         assert_eq!(a.url.as_ref().unwrap().path(), "/a");
-        assert_eq!(a.signing_secrets(OffsetDateTime::now_utc()).len(), 1);
+        assert_eq!(a.signers(OffsetDateTime::now_utc()).len(), 1);
 
         // An equal-looking new revision is prepared afresh: a changed URL is seen.
         let second = sub("sub_1", "https://example.com/b");
-        let b = cache.get(&second, &keys, &policy);
+        let b = cache.get(&second);
         assert_eq!(b.url.as_ref().unwrap().path(), "/b");
+        assert!(matches!(b.client, Ok(None)), "no client certificate, no client of its own");
         assert_eq!(cache.len(), 1);
     }
 
     #[test]
     fn refusals_and_retry_schedules_are_prepared_too() {
-        let (cache, keys) = (PreparedSubscriptions::default(), KeyRing::default());
-        let policy = Policy::default();
-        let refused = cache.get(&sub("sub_2", "http://127.0.0.1:9/x"), &keys, &policy);
+        let cache = cache();
+        let refused = cache.get(&sub("sub_2", "http://127.0.0.1:9/x"));
         assert!(refused.url.is_err(), "loopback is refused by the default policy");
         let mut with_schedule = (*sub("sub_3", "https://example.com/")).clone();
         with_schedule.retry_schedule = "10s,1m".into();
-        let prepared = cache.get(&Arc::new(with_schedule), &keys, &policy);
+        let prepared = cache.get(&Arc::new(with_schedule));
         assert_eq!(prepared.retry_schedule, Some(RetryPolicy::parse("10s,1m").unwrap()));
     }
 
     #[test]
     fn entries_of_dropped_revisions_are_swept() {
-        let (cache, keys, policy) = (PreparedSubscriptions::default(), KeyRing::default(), Policy::default());
+        let cache = cache();
         let kept = sub("kept", "https://example.com/");
-        cache.get(&kept, &keys, &policy);
+        cache.get(&kept);
         for i in 0..MIN_SWEEP * 2 {
-            cache.get(&sub(&format!("gone_{i}"), "https://example.com/"), &keys, &policy);
+            cache.get(&sub(&format!("gone_{i}"), "https://example.com/"));
         }
         assert!(cache.len() < MIN_SWEEP + 2, "dropped revisions swept, {} left", cache.len());
-        let again = cache.get(&kept, &keys, &policy);
+        let again = cache.get(&kept);
         assert!(again.url.is_ok());
     }
 }

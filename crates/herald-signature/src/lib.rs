@@ -10,8 +10,8 @@
 //!
 //! # Layout
 //! - [`Secret`]: parsing, generating and formatting `whsec_` secrets.
-//! - [`sign`] / [`Secret::sign`]: one `v1,…` signature.
 //! - [`SigningKey`] / [`PublicKey`]: `whsk_` / `whpk_` keys of the asymmetric `v1a` scheme.
+//! - [`Signer`]: either kind, as a sender holds them; [`sign`] makes the header's value.
 //! - [`Verifier`]: checks the three headers of a request, with timestamp tolerance, against
 //!   secrets, public keys or both.
 #![forbid(unsafe_code)]
@@ -184,13 +184,73 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// Signs one message with several secrets and joins the signatures with spaces, as the
+/// What a sender signs with: an HMAC secret (`v1`) or an Ed25519 signing key (`v1a`). Both
+/// may sign one message (while a subscription moves from one scheme to the other), each adding
+/// its own entry to the `webhook-signature` header.
+#[derive(Debug)]
+pub enum Signer {
+    /// `whsec_…`: HMAC-SHA256, `v1`.
+    Hmac(Secret),
+    /// `whsk_…`: Ed25519, `v1a`.
+    Ed25519(SigningKey),
+}
+
+impl Signer {
+    /// Parses either textual form, told apart by its prefix (`whsk_` is Ed25519; anything else
+    /// is read as an HMAC secret, as [`Secret::parse`] does).
+    pub fn parse(text: &str) -> Result<Self, Error> {
+        if text.trim().starts_with(SIGNING_KEY_PREFIX) {
+            SigningKey::parse(text).map(Self::Ed25519)
+        } else {
+            Secret::parse(text).map(Self::Hmac)
+        }
+    }
+
+    /// Like [`Signer::parse`], with [`Secret::parse_strict`]'s demands on HMAC secrets and the
+    /// `whsec_` prefix required: what a server should accept from a user.
+    pub fn parse_strict(text: &str) -> Result<Self, Error> {
+        if text.trim().starts_with(SIGNING_KEY_PREFIX) {
+            SigningKey::parse(text).map(Self::Ed25519)
+        } else if text.trim().starts_with(SECRET_PREFIX) {
+            Secret::parse_strict(text).map(Self::Hmac)
+        } else {
+            Err(Error::InvalidKey("expected a `whsec_` secret or a `whsk_` signing key"))
+        }
+    }
+
+    /// The textual form (`whsec_…` or `whsk_…`).
+    pub fn to_text(&self) -> String {
+        match self {
+            Self::Hmac(secret) => secret.to_text(),
+            Self::Ed25519(key) => key.to_text(),
+        }
+    }
+
+    /// The public key receivers verify with, for an Ed25519 key; `None` for HMAC, whose secret
+    /// is shared.
+    pub fn public_key(&self) -> Option<PublicKey> {
+        match self {
+            Self::Hmac(_) => None,
+            Self::Ed25519(key) => Some(key.public_key()),
+        }
+    }
+
+    /// One `v1,…` or `v1a,…` entry.
+    pub fn sign(&self, msg_id: &str, timestamp: i64, body: &[u8]) -> String {
+        match self {
+            Self::Hmac(secret) => secret.sign(msg_id, timestamp, body),
+            Self::Ed25519(key) => key.sign(msg_id, timestamp, body),
+        }
+    }
+}
+
+/// Signs one message with several signers and joins the signatures with spaces, as the
 /// `webhook-signature` header carries them. Refuses ids that would make the content ambiguous.
-pub fn sign(secrets: &[&Secret], msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, Error> {
+pub fn sign(signers: &[&Signer], msg_id: &str, timestamp: i64, body: &[u8]) -> Result<String, Error> {
     if msg_id.is_empty() || msg_id.contains('.') {
         return Err(Error::InvalidMessageId);
     }
-    let sigs: Vec<String> = secrets.iter().map(|s| s.sign(msg_id, timestamp, body)).collect();
+    let sigs: Vec<String> = signers.iter().map(|s| s.sign(msg_id, timestamp, body)).collect();
     Ok(sigs.join(" "))
 }
 
@@ -326,7 +386,8 @@ mod tests {
         for (key, id, ts, body, expected) in VECTORS {
             let secret = Secret::parse(key).unwrap();
             assert_eq!(secret.sign(id, *ts, body.as_bytes()), *expected);
-            assert_eq!(sign(&[&secret], id, *ts, body.as_bytes()).unwrap(), *expected);
+            let signer = Signer::parse(key).unwrap();
+            assert_eq!(sign(&[&signer], id, *ts, body.as_bytes()).unwrap(), *expected);
         }
     }
 
@@ -370,7 +431,8 @@ mod tests {
     fn rotated_secrets_sign_side_by_side() {
         let old = Secret::generate();
         let new = Secret::generate();
-        let header = sign(&[&new, &old], "evt_1", 1_700_000_000, b"{}").unwrap();
+        let signers = [Signer::Hmac(new.clone()), Signer::Hmac(old.clone())];
+        let header = sign(&[&signers[0], &signers[1]], "evt_1", 1_700_000_000, b"{}").unwrap();
         assert_eq!(header.split(' ').count(), 2);
         for s in [&old, &new] {
             Verifier::new(s.clone())
@@ -429,6 +491,23 @@ mod tests {
         assert_eq!(v.verify_at(Some("a"), None, Some("v1,a"), b"", 1), Err(Error::MissingHeader("webhook-timestamp")));
         assert_eq!(v.verify_at(Some("a"), Some("1"), None, b"", 1), Err(Error::MissingHeader("webhook-signature")));
         assert_eq!(v.verify_at(Some("a.b"), Some("1"), Some("v1,a"), b"", 1), Err(Error::InvalidMessageId));
-        assert_eq!(sign(&[&Secret::generate()], "a.b", 1, b""), Err(Error::InvalidMessageId));
+        assert_eq!(sign(&[&Signer::Hmac(Secret::generate())], "a.b", 1, b""), Err(Error::InvalidMessageId));
+    }
+
+    #[test]
+    fn a_subscription_moving_between_schemes_signs_with_both() {
+        let hmac = Signer::parse_strict(&Secret::generate().to_text()).unwrap();
+        let ed = Signer::parse_strict(&SigningKey::generate().to_text()).unwrap();
+        assert!(hmac.public_key().is_none());
+        let public = ed.public_key().unwrap();
+        let header = sign(&[&ed, &hmac], "evt_1", 1_700_000_000, b"{}").unwrap();
+        assert!(header.starts_with("v1a,") && header.contains(" v1,"), "{header}");
+        let Signer::Hmac(secret) = &hmac else { unreachable!() };
+        for verifier in [Verifier::new(secret.clone()), Verifier::for_public_key(public)] {
+            verifier.verify_at(Some("evt_1"), Some("1700000000"), Some(&header), b"{}", 1_700_000_000).unwrap();
+        }
+        assert_eq!(Signer::parse(&ed.to_text()).unwrap().to_text(), ed.to_text());
+        assert!(Signer::parse_strict("c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0").is_err(), "a bare secret has no prefix");
+        assert!(Signer::parse_strict("whsk_AAAA").is_err());
     }
 }

@@ -212,3 +212,52 @@ async fn heraldctl_listen_verifies_ed25519_v1a_signatures_with_a_public_key() {
     assert!(lines.iter().any(|l| l.contains("webhook-id=asym-1") && l.contains("signature verified")), "{lines:?}");
     assert!(lines.iter().any(|l| l.contains("webhook-id=asym-2") && l.contains("REJECTED")), "{lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_creates_ed25519_subscriptions_with_client_certificates_and_listens_with_the_public_key() {
+    let stack = Stack::start().await;
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/in");
+    let dir = herald_tests::temp_dir("heraldctl-cert");
+    let (cert, key) = herald_tests::TestCa::new("Client CA").issue_client("cli-sender");
+    std::fs::write(dir.join("client.pem"), &cert).unwrap();
+    std::fs::write(dir.join("client.key"), &key).unwrap();
+    let (cert_path, key_path) = (dir.join("client.pem"), dir.join("client.key"));
+
+    let (ok, sub, err) = heraldctl(
+        &stack,
+        &[
+            "subscriptions",
+            "create",
+            "--url",
+            &url,
+            "--event-type",
+            "asym.*",
+            "--signature-scheme",
+            "ed25519",
+            "--client-cert",
+            cert_path.to_str().unwrap(),
+            "--client-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(sub["signature_scheme"], "ed25519", "{sub}");
+    assert_eq!(sub["client_certificate"]["subject"], "CN=cli-sender", "{sub}");
+    let public_key = sub["public_key"].as_str().expect("public key").to_owned();
+    let id = sub["id"].as_str().unwrap().to_owned();
+
+    let listener = Listen::start(&["--port", &port.to_string(), "--public-key", &public_key], &[]);
+    let (ok, _, err) = heraldctl(&stack, &["events", "send", "--type", "asym.paid", "--id", "asym-cli-1"]);
+    assert!(ok, "{err}");
+    let line = listener.lines.recv_timeout(Duration::from_secs(15)).expect("the webhook arrives");
+    assert!(line.contains("webhook-id=asym-cli-1") && line.contains("signature verified"), "{line}");
+
+    let (ok, updated, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--remove-client-cert"]);
+    assert!(ok, "{err}");
+    assert!(updated.get("client_certificate").is_none(), "{updated}");
+    let (ok, rotated, err) =
+        heraldctl(&stack, &["subscriptions", "rotate-secret", &id, "--signature-scheme", "hmac-sha256"]);
+    assert!(ok, "{err}");
+    assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "{rotated}");
+}

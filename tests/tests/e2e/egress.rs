@@ -146,3 +146,100 @@ async fn a_proxy_that_cannot_be_reached_fails_attempts_as_connection_errors_and_
     stack.start_dispatcher();
     rx.wait_for(1, Duration::from_secs(30)).await;
 }
+
+/// The DER of the first certificate of a PEM document, as receivers fingerprint it.
+fn fingerprint_of(pem: &str) -> String {
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    herald_tests::fingerprint(&CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM certificate"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_presents_its_client_certificate_to_a_server_that_requires_one() {
+    let ca = TestCa::new("Herald test CA");
+    let clients = TestCa::new("Subscriber's client CA");
+    let strangers = TestCa::new("Another client CA");
+    let rx =
+        Receiver::start_tls("127.0.0.1", ca.server_config_requiring_client_certificates("mtls.test", &clients)).await;
+    let mut stack = Stack::gateway_only().await;
+    let ca_file = ca.write_pem();
+    stack.start_dispatcher_with(&[
+        ("--ca-file", ca_file.to_str().unwrap()),
+        ("--resolve", "mtls.test=127.0.0.1"),
+        ("--retry-schedule", "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s"),
+    ]);
+    let url = rx.https_url("mtls.test", "/in");
+    let create = |body: Value| stack.call(Method::POST, "/v1/subscriptions", Some(body));
+
+    let (cert, key) = clients.issue_client("orders-sender");
+    let (status, _, with) = create(json!({"url": url, "event_types": ["mtls.x"],
+        "client_certificate": {"certificate": cert, "private_key": key}}))
+    .await;
+    assert_eq!(status, 201, "{with}");
+    let shown = &with["client_certificate"];
+    assert_eq!(shown["subject"], "CN=orders-sender", "{with}");
+    assert_eq!(shown["fingerprint_sha256"], fingerprint_of(&cert).as_str());
+    assert!(shown["not_after"].is_string());
+    let with_id = with["id"].as_str().unwrap().to_owned();
+    let (_, _, read) = stack.call(Method::GET, &format!("/v1/subscriptions/{with_id}"), None).await;
+    assert!(!read.to_string().contains("PRIVATE KEY"), "the key is never returned: {read}");
+    // At rest, the key is sealed.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let kv = js.get_key_value("herald-subscriptions").await.unwrap();
+    let stored = kv.get(format!("default.{with_id}")).await.unwrap().expect("stored");
+    assert!(!String::from_utf8_lossy(&stored).contains("PRIVATE KEY"), "the key is stored sealed");
+
+    let (_, _, without) = create(json!({"url": url, "event_types": ["mtls.x"]})).await;
+    let without_id = without["id"].as_str().unwrap().to_owned();
+    let (stranger_cert, stranger_key) = strangers.issue_client("intruder");
+    let (_, _, stranger) = create(json!({"url": url, "event_types": ["mtls.x"],
+        "client_certificate": {"certificate": stranger_cert, "private_key": stranger_key}}))
+    .await;
+    let stranger_id = stranger["id"].as_str().unwrap().to_owned();
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.publish(json!({"id": "mtls-1", "type": "mtls.x", "data": {}})).await;
+    let got = rx.wait_for(1, SOON).await;
+    assert_eq!(first_attempt(&stack, &with_id).await["outcome"], "delivered");
+    for (id, says) in [
+        (&without_id, "requires a client certificate"),
+        (&stranger_id, "does not accept the subscription's client certificate"),
+    ] {
+        let attempt = first_attempt(&stack, id).await;
+        assert_eq!(attempt["error_class"], "tls", "{attempt}");
+        assert!(attempt["error"].as_str().unwrap_or_default().contains(says), "{attempt} should say {says:?}");
+        assert_eq!(attempt["outcome"], "retry", "{attempt}");
+    }
+    assert_eq!(got.len(), 1, "only the subscription with an accepted certificate got through");
+    assert_eq!(rx.client_certificates(), vec![fingerprint_of(&cert)], "the subscription's own certificate");
+
+    // Replaced: the subscription without one gets a certificate, and its next retry delivers.
+    let (second_cert, second_key) = clients.issue_client("billing-sender");
+    let (status, _, patched) = stack
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{without_id}"),
+            Some(json!({"client_certificate": {"certificate": second_cert, "private_key": second_key}})),
+        )
+        .await;
+    assert_eq!(status, 200, "{patched}");
+    assert_eq!(patched["client_certificate"]["subject"], "CN=billing-sender");
+    rx.wait_for(2, Duration::from_secs(30)).await;
+    assert!(rx.client_certificates().contains(&fingerprint_of(&second_cert)), "the new certificate was presented");
+
+    // Removed with null; a key that is not the certificate's is refused with the reason.
+    let (status, _, removed) = stack
+        .call(Method::PATCH, &format!("/v1/subscriptions/{with_id}"), Some(json!({"client_certificate": null})))
+        .await;
+    assert_eq!(status, 200, "{removed}");
+    assert!(removed.get("client_certificate").is_none(), "{removed}");
+    let (_, other_key) = clients.issue_client("someone");
+    let (status, _, problem) = stack
+        .call(
+            Method::PATCH,
+            &format!("/v1/subscriptions/{with_id}"),
+            Some(json!({"client_certificate": {"certificate": cert, "private_key": other_key}})),
+        )
+        .await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("client_certificate")), "{problem}");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("does not belong"), "{problem}");
+}

@@ -16,6 +16,7 @@ mod records;
 mod retry;
 mod scaleout;
 mod security;
+mod signing;
 mod ssrf;
 mod subscriptions;
 

@@ -100,15 +100,41 @@ pub struct Subscription {
     /// "fifo": delivered strictly in publish order, one at a time. Empty: unordered.
     #[prost(string, tag = "17")]
     pub ordering: ::prost::alloc::string::String,
+    /// A client certificate presented to the subscriber's server (mutual TLS); absent: none.
+    #[prost(message, optional, tag = "18")]
+    pub client_certificate: ::core::option::Option<ClientCertificate>,
+}
+/// A certificate and its private key, sent when the subscriber's server asks for one.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ClientCertificate {
+    /// PEM certificates, the subscription's own first, then any intermediates. Public.
+    #[prost(string, tag = "1")]
+    pub certificate: ::prost::alloc::string::String,
+    /// PEM private key, sealed like the signing secrets (`enc:v1:` when keys are configured).
+    #[prost(string, tag = "2")]
+    pub private_key: ::prost::alloc::string::String,
+    /// The first certificate's subject (RFC 4514), for people.
+    #[prost(string, tag = "3")]
+    pub subject: ::prost::alloc::string::String,
+    /// When the first certificate expires, RFC 3339.
+    #[prost(string, tag = "4")]
+    pub not_after: ::prost::alloc::string::String,
+    /// SHA-256 of the first certificate's DER, lower-case hex.
+    #[prost(string, tag = "5")]
+    pub fingerprint_sha256: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct SigningSecret {
-    /// `whsec_` + base64.
+    /// `whsec_` + base64 (HMAC-SHA256, `v1`) or `whsk_` + base64 (Ed25519, `v1a`); sealed when
+    /// keys are configured.
     #[prost(string, tag = "1")]
     pub secret: ::prost::alloc::string::String,
     /// RFC 3339; empty for the current secret.
     #[prost(string, tag = "2")]
     pub expires_at: ::prost::alloc::string::String,
+    /// For an Ed25519 key: its `whpk_` public key, which subscribers verify with. Empty for HMAC.
+    #[prost(string, tag = "3")]
+    pub public_key: ::prost::alloc::string::String,
 }
 /// A delivery (or an undeliverable event) that Herald gave up on, on `herald.dlq.{tenant}.{sub}`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

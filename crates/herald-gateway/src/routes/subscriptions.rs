@@ -12,8 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use herald_core::ids::{SubscriptionId, TenantId};
 use herald_core::subscription::{self as validate, InvalidField};
-use herald_core::{nats, proto};
-use herald_signature::Secret;
+use herald_core::{client_cert, nats, proto};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -43,10 +42,41 @@ pub(crate) struct View {
     /// Why Herald disabled it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
+    /// `hmac-sha256` (`v1`) or `ed25519` (`v1a`): how webhooks are signed now.
+    signature_scheme: &'static str,
+    /// The `whpk_` public key subscribers verify with, when the scheme is `ed25519`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
+    /// Every Ed25519 public key that still signs, newest first: during a rotation's grace
+    /// period the previous one signs beside the current one.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    public_keys: Vec<PublicKeyView>,
+    /// The client certificate presented to the subscriber (mutual TLS); its key is never shown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_certificate: Option<CertificateView>,
     created_at: String,
     updated_at: String,
+    /// The `whsec_` secret: only in the answer to the creation of an `hmac-sha256` subscription.
     #[serde(skip_serializing_if = "Option::is_none")]
     secret: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct PublicKeyView {
+    public_key: String,
+    /// Absent for the current key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expires_at: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CertificateView {
+    /// The certificate's subject (RFC 4514).
+    subject: String,
+    /// When it expires (RFC 3339); replace it before then.
+    not_after: String,
+    /// SHA-256 of the certificate (DER), hex.
+    fingerprint_sha256: String,
 }
 
 impl View {
@@ -65,11 +95,62 @@ impl View {
             retry_schedule: (!sub.retry_schedule.is_empty()).then(|| sub.retry_schedule.clone()),
             disabled_reason: (!sub.disabled_reason.is_empty()).then(|| sub.disabled_reason.clone()),
             ordering: (!sub.ordering.is_empty()).then(|| sub.ordering.clone()),
+            signature_scheme: sub.secrets.first().map_or(validate::HMAC_SHA256, validate::scheme_of),
+            public_key: sub.secrets.first().filter(|s| !s.public_key.is_empty()).map(|s| s.public_key.clone()),
+            public_keys: sub
+                .secrets
+                .iter()
+                .filter(|s| !s.public_key.is_empty() && still_signs(s, time::OffsetDateTime::now_utc()))
+                .map(|s| PublicKeyView {
+                    public_key: s.public_key.clone(),
+                    expires_at: (!s.expires_at.is_empty()).then(|| s.expires_at.clone()),
+                })
+                .collect(),
+            client_certificate: sub.client_certificate.as_ref().map(|c| CertificateView {
+                subject: c.subject.clone(),
+                not_after: c.not_after.clone(),
+                fingerprint_sha256: c.fingerprint_sha256.clone(),
+            }),
             created_at: sub.created_at.clone(),
             updated_at: sub.updated_at.clone(),
             secret: None,
         }
     }
+}
+
+/// True if a stored secret still signs at `now` (current, or rotated out and in its grace).
+fn still_signs(s: &proto::SigningSecret, now: time::OffsetDateTime) -> bool {
+    s.expires_at.is_empty()
+        || time::OffsetDateTime::parse(&s.expires_at, &time::format_description::well_known::Rfc3339)
+            .is_ok_and(|t| t > now)
+}
+
+/// A client certificate as a user gives it.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CertificateInput {
+    /// PEM: the subscription's certificate first, then any intermediates.
+    certificate: String,
+    /// PEM, unencrypted (PKCS#8, PKCS#1 or SEC1). Stored sealed; never returned.
+    private_key: String,
+}
+
+impl CertificateInput {
+    fn seal(&self, state: &AppState, subscription_id: &str) -> Result<proto::ClientCertificate, ApiError> {
+        let checked = client_cert::check(&self.certificate, &self.private_key, time::OffsetDateTime::now_utc())
+            .map_err(field_error)?;
+        Ok(checked.seal(subscription_id, &state.keys))
+    }
+}
+
+/// `Some(value)` for a field that is present, `null` included (`Some(None)`); with
+/// `#[serde(default)]`, `None` for an absent field.
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// Validates a subscriber URL and, where its host is an IP literal, checks it against the SSRF
@@ -102,8 +183,13 @@ pub(crate) struct CreateInput {
     retry_schedule: Option<String>,
     /// `fifo` or `unordered` (the default).
     ordering: Option<String>,
-    /// A `whsec_` secret to use instead of a generated one (e.g. when migrating).
+    /// `hmac-sha256` (the default) or `ed25519`.
+    signature_scheme: Option<String>,
+    /// A `whsec_` secret or `whsk_` signing key to use instead of a generated one (e.g. when
+    /// migrating).
     secret: Option<String>,
+    /// A client certificate for subscribers that require one (mutual TLS).
+    client_certificate: Option<CertificateInput>,
 }
 
 /// `POST /v1/subscriptions`.
@@ -135,16 +221,13 @@ pub(crate) async fn create(
         Some(s) => validate::validate_retry_schedule(s).map_err(field_error)?,
         None => String::new(),
     };
-    let secret = match input.secret {
-        Some(s) => Secret::parse_strict(&s).map_err(|e| ApiError::invalid(Some("secret"), format!("secret: {e}")))?,
-        None => Secret::generate(),
-    };
+    let signer =
+        validate::new_signer(input.signature_scheme.as_deref(), input.secret.as_deref()).map_err(field_error)?;
 
     let now = herald_core::now_rfc3339();
     let id = SubscriptionId::generate().into_string();
-    let sealed = state.keys.seal(&id, &secret.to_text());
+    let client_certificate = input.client_certificate.as_ref().map(|c| c.seal(&state, &id)).transpose()?;
     let sub = proto::Subscription {
-        id,
         tenant: tenant.into_string(),
         url,
         event_types: input.event_types,
@@ -152,7 +235,9 @@ pub(crate) async fn create(
         description,
         headers,
         metadata: input.metadata,
-        secrets: vec![proto::SigningSecret { secret: sealed, expires_at: String::new() }],
+        secrets: vec![validate::stored_secret(&signer, &id, &state.keys, String::new())],
+        client_certificate,
+        id,
         created_at: now.clone(),
         updated_at: now,
         rate_limit: input.rate_limit.unwrap_or(0),
@@ -166,7 +251,9 @@ pub(crate) async fn create(
     state.registry.upsert(revision, sub.clone());
     tracing::info!(id = %sub.id, tenant = %sub.tenant, url = %sub.url, "subscription created");
     let mut view = View::of(&sub);
-    view.secret = Some(secret.to_text());
+    if let herald_signature::Signer::Hmac(secret) = &signer {
+        view.secret = Some(secret.to_text());
+    }
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -282,6 +369,10 @@ pub(crate) struct PatchInput {
     /// An empty string returns to the deployment's schedule.
     retry_schedule: Option<String>,
     ordering: Option<String>,
+    /// A new client certificate and key, replacing the current one; `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<CertificateInput>, nullable)]
+    client_certificate: Option<Option<CertificateInput>>,
 }
 
 impl PatchInput {
@@ -325,6 +416,9 @@ impl PatchInput {
         validate::validate_limits(sub.max_in_flight, sub.rate_limit).map_err(field_error)?;
         if let Some(o) = &self.ordering {
             sub.ordering = validate::validate_ordering(o).map_err(field_error)?;
+        }
+        if let Some(certificate) = &self.client_certificate {
+            sub.client_certificate = certificate.as_ref().map(|c| c.seal(state, &sub.id)).transpose()?;
         }
         sub.updated_at = herald_core::now_rfc3339();
         Ok(())
@@ -392,15 +486,24 @@ pub(crate) struct RotateInput {
     /// How long the old secret keeps signing alongside the new one (default `24h`; `0s` ends it
     /// at once).
     grace: Option<String>,
-    /// A `whsec_` secret to use instead of a generated one.
+    /// The new key's scheme, `hmac-sha256` or `ed25519`; by default the current one's. Changing
+    /// it is how a subscription moves to the other scheme: during the grace period each webhook
+    /// carries both a `v1` and a `v1a` signature.
+    signature_scheme: Option<String>,
+    /// A `whsec_` secret or `whsk_` key to use instead of a generated one.
     secret: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Rotated {
     id: String,
-    /// The new secret, shown only here.
-    secret: String,
+    signature_scheme: &'static str,
+    /// The new `whsec_` secret (`hmac-sha256`), shown only here.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    secret: Option<String>,
+    /// The new `whpk_` public key (`ed25519`); also on the subscription.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    public_key: Option<String>,
     /// Until when the previous secret also signs.
     previous_expires_at: String,
 }
@@ -423,24 +526,19 @@ pub(crate) async fn rotate_secret(
     if grace > std::time::Duration::from_secs(30 * 86_400) {
         return Err(ApiError::invalid(Some("grace"), "grace: at most 30d"));
     }
-    let new_secret = match &input.secret {
-        Some(s) => Secret::parse_strict(s).map_err(|e| ApiError::invalid(Some("secret"), format!("secret: {e}")))?,
-        None => Secret::generate(),
-    };
     let now = time::OffsetDateTime::now_utc();
     let expires_at = herald_core::rfc3339(now + grace);
-    let still_valid = |s: &proto::SigningSecret| {
-        s.expires_at.is_empty()
-            || time::OffsetDateTime::parse(&s.expires_at, &time::format_description::well_known::Rfc3339)
-                .is_ok_and(|t| t > now)
-    };
+    let mut new_signer = None;
     let sub = modify(&state, &caller, &id, |sub| {
-        let mut secrets: Vec<proto::SigningSecret> = Vec::with_capacity(sub.secrets.len() + 1);
-        secrets.push(proto::SigningSecret {
-            secret: state.keys.seal(&sub.id, &new_secret.to_text()),
-            expires_at: String::new(),
+        // The current scheme unless told otherwise (known only once the subscription is read).
+        let scheme = input.signature_scheme.as_deref().or_else(|| {
+            input.secret.is_none().then(|| sub.secrets.first().map_or(validate::HMAC_SHA256, validate::scheme_of))
         });
-        for mut old in sub.secrets.drain(..).filter(still_valid) {
+        let signer = validate::new_signer(scheme, input.secret.as_deref()).map_err(field_error)?;
+        let mut secrets: Vec<proto::SigningSecret> = Vec::with_capacity(sub.secrets.len() + 1);
+        secrets.push(validate::stored_secret(&signer, &sub.id, &state.keys, String::new()));
+        new_signer = Some(signer);
+        for mut old in sub.secrets.drain(..).filter(|s| still_signs(s, now)) {
             if old.expires_at.is_empty() {
                 old.expires_at = expires_at.clone();
             }
@@ -454,7 +552,17 @@ pub(crate) async fn rotate_secret(
     })
     .await?;
     tracing::info!(id = %sub.id, grace = ?grace, "subscription secret rotated");
-    Ok(Json(Rotated { id: sub.id, secret: new_secret.to_text(), previous_expires_at: expires_at }))
+    let signer = new_signer.expect("set by the change that was written");
+    Ok(Json(Rotated {
+        id: sub.id,
+        signature_scheme: sub.secrets.first().map_or(validate::HMAC_SHA256, validate::scheme_of),
+        secret: match &signer {
+            herald_signature::Signer::Hmac(secret) => Some(secret.to_text()),
+            herald_signature::Signer::Ed25519(_) => None,
+        },
+        public_key: signer.public_key().map(|k| k.to_text()),
+        previous_expires_at: expires_at,
+    }))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
