@@ -31,6 +31,7 @@
 
 mod durability;
 mod procs;
+mod production;
 mod scaleout;
 mod sink;
 
@@ -88,9 +89,32 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout.
-    #[arg(long, value_delimiter = ',', default_value = "ingest,durability,e2e,latency,memory,scaleout")]
+    /// memory, scaleout, production.
+    #[arg(long, value_delimiter = ',', default_value = "ingest,durability,e2e,latency,memory,scaleout,production")]
     only: Vec<String>,
+    /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
+    #[arg(long, default_value_t = 100)]
+    production_hosts: usize,
+    /// Production shape: subscriptions, spread evenly over the hosts and over 100 event types.
+    #[arg(long, default_value_t = 1_000)]
+    production_subscriptions: usize,
+    /// Production shape: the receivers' mean answer time in ms (each drawn from ±50 %).
+    #[arg(long, default_value_t = 50)]
+    production_latency_ms: u64,
+    /// Production shape: deliveries per measured run.
+    #[arg(long, default_value_t = 50_000)]
+    production_deliveries: usize,
+    /// Production shape: payload sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256,4096")]
+    production_payloads: Vec<usize>,
+    /// Production shape: dispatcher `HERALD_CONCURRENCY` values, comma-separated (the default
+    /// first).
+    #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+    production_concurrency: Vec<usize>,
+    /// Production shape: the protocols the receivers offer through ALPN, in order of preference
+    /// (`h2,http/1.1` needs a build with `--features herald-bench/http2,herald-dispatcher/http2`).
+    #[arg(long, value_delimiter = ',', default_value = "http/1.1")]
+    production_alpn: Vec<String>,
     /// Scale-out: dispatcher replica counts, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
     scale_replicas: Vec<usize>,
@@ -179,6 +203,12 @@ async fn main() -> anyhow::Result<()> {
         args.runs = 1;
         args.scale_replicas = vec![1, 2];
         args.scale_backlog = 200;
+        args.production_hosts = 10;
+        args.production_subscriptions = 100;
+        args.production_latency_ms = 5;
+        args.production_deliveries = 200;
+        args.production_payloads = vec![256];
+        args.production_concurrency = vec![16];
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
@@ -282,6 +312,11 @@ async fn main() -> anyhow::Result<()> {
         InFlight { deliveries: 0, slow_ms: 0, runs: vec![] }
     };
     let gateway_end = bench.gateway.memory();
+
+    // Production shape: HTTPS hosts with latency, many subscriptions, one dispatcher.
+    if bench.wants("production") {
+        bench.production().await?;
+    }
 
     let memory_rows = [
         ("gateway idle, RSS after start", gateway_idle.rss_kib),
