@@ -142,7 +142,10 @@ impl Connection {
             return status(400);
         };
         let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-        if self.verifier.verify(header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"), &body).is_err()
+        if self
+            .verifier
+            .verify(header("webhook-id"), header("webhook-timestamp"), header("webhook-signature"), &body)
+            .is_err()
         {
             self.counters.bad_signatures.fetch_add(1, Ordering::Relaxed);
             return status(401);
@@ -215,6 +218,20 @@ impl Bench {
         println!("production shape: {how}; {deliveries} deliveries a run");
 
         for &payload in &self.args.production_payloads.clone() {
+            // What signing one webhook costs with each scheme (one core, this process).
+            let body = json!({"id": "evt_1", "type": "prod.t0", "data": Self::data(payload)}).to_string();
+            for (scheme, signer) in [
+                ("HMAC-SHA256 v1", herald_signature::Signer::Hmac(Secret::generate())),
+                ("Ed25519 v1a", herald_signature::Signer::Ed25519(herald_signature::SigningKey::generate())),
+            ] {
+                const N: u32 = 20_000;
+                let started = Instant::now();
+                for i in 0..N {
+                    std::hint::black_box(signer.sign("evt_1", i64::from(i), body.as_bytes()));
+                }
+                let each = started.elapsed().as_secs_f64() * 1e6 / f64::from(N);
+                self.push(payload, format!("signing one webhook, {scheme}"), each, "µs");
+            }
             let mut peaks = Vec::new();
             for &concurrency in &self.args.production_concurrency.clone() {
                 let bound = concurrency as f64 / latency.as_secs_f64();
@@ -223,7 +240,8 @@ impl Bench {
                 let resolve = hosts.resolve();
                 let args = [&flags[..], &["--ca-file".into(), ca, "--resolve".into(), resolve]].concat();
                 let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                let dispatcher = Proc::dispatcher_from(&self.nats.url(), &args, self.args.dispatcher_binary.as_deref())?;
+                let dispatcher =
+                    Proc::dispatcher_from(&self.nats.url(), &args, self.args.dispatcher_binary.as_deref())?;
                 dispatcher.wait_ready().await?;
                 // A warm-up: every subscription once, which opens the first connections.
                 self.production_run(&hosts, &dispatcher, TYPES, payload).await?;
@@ -274,7 +292,12 @@ impl Bench {
                 self.push(payload, format!("  dispatcher CPU, {at}"), cpu, "µs/delivery");
                 self.push(payload, format!("  dispatcher peak RSS, {at}"), peak as f64 / 1024.0, "MiB");
                 let open = median(runs.iter().map(|r| r.peak_open as f64).collect());
-                self.push(payload, format!("  connections open at most (kept between runs), {at}"), open, "connections");
+                self.push(
+                    payload,
+                    format!("  connections open at most (kept between runs), {at}"),
+                    open,
+                    "connections",
+                );
                 let handshakes = median(runs.iter().map(|r| r.handshakes_per_1000).collect());
                 self.push(payload, format!("  TLS handshakes per 1,000 deliveries, {at}"), handshakes, "handshakes");
             }
