@@ -33,21 +33,13 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
-    fn new(sub: &proto::Subscription, with: &PrepareWith) -> Self {
+    fn new(sub: &proto::Subscription, with: &PrepareWith, own_clients: &OwnClients) -> Self {
         let url = url::Url::parse(&sub.url)
             .map_err(|e| Refused(format!("the URL does not parse: {e}")))
             .and_then(|url| with.policy.check_url(&url).map(|()| url));
         let retry_schedule =
             if sub.retry_schedule.is_empty() { None } else { RetryPolicy::parse(&sub.retry_schedule).ok() };
-        let client = match herald_core::client_cert::open(sub, &with.keys) {
-            None => Ok(None),
-            Some(Err(e)) => Err(format!("the subscription's client certificate key does not open: {e}")),
-            Some(Ok(pem)) => reqwest::Identity::from_pem(pem.as_bytes())
-                .map_err(anyhow::Error::from)
-                .and_then(|identity| with.clients.build(Some(identity)))
-                .map(Some)
-                .map_err(|e| format!("the subscription's client certificate cannot be used: {e:#}")),
-        };
+        let client = own_clients.for_subscription(sub, with);
         if let Err(why) = &client {
             tracing::warn!(subscription = %sub.id, "{why}");
         }
@@ -57,6 +49,48 @@ impl Prepared {
     /// What signs a webhook sent at `now` (rotated-out keys until their grace ends).
     pub fn signers(&self, now: OffsetDateTime) -> Vec<&herald_signature::Signer> {
         self.secrets.iter().filter(|s| s.signs_at(now)).map(|s| &s.secret).collect()
+    }
+}
+
+/// The clients of subscriptions with a client certificate, by subscription: a new revision that
+/// leaves the certificate as it was (a health update, a changed description) keeps the client
+/// and so its open connections; a changed certificate gets a new one.
+#[derive(Default)]
+struct OwnClients {
+    by_subscription: Mutex<HashMap<String, (proto::ClientCertificate, reqwest::Client)>>,
+}
+
+impl OwnClients {
+    fn for_subscription(
+        &self,
+        sub: &proto::Subscription,
+        with: &PrepareWith,
+    ) -> Result<Option<reqwest::Client>, String> {
+        let Some(stored) = &sub.client_certificate else {
+            self.by_subscription.lock().expect("clients lock").remove(&sub.id);
+            return Ok(None);
+        };
+        if let Some((certificate, client)) = self.by_subscription.lock().expect("clients lock").get(&sub.id)
+            && certificate == stored
+        {
+            return Ok(Some(client.clone()));
+        }
+        let pem = match herald_core::client_cert::open(sub, &with.keys) {
+            None => return Ok(None),
+            Some(Err(e)) => return Err(format!("the subscription's client certificate key does not open: {e}")),
+            Some(Ok(pem)) => pem,
+        };
+        let client = reqwest::Identity::from_pem(pem.as_bytes())
+            .map_err(anyhow::Error::from)
+            .and_then(|identity| with.clients.build(Some(identity)))
+            .map_err(|e| format!("the subscription's client certificate cannot be used: {e:#}"))?;
+        self.by_subscription.lock().expect("clients lock").insert(sub.id.clone(), (stored.clone(), client.clone()));
+        Ok(Some(client))
+    }
+
+    /// Forgets the clients of subscriptions not in `keep`.
+    fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.by_subscription.lock().expect("clients lock").retain(|id, _| keep(id));
     }
 }
 
@@ -72,6 +106,7 @@ pub(crate) struct PrepareWith {
 /// (the subscription changed or was deleted) is replaced on next use or swept as the map grows.
 pub(crate) struct PreparedSubscriptions {
     with: PrepareWith,
+    own_clients: OwnClients,
     entries: Mutex<Entries>,
 }
 
@@ -87,7 +122,7 @@ const MIN_SWEEP: usize = 1024;
 
 impl PreparedSubscriptions {
     pub(crate) fn new(with: PrepareWith) -> Self {
-        Self { with, entries: Mutex::default() }
+        Self { with, own_clients: OwnClients::default(), entries: Mutex::default() }
     }
 
     /// `sub` prepared: from the cache if this revision was seen before.
@@ -102,13 +137,16 @@ impl PreparedSubscriptions {
                 return prepared.clone();
             }
         }
-        let prepared = Arc::new(Prepared::new(sub, &self.with));
+        let prepared = Arc::new(Prepared::new(sub, &self.with, &self.own_clients));
         let mut entries = self.entries.lock().expect("prepared lock");
-        if entries.by_id.len() >= entries.sweep_at {
+        entries.by_id.insert(sub.id.clone(), (Arc::downgrade(sub), prepared.clone()));
+        // Swept after the insertion, which the caller's `Arc` keeps alive: the client just made
+        // for it must survive the sweep.
+        if entries.by_id.len() > entries.sweep_at {
             entries.by_id.retain(|_, (revision, _)| revision.strong_count() > 0);
             entries.sweep_at = (entries.by_id.len() * 2).max(MIN_SWEEP);
+            self.own_clients.retain(|id| entries.by_id.contains_key(id));
         }
-        entries.by_id.insert(sub.id.clone(), (Arc::downgrade(sub), prepared.clone()));
         prepared
     }
 

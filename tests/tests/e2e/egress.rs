@@ -212,6 +212,17 @@ async fn a_subscription_presents_its_client_certificate_to_a_server_that_require
     assert_eq!(got.len(), 1, "only the subscription with an accepted certificate got through");
     assert_eq!(rx.client_certificates(), vec![fingerprint_of(&cert)], "the subscription's own certificate");
 
+    // A change that leaves the certificate alone keeps the subscription's client, and so its
+    // connection: the next delivery needs no new handshake.
+    let (status, _, _) = stack
+        .call(Method::PATCH, &format!("/v1/subscriptions/{with_id}"), Some(json!({"description": "renamed"})))
+        .await;
+    assert_eq!(status, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.publish(json!({"id": "mtls-2", "type": "mtls.x", "data": {}})).await;
+    rx.wait_for(2, SOON).await;
+    assert_eq!(rx.client_certificates().len(), 1, "delivered over the connection it had");
+
     // Replaced: the subscription without one gets a certificate, and its next retry delivers.
     let (second_cert, second_key) = clients.issue_client("billing-sender");
     let (status, _, patched) = stack
@@ -223,8 +234,10 @@ async fn a_subscription_presents_its_client_certificate_to_a_server_that_require
         .await;
     assert_eq!(status, 200, "{patched}");
     assert_eq!(patched["client_certificate"]["subject"], "CN=billing-sender");
-    rx.wait_for(2, Duration::from_secs(30)).await;
+    let got = rx.wait_for(4, Duration::from_secs(30)).await;
     assert!(rx.client_certificates().contains(&fingerprint_of(&second_cert)), "the new certificate was presented");
+    let billing: Vec<_> = got.iter().filter_map(|r| r.header("webhook-id")).collect();
+    assert_eq!(billing.iter().filter(|id| **id == "mtls-1").count(), 2, "mtls-1 reached both: {billing:?}");
 
     // Removed with null; a key that is not the certificate's is refused with the reason.
     let (status, _, removed) = stack
