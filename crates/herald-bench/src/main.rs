@@ -30,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod durability;
+mod filters;
 mod procs;
 mod production;
 mod scaleout;
@@ -89,8 +90,12 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, production.
-    #[arg(long, value_delimiter = ',', default_value = "ingest,durability,e2e,latency,memory,scaleout,production")]
+    /// memory, scaleout, filters, production.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,production"
+    )]
     only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
     #[arg(long, default_value_t = 100)]
@@ -302,6 +307,13 @@ async fn main() -> anyhow::Result<()> {
         let group = bench.subscribe(1).await?;
         for &payload in &args.payloads {
             bench.scale_out(&group, payload).await?;
+        }
+    }
+
+    // What payload filters cost at fan-out.
+    if bench.wants("filters") {
+        for &payload in &args.payloads {
+            bench.filter_cost(payload).await?;
         }
     }
 
@@ -573,12 +585,20 @@ impl Bench {
 
     /// `count` subscriptions to one new event type, all signing with the bench's secret.
     async fn subscribe(&mut self, count: usize) -> anyhow::Result<Group> {
+        self.subscribe_with(count, None).await
+    }
+
+    /// [`Bench::subscribe`], each subscription with `filter` if given.
+    async fn subscribe_with(&mut self, count: usize, filter: Option<Value>) -> anyhow::Result<Group> {
         let start = self.next_path;
         anyhow::ensure!(start + count <= sink::PATHS, "more subscriptions than the receiver counts");
         self.next_path += count;
         let event_type = format!("bench.fan{count}.p{start}");
         for index in start..start + count {
-            let body = json!({"url": self.sink.sub_url(index), "event_types": [event_type], "secret": self.secret});
+            let mut body = json!({"url": self.sink.sub_url(index), "event_types": [event_type], "secret": self.secret});
+            if let Some(f) = &filter {
+                body["filter"] = f.clone();
+            }
             let resp = self
                 .http
                 .post(format!("{}/v1/subscriptions", self.gateway_url))

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use herald_signature::{Secret, Verifier};
 
 /// Subscription paths the sink counts separately.
-pub const PATHS: usize = 512;
+pub const PATHS: usize = 1024;
 
 /// A running sink.
 #[derive(Clone)]

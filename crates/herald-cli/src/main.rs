@@ -68,6 +68,16 @@ enum Command {
     /// List and redrive dead letters.
     #[command(subcommand, name = "dead-letters", alias = "dlq")]
     DeadLetters(DeadLetterCommand),
+    /// Try a payload filter on an event: does it match, and why.
+    #[command(name = "filter-test")]
+    FilterTest {
+        /// The filter document (JSON), e.g. '{"data": {"amount": {"$gte": 100}}}'.
+        #[arg(long)]
+        filter: String,
+        /// The event (JSON): any of id, type, tenant, source, time, data.
+        #[arg(long)]
+        event: String,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -151,6 +161,9 @@ enum SubCommand {
         /// `whpk_` public key).
         #[arg(long, value_parser = ["hmac-sha256", "ed25519"])]
         signature_scheme: Option<String>,
+        /// A payload filter (JSON): only events it matches are delivered.
+        #[arg(long)]
+        filter: Option<String>,
         #[command(flatten)]
         client_certificate: ClientCertArgs,
     },
@@ -178,6 +191,9 @@ enum SubCommand {
         enabled: Option<bool>,
         #[arg(long)]
         description: Option<String>,
+        /// A new payload filter (JSON); '{}' removes it.
+        #[arg(long)]
+        filter: Option<String>,
         #[command(flatten)]
         client_certificate: ClientCertArgs,
         /// Stop presenting a client certificate.
@@ -253,6 +269,11 @@ fn percent(text: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
+}
+
+/// A JSON command-line argument, or an error that names the flag.
+fn json_arg(flag: &str, text: &str) -> anyhow::Result<Value> {
+    serde_json::from_str(text).with_context(|| format!("{flag} is not JSON"))
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -331,9 +352,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     headers,
                     disabled,
                     signature_scheme,
+                    filter,
                     client_certificate,
                 } => {
                     let mut body = json!({"url": url, "event_types": event_types, "enabled": !disabled});
+                    if let Some(f) = filter {
+                        body["filter"] = json_arg("--filter", &f)?;
+                    }
                     if let Some(s) = signature_scheme {
                         body["signature_scheme"] = json!(s);
                     }
@@ -364,10 +389,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     event_types,
                     enabled,
                     description,
+                    filter,
                     client_certificate,
                     remove_client_cert,
                 } => {
                     let mut body = json!({});
+                    if let Some(f) = filter {
+                        body["filter"] = json_arg("--filter", &f)?;
+                    }
                     if let Some(c) = client_certificate.read()? {
                         body["client_certificate"] = c;
                     }
@@ -436,6 +465,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("{address}/healthz answered {}", resp.status());
             }
             println!("ok");
+            Ok(())
+        }
+        Command::FilterTest { filter, event } => {
+            let body = json!({"filter": json_arg("--filter", &filter)?, "event": json_arg("--event", &event)?});
+            let out = api.call(reqwest::Method::POST, "/v1/filters/test", Some(body)).await?;
+            out_fmt.print(&out)?;
             Ok(())
         }
         Command::Events(EventCommand::Attempts { id }) => {

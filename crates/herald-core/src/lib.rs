@@ -18,6 +18,7 @@
 
 pub mod client_cert;
 pub mod event;
+pub mod filter;
 pub mod ids;
 pub mod metrics;
 pub mod nats;

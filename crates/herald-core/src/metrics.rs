@@ -177,6 +177,13 @@ pub static REDELIVERIES_SKIPPED: Family = Family::new(
     "counter",
     &[],
 );
+/// Events of a subscription's types that its payload filter left out.
+pub static FILTERED_OUT: Family = Family::new(
+    "herald_filtered_out_total",
+    "Events of a subscription's types that its payload filter did not match: not deliveries, and not in the attempts.",
+    "counter",
+    &[],
+);
 
 pub static CONSUMER_REWINDS: Family = Family::new(
     "herald_consumer_rewinds_total",
@@ -210,6 +217,7 @@ static ALL: LazyLock<Vec<&'static (dyn Render + Sync)>> = LazyLock::new(|| {
         &RETRIES,
         &DEAD_LETTERS,
         &REDELIVERIES_SKIPPED,
+        &FILTERED_OUT,
         &CONSUMER_REWINDS,
         &IN_FLIGHT,
         &CIRCUITS_OPEN,

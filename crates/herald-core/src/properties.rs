@@ -114,4 +114,56 @@ proptest! {
         prop_assert!(verifier.verify_at(Some(&id), Some(&ts), Some(&sig), &body, 1_614_265_330).is_err());
         let _ = herald_signature::Secret::parse(&sig);
     }
+
+    #[test]
+    fn filters_never_panic_and_explain_agrees_with_matching(filter in json_value(), data in json_value()) {
+        if let Ok(f) = crate::filter::Filter::parse(&filter) {
+            let event = serde_json::json!({"id": "e", "type": "t", "tenant": "x", "source": "", "time": "", "data": data});
+            let matched = f.matches(&event);
+            prop_assert_eq!(matched, f.explain(&event).0);
+        }
+    }
+}
+
+/// Arbitrary JSON, with keys drawn so that operators, logical keys and the event's own fields
+/// turn up often.
+fn json_value() -> impl Strategy<Value = serde_json::Value> {
+    use serde_json::Value;
+    let key = prop_oneof![
+        Just("$eq"),
+        Just("$neq"),
+        Just("$gt"),
+        Just("$gte"),
+        Just("$lt"),
+        Just("$lte"),
+        Just("$in"),
+        Just("$nin"),
+        Just("$startsWith"),
+        Just("$endsWith"),
+        Just("$exist"),
+        Just("$not"),
+        Just("$or"),
+        Just("$and"),
+        Just("$x"),
+        Just("data"),
+        Just("type"),
+        Just("id"),
+        Just("a"),
+        Just("b"),
+    ]
+    .prop_map(str::to_owned);
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i32>().prop_map(Value::from),
+        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        "[a-c$]{0,4}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(5, 48, 6, move |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+            proptest::collection::btree_map(key.clone(), inner, 0..5)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
 }

@@ -11,7 +11,8 @@ use futures::StreamExt;
 use prost::Message as _;
 use tokio::sync::watch;
 
-use crate::proto::Subscription;
+use crate::filter::Filter;
+use crate::proto::{Event, Subscription};
 use crate::subscription::wants;
 
 #[derive(Debug, Clone)]
@@ -19,6 +20,17 @@ struct Entry {
     /// KV revision of this value: a late watch update must not replace a newer local write.
     revision: u64,
     sub: Arc<Subscription>,
+    /// Its payload filter, compiled once per revision.
+    filter: Option<Arc<Filter>>,
+}
+
+/// The subscriptions an event goes to.
+#[derive(Debug, Default)]
+pub struct Matched {
+    /// Enabled, wanting its type, and (if it has a payload filter) matching it.
+    pub subs: Vec<Arc<Subscription>>,
+    /// How many wanted its type but their filter did not match.
+    pub filtered_out: usize,
 }
 
 /// Subscriptions by tenant, then by id (ids are ULIDs, so by creation time).
@@ -61,6 +73,26 @@ impl Registry {
             .unwrap_or_default()
     }
 
+    /// The subscriptions `event` goes to: those of its tenant that want its type and whose
+    /// payload filter, if any, it matches. The event's document is parsed once, and only if a
+    /// filter needs it.
+    pub fn matching_event(&self, event: &Event) -> Matched {
+        let map = self.by_tenant.read().expect("registry lock");
+        let Some(subs) = map.get(&event.tenant) else { return Matched::default() };
+        let mut document = None;
+        let mut matched = Matched::default();
+        for e in subs.values().filter(|e| wants(&e.sub, &event.r#type)) {
+            if let Some(filter) = &e.filter
+                && !filter.matches(document.get_or_insert_with(|| crate::filter::event_document(event)))
+            {
+                matched.filtered_out += 1;
+                continue;
+            }
+            matched.subs.push(e.sub.clone());
+        }
+        matched
+    }
+
     /// Subscriptions ordered by id (creation time), of one tenant or of all, starting after the
     /// id `after`, at most `limit`.
     pub fn list(&self, tenant: Option<&str>, after: Option<&str>, limit: usize) -> Vec<Arc<Subscription>> {
@@ -96,7 +128,8 @@ impl Registry {
         match slot.get(&sub.id) {
             Some(e) if e.revision > revision => {}
             _ => {
-                slot.insert(sub.id.clone(), Entry { revision, sub: Arc::new(sub) });
+                let filter = compile(&sub);
+                slot.insert(sub.id.clone(), Entry { revision, sub: Arc::new(sub), filter });
             }
         }
     }
@@ -193,6 +226,11 @@ impl Registry {
     }
 }
 
+/// A subscription's filter, compiled (see [`Filter::parse_stored`]).
+fn compile(sub: &Subscription) -> Option<Arc<Filter>> {
+    Filter::parse_stored(&sub.filter).map(Arc::new)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,6 +261,34 @@ mod tests {
         r.remove("a", "sub_1");
         assert!(r.get("a", "sub_1").is_none());
         assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn payload_filters_choose_among_the_subscriptions_of_a_type() {
+        let r = Registry::new();
+        let mut big = sub("a", "sub_1", &["order.*"]);
+        big.filter = r#"{"data": {"amount": {"$gte": 100}}}"#.into();
+        let mut eu = sub("a", "sub_2", &["order.*"]);
+        eu.filter = r#"{"data": {"region": "eu"}}"#.into();
+        r.upsert(1, big);
+        r.upsert(2, eu);
+        r.upsert(3, sub("a", "sub_3", &["order.*"]));
+        let event = |data: &str| Event {
+            tenant: "a".into(),
+            r#type: "order.paid".into(),
+            data: data.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let ids = |m: Matched| (m.subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), m.filtered_out);
+        assert_eq!(
+            ids(r.matching_event(&event(r#"{"amount": 500, "region": "us"}"#))),
+            (vec!["sub_1".into(), "sub_3".into()], 1)
+        );
+        assert_eq!(
+            ids(r.matching_event(&event(r#"{"amount": 5, "region": "eu"}"#))),
+            (vec!["sub_2".into(), "sub_3".into()], 1)
+        );
+        assert_eq!(ids(r.matching_event(&event("not json"))), (vec!["sub_3".into()], 2));
     }
 
     #[test]

@@ -74,7 +74,11 @@ pub(crate) async fn send(
         }
     };
 
-    let mut subs = shared.registry.matching(&event.tenant, &event.r#type);
+    let matched = shared.registry.matching_event(&event);
+    let mut subs = matched.subs;
+    if matched.filtered_out > 0 && handed_out == 1 && role == Role::Shared {
+        metrics::FILTERED_OUT.add(&[], matched.filtered_out as f64);
+    }
     match role {
         Role::Shared => subs.retain(|s| shared.routes.shared_serves(s)),
         // A subscription made ordered after the event was stored had it from the shared

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{attempts, dead_letters, events, health, replay, subscriptions};
+use crate::routes::{attempts, dead_letters, events, filters, health, replay, subscriptions};
 
 /// An event as `POST /v1/events` takes it.
 #[derive(utoipa::ToSchema)]
@@ -53,6 +53,7 @@ impl Modify for BearerAuth {
         subscriptions::delete,
         subscriptions::rotate_secret,
         subscriptions::test,
+        filters::test,
         attempts::for_subscription,
         replay::replay,
         dead_letters::list,

@@ -8,6 +8,7 @@ mod cluster;
 mod crash;
 mod delivery;
 mod egress;
+mod filters;
 mod gateway;
 mod health;
 mod lanes;

@@ -103,6 +103,9 @@ pub struct Subscription {
     /// A client certificate presented to the subscriber's server (mutual TLS); absent: none.
     #[prost(message, optional, tag = "18")]
     pub client_certificate: ::core::option::Option<ClientCertificate>,
+    /// A payload filter (JSON, see herald_core::filter); empty: every event of its types.
+    #[prost(string, tag = "19")]
+    pub filter: ::prost::alloc::string::String,
 }
 /// A certificate and its private key, sent when the subscriber's server asks for one.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -3,6 +3,7 @@
 pub(crate) mod attempts;
 pub(crate) mod dead_letters;
 pub(crate) mod events;
+pub(crate) mod filters;
 pub(crate) mod health;
 pub(crate) mod replay;
 pub(crate) mod subscriptions;
@@ -25,6 +26,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/subscriptions/{id}/replay", post(replay::replay))
         .route("/v1/subscriptions/{id}/rotate-secret", post(subscriptions::rotate_secret))
         .route("/v1/subscriptions/{id}/test", post(subscriptions::test))
+        .route("/v1/filters/test", post(filters::test))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive))
         .route("/v1/subscriptions", post(subscriptions::create).get(subscriptions::list))

@@ -65,6 +65,8 @@ pub(crate) async fn replay(
     // Replay ignores `enabled`: it is an explicit request for this subscription.
     let mut selector = sub.clone();
     selector.enabled = true;
+    // The payload filter holds for replays too: what it leaves out was never a delivery.
+    let payload_filter = herald_core::filter::Filter::parse_stored(&sub.filter);
 
     let filter = format!("{}{}.>", nats::EVENTS_SUBJECT_PREFIX, sub.tenant);
     let stored = scan(&state.js, nats::EVENTS_STREAM, vec![filter], From::Time(since), until, SCAN_LIMIT).await?;
@@ -80,6 +82,11 @@ pub(crate) async fn replay(
             continue; // invalid events were dead-lettered, never delivered
         };
         if !wants(&selector, &event.r#type) || !(narrow.is_empty() || narrow.iter().any(|p| p.matches(&event.r#type))) {
+            continue;
+        }
+        if let Some(f) = &payload_filter
+            && !f.matches(&herald_core::filter::event_document(&event))
+        {
             continue;
         }
         let schedule = nats::retry_schedule_subject(&sub.tenant, &sub.id, &event.id);

@@ -39,6 +39,10 @@ pub(crate) struct View {
     /// `fifo` when delivered strictly in order.
     #[serde(skip_serializing_if = "Option::is_none")]
     ordering: Option<String>,
+    /// The payload filter: only events it matches are delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
     /// Why Herald disabled it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
@@ -95,6 +99,7 @@ impl View {
             retry_schedule: (!sub.retry_schedule.is_empty()).then(|| sub.retry_schedule.clone()),
             disabled_reason: (!sub.disabled_reason.is_empty()).then(|| sub.disabled_reason.clone()),
             ordering: (!sub.ordering.is_empty()).then(|| sub.ordering.clone()),
+            filter: serde_json::from_str(&sub.filter).ok(),
             signature_scheme: sub.secrets.first().map_or(validate::HMAC_SHA256, validate::scheme_of),
             public_key: sub.secrets.first().filter(|s| !s.public_key.is_empty()).map(|s| s.public_key.clone()),
             public_keys: sub
@@ -123,6 +128,18 @@ fn still_signs(s: &proto::SigningSecret, now: time::OffsetDateTime) -> bool {
     s.expires_at.is_empty()
         || time::OffsetDateTime::parse(&s.expires_at, &time::format_description::well_known::Rfc3339)
             .is_ok_and(|t| t > now)
+}
+
+/// A filter given through the API, checked, as it is stored: canonical JSON, or empty for none
+/// (`null` or `{}`).
+fn stored_filter(given: Option<&serde_json::Value>) -> Result<String, ApiError> {
+    match given {
+        None | Some(serde_json::Value::Null) => Ok(String::new()),
+        Some(value) => {
+            let filter = super::filters::parse_filter(value)?;
+            Ok(if filter.is_empty() { String::new() } else { value.to_string() })
+        }
+    }
 }
 
 /// A client certificate as a user gives it.
@@ -183,6 +200,9 @@ pub(crate) struct CreateInput {
     retry_schedule: Option<String>,
     /// `fifo` or `unordered` (the default).
     ordering: Option<String>,
+    /// A payload filter: only events it matches are delivered (see `POST /v1/filters/test`).
+    #[schema(value_type = Option<Object>)]
+    filter: Option<serde_json::Value>,
     /// `hmac-sha256` (the default) or `ed25519`.
     signature_scheme: Option<String>,
     /// A `whsec_` secret or `whsk_` signing key to use instead of a generated one (e.g. when
@@ -223,6 +243,7 @@ pub(crate) async fn create(
     };
     let signer =
         validate::new_signer(input.signature_scheme.as_deref(), input.secret.as_deref()).map_err(field_error)?;
+    let filter = stored_filter(input.filter.as_ref())?;
 
     let now = herald_core::now_rfc3339();
     let id = SubscriptionId::generate().into_string();
@@ -244,6 +265,7 @@ pub(crate) async fn create(
         max_in_flight: input.max_in_flight.unwrap_or(0),
         retry_schedule,
         ordering,
+        filter,
         ..Default::default()
     };
     let key = nats::subscription_key(&sub.tenant, &sub.id);
@@ -369,6 +391,10 @@ pub(crate) struct PatchInput {
     /// An empty string returns to the deployment's schedule.
     retry_schedule: Option<String>,
     ordering: Option<String>,
+    /// A new payload filter; `{}` or `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>, nullable)]
+    filter: Option<Option<serde_json::Value>>,
     /// A new client certificate and key, replacing the current one; `null` removes it.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<CertificateInput>, nullable)]
@@ -416,6 +442,9 @@ impl PatchInput {
         validate::validate_limits(sub.max_in_flight, sub.rate_limit).map_err(field_error)?;
         if let Some(o) = &self.ordering {
             sub.ordering = validate::validate_ordering(o).map_err(field_error)?;
+        }
+        if let Some(filter) = &self.filter {
+            sub.filter = stored_filter(filter.as_ref())?;
         }
         if let Some(certificate) = &self.client_certificate {
             sub.client_certificate = certificate.as_ref().map(|c| c.seal(state, &sub.id)).transpose()?;

@@ -1,0 +1,737 @@
+//! Payload filters: a JSON document, in the language Outpost's and Convoy's users write, matched
+//! against an event (`{id, type, tenant, source, time, data}`) at fan-out.
+//!
+//! A filter document is an object. Each key is either a field of the event — its value then
+//! says what the field must hold — or a logical operator over whole filter documents (`$or`,
+//! `$and`, `$not`). What a field must hold is
+//! - a plain value: equal to it (an array field: one of its elements equal to it);
+//! - an object without `$` keys: a filter document for the sub-object (nested matching);
+//! - an object of operators, all of which must hold: `$eq $neq $gt $gte $lt $lte $in $nin
+//!   $startsWith $endsWith $exist $not`.
+//!
+//! A filter is checked and compiled once ([`Filter::parse`], which names the path of whatever is
+//! wrong) and evaluated without allocating ([`Filter::matches`]). [`Filter::explain`] says why an
+//! event does or does not match, for people writing filters.
+
+use std::fmt::Write as _;
+
+use serde_json::{Map, Value};
+
+/// Deepest nesting of a filter document.
+pub const MAX_DEPTH: usize = 16;
+/// Most conditions (field tests and logical operators) in one filter.
+pub const MAX_CONDITIONS: usize = 256;
+/// Largest filter, as JSON text.
+pub const MAX_BYTES: usize = 16 * 1024;
+
+/// What is wrong with a filter, and where (`$or[1].data.amount.$gte`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct InvalidFilter {
+    /// Where in the filter document, empty for the document itself.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// A compiled filter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    root: Node,
+}
+
+/// A filter document: every entry must hold.
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    All(Vec<Node>),
+    Any(Vec<Node>),
+    Not(Box<Node>),
+    /// The field `key` of the current object satisfies `test`.
+    Field {
+        key: String,
+        test: Test,
+    },
+}
+
+/// What one field must hold.
+#[derive(Debug, Clone, PartialEq)]
+enum Test {
+    /// Every test holds.
+    All(Vec<Test>),
+    Eq(Value),
+    Neq(Value),
+    Cmp(Cmp, Value),
+    In(Vec<Value>),
+    /// `$in` with a string: the field's string contains it.
+    Contains(String),
+    Nin(Vec<Value>),
+    StartsWith(String),
+    EndsWith(String),
+    Exist(bool),
+    Not(Box<Test>),
+    /// A nested filter document for an object field (or any object in an array field).
+    Doc(Box<Node>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Gt,
+    Gte,
+    Lt,
+    Lte,
+}
+
+impl Cmp {
+    fn name(self) -> &'static str {
+        match self {
+            Cmp::Gt => "$gt",
+            Cmp::Gte => "$gte",
+            Cmp::Lt => "$lt",
+            Cmp::Lte => "$lte",
+        }
+    }
+}
+
+struct Parser {
+    conditions: usize,
+}
+
+fn at(path: &str, key: &str) -> String {
+    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+}
+
+fn bad(path: &str, message: impl Into<String>) -> InvalidFilter {
+    InvalidFilter { path: if path.is_empty() { "(filter)".into() } else { path.to_owned() }, message: message.into() }
+}
+
+impl Parser {
+    fn count(&mut self, path: &str) -> Result<(), InvalidFilter> {
+        self.conditions += 1;
+        if self.conditions > MAX_CONDITIONS {
+            return Err(bad(path, format!("a filter may hold at most {MAX_CONDITIONS} conditions")));
+        }
+        Ok(())
+    }
+
+    fn document(&mut self, value: &Value, path: &str, depth: usize) -> Result<Node, InvalidFilter> {
+        if depth > MAX_DEPTH {
+            return Err(bad(path, format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        let Value::Object(map) = value else {
+            return Err(bad(path, format!("a filter document must be an object, not {}", kind(value))));
+        };
+        let mut all = Vec::with_capacity(map.len());
+        for (key, value) in map {
+            let here = at(path, key);
+            self.count(&here)?;
+            all.push(match key.as_str() {
+                "$or" | "$and" => {
+                    let Value::Array(items) = value else {
+                        return Err(bad(&here, "must be a non-empty array of filter documents"));
+                    };
+                    if items.is_empty() {
+                        return Err(bad(&here, "must be a non-empty array of filter documents"));
+                    }
+                    let nodes = items
+                        .iter()
+                        .enumerate()
+                        .map(|(i, item)| self.document(item, &format!("{here}[{i}]"), depth + 1))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    if key == "$or" { Node::Any(nodes) } else { Node::All(nodes) }
+                }
+                "$not" => Node::Not(Box::new(self.document(value, &here, depth + 1)?)),
+                op if op.starts_with('$') => {
+                    return Err(bad(
+                        &here,
+                        format!("{op} is not an operator here; a filter document takes fields, $or, $and and $not"),
+                    ));
+                }
+                _ => Node::Field { key: key.clone(), test: self.test(value, &here, depth + 1)? },
+            });
+        }
+        Ok(Node::All(all))
+    }
+
+    fn test(&mut self, value: &Value, path: &str, depth: usize) -> Result<Test, InvalidFilter> {
+        if depth > MAX_DEPTH {
+            return Err(bad(path, format!("nested deeper than {MAX_DEPTH} levels")));
+        }
+        let Value::Object(map) = value else { return Ok(Test::Eq(value.clone())) };
+        // `$or` and `$and` combine nested documents; every other `$` key tests the field itself.
+        let operators = map.keys().filter(|k| k.starts_with('$') && *k != "$or" && *k != "$and").count();
+        if operators == 0 {
+            return Ok(Test::Doc(Box::new(self.document(value, path, depth)?)));
+        }
+        if operators != map.len() {
+            return Err(bad(
+                path,
+                "mixes operators ($…) with fields or $or/$and; put the fields in a nested document or in $and",
+            ));
+        }
+        self.operators(map, path, depth)
+    }
+
+    fn operators(&mut self, map: &Map<String, Value>, path: &str, depth: usize) -> Result<Test, InvalidFilter> {
+        let mut all = Vec::with_capacity(map.len());
+        for (op, operand) in map {
+            let here = at(path, op);
+            self.count(&here)?;
+            let string = |what: &str| match operand {
+                Value::String(s) => Ok(s.clone()),
+                other => Err(bad(&here, format!("{what} takes a string, not {}", kind(other)))),
+            };
+            all.push(match op.as_str() {
+                "$eq" => Test::Eq(operand.clone()),
+                "$neq" | "$ne" => Test::Neq(operand.clone()),
+                "$gt" | "$gte" | "$lt" | "$lte" => {
+                    if !matches!(operand, Value::Number(_) | Value::String(_)) {
+                        return Err(bad(&here, format!("takes a number or a string, not {}", kind(operand))));
+                    }
+                    let cmp = match op.as_str() {
+                        "$gt" => Cmp::Gt,
+                        "$gte" => Cmp::Gte,
+                        "$lt" => Cmp::Lt,
+                        _ => Cmp::Lte,
+                    };
+                    Test::Cmp(cmp, operand.clone())
+                }
+                "$in" => match operand {
+                    Value::Array(items) => Test::In(items.clone()),
+                    Value::String(s) => Test::Contains(s.clone()),
+                    other => {
+                        return Err(bad(&here, format!("takes an array (or a string, to match a substring), not {}", kind(other))));
+                    }
+                },
+                "$nin" => match operand {
+                    Value::Array(items) => Test::Nin(items.clone()),
+                    other => return Err(bad(&here, format!("takes an array, not {}", kind(other)))),
+                },
+                "$startsWith" => Test::StartsWith(string("$startsWith")?),
+                "$endsWith" => Test::EndsWith(string("$endsWith")?),
+                "$exist" | "$exists" => match operand {
+                    Value::Bool(b) => Test::Exist(*b),
+                    other => return Err(bad(&here, format!("takes true or false, not {}", kind(other)))),
+                },
+                "$not" => Test::Not(Box::new(self.test(operand, &here, depth + 1)?)),
+                other => {
+                    return Err(bad(
+                        &here,
+                        format!(
+                            "unknown operator {other}; use $eq $neq $gt $gte $lt $lte $in $nin $startsWith $endsWith $exist $not"
+                        ),
+                    ));
+                }
+            });
+        }
+        Ok(if all.len() == 1 { all.pop().expect("one") } else { Test::All(all) })
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Records why a filter matched or not; `()` records nothing (the fan-out's way).
+trait Why {
+    fn note(&mut self, path: &[&str], say: impl FnOnce() -> String);
+}
+
+impl Why for () {
+    #[inline]
+    fn note(&mut self, _: &[&str], _: impl FnOnce() -> String) {}
+}
+
+impl Why for Vec<String> {
+    fn note(&mut self, path: &[&str], say: impl FnOnce() -> String) {
+        let mut line = if path.is_empty() { "(event)".to_owned() } else { path.join(".") };
+        let _ = write!(line, ": {}", say());
+        self.push(line);
+    }
+}
+
+/// Paths are at most [`MAX_DEPTH`] deep, so a fixed stack holds them without allocating.
+struct Path<'a> {
+    keys: [&'a str; MAX_DEPTH + 2],
+    len: usize,
+}
+
+impl<'a> Path<'a> {
+    fn push(&mut self, key: &'a str) -> bool {
+        if self.len == self.keys.len() {
+            return false;
+        }
+        self.keys[self.len] = key;
+        self.len += 1;
+        true
+    }
+
+    fn pop(&mut self) {
+        self.len -= 1;
+    }
+
+    fn get(&self) -> &[&'a str] {
+        &self.keys[..self.len]
+    }
+}
+
+impl Filter {
+    /// Checks and compiles a filter document. `{}` is a filter that matches everything.
+    pub fn parse(document: &Value) -> Result<Self, InvalidFilter> {
+        let size = serde_json::to_vec(document).map(|v| v.len()).unwrap_or(usize::MAX);
+        if size > MAX_BYTES {
+            return Err(bad("", format!("is {size} bytes; a filter may be at most {MAX_BYTES}")));
+        }
+        let root = Parser { conditions: 0 }.document(document, "", 0)?;
+        Ok(Self { root })
+    }
+
+    /// A subscription's stored filter (JSON text, checked when it was stored) compiled; `None`
+    /// when there is none, it is `{}`, or — only after a downgrade or a hand-made write — it
+    /// no longer compiles (logged): the subscription then gets every event of its types rather
+    /// than none.
+    pub fn parse_stored(text: &str) -> Option<Self> {
+        if text.is_empty() {
+            return None;
+        }
+        let parsed = serde_json::from_str(text).map_err(|e| e.to_string());
+        match parsed.and_then(|doc| Self::parse(&doc).map_err(|e| e.to_string())) {
+            Ok(filter) if filter.is_empty() => None,
+            Ok(filter) => Some(filter),
+            Err(e) => {
+                tracing::warn!(error = %e, "a stored payload filter does not compile; ignored");
+                None
+            }
+        }
+    }
+
+    /// True if the filter holds nothing (`{}`): every event matches.
+    pub fn is_empty(&self) -> bool {
+        matches!(&self.root, Node::All(nodes) if nodes.is_empty())
+    }
+
+    /// True if `event` (the event document, see [`event_document`]) matches.
+    pub fn matches(&self, event: &Value) -> bool {
+        let mut path = Path { keys: [""; MAX_DEPTH + 2], len: 0 };
+        node(&self.root, event, &mut path, &mut ())
+    }
+
+    /// Whether `event` matches, and why: the conditions that decided it, one per line.
+    pub fn explain(&self, event: &Value) -> (bool, Vec<String>) {
+        let mut why = Vec::new();
+        let mut path = Path { keys: [""; MAX_DEPTH + 2], len: 0 };
+        let matched = node(&self.root, event, &mut path, &mut why);
+        if matched && why.is_empty() {
+            why.push("every condition holds".into());
+        }
+        (matched, why)
+    }
+}
+
+fn node<'a>(n: &'a Node, value: &Value, path: &mut Path<'a>, why: &mut impl Why) -> bool {
+    match n {
+        Node::All(nodes) => nodes.iter().all(|n| node(n, value, path, why)),
+        Node::Any(nodes) => {
+            let any = nodes.iter().any(|n| node(n, value, path, &mut ()));
+            if !any {
+                // Say why each alternative failed.
+                for n in nodes {
+                    node(n, value, path, why);
+                }
+                why.note(path.get(), || format!("none of the {} $or alternatives holds", nodes.len()));
+            }
+            any
+        }
+        Node::Not(inner) => {
+            let held = node(inner, value, path, &mut ());
+            if held {
+                why.note(path.get(), || "the $not document holds".into());
+            }
+            !held
+        }
+        Node::Field { key, test: t } => {
+            let field = match value {
+                Value::Object(map) => map.get(key.as_str()),
+                _ => None,
+            };
+            if !path.push(key) {
+                return false;
+            }
+            let held = test(t, field, path, why);
+            path.pop();
+            held
+        }
+    }
+}
+
+/// `field` is `None` when the event has no such field.
+fn test<'a>(t: &'a Test, field: Option<&Value>, path: &mut Path<'a>, why: &mut impl Why) -> bool {
+    let held = match t {
+        Test::All(tests) => return tests.iter().all(|t| test(t, field, path, why)),
+        Test::Not(inner) => {
+            let held = test(inner, field, path, &mut ());
+            if held {
+                why.note(path.get(), || "the $not condition holds".into());
+            }
+            return !held;
+        }
+        Test::Doc(doc) => {
+            let held = match field {
+                Some(Value::Array(items)) => items.iter().any(|item| node(doc, item, path, &mut ())),
+                Some(v @ Value::Object(_)) => return node(doc, v, path, why),
+                _ => false,
+            };
+            if !held {
+                if let Some(Value::Array(items)) = field {
+                    why.note(path.get(), || {
+                        format!("none of its {} elements matches the nested document", items.len())
+                    });
+                } else {
+                    why.note(path.get(), || format!("is {}, not an object", shown(field)));
+                }
+            }
+            return held;
+        }
+        Test::Exist(want) => field.is_some() == *want,
+        Test::Eq(want) => field.is_some_and(|v| contains_or_equals(v, want)),
+        Test::Neq(want) => !field.is_some_and(|v| contains_or_equals(v, want)),
+        Test::In(options) => field.is_some_and(|v| options.iter().any(|o| contains_or_equals(v, o))),
+        Test::Nin(options) => !field.is_some_and(|v| options.iter().any(|o| contains_or_equals(v, o))),
+        Test::Contains(part) => match field {
+            Some(Value::String(s)) => s.contains(part.as_str()),
+            Some(Value::Array(items)) => items.iter().any(|i| i.as_str() == Some(part.as_str())),
+            _ => false,
+        },
+        Test::StartsWith(prefix) => field.and_then(Value::as_str).is_some_and(|s| s.starts_with(prefix.as_str())),
+        Test::EndsWith(suffix) => field.and_then(Value::as_str).is_some_and(|s| s.ends_with(suffix.as_str())),
+        Test::Cmp(cmp, bound) => match field {
+            Some(Value::Array(items)) => items.iter().any(|i| compare(*cmp, i, bound)),
+            Some(v) => compare(*cmp, v, bound),
+            None => false,
+        },
+    };
+    if !held {
+        why.note(path.get(), || format!("is {}, which fails {}", shown(field), describe(t)));
+    }
+    held
+}
+
+/// Equal, or (for an array field) holding an equal element. Numbers compare by value.
+fn contains_or_equals(field: &Value, want: &Value) -> bool {
+    equal(field, want)
+        || matches!(field, Value::Array(items) if !want.is_array() && items.iter().any(|i| equal(i, want)))
+}
+
+fn equal(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
+        _ => a == b,
+    }
+}
+
+/// Numbers against numbers, strings against strings (so RFC 3339 times compare in time order);
+/// anything else does not compare.
+fn compare(cmp: Cmp, value: &Value, bound: &Value) -> bool {
+    let ordering = match (value, bound) {
+        (Value::Number(x), Value::Number(y)) => x.as_f64().zip(y.as_f64()).and_then(|(x, y)| x.partial_cmp(&y)),
+        (Value::String(x), Value::String(y)) => Some(x.as_str().cmp(y.as_str())),
+        _ => None,
+    };
+    let Some(ordering) = ordering else { return false };
+    match cmp {
+        Cmp::Gt => ordering.is_gt(),
+        Cmp::Gte => ordering.is_ge(),
+        Cmp::Lt => ordering.is_lt(),
+        Cmp::Lte => ordering.is_le(),
+    }
+}
+
+fn shown(field: Option<&Value>) -> String {
+    match field {
+        None => "missing".into(),
+        Some(v) => {
+            let text = v.to_string();
+            match text.char_indices().nth(80) {
+                Some((cut, _)) => format!("{}…", &text[..cut]),
+                None => text,
+            }
+        }
+    }
+}
+
+fn describe(t: &Test) -> String {
+    match t {
+        Test::Eq(v) => format!("equal to {v}"),
+        Test::Neq(v) => format!("$neq {v}"),
+        Test::Cmp(cmp, v) => format!("{} {v}", cmp.name()),
+        Test::In(v) => format!("$in {}", Value::Array(v.clone())),
+        Test::Contains(s) => format!("$in {s:?} (contains)"),
+        Test::Nin(v) => format!("$nin {}", Value::Array(v.clone())),
+        Test::StartsWith(s) => format!("$startsWith {s:?}"),
+        Test::EndsWith(s) => format!("$endsWith {s:?}"),
+        Test::Exist(b) => format!("$exist {b}"),
+        Test::All(_) | Test::Not(_) | Test::Doc(_) => "the condition".into(),
+    }
+}
+
+/// The document a filter sees for an event: `{id, type, tenant, source, time, data}`, with
+/// `data` parsed (`null` if it is not JSON).
+pub fn event_document(event: &crate::proto::Event) -> Value {
+    let data = serde_json::from_slice(&event.data).unwrap_or(Value::Null);
+    serde_json::json!({
+        "id": event.id, "type": event.r#type, "tenant": event.tenant, "source": event.source, "time": event.time,
+        "data": data,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn event(data: Value) -> Value {
+        json!({"id": "evt_1", "type": "order.paid", "tenant": "acme", "source": "shop", "time": "2026-01-15T10:00:00Z",
+            "data": data})
+    }
+
+    fn check(filter: Value, data: Value) -> bool {
+        let f = Filter::parse(&filter).unwrap_or_else(|e| panic!("{filter}: {e}"));
+        let e = event(data);
+        let fast = f.matches(&e);
+        assert_eq!(fast, f.explain(&e).0, "matches and explain agree on {filter}");
+        fast
+    }
+
+    #[test]
+    fn operators_one_by_one() {
+        let d = json!({"amount": 150, "status": "paid", "tags": ["vip", "eu"], "email": "a@example.com",
+            "customer": {"tier": "gold", "age": 41}, "score": 2.5, "flag": true, "none": null,
+            "items": [{"sku": "a", "qty": 1}, {"sku": "b", "qty": 3}]});
+        let cases: &[(Value, bool)] = &[
+            // Plain values, nested documents, arrays.
+            (json!({"data": {"status": "paid"}}), true),
+            (json!({"data": {"status": "refunded"}}), false),
+            (json!({"data": {"customer": {"tier": "gold"}}}), true),
+            (json!({"data": {"customer": {"tier": "silver"}}}), false),
+            (json!({"data": {"tags": "vip"}}), true),
+            (json!({"data": {"tags": "us"}}), false),
+            (json!({"data": {"tags": ["vip", "eu"]}}), true),
+            (json!({"data": {"items": {"sku": "b", "qty": 3}}}), true),
+            (json!({"data": {"items": {"sku": "b", "qty": 1}}}), false),
+            (json!({"data": {"none": null}}), true),
+            (json!({"data": {"flag": true}}), true),
+            (json!({"type": "order.paid", "tenant": "acme"}), true),
+            // $eq / $neq, numbers by value.
+            (json!({"data": {"amount": {"$eq": 150.0}}}), true),
+            (json!({"data": {"amount": {"$neq": 150}}}), false),
+            (json!({"data": {"status": {"$neq": "refunded"}}}), true),
+            (json!({"data": {"missing": {"$neq": "x"}}}), true),
+            // Comparisons: numbers with numbers, strings with strings, nothing across types.
+            (json!({"data": {"amount": {"$gt": 100}}}), true),
+            (json!({"data": {"amount": {"$gt": 150}}}), false),
+            (json!({"data": {"amount": {"$gte": 150, "$lt": 200}}}), true),
+            (json!({"data": {"amount": {"$lte": 149.99}}}), false),
+            (json!({"data": {"score": {"$lt": 3}}}), true),
+            (json!({"data": {"amount": {"$gt": "100"}}}), false),
+            (json!({"data": {"status": {"$gt": 1}}}), false),
+            (json!({"data": {"missing": {"$lt": 1}}}), false),
+            (json!({"time": {"$gte": "2026-01-01T00:00:00Z", "$lt": "2026-02-01T00:00:00Z"}}), true),
+            (json!({"data": {"items": {"$gt": 0}}}), false),
+            // $in / $nin: arrays, substrings, array fields.
+            (json!({"data": {"status": {"$in": ["pending", "paid"]}}}), true),
+            (json!({"data": {"status": {"$in": ["pending"]}}}), false),
+            (json!({"data": {"tags": {"$in": ["us", "eu"]}}}), true),
+            (json!({"data": {"email": {"$in": "example"}}}), true),
+            (json!({"data": {"email": {"$in": "other"}}}), false),
+            (json!({"data": {"amount": {"$in": [150]}}}), true),
+            (json!({"data": {"status": {"$nin": ["refunded", "cancelled"]}}}), true),
+            (json!({"data": {"tags": {"$nin": ["vip"]}}}), false),
+            (json!({"data": {"missing": {"$nin": ["x"]}}}), true),
+            (json!({"data": {"missing": {"$in": ["x"]}}}), false),
+            // Strings.
+            (json!({"data": {"email": {"$endsWith": "@example.com"}}}), true),
+            (json!({"data": {"email": {"$startsWith": "b@"}}}), false),
+            (json!({"data": {"amount": {"$startsWith": "1"}}}), false),
+            (json!({"type": {"$startsWith": "order."}}), true),
+            // Existence.
+            (json!({"data": {"deleted_at": {"$exist": false}}}), true),
+            (json!({"data": {"none": {"$exist": true}}}), true),
+            (json!({"data": {"customer": {"age": {"$exist": true}}}}), true),
+            // Logic.
+            (json!({"$or": [{"data": {"status": "refunded"}}, {"data": {"amount": {"$gte": 100}}}]}), true),
+            (json!({"$or": [{"data": {"status": "refunded"}}, {"data": {"amount": {"$gte": 1000}}}]}), false),
+            (json!({"$and": [{"data": {"status": "paid"}}, {"data": {"amount": {"$gte": 100}}}]}), true),
+            (json!({"$and": [{"data": {"status": "paid"}}, {"data": {"amount": {"$gte": 1000}}}]}), false),
+            (json!({"$not": {"data": {"status": "paid"}}}), false),
+            (json!({"data": {"status": {"$not": {"$in": ["cancelled", "refunded"]}}}}), true),
+            (json!({"data": {"status": {"$not": "paid"}}}), false),
+            (
+                json!({"$or": [{"$not": {"data": {"flag": true}}}, {"$and": [{"type": "order.paid"}, {"data": {"tags": "eu"}}]}]}),
+                true,
+            ),
+            (json!({"$not": {"$or": [{"data": {"tags": "vip"}}, {"data": {"tags": "us"}}]}}), false),
+            (json!({"data": {"customer": {"$or": [{"tier": "silver"}, {"age": {"$gt": 40}}]}}}), true),
+            // Type mismatches and missing fields never match (except negations).
+            (json!({"data": {"customer": {"tier": {"name": "gold"}}}}), false),
+            (json!({"data": {"status": {"code": 1}}}), false),
+            (json!({"data": {"missing": {"deep": 1}}}), false),
+            (json!({"nosuch": "x"}), false),
+            (json!({}), true),
+        ];
+        for (filter, want) in cases {
+            assert_eq!(check(filter.clone(), d.clone()), *want, "{filter}");
+        }
+    }
+
+    #[test]
+    fn a_bad_filter_is_refused_with_the_path_of_its_bad_part() {
+        for (filter, path, says) in [
+            (json!([1]), "(filter)", "must be an object"),
+            (json!({"$or": []}), "$or", "non-empty array"),
+            (json!({"$or": [{"data": {"x": {"$gte": true}}}]}), "$or[0].data.x.$gte", "number or a string"),
+            (json!({"data": {"amount": {"$between": [1, 2]}}}), "data.amount.$between", "unknown operator"),
+            (json!({"data": {"amount": {"$gt": 1, "currency": "usd"}}}), "data.amount", "mixes operators"),
+            (json!({"data": {"status": {"$in": 5}}}), "data.status.$in", "takes an array"),
+            (json!({"data": {"status": {"$exist": "yes"}}}), "data.status.$exist", "true or false"),
+            (json!({"$gte": 1}), "$gte", "not an operator here"),
+            (json!({"data": {"x": {"$gt": 1, "$or": [{"a": 1}]}}}), "data.x", "mixes operators"),
+            (json!({"data": {"x": {"$startsWith": 1}}}), "data.x.$startsWith", "takes a string"),
+        ] {
+            let err = Filter::parse(&filter).unwrap_err();
+            assert_eq!(err.path, path, "{filter}: {err}");
+            assert!(err.message.contains(says), "{filter}: {err}");
+        }
+        let mut deep = json!(1);
+        for _ in 0..40 {
+            deep = json!({"a": deep});
+        }
+        assert!(Filter::parse(&deep).unwrap_err().message.contains("deeper"));
+        let wide: Map<String, Value> = (0..300).map(|i| (format!("f{i}"), json!(i))).collect();
+        assert!(Filter::parse(&Value::Object(wide)).unwrap_err().message.contains("at most 256"));
+    }
+
+    #[test]
+    fn explain_says_what_failed() {
+        let f = Filter::parse(&json!({"data": {"amount": {"$gte": 100}, "status": "paid"}})).unwrap();
+        let (matched, why) = f.explain(&event(json!({"amount": 50, "status": "paid"})));
+        assert!(!matched);
+        assert_eq!(why, ["data.amount: is 50, which fails $gte 100"]);
+        let (matched, why) = f.explain(&event(json!({"amount": 500, "status": "paid"})));
+        assert!(matched);
+        assert_eq!(why, ["every condition holds"]);
+        let f = Filter::parse(&json!({"$or": [{"data": {"a": 1}}, {"data": {"b": 2}}]})).unwrap();
+        let (_, why) = f.explain(&event(json!({"a": 2})));
+        assert_eq!(
+            why,
+            [
+                "data.a: is 2, which fails equal to 1",
+                "data.b: is missing, which fails equal to 2",
+                "(event): none of the 2 $or alternatives holds"
+            ]
+        );
+    }
+
+    /// Filter documents as Outpost's and Convoy's documentation give them, with the events
+    /// their text describes and the result it states. Convoy filters an event's payload, which
+    /// is Herald's `data`: its documents are written under `data`.
+    #[test]
+    fn filters_carried_over_from_outpost_and_convoy_give_the_documented_results() {
+        let cases: &[(&str, Value, Value, bool)] = &[
+            // Outpost, "Destination Filters" (docs/content/features/filter.mdoc).
+            ("outpost exact match", json!({"data": {"status": "paid"}}), json!({"status": "paid"}), true),
+            (
+                "outpost implicit AND",
+                json!({"data": {"status": "paid", "currency": "usd"}}),
+                json!({"status": "paid", "currency": "eur"}),
+                false,
+            ),
+            (
+                "outpost nested",
+                json!({"data": {"customer": {"tier": "premium"}}}),
+                json!({"customer": {"tier": "premium", "id": 7}}),
+                true,
+            ),
+            (
+                "outpost array contains",
+                json!({"data": {"tags": "urgent"}}),
+                json!({"tags": ["urgent", "support"]}),
+                true,
+            ),
+            ("outpost range", json!({"data": {"amount": {"$gte": 100, "$lt": 500}}}), json!({"amount": 500}), false),
+            (
+                "outpost $in",
+                json!({"data": {"status": {"$in": ["pending", "processing"]}}}),
+                json!({"status": "processing"}),
+                true,
+            ),
+            (
+                "outpost $endsWith",
+                json!({"data": {"email": {"$endsWith": "@example.com"}}}),
+                json!({"email": "jo@example.com"}),
+                true,
+            ),
+            (
+                "outpost $exist false",
+                json!({"data": {"deleted_at": {"$exist": false}}}),
+                json!({"deleted_at": "2025-01-01T00:00:00Z"}),
+                false,
+            ),
+            (
+                "outpost $or",
+                json!({"$or": [{"data": {"status": "paid"}}, {"data": {"status": "shipped"}}]}),
+                json!({"status": "shipped"}),
+                true,
+            ),
+            (
+                "outpost $and",
+                json!({"$and": [{"data": {"status": "active"}}, {"data": {"amount": {"$gte": 100}}}]}),
+                json!({"status": "active", "amount": 99}),
+                false,
+            ),
+            (
+                "outpost $not $in",
+                json!({"data": {"status": {"$not": {"$in": ["cancelled", "refunded"]}}}}),
+                json!({"status": "refunded"}),
+                false,
+            ),
+            ("outpost high-value orders", json!({"data": {"amount": {"$gte": 1000}}}), json!({"amount": 2500}), true),
+            (
+                "outpost time range",
+                json!({"time": {"$gte": "2025-01-01T00:00:00Z", "$lt": "2025-02-01T00:00:00Z"}}),
+                json!({}),
+                false,
+            ),
+            // Convoy, "Filters" (product manual), payload filters under `data`.
+            ("convoy simple match", json!({"data": {"event_type": "created"}}), json!({"event_type": "created"}), true),
+            (
+                "convoy nested match",
+                json!({"data": {"event": {"type": "created"}}}),
+                json!({"event": {"type": "updated"}}),
+                false,
+            ),
+            (
+                "convoy array contains",
+                json!({"data": {"dish": {"ingredients": "rice"}}}),
+                json!({"dish": {"ingredients": ["beans", "rice"]}}),
+                true,
+            ),
+            ("convoy $neq", json!({"data": {"event": {"$neq": "created"}}}), json!({"event": "created"}), false),
+            (
+                "convoy $or",
+                json!({"data": {"$or": [{"cities": "london"}, {"cities": "lagos"}]}}),
+                json!({"cities": ["lagos", "paris"]}),
+                true,
+            ),
+        ];
+        for (name, filter, data, want) in cases {
+            assert_eq!(check(filter.clone(), data.clone()), *want, "{name}: {filter} on {data}");
+        }
+        assert!(cases.len() >= 10);
+    }
+}
