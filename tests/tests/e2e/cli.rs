@@ -261,3 +261,25 @@ async fn heraldctl_creates_ed25519_subscriptions_with_client_certificates_and_li
     assert!(ok, "{err}");
     assert!(rotated["secret"].as_str().is_some_and(|s| s.starts_with("whsec_")), "{rotated}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_sets_and_tries_payload_filters() {
+    let stack = Stack::gateway_only().await;
+    let filter = r#"{"data": {"amount": {"$gte": 100}}}"#;
+    let (ok, sub, err) = heraldctl(
+        &stack,
+        &["subscriptions", "create", "--url", "https://example.com/f", "--event-type", "order.*", "--filter", filter],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(sub["filter"]["data"]["amount"]["$gte"], 100, "{sub}");
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let (ok, tried, err) =
+        heraldctl(&stack, &["filter-test", "--filter", filter, "--event", r#"{"data": {"amount": 20}}"#]);
+    assert!(ok, "{err}");
+    assert_eq!(tried["matches"], false, "{tried}");
+    let (ok, _, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--filter", r#"{"data": {"$bad": 1}}"#]);
+    assert!(!ok && err.contains("filter") && err.contains("$bad"), "{err}");
+    let (ok, cleared, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--filter", "{}"]);
+    assert!(ok, "{err}");
+    assert!(cleared.get("filter").is_none(), "{cleared}");
+}
