@@ -88,6 +88,8 @@ impl State {
 pub struct Breakers {
     config: BreakerConfig,
     states: Mutex<HashMap<String, State>>,
+    /// Told when a circuit opens or closes.
+    observer: std::sync::OnceLock<crate::operational::Operational>,
 }
 
 /// Whether a delivery may be attempted now.
@@ -119,7 +121,22 @@ pub struct Permit {
 impl Breakers {
     /// Empty.
     pub fn new(config: BreakerConfig) -> Arc<Self> {
-        Arc::new(Self { config, states: Mutex::default() })
+        Arc::new(Self { config, states: Mutex::default(), observer: std::sync::OnceLock::new() })
+    }
+
+    /// Reports circuits opening and closing to `observer` from now on.
+    pub(crate) fn observe(&self, observer: crate::operational::Operational) {
+        let _ = self.observer.set(observer);
+    }
+
+    fn tell(&self, subscription: &str, opened: bool, consecutive_failures: u32) {
+        if let Some(observer) = self.observer.get() {
+            observer.notify(crate::operational::Notice::Circuit {
+                subscription_id: subscription.to_owned(),
+                opened,
+                consecutive_failures,
+            });
+        }
     }
 
     /// Decides whether one attempt to `subscription` may go now. `cap` overrides the
@@ -224,14 +241,19 @@ impl Breakers {
         }
         match verdict {
             Some(true) => {
+                let failures = state.consecutive_failures;
                 state.consecutive_failures = 0;
-                state.open_until = None;
+                if state.open_until.take().is_some() {
+                    tracing::info!(subscription = %permit.subscription, "circuit closed");
+                    self.tell(&permit.subscription, false, failures);
+                }
             }
             Some(false) => {
                 state.consecutive_failures += 1;
                 if permit.probe || state.consecutive_failures >= self.config.threshold {
-                    if state.open_until.is_none() || permit.probe {
+                    if state.open_until.is_none() {
                         tracing::warn!(subscription = %permit.subscription, failures = state.consecutive_failures, cooldown = ?self.config.cooldown, "circuit opened");
+                        self.tell(&permit.subscription, true, state.consecutive_failures);
                     }
                     state.open_until = Some(Instant::now() + self.config.cooldown);
                 }

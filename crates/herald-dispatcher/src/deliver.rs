@@ -21,6 +21,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::breaker::{Admission, Permit};
 use crate::http_client::{self, WebhookRequest};
+use crate::operational::Notice;
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
 /// How long to wait before NATS is asked again when storing a retry or dead letter failed.
@@ -410,8 +411,10 @@ async fn track_endpoint_health(
         }
         match shared.subscriptions.update(&key, current.encode_to_vec().into(), entry.revision).await {
             Ok(revision) => {
-                if disable.is_some() {
-                    tracing::warn!(subscription = %sub.id, reason = ?disable, "subscription disabled");
+                if let Some(reason) = disable {
+                    tracing::warn!(subscription = %sub.id, reason, "subscription disabled");
+                    let notice = Notice::Disabled { sub: Arc::new(current.clone()), reason: reason.to_owned() };
+                    shared.operational.notify(notice);
                 }
                 shared.registry.upsert(revision, current);
                 return;
@@ -438,6 +441,17 @@ async fn dead_letter(
     let target =
         delivery.as_ref().and_then(|d| d.event.as_ref().map(|e| (e.tenant.clone(), d.subscription_id.clone())));
     let raw = if delivery.is_none() { msg } else { None };
+    let notice = delivery.as_ref().and_then(|d| {
+        let event = d.event.as_ref()?;
+        Some(Notice::DeadLettered {
+            tenant: event.tenant.clone(),
+            subscription_id: d.subscription_id.clone(),
+            event_id: event.id.clone(),
+            event_type: event.r#type.clone(),
+            attempt: d.attempt,
+            reason: reason.clone(),
+        })
+    });
     let (tenant, sub_id) = match target {
         Some((t, s)) if !t.is_empty() && !s.is_empty() => (t, s),
         _ => {
@@ -458,6 +472,9 @@ async fn dead_letter(
         Ok(()) => {
             metrics::DEAD_LETTERS.inc(&[kind]);
             tracing::warn!(tenant, subscription = sub_id, reason, "delivery dead-lettered");
+            if let Some(notice) = notice {
+                shared.operational.notify(notice);
+            }
             Settle::Ack
         }
         Err(e) => {

@@ -20,6 +20,7 @@ mod fanout;
 mod health;
 pub mod http_client;
 mod lanes;
+mod operational;
 mod prepared;
 mod pull;
 pub mod retry;
@@ -115,6 +116,10 @@ pub struct Config {
     /// A delivery handed out this many times without an outcome (a crash loop) is dead-lettered.
     #[arg(long, env = "HERALD_MAX_REDELIVERIES", default_value_t = 10)]
     pub max_redeliveries: i64,
+    /// The tenant whose events are Herald's own operational events (`subscription.disabled`,
+    /// `delivery.dead_lettered`, `circuit.opened`, `circuit.closed`); empty turns them off.
+    #[arg(long, env = "HERALD_OPERATOR_TENANT", default_value = "herald")]
+    pub operator_tenant: String,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: herald_core::CommonArgs,
@@ -139,6 +144,8 @@ pub(crate) struct Shared {
     pub rewinds: rewinds::Rewinds,
     /// Exports spans, when OTLP is configured.
     pub tracer: Option<herald_core::otel::Tracer>,
+    /// Operational events for the operator tenant.
+    pub operational: operational::Operational,
     /// The client that serves every subscription without a client certificate.
     pub http: reqwest::Client,
     pub config: Config,
@@ -220,6 +227,20 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
     });
     tracker.spawn(watch_gauges(js.clone(), breakers.clone(), shutdown.clone()));
+    if !config.operator_tenant.is_empty() {
+        herald_core::ids::TenantId::parse(&config.operator_tenant)
+            .map_err(|e| anyhow::anyhow!("HERALD_OPERATOR_TENANT: {}", e.0))?;
+    }
+    let replica = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let operational = operational::start(
+        config.operator_tenant.clone(),
+        replica,
+        js.clone(),
+        registry.clone(),
+        &tracker,
+        shutdown.clone(),
+    );
+    breakers.observe(operational.clone());
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
     let routes = Arc::new(routes::Routes::default());
     tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), topology.clone(), shutdown.clone()));
@@ -234,6 +255,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         routes,
         rewinds: Default::default(),
         tracer: config.common.tracer("herald-dispatcher"),
+        operational,
         http,
         config,
     });

@@ -13,6 +13,7 @@ mod gateway;
 mod health;
 mod lanes;
 mod observability;
+mod operational;
 mod records;
 mod retry;
 mod scaleout;

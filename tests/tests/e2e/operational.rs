@@ -1,0 +1,70 @@
+//! Operational events: Herald tells the operator tenant's subscriptions, with ordinary signed
+//! webhooks, that a subscription was disabled, a delivery was dead-lettered and a circuit opened
+//! — and never about the operator tenant's own subscriptions (no loops).
+
+use std::time::Duration;
+
+use herald_tests::{Receiver, Stack};
+use serde_json::json;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_hears_of_disabled_subscriptions_dead_letters_and_open_circuits_but_never_of_its_own() {
+    let mut stack = Stack::gateway_only().await;
+    stack.start_dispatcher_with(&[("--breaker-threshold", "2")]);
+    let ops = Receiver::start().await;
+    let operator = stack.subscribe(&ops.url("/ops"), &[">"], Some("herald")).await;
+    let secret = operator["secret"].as_str().unwrap().to_owned();
+    // An operator endpoint that is gone: disabling it must not produce an event about it.
+    let broken = Receiver::start().await;
+    broken.respond_with(&[410; 20]);
+    let broken_id = stack.subscribe(&broken.url("/broken"), &["subscription.*"], Some("herald")).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let gone = Receiver::start().await;
+    gone.respond_with(&[410; 20]);
+    let gone_id =
+        stack.subscribe(&gone.url("/gone"), &["order.*"], Some("acme")).await["id"].as_str().unwrap().to_owned();
+    let failing = Receiver::start().await;
+    failing.respond_with(&[500; 50]);
+    let failing_id =
+        stack.subscribe(&failing.url("/failing"), &["order.*"], Some("acme")).await["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (status, body) = stack.publish(json!({"id": "op-1", "type": "order.paid", "tenant": "acme", "data": {}})).await;
+    assert_eq!(status, 202, "{body}");
+
+    let heard = |rx: &[herald_tests::Received], kind: &str, sub: &str| {
+        rx.iter().any(|r| r.json()["type"] == kind && r.json()["data"]["subscription_id"] == sub)
+    };
+    let got = ops
+        .wait_until(Duration::from_secs(40), "the operational events", |rx| {
+            heard(rx, "subscription.disabled", &gone_id)
+                && heard(rx, "delivery.dead_lettered", &gone_id)
+                && heard(rx, "circuit.opened", &failing_id)
+                && heard(rx, "delivery.dead_lettered", &failing_id)
+        })
+        .await;
+    for webhook in &got {
+        webhook.verify(&secret).expect("operational events are signed like any webhook");
+        assert_eq!(webhook.json()["tenant"], "herald");
+    }
+    let disabled = got.iter().find(|r| r.json()["type"] == "subscription.disabled").unwrap().json();
+    assert_eq!(disabled["data"]["tenant"], "acme");
+    assert!(disabled["data"]["reason"].as_str().unwrap().contains("410"), "{disabled}");
+    let dead =
+        got.iter().find(|r| heard(std::slice::from_ref(r), "delivery.dead_lettered", &failing_id)).unwrap().json();
+    assert_eq!(dead["data"]["event_id"], "op-1");
+    assert_eq!(dead["data"]["event_type"], "order.paid");
+
+    // The broken operator endpoint was disabled (it answered 410 to the operational events)…
+    broken.wait_for(1, Duration::from_secs(15)).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // …and nothing was said about it.
+    let all = ops.received();
+    assert!(
+        !all.iter().any(|r| r.json()["data"]["subscription_id"] == broken_id.as_str()),
+        "no operational event about the operator's own subscriptions: {:?}",
+        all.iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+}
