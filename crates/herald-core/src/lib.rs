@@ -16,6 +16,7 @@
 //! - [`runtime`]: duration parsing, logging set-up and the shutdown signal.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod client_cert;
 pub mod event;
 pub mod filter;
@@ -65,6 +66,11 @@ pub struct CommonArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub topology: nats::TopologyArgs,
+    /// What to do with an event whose `data` violates its type's schema in the catalog:
+    /// `enforce` (refuse it: 400 over HTTP, a dead letter over NATS), `warn` (accept it, log),
+    /// `off`.
+    #[arg(long, env = "HERALD_SCHEMA_VALIDATION", value_enum, default_value = "enforce")]
+    pub schema_validation: catalog::Mode,
     /// OTLP/HTTP endpoint spans are exported to (e.g. `http://collector:4318`); unset: no spans.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,

@@ -184,6 +184,13 @@ pub static FILTERED_OUT: Family = Family::new(
     "counter",
     &[],
 );
+/// Events whose data violated their type's schema, by what was done (`refused`, `dead_lettered`, `warned`).
+pub static SCHEMA_VIOLATIONS: Family = Family::new(
+    "herald_schema_violations_total",
+    "Events whose data violated their type's schema in the catalog, by what was done with them.",
+    "counter",
+    &["action"],
+);
 
 pub static CONSUMER_REWINDS: Family = Family::new(
     "herald_consumer_rewinds_total",
@@ -218,6 +225,7 @@ static ALL: LazyLock<Vec<&'static (dyn Render + Sync)>> = LazyLock::new(|| {
         &DEAD_LETTERS,
         &REDELIVERIES_SKIPPED,
         &FILTERED_OUT,
+        &SCHEMA_VIOLATIONS,
         &CONSUMER_REWINDS,
         &IN_FLIGHT,
         &CIRCUITS_OPEN,

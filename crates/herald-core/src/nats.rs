@@ -15,6 +15,8 @@ pub const DLQ_STREAM: &str = "HERALD_DLQ";
 pub const ATTEMPTS_STREAM: &str = "HERALD_ATTEMPTS";
 /// KV bucket of subscriptions, keyed `{tenant}.{subscription_id}`.
 pub const SUBSCRIPTIONS_BUCKET: &str = "herald-subscriptions";
+/// Set by the gateway on events it checked against their type's schema; fan-out checks the rest.
+pub const SCHEMA_CHECKED_HEADER: &str = "Herald-Schema-Checked";
 /// Durable consumer of `HERALD_EVENTS` that fans events out.
 pub const FANOUT_CONSUMER: &str = "herald-fanout";
 /// Durable consumer of `HERALD_EVENTS` that stores the deliveries of ordered subscriptions, in
@@ -410,6 +412,8 @@ pub struct Handles {
     pub js: jetstream::Context,
     /// The subscriptions bucket.
     pub subscriptions: kv::Store,
+    /// The event-type catalog's bucket ([`crate::catalog::BUCKET`]).
+    pub event_types: kv::Store,
 }
 
 /// Creates or updates the streams and the KV bucket (idempotent: every service calls it at
@@ -494,7 +498,18 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
         .create_or_update_key_value(bucket)
         .await
         .map_err(|e| create_err(&format!("KV bucket {SUBSCRIPTIONS_BUCKET}"), e))?;
-    Ok(Handles { js: js.clone(), subscriptions })
+    let catalog = crate::catalog::BUCKET;
+    let bucket = kv::Config {
+        bucket: catalog.into(),
+        description: "Herald: the event-type catalog, keyed by type".into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        num_replicas: topology.replicas,
+        ..Default::default()
+    };
+    let event_types =
+        js.create_or_update_key_value(bucket).await.map_err(|e| create_err(&format!("KV bucket {catalog}"), e))?;
+    Ok(Handles { js: js.clone(), subscriptions, event_types })
 }
 
 /// The dispatcher's durable pull consumers.

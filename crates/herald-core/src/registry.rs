@@ -156,7 +156,7 @@ impl Registry {
         let _ = rx.wait_for(|r| *r).await;
     }
 
-    fn apply(&self, entry: &kv::Entry) -> Option<(String, String)> {
+    fn apply_entry(&self, entry: &kv::Entry) -> Option<(String, String)> {
         let (tenant, id) = entry.key.split_once('.')?;
         match entry.operation {
             kv::Operation::Put => match Subscription::decode(entry.value.as_ref()) {
@@ -169,61 +169,86 @@ impl Registry {
         Some((tenant.to_owned(), id.to_owned()))
     }
 
-    /// Forgets subscriptions absent from a fresh snapshot (deleted while the watch was down).
-    fn retain_only(&self, seen: &HashSet<(String, String)>, snapshot_revision: u64) {
+    /// Follows the bucket until `shutdown` resolves (see [`follow`]).
+    pub async fn follow(self: Arc<Self>, store: kv::Store, shutdown: impl Future<Output = ()>) {
+        follow(self, store, shutdown).await
+    }
+}
+
+impl KvView for Registry {
+    fn apply(&self, entry: &kv::Entry) -> Option<String> {
+        self.apply_entry(entry).map(|(tenant, id)| format!("{tenant}.{id}"))
+    }
+
+    fn retain_only(&self, seen: &HashSet<String>, snapshot_revision: u64) {
         let mut map = self.by_tenant.write().expect("registry lock");
         for (tenant, subs) in map.iter_mut() {
-            subs.retain(|id, e| e.revision > snapshot_revision || seen.contains(&(tenant.clone(), id.clone())));
+            subs.retain(|id, e| e.revision > snapshot_revision || seen.contains(&format!("{tenant}.{id}")));
         }
         map.retain(|_, subs| !subs.is_empty());
     }
 
-    /// Follows the bucket until `shutdown` resolves: loads the current state, marks the registry
-    /// ready, then applies every change. A broken watch is re-established after a pause.
-    pub async fn follow(self: Arc<Self>, store: kv::Store, shutdown: impl Future<Output = ()>) {
-        tokio::pin!(shutdown);
-        loop {
-            tokio::select! {
-                _ = &mut shutdown => return,
-                result = self.watch_once(&store) => {
-                    if let Err(e) = result {
-                        tracing::warn!(error = %e, "subscription watch interrupted; re-establishing");
-                    }
-                }
-            }
-            tokio::select! {
-                _ = &mut shutdown => return,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+    fn loaded(&self) {
+        tracing::info!(subscriptions = self.len(), "subscriptions loaded");
+        self.ready.send_replace(true);
     }
+}
 
-    async fn watch_once(&self, store: &kv::Store) -> Result<(), async_nats::Error> {
-        let status = store.status().await?;
-        let mut watch = store.watch_with_history(">").await?;
-        let mut seen = HashSet::new();
-        let mut caught_up = status.values() == 0;
-        if caught_up {
-            self.retain_only(&seen, 0);
-            self.ready.send_replace(true);
-        }
-        let mut max_revision = 0;
-        while let Some(entry) = watch.next().await {
-            let entry = entry?;
-            max_revision = max_revision.max(entry.revision);
-            let key = self.apply(&entry);
-            if !caught_up {
-                seen.extend(key);
-                if entry.delta == 0 {
-                    caught_up = true;
-                    self.retain_only(&seen, max_revision);
-                    tracing::info!(subscriptions = self.len(), "subscriptions loaded");
-                    self.ready.send_replace(true);
+/// An in-memory view of a KV bucket, kept current by [`follow`].
+pub trait KvView: Send + Sync {
+    /// Applies one entry (a put or a deletion); returns its key if it is one of the view's.
+    fn apply(&self, entry: &kv::Entry) -> Option<String>;
+    /// Forgets keys absent from a fresh snapshot (`seen`) unless written after it.
+    fn retain_only(&self, seen: &HashSet<String>, snapshot_revision: u64);
+    /// The bucket's state as of the watch's start has been applied.
+    fn loaded(&self);
+}
+
+/// Follows `store` into `view` until `shutdown` resolves: loads the current state, marks the
+/// view loaded, then applies every change. A broken watch is re-established after a pause
+/// (and the view re-synchronised with the bucket's state then).
+pub async fn follow<V: KvView + ?Sized>(view: Arc<V>, store: kv::Store, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => return,
+            result = watch_once(&*view, &store) => {
+                if let Err(e) = result {
+                    tracing::warn!(bucket = %store.name, error = %e, "KV watch interrupted; re-establishing");
                 }
             }
         }
-        Err("the watch ended".into())
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
+}
+
+async fn watch_once<V: KvView + ?Sized>(view: &V, store: &kv::Store) -> Result<(), async_nats::Error> {
+    let status = store.status().await?;
+    let mut watch = store.watch_with_history(">").await?;
+    let mut seen = HashSet::new();
+    let mut caught_up = status.values() == 0;
+    if caught_up {
+        view.retain_only(&seen, 0);
+        view.loaded();
+    }
+    let mut max_revision = 0;
+    while let Some(entry) = watch.next().await {
+        let entry = entry?;
+        max_revision = max_revision.max(entry.revision);
+        let key = view.apply(&entry);
+        if !caught_up {
+            seen.extend(key);
+            if entry.delta == 0 {
+                caught_up = true;
+                view.retain_only(&seen, max_revision);
+                view.loaded();
+            }
+        }
+    }
+    Err("the watch ended".into())
 }
 
 /// A subscription's filter, compiled (see [`Filter::parse_stored`]).

@@ -74,6 +74,9 @@ pub(crate) async fn send(
         }
     };
 
+    if let Some(reason) = schema_violation(&shared, &msg, &event, role, handed_out) {
+        return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::Invalid(reason))));
+    }
     let matched = shared.registry.matching_event(&event);
     let mut subs = matched.subs;
     if matched.filtered_out > 0 && handed_out == 1 && role == Role::Shared {
@@ -194,6 +197,45 @@ pub(crate) async fn send(
 }
 
 /// Why an event is not fanned out now.
+/// Why an event published straight to NATS is refused by its type's schema, under
+/// `HERALD_SCHEMA_VALIDATION=enforce`. Events the gateway checked carry a header and are not
+/// checked again; under `warn` a violation is logged (once, by the shared fan-out).
+fn schema_violation(
+    shared: &Shared,
+    msg: &jetstream::Message,
+    event: &proto::Event,
+    role: Role,
+    handed_out: i64,
+) -> Option<String> {
+    use herald_core::catalog::Mode;
+    let mode = shared.config.common.schema_validation;
+    let checked = msg.headers.as_ref().is_some_and(|h| h.get(nats::SCHEMA_CHECKED_HEADER).is_some());
+    if mode == Mode::Off || checked || !shared.catalog.has_schema(&event.r#type) {
+        return None;
+    }
+    let violation = shared.catalog.check(&event.r#type, &event.data).err()?;
+    let reason = format!(
+        "data{}: {} (the schema of {} in the event-type catalog)",
+        violation.path, violation.message, event.r#type
+    );
+    let first = role == Role::Shared && handed_out == 1;
+    match mode {
+        Mode::Warn => {
+            if first {
+                metrics::SCHEMA_VIOLATIONS.inc(&["warned"]);
+                tracing::warn!(id = %event.id, "{reason}; delivered (HERALD_SCHEMA_VALIDATION=warn)");
+            }
+            None
+        }
+        _ => {
+            if first {
+                metrics::SCHEMA_VIOLATIONS.inc(&["dead_lettered"]);
+            }
+            Some(reason)
+        }
+    }
+}
+
 enum Aside {
     /// It is not a valid event.
     Invalid(String),

@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     pub js: jetstream::Context,
     pub subscriptions: jetstream::kv::Store,
     pub registry: Arc<Registry>,
+    /// The event-type catalog (schemas checked at fan-out for events published to NATS).
+    pub catalog: Arc<herald_core::catalog::Catalog>,
     pub breakers: Arc<breaker::Breakers>,
     /// HTTP requests in flight in this replica (`HERALD_CONCURRENCY`). Deliveries waiting for
     /// their subscription's turn hold a message, not one of these.
@@ -190,6 +192,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let registry = Registry::new();
     let tracker = TaskTracker::new();
     tracker.spawn(registry.clone().follow(handles.subscriptions.clone(), shutdown.clone().cancelled_owned()));
+    let catalog = herald_core::catalog::Catalog::new();
+    tracker.spawn(herald_core::registry::follow(
+        catalog.clone(),
+        handles.event_types.clone(),
+        shutdown.clone().cancelled_owned(),
+    ));
 
     let readiness = Arc::new(Readiness::default());
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -199,7 +207,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     // Fanning out before the subscriptions are loaded would match events against nothing.
     tokio::select! {
-        _ = registry.wait_ready() => {}
+        _ = async { registry.wait_ready().await; catalog.wait_ready().await } => {}
         _ = shutdown.cancelled() => return Ok(()),
     }
     tracing::info!(
@@ -248,6 +256,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         js,
         subscriptions: handles.subscriptions,
         registry,
+        catalog,
         breakers,
         http_slots,
         inline: fanout::InlineSlots::new(config.inline_attempts),

@@ -102,6 +102,9 @@ pub struct Handles {
     pub(crate) client: async_nats::Client,
     pub(crate) tokens: Arc<auth::TokenStore>,
     pub(crate) registry: Arc<Registry>,
+    /// The event-type catalog and its bucket.
+    pub(crate) catalog: Arc<herald_core::catalog::Catalog>,
+    pub(crate) catalog_kv: jetstream::kv::Store,
     pub(crate) config: Arc<Config>,
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
     /// Seals signing secrets before they are stored.
@@ -146,6 +149,12 @@ pub async fn run(
     let cancel = tokio_util::sync::CancellationToken::new();
     let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
     let reload = tokio::spawn(reload_tokens(config.clone(), tokens.clone(), cancel.clone()));
+    let catalog = herald_core::catalog::Catalog::new();
+    let follow_catalog = tokio::spawn(herald_core::registry::follow(
+        catalog.clone(),
+        handles.event_types.clone(),
+        cancel.clone().cancelled_owned(),
+    ));
 
     let state = AppState(Arc::new(Handles {
         js,
@@ -153,6 +162,8 @@ pub async fn run(
         client,
         tokens: tokens.clone(),
         registry,
+        catalog,
+        catalog_kv: handles.event_types,
         keys,
         tracer: config.common.tracer("herald-gateway"),
         policy: Arc::new(config.common.ssrf_policy()),
@@ -163,6 +174,7 @@ pub async fn run(
     serve::serve(listener, router(state), bounds, shutdown).await?;
     cancel.cancel();
     let _ = follow.await;
+    let _ = follow_catalog.await;
     let _ = reload.await;
     Ok(())
 }

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{attempts, dead_letters, events, filters, health, replay, subscriptions};
+use crate::routes::{attempts, dead_letters, event_types, events, filters, health, replay, subscriptions};
 
 /// An event as `POST /v1/events` takes it.
 #[derive(utoipa::ToSchema)]
@@ -54,6 +54,11 @@ impl Modify for BearerAuth {
         subscriptions::rotate_secret,
         subscriptions::test,
         filters::test,
+        event_types::create,
+        event_types::list,
+        event_types::get,
+        event_types::patch,
+        event_types::delete,
         attempts::for_subscription,
         replay::replay,
         dead_letters::list,
@@ -65,6 +70,7 @@ impl Modify for BearerAuth {
     tags(
         (name = "events", description = "Publish events and read their attempts"),
         (name = "subscriptions", description = "Subscriber endpoints"),
+        (name = "event-types", description = "The catalog of event types and their schemas"),
         (name = "dead-letters", description = "What Herald gave up on"),
         (name = "health", description = "Liveness and readiness"),
     )

@@ -45,6 +45,27 @@ pub struct Delivery {
     #[prost(uint32, tag = "7")]
     pub deferrals: u32,
 }
+/// An entry of the event-type catalog (the `herald-event-types` bucket, key = name).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EventType {
+    /// A dot-separated type, e.g. `order.paid`.
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub description: ::prost::alloc::string::String,
+    /// A JSON Schema (draft 2020-12) for the events' `data`, as JSON text; empty: none.
+    #[prost(string, tag = "3")]
+    pub schema: ::prost::alloc::string::String,
+    /// An example `data`, as JSON text; empty: none.
+    #[prost(string, tag = "4")]
+    pub example: ::prost::alloc::string::String,
+    #[prost(bool, tag = "5")]
+    pub deprecated: bool,
+    #[prost(string, tag = "6")]
+    pub created_at: ::prost::alloc::string::String,
+    #[prost(string, tag = "7")]
+    pub updated_at: ::prost::alloc::string::String,
+}
 /// A subscriber endpoint, stored in the `herald-subscriptions` KV bucket under
 /// `{tenant}.{id}`.
 #[derive(Clone, PartialEq, ::prost::Message)]

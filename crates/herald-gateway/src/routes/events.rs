@@ -29,7 +29,7 @@ pub(crate) struct Accepted {
 
 /// Parses and validates one event for `caller`: a tenant token's events default to its tenant,
 /// and an event of a tenant the token does not cover is refused.
-fn parse_event(caller: &Caller, raw: &[u8]) -> Result<proto::Event, ApiError> {
+fn parse_event(state: &AppState, caller: &Caller, raw: &[u8]) -> Result<proto::Event, ApiError> {
     let mut input: EventInput = serde_json::from_slice(raw).map_err(|e| ApiError::malformed_json(e.to_string()))?;
     if input.tenant.is_none() {
         input.tenant = caller.own_tenant().map(Text::from);
@@ -37,7 +37,30 @@ fn parse_event(caller: &Caller, raw: &[u8]) -> Result<proto::Event, ApiError> {
     let event =
         input.validate().map_err(|e| ApiError::invalid(Some(e.field), format!("{}: {}", e.field, e.message)))?;
     caller.require_publish_for(&event.tenant)?;
+    check_schema(state, &event)?;
     Ok(event)
+}
+
+/// Checks the event's `data` against its type's schema in the catalog, if it has one, as
+/// `HERALD_SCHEMA_VALIDATION` says: refused (400 naming the failing place), warned, or not checked.
+fn check_schema(state: &AppState, event: &proto::Event) -> Result<(), ApiError> {
+    use herald_core::catalog::Mode;
+    let mode = state.config.common.schema_validation;
+    if mode == Mode::Off {
+        return Ok(());
+    }
+    let Err(violation) = state.catalog.check(&event.r#type, &event.data) else { return Ok(()) };
+    let detail = format!(
+        "data{}: {} (the schema of {} in the event-type catalog)",
+        violation.path, violation.message, event.r#type
+    );
+    if mode == Mode::Warn {
+        herald_core::metrics::SCHEMA_VIOLATIONS.inc(&["warned"]);
+        tracing::warn!(id = %event.id, r#type = %event.r#type, "{detail}; accepted (HERALD_SCHEMA_VALIDATION=warn)");
+        return Ok(());
+    }
+    herald_core::metrics::SCHEMA_VIOLATIONS.inc(&["refused"]);
+    Err(ApiError::invalid(Some("data"), detail))
 }
 
 fn ensure_connected(state: &AppState) -> Result<(), ApiError> {
@@ -67,6 +90,12 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
 async fn send(state: &AppState, event: &proto::Event, traceparent: Option<&str>) -> Result<PublishAckFuture, ApiError> {
     let subject = nats::event_subject(&event.tenant, &event.r#type);
     let mut publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
+    if state.config.common.schema_validation != herald_core::catalog::Mode::Off && state.catalog.has_schema(&event.r#type)
+    {
+        // Checked here against the schema in force now: fan-out does not check it again (a
+        // schema changed meanwhile must not turn an accepted event into a dead letter).
+        publish = publish.header(nats::SCHEMA_CHECKED_HEADER, "1");
+    }
     if let Some(traceparent) = traceparent {
         publish = publish.header(trace::TRACEPARENT, traceparent);
     }
@@ -130,7 +159,7 @@ pub(crate) async fn publish(
     let publish_tp = trace::child_of(Some(&traceparent));
     let mut published = None;
     let result = async {
-        let event = parse_event(&caller, &body.0)?;
+        let event = parse_event(&state, &caller, &body.0)?;
         ensure_connected(&state)?;
         let sent_at = std::time::Instant::now();
         let publish_start = std::time::SystemTime::now();
@@ -245,7 +274,7 @@ pub(crate) async fn publish_batch(
     let sent_at = std::time::Instant::now();
     let mut pending = Vec::with_capacity(input.events.len());
     for raw in &input.events {
-        let item = match parse_event(&caller, raw.get().as_bytes()) {
+        let item = match parse_event(&state, &caller, raw.get().as_bytes()) {
             Ok(event) => match send(&state, &event, traceparent.as_deref()).await {
                 Ok(ack) => Ok((event, ack)),
                 Err(e) => Err(e),

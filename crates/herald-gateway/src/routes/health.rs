@@ -13,7 +13,7 @@ pub(crate) async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: NATS is connected and subscriptions are loaded.
+/// `GET /readyz`: NATS is connected, subscriptions and the event-type catalog are loaded.
 #[utoipa::path(get, path = "/readyz", tag = "health", responses(
     (status = 200, description = "Ready", body = Object),
     (status = 503, description = "Not ready", body = crate::error::Problem, content_type = "application/problem+json")))]
@@ -23,6 +23,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<Value>,
     }
     if !state.registry.is_ready() {
         return Err(ApiError::unavailable("subscriptions are still loading"));
+    }
+    if !state.catalog.is_ready() {
+        return Err(ApiError::unavailable("the event-type catalog is still loading"));
     }
     Ok(Json(json!({"status": "ready"})))
 }
