@@ -68,6 +68,9 @@ enum Command {
     /// List and redrive dead letters.
     #[command(subcommand, name = "dead-letters", alias = "dlq")]
     DeadLetters(DeadLetterCommand),
+    /// Browse and manage the event-type catalog.
+    #[command(subcommand, name = "event-types", alias = "types")]
+    EventTypes(EventTypeCommand),
     /// Try a payload filter on an event: does it match, and why.
     #[command(name = "filter-test")]
     FilterTest {
@@ -80,6 +83,46 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum EventTypeCommand {
+    /// List the catalog, by name.
+    List {
+        #[arg(long)]
+        include_deprecated: bool,
+    },
+    /// Show one type with its schema.
+    Get { name: String },
+    /// Add a type.
+    Create {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// JSON Schema for `data` (JSON, or @file).
+        #[arg(long)]
+        schema: Option<String>,
+        /// An example `data` (JSON, or @file).
+        #[arg(long)]
+        example: Option<String>,
+        #[arg(long)]
+        deprecated: bool,
+    },
+    /// Change a type.
+    Update {
+        name: String,
+        #[arg(long)]
+        description: Option<String>,
+        /// A new JSON Schema (JSON, or @file); 'null' removes it.
+        #[arg(long)]
+        schema: Option<String>,
+        #[arg(long)]
+        example: Option<String>,
+        #[arg(long)]
+        deprecated: Option<bool>,
+    },
+    /// Remove a type (its events are no longer checked).
+    Delete { name: String },
 }
 
 #[derive(Subcommand)]
@@ -271,9 +314,13 @@ fn percent(text: &str) -> String {
         .collect()
 }
 
-/// A JSON command-line argument, or an error that names the flag.
+/// A JSON command-line argument (or `@file` holding it), or an error that names the flag.
 fn json_arg(flag: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("{flag} is not JSON"))
+    let text = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}"))?,
+        None => text.to_owned(),
+    };
+    serde_json::from_str(&text).with_context(|| format!("{flag} is not JSON"))
 }
 
 fn parse_pair(s: &str) -> Result<(String, String), String> {
@@ -465,6 +512,52 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 bail!("{address}/healthz answered {}", resp.status());
             }
             println!("ok");
+            Ok(())
+        }
+        Command::EventTypes(cmd) => {
+            let out = match cmd {
+                EventTypeCommand::List { include_deprecated } => {
+                    let params = [("include_deprecated", include_deprecated.then(|| "true".to_owned()))];
+                    api.call(reqwest::Method::GET, &with_query("/v1/event-types", &params), None).await?
+                }
+                EventTypeCommand::Get { name } => {
+                    api.call(reqwest::Method::GET, &format!("/v1/event-types/{name}"), None).await?
+                }
+                EventTypeCommand::Create { name, description, schema, example, deprecated } => {
+                    let mut body = json!({"name": name, "deprecated": deprecated});
+                    if let Some(d) = description {
+                        body["description"] = json!(d);
+                    }
+                    if let Some(s) = schema {
+                        body["schema"] = json_arg("--schema", &s)?;
+                    }
+                    if let Some(e) = example {
+                        body["example"] = json_arg("--example", &e)?;
+                    }
+                    api.call(reqwest::Method::POST, "/v1/event-types", Some(body)).await?
+                }
+                EventTypeCommand::Update { name, description, schema, example, deprecated } => {
+                    let mut body = json!({});
+                    if let Some(d) = description {
+                        body["description"] = json!(d);
+                    }
+                    if let Some(s) = schema {
+                        body["schema"] = json_arg("--schema", &s)?;
+                    }
+                    if let Some(e) = example {
+                        body["example"] = json_arg("--example", &e)?;
+                    }
+                    if let Some(d) = deprecated {
+                        body["deprecated"] = json!(d);
+                    }
+                    api.call(reqwest::Method::PATCH, &format!("/v1/event-types/{name}"), Some(body)).await?
+                }
+                EventTypeCommand::Delete { name } => {
+                    api.call(reqwest::Method::DELETE, &format!("/v1/event-types/{name}"), None).await?;
+                    json!({"deleted": name})
+                }
+            };
+            out_fmt.print(&out)?;
             Ok(())
         }
         Command::FilterTest { filter, event } => {

@@ -169,7 +169,10 @@ impl KvView for Catalog {
     }
 
     fn retain_only(&self, seen: &HashSet<String>, snapshot_revision: u64) {
-        self.types.write().expect("catalog lock").retain(|name, e| e.revision > snapshot_revision || seen.contains(name));
+        self.types
+            .write()
+            .expect("catalog lock")
+            .retain(|name, e| e.revision > snapshot_revision || seen.contains(name));
     }
 
     fn loaded(&self) {

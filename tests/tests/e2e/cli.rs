@@ -283,3 +283,30 @@ async fn heraldctl_sets_and_tries_payload_filters() {
     assert!(ok, "{err}");
     assert!(cleared.get("filter").is_none(), "{cleared}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_manages_the_event_type_catalog() {
+    let stack = Stack::gateway_only().await;
+    let dir = herald_tests::temp_dir("heraldctl-schema");
+    let schema = dir.join("schema.json");
+    std::fs::write(&schema, r#"{"type": "object", "required": ["sku"]}"#).unwrap();
+    let schema_arg = format!("@{}", schema.display());
+    let (ok, created, err) = heraldctl(
+        &stack,
+        &["event-types", "create", "parcel.shipped", "--description", "A parcel left", "--schema", &schema_arg],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(created["schema"]["required"][0], "sku", "{created}");
+    let (ok, list, _) = heraldctl(&stack, &["event-types", "list"]);
+    assert!(ok);
+    assert_eq!(list["data"][0]["name"], "parcel.shipped");
+    let (ok, _, err) = heraldctl(&stack, &["events", "send", "--type", "parcel.shipped", "--data", "{}"]);
+    assert!(!ok && err.contains("sku"), "the schema holds: {err}");
+    let (ok, updated, err) = heraldctl(&stack, &["event-types", "update", "parcel.shipped", "--schema", "null"]);
+    assert!(ok, "{err}");
+    assert!(updated.get("schema").is_none(), "{updated}");
+    let (ok, _, err) = heraldctl(&stack, &["events", "send", "--type", "parcel.shipped", "--data", "{}"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = heraldctl(&stack, &["event-types", "delete", "parcel.shipped"]);
+    assert!(ok, "{err}");
+}

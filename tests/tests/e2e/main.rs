@@ -2,6 +2,7 @@
 //! One binary for the crate keeps link time down.
 
 mod bootstrap;
+mod catalog;
 mod chaos;
 mod cli;
 mod cluster;

@@ -60,7 +60,11 @@ fn kv_error(what: &str, e: impl std::fmt::Display) -> ApiError {
 
 /// Sets `schema` and `example` on `t` after checking them: the schema compiles (draft 2020-12,
 /// self-contained), and the example, if any, meets it.
-fn set_contract(t: &mut EventType, schema: Option<Option<&Value>>, example: Option<Option<&Value>>) -> Result<(), ApiError> {
+fn set_contract(
+    t: &mut EventType,
+    schema: Option<Option<&Value>>,
+    example: Option<Option<&Value>>,
+) -> Result<(), ApiError> {
     if let Some(schema) = schema {
         t.schema = match schema {
             None | Some(Value::Null) => String::new(),
@@ -81,7 +85,10 @@ fn set_contract(t: &mut EventType, schema: Option<Option<&Value>>, example: Opti
         let validator = catalog::compile(&schema).map_err(ApiError::internal)?;
         let example: Value = serde_json::from_str(&t.example).map_err(ApiError::internal)?;
         if let Some(v) = catalog::violation(&validator, &example) {
-            return Err(ApiError::invalid(Some("example"), format!("example: does not meet the schema at {:?}: {}", v.path, v.message)));
+            return Err(ApiError::invalid(
+                Some("example"),
+                format!("example: does not meet the schema at {:?}: {}", v.path, v.message),
+            ));
         }
     }
     Ok(())

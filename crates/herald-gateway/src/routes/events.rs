@@ -90,7 +90,8 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
 async fn send(state: &AppState, event: &proto::Event, traceparent: Option<&str>) -> Result<PublishAckFuture, ApiError> {
     let subject = nats::event_subject(&event.tenant, &event.r#type);
     let mut publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
-    if state.config.common.schema_validation != herald_core::catalog::Mode::Off && state.catalog.has_schema(&event.r#type)
+    if state.config.common.schema_validation != herald_core::catalog::Mode::Off
+        && state.catalog.has_schema(&event.r#type)
     {
         // Checked here against the schema in force now: fan-out does not check it again (a
         // schema changed meanwhile must not turn an accepted event into a dead letter).

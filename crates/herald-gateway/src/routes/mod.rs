@@ -29,10 +29,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/subscriptions/{id}/test", post(subscriptions::test))
         .route("/v1/filters/test", post(filters::test))
         .route("/v1/event-types", post(event_types::create).get(event_types::list))
-        .route(
-            "/v1/event-types/{name}",
-            get(event_types::get).patch(event_types::patch).delete(event_types::delete),
-        )
+        .route("/v1/event-types/{name}", get(event_types::get).patch(event_types::patch).delete(event_types::delete))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive))
         .route("/v1/subscriptions", post(subscriptions::create).get(subscriptions::list))
