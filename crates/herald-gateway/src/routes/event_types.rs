@@ -19,7 +19,7 @@ use crate::{AppState, Body, Query};
 
 /// An event type as the API shows it.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct View {
+pub(crate) struct EventTypeView {
     name: String,
     description: String,
     /// JSON Schema (draft 2020-12) the events' `data` must meet.
@@ -35,7 +35,7 @@ pub(crate) struct View {
     updated_at: String,
 }
 
-impl View {
+impl EventTypeView {
     fn of(t: &EventType) -> Self {
         Self {
             name: t.name.clone(),
@@ -96,7 +96,7 @@ fn set_contract(
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct CreateInput {
+pub(crate) struct EventTypeInput {
     /// A dot-separated type without wildcards, e.g. `order.paid`.
     name: String,
     description: Option<String>,
@@ -108,17 +108,17 @@ pub(crate) struct CreateInput {
 }
 
 /// `POST /v1/event-types`.
-#[utoipa::path(post, path = "/v1/event-types", tag = "event-types", request_body = CreateInput,
-    responses((status = 201, description = "Created", body = View),
+#[utoipa::path(post, path = "/v1/event-types", tag = "event-types", request_body = EventTypeInput,
+    responses((status = 201, description = "Created", body = EventTypeView),
         (status = 409, description = "It exists", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::Problems),
     security(("bearer" = [])))]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
     body: Body,
-) -> Result<(StatusCode, Json<View>), ApiError> {
+) -> Result<(StatusCode, Json<EventTypeView>), ApiError> {
     require_admin(&caller)?;
-    let input: CreateInput = body.json()?;
+    let input: EventTypeInput = body.json()?;
     herald_core::ids::EventType::parse(&input.name)
         .map_err(|e| ApiError::invalid(Some("name"), format!("name: {}", e.0)))?;
     let description = input.description.unwrap_or_default();
@@ -144,7 +144,7 @@ pub(crate) async fn create(
     };
     state.catalog.upsert(revision, t.clone());
     tracing::info!(name = %t.name, schema = !t.schema.is_empty(), "event type created");
-    Ok((StatusCode::CREATED, Json(View::of(&t))))
+    Ok((StatusCode::CREATED, Json(EventTypeView::of(&t))))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -159,24 +159,24 @@ pub(crate) struct ListQuery {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct Page {
-    data: Vec<View>,
+pub(crate) struct EventTypePage {
+    data: Vec<EventTypeView>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next: Option<String>,
 }
 
 /// `GET /v1/event-types?limit=&after=&include_deprecated=`: by name, 100 a page.
 #[utoipa::path(get, path = "/v1/event-types", tag = "event-types", params(ListQuery),
-    responses((status = 200, description = "A page, by name", body = Page), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "A page, by name", body = EventTypePage), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     _caller: Caller,
     Query(q): Query<ListQuery>,
-) -> Result<Json<Page>, ApiError> {
+) -> Result<Json<EventTypePage>, ApiError> {
     let limit = q.limit.unwrap_or(100).clamp(1, 500);
     let types = state.catalog.list(q.after.as_deref(), limit + 1, q.include_deprecated.unwrap_or(false));
     let next = (types.len() > limit).then(|| types[limit - 1].name.clone());
-    Ok(Json(Page { data: types.iter().take(limit).map(|t| View::of(t)).collect(), next }))
+    Ok(Json(EventTypePage { data: types.iter().take(limit).map(|t| EventTypeView::of(t)).collect(), next }))
 }
 
 async fn locate(state: &AppState, name: &str) -> Result<(kv::Entry, EventType), ApiError> {
@@ -192,14 +192,14 @@ async fn locate(state: &AppState, name: &str) -> Result<(kv::Entry, EventType), 
 
 /// `GET /v1/event-types/{name}`.
 #[utoipa::path(get, path = "/v1/event-types/{name}", tag = "event-types", params(("name" = String, Path, description = "Event type")),
-    responses((status = 200, description = "The event type", body = View), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "The event type", body = EventTypeView), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn get(
     State(state): State<AppState>,
     _caller: Caller,
     Path(name): Path<String>,
-) -> Result<Json<View>, ApiError> {
+) -> Result<Json<EventTypeView>, ApiError> {
     let (_, t) = locate(&state, &name).await?;
-    Ok(Json(View::of(&t)))
+    Ok(Json(EventTypeView::of(&t)))
 }
 
 /// `Some(value)` for a present field, `null` included; `None` when absent (with `default`).
@@ -209,7 +209,7 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<Value
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct PatchInput {
+pub(crate) struct EventTypePatch {
     description: Option<String>,
     /// A new schema; `null` removes it. Applies to the next event of this type.
     #[serde(default, deserialize_with = "present")]
@@ -222,8 +222,8 @@ pub(crate) struct PatchInput {
 }
 
 /// `PATCH /v1/event-types/{name}`.
-#[utoipa::path(patch, path = "/v1/event-types/{name}", tag = "event-types", params(("name" = String, Path, description = "Event type")), request_body = PatchInput,
-    responses((status = 200, description = "Changed", body = View),
+#[utoipa::path(patch, path = "/v1/event-types/{name}", tag = "event-types", params(("name" = String, Path, description = "Event type")), request_body = EventTypePatch,
+    responses((status = 200, description = "Changed", body = EventTypeView),
         (status = 409, description = "Concurrent changes", body = crate::error::Problem, content_type = "application/problem+json"), crate::error::Problems),
     security(("bearer" = [])))]
 pub(crate) async fn patch(
@@ -231,9 +231,9 @@ pub(crate) async fn patch(
     caller: Caller,
     Path(name): Path<String>,
     body: Body,
-) -> Result<Json<View>, ApiError> {
+) -> Result<Json<EventTypeView>, ApiError> {
     require_admin(&caller)?;
-    let input: PatchInput = body.json()?;
+    let input: EventTypePatch = body.json()?;
     for _ in 0..5 {
         let (entry, mut t) = locate(&state, &name).await?;
         if let Some(d) = &input.description {
@@ -251,7 +251,7 @@ pub(crate) async fn patch(
             Ok(revision) => {
                 state.catalog.upsert(revision, t.clone());
                 tracing::info!(name = %t.name, "event type updated");
-                return Ok(Json(View::of(&t)));
+                return Ok(Json(EventTypeView::of(&t)));
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => continue,
             Err(e) => return Err(kv_error("update", e)),

@@ -16,7 +16,7 @@ const EVENT_FIELDS: [&str; 6] = ["id", "type", "tenant", "source", "time", "data
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct TestInput {
+pub(crate) struct FilterTestInput {
     /// The filter document, as a subscription's `filter` takes it.
     #[schema(value_type = Object)]
     filter: Value,
@@ -27,7 +27,7 @@ pub(crate) struct TestInput {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct TestResult {
+pub(crate) struct FilterTestResult {
     matches: bool,
     /// The conditions that decided it, `path: what it is, and what it fails`.
     reasons: Vec<String>,
@@ -39,11 +39,11 @@ pub(crate) fn parse_filter(value: &Value) -> Result<Filter, ApiError> {
 }
 
 /// `POST /v1/filters/test`.
-#[utoipa::path(post, path = "/v1/filters/test", tag = "subscriptions", request_body = TestInput,
-    responses((status = 200, description = "Whether the filter matches the event, and why", body = TestResult), crate::error::Problems),
+#[utoipa::path(post, path = "/v1/filters/test", tag = "subscriptions", request_body = FilterTestInput,
+    responses((status = 200, description = "Whether the filter matches the event, and why", body = FilterTestResult), crate::error::Problems),
     security(("bearer" = [])))]
-pub(crate) async fn test(_caller: Caller, body: Body) -> Result<Json<TestResult>, ApiError> {
-    let input: TestInput = body.json()?;
+pub(crate) async fn test(_caller: Caller, body: Body) -> Result<Json<FilterTestResult>, ApiError> {
+    let input: FilterTestInput = body.json()?;
     let filter = parse_filter(&input.filter)?;
     let Value::Object(given) = input.event else {
         return Err(ApiError::invalid(Some("event"), "event: must be an object like {\"type\": …, \"data\": …}"));
@@ -65,5 +65,5 @@ pub(crate) async fn test(_caller: Caller, body: Body) -> Result<Json<TestResult>
         document.insert(key, value);
     }
     let (matches, reasons) = filter.explain(&Value::Object(document));
-    Ok(Json(TestResult { matches, reasons }))
+    Ok(Json(FilterTestResult { matches, reasons }))
 }
