@@ -3,21 +3,15 @@
 //! streams, each as a ratio to the same ingest against the one server with R1 streams that the
 //! rest of the benchmark uses, measured in pairs so that the machine's drift cancels.
 
-use serde_json::{Value, json};
-
+use crate::Bench;
 use crate::procs::Proc;
-use crate::{Bench, post_all};
 
 impl Bench {
     /// `n` events of `payload` bytes POSTed in batches to the gateway at `gateway_url`; events/s.
-    async fn batch_ingest(&mut self, gateway_url: &str, n: usize, payload: usize) -> anyhow::Result<f64> {
+    async fn durable_ingest(&mut self, gateway_url: &str, n: usize, payload: usize) -> anyhow::Result<f64> {
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
         let data = Self::data(payload);
-        let events: Vec<Value> =
-            (0..n).map(|_| json!({"id": self.next_id("d"), "type": "bench.durability", "data": data})).collect();
-        let bodies = events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
-        let url = format!("{gateway_url}/v1/events/batch");
-        post_all(&self.http, &url, self.args.batch_clients, bodies, n).await
+        self.batch_ingest(gateway_url, n, "bench.durability", &data, per_batch).await
     }
 
     /// The durability rows for one payload size.
@@ -40,15 +34,15 @@ impl Bench {
         let main_url = self.gateway_url.clone();
         for (name, url) in setups {
             // A warm-up, then pairs: R1 and the setup alternately first.
-            self.batch_ingest(&url, (n / 5).max(1), payload).await?;
+            self.durable_ingest(&url, (n / 5).max(1), payload).await?;
             let (mut rates, mut ratios) = (Vec::new(), Vec::new());
             for run in 0..self.args.runs {
                 let (base, rate) = if run % 2 == 0 {
-                    let base = self.batch_ingest(&main_url, n, payload).await?;
-                    (base, self.batch_ingest(&url, n, payload).await?)
+                    let base = self.durable_ingest(&main_url, n, payload).await?;
+                    (base, self.durable_ingest(&url, n, payload).await?)
                 } else {
-                    let rate = self.batch_ingest(&url, n, payload).await?;
-                    (self.batch_ingest(&main_url, n, payload).await?, rate)
+                    let rate = self.durable_ingest(&url, n, payload).await?;
+                    (self.durable_ingest(&main_url, n, payload).await?, rate)
                 };
                 rates.push(rate);
                 ratios.push(rate / base);

@@ -34,6 +34,7 @@ mod filters;
 mod procs;
 mod production;
 mod scaleout;
+mod schema;
 mod sink;
 
 use std::collections::VecDeque;
@@ -90,11 +91,11 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, production.
+    /// memory, scaleout, filters, schema (with ingest), production.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,production"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production"
     )]
     only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -460,6 +461,26 @@ impl Bench {
         }
     }
 
+    /// `n` events of `event_type` posted to the gateway at `gateway_url` in batches of
+    /// `per_batch`, `--batch-clients` at a time; events/s.
+    fn batch_ingest(
+        &mut self,
+        gateway_url: &str,
+        n: usize,
+        event_type: &str,
+        data: &Value,
+        per_batch: usize,
+    ) -> impl Future<Output = anyhow::Result<f64>> + use<> {
+        let events: Vec<Value> =
+            (0..n).map(|_| json!({"id": self.next_id("b"), "type": event_type, "data": data})).collect();
+        let (http, url, clients) =
+            (self.http.clone(), format!("{gateway_url}/v1/events/batch"), self.args.batch_clients);
+        async move {
+            let bodies = events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
+            post_all(&http, &url, clients, bodies, n).await
+        }
+    }
+
     fn wants(&self, phase: &str) -> bool {
         self.args.only.iter().any(|p| p == phase)
     }
@@ -522,20 +543,15 @@ impl Bench {
                 ingest,
                 |b, n| b.raw_publish(n, body.clone()),
                 |b, n| {
-                    let events: Vec<Value> = (0..n)
-                        .map(|_| json!({"id": b.next_id("b"), "type": "bench.ingest.batch", "data": data}))
-                        .collect();
-                    let (http, url, clients) =
-                        (b.http.clone(), format!("{}/v1/events/batch", b.gateway_url), b.args.batch_clients);
-                    async move {
-                        let bodies =
-                            events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
-                        post_all(&http, &url, clients, bodies, n).await
-                    }
+                    let url = b.gateway_url.clone();
+                    b.batch_ingest(&url, n, "bench.ingest.batch", &data, per_batch)
                 },
             )
             .await?;
         self.push_paired(payload, format!("HTTP ingest, batch of {per_batch}"), batch, "events/s", RAW_PUBLISH);
+        if self.wants("schema") {
+            self.schema_cost(payload, ingest, per_batch).await?;
+        }
 
         let single = self
             .paired_median_of(
