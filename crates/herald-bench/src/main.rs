@@ -615,17 +615,22 @@ impl Bench {
             if let Some(f) = &filter {
                 body["filter"] = f.clone();
             }
-            let resp = self
-                .http
-                .post(format!("{}/v1/subscriptions", self.gateway_url))
-                .bearer_auth(herald_tests::ADMIN_TOKEN)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await?;
+            let resp = self.post_admin("/v1/subscriptions", &body).await?;
             anyhow::ensure!(resp.status() == 201, "creating a subscription: {}", resp.text().await?);
         }
         Ok(Group { event_type, paths: start..start + count })
+    }
+
+    /// POSTs `body` to the gateway's `path` with the admin token.
+    async fn post_admin(&self, path: &str, body: &Value) -> anyhow::Result<reqwest::Response> {
+        Ok(self
+            .http
+            .post(format!("{}{path}", self.gateway_url))
+            .bearer_auth(herald_tests::ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await?)
     }
 
     /// Empties `streams` and flushes dirty pages to disk, so that no measurement pays for the

@@ -198,14 +198,7 @@ impl Bench {
         for index in 0..subs_n {
             let body = json!({"url": hosts.url(index), "event_types": [format!("prod.t{}", index / per_type)],
                 "secret": self.secret});
-            let resp = self
-                .http
-                .post(format!("{}/v1/subscriptions", self.gateway_url))
-                .bearer_auth(herald_tests::ADMIN_TOKEN)
-                .header("content-type", "application/json")
-                .body(body.to_string())
-                .send()
-                .await?;
+            let resp = self.post_admin("/v1/subscriptions", &body).await?;
             anyhow::ensure!(resp.status() == 201, "creating a subscription: {}", resp.text().await?);
         }
         let events = (self.args.production_deliveries / per_type).max(TYPES);

@@ -13,14 +13,7 @@ impl Bench {
         // string property of bounded length and nothing else.
         let schema = json!({"type": "object", "required": ["blob"], "additionalProperties": false,
             "properties": {"blob": {"type": "string", "maxLength": 1_048_576}}});
-        let resp = self
-            .http
-            .post(format!("{}/v1/event-types", self.gateway_url))
-            .bearer_auth(herald_tests::ADMIN_TOKEN)
-            .header("content-type", "application/json")
-            .body(json!({"name": TYPE, "schema": schema}).to_string())
-            .send()
-            .await?;
+        let resp = self.post_admin("/v1/event-types", &json!({"name": TYPE, "schema": schema})).await?;
         // 409: made for an earlier payload size.
         let created = resp.status().is_success() || resp.status() == reqwest::StatusCode::CONFLICT;
         anyhow::ensure!(created, "creating the event type: {}", resp.text().await?);
