@@ -143,6 +143,13 @@ def main():
         fail("egress: the CA bundle is not mounted")
     if any(e["name"].startswith("HERALD_PROXY") for o in by_kind(d, "Deployment") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]):
         fail("defaults: proxy settings rendered without being set")
+    # Routing settings: schema validation reaches both services, the operator tenant the dispatcher.
+    for o in by_kind(d, "Deployment"):
+        env = {e["name"]: e.get("value") for e in o["spec"]["template"]["spec"]["containers"][0]["env"]}
+        if env.get("HERALD_SCHEMA_VALIDATION") != "enforce":
+            fail(f"defaults: {o['metadata']['name']} has HERALD_SCHEMA_VALIDATION {env.get('HERALD_SCHEMA_VALIDATION')}")
+        if o["metadata"]["name"].endswith("dispatcher") and env.get("HERALD_OPERATOR_TENANT") != "herald":
+            fail(f"defaults: the dispatcher's HERALD_OPERATOR_TENANT is {env.get('HERALD_OPERATOR_TENANT')}")
     print(f"chart check: {len(results)} value sets rendered and validated")
 
 

@@ -63,6 +63,8 @@ nats://{{ .Release.Name }}-nats:4222
   value: {{ .Values.config.allowNetworks | quote }}
 - name: HERALD_HTTPS_ONLY
   value: {{ .Values.config.httpsOnly | quote }}
+- name: HERALD_SCHEMA_VALIDATION
+  value: {{ .Values.config.schemaValidation | default "enforce" | quote }}
 - name: HERALD_SECRET_KEYS_FILE
   value: /etc/herald/secret-keys
 {{- if or .Values.secrets.natsCreds .Values.secrets.existingSecret }}
