@@ -111,6 +111,11 @@ impl Registry {
             .collect()
     }
 
+    /// The tenants that have subscriptions.
+    pub fn tenants(&self) -> Vec<String> {
+        self.by_tenant.read().expect("registry lock").keys().cloned().collect()
+    }
+
     /// How many subscriptions there are.
     pub fn len(&self) -> usize {
         self.by_tenant.read().expect("registry lock").values().map(BTreeMap::len).sum()

@@ -14,6 +14,7 @@
 //! - `health.rs`: `/healthz` and `/readyz` on `HERALD_LISTEN`.
 #![forbid(unsafe_code)]
 
+mod backlog;
 pub mod breaker;
 mod deliver;
 mod fanout;
@@ -120,6 +121,13 @@ pub struct Config {
     /// `delivery.dead_lettered`, `circuit.opened`, `circuit.closed`); empty turns them off.
     #[arg(long, env = "HERALD_OPERATOR_TENANT", default_value = "herald")]
     pub operator_tenant: String,
+    /// Deliveries waiting for one tenant that make a `tenant.backlog_exceeded` operational event
+    /// (and, once under half of it again, `tenant.backlog_cleared`); 0 turns the check off.
+    #[arg(long, env = "HERALD_BACKLOG_ALERT", default_value_t = 10_000)]
+    pub backlog_alert: u64,
+    /// How often tenants' backlogs are counted.
+    #[arg(long, env = "HERALD_BACKLOG_CHECK_INTERVAL", default_value = "60s", value_parser = herald_core::runtime::parse_duration)]
+    pub backlog_check_interval: Duration,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: herald_core::CommonArgs,
@@ -270,6 +278,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
+    tracker.spawn(backlog::watch(shared.clone(), shutdown.clone()));
     let fanout = tokio::spawn({
         let shared = shared.clone();
         // Events held by inline attempts come on top of fan-out's own.

@@ -2,7 +2,7 @@
 //! of the operator tenant (`HERALD_OPERATOR_TENANT`, `herald` by default), so that they are
 //! delivered, signed, retried and recorded like any other to whatever subscriptions that tenant
 //! has. Types: `subscription.disabled`, `delivery.dead_lettered`, `circuit.opened`,
-//! `circuit.closed`.
+//! `circuit.closed`, `tenant.backlog_exceeded`, `tenant.backlog_cleared`.
 //!
 //! They never loop: nothing that happens to the operator tenant's own subscriptions produces an
 //! operational event. Publishing is best-effort beside the delivery path: a notice waits in a
@@ -42,6 +42,8 @@ pub(crate) enum Notice {
     },
     /// A subscription's circuit opened (`opened`) or closed again, in this replica.
     Circuit { subscription_id: String, opened: bool, consecutive_failures: u32 },
+    /// A tenant's deliveries waiting went over the threshold (`exceeded`) or back under half.
+    Backlog { tenant: String, waiting: u64, threshold: u64, exceeded: bool },
 }
 
 /// The sending end, shared by the stages; a no-op when operational events are off.
@@ -63,7 +65,7 @@ impl Operational {
         let Some(tx) = &self.tx else { return };
         let tenant = match &notice {
             Notice::Disabled { sub, .. } => Some(sub.tenant.as_str()),
-            Notice::DeadLettered { tenant, .. } => Some(tenant.as_str()),
+            Notice::DeadLettered { tenant, .. } | Notice::Backlog { tenant, .. } => Some(tenant.as_str()),
             Notice::Circuit { .. } => None, // resolved by the publisher, which has the registry
         };
         if tenant == Some(self.tenant.as_str()) {
@@ -126,6 +128,15 @@ fn event_of(
             json!({"subscription_id": subscription_id, "tenant": tenant, "event_id": event_id,
                 "event_type": event_type, "attempts": attempt, "reason": reason, "dead_at": now}),
         ),
+        Notice::Backlog { tenant, waiting, threshold, exceeded } => {
+            let kind = if exceeded { "backlog_exceeded" } else { "backlog_cleared" };
+            // Replicas checking in the same minute make one event.
+            (
+                format!("op_{kind}_{tenant}_{}", stamp / 60_000),
+                if exceeded { "tenant.backlog_exceeded" } else { "tenant.backlog_cleared" },
+                json!({"tenant": tenant, "deliveries_waiting": waiting, "threshold": threshold, "at": now}),
+            )
+        }
         Notice::Circuit { subscription_id, opened, consecutive_failures } => {
             let sub = registry.find(&subscription_id)?;
             if sub.tenant == operator {

@@ -68,3 +68,42 @@ async fn the_operator_hears_of_disabled_subscriptions_dead_letters_and_open_circ
         all.iter().map(|r| r.json()).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_backlog_over_the_threshold_is_reported_and_so_is_its_clearing() {
+    let mut stack = Stack::gateway_only().await;
+    // Every delivery through the stream (none inline) and two requests at a time in all: a
+    // slow endpoint's deliveries wait in HERALD_DELIVERIES for the dispatcher to catch up.
+    stack.start_dispatcher_with(&[
+        ("--inline-attempts", "0"),
+        ("--concurrency", "2"),
+        ("--backlog-alert", "6"),
+        ("--backlog-check-interval", "1s"),
+    ]);
+    let ops = Receiver::start().await;
+    stack.subscribe(&ops.url("/ops"), &["tenant.*"], Some("herald")).await;
+    let slow = Receiver::start().await;
+    slow.script(
+        (0..20).map(|_| herald_tests::Reply { delay: Duration::from_millis(500), ..herald_tests::Reply::status(200) }),
+    );
+    stack.subscribe(&slow.url("/slow"), &["order.*"], Some("acme")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..20 {
+        stack.publish(json!({"id": format!("b-{i}"), "type": "order.paid", "tenant": "acme", "data": {}})).await;
+    }
+    let got = ops
+        .wait_until(Duration::from_secs(40), "backlog exceeded then cleared", |rx| {
+            let types: Vec<_> = rx.iter().map(|r| r.json()["type"].clone()).collect();
+            types.contains(&json!("tenant.backlog_exceeded")) && types.contains(&json!("tenant.backlog_cleared"))
+        })
+        .await;
+    let exceeded = got.iter().find(|r| r.json()["type"] == "tenant.backlog_exceeded").unwrap().json();
+    assert_eq!(exceeded["data"]["tenant"], "acme");
+    assert!(exceeded["data"]["deliveries_waiting"].as_u64().unwrap() >= 6, "{exceeded}");
+    let cleared = got.iter().find(|r| r.json()["type"] == "tenant.backlog_cleared").unwrap();
+    // Cleared means the backlog really went down: by then most deliveries had succeeded.
+    let delivered = slow.received().len();
+    assert!(delivered >= 17, "cleared with {delivered} of 20 delivered");
+    // Delivered in any order (an unordered subscription), but cleared after it was exceeded.
+    assert!(cleared.json()["data"]["at"].as_str() >= exceeded["data"]["at"].as_str(), "{exceeded}");
+}
