@@ -17,13 +17,13 @@ impl Bench {
     /// The durability rows for one payload size.
     pub(crate) async fn durability(&mut self, payload: usize) -> anyhow::Result<()> {
         let n = self.args.events.max(self.args.ingest_mib * 1024 * 1024 / payload.max(1) / 4).max(100);
-        let synced = herald_tests::NatsServer::start_synced();
-        let port = herald_tests::free_port();
+        let synced = herald_harness::NatsServer::start_synced();
+        let port = herald_harness::free_port();
         let synced_gateway = Proc::gateway(&synced.url(), port).await?;
         let synced_url = format!("http://127.0.0.1:{port}");
-        let cluster = herald_tests::NatsCluster::start();
+        let cluster = herald_harness::NatsCluster::start();
         cluster.wait_for_meta_leader().await;
-        let port = herald_tests::free_port();
+        let port = herald_harness::free_port();
         let cluster_gateway = Proc::gateway_with(&cluster.url(), port, &["--replicas", "3"]).await?;
         let cluster_url = format!("http://127.0.0.1:{port}");
 

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 /// Flags every Herald process of the benchmark gets: loopback receivers allowed, a key ring.
 fn common_flags(nats_url: &str) -> Vec<String> {
-    ["--nats-url", nats_url, "--allow-networks", herald_tests::LOOPBACK, "--secret-keys", herald_tests::SECRET_KEYS]
+    ["--nats-url", nats_url, "--allow-networks", herald_harness::LOOPBACK, "--secret-keys", herald_harness::SECRET_KEYS]
         .map(str::to_owned)
         .to_vec()
 }
@@ -69,7 +69,7 @@ impl Proc {
     pub async fn gateway_with(nats_url: &str, port: u16, extra: &[&str]) -> anyhow::Result<Self> {
         let mut args = common_flags(nats_url);
         args.extend(extra.iter().map(|s| s.to_string()));
-        let tokens = format!("admin={},publish={}", herald_tests::ADMIN_TOKEN, herald_tests::PUBLISH_TOKEN);
+        let tokens = format!("admin={},publish={}", herald_harness::ADMIN_TOKEN, herald_harness::PUBLISH_TOKEN);
         args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--tokens".into(), tokens]);
         let mut proc = Self::spawn("herald-gateway", &args)?;
         proc.metrics_url = Some(format!("http://127.0.0.1:{port}/metrics"));
@@ -97,7 +97,7 @@ impl Proc {
         binary_path: Option<&std::path::Path>,
     ) -> anyhow::Result<Self> {
         let mut args = common_flags(nats_url);
-        let port = herald_tests::free_port();
+        let port = herald_harness::free_port();
         args.extend(["--listen".into(), format!("127.0.0.1:{port}")]);
         args.extend(extra.iter().map(|s| s.to_string()));
         let path = match binary_path {
@@ -132,7 +132,7 @@ impl Proc {
     pub async fn counter(&self, http: &reqwest::Client, name: &str) -> f64 {
         let Some(url) = &self.metrics_url else { return 0.0 };
         let Ok(resp) = http.get(url).send().await else { return 0.0 };
-        herald_tests::metric_sum(&resp.text().await.unwrap_or_default(), name)
+        herald_harness::metric_sum(&resp.text().await.unwrap_or_default(), name)
     }
 
     /// CPU time (user + system) the process has used so far, in seconds.

@@ -49,8 +49,8 @@ struct Hosts {
 
 impl Hosts {
     async fn start(count: usize, latency: Duration, alpn: &[&str], secret: &Secret) -> anyhow::Result<Self> {
-        let ca = herald_tests::TestCa::new("herald-bench CA");
-        let (cert, key) = ca.issue("*.bench.test", herald_tests::Validity::Current);
+        let ca = herald_harness::TestCa::new("herald-bench CA");
+        let (cert, key) = ca.issue("*.bench.test", herald_harness::Validity::Current);
         let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(vec![cert], key)?;
         config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
         let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -80,7 +80,7 @@ impl Hosts {
                 }
             });
         }
-        let ca_file = herald_tests::temp_dir("herald-bench-ca").join("ca.pem");
+        let ca_file = herald_harness::temp_dir("herald-bench-ca").join("ca.pem");
         std::fs::write(&ca_file, ca.pem())?;
         Ok(Self { counters, hosts, ca_file, ca_pem: ca.pem().to_owned() })
     }

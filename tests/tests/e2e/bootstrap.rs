@@ -1,12 +1,12 @@
 //! Start-up: what both services create, and what they refuse.
 
 use clap::Parser as _;
-use herald_tests::NatsServer;
+use herald_harness::NatsServer;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_services_refuse_a_server_without_jetstream_with_a_clear_message() {
-    herald_tests::init();
+    herald_harness::init();
     let nats = NatsServer::start_without_jetstream();
 
     let config = herald_gateway::Config::try_parse_from(["herald-gateway", "--nats-url", &nats.url()]).unwrap();
@@ -14,14 +14,14 @@ async fn both_services_refuse_a_server_without_jetstream_with_a_clear_message() 
     let err = herald_gateway::run(config, listener, std::future::pending()).await.unwrap_err();
     assert!(format!("{err:#}").contains("JetStream is not available"), "{err:#}");
 
-    let config = herald_dispatcher::Config::try_parse_from(herald_tests::dispatcher_args(&nats.url())).unwrap();
+    let config = herald_dispatcher::Config::try_parse_from(herald_harness::dispatcher_args(&nats.url())).unwrap();
     let err = herald_dispatcher::run(config, CancellationToken::new()).await.unwrap_err();
     assert!(format!("{err:#}").contains("start nats-server with -js"), "{err:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
-    herald_tests::init();
+    herald_harness::init();
     let nats = NatsServer::start();
     let js = async_nats::jetstream::new(nats.client().await);
     let topology = herald_core::nats::Topology::default();
@@ -66,7 +66,7 @@ async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_fan_out_of_an_earlier_version_is_shared_after_the_upgrade() {
     use async_nats::jetstream::consumer::{self, PriorityPolicy};
-    herald_tests::init();
+    herald_harness::init();
     let nats = NatsServer::start();
     let js = async_nats::jetstream::new(nats.client().await);
     let topology = herald_core::nats::Topology::default();
@@ -93,7 +93,7 @@ async fn a_pinned_fan_out_of_an_earlier_version_is_shared_after_the_upgrade() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_secured_nats_needs_and_accepts_credentials() {
-    herald_tests::init();
+    herald_harness::init();
     let nats = NatsServer::start_with_password("herald", "s3cret-pass");
 
     let config = herald_gateway::Config::try_parse_from(["herald-gateway", "--nats-url", &nats.url()]).unwrap();
@@ -101,7 +101,7 @@ async fn a_secured_nats_needs_and_accepts_credentials() {
     let err = herald_gateway::run(config, listener, std::future::pending()).await.unwrap_err();
     assert!(format!("{err:#}").to_lowercase().contains("authorization"), "{err:#}");
 
-    let mut args = herald_tests::dispatcher_args(&nats.url());
+    let mut args = herald_harness::dispatcher_args(&nats.url());
     args.extend(["--nats-user", "herald", "--nats-password", "s3cret-pass"].map(String::from));
     let config = herald_dispatcher::Config::try_parse_from(args).unwrap();
     let stop = CancellationToken::new();

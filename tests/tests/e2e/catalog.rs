@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use prost::Message as _;
 use reqwest::Method;
 use serde_json::json;

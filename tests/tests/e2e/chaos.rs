@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use herald_tests::{DispatcherProcess, Receiver, Stack};
+use herald_harness::{DispatcherProcess, Receiver, Stack};
 use reqwest::Method;
 use serde_json::json;
 
@@ -95,7 +95,7 @@ async fn nothing_is_lost_when_dispatchers_and_nats_are_killed_under_load() {
 
     let (mut duplicates, mut despite_record) = (0, 0);
     for path in ["/a", "/b"] {
-        let (d, r) = herald_tests::duplicates_at(&stack.gateway, &got, path).await;
+        let (d, r) = herald_harness::duplicates_at(&stack.gateway, &got, path).await;
         (duplicates, despite_record) = (duplicates + d, despite_record + r);
         let mut ok: HashMap<&str, usize> = HashMap::new();
         for r in got.iter().filter(|r| r.path == path) {

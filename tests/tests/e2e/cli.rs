@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use herald_tests::{ADMIN_TOKEN, Stack, free_port, target_bin};
+use herald_harness::{ADMIN_TOKEN, Stack, free_port, target_bin};
 use serde_json::Value;
 
 fn heraldctl(stack: &Stack, args: &[&str]) -> (bool, Value, String) {
@@ -186,7 +186,7 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heraldctl_listen_verifies_ed25519_v1a_signatures_with_a_public_key() {
     use herald_signature::SigningKey;
-    herald_tests::init();
+    herald_harness::init();
     let key = SigningKey::generate();
     let port = free_port();
     let public_key = key.public_key().to_text();
@@ -218,8 +218,8 @@ async fn heraldctl_creates_ed25519_subscriptions_with_client_certificates_and_li
     let stack = Stack::start().await;
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}/in");
-    let dir = herald_tests::temp_dir("heraldctl-cert");
-    let (cert, key) = herald_tests::TestCa::new("Client CA").issue_client("cli-sender");
+    let dir = herald_harness::temp_dir("heraldctl-cert");
+    let (cert, key) = herald_harness::TestCa::new("Client CA").issue_client("cli-sender");
     std::fs::write(dir.join("client.pem"), &cert).unwrap();
     std::fs::write(dir.join("client.key"), &key).unwrap();
     let (cert_path, key_path) = (dir.join("client.pem"), dir.join("client.key"));
@@ -287,7 +287,7 @@ async fn heraldctl_sets_and_tries_payload_filters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heraldctl_manages_the_event_type_catalog() {
     let stack = Stack::gateway_only().await;
-    let dir = herald_tests::temp_dir("heraldctl-schema");
+    let dir = herald_harness::temp_dir("heraldctl-schema");
     let schema = dir.join("schema.json");
     std::fs::write(&schema, r#"{"type": "object", "required": ["sku"]}"#).unwrap();
     let schema_arg = format!("@{}", schema.display());

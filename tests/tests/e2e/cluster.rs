@@ -2,20 +2,20 @@
 
 use std::time::{Duration, Instant};
 
-use herald_tests::{DispatcherProcess, NatsCluster, Receiver};
+use herald_harness::{DispatcherProcess, NatsCluster, Receiver};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gateway_and_three_dispatchers_started_at_once_against_a_new_cluster_all_become_ready() {
-    herald_tests::init();
+    herald_harness::init();
     // No waiting for the meta leader: the services' start-up must wait for it themselves.
     let cluster = NatsCluster::start();
     let url = cluster.url();
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = format!("http://{}", listener.local_addr().unwrap());
-    let config = herald_tests::gateway_config(&url, &["--replicas", "3"]);
+    let config = herald_harness::gateway_config(&url, &["--replicas", "3"]);
     let stop = CancellationToken::new();
     let gateway_task = tokio::spawn(herald_gateway::run(config, listener, stop.clone().cancelled_owned()));
     let dispatchers: Vec<_> = (0..3).map(|_| DispatcherProcess::start_with(&url, &[("--replicas", "3")])).collect();
@@ -46,7 +46,7 @@ async fn a_gateway_and_three_dispatchers_started_at_once_against_a_new_cluster_a
     let rx = Receiver::start().await;
     let post = |path: &str, body: serde_json::Value| {
         http.post(format!("{gateway}{path}"))
-            .bearer_auth(herald_tests::ADMIN_TOKEN)
+            .bearer_auth(herald_harness::ADMIN_TOKEN)
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
@@ -68,7 +68,7 @@ async fn a_gateway_and_three_dispatchers_started_at_once_against_a_new_cluster_a
 async fn cluster_gateway(url: &str, stop: &CancellationToken) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = format!("http://{}", listener.local_addr().unwrap());
-    let config = herald_tests::gateway_config(url, &["--replicas", "3"]);
+    let config = herald_harness::gateway_config(url, &["--replicas", "3"]);
     tokio::spawn(herald_gateway::run(config, listener, stop.clone().cancelled_owned()));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reqwest::get(format!("{gateway}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
@@ -82,7 +82,7 @@ async fn cluster_gateway(url: &str, stop: &CancellationToken) -> String {
 async fn call(gateway: &str, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
     let response = reqwest::Client::new()
         .post(format!("{gateway}{path}"))
-        .bearer_auth(herald_tests::ADMIN_TOKEN)
+        .bearer_auth(herald_harness::ADMIN_TOKEN)
         .header("content-type", "application/json")
         .body(body.to_string())
         .send()
@@ -98,7 +98,7 @@ async fn call(gateway: &str, path: &str, body: serde_json::Value) -> (u16, serde
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_is_lost_while_nats_nodes_and_dispatchers_are_killed_in_turn() {
-    herald_tests::init();
+    herald_harness::init();
     let n: usize = std::env::var("HERALD_CLUSTER_CHAOS_EVENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
     // Every write on disk before it is acknowledged. With nats-server's default (a flush every
     // two minutes) this test saw acknowledged writes lost when a node was killed while the one
@@ -115,7 +115,7 @@ async fn nothing_is_lost_while_nats_nodes_and_dispatchers_are_killed_in_turn() {
     rx.fail_randomly(0.1);
     // The ordered one's endpoint does not fail: each of its retries waits a second in place,
     // which would only make the test long.
-    rx.script_per_path("/f", (0..n * 3).map(|_| herald_tests::Reply::status(200)));
+    rx.script_per_path("/f", (0..n * 3).map(|_| herald_harness::Reply::status(200)));
     let schedule = vec!["1s"; 15].join(",");
     let mut secrets = std::collections::HashMap::new();
     // Two unordered subscriptions and an ordered one (its lane and the ordered fan-out are
@@ -181,7 +181,7 @@ async fn nothing_is_lost_while_nats_nodes_and_dispatchers_are_killed_in_turn() {
     let whole_again = Instant::now();
 
     let all: std::collections::HashSet<String> = (0..n).map(|i| format!("cc-{i}")).collect();
-    let delivered_to = |got: &[herald_tests::Received], path: &str| {
+    let delivered_to = |got: &[herald_harness::Received], path: &str| {
         got.iter()
             .filter(|r| r.path == path && r.status == 200)
             .filter_map(|r| r.header("webhook-id").map(str::to_owned))
@@ -213,7 +213,7 @@ async fn nothing_is_lost_while_nats_nodes_and_dispatchers_are_killed_in_turn() {
         for r in got.iter().filter(|r| r.path == path && r.status == 200) {
             r.verify(&secrets[path]).unwrap();
         }
-        let (d, r) = herald_tests::duplicates_at(&gateway, &got, path).await;
+        let (d, r) = herald_harness::duplicates_at(&gateway, &got, path).await;
         (duplicates, despite_record) = (duplicates + d, despite_record + r);
     }
     eprintln!(

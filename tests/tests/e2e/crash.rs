@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{DispatcherProcess, Receiver, Reply, Stack};
+use herald_harness::{DispatcherProcess, Receiver, Reply, Stack};
 use serde_json::json;
 
 use crate::SOON;
@@ -96,7 +96,7 @@ async fn redeliveries_after_a_kill(flags: &[(&str, &str)]) -> (usize, usize, usi
     .await;
     first.kill();
     let second = DispatcherProcess::start_with(&stack.nats.url(), flags);
-    let distinct = |r: &[herald_tests::Received], path: &str| {
+    let distinct = |r: &[herald_harness::Received], path: &str| {
         let ids = r.iter().filter(|r| r.path == path).filter_map(|r| r.header("webhook-id"));
         ids.collect::<std::collections::HashSet<_>>().len()
     };

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream;
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use prost::Message as _;
 use serde_json::json;
 
@@ -26,7 +26,7 @@ async fn http_event_is_delivered_once_signed_with_the_specified_headers() {
     let resp = stack
         .http
         .post(format!("{}/v1/events", stack.gateway))
-        .bearer_auth(herald_tests::PUBLISH_TOKEN)
+        .bearer_auth(herald_harness::PUBLISH_TOKEN)
         .header("content-type", "application/json")
         .body(raw)
         .send()

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_tests::{Proxy, Receiver, Stack, TestCa, Validity};
+use herald_harness::{Proxy, Receiver, Stack, TestCa, Validity};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -131,7 +131,7 @@ async fn deliveries_go_through_the_egress_proxy_except_no_proxy_hosts() {
 async fn a_proxy_that_cannot_be_reached_fails_attempts_as_connection_errors_and_loses_nothing() {
     let rx = Receiver::start().await;
     let mut stack = Stack::gateway_only().await;
-    let nowhere = format!("http://127.0.0.1:{}", herald_tests::free_port());
+    let nowhere = format!("http://127.0.0.1:{}", herald_harness::free_port());
     stack.start_dispatcher_with(&[("--proxy-url", &nowhere), ("--retry-schedule", "1s,1s,1s,1s,1s,1s,1s,1s,1s,1s")]);
     let sub = stack.subscribe(&rx.url("/via-proxy"), &["px.y"], None).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -150,7 +150,7 @@ async fn a_proxy_that_cannot_be_reached_fails_attempts_as_connection_errors_and_
 /// The DER of the first certificate of a PEM document, as receivers fingerprint it.
 fn fingerprint_of(pem: &str) -> String {
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    herald_tests::fingerprint(&CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM certificate"))
+    herald_harness::fingerprint(&CertificateDer::from_pem_slice(pem.as_bytes()).expect("PEM certificate"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -21,7 +21,7 @@ async fn subscribe_with(stack: &Stack, url: &str, filter: Option<Value>) -> Stri
     sub["id"].as_str().unwrap().to_owned()
 }
 
-fn ids(received: &[herald_tests::Received]) -> Vec<String> {
+fn ids(received: &[herald_harness::Received]) -> Vec<String> {
     let mut ids: Vec<String> = received.iter().filter_map(|r| r.header("webhook-id").map(str::to_owned)).collect();
     ids.sort();
     ids

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_tests::{PUBLISH_TOKEN, Receiver, Stack};
+use herald_harness::{PUBLISH_TOKEN, Receiver, Stack};
 use reqwest::Method;
 use serde_json::json;
 
@@ -214,9 +214,9 @@ async fn a_client_that_sends_half_a_request_or_nothing_is_cut_off() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_within_its_grace_while_clients_hold_connections_open() {
     use tokio::io::AsyncWriteExt as _;
-    herald_tests::init();
-    let nats = herald_tests::NatsServer::start();
-    let config = herald_tests::gateway_config(&nats.url(), &["--header-timeout", "60s", "--shutdown-grace", "2s"]);
+    herald_harness::init();
+    let nats = herald_harness::NatsServer::start();
+    let config = herald_harness::gateway_config(&nats.url(), &["--header-timeout", "60s", "--shutdown-grace", "2s"]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();

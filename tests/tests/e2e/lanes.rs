@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{DispatcherProcess, Receiver, Reply, Stack};
+use herald_harness::{DispatcherProcess, Receiver, Reply, Stack};
 use reqwest::Method;
 use serde_json::json;
 

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use herald_tests::{Receiver, Stack, free_port};
+use herald_harness::{Receiver, Stack, free_port};
 use serde_json::json;
 
 use crate::SOON;
@@ -102,7 +102,7 @@ async fn the_publishers_trace_reaches_the_subscriber() {
         let mut req = stack
             .http
             .post(format!("{}/v1/events", stack.gateway))
-            .bearer_auth(herald_tests::ADMIN_TOKEN)
+            .bearer_auth(herald_harness::ADMIN_TOKEN)
             .header("content-type", "application/json")
             .body(json!({"id": id, "type": "t.x", "data": {}}).to_string());
         if let Some(traceparent) = traceparent {
@@ -176,7 +176,7 @@ async fn spans_are_exported_over_otlp_and_linked_publisher_to_subscriber() {
     let resp = stack
         .http
         .post(format!("{}/v1/events", stack.gateway))
-        .bearer_auth(herald_tests::ADMIN_TOKEN)
+        .bearer_auth(herald_harness::ADMIN_TOKEN)
         .header("content-type", "application/json")
         .header("traceparent", format!("00-{trace_id}-{publisher_span}-01"))
         .body(json!({"id": "otel-1", "type": "otel.x", "data": {}}).to_string())

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +34,7 @@ async fn the_operator_hears_of_disabled_subscriptions_dead_letters_and_open_circ
     let (status, body) = stack.publish(json!({"id": "op-1", "type": "order.paid", "tenant": "acme", "data": {}})).await;
     assert_eq!(status, 202, "{body}");
 
-    let heard = |rx: &[herald_tests::Received], kind: &str, sub: &str| {
+    let heard = |rx: &[herald_harness::Received], kind: &str, sub: &str| {
         rx.iter().any(|r| r.json()["type"] == kind && r.json()["data"]["subscription_id"] == sub)
     };
     let got = ops
@@ -84,7 +84,8 @@ async fn a_tenants_backlog_over_the_threshold_is_reported_and_so_is_its_clearing
     stack.subscribe(&ops.url("/ops"), &["tenant.*"], Some("herald")).await;
     let slow = Receiver::start().await;
     slow.script(
-        (0..20).map(|_| herald_tests::Reply { delay: Duration::from_millis(500), ..herald_tests::Reply::status(200) }),
+        (0..20)
+            .map(|_| herald_harness::Reply { delay: Duration::from_millis(500), ..herald_harness::Reply::status(200) }),
     );
     stack.subscribe(&slow.url("/slow"), &["order.*"], Some("acme")).await;
     tokio::time::sleep(Duration::from_millis(300)).await;

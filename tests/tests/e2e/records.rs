@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -56,7 +56,7 @@ async fn attempts_are_served_newest_first_and_paged() {
 
     // Another tenant's token sees nothing of it.
     let (status, _, _) = stack
-        .call_as(herald_tests::PUBLISH_TOKEN, Method::GET, &format!("/v1/subscriptions/{id}/attempts"), None)
+        .call_as(herald_harness::PUBLISH_TOKEN, Method::GET, &format!("/v1/subscriptions/{id}/attempts"), None)
         .await;
     assert_eq!(status, 404);
     let (status, _, page) =

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use herald_tests::{Receiver, Reply, Stack};
+use herald_harness::{Receiver, Reply, Stack};
 use prost::Message as _;
 use serde_json::json;
 
@@ -91,7 +91,7 @@ async fn connection_failures_and_timeouts_are_classified() {
     let stack = Stack::start().await;
     let rx = Receiver::start().await;
     // Nothing listens on this port; the hanging reply outlasts the 3 s test timeout.
-    let dead = format!("http://127.0.0.1:{}/nobody", herald_tests::free_port());
+    let dead = format!("http://127.0.0.1:{}/nobody", herald_harness::free_port());
     let body = json!({"url": dead, "event_types": ["cls.*"], "retry_schedule": "1s"});
     stack.call(reqwest::Method::POST, "/v1/subscriptions", Some(body)).await;
     rx.script([Reply { delay: Duration::from_secs(10), ..Reply::status(200) }]);

@@ -6,7 +6,7 @@ use std::collections::HashSet;
 use std::future::IntoFuture as _;
 use std::time::Duration;
 
-use herald_tests::{DispatcherProcess, Receiver, Reply, Stack};
+use herald_harness::{DispatcherProcess, Receiver, Reply, Stack};
 use reqwest::Method;
 use serde_json::json;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use reqwest::Method;
 use serde_json::json;
 
@@ -176,21 +176,21 @@ async fn tokens_are_reloaded_from_their_file_without_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn secrets_and_tokens_never_appear_in_logs() {
-    herald_tests::init();
-    let nats = herald_tests::NatsServer::start();
+    herald_harness::init();
+    let nats = herald_harness::NatsServer::start();
     let dir = std::env::temp_dir().join(format!("herald-logs-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = herald_tests::free_port();
+    let port = herald_harness::free_port();
     let gateway_url = format!("http://127.0.0.1:{port}");
     let admin = "log-test-admin-token-0123456789";
     let key = "k9:HxwdHh8AAQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRo=";
     let spawn = |bin: &str, args: Vec<String>, log: &str| {
-        std::process::Command::new(herald_tests::target_bin(bin))
+        std::process::Command::new(herald_harness::target_bin(bin))
             .args(args)
             .env("HERALD_LOG", "debug")
             .env("HERALD_TOKENS", format!("admin={admin}"))
             .env("HERALD_SECRET_KEYS", key)
-            .env("HERALD_ALLOW_NETWORKS", herald_tests::LOOPBACK)
+            .env("HERALD_ALLOW_NETWORKS", herald_harness::LOOPBACK)
             .stderr(std::fs::File::create(dir.join(log)).unwrap())
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -209,8 +209,8 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         vec!["--nats-url".into(), nats.url(), "--listen".into(), format!("127.0.0.1:{port}")],
         "gateway.log",
     ));
-    let mut dispatcher_args = herald_tests::dispatcher_args(&nats.url());
-    dispatcher_args.retain(|a| a != "--secret-keys" && a != herald_tests::SECRET_KEYS);
+    let mut dispatcher_args = herald_harness::dispatcher_args(&nats.url());
+    dispatcher_args.retain(|a| a != "--secret-keys" && a != herald_harness::SECRET_KEYS);
     let dispatcher = Killed(spawn("herald-dispatcher", dispatcher_args[1..].to_vec(), "dispatcher.log"));
 
     let http = reqwest::Client::new();

@@ -7,7 +7,7 @@ use std::io::Write as _;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use herald_tests::{Received, Receiver, Stack};
+use herald_harness::{Received, Receiver, Stack};
 use reqwest::Method;
 use serde_json::json;
 
@@ -15,7 +15,7 @@ use crate::SOON;
 
 /// What `tests/scripts/verify-ed25519.py` says of `webhook` and `body` with `public_key`.
 fn python_verifies(public_key: &str, webhook: &Received, body: &[u8]) -> bool {
-    let script = herald_tests::workspace_root().join("tests/scripts/verify-ed25519.py");
+    let script = herald_harness::workspace_root().join("tests/scripts/verify-ed25519.py");
     let mut cmd = Command::new("python3");
     if let Some(path) = std::env::var_os("HERALD_CRYPTO_PY") {
         cmd.env("PYTHONPATH", path);

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use herald_tests::{Receiver, Reply, Stack};
+use herald_harness::{Receiver, Reply, Stack};
 use reqwest::Method;
 use serde_json::json;
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_tests::{Receiver, Stack};
+use herald_harness::{Receiver, Stack};
 use reqwest::Method;
 use serde_json::json;
 

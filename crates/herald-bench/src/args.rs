@@ -1,0 +1,95 @@
+//! The command line.
+
+use clap::Parser;
+
+#[derive(Parser, Clone)]
+#[command(about = "Herald against the raw limits of this machine")]
+pub(crate) struct Args {
+    /// Events per ingest measurement, and deliveries per end-to-end measurement.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) events: usize,
+    /// Each ingest run carries at least this many MiB of payload: more events than `--events`
+    /// for small payloads (10,000 of 256 B are published in some 50 ms, too short to time).
+    #[arg(long, default_value_t = 12)]
+    pub(crate) ingest_mib: usize,
+    /// Payload sizes in bytes (the event's data), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256,16384")]
+    pub(crate) payloads: Vec<usize>,
+    /// Concurrent HTTP clients (single-event ingest and the raw POST loop).
+    #[arg(long, default_value_t = 32)]
+    pub(crate) concurrency: usize,
+    /// Concurrent clients sending batches.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) batch_clients: usize,
+    /// Subscriptions per event type, comma-separated, for the end-to-end runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,10,100")]
+    pub(crate) subscriptions: Vec<usize>,
+    /// Dispatcher replicas, comma-separated, for the end-to-end runs.
+    #[arg(long, value_delimiter = ',', default_value = "1,3")]
+    pub(crate) dispatchers: Vec<usize>,
+    /// Events per second for the latency measurement.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) latency_rate: usize,
+    /// Seconds the latency measurement lasts.
+    #[arg(long, default_value_t = 10)]
+    pub(crate) latency_seconds: usize,
+    /// Deliveries held by the dispatcher in the memory measurement.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) in_flight: usize,
+    /// How long the slow receiver of the memory measurement holds each request, in ms.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) slow_ms: u64,
+    /// Measured repetitions of each figure (after a warm-up); the median is reported.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) runs: usize,
+    /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
+    /// memory, scaleout, filters, schema (with ingest), production.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production"
+    )]
+    pub(crate) only: Vec<String>,
+    /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
+    #[arg(long, default_value_t = 100)]
+    pub(crate) production_hosts: usize,
+    /// Production shape: subscriptions, spread evenly over the hosts and over 100 event types.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) production_subscriptions: usize,
+    /// Production shape: the receivers' mean answer time in ms (each drawn from ±50 %).
+    #[arg(long, default_value_t = 50)]
+    pub(crate) production_latency_ms: u64,
+    /// Production shape: deliveries per measured run.
+    #[arg(long, default_value_t = 50_000)]
+    pub(crate) production_deliveries: usize,
+    /// Production shape: payload sizes in bytes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "256,4096")]
+    pub(crate) production_payloads: Vec<usize>,
+    /// Production shape: dispatcher `HERALD_CONCURRENCY` values, comma-separated (the default
+    /// first).
+    #[arg(long, value_delimiter = ',', default_value = "256,1024")]
+    pub(crate) production_concurrency: Vec<usize>,
+    /// Production shape: the protocols the receivers offer through ALPN, in order of preference
+    /// (`h2,http/1.1` needs a build with `--features herald-bench/http2,herald-dispatcher/http2`).
+    #[arg(long, value_delimiter = ',', default_value = "http/1.1")]
+    pub(crate) production_alpn: Vec<String>,
+    /// Scale-out: dispatcher replica counts, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4")]
+    pub(crate) scale_replicas: Vec<usize>,
+    /// Scale-out: the CPU share each replica is held to (cgroup quota), in CPUs.
+    #[arg(long, default_value_t = 0.2)]
+    pub(crate) scale_cpu: f64,
+    /// Scale-out: events in the backlog each run drains (one subscription).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) scale_backlog: usize,
+    /// Scale-out: run this dispatcher binary instead of the one built next to the benchmark
+    /// (to compare two builds on the same machine).
+    #[arg(long)]
+    pub(crate) dispatcher_binary: Option<std::path::PathBuf>,
+    /// A tiny configuration, to check the benchmark still runs.
+    #[arg(long)]
+    pub(crate) smoke: bool,
+    /// Where to write the JSON results.
+    #[arg(long, default_value = "target/herald-bench.json")]
+    pub(crate) json: std::path::PathBuf,
+}
