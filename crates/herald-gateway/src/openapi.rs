@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{attempts, dead_letters, event_types, events, filters, health, replay, subscriptions};
+use crate::routes::{attempts, dead_letters, event_list, event_types, events, filters, health, replay, subscriptions};
 
 /// An event as `POST /v1/events` takes it.
 #[derive(utoipa::ToSchema)]
@@ -45,6 +45,7 @@ impl Modify for BearerAuth {
     paths(
         events::publish,
         events::publish_batch,
+        event_list::list,
         attempts::for_event,
         subscriptions::create,
         subscriptions::list,

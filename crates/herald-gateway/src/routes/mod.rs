@@ -2,6 +2,7 @@
 
 pub(crate) mod attempts;
 pub(crate) mod dead_letters;
+pub(crate) mod event_list;
 pub(crate) mod event_types;
 pub(crate) mod events;
 pub(crate) mod filters;
@@ -20,7 +21,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(health::openapi))
-        .route("/v1/events", post(events::publish))
+        .route("/v1/events", post(events::publish).get(event_list::list))
         .route("/v1/events/batch", post(events::publish_batch))
         .route("/v1/events/{id}/attempts", get(attempts::for_event))
         .route("/v1/subscriptions/{id}/attempts", get(attempts::for_subscription))

@@ -1,0 +1,120 @@
+//! `GET /v1/events`: the events stored, by tenant, type and time, oldest first and paged — what
+//! a console lists and finds events by. Read from `HERALD_EVENTS` (kept `HERALD_EVENTS_MAX_AGE`).
+
+use axum::Json;
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+
+use herald_core::event::{StoredAt, decode_stored};
+use herald_core::nats;
+use herald_core::pattern::TypePattern;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::scan::{From, parse_time, scan};
+use crate::{AppState, Query};
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ListQuery {
+    /// One tenant (a tenant token's own by default; all of them for `admin`).
+    tenant: Option<String>,
+    /// A type or type pattern (`order.paid`, `order.*`, `order.>`).
+    #[serde(rename = "type")]
+    #[param(rename = "type")]
+    event_type: Option<String>,
+    /// RFC 3339: stored at or after.
+    since: Option<String>,
+    /// RFC 3339: stored before.
+    until: Option<String>,
+    limit: Option<usize>,
+    /// The `next` of the previous page.
+    after: Option<u64>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct EventView {
+    /// Stream sequence: the `after` cursor of the next page.
+    seq: u64,
+    id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    tenant: String,
+    source: String,
+    time: String,
+    /// The event's data, as published.
+    #[schema(value_type = Object)]
+    data: Box<serde_json::value::RawValue>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = EventsPage)]
+pub(crate) struct Page {
+    data: Vec<EventView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<u64>,
+}
+
+/// `GET /v1/events?tenant=&type=&since=&until=&limit=&after=`: oldest first, 50 a page.
+#[utoipa::path(get, path = "/v1/events", tag = "events", params(ListQuery),
+    responses((status = 200, description = "Oldest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Page>, ApiError> {
+    let since = parse_time("since", q.since.as_deref())?;
+    let until = parse_time("until", q.until.as_deref())?;
+    let pattern = match &q.event_type {
+        Some(t) => TypePattern::parse(t)
+            .map_err(|e| ApiError::invalid(Some("type"), format!("type: {}", e.0)))?
+            .as_str()
+            .to_owned(),
+        None => ">".to_owned(),
+    };
+    let tenants: Vec<String> = match (&q.tenant, caller.tenant_limit()) {
+        (Some(t), _) => {
+            herald_core::ids::TenantId::parse(t)
+                .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
+            caller.require_tenant(t)?;
+            vec![t.clone()]
+        }
+        (None, None) => vec!["*".to_owned()],
+        (None, Some(ts)) if ts.is_empty() => {
+            return Err(ApiError::forbidden("listing events needs `admin` or a `tenant:<id>` scope"));
+        }
+        (None, Some(ts)) => ts.iter().map(|t| t.to_string()).collect(),
+    };
+    let filters = tenants.iter().map(|t| format!("{}{t}.{pattern}", nats::EVENTS_SUBJECT_PREFIX)).collect();
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    let from = match (q.after, since) {
+        (Some(after), _) => From::Sequence(after + 1),
+        (None, Some(t)) => From::Time(t),
+        (None, None) => From::Beginning,
+    };
+    let stored = scan(&state.js, nats::EVENTS_STREAM, filters, from, until, limit + 1).await?;
+    let more = stored.len() > limit;
+    let data = stored
+        .iter()
+        .take(limit)
+        .filter(|s| since.is_none_or(|t| s.time >= t))
+        .filter_map(|s| {
+            let at = StoredAt { sequence: s.sequence, time: s.time };
+            let event =
+                decode_stored(&s.subject, s.header("Content-Type"), s.header("Nats-Msg-Id"), &s.payload, at).ok()?;
+            let data = serde_json::value::RawValue::from_string(String::from_utf8(event.data).ok()?).ok()?;
+            Some(EventView {
+                seq: s.sequence,
+                id: event.id,
+                event_type: event.r#type,
+                tenant: event.tenant,
+                source: event.source,
+                time: event.time,
+                data,
+            })
+        })
+        .collect();
+    let next = if more { stored.get(limit - 1).map(|s| s.sequence) } else { None };
+    Ok(Json(Page { data, next }))
+}
