@@ -62,6 +62,7 @@ impl Modify for BearerAuth {
         event_types::delete,
         attempts::for_subscription,
         replay::replay,
+        replay::resend,
         dead_letters::list,
         dead_letters::redrive,
         health::healthz,

@@ -201,3 +201,37 @@ async fn stored_events_are_listed_by_tenant_type_and_time_in_pages() {
     let (status, _, problem) = stack.call(Method::GET, "/v1/events?type=order..paid", None).await;
     assert_eq!((status, problem["field"].as_str()), (400, Some("type")), "{problem}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_stored_event_is_resent_to_one_subscription() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    let sub = stack.subscribe(&rx.url("/again"), &["order.*"], Some("acme")).await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let other = stack.subscribe(&rx.url("/other"), &["order.*"], Some("other")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stack.publish(json!({"id": "rs-1", "type": "order.paid", "tenant": "acme", "data": {}})).await;
+    stack.publish(json!({"id": "rs-2", "type": "order.paid", "tenant": "other", "data": {}})).await;
+    rx.wait_for(2, SOON).await;
+
+    let (_, _, page) = stack.call(Method::GET, "/v1/events?tenant=acme", None).await;
+    let seq = page["data"][0]["seq"].as_u64().unwrap();
+    let (status, _, resent) =
+        stack.call(Method::POST, &format!("/v1/subscriptions/{id}/resend"), Some(json!({"seq": seq}))).await;
+    assert_eq!(status, 202, "{resent}");
+    assert_eq!(resent["event_id"], "rs-1");
+    let again = rx.wait_until(SOON, "the resend", |r| r.iter().filter(|r| r.path == "/again").count() == 2).await;
+    let to_again: Vec<_> = again.iter().filter(|r| r.path == "/again").collect();
+    assert!(to_again.iter().all(|r| r.header("webhook-id") == Some("rs-1")), "the same event, the same webhook-id");
+    assert_eq!(rx.received_on("/other").len(), 1, "no other subscription gets it");
+
+    // Another tenant's event, or none at all, is not found for this subscription.
+    let (_, _, theirs) = stack.call(Method::GET, "/v1/events?tenant=other", None).await;
+    let their_seq = theirs["data"][0]["seq"].as_u64().unwrap();
+    for seq in [their_seq, 999_999] {
+        let (status, _, problem) =
+            stack.call(Method::POST, &format!("/v1/subscriptions/{id}/resend"), Some(json!({"seq": seq}))).await;
+        assert_eq!(status, 404, "{problem}");
+    }
+    assert!(other["id"].is_string());
+}

@@ -26,6 +26,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/events/{id}/attempts", get(attempts::for_event))
         .route("/v1/subscriptions/{id}/attempts", get(attempts::for_subscription))
         .route("/v1/subscriptions/{id}/replay", post(replay::replay))
+        .route("/v1/subscriptions/{id}/resend", post(replay::resend))
         .route("/v1/subscriptions/{id}/rotate-secret", post(subscriptions::rotate_secret))
         .route("/v1/subscriptions/{id}/test", post(subscriptions::test))
         .route("/v1/filters/test", post(filters::test))

@@ -113,3 +113,56 @@ pub(crate) async fn replay(
     tracing::info!(subscription = %sub.id, scanned = stored.len(), replayed, in_flight, "replay");
     Ok(Json(ReplayResult { scanned: stored.len(), replayed, in_flight }))
 }
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ResendInput {
+    /// The event's `seq`, as `GET /v1/events` lists it.
+    seq: u64,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct Resent {
+    event_id: String,
+    subscription_id: String,
+}
+
+/// `POST /v1/subscriptions/{id}/resend {seq}`: sends one stored event to this subscription again,
+/// as a new delivery with a fresh retry schedule (an ordered subscription sends it even if it was
+/// delivered before: an operator asked). The event must be of the subscription's tenant; its
+/// type need not match the subscription's patterns or filter — the request names it.
+#[utoipa::path(post, path = "/v1/subscriptions/{id}/resend", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")), request_body = ResendInput,
+    responses((status = 202, description = "Queued for delivery", body = Resent), crate::error::Problems), security(("bearer" = [])))]
+pub(crate) async fn resend(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<(axum::http::StatusCode, Json<Resent>), ApiError> {
+    let input: ResendInput = body.json()?;
+    let (_, _, sub) = locate(&state, &caller, &id).await?;
+    let missing = || ApiError::not_found(format!("there is no stored event {} of tenant {:?}", input.seq, sub.tenant));
+    let stream = state.js.get_stream(nats::EVENTS_STREAM).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let stored = stream.get_raw_message(input.seq).await.map_err(|_| missing())?;
+    let header = |name: &str| stored.headers.get(name).map(|v| v.as_str());
+    let at = StoredAt { sequence: input.seq, time: stored.time };
+    let event =
+        decode_stored(stored.subject.as_str(), header("Content-Type"), header("Nats-Msg-Id"), &stored.payload, at)
+            .map_err(|_| missing())?;
+    if event.tenant != sub.tenant {
+        return Err(missing());
+    }
+    let traceparent = trace::child_of(header(trace::TRACEPARENT));
+    let (subject, publish) = nats::first_delivery(&event, &sub, &traceparent);
+    // A new message id: the delivery's own would be deduplicated against the first.
+    let publish = publish.header(nats::RESEND_HEADER, "resend").message_id(format!(
+        "resend-{}-{}-{}",
+        sub.id,
+        event.id,
+        herald_core::now_rfc3339()
+    ));
+    let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    ack.into_future().await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    tracing::info!(subscription = %sub.id, event = %event.id, "event resent");
+    Ok((axum::http::StatusCode::ACCEPTED, Json(Resent { event_id: event.id, subscription_id: sub.id })))
+}
