@@ -205,8 +205,16 @@ async fn a_subscription_presents_its_client_certificate_to_a_server_that_require
         (&stranger_id, "does not accept the subscription's client certificate"),
     ] {
         let attempt = first_attempt(&stack, id).await;
-        assert_eq!(attempt["error_class"], "tls", "{attempt}");
-        assert!(attempt["error"].as_str().unwrap_or_default().contains(says), "{attempt} should say {says:?}");
+        // Under TLS 1.3 the server judges the client's certificate after the client has finished
+        // its half of the handshake: its refusal (an alert) usually reaches the client as the
+        // reason, but may instead show as the connection closing before the request went out.
+        match attempt["error_class"].as_str().unwrap_or_default() {
+            "tls" => {
+                assert!(attempt["error"].as_str().unwrap_or_default().contains(says), "{attempt} should say {says:?}")
+            }
+            "request" | "connection" => {}
+            other => panic!("{other}: {attempt}"),
+        }
         assert_eq!(attempt["outcome"], "retry", "{attempt}");
     }
     assert_eq!(got.len(), 1, "only the subscription with an accepted certificate got through");
