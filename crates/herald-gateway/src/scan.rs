@@ -36,6 +36,18 @@ pub(crate) enum From {
     Sequence(u64),
 }
 
+impl From {
+    /// Where a listing's page starts: after the previous page's `next` (a stream sequence), or
+    /// at `since`, or at the beginning.
+    pub(crate) fn page(after: Option<u64>, since: Option<OffsetDateTime>) -> Self {
+        match (after, since) {
+            (Some(after), _) => Self::Sequence(after + 1),
+            (None, Some(t)) => Self::Time(t),
+            (None, None) => Self::Beginning,
+        }
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> ApiError {
     tracing::warn!(error = %e, "stream scan failed");
     ApiError::unavailable(format!("could not read from NATS ({e}); retry later"))

@@ -139,11 +139,7 @@ pub(crate) async fn list(
     let f = Filter { tenant: q.tenant, subscription: q.subscription, since: q.since, until: q.until };
     let (filters, since, until) = resolve(&state, &caller, &f).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let from = match (q.after, since) {
-        (Some(after), _) => From::Sequence(after + 1),
-        (None, Some(t)) => From::Time(t),
-        (None, None) => From::Beginning,
-    };
+    let from = From::page(q.after, since);
     let stored = scan(&state.js, nats::DLQ_STREAM, filters, from, until, limit + 1).await?;
     let more = stored.len() > limit;
     let data: Vec<DeadLetterView> = stored

@@ -88,11 +88,7 @@ pub(crate) async fn list(
     };
     let filters = tenants.iter().map(|t| format!("{}{t}.{pattern}", nats::EVENTS_SUBJECT_PREFIX)).collect();
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let from = match (q.after, since) {
-        (Some(after), _) => From::Sequence(after + 1),
-        (None, Some(t)) => From::Time(t),
-        (None, None) => From::Beginning,
-    };
+    let from = From::page(q.after, since);
     let stored = scan(&state.js, nats::EVENTS_STREAM, filters, from, until, limit + 1).await?;
     let more = stored.len() > limit;
     let data = stored
