@@ -71,6 +71,11 @@ impl Tokens {
         self.by_hash.is_empty()
     }
 
+    /// True if `token` carries the `admin` scope.
+    pub fn is_admin(&self, token: &str) -> bool {
+        self.scopes(token).is_some_and(|s| s.contains(&Scope::Admin))
+    }
+
     fn scopes(&self, token: &str) -> Option<&[Scope]> {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.by_hash.get(&hash).map(Vec::as_slice)
@@ -112,15 +117,32 @@ impl TokenStore {
     }
 }
 
+/// How a caller authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A bearer token.
+    Token,
+    /// The console's session (an operator who signed in with an admin token).
+    Console,
+    /// A portal session: one tenant's users, who manage endpoints but publish nothing.
+    Portal,
+}
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
     scopes: Arc<[Scope]>,
+    via: Via,
 }
 
 impl Caller {
     fn has(&self, scope: &Scope) -> bool {
         self.scopes.contains(scope)
+    }
+
+    /// How the caller authenticated.
+    pub fn via(&self) -> Via {
+        self.via
     }
 
     /// Admin scope.
@@ -130,6 +152,9 @@ impl Caller {
 
     /// Refuses unless the token may publish events at all.
     pub fn require_publish(&self) -> Result<(), ApiError> {
+        if self.via == Via::Portal {
+            return Err(ApiError::forbidden("a portal session cannot publish events"));
+        }
         if self.is_admin() || self.has(&Scope::Publish) || self.scopes.iter().any(|s| matches!(s, Scope::Tenant(_))) {
             Ok(())
         } else {
@@ -142,6 +167,9 @@ impl Caller {
     /// Refuses unless the token may publish events of `tenant`: `admin` and `publish` may
     /// publish for any tenant, `tenant:{id}` only for its own.
     pub fn require_publish_for(&self, tenant: &str) -> Result<(), ApiError> {
+        if self.via == Via::Portal {
+            return Err(ApiError::forbidden("a portal session cannot publish events"));
+        }
         if self.is_admin() || self.has(&Scope::Publish) || self.may_manage(tenant) {
             Ok(())
         } else {
@@ -191,10 +219,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::unauthorized("send `Authorization: Bearer <token>`"))?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            return from_session(parts, state).await;
+        };
         let token = header
             .to_str()
             .ok()
@@ -203,8 +230,49 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let tokens = state.tokens.current();
         let scopes = tokens.scopes(token).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
-        Ok(Caller { scopes: scopes.into() })
+        Ok(Caller { scopes: scopes.into(), via: Via::Token })
     }
+}
+
+/// A page's call: the session cookie named by the CSRF token's kind, and the CSRF token equal
+/// to the session's. A cookie alone (what a forged cross-site request carries) gets nothing.
+async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
+    use crate::session;
+    let Some(csrf) = parts.headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()) else {
+        let detail = if [session::CONSOLE_COOKIE, session::PORTAL_COOKIE]
+            .iter()
+            .any(|c| session::cookie(&parts.headers, c).is_some())
+        {
+            "a session's calls must carry its X-Herald-Csrf token"
+        } else {
+            "send `Authorization: Bearer <token>`"
+        };
+        return Err(ApiError::unauthorized(detail));
+    };
+    // Browsers say where a request comes from; a page of another site never gets through.
+    if let Some(site) = parts.headers.get("sec-fetch-site").and_then(|v| v.to_str().ok())
+        && site != "same-origin"
+    {
+        return Err(ApiError::forbidden("session calls are accepted only from Herald's own pages"));
+    }
+    let kind =
+        session::kind_of_csrf(csrf).ok_or_else(|| ApiError::unauthorized("the X-Herald-Csrf token is not valid"))?;
+    let secret = session::cookie(&parts.headers, kind.cookie())
+        .ok_or_else(|| ApiError::unauthorized("no session: sign in again (the session cookie is missing)"))?;
+    let found = session::find(&state.sessions, secret).await.map_err(|e| {
+        tracing::warn!(error = %e, "session lookup failed");
+        ApiError::unavailable("could not read the session from NATS; retry later")
+    })?;
+    let found = found.ok_or_else(|| ApiError::unauthorized("the session has expired or was closed: sign in again"))?;
+    if !session::same(&found.csrf, csrf) {
+        return Err(ApiError::unauthorized("the X-Herald-Csrf token does not belong to this session"));
+    }
+    let (scopes, via): (Arc<[Scope]>, Via) = match (found.kind, found.tenant) {
+        (session::Kind::Console, _) => (Arc::new([Scope::Admin]), Via::Console),
+        (session::Kind::Portal, Some(tenant)) => (Arc::new([Scope::Tenant(tenant)]), Via::Portal),
+        (session::Kind::Portal, None) => return Err(ApiError::unauthorized("the session names no tenant")),
+    };
+    Ok(Caller { scopes, via })
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub mod openapi;
 pub(crate) mod routes;
 mod scan;
 mod serve;
+pub mod session;
+mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,6 +65,32 @@ pub struct Config {
     /// How long to wait for JetStream to acknowledge a write before answering 503.
     #[arg(long, env = "HERALD_PUBLISH_TIMEOUT", default_value = "5s", value_parser = herald_core::runtime::parse_duration)]
     pub publish_timeout: Duration,
+    /// How far back delivery statistics reach (`/v1/stats`, the console): kept per minute for
+    /// the last hour and per hour for this window, read back from the streams on start.
+    #[arg(long, env = "HERALD_STATS_WINDOW", default_value = "24h", value_parser = herald_core::runtime::parse_duration)]
+    pub stats_window: Duration,
+    /// The tenant of Herald's operational events (as the dispatchers are given it); the console
+    /// learns open circuits from its `circuit.*` events. Empty: none.
+    #[arg(long, env = "HERALD_OPERATOR_TENANT", default_value = "herald")]
+    pub operator_tenant: String,
+    /// Serve the console (`/console/`) and the portal (`/portal/`).
+    #[arg(long, env = "HERALD_CONSOLE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub console: bool,
+    /// The gateway's address as browsers reach it (e.g. `https://webhooks.example.com`): portal
+    /// links point there, and `https` makes session cookies `Secure`. Unset: the request's host.
+    #[arg(long, env = "HERALD_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// How long a console sign-in lasts (at most 24h).
+    #[arg(long, env = "HERALD_CONSOLE_SESSION_TTL", default_value = "12h", value_parser = herald_core::runtime::parse_duration)]
+    pub console_session_ttl: Duration,
+    /// Origins allowed to frame the portal, space- or comma-separated
+    /// (`https://app.example.com`); the gateway's own origin always may.
+    #[arg(long, env = "HERALD_PORTAL_FRAME_ANCESTORS", default_value = "", value_parser = routes::pages::check_frame_ancestors)]
+    pub portal_frame_ancestors: String,
+    /// `lax`: the portal works stand-alone and framed by a page of the same site; `none`: also
+    /// framed by another site (needs HTTPS; the cookie is `Secure; Partitioned`).
+    #[arg(long, env = "HERALD_PORTAL_COOKIE_SAMESITE", value_enum, default_value = "lax")]
+    pub portal_cookie_samesite: session::SameSite,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: herald_core::CommonArgs,
@@ -105,10 +133,14 @@ pub struct Handles {
     /// The event-type catalog and its bucket.
     pub(crate) catalog: Arc<herald_core::catalog::Catalog>,
     pub(crate) catalog_kv: jetstream::kv::Store,
+    /// Console and portal sessions.
+    pub(crate) sessions: jetstream::kv::Store,
     pub(crate) config: Arc<Config>,
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
     /// Seals signing secrets before they are stored.
     pub(crate) keys: Arc<herald_core::secrets::KeyRing>,
+    /// Delivery statistics, kept as deliveries happen.
+    pub(crate) stats: Arc<stats::Stats>,
     /// Exports spans, when OTLP is configured.
     pub(crate) tracer: Option<herald_core::otel::Tracer>,
 }
@@ -145,6 +177,14 @@ pub async fn run(
     let handles =
         nats::until_ready("streams and the subscriptions bucket", || nats::ensure_streams(&js, &topology)).await?;
 
+    let replicas = topology.replicas;
+    let sessions = nats::until_ready("the sessions bucket", || async {
+        session::ensure(&js, replicas)
+            .await
+            .map_err(|detail| nats::BootstrapError::Create { what: format!("KV bucket {}", session::BUCKET), detail })
+    })
+    .await?;
+
     let registry = Registry::new();
     let cancel = tokio_util::sync::CancellationToken::new();
     let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
@@ -156,7 +196,11 @@ pub async fn run(
         cancel.clone().cancelled_owned(),
     ));
 
+    let stats = stats::Stats::new(config.stats_window.max(Duration::from_secs(3600)));
+    let stats_tasks = stats::spawn(stats.clone(), js.clone(), config.operator_tenant.clone(), cancel.clone());
+
     let state = AppState(Arc::new(Handles {
+        stats,
         js,
         kv: handles.subscriptions,
         client,
@@ -164,6 +208,7 @@ pub async fn run(
         registry,
         catalog,
         catalog_kv: handles.event_types,
+        sessions,
         keys,
         tracer: config.common.tracer("herald-gateway"),
         policy: Arc::new(config.common.ssrf_policy()),
@@ -176,6 +221,9 @@ pub async fn run(
     let _ = follow.await;
     let _ = follow_catalog.await;
     let _ = reload.await;
+    for task in stats_tasks {
+        let _ = task.await;
+    }
     Ok(())
 }
 

@@ -4,7 +4,9 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use crate::routes::{attempts, dead_letters, event_list, event_types, events, filters, health, replay, subscriptions};
+use crate::routes::{
+    attempts, dead_letters, event_list, event_types, events, filters, health, replay, sessions, stats, subscriptions,
+};
 
 /// An event as `POST /v1/events` takes it.
 #[derive(utoipa::ToSchema)]
@@ -65,6 +67,9 @@ impl Modify for BearerAuth {
         replay::resend,
         dead_letters::list,
         dead_letters::redrive,
+        stats::stats,
+        stats::overview,
+        sessions::create_portal_session,
         health::healthz,
         health::readyz,
     ),
@@ -74,6 +79,8 @@ impl Modify for BearerAuth {
         (name = "subscriptions", description = "Subscriber endpoints"),
         (name = "event-types", description = "The catalog of event types and their schemas"),
         (name = "dead-letters", description = "What Herald gave up on"),
+        (name = "portal", description = "One-time links into a tenant's portal"),
+        (name = "stats", description = "Deliveries over time, kept as they happen"),
         (name = "health", description = "Liveness and readiness"),
     )
 )]

@@ -14,6 +14,9 @@ use crate::error::ApiError;
 use crate::scan::{From, parse_time, scan};
 use crate::{AppState, Query};
 
+/// Most stored events a search by id reads.
+const ID_SEARCH_LIMIT: usize = 100_000;
+
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
@@ -28,6 +31,8 @@ pub(crate) struct ListQuery {
     since: Option<String>,
     /// RFC 3339: stored before.
     until: Option<String>,
+    /// One event by its id (searches up to 100,000 stored events from `since`).
+    id: Option<String>,
     limit: Option<usize>,
     /// The `next` of the previous page.
     after: Option<u64>,
@@ -89,12 +94,20 @@ pub(crate) async fn list(
     let filters = tenants.iter().map(|t| format!("{}{t}.{pattern}", nats::EVENTS_SUBJECT_PREFIX)).collect();
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
-    let stored = scan(&state.js, nats::EVENTS_STREAM, filters, from, until, limit + 1).await?;
-    let more = stored.len() > limit;
-    let data = stored
+    if let Some(id) = &q.id {
+        herald_core::ids::EventId::parse(id).map_err(|e| ApiError::invalid(Some("id"), format!("id: {}", e.0)))?;
+    }
+    let max = if q.id.is_some() { ID_SEARCH_LIMIT } else { limit + 1 };
+    let stored = scan(&state.js, nats::EVENTS_STREAM, filters, from, until, max).await?;
+    let (limit, more) = match &q.id {
+        Some(_) => (stored.len(), false),
+        None => (limit, stored.len() > limit),
+    };
+    let data: Vec<EventView> = stored
         .iter()
         .take(limit)
         .filter(|s| since.is_none_or(|t| s.time >= t))
+        .filter(|s| q.id.as_ref().is_none_or(|id| s.header("Nats-Msg-Id").is_none_or(|m| m == id)))
         .filter_map(|s| {
             let at = StoredAt { sequence: s.sequence, time: s.time };
             let event =
@@ -110,6 +123,8 @@ pub(crate) async fn list(
                 data,
             })
         })
+        .filter(|e| q.id.as_ref().is_none_or(|id| &e.id == id))
+        .take(if q.id.is_some() { 1 } else { usize::MAX })
         .collect();
     let next = if more { stored.get(limit - 1).map(|s| s.sequence) } else { None };
     Ok(Json(Page { data, next }))

@@ -7,7 +7,10 @@ pub(crate) mod event_types;
 pub(crate) mod events;
 pub(crate) mod filters;
 pub(crate) mod health;
+pub(crate) mod pages;
 pub(crate) mod replay;
+pub(crate) mod sessions;
+pub(crate) mod stats;
 pub(crate) mod subscriptions;
 
 use axum::Router;
@@ -32,6 +35,17 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/filters/test", post(filters::test))
         .route("/v1/event-types", post(event_types::create).get(event_types::list))
         .route("/v1/event-types/{name}", get(event_types::get).patch(event_types::patch).delete(event_types::delete))
+        .route("/console", get(pages::console_redirect))
+        .route("/console/", get(pages::console))
+        .route("/console/session", post(sessions::sign_in))
+        .route("/portal", get(pages::portal_redirect))
+        .route("/portal/", get(pages::portal))
+        .route("/portal/session", post(sessions::open_portal))
+        .route("/ui/{name}", get(pages::asset))
+        .route("/v1/session", get(sessions::current).delete(sessions::sign_out))
+        .route("/v1/portal/sessions", post(sessions::create_portal_session))
+        .route("/v1/stats", get(stats::stats))
+        .route("/v1/overview", get(stats::overview))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive))
         .route("/v1/subscriptions", post(subscriptions::create).get(subscriptions::list))

@@ -1,0 +1,444 @@
+// The operator's console: sign in with an admin token (kept server-side as an HttpOnly session
+// cookie; the page holds only the session's CSRF token), then overview, subscriptions, events,
+// dead letters and tenants. Routing by the URL's fragment, so changing a filter or a page never
+// reloads the document.
+import {
+  api, resume, adopt, signOut, el, mount, toast, attempt, fmtTime, fmtCount, fmtRate, pill, outcomePill,
+  barChart, table, field, values, words, secretBox,
+} from "/ui/common.js";
+
+const main = document.getElementById("main");
+const DELIVERY_SERIES = [
+  { key: "delivered", label: "Delivered", cls: "s-ok" },
+  { key: "failed", label: "Failed, retrying", cls: "s-warn" },
+  { key: "dead_lettered", label: "Dead-lettered", cls: "s-bad" },
+];
+
+function route() {
+  const [page, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
+  return { page: page || "overview", arg: rest.map(decodeURIComponent).join("/") || null };
+}
+
+function params() {
+  const q = location.hash.split("?")[1] || "";
+  return new URLSearchParams(q);
+}
+
+function go(hash) {
+  if (location.hash === hash) render();
+  else location.hash = hash;
+}
+
+async function start() {
+  const session = await resume("console");
+  if (!session) return signInPage();
+  showChrome(true);
+  window.addEventListener("hashchange", render);
+  render();
+}
+
+function showChrome(on) {
+  document.getElementById("nav").hidden = !on;
+  const out = document.getElementById("sign-out");
+  out.hidden = !on;
+  out.onclick = async () => {
+    await attempt(signOut);
+    location.hash = "";
+    location.reload();
+  };
+}
+
+function signInPage() {
+  showChrome(false);
+  const input = el("input", { type: "password", name: "token", autocomplete: "current-password", required: true, autofocus: true });
+  const error = el("p", { class: "error", role: "alert" });
+  const form = el(
+    "form",
+    { class: "card narrow", id: "sign-in" },
+    el("h1", {}, "Sign in to the console"),
+    el("p", {}, "Use a token with the ", el("code", {}, "admin"), " scope (from HERALD_TOKENS). It is exchanged for a session; the page never keeps it."),
+    field("Admin token", input),
+    error,
+    el("button", { type: "submit" }, "Sign in"),
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    try {
+      const s = await api("/console/session", { method: "POST", body: { token: input.value } });
+      adopt(s);
+      showChrome(true);
+      window.addEventListener("hashchange", render);
+      go("#/overview");
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  });
+  mount(main, form);
+}
+
+async function render() {
+  const { page, arg } = route();
+  for (const a of document.querySelectorAll("#nav a")) a.classList.toggle("active", a.dataset.page === page);
+  try {
+    if (page === "overview") await overview();
+    else if (page === "subscriptions" && arg === "new") await subscriptionForm(null);
+    else if (page === "subscriptions" && arg) await subscription(arg);
+    else if (page === "subscriptions") await subscriptions();
+    else if (page === "events" && arg) await eventPage(arg);
+    else if (page === "events") await events();
+    else if (page === "dead-letters") await deadLetters();
+    else if (page === "tenants") await tenants();
+    else mount(main, el("p", { class: "empty" }, "No such page."));
+  } catch (e) {
+    if (e.status === 401) return signInPage();
+    mount(main, el("p", { class: "error", role: "alert" }, e.message));
+  }
+}
+
+function stat(label, value, kind, testid) {
+  return el("div", { class: `stat ${kind || ""}`, "data-testid": testid }, el("span", { class: "label" }, label), el("strong", {}, value));
+}
+
+async function overview() {
+  const o = await api("/v1/overview");
+  const t = o.last_hour_totals;
+  mount(
+    main,
+    el("h1", {}, "Overview", o.warming ? el("small", { class: "muted" }, " (still reading back the last day)") : null),
+    el(
+      "section",
+      { class: "stats" },
+      stat("Events in, last hour", fmtCount(t.events_in), "", "events-in"),
+      stat("Delivered, last hour", fmtCount(t.delivered), "ok", "delivered"),
+      stat("Failed attempts", fmtCount(t.failed), t.failed ? "warn" : "", "failed"),
+      stat("Dead-lettered", fmtCount(t.dead_lettered), t.dead_lettered ? "bad" : "", "dead-lettered"),
+      stat("Success rate", fmtRate(o.success_rate), "", "success-rate"),
+      stat("Waiting to fan out", o.lag ? fmtCount(o.lag.events_pending) : "–", "", "lag-events"),
+      stat("Deliveries waiting", o.lag ? fmtCount(o.lag.deliveries_pending + o.lag.deliveries_in_flight) : "–", "", "lag-deliveries"),
+      stat("Dead letters kept", fmtCount(o.dead_letters), o.dead_letters ? "bad" : "", "dead-letters"),
+      stat("Open circuits", fmtCount(o.open_circuits.length), o.open_circuits.length ? "bad" : "", "open-circuits"),
+    ),
+    el("section", { class: "card" }, el("h2", {}, "Deliveries, last hour"), barChart(o.last_hour, DELIVERY_SERIES, { label: "Deliveries per minute" })),
+    el(
+      "section",
+      { class: "card" },
+      el("h2", {}, "Open circuits"),
+      table(o.open_circuits, [
+        ["Subscription", (c) => el("a", { href: `#/subscriptions/${c.subscription_id}` }, c.subscription_id)],
+        ["Tenant", (c) => c.tenant],
+        ["URL", (c) => c.url],
+        ["Since", (c) => fmtTime(c.since)],
+        ["Replicas", (c) => c.replicas.join(", ")],
+      ], { empty: "No circuit is open: every endpoint is being tried." }),
+    ),
+    el("section", { class: "card" }, el("h2", {}, "Tenants, last day"), tenantTable(o.tenants)),
+  );
+}
+
+function tenantTable(rows) {
+  return table(rows, [
+    ["Tenant", (r) => el("a", { href: `#/subscriptions?tenant=${encodeURIComponent(r.tenant)}` }, r.tenant)],
+    ["Subscriptions", (r) => `${fmtCount(r.subscriptions)}${r.disabled ? ` (${r.disabled} disabled)` : ""}`],
+    ["Events in", (r) => fmtCount(r.totals.events_in)],
+    ["Delivered", (r) => fmtCount(r.totals.delivered)],
+    ["Failed", (r) => fmtCount(r.totals.failed)],
+    ["Dead-lettered", (r) => fmtCount(r.totals.dead_lettered)],
+    ["Success", (r) => fmtRate(r.success_rate)],
+  ], { empty: "No tenant has subscriptions or events yet." });
+}
+
+async function tenants() {
+  const o = await api("/v1/overview");
+  mount(main, el("h1", {}, "Tenants"), el("section", { class: "card" }, tenantTable(o.tenants)));
+}
+
+async function subscriptions() {
+  const p = params();
+  const tenant = p.get("tenant") || "";
+  const after = p.get("after") || "";
+  const search = (p.get("q") || "").toLowerCase();
+  const q = new URLSearchParams({ limit: "50" });
+  if (tenant) q.set("tenant", tenant);
+  if (after) q.set("after", after);
+  const page = await api(`/v1/subscriptions?${q}`);
+  const rows = page.data.filter((s) => !search || [s.id, s.url, s.description, s.tenant, ...s.event_types].join(" ").toLowerCase().includes(search));
+  const filters = el(
+    "form",
+    { class: "filters" },
+    field("Tenant", el("input", { name: "tenant", value: tenant, placeholder: "all" })),
+    field("Search", el("input", { name: "q", value: p.get("q") || "", placeholder: "id, URL, type, description" })),
+    el("button", { type: "submit" }, "Filter"),
+    el("a", { class: "button", href: "#/subscriptions/new" }, "New subscription"),
+  );
+  filters.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const v = values(filters);
+    go(`#/subscriptions?${new URLSearchParams(Object.entries(v).filter(([, x]) => x))}`);
+  });
+  const next = page.next ? el("a", { class: "button ghost", href: `#/subscriptions?${new URLSearchParams({ ...(tenant && { tenant }), after: page.next })}` }, "Next page →") : null;
+  mount(
+    main,
+    el("h1", {}, "Subscriptions"),
+    filters,
+    el("section", { class: "card" }, table(rows, [
+      ["Id", (s) => el("a", { href: `#/subscriptions/${s.id}` }, s.id)],
+      ["Tenant", (s) => s.tenant],
+      ["URL", (s) => s.url],
+      ["Event types", (s) => s.event_types.join(", ")],
+      ["State", (s) => (s.enabled ? pill("enabled", "ok") : pill(s.disabled_reason ? "disabled by Herald" : "disabled", "bad"))],
+    ], { empty: "No subscription matches.", onrow: (s) => go(`#/subscriptions/${s.id}`) }), next),
+  );
+}
+
+function subscriptionForm(sub) {
+  const creating = !sub;
+  const form = el(
+    "form",
+    { class: "card form", id: "subscription-form" },
+    el("h2", {}, creating ? "New subscription" : "Edit"),
+    creating ? field("Tenant", el("input", { name: "tenant", value: "default", required: true })) : null,
+    field("URL", el("input", { name: "url", type: "url", value: sub ? sub.url : "", required: true, placeholder: "https://example.com/webhooks" })),
+    field("Event types", el("input", { name: "event_types", value: sub ? sub.event_types.join(", ") : "", required: true, placeholder: "order.paid, order.*" }), "Types or patterns, comma-separated."),
+    field("Description", el("input", { name: "description", value: sub ? sub.description : "" })),
+    el(
+      "div",
+      { class: "row" },
+      field("Ordering", el("select", { name: "ordering" }, ["unordered", "fifo"].map((o) => el("option", { value: o, selected: (sub && sub.ordering === o) || (!sub?.ordering && o === "unordered") }, o)))),
+      field("Rate limit (per second)", el("input", { name: "rate_limit", type: "number", min: 0, value: sub?.rate_limit ?? "" })),
+      field("Max in flight", el("input", { name: "max_in_flight", type: "number", min: 0, value: sub?.max_in_flight ?? "" })),
+    ),
+    field("Retry schedule", el("input", { name: "retry_schedule", value: sub?.retry_schedule ?? "", placeholder: "the deployment's (e.g. 5s,1m,10m,1h)" })),
+    field("Filter (JSON)", el("textarea", { name: "filter", rows: 3, placeholder: '{"data": {"amount": {"$gte": 100}}}' }, sub?.filter ? JSON.stringify(sub.filter) : "")),
+    creating ? field("Signature scheme", el("select", { name: "signature_scheme" }, el("option", { value: "hmac-sha256" }, "HMAC-SHA256 (v1)"), el("option", { value: "ed25519" }, "Ed25519 (v1a)"))) : null,
+    el("button", { type: "submit" }, creating ? "Create" : "Save"),
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const v = values(form);
+    const body = {
+      url: v.url,
+      event_types: words(v.event_types),
+      description: v.description,
+      ordering: v.ordering,
+      retry_schedule: v.retry_schedule,
+    };
+    if (v.rate_limit) body.rate_limit = Number(v.rate_limit);
+    if (v.max_in_flight) body.max_in_flight = Number(v.max_in_flight);
+    try {
+      body.filter = v.filter ? JSON.parse(v.filter) : null;
+    } catch {
+      return toast("The filter is not valid JSON", "error");
+    }
+    if (creating) {
+      body.tenant = v.tenant;
+      body.signature_scheme = v.signature_scheme;
+      if (!body.retry_schedule) delete body.retry_schedule;
+      if (!body.filter) delete body.filter;
+      const created = await attempt(() => api("/v1/subscriptions", { method: "POST", body }));
+      if (!created) return;
+      await subscription(created.id, created);
+      history.replaceState(null, "", `#/subscriptions/${created.id}`);
+    } else {
+      const saved = await attempt(() => api(`/v1/subscriptions/${sub.id}`, { method: "PATCH", body }));
+      if (saved) {
+        toast("Saved");
+        render();
+      }
+    }
+  });
+  if (creating) mount(main, el("h1", {}, "New subscription"), form);
+  return form;
+}
+
+async function subscription(id, created) {
+  const [sub, stats, attempts] = await Promise.all([
+    created || api(`/v1/subscriptions/${id}`),
+    api(`/v1/stats?subscription=${id}&interval=minute`),
+    api(`/v1/subscriptions/${id}/attempts?limit=50`),
+  ]);
+  const act = (label, fn, cls) => el("button", { type: "button", class: cls, onclick: fn }, label);
+  const reveal = el("div", { id: "reveal" });
+  if (created && created.secret) reveal.append(secretBox("Signing secret — shown once", created.secret, "Give it to the subscriber now: Herald will not show it again."));
+  const actions = el(
+    "div",
+    { class: "actions" },
+    act("Send test event", async () => {
+      const r = await attempt(() => api(`/v1/subscriptions/${id}/test`, { method: "POST", body: {} }));
+      if (r) toast(`Test event ${r.event_id} sent`);
+      setTimeout(render, 1500);
+    }),
+    act(sub.enabled ? "Disable" : "Enable", async () => {
+      if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
+    }, "ghost"),
+    act("Rotate secret", async () => {
+      const r = await attempt(() => api(`/v1/subscriptions/${id}/rotate-secret`, { method: "POST", body: {} }));
+      if (r) mount(reveal, secretBox("New signing secret — shown once", r.secret || r.public_key, "The previous one keeps signing for the grace period (24 h)."));
+    }, "ghost"),
+    act("Delete", async () => {
+      if (!confirm(`Delete ${id}? Deliveries waiting for it are dropped.`)) return;
+      if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "DELETE" }))) {
+        toast("Deleted");
+        go("#/subscriptions");
+      }
+    }, "danger"),
+  );
+  const t = stats.totals;
+  mount(
+    main,
+    el("p", {}, el("a", { href: "#/subscriptions" }, "← Subscriptions")),
+    el("h1", {}, sub.url, " ", sub.enabled ? pill("enabled", "ok") : pill("disabled", "bad")),
+    el("p", { class: "muted" }, `${sub.id} · tenant ${sub.tenant} · ${sub.signature_scheme}${sub.ordering ? ` · ${sub.ordering}` : ""}`),
+    sub.disabled_reason ? el("p", { class: "error" }, `Disabled by Herald: ${sub.disabled_reason}`) : null,
+    reveal,
+    actions,
+    el(
+      "section",
+      { class: "stats" },
+      stat("Delivered, last hour", fmtCount(t.delivered), "ok", "sub-delivered"),
+      stat("Failed attempts", fmtCount(t.failed), t.failed ? "warn" : "", "sub-failed"),
+      stat("Dead-lettered", fmtCount(t.dead_lettered), t.dead_lettered ? "bad" : "", "sub-dead"),
+      stat("Mean latency", t.attempts ? `${Math.round(t.latency_ms_total / t.attempts)} ms` : "–"),
+    ),
+    el("section", { class: "card" }, el("h2", {}, "Last hour"), barChart(stats.buckets, DELIVERY_SERIES, { height: 120 })),
+    el("section", { class: "card" }, el("h2", {}, "Attempts"), attemptTable(attempts.data)),
+    subscriptionForm(sub),
+  );
+}
+
+function attemptTable(rows, { showSub = false } = {}) {
+  return table(rows, [
+    ["When", (a) => fmtTime(a.at)],
+    ["Event", (a) => el("a", { href: `#/events/${encodeURIComponent(a.event_id)}?tenant=${encodeURIComponent(a.tenant)}` }, a.event_id)],
+    showSub ? ["Subscription", (a) => el("a", { href: `#/subscriptions/${a.subscription_id}` }, a.subscription_id)] : null,
+    ["#", (a) => a.attempt],
+    ["Outcome", (a) => outcomePill(a.outcome)],
+    ["Status", (a) => a.status ?? (a.error_class || "")],
+    ["Latency", (a) => `${a.duration_ms} ms`],
+    ["Error / response", (a) => el("span", { class: "excerpt" }, a.error || a.response_body || "")],
+  ].filter(Boolean), { empty: "No attempt yet." });
+}
+
+async function events() {
+  const p = params();
+  const q = new URLSearchParams({ limit: "50" });
+  for (const k of ["tenant", "type", "since", "after"]) if (p.get(k)) q.set(k, p.get(k));
+  if (!p.get("since") && !p.get("after")) q.set("since", new Date(Date.now() - 3600e3).toISOString());
+  const page = await api(`/v1/events?${q}`);
+  const filters = el(
+    "form",
+    { class: "filters" },
+    field("Event id", el("input", { name: "id", placeholder: "evt_…" })),
+    field("Tenant", el("input", { name: "tenant", value: p.get("tenant") || "", placeholder: "all" })),
+    field("Type", el("input", { name: "type", value: p.get("type") || "", placeholder: "order.*" })),
+    field("Since", el("input", { name: "since", type: "datetime-local", value: p.get("since") ? p.get("since").slice(0, 16) : "" })),
+    el("button", { type: "submit" }, "Find"),
+  );
+  filters.addEventListener("submit", (e) => {
+    e.preventDefault();
+    const v = values(filters);
+    if (v.id) return go(`#/events/${encodeURIComponent(v.id)}${v.tenant ? `?tenant=${encodeURIComponent(v.tenant)}` : ""}`);
+    const next = new URLSearchParams();
+    if (v.tenant) next.set("tenant", v.tenant);
+    if (v.type) next.set("type", v.type);
+    if (v.since) next.set("since", new Date(v.since).toISOString());
+    go(`#/events?${next}`);
+  });
+  const more = page.next ? el("a", { class: "button ghost", href: `#/events?${new URLSearchParams({ ...Object.fromEntries(q), after: page.next })}` }, "Next page →") : null;
+  mount(
+    main,
+    el("h1", {}, "Events"),
+    filters,
+    el("section", { class: "card" }, table(page.data, [
+      ["Stored", (e) => fmtTime(e.time)],
+      ["Id", (e) => el("a", { href: `#/events/${encodeURIComponent(e.id)}?tenant=${encodeURIComponent(e.tenant)}` }, e.id)],
+      ["Type", (e) => e.type],
+      ["Tenant", (e) => e.tenant],
+      ["Source", (e) => e.source],
+    ], { empty: "No event in this range.", onrow: (e) => go(`#/events/${encodeURIComponent(e.id)}?tenant=${encodeURIComponent(e.tenant)}`) }), more),
+  );
+}
+
+async function eventPage(id) {
+  const tenant = params().get("tenant");
+  const q = new URLSearchParams({ id, since: new Date(Date.now() - 7 * 86400e3).toISOString() });
+  if (tenant) q.set("tenant", tenant);
+  const [found, attempts] = await Promise.all([api(`/v1/events?${q}`), api(`/v1/events/${encodeURIComponent(id)}/attempts?limit=100`)]);
+  const event = found.data[0];
+  const subs = event ? (await api(`/v1/subscriptions?tenant=${encodeURIComponent(event.tenant)}&limit=200`)).data : [];
+  const pick = el("select", { name: "subscription" }, subs.map((s) => el("option", { value: s.id }, `${s.id} — ${s.url}`)));
+  const resend = el("form", { class: "filters", id: "resend" }, field("Resend to", pick), el("button", { type: "submit" }, "Resend"));
+  resend.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const r = await attempt(() => api(`/v1/subscriptions/${pick.value}/resend`, { method: "POST", body: { seq: event.seq } }));
+    if (r) {
+      toast(`Resent to ${r.subscription_id}`);
+      setTimeout(render, 1500);
+    }
+  });
+  mount(
+    main,
+    el("p", {}, el("a", { href: "#/events" }, "← Events")),
+    el("h1", {}, id),
+    event
+      ? el("section", { class: "card" },
+          el("p", { class: "muted" }, `${event.type} · tenant ${event.tenant} · ${fmtTime(event.time)} · from ${event.source}`),
+          el("pre", { class: "json" }, JSON.stringify(event.data, null, 2)),
+          subs.length ? resend : el("p", { class: "muted" }, "The tenant has no subscription to resend to."))
+      : el("p", { class: "muted" }, "The event itself is not among the last week's stored events; its attempts follow."),
+    el("section", { class: "card" }, el("h2", {}, "Deliveries and attempts"), attemptTable(attempts.data, { showSub: true })),
+  );
+}
+
+async function deadLetters() {
+  const p = params();
+  const q = new URLSearchParams({ limit: "100" });
+  for (const k of ["tenant", "subscription", "after"]) if (p.get(k)) q.set(k, p.get(k));
+  const page = await api(`/v1/dead-letters?${q}`);
+  const filters = el(
+    "form",
+    { class: "filters" },
+    field("Tenant", el("input", { name: "tenant", value: p.get("tenant") || "", placeholder: "all" })),
+    field("Subscription", el("input", { name: "subscription", value: p.get("subscription") || "" })),
+    el("button", { type: "submit" }, "Filter"),
+  );
+  filters.addEventListener("submit", (e) => {
+    e.preventDefault();
+    go(`#/dead-letters?${new URLSearchParams(Object.entries(values(filters)).filter(([, x]) => x))}`);
+  });
+  const boxes = new Map();
+  const redrive = el("button", { type: "button", id: "redrive", onclick: async () => {
+    const ids = [...boxes].filter(([, b]) => b.checked).map(([id]) => id);
+    if (!ids.length) return toast("Select dead letters first", "error");
+    const r = await attempt(() => api("/v1/dead-letters/redrive", { method: "POST", body: { ids } }));
+    if (r) {
+      toast(`${r.redriven} redriven, ${r.skipped} skipped`);
+      render();
+    }
+  } }, "Redrive selected");
+  const all = el("input", { type: "checkbox", "aria-label": "select all", onchange: (e) => boxes.forEach((b) => (b.checked = e.target.checked)) });
+  const rows = page.data;
+  mount(
+    main,
+    el("h1", {}, "Dead letters"),
+    filters,
+    el("section", { class: "card" },
+      el("div", { class: "actions" }, el("label", { class: "inline" }, all, " all on this page"), redrive),
+      table(rows, [
+        ["", (d) => {
+          const b = el("input", { type: "checkbox", "aria-label": `select ${d.id}`, "data-id": d.id });
+          boxes.set(d.id, b);
+          return b;
+        }],
+        ["Dead since", (d) => fmtTime(d.dead_at)],
+        ["Subscription", (d) => el("a", { href: `#/subscriptions/${d.subscription_id}` }, d.subscription_id)],
+        ["Tenant", (d) => d.tenant],
+        ["Event", (d) => (d.event_id ? el("a", { href: `#/events/${encodeURIComponent(d.event_id)}?tenant=${encodeURIComponent(d.tenant)}` }, d.event_id) : "")],
+        ["Type", (d) => d.event_type || ""],
+        ["Attempts", (d) => d.attempts],
+        ["Why", (d) => el("span", { class: "excerpt" }, d.reason + (d.last_status ? ` (HTTP ${d.last_status})` : "") + (d.last_error ? `: ${d.last_error}` : ""))],
+      ], { empty: "No dead letter: everything was delivered or is still being tried." }),
+      page.next ? el("a", { class: "button ghost", href: `#/dead-letters?${new URLSearchParams({ ...Object.fromEntries(q), after: page.next })}` }, "Next page →") : null),
+  );
+}
+
+start().catch((e) => mount(main, el("p", { class: "error" }, e.message)));
