@@ -20,7 +20,7 @@ pub use nats::{NatsServer, nats_server_bin};
 pub use process::DispatcherProcess;
 pub use proxy::Proxy;
 pub use receiver::{Received, Receiver, Reply};
-pub use stack::{Stack, dispatcher_args, dispatcher_args_with, gateway_config, init, metric_sum};
+pub use stack::{Stack, Who, dispatcher_args, dispatcher_args_with, gateway_config, init, metric_sum};
 pub use tls::{TestCa, Validity, fingerprint};
 
 use std::path::{Path, PathBuf};

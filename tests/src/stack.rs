@@ -79,6 +79,27 @@ pub struct Stack {
     dispatcher_task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
+/// Who a request is sent as.
+#[derive(Debug, Clone)]
+pub enum Who {
+    /// A bearer token.
+    Token(String),
+    /// A console or portal session.
+    Session {
+        /// `name=value`, as a browser sends it back.
+        cookie: String,
+        /// The session's `X-Herald-Csrf` token.
+        csrf: String,
+    },
+}
+
+impl Who {
+    /// A session from its `Set-Cookie` value and CSRF token.
+    pub fn session(set_cookie: &str, csrf: &str) -> Self {
+        Self::Session { cookie: set_cookie.split(';').next().unwrap_or_default().to_owned(), csrf: csrf.to_owned() }
+    }
+}
+
 /// Installs TLS crypto for reqwest and, with `HERALD_TEST_LOG` set, logging.
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -190,6 +211,72 @@ impl Stack {
         let bytes = resp.bytes().await.unwrap_or_default();
         let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         (status, headers, value)
+    }
+
+    /// Sends a request as `who`: a bearer token, or a browser session (its cookie, its CSRF
+    /// token, and the `Sec-Fetch-Site` a browser sends from the gateway's own pages).
+    pub async fn call_by(
+        &self,
+        who: &Who,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, HeaderMap, Value) {
+        match who {
+            Who::Token(token) => self.call_as(token, method, path, body).await,
+            Who::Session { cookie, csrf } => {
+                let mut req = self
+                    .http
+                    .request(method, format!("{}{path}", self.gateway))
+                    .header("cookie", cookie)
+                    .header("x-herald-csrf", csrf)
+                    .header("sec-fetch-site", "same-origin");
+                if let Some(b) = body {
+                    req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
+                }
+                let resp = req.send().await.expect("gateway reachable");
+                let status = resp.status().as_u16();
+                let headers = resp.headers().clone();
+                let bytes = resp.bytes().await.unwrap_or_default();
+                (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            }
+        }
+    }
+
+    /// Asks for a portal link for `tenant` (as the operator's backend, with the admin token)
+    /// with `extra` fields, and answers its code.
+    pub async fn portal_link(&self, tenant: &str, extra: Value) -> String {
+        let mut body = json!({"tenant": tenant});
+        body.as_object_mut().unwrap().extend(extra.as_object().cloned().unwrap_or_default());
+        let (status, _, link) = self.call(reqwest::Method::POST, "/v1/portal/sessions", Some(body)).await;
+        assert_eq!(status, 201, "{link}");
+        link["url"].as_str().unwrap().split("#code=").nth(1).expect("a code in the fragment").to_owned()
+    }
+
+    /// Spends a portal link the way the portal's page does: answers the status, the session's
+    /// `Set-Cookie` and its body.
+    pub async fn open_portal(&self, code: &str) -> (u16, Option<String>, Value) {
+        let resp = self
+            .http
+            .post(format!("{}/portal/session", self.gateway))
+            .header("content-type", "application/json")
+            .header("sec-fetch-site", "same-origin")
+            .body(json!({"code": code}).to_string())
+            .send()
+            .await
+            .expect("gateway reachable");
+        let status = resp.status().as_u16();
+        let cookie = resp.headers().get("set-cookie").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let body = serde_json::from_slice(&resp.bytes().await.unwrap_or_default()).unwrap_or(Value::Null);
+        (status, cookie, body)
+    }
+
+    /// A portal session of `tenant`, opened from a fresh link.
+    pub async fn portal_session(&self, tenant: &str) -> Who {
+        let code = self.portal_link(tenant, json!({})).await;
+        let (status, cookie, body) = self.open_portal(&code).await;
+        assert_eq!(status, 200, "{body}");
+        Who::session(&cookie.expect("a session cookie"), body["csrf"].as_str().expect("a CSRF token"))
     }
 
     /// Publishes one event; returns status and body.

@@ -6,6 +6,7 @@ mod catalog;
 mod chaos;
 mod cli;
 mod cluster;
+mod console;
 mod crash;
 mod delivery;
 mod egress;

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use herald_harness::{Receiver, Stack};
+use herald_harness::{Receiver, Stack, Who};
 use reqwest::Method;
 use serde_json::json;
 
@@ -67,8 +67,14 @@ async fn signing_secrets_are_sealed_at_rest_and_still_sign() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_token_never_reaches_another_tenants_objects() {
-    const ACME: &str = "test-acme-token-0123456789";
     let stack = Stack::start().await;
+    cross_tenant_suite(&stack, &Who::Token("test-acme-token-0123456789".into()), true).await;
+}
+
+/// What tenant acme's caller (`who`: its token, or a portal session of acme) can do to tenant
+/// globex: nothing, and it cannot even tell globex's objects exist. `may_publish`: a token may
+/// publish its own tenant's events; a portal session publishes nothing.
+pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bool) {
     let rx = Receiver::start().await;
     rx.respond_with(&[500; 10]);
     // globex's subscription fails until dead-lettered, so it has attempts and a dead letter.
@@ -81,10 +87,14 @@ async fn a_tenant_token_never_reaches_another_tenants_objects() {
         assert!(std::time::Instant::now() < deadline, "no dead letter");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, _, mine) = stack
-        .call_as(ACME, Method::POST, "/v1/subscriptions", Some(json!({"url": rx.url("/acme"), "event_types": [">"]})))
+    let (status, _, mine) = stack
+        .call_by(who, Method::POST, "/v1/subscriptions", Some(json!({"url": rx.url("/acme"), "event_types": [">"]})))
         .await;
-    assert_eq!(mine["tenant"], "acme", "a tenant token's subscriptions default to its tenant");
+    assert_eq!(
+        (status, &mine["tenant"]),
+        (201, &json!("acme")),
+        "subscriptions default to the caller's tenant: {mine}"
+    );
     let nonexistent = "sub_01ARZ3NDEKTSV4RRFFQ69G5FAV";
 
     // Every route on the other tenant's subscription answers exactly as for one that does not exist.
@@ -94,8 +104,11 @@ async fn a_tenant_token_never_reaches_another_tenants_objects() {
         (Method::PATCH, "/v1/subscriptions/{id}".into(), Some(json!({"enabled": false}))),
         (Method::DELETE, "/v1/subscriptions/{id}".into(), None),
         (Method::POST, "/v1/subscriptions/{id}/rotate-secret".into(), Some(json!({}))),
+        (Method::POST, "/v1/subscriptions/{id}/test".into(), Some(json!({}))),
         (Method::POST, "/v1/subscriptions/{id}/replay".into(), Some(since.clone())),
+        (Method::POST, "/v1/subscriptions/{id}/resend".into(), Some(json!({"seq": 1}))),
         (Method::GET, "/v1/subscriptions/{id}/attempts".into(), None),
+        (Method::GET, "/v1/stats?subscription={id}".into(), None),
         (Method::GET, "/v1/dead-letters?subscription={id}".into(), None),
         (Method::POST, "/v1/dead-letters/redrive".into(), Some(json!({"subscription": "{id}"}))),
     ];
@@ -103,7 +116,7 @@ async fn a_tenant_token_never_reaches_another_tenants_objects() {
         let mut answers = Vec::new();
         for id in [theirs.as_str(), nonexistent] {
             let body = body.as_ref().map(|b| serde_json::from_str(&b.to_string().replace("{id}", id)).unwrap());
-            let (status, _, answer) = stack.call_as(ACME, method.clone(), &path.replace("{id}", id), body).await;
+            let (status, _, answer) = stack.call_by(who, method.clone(), &path.replace("{id}", id), body).await;
             answers.push((status, answer["type"].clone()));
         }
         assert_eq!(answers[0].0, 404, "{method} {path}: {answers:?}");
@@ -111,25 +124,37 @@ async fn a_tenant_token_never_reaches_another_tenants_objects() {
     }
 
     // Listings and event-level reads show none of it.
-    let (_, _, subs) = stack.call_as(ACME, Method::GET, "/v1/subscriptions", None).await;
+    let (_, _, subs) = stack.call_by(who, Method::GET, "/v1/subscriptions", None).await;
     assert!(subs["data"].as_array().unwrap().iter().all(|s| s["tenant"] == "acme"), "{subs}");
-    let (status, _, attempts) = stack.call_as(ACME, Method::GET, "/v1/events/g-evt/attempts", None).await;
+    let (status, _, attempts) = stack.call_by(who, Method::GET, "/v1/events/g-evt/attempts", None).await;
     assert_eq!((status, attempts["data"].as_array().map(Vec::len)), (200, Some(0)));
-    let (status, _, letters) = stack.call_as(ACME, Method::GET, "/v1/dead-letters", None).await;
+    let (status, _, events) = stack.call_by(who, Method::GET, "/v1/events", None).await;
+    assert!(status == 200 && events["data"].as_array().unwrap().iter().all(|e| e["tenant"] == "acme"), "{events}");
+    let (status, _, letters) = stack.call_by(who, Method::GET, "/v1/dead-letters", None).await;
     assert_eq!((status, letters["data"].as_array().map(Vec::len)), (200, Some(0)));
-    let (status, _, _) = stack.call_as(ACME, Method::GET, "/v1/dead-letters?tenant=globex", None).await;
-    assert_eq!(status, 403);
+    for path in
+        ["/v1/dead-letters?tenant=globex", "/v1/events?tenant=globex", "/v1/stats?tenant=globex", "/v1/overview"]
+    {
+        let (status, _, answer) = stack.call_by(who, Method::GET, path, None).await;
+        assert_eq!(status, 403, "{path}: {answer}");
+    }
+    let (status, _, stats) = stack.call_by(who, Method::GET, "/v1/stats", None).await;
+    assert_eq!((status, &stats["tenant"]), (200, &json!("acme")), "{stats}");
     let (_, _, letter) = stack.call(Method::GET, "/v1/dead-letters", None).await;
     let letter_id = letter["data"][0]["id"].clone();
     let (_, _, redrive) =
-        stack.call_as(ACME, Method::POST, "/v1/dead-letters/redrive", Some(json!({"ids": [letter_id]}))).await;
+        stack.call_by(who, Method::POST, "/v1/dead-letters/redrive", Some(json!({"ids": [letter_id]}))).await;
     assert_eq!(redrive["redriven"], 0, "{redrive}");
-    // Publishing: its own tenant by default, never another's.
+    // Nor a portal of another tenant.
+    let (status, _, _) =
+        stack.call_by(who, Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "globex"}))).await;
+    assert_eq!(status, 403);
+    // Publishing: its own tenant by default (tokens only), never another's.
     let (status, _, accepted) =
-        stack.call_as(ACME, Method::POST, "/v1/events", Some(json!({"type": "a.b", "data": {}}))).await;
-    assert_eq!(status, 202, "{accepted}");
+        stack.call_by(who, Method::POST, "/v1/events", Some(json!({"type": "a.b", "data": {}}))).await;
+    assert_eq!(status, if may_publish { 202 } else { 403 }, "{accepted}");
     let (status, _, _) = stack
-        .call_as(ACME, Method::POST, "/v1/events", Some(json!({"type": "a.b", "data": {}, "tenant": "globex"})))
+        .call_by(who, Method::POST, "/v1/events", Some(json!({"type": "a.b", "data": {}, "tenant": "globex"})))
         .await;
     assert_eq!(status, 403);
     // And the admin still sees globex's subscription intact.

@@ -1,0 +1,294 @@
+//! The console and the portal: statistics kept as deliveries happen, sessions (one-time portal
+//! links, CSRF, expiry, tenant isolation), the pages' security headers, and the pages themselves
+//! in a real Chromium (tests/browser/pages.mjs, driven by playwright-core).
+
+use std::time::{Duration, Instant};
+
+use herald_harness::{Receiver, Stack, Who};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::SOON;
+
+/// Polls `path` (as admin, against `base`) until `done` holds; answers the last body.
+async fn poll(http: &reqwest::Client, base: &str, path: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let body: Value = http
+            .get(format!("{base}{path}"))
+            .bearer_auth(herald_harness::ADMIN_TOKEN)
+            .send()
+            .await
+            .expect("gateway reachable")
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap_or(Value::Null))
+            .unwrap_or(Value::Null);
+        if done(&body) {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "{what}: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn totals(v: &Value) -> (u64, u64, u64, u64, u64) {
+    let t = &v["totals"];
+    let n = |k: &str| t[k].as_u64().unwrap_or(u64::MAX);
+    (n("events_in"), n("attempts"), n("delivered"), n("failed"), n("dead_lettered"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statistics_equal_the_deliveries_made_and_a_new_gateway_reads_them_back() {
+    let stack = Stack::start().await;
+    let ok = Receiver::start().await;
+    let flaky = Receiver::start().await;
+    flaky.respond_with(&[500, 500]);
+    let down = Receiver::start().await;
+    down.respond_with(&[503; 20]);
+    let a = stack.subscribe(&ok.url("/a"), &["o.*"], Some("acme")).await;
+    let body = json!({"url": flaky.url("/b"), "event_types": ["o.*"], "tenant": "acme", "retry_schedule": "1s,1s"});
+    let (_, _, b) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    let body = json!({"url": down.url("/c"), "event_types": [">"], "tenant": "globex", "retry_schedule": "1s"});
+    let (_, _, c) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    let ids: Vec<String> = [&a, &b, &c].iter().map(|s| s["id"].as_str().unwrap().to_owned()).collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..5 {
+        stack.publish(json!({"id": format!("st-a-{i}"), "type": "o.x", "tenant": "acme", "data": {"i": i}})).await;
+    }
+    for i in 0..2 {
+        stack.publish(json!({"id": format!("st-g-{i}"), "type": "g.x", "tenant": "globex", "data": {}})).await;
+    }
+    // What the receivers saw: a gets 5; b fails twice then gets all 5; c fails every attempt of
+    // both events until they are dead-lettered.
+    ok.wait_for(5, SOON).await;
+    flaky.wait_for(7, SOON).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stack.stream_messages("HERALD_DLQ").await < 2 {
+        assert!(Instant::now() < deadline, "globex's events were not dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let down_requests = down.received().len() as u64;
+    assert!(down_requests >= 2, "c was tried");
+
+    {
+        let (http, base) = (&stack.http, stack.gateway.clone());
+        let sub = |id: &str| format!("/v1/stats?subscription={id}&interval=minute");
+        let sa = poll(http, &base, &sub(&ids[0]), "a's statistics", |v| totals(v).2 == 5).await;
+        assert_eq!(totals(&sa), (0, 5, 5, 0, 0), "{sa}");
+        assert_eq!(sa["success_rate"], 1.0);
+        let sb = poll(http, &base, &sub(&ids[1]), "b's statistics", |v| totals(v).2 == 5).await;
+        assert_eq!(totals(&sb), (0, 7, 5, 2, 0), "{sb}");
+        let sc = poll(http, &base, &sub(&ids[2]), "c's statistics", |v| totals(v).4 == 2).await;
+        assert_eq!(totals(&sc), (0, down_requests, 0, down_requests - 2, 2), "{sc}");
+        let acme = poll(http, &base, "/v1/stats?tenant=acme", "acme's statistics", |v| totals(v).2 == 10).await;
+        assert_eq!(totals(&acme), (5, 12, 10, 2, 0), "{acme}");
+        assert_eq!(acme["buckets"].as_array().unwrap().len(), 24, "a day of hours");
+        // Overall: these events and the operator's own (`delivery.dead_lettered`, …).
+        let all = poll(http, &base, "/v1/stats", "overall statistics", |v| totals(v).4 == 2).await;
+        let (_, _, operator) = stack.call(Method::GET, "/v1/stats?tenant=herald", None).await;
+        let operational = totals(&operator).0;
+        assert!(operational >= 2, "two dead letters were announced: {operator}");
+        assert_eq!(totals(&all), (7 + operational, 12 + down_requests, 10, down_requests, 2), "{all}");
+        // The acme token sees its own tenant's figures.
+        let (_, _, own) = stack.call_as("test-acme-token-0123456789", Method::GET, "/v1/stats", None).await;
+        assert_eq!(totals(&own), totals(&acme), "{own}");
+        let overview = poll(http, &base, "/v1/overview", "the overview", |v| v["dead_letters"] == 2).await;
+        assert_eq!(overview["last_hour_totals"]["delivered"], 10, "{overview}");
+        assert_eq!(overview["subscriptions"], 3);
+        let row = |t: &str| overview["tenants"].as_array().unwrap().iter().find(|r| r["tenant"] == t).cloned().unwrap();
+        assert_eq!(
+            (row("acme")["subscriptions"].as_u64(), row("acme")["totals"]["delivered"].as_u64()),
+            (Some(2), Some(10))
+        );
+        assert_eq!(row("globex")["totals"]["dead_lettered"], 2);
+        assert_eq!(overview["lag"]["events_pending"], 0, "{overview}");
+    }
+
+    // A gateway started now reads the same figures back from the streams.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = herald_harness::gateway_config(&stack.nats.url(), &[]);
+    let task = tokio::spawn(herald_gateway::run(config, listener, stop.clone().cancelled_owned()));
+    let later = poll(&stack.http, &second, "/v1/stats?tenant=acme", "the new gateway's statistics", |v| {
+        v["warming"] == false && totals(v).2 == 10
+    })
+    .await;
+    assert_eq!(totals(&later), (5, 12, 10, 2, 0), "{later}");
+    let later_b =
+        poll(&stack.http, &second, &format!("/v1/stats?subscription={}", ids[1]), "b", |v| totals(v).2 == 5).await;
+    assert_eq!(totals(&later_b), (0, 7, 5, 2, 0));
+    stop.cancel();
+    let _ = task.await;
+
+    // Bad queries are told what is wrong.
+    for (path, field) in [
+        ("/v1/stats?interval=week", None),
+        ("/v1/stats?tenant=a.b", Some("tenant")),
+        ("/v1/stats?since=yesterday", Some("since")),
+    ] {
+        let (status, _, p) = stack.call(Method::GET, path, None).await;
+        assert_eq!((status, p["field"].as_str()), (400, field), "{path}: {p}");
+    }
+    let (status, _, _) = stack.call(Method::GET, "/v1/stats?subscription=sub_01ARZ3NDEKTSV4RRFFQ69G5FAV", None).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn portal_links_open_once_and_sessions_expire_and_need_their_csrf_token() {
+    let stack = Stack::start_with(true, &["--portal-frame-ancestors", "https://app.example.com"]).await;
+
+    // A link opens once.
+    let code = stack
+        .portal_link("acme", json!({"expires_in": "4s", "theme": {"name": "Acme", "primary_color": "#aa3300"}}))
+        .await;
+    let (status, cookie, session) = stack.open_portal(&code).await;
+    assert_eq!(status, 200, "{session}");
+    let cookie = cookie.expect("a cookie");
+    for attr in ["herald_portal=", "HttpOnly", "SameSite=Lax", "Path=/", "Max-Age="] {
+        assert!(cookie.contains(attr), "{attr} missing from {cookie}");
+    }
+    assert_eq!((session["tenant"].as_str(), session["kind"].as_str()), (Some("acme"), Some("portal")));
+    assert_eq!(session["theme"]["name"], "Acme");
+    let csrf = session["csrf"].as_str().unwrap().to_owned();
+    let (status, _, again) = stack.open_portal(&code).await;
+    assert_eq!((status, again["type"].as_str()), (410, Some("urn:herald:problem:gone")), "{again}");
+    let (status, _, _) = stack.open_portal(&"0".repeat(64)).await;
+    assert_eq!(status, 404);
+    // Two openings at once: one session.
+    let racing = stack.portal_link("acme", json!({})).await;
+    let (x, y) = tokio::join!(stack.open_portal(&racing), stack.open_portal(&racing));
+    let mut statuses = [x.0, y.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 410]);
+    // A link not opened in time is worthless.
+    let late = stack.portal_link("acme", json!({"link_expires_in": "1s"})).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (status, _, why) = stack.open_portal(&late).await;
+    assert_eq!(status, 410, "{why}");
+    assert!(why["detail"].as_str().unwrap().contains("expired"), "{why}");
+
+    // The session works with its cookie and its CSRF token, and not with one of them alone.
+    let who = Who::session(&cookie, &csrf);
+    let (status, _, _) = stack.call_by(&who, Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 200);
+    let bare = cookie.split(';').next().unwrap().to_owned();
+    let send = |csrf: Option<&str>, site: Option<&str>| {
+        let mut req = stack.http.post(format!("{}/v1/subscriptions", stack.gateway)).header("cookie", &bare);
+        if let Some(c) = csrf {
+            req = req.header("x-herald-csrf", c);
+        }
+        if let Some(s) = site {
+            req = req.header("sec-fetch-site", s);
+        }
+        req.header("content-type", "application/json")
+            .body(json!({"url": "http://127.0.0.1:9/x", "event_types": ["a"]}).to_string())
+    };
+    let forged = send(None, Some("cross-site")).send().await.unwrap();
+    assert_eq!(forged.status(), 401, "a forged cross-site form post carries the cookie only");
+    let wrong = send(Some("portal.0000"), None).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let cross = send(Some(&csrf), Some("cross-site")).send().await.unwrap();
+    assert_eq!(cross.status(), 403);
+    let (status, _, listed) = stack.call_by(&who, Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!((status, listed["data"].as_array().map(Vec::len)), (200, Some(0)), "nothing was created");
+    // After a reload the page asks for its session again.
+    let resumed = stack
+        .http
+        .get(format!("{}/v1/session?kind=portal", stack.gateway))
+        .header("cookie", &bare)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    let resumed: Value = serde_json::from_slice(&resumed).unwrap();
+    assert_eq!(resumed["csrf"], csrf.as_str());
+
+    // It expires.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (status, _, gone) = stack.call_by(&who, Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 401, "{gone}");
+
+    // Signing out ends a session at once.
+    let other = stack.portal_session("acme").await;
+    let (status, headers, _) = stack.call_by(&other, Method::DELETE, "/v1/session", None).await;
+    assert_eq!(status, 204);
+    assert!(headers["set-cookie"].to_str().unwrap().contains("Max-Age=0"));
+    let (status, _, _) = stack.call_by(&other, Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 401);
+
+    // Links are asked for by the operator: checked input, the tenant's own token or admin.
+    for (body, field) in [
+        (json!({"tenant": "acme", "expires_in": "2d"}), "expires_in"),
+        (json!({"tenant": "acme", "theme": {"primary_color": "red; background: url(x)"}}), "theme"),
+        (json!({"tenant": "acme", "theme": {"logo_url": "javascript:alert(1)"}}), "theme"),
+        (json!({"tenant": "no.dots"}), "tenant"),
+    ] {
+        let (status, _, p) = stack.call(Method::POST, "/v1/portal/sessions", Some(body.clone())).await;
+        assert_eq!((status, p["field"].as_str()), (400, Some(field)), "{body}: {p}");
+    }
+    let acme = "test-acme-token-0123456789";
+    let (status, _, link) =
+        stack.call_as(acme, Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "acme"}))).await;
+    assert_eq!(status, 201, "{link}");
+    assert!(link["url"].as_str().unwrap().starts_with(&format!("{}/portal/#code=", stack.gateway)), "{link}");
+    let (status, _, _) =
+        stack.call_as(acme, Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "globex"}))).await;
+    assert_eq!(status, 403);
+
+    // The console: an admin token signs in, nothing less; a page of another site cannot.
+    let sign_in = |token: &str, site: &str| {
+        stack
+            .http
+            .post(format!("{}/console/session", stack.gateway))
+            .header("content-type", "application/json")
+            .header("sec-fetch-site", site)
+            .body(json!({"token": token}).to_string())
+            .send()
+    };
+    assert_eq!(sign_in(acme, "same-origin").await.unwrap().status(), 401);
+    assert_eq!(sign_in(herald_harness::ADMIN_TOKEN, "cross-site").await.unwrap().status(), 403);
+    let res = sign_in(herald_harness::ADMIN_TOKEN, "same-origin").await.unwrap();
+    assert_eq!(res.status(), 200);
+    let console_cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(console_cookie.contains("SameSite=Strict") && console_cookie.contains("HttpOnly"), "{console_cookie}");
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    let operator = Who::session(&console_cookie, body["csrf"].as_str().unwrap());
+    let (status, _, _) = stack.call_by(&operator, Method::GET, "/v1/overview", None).await;
+    assert_eq!(status, 200);
+    // A portal token does not open the console's session, nor the other way round.
+    let (status, _, _) = stack.call_by(&Who::session(&console_cookie, &csrf), Method::GET, "/v1/overview", None).await;
+    assert_eq!(status, 401);
+
+    // The pages: a strict policy; the console is never framed, the portal only by its origins.
+    let page = |path: &str| stack.http.get(format!("{}{path}", stack.gateway)).send();
+    let console = page("/console/").await.unwrap();
+    assert_eq!(console.status(), 200);
+    let csp = console.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    for part in ["default-src 'none'", "script-src 'self'", "style-src 'self'", "frame-ancestors 'none'"] {
+        assert!(csp.contains(part), "{part} missing from {csp}");
+    }
+    assert!(!csp.contains("unsafe-inline") && !csp.contains("unsafe-eval"), "{csp}");
+    assert_eq!(console.headers()["x-frame-options"], "DENY");
+    let portal = page("/portal/").await.unwrap();
+    let csp = portal.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(csp.contains("frame-ancestors 'self' https://app.example.com"), "{csp}");
+    assert!(portal.headers().get("x-frame-options").is_none());
+    let html = portal.text().await.unwrap();
+    assert!(!html.contains("<script>") && !html.contains("style="), "no inline script or style");
+    let js = page("/ui/portal.js").await.unwrap();
+    assert_eq!(js.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(js.headers()["x-content-type-options"], "nosniff");
+    assert_eq!(page("/ui/secrets.txt").await.unwrap().status(), 404);
+    assert_eq!(page("/console").await.unwrap().status(), 200, "redirected to /console/");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_session_never_reaches_another_tenants_objects() {
+    let stack = Stack::start().await;
+    let who = stack.portal_session("acme").await;
+    crate::security::cross_tenant_suite(&stack, &who, false).await;
+}
