@@ -15,7 +15,7 @@ const DELIVERY_SERIES = [
 ];
 
 function route() {
-  const [page, ...rest] = location.hash.replace(/^#\/?/, "").split("/");
+  const [page, ...rest] = location.hash.replace(/^#\/?/, "").split("?")[0].split("/");
   return { page: page || "overview", arg: rest.map(decodeURIComponent).join("/") || null };
 }
 

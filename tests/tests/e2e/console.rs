@@ -292,3 +292,48 @@ async fn a_portal_session_never_reaches_another_tenants_objects() {
     let who = stack.portal_session("acme").await;
     crate::security::cross_tenant_suite(&stack, &who, false).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_and_the_portal_work_in_chromium() {
+    let root = herald_harness::workspace_root();
+    // Debian's Chromium and playwright-core from npm, installed if missing.
+    let tools =
+        std::process::Command::new(root.join("scripts/ensure-browser.sh")).output().expect("ensure-browser.sh runs");
+    assert!(tools.status.success(), "scripts/ensure-browser.sh: {}", String::from_utf8_lossy(&tools.stderr));
+    let tools = String::from_utf8(tools.stdout).unwrap();
+    let mut lines = tools.lines();
+    let (chromium, module) = (lines.next().unwrap().to_owned(), lines.next().unwrap().to_owned());
+
+    let frame_port = herald_harness::free_port();
+    let allowed = format!("http://127.0.0.1:{frame_port}");
+    let stack = Stack::start_with(true, &["--portal-frame-ancestors", &allowed]).await;
+    let screenshots = root.join("target/screenshots");
+    let run = tokio::process::Command::new("node")
+        .arg(root.join("tests/browser/pages.mjs"))
+        .env("HERALD_GATEWAY", &stack.gateway)
+        .env("HERALD_ADMIN_TOKEN", herald_harness::ADMIN_TOKEN)
+        .env("FRAME_PORT", frame_port.to_string())
+        .env("PLAYWRIGHT_CORE", &module)
+        .env("CHROMIUM", &chromium)
+        .env("SCREENSHOTS", &screenshots)
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(240), run).await.expect("the browser run ends").expect("node runs");
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "the browser run failed:\n{stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(stdout.lines().last().unwrap_or("")).expect("a report");
+    assert_eq!(report["ok"], true, "{stdout}");
+    for name in [
+        "console-overview",
+        "console-subscription",
+        "console-dead-letters",
+        "console-events",
+        "portal-endpoints",
+        "portal-embedded",
+    ] {
+        let file = screenshots.join(format!("{name}.png"));
+        let size = std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0);
+        assert!(size > 10_000, "{} was not taken", file.display());
+    }
+}
