@@ -117,6 +117,13 @@ cat <<TXT
 
 Herald is running. Try:
 
+  # the console: open it and sign in with the admin token $admin_token
+  http://127.0.0.1:$GATEWAY_PORT/console/
+
+  # a one-time link into tenant default's portal (what your backend asks for, to embed it)
+  curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/v1/portal/sessions \\
+    -H 'Authorization: Bearer $admin_token' -H 'Content-Type: application/json' -d '{"tenant": "default"}'
+
   # publish an event (202 once it is durably in JetStream)
   curl -s -X POST http://127.0.0.1:$GATEWAY_PORT/v1/events \\
     -H 'Authorization: Bearer $publish_token' -H 'Content-Type: application/json' \\

@@ -34,6 +34,8 @@ if ! PYTHONPATH="$crypto_py" python3 -c 'import cryptography.hazmat.primitives.a
 fi
 export HERALD_CRYPTO_PY="$crypto_py"
 python3 scripts/check-dockerfile.py
+# The browser tests' Chromium (Debian's) and playwright-core (npm, into .tools/browser).
+scripts/ensure-browser.sh >/dev/null
 
 cargo fmt --all -- --check
 # One build of the workspace: the binaries (the crash tests run herald-dispatcher as a process)

@@ -435,7 +435,7 @@ async function deadLetters() {
         ["Event", (d) => (d.event_id ? el("a", { href: `#/events/${encodeURIComponent(d.event_id)}?tenant=${encodeURIComponent(d.tenant)}` }, d.event_id) : "")],
         ["Type", (d) => d.event_type || ""],
         ["Attempts", (d) => d.attempts],
-        ["Why", (d) => el("span", { class: "excerpt" }, d.reason + (d.last_status ? ` (HTTP ${d.last_status})` : "") + (d.last_error ? `: ${d.last_error}` : ""))],
+        ["Why", (d) => el("span", { class: "excerpt" }, d.last_error && !d.reason.includes(d.last_error) ? `${d.reason}: ${d.last_error}` : d.reason)],
       ], { empty: "No dead letter: everything was delivered or is still being tried." }),
       page.next ? el("a", { class: "button ghost", href: `#/dead-letters?${new URLSearchParams({ ...Object.fromEntries(q), after: page.next })}` }, "Next page →") : null),
   );

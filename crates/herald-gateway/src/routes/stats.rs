@@ -25,6 +25,7 @@ pub(crate) struct StatsQuery {
     /// `admin`).
     tenant: Option<String>,
     /// `minute` (the last hour) or `hour` (the window kept, a day by default).
+    #[param(inline)]
     interval: Option<Interval>,
     /// RFC 3339: the first bucket (clamped to what is kept).
     since: Option<String>,
