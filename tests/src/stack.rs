@@ -198,19 +198,8 @@ impl Stack {
         path: &str,
         body: Option<Value>,
     ) -> (u16, HeaderMap, Value) {
-        let mut req = self.http.request(method, format!("{}{path}", self.gateway));
-        if !token.is_empty() {
-            req = req.bearer_auth(token);
-        }
-        if let Some(b) = body {
-            req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
-        }
-        let resp = req.send().await.expect("gateway reachable");
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.unwrap_or_default();
-        let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        (status, headers, value)
+        let who = if token.is_empty() { None } else { Some(Who::Token(token.to_owned())) };
+        self.send(who.as_ref(), method, path, body).await
     }
 
     /// Sends a request as `who`: a bearer token, or a browser session (its cookie, its CSRF
@@ -222,25 +211,32 @@ impl Stack {
         path: &str,
         body: Option<Value>,
     ) -> (u16, HeaderMap, Value) {
+        self.send(Some(who), method, path, body).await
+    }
+
+    async fn send(
+        &self,
+        who: Option<&Who>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, HeaderMap, Value) {
+        let mut req = self.http.request(method, format!("{}{path}", self.gateway));
         match who {
-            Who::Token(token) => self.call_as(token, method, path, body).await,
-            Who::Session { cookie, csrf } => {
-                let mut req = self
-                    .http
-                    .request(method, format!("{}{path}", self.gateway))
-                    .header("cookie", cookie)
-                    .header("x-herald-csrf", csrf)
-                    .header("sec-fetch-site", "same-origin");
-                if let Some(b) = body {
-                    req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
-                }
-                let resp = req.send().await.expect("gateway reachable");
-                let status = resp.status().as_u16();
-                let headers = resp.headers().clone();
-                let bytes = resp.bytes().await.unwrap_or_default();
-                (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
+            None => {}
+            Some(Who::Token(token)) => req = req.bearer_auth(token),
+            Some(Who::Session { cookie, csrf }) => {
+                req = req.header("cookie", cookie).header("x-herald-csrf", csrf).header("sec-fetch-site", "same-origin")
             }
         }
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(serde_json::to_vec(&b).unwrap());
+        }
+        let resp = req.send().await.expect("gateway reachable");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.bytes().await.unwrap_or_default();
+        (status, headers, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
     }
 
     /// Asks for a portal link for `tenant` (as the operator's backend, with the admin token)

@@ -70,6 +70,8 @@ impl Modify for BearerAuth {
         stats::stats,
         stats::overview,
         sessions::create_portal_session,
+        sessions::current,
+        sessions::sign_out,
         health::healthz,
         health::readyz,
     ),

@@ -70,6 +70,11 @@ export function el(tag, attrs = {}, ...children) {
   return node;
 }
 
+/** A button that runs `onclick`. */
+export function button(label, onclick, cls) {
+  return el("button", { type: "button", class: cls, onclick }, label);
+}
+
 /** Replaces the children of `node`. */
 export function mount(node, ...children) {
   node.replaceChildren();

@@ -4,7 +4,7 @@
 // reloads the document.
 import {
   api, resume, adopt, signOut, el, mount, toast, attempt, fmtTime, fmtCount, fmtRate, pill, outcomePill,
-  barChart, table, field, values, words, secretBox,
+  barChart, table, field, values, words, secretBox, button,
 } from "/ui/common.js";
 
 const main = document.getElementById("main");
@@ -256,25 +256,24 @@ async function subscription(id, created) {
     api(`/v1/stats?subscription=${id}&interval=minute`),
     api(`/v1/subscriptions/${id}/attempts?limit=50`),
   ]);
-  const act = (label, fn, cls) => el("button", { type: "button", class: cls, onclick: fn }, label);
   const reveal = el("div", { id: "reveal" });
   if (created && created.secret) reveal.append(secretBox("Signing secret — shown once", created.secret, "Give it to the subscriber now: Herald will not show it again."));
   const actions = el(
     "div",
     { class: "actions" },
-    act("Send test event", async () => {
+    button("Send test event", async () => {
       const r = await attempt(() => api(`/v1/subscriptions/${id}/test`, { method: "POST", body: {} }));
       if (r) toast(`Test event ${r.event_id} sent`);
       setTimeout(render, 1500);
     }),
-    act(sub.enabled ? "Disable" : "Enable", async () => {
+    button(sub.enabled ? "Disable" : "Enable", async () => {
       if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
     }, "ghost"),
-    act("Rotate secret", async () => {
+    button("Rotate secret", async () => {
       const r = await attempt(() => api(`/v1/subscriptions/${id}/rotate-secret`, { method: "POST", body: {} }));
       if (r) mount(reveal, secretBox("New signing secret — shown once", r.secret || r.public_key, "The previous one keeps signing for the grace period (24 h)."));
     }, "ghost"),
-    act("Delete", async () => {
+    button("Delete", async () => {
       if (!confirm(`Delete ${id}? Deliveries waiting for it are dropped.`)) return;
       if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "DELETE" }))) {
         toast("Deleted");

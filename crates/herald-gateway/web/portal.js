@@ -5,7 +5,7 @@
 // Content-Security-Policy allows where inline styles are not).
 import {
   api, resume, adopt, el, mount, toast, attempt, fmtTime, fmtCount, pill, outcomePill, barChart, table, field,
-  values, words, secretBox, verifyHelp,
+  values, words, secretBox, verifyHelp, button,
 } from "/ui/common.js";
 
 const main = document.getElementById("main");
@@ -151,7 +151,6 @@ async function endpoint(id, created) {
   const reveal = el("div", { id: "reveal" });
   const showSecret = (title, secret) => mount(reveal, secretBox(title, secret, "Store it with your endpoint's configuration now: it will not be shown again."));
   if (created && created.secret) showSecret("Signing secret", created.secret);
-  const act = (label, fn, cls) => el("button", { type: "button", class: cls, onclick: fn }, label);
   const t = stats.totals;
   mount(
     main,
@@ -162,19 +161,19 @@ async function endpoint(id, created) {
     el(
       "div",
       { class: "actions" },
-      act("Send test", async () => {
+      button("Send test", async () => {
         const r = await attempt(() => api(`/v1/subscriptions/${id}/test`, { method: "POST", body: {} }));
         if (r) toast("Test webhook sent");
         setTimeout(render, 1500);
       }),
-      act(sub.enabled ? "Pause" : "Resume", async () => {
+      button(sub.enabled ? "Pause" : "Resume", async () => {
         if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
       }, "ghost"),
-      act("Rotate secret", async () => {
+      button("Rotate secret", async () => {
         const r = await attempt(() => api(`/v1/subscriptions/${id}/rotate-secret`, { method: "POST", body: {} }));
         if (r) showSecret("New signing secret (the old one keeps working for 24 hours)", r.secret || r.public_key);
       }, "ghost"),
-      act("Delete", async () => {
+      button("Delete", async () => {
         if (!confirm("Delete this endpoint? It will receive nothing more.")) return;
         if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "DELETE" }))) {
           toast("Deleted");

@@ -231,6 +231,8 @@ pub(crate) struct WhichSession {
 
 /// `GET /v1/session?kind=console|portal`: the page's session and its CSRF token (after a
 /// reload, the page has only its cookie).
+#[utoipa::path(get, path = "/v1/session", tag = "portal", params(WhichSession),
+    responses((status = 200, description = "The session of the cookie", body = SessionView), crate::error::Problems))]
 pub(crate) async fn current(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -254,6 +256,8 @@ pub(crate) async fn current(
 }
 
 /// `DELETE /v1/session`: signs out (the session named by the call's CSRF token).
+#[utoipa::path(delete, path = "/v1/session", tag = "portal",
+    responses((status = 204, description = "Signed out; the cookie is cleared"), crate::error::Problems))]
 pub(crate) async fn sign_out(
     State(state): State<AppState>,
     caller: Caller,
