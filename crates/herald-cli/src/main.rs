@@ -71,6 +71,21 @@ enum Command {
     /// Browse and manage the event-type catalog.
     #[command(subcommand, name = "event-types", alias = "types")]
     EventTypes(EventTypeCommand),
+    /// A one-time link into a tenant's portal (what an operator's backend embeds in an iframe).
+    PortalLink {
+        /// The tenant whose endpoints the portal shows.
+        #[arg(long)]
+        tenant: String,
+        /// How long the session lasts once opened (default 1h, at most 24h).
+        #[arg(long)]
+        expires_in: Option<String>,
+        /// How long the link may wait to be opened (default 10m).
+        #[arg(long)]
+        link_expires_in: Option<String>,
+        /// The portal's theme (JSON): name, logo_url, primary_color, background_color, text_color.
+        #[arg(long)]
+        theme: Option<String>,
+    },
     /// Try a payload filter on an event: does it match, and why.
     #[command(name = "filter-test")]
     FilterTest {
@@ -557,6 +572,21 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!({"deleted": name})
                 }
             };
+            out_fmt.print(&out)?;
+            Ok(())
+        }
+        Command::PortalLink { tenant, expires_in, link_expires_in, theme } => {
+            let mut body = json!({"tenant": tenant});
+            if let Some(v) = expires_in {
+                body["expires_in"] = json!(v);
+            }
+            if let Some(v) = link_expires_in {
+                body["link_expires_in"] = json!(v);
+            }
+            if let Some(t) = theme {
+                body["theme"] = json_arg("--theme", &t)?;
+            }
+            let out = api.call(reqwest::Method::POST, "/v1/portal/sessions", Some(body)).await?;
             out_fmt.print(&out)?;
             Ok(())
         }

@@ -310,3 +310,20 @@ async fn heraldctl_manages_the_event_type_catalog() {
     let (ok, _, err) = heraldctl(&stack, &["event-types", "delete", "parcel.shipped"]);
     assert!(ok, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_makes_portal_links_that_open_once() {
+    let stack = Stack::gateway_only().await;
+    let theme = r##"{"name": "Acme Shop", "primary_color": "#6b3fa0"}"##;
+    let (ok, link, err) =
+        heraldctl(&stack, &["portal-link", "--tenant", "acme", "--expires-in", "30m", "--theme", theme]);
+    assert!(ok, "{err}");
+    assert_eq!((link["tenant"].as_str(), link["session_expires_in_seconds"].as_u64()), (Some("acme"), Some(1800)));
+    let code = link["url"].as_str().unwrap().split("#code=").nth(1).expect("a code").to_owned();
+    let (status, _, session) = stack.open_portal(&code).await;
+    assert_eq!((status, session["theme"]["name"].as_str()), (200, Some("Acme Shop")), "{session}");
+    assert_eq!(stack.open_portal(&code).await.0, 410);
+    let (ok, _, err) =
+        heraldctl(&stack, &["portal-link", "--tenant", "acme", "--theme", r#"{"primary_color": "red;"}"#]);
+    assert!(!ok && err.contains("theme"), "{err}");
+}
