@@ -33,6 +33,15 @@ if ! PYTHONPATH="$crypto_py" python3 -c 'import cryptography.hazmat.primitives.a
     --target "$crypto_py" 'cryptography>=42,<50'
 fi
 export HERALD_CRYPTO_PY="$crypto_py"
+# The OpenTelemetry project's protobuf definitions (an OTLP receiver that shares no code with
+# Herald's exporter) and the Prometheus project's text parser, for the observability tests.
+otel_py="$root/.tools/otel-py"
+if ! PYTHONPATH="$otel_py" python3 -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2, prometheus_client.parser' 2>/dev/null; then
+  echo "installing the observability tests' Python tools into .tools/ (opentelemetry-proto, prometheus-client)"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+    --target "$otel_py" 'opentelemetry-proto>=1.27,<2' 'prometheus-client>=0.20,<1'
+fi
+export HERALD_OTEL_PY="$otel_py"
 python3 scripts/check-dockerfile.py
 # The browser tests' Chromium (Debian's) and playwright-core (npm, into .tools/browser).
 scripts/ensure-browser.sh >/dev/null

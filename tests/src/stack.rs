@@ -104,7 +104,7 @@ impl Who {
 pub fn init() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     if std::env::var_os("HERALD_TEST_LOG").is_some() {
-        herald_core::runtime::init_logging();
+        std::mem::forget(herald_core::runtime::init_logging("herald-tests"));
     }
 }
 

@@ -80,7 +80,7 @@ pub fn route_subject(sub: &crate::proto::Subscription) -> String {
 pub fn first_delivery(
     event: &crate::proto::Event,
     sub: &crate::proto::Subscription,
-    traceparent: &str,
+    trace: &crate::telemetry::Carrier,
 ) -> (String, jetstream::message::PublishMessage) {
     use prost::Message as _;
     let delivery = crate::proto::Delivery {
@@ -91,9 +91,8 @@ pub fn first_delivery(
     };
     let publish = jetstream::message::PublishMessage::build()
         .payload(delivery.encode_to_vec().into())
-        .message_id(format!("{}:{}", event.id, sub.id))
-        .header(crate::trace::TRACEPARENT, traceparent);
-    (route_subject(sub), publish)
+        .message_id(format!("{}:{}", event.id, sub.id));
+    (route_subject(sub), trace.add_to(publish))
 }
 
 /// `herald.retries.{tenant}.{subscription_id}.{event_id}`: the message schedule that brings one

@@ -36,16 +36,10 @@ pub fn format_duration(d: Duration) -> String {
     format!("{ms}ms")
 }
 
-/// Starts logging to stderr: filter from `HERALD_LOG` (tracing `EnvFilter` syntax, default
-/// `info`), JSON lines when `HERALD_LOG_FORMAT=json`.
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HERALD_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("HERALD_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
-    // A second initialisation (tests running services in-process) is harmless.
-    let _ = result;
+/// Starts logging to stderr, and span export when the `OTEL_*` variables ask for it (see
+/// [`crate::telemetry::init`]); keep the guard until the end of `main`.
+pub fn init_logging(service: &str) -> crate::telemetry::Guard {
+    crate::telemetry::init(service)
 }
 
 /// Resolves on SIGINT or SIGTERM (what Kubernetes sends before killing a pod).

@@ -14,7 +14,9 @@ use prost::Message as _;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use herald_core::{metrics, nats, proto, trace};
+use herald_core::telemetry::{self, Carrier};
+use herald_core::{metrics, nats, proto};
+use tracing::Instrument as _;
 
 use crate::Shared;
 use tokio::sync::OwnedSemaphorePermit;
@@ -76,14 +78,14 @@ pub(crate) async fn first_attempt(
     sub: Arc<proto::Subscription>,
     permit: Permit,
     http_slot: OwnedSemaphorePermit,
-    traceparent: &str,
+    trace: &Carrier,
 ) -> Result<(), ()> {
     // The event joins the delivery only if it has to be stored (a retry or a dead letter).
     let delivery = proto::Delivery { subscription_id: sub.id.clone(), attempt: 1, ..Default::default() };
     // A retry goes where the delivery would have been stored had fan-out not tried it.
     let target = nats::route_subject(&sub);
     let admitted = Admitted { permit: Some(permit), http_slot: Some(http_slot) };
-    match attempt(&shared, event, delivery, &sub, admitted, Some(traceparent), &target, false).await {
+    match attempt(&shared, event, delivery, &sub, admitted, trace, &target, false).await {
         Settle::Ack => Ok(()),
         Settle::Nak(_) => Err(()),
     }
@@ -144,8 +146,7 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
             Record::Unreadable | Record::NotDelivered => {}
         }
     }
-    let parent =
-        msg.headers.as_ref().and_then(|h| h.get(trace::TRACEPARENT)).map(|v| v.as_str()).filter(|p| trace::is_valid(p));
+    let parent = Carrier::from_nats(msg.headers.as_ref());
 
     // An ordered lane has one delivery in flight and retries in place: it needs no breaker.
     let admission = if fifo { None } else { Some(shared.breakers.admit(&sub.id, sub.max_in_flight).await) };
@@ -159,12 +160,12 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
             let mut deferred = delivery;
             let backoff = Duration::from_secs(1 << deferred.deferrals.min(6)).min(Duration::from_secs(60));
             deferred.deferrals += 1;
-            return reschedule(shared, msg.subject.as_str(), parent, deferred, after.max(backoff)).await;
+            return reschedule(shared, msg.subject.as_str(), &parent, deferred, after.max(backoff)).await;
         }
     };
     let event = delivery.event.take().expect("checked above");
     let admitted = Admitted { permit, http_slot: None };
-    attempt(shared, &event, delivery, &sub, admitted, parent, msg.subject.as_str(), fifo).await
+    attempt(shared, &event, delivery, &sub, admitted, &parent, msg.subject.as_str(), fifo).await
 }
 
 /// What an attempt goes ahead with: its endpoint's slot (none on an ordered lane) and, if
@@ -184,7 +185,7 @@ async fn attempt(
     mut delivery: proto::Delivery,
     sub: &Arc<proto::Subscription>,
     admitted: Admitted,
-    parent: Option<&str>,
+    parent: &Carrier,
     target: &str,
     fifo: bool,
 ) -> Settle {
@@ -213,9 +214,13 @@ async fn attempt(
             return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
-    let traceparent = trace::child_of(parent);
-    let started = std::time::SystemTime::now();
-    let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &traceparent, &sub.headers);
+    let span = herald_core::otel_span!("webhook attempt", otel.kind = "client", http.request.method = "POST",
+        herald.event_id = %event.id, herald.subscription_id = %sub.id, herald.attempt = i64::from(delivery.attempt),
+        herald.outcome = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    telemetry::set_parent(&span, parent);
+    let onward = telemetry::onward(&span, parent);
+    let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &onward, &sub.headers);
 
     let sent = match (&prepared.url, &prepared.client) {
         (Err(refusal), _) => http_client::refused_result(refusal),
@@ -224,7 +229,8 @@ async fn attempt(
             let request = WebhookRequest { url, headers, body };
             metrics::IN_FLIGHT.add(&[], 1.0);
             let client = own.as_ref().unwrap_or(&shared.http);
-            let sent = http_client::send(client, request, shared.config.response_body_limit).await;
+            let sent =
+                http_client::send(client, request, shared.config.response_body_limit).instrument(span.clone()).await;
             metrics::IN_FLIGHT.add(&[], -1.0);
             sent
         }
@@ -238,74 +244,66 @@ async fn attempt(
     if let Some(reason) = &disable {
         outcome = DeliveryOutcome::DeadLetter { reason: reason.clone() };
     }
-    // Recorded first: should this message be handed out again while the health update below
-    // waits on the KV bucket (a leader election), the record is what stops a second send.
-    record_attempt(shared, event, &delivery, &sub.url, now, &sent, &outcome).await;
-    track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
-    if let Some(tracer) = &shared.tracer {
-        let mut attributes = vec![
-            ("herald.event_id", event.id.clone()),
-            ("herald.subscription_id", sub.id.clone()),
-            ("herald.attempt", delivery.attempt.to_string()),
-            ("herald.outcome", outcome_name(&outcome).to_owned()),
-        ];
-        if let Some(status) = sent.result.status {
-            attributes.push(("http.response.status_code", status.to_string()));
-        }
-        tracer.record(herald_core::otel::SpanRecord {
-            traceparent: traceparent.clone(),
-            parent: parent.map(str::to_owned),
-            name: "webhook attempt",
-            kind: herald_core::otel::Kind::Client,
-            start: started,
-            end: std::time::SystemTime::now(),
-            attributes,
-            error: sent.result.error.clone(),
-        });
-    }
-    let class = metrics::status_class(sent.result.status);
-    metrics::ATTEMPTS.inc(&[outcome_name(&outcome), class]);
-    metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
-
-    match outcome {
-        DeliveryOutcome::Delivered => {
-            tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
-            Settle::Ack
-        }
-        DeliveryOutcome::Retry { after } if fifo => {
-            tracing::info!(event = %event.id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
-            Settle::Nak(after)
-        }
-        DeliveryOutcome::Retry { after } => {
-            metrics::RETRIES.inc(&[]);
-            let event_id = event.id.clone();
-            let mut next = delivery;
-            next.event = Some(event.clone());
-            if next.first_attempt_at.is_empty() {
-                next.first_attempt_at = herald_core::rfc3339(now);
+    // What follows is inside the attempt's span, so its log lines carry the trace id.
+    let within = span.clone();
+    async move {
+        // Recorded first: should this message be handed out again while the health update below
+        // waits on the KV bucket (a leader election), the record is what stops a second send.
+        record_attempt(shared, event, &delivery, &sub.url, now, &sent, &outcome).await;
+        track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
+        if !span.is_none() {
+            span.record("herald.outcome", outcome_name(&outcome));
+            if let Some(status) = sent.result.status {
+                span.record("http.response.status_code", i64::from(status));
             }
-            next.attempt = next.attempt.max(1) + 1;
-            next.last_status = sent.result.status.unwrap_or(0).into();
-            next.last_error = sent.result.error.clone().unwrap_or_default();
-            tracing::info!(
-                event = %event_id,
-                subscription = %sub.id,
-                next_attempt = next.attempt,
-                after = ?after,
-                error = %next.last_error,
-                "attempt failed; retry scheduled"
-            );
-            reschedule(shared, target, parent, next, after).await
+            telemetry::set_outcome(&span, sent.result.error.as_deref());
         }
-        DeliveryOutcome::DeadLetter { reason } => {
-            let mut last = delivery;
-            last.event = Some(event.clone());
-            last.last_status = sent.result.status.unwrap_or(0).into();
-            last.last_error = sent.result.error.clone().unwrap_or_default();
-            let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
-            dead_letter(shared, None, kind, Some(last), reason).await
+        let class = metrics::status_class(sent.result.status);
+        metrics::ATTEMPTS.inc(&[outcome_name(&outcome), class]);
+        metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
+
+        match outcome {
+            DeliveryOutcome::Delivered => {
+                tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
+                Settle::Ack
+            }
+            DeliveryOutcome::Retry { after } if fifo => {
+                tracing::info!(event = %event.id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
+                Settle::Nak(after)
+            }
+            DeliveryOutcome::Retry { after } => {
+                metrics::RETRIES.inc(&[]);
+                let event_id = event.id.clone();
+                let mut next = delivery;
+                next.event = Some(event.clone());
+                if next.first_attempt_at.is_empty() {
+                    next.first_attempt_at = herald_core::rfc3339(now);
+                }
+                next.attempt = next.attempt.max(1) + 1;
+                next.last_status = sent.result.status.unwrap_or(0).into();
+                next.last_error = sent.result.error.clone().unwrap_or_default();
+                tracing::info!(
+                    event = %event_id,
+                    subscription = %sub.id,
+                    next_attempt = next.attempt,
+                    after = ?after,
+                    error = %next.last_error,
+                    "attempt failed; retry scheduled"
+                );
+                reschedule(shared, target, parent, next, after).await
+            }
+            DeliveryOutcome::DeadLetter { reason } => {
+                let mut last = delivery;
+                last.event = Some(event.clone());
+                last.last_status = sent.result.status.unwrap_or(0).into();
+                last.last_error = sent.result.error.clone().unwrap_or_default();
+                let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
+                dead_letter(shared, None, kind, Some(last), reason).await
+            }
         }
     }
+    .instrument(within)
+    .await
 }
 
 /// Stores `delivery` as a JetStream message schedule that publishes it to `target` after
@@ -314,7 +312,7 @@ async fn attempt(
 async fn reschedule(
     shared: &Shared,
     target: &str,
-    parent: Option<&str>,
+    parent: &Carrier,
     delivery: proto::Delivery,
     after: Duration,
 ) -> Settle {
@@ -322,13 +320,12 @@ async fn reschedule(
     // Schedules fire with one-second granularity and the time is truncated to whole seconds:
     // round up, so a retry never comes early, and never ask for a time already past.
     let due = OffsetDateTime::now_utc() + after.max(Duration::from_secs(1)) + Duration::from_millis(999);
-    let mut publish = PublishMessage::build()
-        .payload(delivery.encode_to_vec().into())
-        .header("Nats-Schedule", format!("@at {}", herald_core::rfc3339(due)))
-        .header("Nats-Schedule-Target", target);
-    if let Some(p) = parent {
-        publish = publish.header(trace::TRACEPARENT, p);
-    }
+    let publish = parent.add_to(
+        PublishMessage::build()
+            .payload(delivery.encode_to_vec().into())
+            .header("Nats-Schedule", format!("@at {}", herald_core::rfc3339(due)))
+            .header("Nats-Schedule-Target", target),
+    );
     let subject = nats::retry_schedule_subject(&event.tenant, &delivery.subscription_id, &event.id);
     match publish_and_confirm(shared, subject, publish).await {
         Ok(()) => Settle::Ack,

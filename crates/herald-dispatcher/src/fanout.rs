@@ -17,7 +17,8 @@ use prost::Message as _;
 
 use herald_core::event::{self, StoredAt};
 use herald_core::subscription::needs_lane;
-use herald_core::{metrics, nats, proto, trace};
+use herald_core::telemetry::{self, Carrier};
+use herald_core::{metrics, nats, proto};
 
 use crate::breaker::Admission;
 use crate::{Shared, deliver};
@@ -30,6 +31,15 @@ pub(crate) enum Role {
     /// `herald-fanout-ordered`, one replica at a time: ordered subscriptions, stored in their
     /// lanes in event order.
     Ordered,
+}
+
+impl Role {
+    fn span_name(self) -> &'static str {
+        match self {
+            Self::Shared => "fanout",
+            Self::Ordered => "fanout ordered",
+        }
+    }
 }
 
 /// The in-order part of fanning out one event: decode it, match subscriptions, and send one
@@ -51,9 +61,7 @@ pub(crate) async fn send(
     let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     let content_type = header("Content-Type");
     let msg_id = header("Nats-Msg-Id");
-    let parent = header(trace::TRACEPARENT).filter(|p| trace::is_valid(p));
-    let traceparent = trace::child_of(parent.as_deref());
-    let started = std::time::SystemTime::now();
+    let parent = Carrier::from_nats(msg.headers.as_ref());
 
     let decoded = event::decode_stored(
         msg.subject.as_str(),
@@ -74,6 +82,11 @@ pub(crate) async fn send(
         }
     };
 
+    let span = herald_core::otel_span!("fanout", otel.name = role.span_name(), otel.kind = "consumer",
+        herald.event_id = %event.id, herald.tenant = %event.tenant, herald.deliveries = tracing::field::Empty,
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    telemetry::set_parent(&span, &parent);
+    let trace = telemetry::onward(&span, &parent);
     if let Some(reason) = schema_violation(&shared, &msg, &event, role, handed_out) {
         return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::Invalid(reason))));
     }
@@ -119,10 +132,10 @@ pub(crate) async fn send(
             continue;
         }
         if role == Role::Ordered {
-            store_in_order(&shared, &event, sub, &traceparent).await;
+            store_in_order(&shared, &event, sub, &trace).await;
             continue;
         }
-        let (subject, publish) = nats::first_delivery(&event, sub, &traceparent);
+        let (subject, publish) = nats::first_delivery(&event, sub, &trace);
         match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push(ack.into_future()),
             Err(e) => {
@@ -133,13 +146,14 @@ pub(crate) async fn send(
     }
     let inline_slot = if inline.is_empty() { None } else { inline_slot };
     let mut stored = if role == Role::Ordered { subs.len() } else { acks.len() };
+    use tracing::Instrument as _;
     Some(futures::future::Either::Right(async move {
         if let Some(error) = failed {
             metrics::FANOUT_EVENTS.inc(&["retried"]);
             return retry_later(&msg, &event.id, &error).await;
         }
         let attempts = futures::future::join_all(
-            inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sub, &traceparent)),
+            inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sub, &trace)),
         );
         let (acks, attempts) = futures::future::join(futures::future::join_all(acks), attempts).await;
         drop(inline_slot);
@@ -171,29 +185,12 @@ pub(crate) async fn send(
         if role == Role::Shared {
             metrics::FANOUT_EVENTS.inc(&["fanned_out"]);
         }
-        if let Some(tracer) = &shared.tracer {
-            tracer.record(herald_core::otel::SpanRecord {
-                traceparent,
-                parent,
-                name: match role {
-                    Role::Shared => "fanout",
-                    Role::Ordered => "fanout ordered",
-                },
-                kind: herald_core::otel::Kind::Consumer,
-                start: started,
-                end: std::time::SystemTime::now(),
-                attributes: vec![
-                    ("herald.event_id", event.id.clone()),
-                    ("herald.tenant", event.tenant.clone()),
-                    ("herald.deliveries", subs.len().to_string()),
-                ],
-                error: None,
-            });
-        }
+        tracing::Span::current().record("herald.deliveries", subs.len());
         metrics::FANOUT_DELIVERIES.add(&["stored"], stored as f64);
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
-    }))
+    }
+    .instrument(span)))
 }
 
 /// Why an event is not fanned out now.
@@ -261,8 +258,8 @@ async fn set_aside(shared: Arc<Shared>, role: Role, msg: jetstream::Message, why
 /// trying again (deduplicated by its id) for as long as it takes: a later event's delivery
 /// must not be stored before it, which a store failing during a leader election and the next
 /// one succeeding would do. The ordered fan-out waits here, which is what order costs.
-async fn store_in_order(shared: &Shared, event: &proto::Event, sub: &proto::Subscription, traceparent: &str) {
-    let store = || nats::first_delivery(event, sub, traceparent);
+async fn store_in_order(shared: &Shared, event: &proto::Event, sub: &proto::Subscription, trace: &Carrier) {
+    let store = || nats::first_delivery(event, sub, trace);
     let _ = deliver::publish_until_confirmed(shared, store, None, None, |error, retry_in| {
         tracing::warn!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "ordered delivery not stored yet; trying again before any later event");
     })
@@ -339,20 +336,20 @@ async fn attempt_inline(
     shared: Arc<Shared>,
     event: &proto::Event,
     sub: Arc<proto::Subscription>,
-    traceparent: &str,
+    trace: &Carrier,
 ) -> Result<Path, String> {
     match shared.breakers.admit(&sub.id, 0).await {
         // Boxed, once it may send: the attempt's state exists for the requests open, not for
         // every delivery an event holds (100 subscriptions × 256 events in hand).
         Admission::Go(permit) => {
             let http_slot = shared.http_slots.clone().acquire_owned().await.expect("never closed");
-            let settled = Box::pin(deliver::first_attempt(shared, event, sub, permit, http_slot, traceparent)).await;
+            let settled = Box::pin(deliver::first_attempt(shared, event, sub, permit, http_slot, trace)).await;
             settled
                 .map(|()| Path::Inline)
                 .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned())
         }
         Admission::Defer { .. } => {
-            let (subject, publish) = nats::first_delivery(event, &sub, traceparent);
+            let (subject, publish) = nats::first_delivery(event, &sub, trace);
             let ack = shared.js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
             ack.await.map(|_| Path::Stored).map_err(|e| e.to_string())
         }

@@ -186,7 +186,7 @@ pub fn headers(
     msg_id: &str,
     timestamp: i64,
     signature: &str,
-    traceparent: &str,
+    trace: &herald_core::telemetry::Carrier,
     extra: &std::collections::BTreeMap<String, String>,
 ) -> HeaderMap {
     static USER_AGENT: std::sync::LazyLock<HeaderValue> = std::sync::LazyLock::new(|| {
@@ -203,7 +203,13 @@ pub fn headers(
     };
     set("webhook-id", msg_id);
     set("webhook-signature", signature);
-    set("traceparent", traceparent);
+    for (name, value) in
+        [("traceparent", &trace.traceparent), ("tracestate", &trace.tracestate), ("baggage", &trace.baggage)]
+    {
+        if let Some(v) = value {
+            set(name, v);
+        }
+    }
     for (name, value) in extra {
         let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) else {
             continue;

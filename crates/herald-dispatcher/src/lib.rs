@@ -152,8 +152,6 @@ pub(crate) struct Shared {
     pub routes: Arc<routes::Routes>,
     /// Consumers handing out again, as new, what they had handed out.
     pub rewinds: rewinds::Rewinds,
-    /// Exports spans, when OTLP is configured.
-    pub tracer: Option<herald_core::otel::Tracer>,
     /// Operational events for the operator tenant.
     pub operational: operational::Operational,
     /// The client that serves every subscription without a client certificate.
@@ -271,7 +269,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients }),
         routes,
         rewinds: Default::default(),
-        tracer: config.common.tracer("herald-dispatcher"),
         operational,
         http,
         config,

@@ -4,7 +4,7 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald_core::runtime::init_logging();
+    let _telemetry = herald_core::runtime::init_logging("herald-dispatcher");
     let config = herald_dispatcher::Config::parse();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let trigger = shutdown.clone();

@@ -141,8 +141,6 @@ pub struct Handles {
     pub(crate) keys: Arc<herald_core::secrets::KeyRing>,
     /// Delivery statistics, kept as deliveries happen.
     pub(crate) stats: Arc<stats::Stats>,
-    /// Exports spans, when OTLP is configured.
-    pub(crate) tracer: Option<herald_core::otel::Tracer>,
 }
 
 /// Loads the tokens from the configuration (variable and file together).
@@ -210,7 +208,6 @@ pub async fn run(
         catalog_kv: handles.event_types,
         sessions,
         keys,
-        tracer: config.common.tracer("herald-gateway"),
         policy: Arc::new(config.common.ssrf_policy()),
         config: Arc::new(config),
     }));

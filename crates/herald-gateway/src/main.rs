@@ -4,7 +4,7 @@ use clap::Parser as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    herald_core::runtime::init_logging();
+    let _telemetry = herald_core::runtime::init_logging("herald-gateway");
     let config = herald_gateway::Config::parse();
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await

@@ -137,78 +137,239 @@ async fn the_publishers_trace_reaches_the_subscriber() {
     assert_eq!(stored_trace(2).await, None, "no trace to continue, none stored");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn spans_are_exported_over_otlp_and_linked_publisher_to_subscriber() {
-    use herald_core::otel::wire::ExportTraceServiceRequest;
-    use prost::Message as _;
-    use std::sync::{Arc, Mutex};
+/// The OTLP receiver of `tests/scripts/otlp-receiver.py`: Python, decoding with the
+/// OpenTelemetry project's `opentelemetry-proto` package (installed into `.tools/otel-py` by
+/// `scripts/test.sh`, or here if missing), so a wrong field number in what Herald sends fails.
+struct OtlpReceiver {
+    child: std::process::Child,
+    url: String,
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
 
-    // An in-test OTLP/HTTP collector.
-    let spans: Arc<Mutex<Vec<(String, herald_core::otel::wire::Span)>>> = Arc::default();
-    let sink = spans.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(move |body: bytes::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let request = ExportTraceServiceRequest::decode(body).expect("OTLP protobuf");
-                for rs in request.resource_spans {
-                    let service = rs.resource.unwrap().attributes[0].value.clone().unwrap().string_value;
-                    for ss in rs.scope_spans {
-                        sink.lock().unwrap().extend(ss.spans.into_iter().map(|s| (service.clone(), s)));
-                    }
+impl OtlpReceiver {
+    fn start() -> Self {
+        use std::io::BufRead as _;
+        let root = herald_harness::workspace_root();
+        let tools =
+            std::env::var_os("HERALD_OTEL_PY").map(std::path::PathBuf::from).unwrap_or(root.join(".tools/otel-py"));
+        if !tools.join("opentelemetry/proto").exists() {
+            let ok = std::process::Command::new("python3")
+                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location"])
+                .args(["--root-user-action=ignore", "--target"])
+                .arg(&tools)
+                .args(["opentelemetry-proto>=1.27,<2", "prometheus-client>=0.20,<1"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "pip could not install opentelemetry-proto into {}", tools.display());
+        }
+        let port = free_port();
+        let mut child = std::process::Command::new("python3")
+            .arg(root.join("tests/scripts/otlp-receiver.py"))
+            .arg(port.to_string())
+            .env("PYTHONPATH", &tools)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3 runs");
+        let stdout = child.stdout.take().unwrap();
+        let spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>> = Default::default();
+        let sink = spans.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line == "listening" {
+                    let _ = ready_tx.send(());
+                } else if let Ok(span) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(span);
                 }
-                "ok"
             }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+        });
+        ready_rx.recv_timeout(Duration::from_secs(20)).expect("the OTLP receiver started");
+        Self { child, url: format!("http://127.0.0.1:{port}"), spans }
+    }
 
-    let mut stack = Stack::start_with(false, &["--otlp-endpoint", &collector]).await;
-    stack.start_dispatcher_with(&[("--otlp-endpoint", &collector)]);
+    fn of_trace(&self, trace_id: &str) -> Vec<serde_json::Value> {
+        self.spans.lock().unwrap().iter().filter(|s| s["trace_id"] == trace_id).cloned().collect()
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A gateway and a dispatcher as processes (the SDK reads its settings from the process
+/// environment), with `env` added; their stderr goes to files in `dir`.
+struct Services {
+    gateway: std::process::Child,
+    dispatcher: std::process::Child,
+    url: String,
+}
+
+impl Services {
+    async fn start(nats: &str, dir: &std::path::Path, tag: &str, env: &[(&str, &str)]) -> Self {
+        let port = free_port();
+        let spawn = |bin: &str, args: Vec<String>, log: String| {
+            std::process::Command::new(herald_harness::target_bin(bin))
+                .args(args)
+                .envs(env.iter().copied())
+                .env("HERALD_LOG", "info,herald_dispatcher=debug")
+                .env("HERALD_LOG_FORMAT", "json")
+                .env("HERALD_TOKENS", format!("admin={}", herald_harness::ADMIN_TOKEN))
+                .env("HERALD_ALLOW_NETWORKS", herald_harness::LOOPBACK)
+                .stderr(std::fs::File::create(dir.join(log)).unwrap())
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let gateway = spawn(
+            "herald-gateway",
+            vec!["--nats-url".into(), nats.into(), "--listen".into(), format!("127.0.0.1:{port}")],
+            format!("gateway-{tag}.log"),
+        );
+        let dispatcher = spawn(
+            "herald-dispatcher",
+            herald_harness::dispatcher_args(nats)[1..].to_vec(),
+            format!("dispatcher-{tag}.log"),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while reqwest::get(format!("{url}/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+            assert!(std::time::Instant::now() < deadline, "the gateway did not become ready");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { gateway, dispatcher, url }
+    }
+
+    async fn call(&self, path: &str, body: serde_json::Value, traceparent: Option<&str>) -> u16 {
+        let mut req = reqwest::Client::new()
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(herald_harness::ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(t) = traceparent {
+            req = req.header("traceparent", t).header("tracestate", "vendor=opaque").header("baggage", "tier=gold");
+        }
+        req.send().await.unwrap().status().as_u16()
+    }
+
+    /// SIGTERM, so the exporters flush.
+    fn stop(mut self) {
+        for child in [&mut self.gateway, &mut self.dispatcher] {
+            let _ = std::process::Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+        }
+        for child in [&mut self.gateway, &mut self.dispatcher] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while child.try_wait().ok().flatten().is_none() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Services {
+    fn drop(&mut self) {
+        let _ = self.gateway.kill();
+        let _ = self.dispatcher.kill();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_an_independent_otlp_receiver_through_the_sdk_and_logs_carry_their_trace() {
+    herald_harness::init();
+    let nats = herald_harness::NatsServer::start();
+    let otlp = OtlpReceiver::start();
+    let dir = herald_harness::temp_dir("otel");
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", otlp.url.as_str()),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=e2e,service.namespace=herald-test"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("K8S_POD_NAME", "herald-pod-0"),
+    ];
+    let services = Services::start(&nats.url(), &dir, "on", &env).await;
     let rx = Receiver::start().await;
-    stack.subscribe(&rx.url("/otel"), &["otel.*"], None).await;
+    let status =
+        services.call("/v1/subscriptions", json!({"url": rx.url("/otel"), "event_types": ["otel.*"]}), None).await;
+    assert_eq!(status, 201);
     tokio::time::sleep(Duration::from_secs(1)).await;
     let trace_id = "0af7651916cd43dd8448eb211c80319c";
     let publisher_span = "b7ad6b7169203331";
-    let resp = stack
-        .http
-        .post(format!("{}/v1/events", stack.gateway))
-        .bearer_auth(herald_harness::ADMIN_TOKEN)
-        .header("content-type", "application/json")
-        .header("traceparent", format!("00-{trace_id}-{publisher_span}-01"))
-        .body(json!({"id": "otel-1", "type": "otel.x", "data": {}}).to_string())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let parent = format!("00-{trace_id}-{publisher_span}-01");
+    let status =
+        services.call("/v1/events", json!({"id": "otel-1", "type": "otel.x", "data": {}}), Some(&parent)).await;
+    assert_eq!(status, 202);
     let webhook = rx.wait_for(1, SOON).await.remove(0);
-    let webhook_span = webhook.header("traceparent").unwrap()[36..52].to_owned();
+    let seen = webhook.header("traceparent").unwrap().to_owned();
+    assert!(herald_core::trace::is_valid(&seen) && seen[3..35] == *trace_id && seen.ends_with("-01"), "{seen}");
+    assert_eq!(webhook.header("tracestate"), Some("vendor=opaque"), "tracestate travels with the trace");
+    assert_eq!(webhook.header("baggage"), Some("tier=gold"), "and so does baggage");
 
-    let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
     let deadline = std::time::Instant::now() + SOON;
     let ours = loop {
-        let ours: Vec<_> =
-            spans.lock().unwrap().iter().filter(|(_, s)| hex(&s.trace_id) == trace_id).cloned().collect();
-        if ours.len() >= 4 {
+        let ours = otlp.of_trace(trace_id);
+        let names: Vec<&str> = ours.iter().filter_map(|s| s["name"].as_str()).collect();
+        if ["POST /v1/events", "jetstream publish", "fanout", "webhook attempt"].iter().all(|n| names.contains(n)) {
             break ours;
         }
-        assert!(std::time::Instant::now() < deadline, "spans received: {}", ours.len());
+        assert!(std::time::Instant::now() < deadline, "spans received: {names:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let find =
-        |name: &str| ours.iter().find(|(_, s)| s.name == name).unwrap_or_else(|| panic!("no {name} span")).clone();
-    let (gw_service, ingest) = find("POST /v1/events");
-    let (_, publish) = find("jetstream publish");
-    let (disp_service, fanout) = find("fanout");
-    let (_, attempt) = find("webhook attempt");
-    assert_eq!((gw_service.as_str(), disp_service.as_str()), ("herald-gateway", "herald-dispatcher"));
-    assert_eq!(hex(&ingest.parent_span_id), publisher_span, "ingest is a child of the publisher's span");
-    assert_eq!(publish.parent_span_id, ingest.span_id, "the publish is a child of ingest");
-    assert_eq!(fanout.parent_span_id, publish.span_id, "fan-out continues from the publish");
-    assert_eq!(attempt.parent_span_id, fanout.span_id, "the attempt is a child of fan-out");
-    assert_eq!(hex(&attempt.span_id), webhook_span, "the subscriber sees the attempt's span as its parent");
-    assert!(attempt.attributes.iter().any(|kv| kv.key == "http.response.status_code"));
+    let find = |name: &str| ours.iter().find(|s| s["name"] == name).cloned().unwrap();
+    let (ingest, publish, fanout, attempt) =
+        (find("POST /v1/events"), find("jetstream publish"), find("fanout"), find("webhook attempt"));
+    let kinds: Vec<&str> = [&ingest, &publish, &fanout, &attempt].iter().map(|s| s["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["SPAN_KIND_SERVER", "SPAN_KIND_PRODUCER", "SPAN_KIND_CONSUMER", "SPAN_KIND_CLIENT"]);
+    assert_eq!(ingest["parent_span_id"], publisher_span, "ingest is a child of the publisher's span");
+    assert_eq!(publish["parent_span_id"], ingest["span_id"], "the publish is a child of ingest");
+    assert_eq!(fanout["parent_span_id"], publish["span_id"], "fan-out continues from the publish");
+    assert_eq!(attempt["parent_span_id"], fanout["span_id"], "the attempt is a child of fan-out");
+    assert_eq!(attempt["span_id"], &seen[36..52], "the subscriber sees the attempt's span as its parent");
+    assert_eq!(
+        (ingest["service"].as_str(), attempt["service"].as_str()),
+        (Some("herald-gateway"), Some("herald-dispatcher"))
+    );
+    for span in [&ingest, &attempt] {
+        assert_eq!(span["resource"]["deployment.environment.name"], "e2e", "{span}");
+        assert_eq!(span["resource"]["service.namespace"], "herald-test");
+        assert_eq!(span["resource"]["k8s.pod.name"], "herald-pod-0");
+        assert_eq!(span["status"], "STATUS_CODE_OK", "{span}");
+    }
+    assert_eq!(attempt["attributes"]["http.response.status_code"], 200, "{attempt}");
+    assert_eq!(attempt["attributes"]["herald.event_id"], "otel-1");
+
+    // The dispatcher's log line about the delivery carries the trace the subscriber saw.
+    let deadline = std::time::Instant::now() + SOON;
+    loop {
+        let log = std::fs::read_to_string(dir.join("dispatcher-on.log")).unwrap();
+        let line = log.lines().find(|l| l.contains("\"delivered\"") && l.contains("otel-1"));
+        if let Some(line) = line {
+            let v: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(v["span"]["trace_id"], trace_id, "{line}");
+            assert_eq!(v["span"]["span_id"], &seen[36..52], "{line}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no delivery log line: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    services.stop();
+
+    // Sampled at ratio 0: nothing exported, and the subscriber still gets a valid traceparent.
+    let before = otlp.spans.lock().unwrap().len();
+    let mut env = env.to_vec();
+    env.extend([("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "0")]);
+    let services = Services::start(&nats.url(), &dir, "zero", &env).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let status = services.call("/v1/events", json!({"id": "otel-2", "type": "otel.x", "data": {}}), None).await;
+    assert_eq!(status, 202);
+    let got = rx.wait_for(2, SOON).await;
+    let second = got.iter().find(|r| r.header("webhook-id") == Some("otel-2")).expect("otel-2 delivered");
+    let unsampled = second.header("traceparent").unwrap();
+    assert!(herald_core::trace::is_valid(unsampled) && unsampled.ends_with("-00"), "{unsampled}");
+    services.stop();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(otlp.spans.lock().unwrap().len(), before, "no span exported at ratio 0");
+    let _ = std::fs::remove_dir_all(&dir);
 }

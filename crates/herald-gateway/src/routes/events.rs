@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use herald_core::event::{EventInput, Text};
-use herald_core::{metrics, nats, proto, trace};
+use herald_core::telemetry::{self, Carrier};
+use herald_core::{metrics, nats, proto};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -86,8 +87,8 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
 }
 
 /// Sends one event and returns the future of its PubAck, so that a caller can have many in
-/// flight at once. `traceparent`, when there is one, goes along for fan-out to continue from.
-async fn send(state: &AppState, event: &proto::Event, traceparent: Option<&str>) -> Result<PublishAckFuture, ApiError> {
+/// flight at once. `trace`, when there is one, goes along for fan-out to continue from.
+async fn send(state: &AppState, event: &proto::Event, trace: Option<&Carrier>) -> Result<PublishAckFuture, ApiError> {
     let subject = nats::event_subject(&event.tenant, &event.r#type);
     let mut publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
     if state.config.common.schema_validation != herald_core::catalog::Mode::Off
@@ -97,8 +98,8 @@ async fn send(state: &AppState, event: &proto::Event, traceparent: Option<&str>)
         // schema changed meanwhile must not turn an accepted event into a dead letter).
         publish = publish.header(nats::SCHEMA_CHECKED_HEADER, "1");
     }
-    if let Some(traceparent) = traceparent {
-        publish = publish.header(trace::TRACEPARENT, traceparent);
+    if let Some(trace) = trace {
+        publish = trace.add_to(publish);
     }
     state.js.send_publish(subject, publish).await.map_err(|e| publish_error(e.kind(), &e))
 }
@@ -106,8 +107,8 @@ async fn send(state: &AppState, event: &proto::Event, traceparent: Option<&str>)
 /// Whether events carry trace context on to fan-out: when the caller sent some, or when this
 /// gateway exports its own spans. Otherwise there is no trace to continue, and the dispatcher
 /// starts one (a header less per event for JetStream to store and parse).
-fn propagates(state: &AppState, incoming: Option<&str>) -> bool {
-    incoming.is_some() || state.tracer.is_some()
+fn propagates(incoming: &Carrier) -> bool {
+    incoming.traceparent.is_some() || telemetry::exporting()
 }
 
 async fn confirm(
@@ -136,8 +137,9 @@ fn outcome(result: &Result<Accepted, ApiError>) -> &'static str {
     }
 }
 
-fn incoming_traceparent(headers: &HeaderMap) -> Option<&str> {
-    headers.get(trace::TRACEPARENT).and_then(|v| v.to_str().ok())
+/// The caller's trace context (`traceparent`, `tracestate`, `baggage`), if valid.
+fn incoming(headers: &HeaderMap) -> Carrier {
+    Carrier::read(|name| headers.get(name).and_then(|v| v.to_str().ok()))
 }
 
 /// `POST /v1/events`.
@@ -153,52 +155,45 @@ pub(crate) async fn publish(
     body: Body,
 ) -> Result<(StatusCode, Json<Accepted>), ApiError> {
     caller.require_publish()?;
-    let started = std::time::SystemTime::now();
-    let parent = incoming_traceparent(&headers).filter(|p| trace::is_valid(p)).map(str::to_owned);
-    let traceparent = trace::child_of(parent.as_deref());
+    use tracing::Instrument as _;
+    let parent = incoming(&headers);
+    let span = herald_core::otel_span!(
+        "POST /v1/events",
+        otel.kind = "server",
+        http.route = "/v1/events",
+        herald.event_id = tracing::field::Empty,
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
+    telemetry::set_parent(&span, &parent);
+    let request = telemetry::onward(&span, &parent);
     // The JetStream publish is a child span of the request's; fan-out continues from it.
-    let publish_tp = trace::child_of(Some(&traceparent));
-    let mut published = None;
+    let publish_span = herald_core::otel_span!(parent: &span, "jetstream publish", otel.kind = "producer",
+        messaging.system = "nats", messaging.destination.name = nats::EVENTS_STREAM,
+        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let publish_trace = telemetry::onward(&publish_span, &request);
     let result = async {
         let event = parse_event(&state, &caller, &body.0)?;
+        span.record("herald.event_id", event.id.as_str());
         ensure_connected(&state)?;
         let sent_at = std::time::Instant::now();
-        let publish_start = std::time::SystemTime::now();
-        let ack = send(&state, &event, propagates(&state, parent.as_deref()).then_some(publish_tp.as_str())).await?;
-        let confirmed = confirm(&event, ack, sent_at).await;
-        published = Some((publish_start, std::time::SystemTime::now(), confirmed.is_ok()));
+        let carried = propagates(&parent).then_some(&publish_trace);
+        let confirmed = async {
+            let ack = send(&state, &event, carried).await?;
+            confirm(&event, ack, sent_at).await
+        }
+        .instrument(publish_span.clone())
+        .await;
+        telemetry::set_outcome(&publish_span, confirmed.as_ref().err().map(|_| "no PubAck"));
+        drop(publish_span);
         confirmed
     }
+    .instrument(span.clone())
     .await;
     count(&result);
-    if let Some(tracer) = &state.tracer {
-        let mut attributes = vec![("http.route", "/v1/events".to_owned())];
-        if let Ok(a) = &result {
-            attributes.push(("herald.event_id", a.id.clone()));
-        }
-        if let Some((start, end, ok)) = published {
-            tracer.record(herald_core::otel::SpanRecord {
-                traceparent: publish_tp.clone(),
-                parent: Some(traceparent.clone()),
-                name: "jetstream publish",
-                kind: herald_core::otel::Kind::Producer,
-                start,
-                end,
-                attributes: vec![("messaging.destination.name", nats::EVENTS_STREAM.to_owned())],
-                error: (!ok).then(|| "no PubAck".to_owned()),
-            });
-        }
-        tracer.record(herald_core::otel::SpanRecord {
-            traceparent: traceparent.clone(),
-            parent,
-            name: "POST /v1/events",
-            kind: herald_core::otel::Kind::Server,
-            start: started,
-            end: std::time::SystemTime::now(),
-            attributes,
-            error: result.as_ref().err().map(|e| e.status().to_string()),
-        });
-    }
+    let failed = result.as_ref().err().map(|e| e.status().to_string());
+    telemetry::set_outcome(&span, failed.as_deref());
+    drop(span);
     let accepted = result?;
     tracing::debug!(id = %accepted.id, seq = accepted.seq, duplicate = accepted.duplicate, "event accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
@@ -268,15 +263,16 @@ pub(crate) async fn publish_batch(
         ));
     }
     ensure_connected(&state)?;
-    let incoming = incoming_traceparent(&headers);
-    let traceparent = propagates(&state, incoming).then(|| trace::child_of(incoming));
+    // One context for the batch (no span per item).
+    let parent = incoming(&headers);
+    let trace = propagates(&parent).then(|| telemetry::onward(&tracing::Span::none(), &parent));
 
     // Send everything first, then collect the acknowledgements: one round trip, not N.
     let sent_at = std::time::Instant::now();
     let mut pending = Vec::with_capacity(input.events.len());
     for raw in &input.events {
         let item = match parse_event(&state, &caller, raw.get().as_bytes()) {
-            Ok(event) => match send(&state, &event, traceparent.as_deref()).await {
+            Ok(event) => match send(&state, &event, trace.as_ref()).await {
                 Ok(ack) => Ok((event, ack)),
                 Err(e) => Err(e),
             },

@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
 use herald_core::event::{StoredAt, decode_stored};
+use herald_core::nats;
 use herald_core::pattern::TypePattern;
 use herald_core::subscription::wants;
-use herald_core::{nats, trace};
+use herald_core::telemetry::{self, Carrier};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -94,8 +95,8 @@ pub(crate) async fn replay(
             in_flight += 1;
             continue;
         }
-        let traceparent = trace::child_of(s.header(trace::TRACEPARENT));
-        let (subject, publish) = nats::first_delivery(&event, &sub, &traceparent);
+        let trace = telemetry::onward(&tracing::Span::none(), &Carrier::read(|k| s.header(k)));
+        let (subject, publish) = nats::first_delivery(&event, &sub, &trace);
         let publish = publish.header(nats::RESEND_HEADER, "replay");
         let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         pending.push(ack.into_future());
@@ -152,8 +153,8 @@ pub(crate) async fn resend(
     if event.tenant != sub.tenant {
         return Err(missing());
     }
-    let traceparent = trace::child_of(header(trace::TRACEPARENT));
-    let (subject, publish) = nats::first_delivery(&event, &sub, &traceparent);
+    let trace = telemetry::onward(&tracing::Span::none(), &Carrier::read(|k| header(k)));
+    let (subject, publish) = nats::first_delivery(&event, &sub, &trace);
     // A new message id: the delivery's own would be deduplicated against the first.
     let publish = publish.header(nats::RESEND_HEADER, "resend").message_id(format!(
         "resend-{}-{}-{}",

@@ -626,7 +626,11 @@ pub(crate) async fn test(
         )
         .unwrap_or_default(),
     };
-    let (subject, publish) = nats::first_delivery(&event, &sub, &herald_core::trace::new_traceparent());
+    let (subject, publish) = nats::first_delivery(
+        &event,
+        &sub,
+        &herald_core::telemetry::Carrier::of(Some(&herald_core::trace::new_traceparent())),
+    );
     let ack = state.js.send_publish(subject, publish).await.map_err(|e| kv_error("queue a test for", e))?;
     ack.await.map_err(|e| kv_error("queue a test for", e))?;
     Ok((StatusCode::ACCEPTED, Json(TestSent { event_id: event.id })))
