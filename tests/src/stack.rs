@@ -338,6 +338,7 @@ pub fn metric_sum(text: &str, name: &str) -> f64 {
     let after_name: &[char] = if name.ends_with('}') { &[' '] } else { &['{', ' '] };
     text.lines()
         .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(after_name)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        // An OpenMetrics exemplar (` # {trace_id="…"} value`) follows the sample's value.
+        .filter_map(|l| l.split(" # ").next()?.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }

@@ -311,6 +311,17 @@ pub fn onward(span: &tracing::Span, parent: &Carrier) -> Carrier {
     }
 }
 
+/// The trace id of the current span when it is exported and sampled (for exemplars).
+pub fn current_trace_id() -> Option<String> {
+    if !exporting() {
+        return None;
+    }
+    let cx = tracing::Span::current().context();
+    let span = cx.span();
+    let sc = span.span_context();
+    (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
+}
+
 /// Marks `span` failed with `why` (or succeeded).
 pub fn set_outcome(span: &tracing::Span, error: Option<&str>) {
     if span.is_none() {

@@ -9,39 +9,102 @@ use serde_json::json;
 
 use crate::SOON;
 
-/// Parses Prometheus text into `series → value`, failing on any malformed line.
-fn parse(text: &str) -> HashMap<String, f64> {
-    let mut out = HashMap::new();
-    for line in text.lines().filter(|l| !l.is_empty()) {
-        if let Some(comment) = line.strip_prefix('#') {
-            let words: Vec<&str> = comment.split_whitespace().collect();
-            assert!(matches!(words.first(), Some(&"HELP") | Some(&"TYPE")), "bad comment: {line}");
-            if words[0] == "TYPE" {
-                assert!(matches!(words.get(2), Some(&"counter" | &"gauge" | &"histogram")), "bad type: {line}");
-            }
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line}"));
-        let name_end = series.find('{').unwrap_or(series.len());
-        let name = &series[..name_end];
-        assert!(
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
-            "bad name: {line}"
-        );
-        if name_end < series.len() {
-            assert!(series.ends_with('}'), "bad labels: {line}");
-        }
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value: {line}"));
-        out.insert(series.to_owned(), value);
+/// Where the observability tests' Python tools are (`scripts/test.sh` installs them; installed
+/// here if missing): `opentelemetry-proto` and `prometheus-client`.
+fn python_tools() -> std::path::PathBuf {
+    let root = herald_harness::workspace_root();
+    let tools = std::env::var_os("HERALD_OTEL_PY").map(std::path::PathBuf::from).unwrap_or(root.join(".tools/otel-py"));
+    if !tools.join("opentelemetry/proto").exists() || !tools.join("prometheus_client").exists() {
+        let ok = std::process::Command::new("python3")
+            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location"])
+            .args(["--root-user-action=ignore", "--target"])
+            .arg(&tools)
+            .args(["opentelemetry-proto>=1.27,<2", "prometheus-client>=0.20,<1"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "pip could not install the observability tests' tools into {}", tools.display());
     }
-    out
+    tools
 }
 
-async fn scrape(url: &str) -> HashMap<String, f64> {
+/// One parsed `/metrics` body: the series (`name{label="value",…}` → value) and the exemplars.
+struct Scraped {
+    types: HashMap<String, String>,
+    series: HashMap<String, f64>,
+    /// Exemplar labels by series.
+    exemplars: HashMap<String, serde_json::Value>,
+}
+
+impl Scraped {
+    fn get(&self, series: &str) -> f64 {
+        self.series.get(series).copied().unwrap_or(0.0)
+    }
+}
+
+/// Parses a `/metrics` body with the Prometheus project's parser (`tests/scripts/parse-metrics.py`),
+/// which fails on anything malformed.
+fn parse(text: &str) -> Scraped {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("python3")
+        .arg(herald_harness::workspace_root().join("tests/scripts/parse-metrics.py"))
+        .env("PYTHONPATH", python_tools())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 runs");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "the Prometheus parser refused /metrics: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let parsed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut scraped = Scraped { types: HashMap::new(), series: HashMap::new(), exemplars: HashMap::new() };
+    for (name, kind) in parsed["types"].as_object().unwrap() {
+        scraped.types.insert(name.clone(), kind.as_str().unwrap().to_owned());
+    }
+    for sample in parsed["samples"].as_array().unwrap() {
+        let labels: Vec<String> =
+            sample[1].as_object().unwrap().iter().map(|(k, v)| format!("{k}=\"{}\"", v.as_str().unwrap())).collect();
+        let name = sample[0].as_str().unwrap();
+        let series = if labels.is_empty() { name.to_owned() } else { format!("{name}{{{}}}", labels.join(",")) };
+        if !sample[3].is_null() {
+            scraped.exemplars.insert(series.clone(), sample[3]["labels"].clone());
+        }
+        scraped.series.insert(series, sample[2].as_f64().unwrap());
+    }
+    scraped
+}
+
+async fn scrape(url: &str) -> Scraped {
     let resp = reqwest::get(url).await.unwrap();
-    assert!(resp.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("application/openmetrics-text; version=1.0.0"), "{content_type}");
     parse(&resp.text().await.unwrap())
 }
+
+/// Every metric family and its labels as they were before `prometheus-client` (dashboards and
+/// alerts depend on them).
+const FAMILIES: &[(&str, &str, &[&str])] = &[
+    ("herald_events_ingested", "counter", &["outcome"]),
+    ("herald_publish_duration_seconds", "histogram", &[]),
+    ("herald_fanout_events", "counter", &["outcome"]),
+    ("herald_fanout_deliveries", "counter", &["path"]),
+    ("herald_delivery_attempts", "counter", &["outcome", "status_class"]),
+    ("herald_attempt_duration_seconds", "histogram", &["status_class"]),
+    ("herald_deferrals", "counter", &["reason"]),
+    ("herald_retries_scheduled", "counter", &[]),
+    ("herald_dead_letters", "counter", &["kind"]),
+    ("herald_redeliveries_skipped", "counter", &[]),
+    ("herald_filtered_out", "counter", &[]),
+    ("herald_schema_violations", "counter", &["action"]),
+    ("herald_consumer_rewinds", "counter", &[]),
+    ("herald_deliveries_in_flight", "gauge", &[]),
+    ("herald_circuits_open", "gauge", &[]),
+    ("herald_consumer_messages", "gauge", &["consumer", "state"]),
+];
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_and_move_as_deliveries_happen() {
@@ -72,22 +135,62 @@ async fn metrics_parse_and_move_as_deliveries_happen() {
 
     let after_gw = scrape(&gateway).await;
     let after = scrape(&dispatcher).await;
-    let delta = |a: &HashMap<String, f64>, b: &HashMap<String, f64>, k: &str| {
-        a.get(k).copied().unwrap_or(0.0) - b.get(k).copied().unwrap_or(0.0)
-    };
-    assert!(delta(&after_gw, &before_gw, r#"herald_events_ingested_total{outcome="accepted"}"#) >= 3.0, "{after_gw:?}");
+    let delta = |a: &Scraped, b: &Scraped, k: &str| a.get(k) - b.get(k);
+    assert!(
+        delta(&after_gw, &before_gw, r#"herald_events_ingested_total{outcome="accepted"}"#) >= 3.0,
+        "{:?}",
+        after_gw.series
+    );
     assert!(delta(&after_gw, &before_gw, r#"herald_events_ingested_total{outcome="invalid"}"#) >= 1.0);
     assert!(delta(&after_gw, &before_gw, "herald_publish_duration_seconds_count") >= 3.0);
     assert!(
         delta(&after, &before, r#"herald_delivery_attempts_total{outcome="delivered",status_class="2xx"}"#) >= 3.0,
-        "{after:?}"
+        "{:?}",
+        after.series
     );
     assert!(delta(&after, &before, r#"herald_attempt_duration_seconds_count{status_class="2xx"}"#) >= 3.0);
     assert!(delta(&after, &before, r#"herald_fanout_events_total{outcome="fanned_out"}"#) >= 3.0);
-    assert!(after.contains_key(r#"herald_consumer_messages{consumer="herald-deliver",state="pending"}"#), "lag gauge");
-    assert!(after.contains_key("herald_circuits_open"));
+    assert!(
+        after.series.contains_key(r#"herald_consumer_messages{consumer="herald-deliver",state="pending"}"#),
+        "lag gauge"
+    );
+    assert!(after.series.contains_key("herald_circuits_open"));
+    // The families of before keep their types and exactly their labels; those this traffic
+    // moves are all there.
+    for family in ["herald_events_ingested", "herald_publish_duration_seconds"] {
+        assert!(after_gw.types.contains_key(family), "{family}");
+    }
+    for family in [
+        "herald_fanout_events",
+        "herald_fanout_deliveries",
+        "herald_delivery_attempts",
+        "herald_attempt_duration_seconds",
+        "herald_deliveries_in_flight",
+        "herald_circuits_open",
+        "herald_consumer_messages",
+    ] {
+        assert!(after.types.contains_key(family), "{family}");
+    }
+    for (family, kind, labels) in FAMILIES {
+        for scraped in [&after, &after_gw] {
+            if let Some(found) = scraped.types.get(*family) {
+                assert_eq!(found, kind, "{family}");
+            }
+        }
+        for series in after.series.keys().chain(after_gw.series.keys()).filter(|s| s.starts_with(family)) {
+            let mut names: Vec<&str> = series
+                .split_once('{')
+                .map(|(_, l)| l.trim_end_matches('}').split(',').map(|p| p.split('=').next().unwrap()).collect())
+                .unwrap_or_default();
+            let mut expected: Vec<&str> =
+                labels.iter().copied().chain(series.contains("_bucket").then_some("le")).collect();
+            names.sort();
+            expected.sort();
+            assert_eq!(names, expected, "{series}");
+        }
+    }
     // No unbounded labels: no URL, event id or subscription id in any series.
-    for series in after.keys().chain(after_gw.keys()) {
+    for series in after.series.keys().chain(after_gw.series.keys()) {
         assert!(!series.contains("http://") && !series.contains("m-0") && !series.contains("sub_"), "{series}");
     }
 }
@@ -205,6 +308,8 @@ struct Services {
     gateway: std::process::Child,
     dispatcher: std::process::Child,
     url: String,
+    /// The dispatcher's `/metrics`.
+    metrics: String,
 }
 
 impl Services {
@@ -228,18 +333,16 @@ impl Services {
             vec!["--nats-url".into(), nats.into(), "--listen".into(), format!("127.0.0.1:{port}")],
             format!("gateway-{tag}.log"),
         );
-        let dispatcher = spawn(
-            "herald-dispatcher",
-            herald_harness::dispatcher_args(nats)[1..].to_vec(),
-            format!("dispatcher-{tag}.log"),
-        );
+        let health = format!("127.0.0.1:{}", free_port());
+        let args = herald_harness::dispatcher_args_with(nats, &[("--listen", &health)]);
+        let dispatcher = spawn("herald-dispatcher", args[1..].to_vec(), format!("dispatcher-{tag}.log"));
         let url = format!("http://127.0.0.1:{port}");
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while reqwest::get(format!("{url}/readyz")).await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
             assert!(std::time::Instant::now() < deadline, "the gateway did not become ready");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        Self { gateway, dispatcher, url }
+        Self { gateway, dispatcher, url, metrics: format!("http://{health}/metrics") }
     }
 
     async fn call(&self, path: &str, body: serde_json::Value, traceparent: Option<&str>) -> u16 {
@@ -354,6 +457,12 @@ async fn spans_reach_an_independent_otlp_receiver_through_the_sdk_and_logs_carry
         assert!(std::time::Instant::now() < deadline, "no delivery log line: {log}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // The attempt's duration carries the trace as an exemplar, where a dashboard links to it.
+    let scraped = scrape(&services.metrics).await;
+    let traced = scraped.exemplars.iter().find(|(series, labels)| {
+        series.starts_with("herald_attempt_duration_seconds_bucket") && labels["trace_id"] == trace_id
+    });
+    assert!(traced.is_some(), "no exemplar with the trace: {:?}", scraped.exemplars);
     services.stop();
 
     // Sampled at ratio 0: nothing exported, and the subscriber still gets a valid traceparent.
