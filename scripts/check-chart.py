@@ -4,6 +4,7 @@
 rendered Kubernetes object with kubernetes-validate against a current Kubernetes version, and
 checks what each value set must produce. Exits non-zero on the first problem."""
 
+import json
 import pathlib
 import sys
 
@@ -107,6 +108,17 @@ def main():
         fail("keda: an HPA would fight KEDA")
     if not by_kind(results["servicemonitor"], "ServiceMonitor"):
         fail("servicemonitor: none rendered")
+    # The alerting rules and the dashboard ship as they are in files/ (checked by
+    # scripts/check-observability.py).
+    rules = by_kind(results["servicemonitor"], "PrometheusRule")
+    shipped = yaml.safe_load((CHART / "files/alerts.yaml").read_text())
+    if not rules or rules[0]["spec"] != shipped:
+        fail("servicemonitor: the PrometheusRule is missing or differs from files/alerts.yaml")
+    boards = [c for c in by_kind(results["servicemonitor"], "ConfigMap") if c["metadata"]["name"].endswith("-dashboard")]
+    if not boards or json.loads(boards[0]["data"]["herald.json"]) != json.loads((CHART / "files/herald-dashboard.json").read_text()):
+        fail("servicemonitor: the dashboard ConfigMap is missing or differs from files/herald-dashboard.json")
+    if by_kind(d, "PrometheusRule") or by_kind(d, "ConfigMap"):
+        fail("defaults: the PrometheusRule or dashboard rendered without being asked for")
     if by_kind(results["existing-secret"], "Secret"):
         fail("existing-secret: a Secret was created anyway")
     ext = results["external-nats"]

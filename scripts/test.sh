@@ -43,6 +43,9 @@ if ! PYTHONPATH="$otel_py" python3 -c 'import opentelemetry.proto.collector.trac
 fi
 export HERALD_OTEL_PY="$otel_py"
 python3 scripts/check-dockerfile.py
+# The alerting rules (checked and unit-tested by promtool, Debian's prometheus package) and the
+# Grafana dashboard's queries.
+python3 scripts/check-observability.py "$(scripts/ensure-promtool.sh)"
 # The browser tests' Chromium (Debian's) and playwright-core (npm, into .tools/browser).
 scripts/ensure-browser.sh >/dev/null
 

@@ -47,6 +47,19 @@ nats://{{ .Release.Name }}-nats:4222
 
 {{/* The environment both services share. */}}
 {{- define "herald.env" -}}
+# OpenTelemetry resource attributes (k8s.pod.name, k8s.namespace.name, k8s.node.name) for spans.
+- name: K8S_POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+- name: K8S_NAMESPACE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: K8S_NODE_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: spec.nodeName
 - name: HERALD_NATS_URL
   value: {{ include "herald.natsUrl" . | quote }}
 - name: HERALD_LOG
