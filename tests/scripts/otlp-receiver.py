@@ -1,11 +1,12 @@
 """An OTLP/HTTP trace receiver that decodes with the OpenTelemetry project's own protobuf
 definitions (the `opentelemetry-proto` package from PyPI), independent of Herald's code.
 
-    python3 otlp-receiver.py PORT
+    python3 otlp-receiver.py PORT [--discard]
 
 Answers POST /v1/traces (application/x-protobuf) with 200 and prints one JSON line per span
 received: service, resource attributes, name, kind, trace/span/parent ids (hex), attributes and
-status. Prints "listening" once ready.
+status. Prints "listening" once ready. With --discard it only counts spans' bytes and answers
+(a cheap sink for benchmarks).
 """
 import gzip
 import json
@@ -31,6 +32,11 @@ class Handler(BaseHTTPRequestHandler):
             body = gzip.decompress(body)
         if self.path != "/v1/traces" or self.headers.get("Content-Type") != "application/x-protobuf":
             self.send_response(415)
+            self.end_headers()
+            return
+        if DISCARD:
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
             self.end_headers()
             return
         request = ExportTraceServiceRequest()
@@ -64,6 +70,7 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+DISCARD = "--discard" in sys.argv
 server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
 print("listening", flush=True)
 server.serve_forever()

@@ -322,6 +322,13 @@ pub fn current_trace_id() -> Option<String> {
     (sc.is_valid() && sc.is_sampled()).then(|| sc.trace_id().to_string())
 }
 
+/// Sets an attribute on an exported span (nothing when not exporting).
+pub fn attribute(span: &tracing::Span, key: &'static str, value: String) {
+    if !span.is_none() {
+        span.set_attribute(key, value);
+    }
+}
+
 /// Marks `span` failed with `why` (or succeeded).
 pub fn set_outcome(span: &tracing::Span, error: Option<&str>) {
     if span.is_none() {

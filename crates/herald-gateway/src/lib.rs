@@ -295,9 +295,29 @@ async fn request_log(mut req: Request, next: axum::middleware::Next) -> axum::re
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let started = std::time::Instant::now();
-    let span = tracing::info_span!("request", request_id = %id, %method, %path);
+    let span = if herald_core::telemetry::exporting() {
+        // The request's server span: named by its route (never by ids in the path), a child of
+        // the caller's trace context.
+        let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned());
+        let route = route.unwrap_or_else(|| "unmatched".to_owned());
+        let span = tracing::info_span!("request", otel.name = %format_args!("{method} {route}"), otel.kind = "server",
+            http.request.method = %method, http.route = %route, http.response.status_code = tracing::field::Empty,
+            request_id = %id, trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+        let parent = herald_core::telemetry::Carrier::read(|k| req.headers().get(k).and_then(|v| v.to_str().ok()));
+        herald_core::telemetry::set_parent(&span, &parent);
+        span
+    } else {
+        tracing::info_span!("request", request_id = %id, %method, %path)
+    };
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
+    if herald_core::telemetry::exporting() {
+        span.record("http.response.status_code", i64::from(status));
+        herald_core::telemetry::set_outcome(
+            &span,
+            (status >= 500).then(|| res.status().as_str().to_owned()).as_deref(),
+        );
+    }
     span.in_scope(|| {
         if status >= 500 {
             tracing::warn!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request failed");

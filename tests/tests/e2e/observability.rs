@@ -442,6 +442,15 @@ async fn spans_reach_an_independent_otlp_receiver_through_the_sdk_and_logs_carry
     }
     assert_eq!(attempt["attributes"]["http.response.status_code"], 200, "{attempt}");
     assert_eq!(attempt["attributes"]["herald.event_id"], "otel-1");
+    assert_eq!(ingest["attributes"]["http.route"], "/v1/events");
+    // Every API request is a server span named by its route (never by ids in the path).
+    let spans = otlp.spans.lock().unwrap().clone();
+    let created =
+        spans.iter().find(|s| s["name"] == "POST /v1/subscriptions").expect("a span for the subscription's creation");
+    assert_eq!(
+        (created["kind"].as_str(), created["attributes"]["http.response.status_code"].as_i64()),
+        (Some("SPAN_KIND_SERVER"), Some(201))
+    );
 
     // The dispatcher's log line about the delivery carries the trace the subscriber saw.
     let deadline = std::time::Instant::now() + SOON;

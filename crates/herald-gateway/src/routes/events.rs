@@ -157,15 +157,8 @@ pub(crate) async fn publish(
     caller.require_publish()?;
     use tracing::Instrument as _;
     let parent = incoming(&headers);
-    let span = herald_core::otel_span!(
-        "POST /v1/events",
-        otel.kind = "server",
-        http.route = "/v1/events",
-        herald.event_id = tracing::field::Empty,
-        trace_id = tracing::field::Empty,
-        span_id = tracing::field::Empty
-    );
-    telemetry::set_parent(&span, &parent);
+    // The request's server span (see `request_log`): the publish is its child.
+    let span = if telemetry::exporting() { tracing::Span::current() } else { tracing::Span::none() };
     let request = telemetry::onward(&span, &parent);
     // The JetStream publish is a child span of the request's; fan-out continues from it.
     let publish_span = herald_core::otel_span!(parent: &span, "jetstream publish", otel.kind = "producer",
@@ -174,7 +167,7 @@ pub(crate) async fn publish(
     let publish_trace = telemetry::onward(&publish_span, &request);
     let result = async {
         let event = parse_event(&state, &caller, &body.0)?;
-        span.record("herald.event_id", event.id.as_str());
+        telemetry::attribute(&span, "herald.event_id", event.id.clone());
         ensure_connected(&state)?;
         let sent_at = std::time::Instant::now();
         let carried = propagates(&parent).then_some(&publish_trace);
@@ -188,12 +181,8 @@ pub(crate) async fn publish(
         drop(publish_span);
         confirmed
     }
-    .instrument(span.clone())
     .await;
     count(&result);
-    let failed = result.as_ref().err().map(|e| e.status().to_string());
-    telemetry::set_outcome(&span, failed.as_deref());
-    drop(span);
     let accepted = result?;
     tracing::debug!(id = %accepted.id, seq = accepted.seq, duplicate = accepted.duplicate, "event accepted");
     Ok((StatusCode::ACCEPTED, Json(accepted)))
