@@ -15,8 +15,8 @@ use prometheus_client::metrics::family::{Family as Series, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
-/// A label set: the family's names and up to two values, all `'static` (values are interned:
-/// they come from closed sets), so recording allocates nothing.
+/// A label set: the family's names and up to two values, all `'static` (they come from closed
+/// sets), so recording allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Labels {
     names: &'static [&'static str],
@@ -32,8 +32,9 @@ impl EncodeLabelSet for Labels {
     }
 }
 
-/// The `'static` copy of a label value, made once per distinct value.
-fn intern(value: &str) -> &'static str {
+/// The `'static` copy of a label value, made once per distinct value (for values computed at
+/// run time, such as consumer names).
+pub fn intern(value: &str) -> &'static str {
     static SEEN: LazyLock<RwLock<HashSet<&'static str>>> = LazyLock::new(Default::default);
     if let Some(v) = SEEN.read().expect("labels lock").get(value) {
         return v;
@@ -49,11 +50,11 @@ fn intern(value: &str) -> &'static str {
     }
 }
 
-fn labels(names: &'static [&'static str], values: &[&str]) -> Labels {
+fn labels(names: &'static [&'static str], values: &[&'static str]) -> Labels {
     debug_assert_eq!(names.len(), values.len());
     let mut out = ["", ""];
     for (slot, v) in out.iter_mut().zip(values) {
-        *slot = intern(v);
+        *slot = v;
     }
     Labels { names, values: out }
 }
@@ -87,7 +88,7 @@ impl Family {
     }
 
     /// Adds `by` to the series with these label values (in the family's label order).
-    pub fn add(&self, values: &[&str], by: f64) {
+    pub fn add(&self, values: &[&'static str], by: f64) {
         let key = labels(self.labels, values);
         match &self.kind {
             Kind::Counter(f) => {
@@ -100,12 +101,12 @@ impl Family {
     }
 
     /// Adds one.
-    pub fn inc(&self, values: &[&str]) {
+    pub fn inc(&self, values: &[&'static str]) {
         self.add(values, 1.0);
     }
 
     /// Sets a gauge.
-    pub fn set(&self, values: &[&str], value: f64) {
+    pub fn set(&self, values: &[&'static str], value: f64) {
         if let Kind::Gauge(f) = &self.kind {
             f.get_or_create(&labels(self.labels, values)).set(value);
         }
@@ -154,7 +155,7 @@ impl Histogram {
 
     /// Records one observation, with the current span's trace id as its exemplar when the span
     /// is sampled and exported.
-    pub fn observe(&self, values: &[&str], value: Duration) {
+    pub fn observe(&self, values: &[&'static str], value: Duration) {
         let exemplar = crate::telemetry::current_trace_id().map(|id| vec![("trace_id", id)]);
         self.series.get_or_create(&labels(self.labels, values)).observe(value.as_secs_f64(), exemplar, None);
     }

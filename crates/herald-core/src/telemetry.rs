@@ -323,10 +323,16 @@ pub fn current_trace_id() -> Option<String> {
 }
 
 /// Sets an attribute on an exported span (nothing when not exporting).
-pub fn attribute(span: &tracing::Span, key: &'static str, value: String) {
+pub fn attribute(span: &tracing::Span, key: &'static str, value: impl Into<opentelemetry::Value>) {
     if !span.is_none() {
         span.set_attribute(key, value);
     }
+}
+
+/// True when `span` is exported and sampled: only then are its attributes worth setting (an
+/// unsampled span costs as little as it can: its fields are the ids log lines need).
+pub fn sampled(span: &tracing::Span) -> bool {
+    !span.is_none() && span.context().span().span_context().is_sampled()
 }
 
 /// Marks `span` failed with `why` (or succeeded).

@@ -214,12 +214,21 @@ async fn attempt(
             return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
-    let span = herald_core::otel_span!("webhook attempt", otel.kind = "client", http.request.method = "POST",
-        herald.event_id = %event.id, herald.subscription_id = %sub.id, herald.attempt = i64::from(delivery.attempt),
-        herald.outcome = tracing::field::Empty, http.response.status_code = tracing::field::Empty,
-        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let span = herald_core::otel_span!(
+        "webhook attempt",
+        otel.kind = "client",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
     telemetry::set_parent(&span, parent);
     let onward = telemetry::onward(&span, parent);
+    let sampled = telemetry::sampled(&span);
+    if sampled {
+        telemetry::attribute(&span, "http.request.method", "POST");
+        telemetry::attribute(&span, "herald.event_id", event.id.clone());
+        telemetry::attribute(&span, "herald.subscription_id", sub.id.clone());
+        telemetry::attribute(&span, "herald.attempt", i64::from(delivery.attempt));
+    }
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &onward, &sub.headers);
 
     let sent = match (&prepared.url, &prepared.client) {
@@ -251,10 +260,10 @@ async fn attempt(
         // waits on the KV bucket (a leader election), the record is what stops a second send.
         record_attempt(shared, event, &delivery, &sub.url, now, &sent, &outcome).await;
         track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
-        if !span.is_none() {
-            span.record("herald.outcome", outcome_name(&outcome));
+        if sampled {
+            telemetry::attribute(&span, "herald.outcome", outcome_name(&outcome));
             if let Some(status) = sent.result.status {
-                span.record("http.response.status_code", i64::from(status));
+                telemetry::attribute(&span, "http.response.status_code", i64::from(status));
             }
             telemetry::set_outcome(&span, sent.result.error.as_deref());
         }

@@ -82,11 +82,20 @@ pub(crate) async fn send(
         }
     };
 
-    let span = herald_core::otel_span!("fanout", otel.name = role.span_name(), otel.kind = "consumer",
-        herald.event_id = %event.id, herald.tenant = %event.tenant, herald.deliveries = tracing::field::Empty,
-        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let span = herald_core::otel_span!(
+        "fanout",
+        otel.name = role.span_name(),
+        otel.kind = "consumer",
+        trace_id = tracing::field::Empty,
+        span_id = tracing::field::Empty
+    );
     telemetry::set_parent(&span, &parent);
     let trace = telemetry::onward(&span, &parent);
+    let sampled = telemetry::sampled(&span);
+    if sampled {
+        telemetry::attribute(&span, "herald.event_id", event.id.clone());
+        telemetry::attribute(&span, "herald.tenant", event.tenant.clone());
+    }
     if let Some(reason) = schema_violation(&shared, &msg, &event, role, handed_out) {
         return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::Invalid(reason))));
     }
@@ -185,7 +194,9 @@ pub(crate) async fn send(
         if role == Role::Shared {
             metrics::FANOUT_EVENTS.inc(&["fanned_out"]);
         }
-        tracing::Span::current().record("herald.deliveries", subs.len());
+        if sampled {
+            telemetry::attribute(&tracing::Span::current(), "herald.deliveries", subs.len() as i64);
+        }
         metrics::FANOUT_DELIVERIES.add(&["stored"], stored as f64);
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
