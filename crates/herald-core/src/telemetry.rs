@@ -44,6 +44,31 @@ macro_rules! otel_span {
     };
 }
 
+/// A span when exporting and `parent` (a [`Carrier`]) does not say its trace is unsampled;
+/// `Span::none()` otherwise. Herald follows the sampling decision it was handed, as the
+/// `parentbased_*` samplers (the default) and `traceidratio` (the same decision for the same
+/// trace id) do, so an unsampled trace costs a dispatcher nothing but passing its
+/// `traceparent` on.
+#[macro_export]
+macro_rules! traced_span {
+    ($parent:expr, $($args:tt)*) => {
+        if $crate::telemetry::traced($parent) {
+            ::tracing::info_span!($($args)*)
+        } else {
+            ::tracing::Span::none()
+        }
+    };
+}
+
+/// True when exporting and `parent` carries no unsampled trace context.
+pub fn traced(parent: &Carrier) -> bool {
+    exporting() && parent.traceparent.as_deref().is_none_or(is_sampled)
+}
+
+fn is_sampled(traceparent: &str) -> bool {
+    traceparent.get(53..55).and_then(|f| u8::from_str_radix(f, 16).ok()).is_some_and(|flags| flags & 1 == 1)
+}
+
 /// Flushes and stops the exporter when dropped (end of `main`).
 #[must_use = "spans are flushed when the guard is dropped"]
 pub struct Guard {
@@ -385,6 +410,13 @@ mod tests {
         let attrs = kubernetes_attributes(vars);
         assert_eq!(attrs.len(), 1);
         assert_eq!(attrs[0].key.as_str(), "k8s.pod.name");
+    }
+
+    #[test]
+    fn unsampled_parents_are_followed() {
+        assert!(is_sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"));
+        assert!(!is_sampled("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"));
+        assert!(!traced(&Carrier::default()), "not exporting in unit tests");
     }
 
     #[test]

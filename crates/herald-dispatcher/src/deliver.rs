@@ -214,7 +214,8 @@ async fn attempt(
             return dead_letter(shared, None, "poison", Some(delivery), reason).await;
         }
     };
-    let span = herald_core::otel_span!(
+    let span = herald_core::traced_span!(
+        parent,
         "webhook attempt",
         otel.kind = "client",
         trace_id = tracing::field::Empty,

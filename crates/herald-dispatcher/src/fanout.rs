@@ -82,7 +82,8 @@ pub(crate) async fn send(
         }
     };
 
-    let span = herald_core::otel_span!(
+    let span = herald_core::traced_span!(
+        &parent,
         "fanout",
         otel.name = role.span_name(),
         otel.kind = "consumer",

@@ -295,7 +295,8 @@ async fn request_log(mut req: Request, next: axum::middleware::Next) -> axum::re
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
     let started = std::time::Instant::now();
-    let span = if herald_core::telemetry::exporting() {
+    let incoming = herald_core::telemetry::Carrier::read(|k| req.headers().get(k).and_then(|v| v.to_str().ok()));
+    let span = if herald_core::telemetry::traced(&incoming) {
         // The request's server span: named by its route (never by ids in the path), a child of
         // the caller's trace context.
         let route = req.extensions().get::<axum::extract::MatchedPath>().map(|m| m.as_str().to_owned());
@@ -303,15 +304,14 @@ async fn request_log(mut req: Request, next: axum::middleware::Next) -> axum::re
         let span = tracing::info_span!("request", otel.name = %format_args!("{method} {route}"), otel.kind = "server",
             http.request.method = %method, http.route = %route, http.response.status_code = tracing::field::Empty,
             request_id = %id, trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
-        let parent = herald_core::telemetry::Carrier::read(|k| req.headers().get(k).and_then(|v| v.to_str().ok()));
-        herald_core::telemetry::set_parent(&span, &parent);
+        herald_core::telemetry::set_parent(&span, &incoming);
         span
     } else {
         tracing::info_span!("request", request_id = %id, %method, %path)
     };
     let mut res = next.run(req).instrument(span.clone()).await;
     let status = res.status().as_u16();
-    if herald_core::telemetry::exporting() {
+    if herald_core::telemetry::sampled(&span) {
         span.record("http.response.status_code", i64::from(status));
         herald_core::telemetry::set_outcome(
             &span,

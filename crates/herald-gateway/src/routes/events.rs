@@ -158,12 +158,16 @@ pub(crate) async fn publish(
     use tracing::Instrument as _;
     let parent = incoming(&headers);
     // The request's server span (see `request_log`): the publish is its child.
-    let span = if telemetry::exporting() { tracing::Span::current() } else { tracing::Span::none() };
+    let span = if telemetry::traced(&parent) { tracing::Span::current() } else { tracing::Span::none() };
     let request = telemetry::onward(&span, &parent);
     // The JetStream publish is a child span of the request's; fan-out continues from it.
-    let publish_span = herald_core::otel_span!(parent: &span, "jetstream publish", otel.kind = "producer",
-        messaging.system = "nats", messaging.destination.name = nats::EVENTS_STREAM,
-        trace_id = tracing::field::Empty, span_id = tracing::field::Empty);
+    let publish_span = if telemetry::sampled(&span) {
+        tracing::info_span!(parent: &span, "jetstream publish", otel.kind = "producer",
+            messaging.system = "nats", messaging.destination.name = nats::EVENTS_STREAM,
+            trace_id = tracing::field::Empty, span_id = tracing::field::Empty)
+    } else {
+        tracing::Span::none()
+    };
     let publish_trace = telemetry::onward(&publish_span, &request);
     let result = async {
         let event = parse_event(&state, &caller, &body.0)?;
