@@ -81,6 +81,7 @@ pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bo
     let body = json!({"url": rx.url("/globex"), "event_types": [">"], "tenant": "globex", "retry_schedule": "1s"});
     let (_, _, theirs) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
     let theirs = theirs["id"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_secs(1)).await; // the dispatcher's watch catches up
     stack.publish(json!({"id": "g-evt", "type": "x.y", "tenant": "globex", "data": {}})).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while stack.stream_messages("HERALD_DLQ").await == 0 {
