@@ -260,18 +260,7 @@ impl OtlpReceiver {
     fn start() -> Self {
         use std::io::BufRead as _;
         let root = herald_harness::workspace_root();
-        let tools =
-            std::env::var_os("HERALD_OTEL_PY").map(std::path::PathBuf::from).unwrap_or(root.join(".tools/otel-py"));
-        if !tools.join("opentelemetry/proto").exists() {
-            let ok = std::process::Command::new("python3")
-                .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-warn-script-location"])
-                .args(["--root-user-action=ignore", "--target"])
-                .arg(&tools)
-                .args(["opentelemetry-proto>=1.27,<2", "prometheus-client>=0.20,<1"])
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "pip could not install opentelemetry-proto into {}", tools.display());
-        }
+        let tools = python_tools();
         let port = free_port();
         let mut child = std::process::Command::new("python3")
             .arg(root.join("tests/scripts/otlp-receiver.py"))
