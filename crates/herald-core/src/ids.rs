@@ -87,6 +87,13 @@ impl EventId {
     pub fn derived(stream_sequence: u64, stored_at_ms: u64) -> Self {
         Self(format!("evt_{}", ulid::Ulid::from_parts(stored_at_ms, stream_sequence as u128)))
     }
+
+    /// When an `evt_` + ULID id was minted (Herald's ids, generated or derived, and ULIDs that
+    /// publishers mint alike), to the millisecond; `None` for any other id.
+    pub fn minted_at(id: &str) -> Option<time::OffsetDateTime> {
+        let ulid = ulid::Ulid::from_string(id.strip_prefix("evt_")?).ok()?;
+        time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ulid.timestamp_ms()) * 1_000_000).ok()
+    }
 }
 
 impl SubscriptionId {
@@ -156,6 +163,17 @@ impl EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ulid_event_ids_tell_when_they_were_minted() {
+        let derived = EventId::derived(7, 1_700_000_000_123).into_string();
+        assert_eq!(EventId::minted_at(&derived).map(|t| t.unix_timestamp_nanos()), Some(1_700_000_000_123_000_000));
+        let fresh = EventId::generate().into_string();
+        let age = time::OffsetDateTime::now_utc() - EventId::minted_at(&fresh).unwrap();
+        assert!(age >= time::Duration::ZERO && age < time::Duration::seconds(5), "{age}");
+        assert_eq!(EventId::minted_at("order-42"), None);
+        assert_eq!(EventId::minted_at("evt_not-a-ulid"), None);
+    }
 
     #[test]
     fn event_ids() {

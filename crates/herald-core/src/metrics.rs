@@ -224,6 +224,15 @@ pub static DEAD_LETTERS: LazyLock<Family> = LazyLock::new(|| {
         &["kind"],
     )
 });
+/// Checks of the attempt records before a delivery is sent again, by what they found.
+pub static RECORD_CHECKS: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_record_checks_total",
+        "Checks of the attempt records made before a delivery handed out again (or on an ordered lane) is sent, by result (delivered, not_delivered, unreadable, inconclusive: too many records to read, sent).",
+        "counter",
+        &["result"],
+    )
+});
 /// Deliveries handed out again that had already been delivered: acked without sending.
 pub static REDELIVERIES_SKIPPED: LazyLock<Family> = LazyLock::new(|| {
     Family::new(
@@ -289,6 +298,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*RETRIES,
         &*DEAD_LETTERS,
         &*REDELIVERIES_SKIPPED,
+        &*RECORD_CHECKS,
         &*FILTERED_OUT,
         &*SCHEMA_VIOLATIONS,
         &*CONSUMER_REWINDS,

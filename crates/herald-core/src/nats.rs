@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, kv, stream};
+use time::format_description::well_known::Rfc3339;
 
 /// Stream of accepted events.
 pub const EVENTS_STREAM: &str = "HERALD_EVENTS";
@@ -74,11 +75,13 @@ pub fn route_subject(sub: &crate::proto::Subscription) -> String {
     }
 }
 
-/// The message that hands `event` to `sub` for its first attempt, and the subject it goes to
+/// The message that hands `event` (stored at `event_sequence` of `HERALD_EVENTS`, 0 if it was
+/// not) to `sub` for its first attempt, and the subject it goes to
 /// (the subscription's route). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
 /// same event out twice, or replaying it while it is under way, stores one delivery.
 pub fn first_delivery(
     event: &crate::proto::Event,
+    event_sequence: u64,
     sub: &crate::proto::Subscription,
     trace: &crate::telemetry::Carrier,
 ) -> (String, jetstream::message::PublishMessage) {
@@ -87,6 +90,7 @@ pub fn first_delivery(
         event: Some(event.clone()),
         subscription_id: sub.id.clone(),
         attempt: 1,
+        event_sequence,
         ..Default::default()
     };
     let publish = jetstream::message::PublishMessage::build()
@@ -112,10 +116,42 @@ pub fn invalid_event_dlq_subject(subject_tenant_token: &str) -> String {
     dlq_subject(subject_tenant_token, "_invalid")
 }
 
-/// `herald.attempts.{tenant}.{subscription_id}.{event_id}`.
+/// How many subjects a subscription's attempt records are spread over. nats-server keeps state
+/// in memory for every subject a stream holds (~400 B each, measured on 2.15), so the records
+/// must not have a subject per event; one subject per subscription would make finding one
+/// event's records a walk through all of them. Sixteen bound the first and cut the second to a
+/// sixteenth.
+pub const ATTEMPT_PARTITIONS: u32 = 16;
+
+/// The partition of `event_id`'s attempt records: one lowercase hex digit, the low four bits of
+/// the 32-bit FNV-1a hash of the id's bytes (stable: other tools may compute it too).
+pub fn attempt_partition(event_id: &str) -> char {
+    let hash = event_id.bytes().fold(0x811c_9dc5_u32, |h, b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193));
+    char::from_digit(hash % ATTEMPT_PARTITIONS, 16).expect("a hex digit")
+}
+
+/// `herald.attempts.{tenant}.{subscription_id}.{partition}`: where the attempt records of
+/// `event_id` to that subscription are stored (the event id is in the record).
 pub fn attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
+    let mut subject = format!("herald.attempts.{tenant}.{subscription_id}.");
+    subject.push(attempt_partition(event_id));
+    subject
+}
+
+/// `herald.attempts.{tenant}.{subscription_id}.{event_id}`: where records were stored before
+/// they were partitioned. Read, never written, until they age out.
+pub fn legacy_attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
     format!("herald.attempts.{tenant}.{subscription_id}.{event_id}")
 }
+
+/// Every attempt record of a subscription, in either layout.
+pub fn subscription_attempts_filter(tenant: &str, subscription_id: &str) -> String {
+    format!("herald.attempts.{tenant}.{subscription_id}.*")
+}
+
+/// Stream metadata: since when attempt records are partitioned (RFC 3339), empty if they always
+/// were. Records older than that may be in the per-event layout.
+pub const ATTEMPTS_PARTITIONED_SINCE: &str = "herald.attempts.partitioned_since";
 
 /// The ordered fan-out consumer's filter subjects for the given `(tenant, type pattern)`
 /// selections: their event subjects, sorted, each left out if another covers it (the server
@@ -413,6 +449,9 @@ pub struct Handles {
     pub subscriptions: kv::Store,
     /// The event-type catalog's bucket ([`crate::catalog::BUCKET`]).
     pub event_types: kv::Store,
+    /// Until when attempt records in the per-event layout of before may still be retained
+    /// (`None`: the stream never held any).
+    pub legacy_records_until: Option<time::OffsetDateTime>,
 }
 
 /// Creates or updates the streams and the KV bucket (idempotent: every service calls it at
@@ -430,6 +469,7 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
         }
     })?;
 
+    let partitioned_since = attempts_partitioned_since(js).await?;
     let streams = [
         stream::Config {
             name: EVENTS_STREAM.into(),
@@ -471,12 +511,17 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
         },
         stream::Config {
             name: ATTEMPTS_STREAM.into(),
-            description: Some("Herald: delivery attempts".into()),
+            description: Some("Herald: delivery attempts, herald.attempts.{tenant}.{subscription}.{partition}".into()),
             subjects: vec!["herald.attempts.>".into()],
             retention: stream::RetentionPolicy::Limits,
             max_age: topology.attempts_max_age,
+            // Records carry a message id only on a replicated stream, where one is published
+            // again for at most a few seconds until confirmed: the ids kept in memory (one
+            // per record) need not outlive that.
+            duplicate_window: ATTEMPTS_DUPLICATE_WINDOW,
             storage: stream::StorageType::File,
             num_replicas: topology.replicas,
+            metadata: [(ATTEMPTS_PARTITIONED_SINCE.to_owned(), partitioned_since.clone())].into(),
             ..Default::default()
         },
     ];
@@ -508,7 +553,33 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
     };
     let event_types =
         js.create_or_update_key_value(bucket).await.map_err(|e| create_err(&format!("KV bucket {catalog}"), e))?;
-    Ok(Handles { js: js.clone(), subscriptions, event_types })
+    let legacy_records_until = time::OffsetDateTime::parse(&partitioned_since, &Rfc3339)
+        .ok()
+        .map(|since| since + topology.attempts_max_age);
+    Ok(Handles { js: js.clone(), subscriptions, event_types, legacy_records_until })
+}
+
+/// How long the attempts stream remembers record ids ([`ATTEMPTS_STREAM`]).
+pub const ATTEMPTS_DUPLICATE_WINDOW: Duration = Duration::from_secs(60);
+
+/// What the attempts stream's [`ATTEMPTS_PARTITIONED_SINCE`] says, or should say: kept as it
+/// is; now, for a stream created by a version that stored a subject per event; empty for a new
+/// stream.
+async fn attempts_partitioned_since(js: &jetstream::Context) -> Result<String, BootstrapError> {
+    match js.get_stream(ATTEMPTS_STREAM).await {
+        Ok(stream) => Ok(match stream.cached_info().config.metadata.get(ATTEMPTS_PARTITIONED_SINCE) {
+            Some(since) => since.clone(),
+            None => crate::now_rfc3339(),
+        }),
+        Err(e) => match e.kind() {
+            jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(String::new())
+            }
+            _ => Err(create_err(ATTEMPTS_STREAM, e)),
+        },
+    }
 }
 
 /// The dispatcher's durable pull consumers.

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::message::PublishMessage;
-use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind, kv};
 use prost::Message as _;
 use time::OffsetDateTime;
@@ -24,16 +23,15 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::breaker::{Admission, Permit};
 use crate::http_client::{self, WebhookRequest};
 use crate::operational::Notice;
+use crate::records::{self, Made, Record, UNREADABLE_RETRY, UNREADABLE_WAITS, outcome_name};
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
 /// How long to wait before NATS is asked again when storing a retry or dead letter failed.
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
-/// How long an attempt record waits for its confirmation before it is published again, and
-/// for how long it is tried: across a NATS node's failure, the client's reconnection and the
-/// attempts stream's leader election (a few seconds).
-const RECORD_CONFIRM: Duration = Duration::from_secs(1);
-const RECORD_PATIENCE: Duration = Duration::from_secs(10);
+/// How long before a retry's message was stored a record can stop it: a schedule that fires
+/// twice does so within an election's time.
+const RETRY_LOOKBACK: time::Duration = time::Duration::minutes(5);
 
 /// Which consumer a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,20 +70,23 @@ pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: M
 /// one of the replica's HTTP slots. `Ok` once the outcome is settled (delivered, or
 /// the retry or dead letter stored); `Err` if it could not be stored, and the event must come
 /// back.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn first_attempt(
     shared: Arc<Shared>,
     event: &proto::Event,
+    event_sequence: u64,
     sub: Arc<proto::Subscription>,
     permit: Permit,
     http_slot: OwnedSemaphorePermit,
     trace: &Carrier,
 ) -> Result<(), ()> {
     // The event joins the delivery only if it has to be stored (a retry or a dead letter).
-    let delivery = proto::Delivery { subscription_id: sub.id.clone(), attempt: 1, ..Default::default() };
+    let delivery =
+        proto::Delivery { subscription_id: sub.id.clone(), attempt: 1, event_sequence, ..Default::default() };
     // A retry goes where the delivery would have been stored had fan-out not tried it.
     let target = nats::route_subject(&sub);
     let admitted = Admitted { permit: Some(permit), http_slot: Some(http_slot) };
-    match attempt(&shared, event, delivery, &sub, admitted, trace, &target, false).await {
+    match attempt(&shared, event, delivery, &sub, admitted, trace, &target, Made::default()).await {
         Settle::Ack => Ok(()),
         Settle::Nak(_) => Err(()),
     }
@@ -122,21 +123,26 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     }
     // Handed out again (after a crash or a lost ack): delivered if a record since it was
     // stored says so. A retry (attempt > 1; only schedules make those, replays and redrives
-    // start at 1): delivered if the last record says so, whenever — a schedule can fire twice
-    // after a leader change, and NATS strips the message id from what it fires.
-    // An ordered lane checks every delivery, and any record counts unless an operator asked
-    // for it again: after a consumer leader change on a cluster the new leader may hand out
-    // again, as new, what the old one had seen acked, and ordered fan-out, started again from
-    // an earlier event, may store a delivery again after the duplicate window; sending either
-    // would break the order. So does any message under a consumer sequence already seen (see
-    // `rewinds`).
+    // start at 1): delivered if a record from shortly before it was stored says so — a
+    // schedule can fire twice after a leader change, and NATS strips the message id from what
+    // it fires. An ordered lane checks every delivery, and any earlier record counts unless an
+    // operator asked for it again: after a consumer leader change on a cluster the new leader
+    // may hand out again, as new, what the old one had seen acked, and ordered fan-out, started
+    // again from an earlier event, may store a delivery again after the duplicate window;
+    // sending either would break the order. So does any message under a consumer sequence
+    // already seen (see `rewinds`).
     let rewound = shared.rewinds.handed_out_before(msg);
+    let resent = msg.headers.as_ref().is_some_and(|h| h.get(nats::RESEND_HEADER).is_some());
     if fifo || delivered > 1 || delivery.attempt > 1 || rewound {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let resent = msg.headers.as_ref().is_some_and(|h| h.get(nats::RESEND_HEADER).is_some());
-        let whenever = delivery.attempt > 1 || (fifo && !resent);
-        let since = if whenever { OffsetDateTime::UNIX_EPOCH } else { stored };
-        match delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await {
+        let record = if fifo && !resent {
+            records::delivered_in_order(shared, &delivery, event, stored).await
+        } else {
+            // A retry fired twice (after a leader change) is two messages stored moments apart.
+            let since = if delivery.attempt > 1 { stored - RETRY_LOOKBACK } else { stored };
+            records::delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await
+        };
+        match record {
             Record::Delivered => {
                 tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
                 metrics::REDELIVERIES_SKIPPED.inc(&[]);
@@ -165,7 +171,8 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     };
     let event = delivery.event.take().expect("checked above");
     let admitted = Admitted { permit, http_slot: None };
-    attempt(shared, &event, delivery, &sub, admitted, &parent, msg.subject.as_str(), fifo).await
+    let made = Made { resent, ordered: fifo };
+    attempt(shared, &event, delivery, &sub, admitted, &parent, msg.subject.as_str(), made).await
 }
 
 /// What an attempt goes ahead with: its endpoint's slot (none on an ordered lane) and, if
@@ -187,8 +194,9 @@ async fn attempt(
     admitted: Admitted,
     parent: &Carrier,
     target: &str,
-    fifo: bool,
+    made: Made,
 ) -> Settle {
+    let fifo = made.ordered;
     let Admitted { permit, http_slot } = admitted;
     // Bodies and requests exist only for the requests this replica may have open at once.
     let _http_slot = match http_slot {
@@ -259,7 +267,7 @@ async fn attempt(
     async move {
         // Recorded first: should this message be handed out again while the health update below
         // waits on the KV bucket (a leader election), the record is what stops a second send.
-        record_attempt(shared, event, &delivery, &sub.url, now, &sent, &outcome).await;
+        records::write(shared, event, &delivery, &sub.url, now, &sent, &outcome, made).await;
         track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
         if sampled {
             telemetry::attribute(&span, "herald.outcome", outcome_name(&outcome));
@@ -488,118 +496,6 @@ async fn dead_letter(
             tracing::warn!(error = %e, "could not dead-letter; the delivery will be handed out again");
             Settle::Nak(STORE_RETRY)
         }
-    }
-}
-
-fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
-    match outcome {
-        DeliveryOutcome::Delivered => "delivered",
-        DeliveryOutcome::Retry { .. } => "retry",
-        DeliveryOutcome::DeadLetter { .. } => "dead_letter",
-    }
-}
-
-/// What the attempt record of an (event, subscription) pair says about a message handed out
-/// again.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Record {
-    /// The last record for the pair, stored after `since`, says delivered: not sent again.
-    Delivered,
-    /// No such record: sent.
-    NotDelivered,
-    /// The record could not be read (the stream is electing a leader, or the request timed
-    /// out): the message waits and asks again, up to [`UNREADABLE_WAITS`] times, then is sent.
-    Unreadable,
-}
-
-/// How many hand-outs a message waits for its record to become readable before it is sent
-/// anyway: at least once comes first.
-pub(crate) const UNREADABLE_WAITS: i64 = 4;
-
-/// How long a message whose record could not be read waits before it is handed out again.
-pub(crate) const UNREADABLE_RETRY: Duration = Duration::from_secs(2);
-
-/// Whether `event` reached `subscription` after `since` (when the message now handed out again
-/// was stored): the last attempt record for the pair, stored after that, says delivered. A
-/// dispatcher that died between the subscriber's 2xx and its ack leaves exactly that behind.
-/// An explicit replay or redrive is a new message, stored after any earlier record, so it is
-/// still sent.
-pub(crate) async fn delivered_since(
-    shared: &Shared,
-    tenant: &str,
-    subscription: &str,
-    event: &str,
-    since: OffsetDateTime,
-) -> Record {
-    let subject = nats::attempt_subject(tenant, subscription, event);
-    let found = match shared.js.get_stream_no_info(nats::ATTEMPTS_STREAM).await {
-        Ok(stream) => stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-            .map_err(|e| (e.kind() == LastRawMessageErrorKind::NoMessageFound, e.to_string())),
-        Err(e) => Err((false, e.to_string())),
-    };
-    match found {
-        Ok(record) => {
-            let delivered = record.time >= since
-                && proto::Attempt::decode(record.payload.as_ref()).is_ok_and(|a| a.outcome == "delivered");
-            if delivered { Record::Delivered } else { Record::NotDelivered }
-        }
-        Err((true, _)) => Record::NotDelivered,
-        Err((false, error)) => {
-            tracing::warn!(event, subscription, error, "cannot read the attempt record; the delivery waits");
-            Record::Unreadable
-        }
-    }
-}
-
-/// Records the attempt on `HERALD_ATTEMPTS`. A failure to record is logged, never fatal.
-async fn record_attempt(
-    shared: &Shared,
-    event: &proto::Event,
-    delivery: &proto::Delivery,
-    url: &str,
-    at: OffsetDateTime,
-    sent: &http_client::Sent,
-    outcome: &DeliveryOutcome,
-) {
-    let attempt = proto::Attempt {
-        event_id: event.id.clone(),
-        subscription_id: delivery.subscription_id.clone(),
-        tenant: event.tenant.clone(),
-        attempt: delivery.attempt.max(1),
-        url: url.to_owned(),
-        status: sent.result.status.unwrap_or(0).into(),
-        error: sent.result.error.clone().unwrap_or_default(),
-        at: herald_core::rfc3339(at),
-        duration_ms: sent.elapsed.as_millis() as u64,
-        outcome: outcome_name(outcome).to_owned(),
-        response_body: sent.response_excerpt.clone(),
-        error_class: sent.result.class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
-    };
-    let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
-    let payload: bytes::Bytes = attempt.encode_to_vec().into();
-    if shared.config.common.topology.replicas <= 1 {
-        // One server: the record goes out on the connection ahead of the message's ack, and a
-        // server that is gone loses both alike. Waiting for its confirmation cost a capped
-        // replica 40 % of its deliveries per second in the scale-out benchmark.
-        if let Err(e) = shared.js.client().publish(subject, payload).await {
-            tracing::warn!(event = %event.id, error = %e, "could not record the attempt");
-        }
-        return;
-    }
-    // Replicated streams: confirmed, and tried again (deduplicated by its id) if the
-    // confirmation does not come, before the message is acked. A plain publish is dropped while
-    // the attempts stream elects a leader, and a message handed out again would then be sent
-    // again although it was delivered (85–243 of 1,800 deliveries in the cluster chaos test).
-    let id = format!("{}:{}:{}:{}", delivery.subscription_id, event.id, attempt.attempt, at.unix_timestamp_nanos());
-    let record = || (subject.clone(), PublishMessage::build().payload(payload.clone()).message_id(&id));
-    let stored = publish_until_confirmed(shared, record, Some(RECORD_CONFIRM), Some(RECORD_PATIENCE), |error, _| {
-        tracing::debug!(event = %event.id, error, "attempt record not stored yet; trying again");
-    })
-    .await;
-    if let Err(error) = stored {
-        tracing::warn!(event = %event.id, error, "could not record the attempt");
     }
 }
 

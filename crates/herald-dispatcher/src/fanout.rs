@@ -21,7 +21,7 @@ use herald_core::telemetry::{self, Carrier};
 use herald_core::{metrics, nats, proto};
 
 use crate::breaker::Admission;
-use crate::{Shared, deliver};
+use crate::{Shared, deliver, records};
 
 /// Which consumer an event came from, and so which subscriptions it is fanned out to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,14 +115,14 @@ pub(crate) async fn send(
     // leader change): what was already delivered inline is not sent again.
     let rewound = shared.rewinds.handed_out_before(&msg);
     if (handed_out > 1 || rewound) && !subs.is_empty() {
-        let checks = subs.iter().map(|s| deliver::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
-        let records = futures::future::join_all(checks).await;
-        if handed_out <= deliver::UNREADABLE_WAITS && records.contains(&deliver::Record::Unreadable) {
+        let checks = subs.iter().map(|s| records::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
+        let found = futures::future::join_all(checks).await;
+        if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
             return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::RecordsUnreadable)));
         }
         let before = subs.len();
-        let mut records = records.into_iter();
-        subs.retain(|_| records.next() != Some(deliver::Record::Delivered));
+        let mut found = found.into_iter();
+        subs.retain(|_| found.next() != Some(records::Record::Delivered));
         metrics::REDELIVERIES_SKIPPED.add(&[], (before - subs.len()) as f64);
     }
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
@@ -142,10 +142,10 @@ pub(crate) async fn send(
             continue;
         }
         if role == Role::Ordered {
-            store_in_order(&shared, &event, sub, &trace).await;
+            store_in_order(&shared, &event, sequence, sub, &trace).await;
             continue;
         }
-        let (subject, publish) = nats::first_delivery(&event, sub, &trace);
+        let (subject, publish) = nats::first_delivery(&event, sequence, sub, &trace);
         match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push(ack.into_future()),
             Err(e) => {
@@ -163,7 +163,7 @@ pub(crate) async fn send(
             return retry_later(&msg, &event.id, &error).await;
         }
         let attempts = futures::future::join_all(
-            inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sub, &trace)),
+            inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sequence, sub, &trace)),
         );
         let (acks, attempts) = futures::future::join(futures::future::join_all(acks), attempts).await;
         drop(inline_slot);
@@ -261,7 +261,7 @@ async fn set_aside(shared: Arc<Shared>, role: Role, msg: jetstream::Message, why
             let _ = msg.ack().await;
         }
         (Aside::RecordsUnreadable, _) => {
-            let _ = msg.ack_with(AckKind::Nak(Some(deliver::UNREADABLE_RETRY))).await;
+            let _ = msg.ack_with(AckKind::Nak(Some(records::UNREADABLE_RETRY))).await;
         }
     }
 }
@@ -270,8 +270,14 @@ async fn set_aside(shared: Arc<Shared>, role: Role, msg: jetstream::Message, why
 /// trying again (deduplicated by its id) for as long as it takes: a later event's delivery
 /// must not be stored before it, which a store failing during a leader election and the next
 /// one succeeding would do. The ordered fan-out waits here, which is what order costs.
-async fn store_in_order(shared: &Shared, event: &proto::Event, sub: &proto::Subscription, trace: &Carrier) {
-    let store = || nats::first_delivery(event, sub, trace);
+async fn store_in_order(
+    shared: &Shared,
+    event: &proto::Event,
+    sequence: u64,
+    sub: &proto::Subscription,
+    trace: &Carrier,
+) {
+    let store = || nats::first_delivery(event, sequence, sub, trace);
     let _ = deliver::publish_until_confirmed(shared, store, None, None, |error, retry_in| {
         tracing::warn!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "ordered delivery not stored yet; trying again before any later event");
     })
@@ -347,6 +353,7 @@ enum Path {
 async fn attempt_inline(
     shared: Arc<Shared>,
     event: &proto::Event,
+    sequence: u64,
     sub: Arc<proto::Subscription>,
     trace: &Carrier,
 ) -> Result<Path, String> {
@@ -355,13 +362,13 @@ async fn attempt_inline(
         // every delivery an event holds (100 subscriptions × 256 events in hand).
         Admission::Go(permit) => {
             let http_slot = shared.http_slots.clone().acquire_owned().await.expect("never closed");
-            let settled = Box::pin(deliver::first_attempt(shared, event, sub, permit, http_slot, trace)).await;
+            let settled = Box::pin(deliver::first_attempt(shared, event, sequence, sub, permit, http_slot, trace)).await;
             settled
                 .map(|()| Path::Inline)
                 .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned())
         }
         Admission::Defer { .. } => {
-            let (subject, publish) = nats::first_delivery(event, &sub, trace);
+            let (subject, publish) = nats::first_delivery(event, sequence, &sub, trace);
             let ack = shared.js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
             ack.await.map(|_| Path::Stored).map_err(|e| e.to_string())
         }

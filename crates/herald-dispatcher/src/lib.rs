@@ -8,6 +8,7 @@
 //! # Layout
 //! - [`Config`] and [`run`]: start-up, the consumer loops, graceful shutdown.
 //! - `fanout.rs`: event → deliveries. `deliver.rs`: delivery → HTTP attempt → outcome.
+//! - `records.rs`: attempt records, and the check before a delivery is sent again.
 //! - `routes.rs`: which fan-out serves which subscription; the ordered consumer's filter.
 //! - `lanes.rs`: a consumer per ordered or limited subscription. `pull.rs`: the pull loop.
 //! - [`retry`]: the outcome decision. [`http_client`]: the webhook request.
@@ -24,6 +25,7 @@ mod lanes;
 mod operational;
 mod prepared;
 mod pull;
+mod records;
 pub mod retry;
 mod rewinds;
 mod routes;
@@ -156,6 +158,8 @@ pub(crate) struct Shared {
     pub operational: operational::Operational,
     /// The client that serves every subscription without a client certificate.
     pub http: reqwest::Client,
+    /// Until when records of the per-event layout may be retained (read by the record check).
+    pub legacy_records_until: Option<time::OffsetDateTime>,
     pub config: Config,
 }
 
@@ -271,6 +275,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         rewinds: Default::default(),
         operational,
         http,
+        legacy_records_until: handles.legacy_records_until,
         config,
     });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.

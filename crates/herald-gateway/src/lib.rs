@@ -141,6 +141,8 @@ pub struct Handles {
     pub(crate) keys: Arc<herald_core::secrets::KeyRing>,
     /// Delivery statistics, kept as deliveries happen.
     pub(crate) stats: Arc<stats::Stats>,
+    /// Until when attempt records of the per-event layout may be retained.
+    pub(crate) legacy_records_until: Option<time::OffsetDateTime>,
 }
 
 /// Loads the tokens from the configuration (variable and file together).
@@ -199,6 +201,7 @@ pub async fn run(
 
     let state = AppState(Arc::new(Handles {
         stats,
+        legacy_records_until: handles.legacy_records_until,
         js,
         kv: handles.subscriptions,
         client,

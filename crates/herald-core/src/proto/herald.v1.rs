@@ -44,6 +44,10 @@ pub struct Delivery {
     /// How many times it was put off without an attempt (open circuit, endpoint at its limit).
     #[prost(uint32, tag = "7")]
     pub deferrals: u32,
+    /// The event's sequence in `HERALD_EVENTS`; 0 for an event that was never stored there (a
+    /// `herald.ping` test). An ordered lane delivers in this order.
+    #[prost(uint64, tag = "8")]
+    pub event_sequence: u64,
 }
 /// An entry of the event-type catalog (the `herald-event-types` bucket, key = name).
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -178,7 +182,9 @@ pub struct DeadLetter {
     #[prost(string, tag = "5")]
     pub dead_at: ::prost::alloc::string::String,
 }
-/// One HTTP attempt, on `herald.attempts.{tenant}.{subscription_id}.{event_id}`.
+/// One HTTP attempt, on `herald.attempts.{tenant}.{subscription_id}.{partition}`, where the
+/// partition is one hex digit of a hash of the event id (see `herald_core::nats::attempt_subject`).
+/// Records written before that layout are on `herald.attempts.{tenant}.{subscription_id}.{event_id}`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Attempt {
     #[prost(string, tag = "1")]
@@ -211,4 +217,13 @@ pub struct Attempt {
     /// `timeout`, `connection`, `http_status`, `refused` or `request`; empty on success.
     #[prost(string, tag = "12")]
     pub error_class: ::prost::alloc::string::String,
+    /// The delivery's `event_sequence` (0 when unknown).
+    #[prost(uint64, tag = "13")]
+    pub event_sequence: u64,
+    /// The delivery was asked for again by an operator (replay, redrive, resend).
+    #[prost(bool, tag = "14")]
+    pub resent: bool,
+    /// Made by an ordered (FIFO) lane, which attempts its events one at a time in sequence order.
+    #[prost(bool, tag = "15")]
+    pub ordered: bool,
 }

@@ -5,6 +5,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use prost::Message as _;
 use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
 
 use herald_core::ids::EventId;
 use herald_core::{nats, proto};
@@ -12,7 +13,7 @@ use herald_core::{nats, proto};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::subscriptions::locate;
-use crate::scan::{From, Stored, scan};
+use crate::scan::{From, Stored, parse_time, scan};
 use crate::{AppState, Query};
 
 /// Most records a query reads from the stream; older ones are beyond the answer.
@@ -69,6 +70,20 @@ pub(crate) struct PageQuery {
     before: Option<u64>,
 }
 
+/// Query of one event's attempts.
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EventAttemptsQuery {
+    limit: Option<usize>,
+    /// The `next` of the previous page: only records older than it.
+    before: Option<u64>,
+    /// RFC 3339: no attempt of the event was made before this time (e.g. the event's `time`, or
+    /// when it was published), so records older than it are not read. Not needed for `evt_`
+    /// ids, which carry their time.
+    since: Option<String>,
+}
+
 #[derive(Serialize, utoipa::ToSchema)]
 #[schema(as = AttemptsPage)]
 pub(crate) struct Page {
@@ -77,9 +92,9 @@ pub(crate) struct Page {
     next: Option<u64>,
 }
 
-fn newest_first(mut stored: Vec<Stored>, q: &PageQuery) -> Page {
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    stored.retain(|s| q.before.is_none_or(|b| s.sequence < b));
+fn newest_first(mut stored: Vec<Stored>, limit: Option<usize>, before: Option<u64>) -> Page {
+    let limit = limit.unwrap_or(50).clamp(1, 500);
+    stored.retain(|s| before.is_none_or(|b| s.sequence < b));
     stored.reverse();
     let more = stored.len() > limit;
     let data: Vec<AttemptView> = stored.iter().take(limit).filter_map(AttemptView::of).collect();
@@ -87,26 +102,45 @@ fn newest_first(mut stored: Vec<Stored>, q: &PageQuery) -> Page {
     Page { data, next }
 }
 
+/// How long before an `evt_` id's time its attempts are looked for (clocks of the publishers).
+const MINTED_LEEWAY: time::Duration = time::Duration::minutes(5);
+
 /// `GET /v1/events/{id}/attempts`: every attempt of one event, across its subscriptions that
-/// the caller may see.
-#[utoipa::path(get, path = "/v1/events/{id}/attempts", tag = "events", params(("id" = String, Path, description = "Event id"), PageQuery),
+/// the caller may see. The records are found in the event's partition of every subscription
+/// (`herald.attempts.{tenant}.*.{p}`), read from when the event can first have been attempted.
+#[utoipa::path(get, path = "/v1/events/{id}/attempts", tag = "events", params(("id" = String, Path, description = "Event id"), EventAttemptsQuery),
     responses((status = 200, description = "Newest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
 pub(crate) async fn for_event(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    Query(q): Query<PageQuery>,
+    Query(q): Query<EventAttemptsQuery>,
 ) -> Result<Json<Page>, ApiError> {
     EventId::parse(&id).map_err(|e| ApiError::invalid(Some("id"), e.0))?;
-    let filters = match caller.tenant_limit() {
-        None => vec![format!("herald.attempts.*.*.{id}")],
+    let since = parse_time("since", q.since.as_deref())?;
+    let tenants = match caller.tenant_limit() {
+        None => vec!["*".to_owned()],
         Some(tenants) if tenants.is_empty() => {
             return Err(ApiError::forbidden("reading attempts needs `admin` or a `tenant:<id>` scope"));
         }
-        Some(tenants) => tenants.iter().map(|t| format!("herald.attempts.{t}.*.{id}")).collect(),
+        Some(tenants) => tenants.iter().map(|t| t.to_string()).collect(),
     };
-    let stored = scan(&state.js, nats::ATTEMPTS_STREAM, filters, From::Beginning, None, SCAN_LIMIT).await?;
-    Ok(Json(newest_first(stored, &q)))
+    let partition = nats::attempt_partition(&id).to_string();
+    let legacy = state.legacy_records_until.is_some_and(|until| OffsetDateTime::now_utc() < until) && id != partition;
+    let mut filters = Vec::new();
+    for tenant in &tenants {
+        filters.push(format!("herald.attempts.{tenant}.*.{partition}"));
+        if legacy {
+            filters.push(format!("herald.attempts.{tenant}.*.{id}"));
+        }
+    }
+    let from = match since.or_else(|| EventId::minted_at(&id).map(|t| t - MINTED_LEEWAY)) {
+        Some(t) => From::Time(t),
+        None => From::Beginning,
+    };
+    let mut stored = scan(&state.js, nats::ATTEMPTS_STREAM, filters, from, None, SCAN_LIMIT).await?;
+    stored.retain(|s| proto::Attempt::decode(s.payload.as_ref()).is_ok_and(|a| a.event_id == id));
+    Ok(Json(newest_first(stored, q.limit, q.before)))
 }
 
 /// `GET /v1/subscriptions/{id}/attempts`: its attempts, newest first, paged with `before`.
@@ -119,7 +153,7 @@ pub(crate) async fn for_subscription(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
     let (_, _, sub) = locate(&state, &caller, &id).await?;
-    let filter = format!("herald.attempts.{}.{}.*", sub.tenant, sub.id);
+    let filter = nats::subscription_attempts_filter(&sub.tenant, &sub.id);
     let stored = scan(&state.js, nats::ATTEMPTS_STREAM, vec![filter], From::Beginning, None, SCAN_LIMIT).await?;
-    Ok(Json(newest_first(stored, &q)))
+    Ok(Json(newest_first(stored, q.limit, q.before)))
 }

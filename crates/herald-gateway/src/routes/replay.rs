@@ -96,7 +96,7 @@ pub(crate) async fn replay(
             continue;
         }
         let trace = telemetry::onward(&tracing::Span::none(), &Carrier::read(|k| s.header(k)));
-        let (subject, publish) = nats::first_delivery(&event, &sub, &trace);
+        let (subject, publish) = nats::first_delivery(&event, s.sequence, &sub, &trace);
         let publish = publish.header(nats::RESEND_HEADER, "replay");
         let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         pending.push(ack.into_future());
@@ -154,7 +154,7 @@ pub(crate) async fn resend(
         return Err(missing());
     }
     let trace = telemetry::onward(&tracing::Span::none(), &Carrier::read(|k| header(k)));
-    let (subject, publish) = nats::first_delivery(&event, &sub, &trace);
+    let (subject, publish) = nats::first_delivery(&event, input.seq, &sub, &trace);
     // A new message id: the delivery's own would be deduplicated against the first.
     let publish = publish.header(nats::RESEND_HEADER, "resend").message_id(format!(
         "resend-{}-{}-{}",

@@ -628,6 +628,7 @@ pub(crate) async fn test(
     };
     let (subject, publish) = nats::first_delivery(
         &event,
+        0,
         &sub,
         &herald_core::telemetry::Carrier::of(Some(&herald_core::trace::new_traceparent())),
     );

@@ -1,0 +1,337 @@
+//! Attempt records on `HERALD_ATTEMPTS`: writing one per attempt, and the check made before a
+//! delivery handed out again is sent again ("does a record say it was delivered?").
+//!
+//! Records are stored under a bounded set of subjects, `herald.attempts.{tenant}.{sub}.{p}`
+//! with `p` one hex digit of a hash of the event id ([`nats::attempt_subject`]): nats-server keeps
+//! state in memory for every subject a stream holds, so a subject per event grew its memory with
+//! every delivery for as long as records were retained. The event id is in the record. Finding
+//! the records of one (subscription, event) pair is therefore a walk over its partition, from
+//! a point in time at which the pair can have had no record yet that matters, to the newest
+//! record of the partition, one `STREAM.MSG.GET` at a time (the stream leader answers, so a
+//! record confirmed before an election is found after it). An ordered lane, which checks every
+//! delivery, needs no walk: its records follow the events' order (see [`delivered_in_order`]).
+//!
+//! Records of the per-event layout of before are still read until they age out
+//! ([`nats::Handles::legacy_records_until`]).
+
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::response::Response;
+use async_nats::jetstream::{self, ErrorCode};
+use prost::Message as _;
+use time::OffsetDateTime;
+
+use herald_core::{metrics, nats, proto};
+
+use crate::Shared;
+use crate::deliver::publish_until_confirmed;
+use crate::http_client;
+use crate::retry::DeliveryOutcome;
+
+/// How long an attempt record waits for its confirmation before it is published again, and
+/// for how long it is tried: across a NATS node's failure, the client's reconnection and the
+/// attempts stream's leader election (a few seconds). Well within
+/// [`nats::ATTEMPTS_DUPLICATE_WINDOW`].
+const RECORD_CONFIRM: Duration = Duration::from_secs(1);
+const RECORD_PATIENCE: Duration = Duration::from_secs(10);
+
+/// Most records a check reads from one partition before it gives up and sends (at least once
+/// comes first). At ~0.1 ms a read, a check costs at most a tenth of a second.
+pub(crate) const WALK_LIMIT: usize = 1_000;
+
+/// What the attempt records of an (event, subscription) pair say about a message handed out
+/// again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Record {
+    /// The last record for the pair, stored after `since`, says delivered (or, on an ordered
+    /// lane, the lane has moved past the event): not sent again.
+    Delivered,
+    /// No such record: sent.
+    NotDelivered,
+    /// The records could not be read (the stream is electing a leader, or the request timed
+    /// out): the message waits and asks again, up to [`UNREADABLE_WAITS`] times, then is sent.
+    Unreadable,
+}
+
+/// How many hand-outs a message waits for its record to become readable before it is sent
+/// anyway: at least once comes first.
+pub(crate) const UNREADABLE_WAITS: i64 = 4;
+
+/// How long a message whose record could not be read waits before it is handed out again.
+pub(crate) const UNREADABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// How an attempt came to be made, as its record tells.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Made {
+    /// An operator asked for the delivery again (replay, redrive, resend).
+    pub resent: bool,
+    /// By an ordered lane.
+    pub ordered: bool,
+}
+
+/// Records the attempt on `HERALD_ATTEMPTS`. A failure to record is logged, never fatal.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn write(
+    shared: &Shared,
+    event: &proto::Event,
+    delivery: &proto::Delivery,
+    url: &str,
+    at: OffsetDateTime,
+    sent: &http_client::Sent,
+    outcome: &DeliveryOutcome,
+    made: Made,
+) {
+    let attempt = proto::Attempt {
+        event_id: event.id.clone(),
+        subscription_id: delivery.subscription_id.clone(),
+        tenant: event.tenant.clone(),
+        attempt: delivery.attempt.max(1),
+        url: url.to_owned(),
+        status: sent.result.status.unwrap_or(0).into(),
+        error: sent.result.error.clone().unwrap_or_default(),
+        at: herald_core::rfc3339(at),
+        duration_ms: sent.elapsed.as_millis() as u64,
+        outcome: outcome_name(outcome).to_owned(),
+        response_body: sent.response_excerpt.clone(),
+        error_class: sent.result.class.map(|c| c.as_str().to_owned()).unwrap_or_default(),
+        event_sequence: delivery.event_sequence,
+        resent: made.resent,
+        ordered: made.ordered,
+    };
+    let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
+    let payload: bytes::Bytes = attempt.encode_to_vec().into();
+    if shared.config.common.topology.replicas <= 1 {
+        // One server: the record goes out on the connection ahead of the message's ack, and a
+        // server that is gone loses both alike. Waiting for its confirmation cost a capped
+        // replica 40 % of its deliveries per second in the scale-out benchmark.
+        if let Err(e) = shared.js.client().publish(subject, payload).await {
+            tracing::warn!(event = %event.id, error = %e, "could not record the attempt");
+        }
+        return;
+    }
+    // Replicated streams: confirmed, and tried again (deduplicated by its id) if the
+    // confirmation does not come, before the message is acked. A plain publish is dropped while
+    // the attempts stream elects a leader, and a message handed out again would then be sent
+    // again although it was delivered (85–243 of 1,800 deliveries in the cluster chaos test).
+    let id = format!("{}:{}:{}:{}", delivery.subscription_id, event.id, attempt.attempt, at.unix_timestamp_nanos());
+    let record = || (subject.clone(), PublishMessage::build().payload(payload.clone()).message_id(&id));
+    let stored = publish_until_confirmed(shared, record, Some(RECORD_CONFIRM), Some(RECORD_PATIENCE), |error, _| {
+        tracing::debug!(event = %event.id, error, "attempt record not stored yet; trying again");
+    })
+    .await;
+    if let Err(error) = stored {
+        tracing::warn!(event = %event.id, error, "could not record the attempt");
+    }
+}
+
+/// The name an outcome has in records and metrics.
+pub(crate) fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
+    match outcome {
+        DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::Retry { .. } => "retry",
+        DeliveryOutcome::DeadLetter { .. } => "dead_letter",
+    }
+}
+
+/// One record as read back.
+struct Stored {
+    sequence: u64,
+    time: OffsetDateTime,
+    attempt: proto::Attempt,
+}
+
+impl Stored {
+    fn says(&self) -> Record {
+        if self.attempt.outcome == "delivered" { Record::Delivered } else { Record::NotDelivered }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct GetResponse {
+    message: jetstream::stream::RawMessage,
+}
+
+/// One `STREAM.MSG.GET` of the attempts stream (answered by its leader). `None`: no such
+/// message. A record that does not decode is skipped over as if it were another event's.
+async fn get(shared: &Shared, request: serde_json::Value) -> Result<Option<Stored>, String> {
+    let subject = format!("STREAM.MSG.GET.{}", nats::ATTEMPTS_STREAM);
+    let response: Response<GetResponse> = shared.js.request(subject, &request).await.map_err(|e| e.to_string())?;
+    let raw = match response {
+        Response::Ok(found) => found.message,
+        Response::Err { error } if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => return Ok(None),
+        Response::Err { error } => return Err(error.to_string()),
+    };
+    let message = jetstream::message::StreamMessage::try_from(raw).map_err(|e| e.to_string())?;
+    Ok(Some(Stored {
+        sequence: message.sequence,
+        time: message.time,
+        attempt: proto::Attempt::decode(message.payload.as_ref()).unwrap_or_default(),
+    }))
+}
+
+/// Whether `event` reached `subscription` after `since`: the last attempt record for the pair,
+/// stored after that, says delivered. A dispatcher that died between the subscriber's 2xx and
+/// its ack leaves exactly that behind. `since` is the earliest a record that should stop this
+/// send can have been stored: when the message now handed out again was stored, so that an
+/// explicit replay or redrive (a new message, stored after any earlier record) is still sent.
+pub(crate) async fn delivered_since(
+    shared: &Shared,
+    tenant: &str,
+    subscription: &str,
+    event: &str,
+    since: OffsetDateTime,
+) -> Record {
+    let (record, label) = match find(shared, tenant, subscription, event, since).await {
+        Ok(Found::Read(record)) => (record, check_label(record)),
+        Ok(Found::TooMany) => (Record::NotDelivered, "inconclusive"),
+        Err(error) => {
+            tracing::warn!(event, subscription, error, "cannot read the attempt records; the delivery waits");
+            (Record::Unreadable, check_label(Record::Unreadable))
+        }
+    };
+    metrics::RECORD_CHECKS.inc(&[label]);
+    record
+}
+
+/// What reading the records found.
+enum Found {
+    /// What they say.
+    Read(Record),
+    /// More records to read than a check reads: the delivery is sent (at least once first).
+    TooMany,
+}
+
+fn check_label(record: Record) -> &'static str {
+    match record {
+        Record::Delivered => "delivered",
+        Record::NotDelivered => "not_delivered",
+        Record::Unreadable => "unreadable",
+    }
+}
+
+async fn find(
+    shared: &Shared,
+    tenant: &str,
+    subscription: &str,
+    event: &str,
+    since: OffsetDateTime,
+) -> Result<Found, String> {
+    let subject = nats::attempt_subject(tenant, subscription, event);
+    let newest = get(shared, serde_json::json!({ "last_by_subj": subject })).await?;
+    let found = match newest {
+        // Nothing in the partition since `since`: no walk needed.
+        None => None,
+        Some(newest) if newest.time < since => None,
+        Some(newest) if newest.attempt.event_id == event => Some(newest.says()),
+        Some(newest) => match walk(shared, &subject, event, since, newest.sequence).await? {
+            Walked::Complete(last) => last,
+            Walked::Incomplete(Some(record)) => Some(record),
+            Walked::Incomplete(None) => {
+                tracing::warn!(
+                    event,
+                    subject,
+                    limit = WALK_LIMIT,
+                    "more attempt records since the delivery was stored than a check reads; sending it again"
+                );
+                return Ok(Found::TooMany);
+            }
+        },
+    };
+    match found {
+        Some(record) => Ok(Found::Read(record)),
+        None => legacy(shared, tenant, subscription, event, since).await.map(Found::Read),
+    }
+}
+
+/// What a walk over a partition found of one event: the last of its records read, if any.
+enum Walked {
+    /// Read to the end.
+    Complete(Option<Record>),
+    /// Stopped at [`WALK_LIMIT`].
+    Incomplete(Option<Record>),
+}
+
+/// Reads the partition from `since` up to `newest` (its last record, known not to be `event`'s)
+/// and returns what the last record of `event` says, if there is one.
+async fn walk(
+    shared: &Shared,
+    subject: &str,
+    event: &str,
+    since: OffsetDateTime,
+    newest: u64,
+) -> Result<Walked, String> {
+    let mut request = serde_json::json!({ "next_by_subj": subject, "start_time": herald_core::rfc3339(since) });
+    let mut last = None;
+    for _ in 0..WALK_LIMIT {
+        let Some(record) = get(shared, request).await? else { return Ok(Walked::Complete(last)) };
+        if record.attempt.event_id == event {
+            last = Some(record.says());
+        }
+        if record.sequence >= newest {
+            return Ok(Walked::Complete(last));
+        }
+        request = serde_json::json!({ "next_by_subj": subject, "seq": record.sequence + 1 });
+    }
+    Ok(Walked::Incomplete(last))
+}
+
+/// What a record of the per-event layout of before says, while such records may be retained.
+async fn legacy(
+    shared: &Shared,
+    tenant: &str,
+    subscription: &str,
+    event: &str,
+    since: OffsetDateTime,
+) -> Result<Record, String> {
+    if shared.legacy_records_until.is_none_or(|until| OffsetDateTime::now_utc() >= until) {
+        return Ok(Record::NotDelivered);
+    }
+    let subject = nats::legacy_attempt_subject(tenant, subscription, event);
+    Ok(match get(shared, serde_json::json!({ "last_by_subj": subject })).await? {
+        // An event id that looks like a partition ("7") shares its subject with new records.
+        Some(r) if r.time >= since && r.attempt.event_id == event => r.says(),
+        _ => Record::NotDelivered,
+    })
+}
+
+/// How far back an ordered lane looks for a delivery's records when the order of its records
+/// cannot tell.
+const ORDERED_LOOKBACK: time::Duration = time::Duration::minutes(15);
+
+/// The check of an ordered (FIFO) lane, made on every delivery it hands out: one read. The lane
+/// sends its events in their `HERALD_EVENTS` order, one at a time, and records each attempt
+/// before it moves on, so the subscription's newest record, if the lane made it, tells: the
+/// same event → what it says; a later event → the lane has moved past this one (delivered or
+/// dead-lettered), which is not sent again; an earlier one → not sent yet. Otherwise (a resend,
+/// a record of before the subscription was ordered, or of before event sequences were recorded)
+/// the event's own records are looked up. `stored` is when the lane message was stored.
+pub(crate) async fn delivered_in_order(
+    shared: &Shared,
+    delivery: &proto::Delivery,
+    event: &proto::Event,
+    stored: OffsetDateTime,
+) -> Record {
+    let newest = get(shared, serde_json::json!({ "last_by_subj": nats::subscription_attempts_filter(&event.tenant, &delivery.subscription_id) }))
+        .await;
+    let sequence = delivery.event_sequence;
+    let record = match newest {
+        Err(error) => {
+            tracing::warn!(event = %event.id, subscription = %delivery.subscription_id, error, "cannot read the attempt records; the delivery waits");
+            Record::Unreadable
+        }
+        Ok(None) => Record::NotDelivered,
+        Ok(Some(newest)) if newest.attempt.event_id == event.id => newest.says(),
+        Ok(Some(newest))
+            if newest.attempt.ordered && !newest.attempt.resent && newest.attempt.event_sequence > 0 && sequence > 0 =>
+        {
+            if sequence < newest.attempt.event_sequence { Record::Delivered } else { Record::NotDelivered }
+        }
+        Ok(Some(_)) => {
+            return delivered_since(shared, &event.tenant, &delivery.subscription_id, &event.id, stored - ORDERED_LOOKBACK)
+                .await;
+        }
+    };
+    metrics::RECORD_CHECKS.inc(&[check_label(record)]);
+    record
+}
