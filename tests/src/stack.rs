@@ -122,7 +122,12 @@ impl Stack {
     /// With extra gateway flags.
     pub async fn start_with(with_dispatcher: bool, gateway_flags: &[&str]) -> Self {
         init();
-        let nats = NatsServer::start();
+        Self::start_on(NatsServer::start(), with_dispatcher, gateway_flags).await
+    }
+
+    /// On a server the test has prepared (streams of an earlier version, say).
+    pub async fn start_on(nats: NatsServer, with_dispatcher: bool, gateway_flags: &[&str]) -> Self {
+        init();
         let config = gateway_config(&nats.url(), gateway_flags);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
         let gateway = format!("http://{}", listener.local_addr().unwrap());

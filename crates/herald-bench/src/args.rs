@@ -43,11 +43,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, schema (with ingest), production.
+    /// memory, scaleout, filters, schema (with ingest), production, soak.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production,soak"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -86,6 +86,21 @@ pub(crate) struct Args {
     /// (to compare two builds on the same machine).
     #[arg(long)]
     pub(crate) dispatcher_binary: Option<std::path::PathBuf>,
+    /// Soak: events per second, published steadily.
+    #[arg(long, default_value_t = 300)]
+    pub(crate) soak_rate: usize,
+    /// Soak: how long it lasts, in seconds (the first fifth is a warm-up).
+    #[arg(long, default_value_t = 340)]
+    pub(crate) soak_seconds: usize,
+    /// Soak: event types, each in a tenant of its own with `--soak-fanout` subscriptions.
+    #[arg(long, default_value_t = 20)]
+    pub(crate) soak_types: usize,
+    /// Soak: subscriptions per event type (deliveries per event).
+    #[arg(long, default_value_t = 10)]
+    pub(crate) soak_fanout: usize,
+    /// Soak: retries of delivered events sent through the record check afterwards.
+    #[arg(long, default_value_t = 2_000)]
+    pub(crate) soak_checks: usize,
     /// A tiny configuration, to check the benchmark still runs.
     #[arg(long)]
     pub(crate) smoke: bool,

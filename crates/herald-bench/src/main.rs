@@ -42,6 +42,7 @@ mod report;
 mod scaleout;
 mod schema;
 mod sink;
+mod soak;
 
 use std::time::Duration;
 
@@ -129,6 +130,11 @@ async fn main() -> anyhow::Result<()> {
         args.production_deliveries = 200;
         args.production_payloads = vec![256];
         args.production_concurrency = vec![16];
+        args.soak_rate = 50;
+        args.soak_seconds = 10;
+        args.soak_types = 2;
+        args.soak_fanout = 2;
+        args.soak_checks = 20;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
@@ -243,6 +249,11 @@ async fn main() -> anyhow::Result<()> {
     // Production shape: HTTPS hosts with latency, many subscriptions, one dispatcher.
     if bench.wants("production") {
         bench.production().await?;
+    }
+
+    // Memory over minutes of steady deliveries, on a server of its own.
+    if bench.wants("soak") {
+        bench.soak().await?;
     }
 
     let memory_rows = [

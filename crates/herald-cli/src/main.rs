@@ -310,7 +310,13 @@ enum EventCommand {
         tenant: Option<String>,
     },
     /// Every delivery attempt of one event.
-    Attempts { id: String },
+    Attempts {
+        id: String,
+        /// RFC 3339: when the event was stored (its `stored_at`), so older records are not
+        /// read; not needed for `evt_` ids.
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 /// `path?k=v&…` with the given parameters (values percent-encoded).
@@ -596,8 +602,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out_fmt.print(&out)?;
             Ok(())
         }
-        Command::Events(EventCommand::Attempts { id }) => {
-            let out = api.call(reqwest::Method::GET, &format!("/v1/events/{id}/attempts"), None).await?;
+        Command::Events(EventCommand::Attempts { id, since }) => {
+            let path = with_query(&format!("/v1/events/{id}/attempts"), &[("since", since)]);
+            let out = api.call(reqwest::Method::GET, &path, None).await?;
             out_fmt.print(&out)?;
             Ok(())
         }

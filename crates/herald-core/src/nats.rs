@@ -553,9 +553,8 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
     };
     let event_types =
         js.create_or_update_key_value(bucket).await.map_err(|e| create_err(&format!("KV bucket {catalog}"), e))?;
-    let legacy_records_until = time::OffsetDateTime::parse(&partitioned_since, &Rfc3339)
-        .ok()
-        .map(|since| since + topology.attempts_max_age);
+    let legacy_records_until =
+        time::OffsetDateTime::parse(&partitioned_since, &Rfc3339).ok().map(|since| since + topology.attempts_max_age);
     Ok(Handles { js: js.clone(), subscriptions, event_types, legacy_records_until })
 }
 

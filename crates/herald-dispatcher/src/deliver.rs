@@ -31,7 +31,7 @@ const STORE_RETRY: Duration = Duration::from_secs(5);
 
 /// How long before a retry's message was stored a record can stop it: a schedule that fires
 /// twice does so within an election's time.
-const RETRY_LOOKBACK: time::Duration = time::Duration::minutes(5);
+const RETRY_LOOKBACK: time::Duration = time::Duration::minutes(1);
 
 /// Which consumer a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -362,7 +362,8 @@ async fn attempt_inline(
         // every delivery an event holds (100 subscriptions × 256 events in hand).
         Admission::Go(permit) => {
             let http_slot = shared.http_slots.clone().acquire_owned().await.expect("never closed");
-            let settled = Box::pin(deliver::first_attempt(shared, event, sequence, sub, permit, http_slot, trace)).await;
+            let settled =
+                Box::pin(deliver::first_attempt(shared, event, sequence, sub, permit, http_slot, trace)).await;
             settled
                 .map(|()| Path::Inline)
                 .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned())

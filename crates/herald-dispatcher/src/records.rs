@@ -323,13 +323,26 @@ pub(crate) async fn delivered_in_order(
         Ok(None) => Record::NotDelivered,
         Ok(Some(newest)) if newest.attempt.event_id == event.id => newest.says(),
         Ok(Some(newest))
-            if newest.attempt.ordered && !newest.attempt.resent && newest.attempt.event_sequence > 0 && sequence > 0 =>
+            if newest.attempt.ordered
+                && !newest.attempt.resent
+                && newest.attempt.event_sequence > 0
+                && sequence > 0 =>
         {
-            if sequence < newest.attempt.event_sequence { Record::Delivered } else { Record::NotDelivered }
+            if sequence < newest.attempt.event_sequence {
+                Record::Delivered
+            } else {
+                Record::NotDelivered
+            }
         }
         Ok(Some(_)) => {
-            return delivered_since(shared, &event.tenant, &delivery.subscription_id, &event.id, stored - ORDERED_LOOKBACK)
-                .await;
+            return delivered_since(
+                shared,
+                &event.tenant,
+                &delivery.subscription_id,
+                &event.id,
+                stored - ORDERED_LOOKBACK,
+            )
+            .await;
         }
     };
     metrics::RECORD_CHECKS.inc(&[check_label(record)]);

@@ -361,8 +361,12 @@ async function eventPage(id) {
   const tenant = params().get("tenant");
   const q = new URLSearchParams({ id, since: new Date(Date.now() - 7 * 86400e3).toISOString() });
   if (tenant) q.set("tenant", tenant);
-  const [found, attempts] = await Promise.all([api(`/v1/events?${q}`), api(`/v1/events/${encodeURIComponent(id)}/attempts?limit=100`)]);
+  const found = await api(`/v1/events?${q}`);
   const event = found.data[0];
+  // Its attempts are read from when it was stored on (else the whole retention is read).
+  const aq = new URLSearchParams({ limit: "100" });
+  if (event) aq.set("since", event.stored_at);
+  const attempts = await api(`/v1/events/${encodeURIComponent(id)}/attempts?${aq}`);
   const subs = event ? (await api(`/v1/subscriptions?tenant=${encodeURIComponent(event.tenant)}&limit=200`)).data : [];
   const pick = el("select", { name: "subscription" }, subs.map((s) => el("option", { value: s.id }, `${s.id} — ${s.url}`)));
   const resend = el("form", { class: "filters", id: "resend" }, field("Resend to", pick), el("button", { type: "submit" }, "Resend"));

@@ -211,7 +211,8 @@ async function deliveries() {
   const rows = page.data;
   const detail = el("div", { id: "event-detail" });
   const open = async (e) => {
-    const attempts = await attempt(() => api(`/v1/events/${encodeURIComponent(e.id)}/attempts?limit=50`));
+    const aq = new URLSearchParams({ limit: "50", since: e.stored_at });
+    const attempts = await attempt(() => api(`/v1/events/${encodeURIComponent(e.id)}/attempts?${aq}`));
     if (!attempts) return;
     const pick = el("select", { name: "subscription" }, subs.data.map((s) => el("option", { value: s.id }, s.url)));
     const resend = el("form", { class: "filters" }, field("Send again to", pick), el("button", { type: "submit" }, "Resend"));

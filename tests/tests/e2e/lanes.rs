@@ -138,6 +138,13 @@ async fn an_ordered_lane_sends_an_event_once_however_its_delivery_comes_back_unl
     js.publish(lane.clone(), delivery.encode_to_vec().into()).await.unwrap().await.unwrap();
     publish("o-2").await;
     rx.wait_for(2, SOON).await;
+    // Again once o-2 was sent (the lane's newest record is then another event's): as stored by
+    // ordered fan-out, with where the event was stored, the lane has moved past it; without
+    // (as an earlier version stored it), its own record is looked up.
+    let placed = proto::Delivery { event_sequence: stored.sequence, ..delivery.clone() };
+    js.publish(lane.clone(), placed.encode_to_vec().into()).await.unwrap().await.unwrap();
+    js.publish(lane.clone(), delivery.encode_to_vec().into()).await.unwrap().await.unwrap();
+    stack.wait_consumer_drained("HERALD_DELIVERIES", &nats::lane_consumer(&sub_id), SOON).await;
 
     // An operator's resend (replay, redrive) is sent again, in its place in the lane.
     let mut headers = async_nats::HeaderMap::new();

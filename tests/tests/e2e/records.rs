@@ -2,6 +2,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::StreamExt as _;
 use herald_harness::{Receiver, Stack};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -234,4 +235,150 @@ async fn one_stored_event_is_resent_to_one_subscription() {
         assert_eq!(status, 404, "{problem}");
     }
     assert!(other["id"].is_string());
+}
+
+/// The stream's number of distinct subjects under `filter`.
+async fn subjects(stack: &Stack, filter: &str) -> usize {
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let stream = js.get_stream("HERALD_ATTEMPTS").await.unwrap();
+    let subjects = stream.info_with_subjects(filter).await.unwrap();
+    subjects.map(|s| s.unwrap()).collect::<Vec<_>>().await.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_records_of_many_events_share_a_few_subjects_and_are_still_found_by_event() {
+    // nats-server keeps state in memory for every subject a stream holds: records of every
+    // event to a subscription must not each have one.
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    let sub = stack.subscribe(&rx.url("/many"), &["many.*"], Some("acme")).await;
+    let id = sub["id"].as_str().unwrap().to_owned();
+    for chunk in 0..2 {
+        let events: Vec<Value> = (chunk * 100..(chunk + 1) * 100)
+            .map(|i| json!({"id": format!("many-{i}"), "type": "many.x", "tenant": "acme", "data": {"i": i}}))
+            .collect();
+        let (status, _, batch) = stack.call(Method::POST, "/v1/events/batch", Some(json!({"events": events}))).await;
+        assert_eq!((status, batch["accepted"].as_u64()), (202, Some(100)), "{}", batch["failed"]);
+    }
+    // One more without an id: Herald's own `evt_` id, which carries its time.
+    let (_, generated) = stack.publish(json!({"type": "many.x", "tenant": "acme", "data": {}})).await;
+    let generated = generated["id"].as_str().unwrap().to_owned();
+    rx.wait_for(201, SOON).await;
+    let deadline = Instant::now() + SOON;
+    while stack.stream_messages("HERALD_ATTEMPTS").await < 201 {
+        assert!(Instant::now() < deadline, "201 records expected");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let per_subscription = subjects(&stack, &format!("herald.attempts.acme.{id}.*")).await;
+    assert!(per_subscription <= 16, "201 events' records are under {per_subscription} subjects, at most 16 expected");
+    assert_eq!(subjects(&stack, "herald.attempts.>").await, per_subscription);
+
+    for event in ["many-0", "many-77", "many-199", generated.as_str()] {
+        let (status, _, page) = stack.call(Method::GET, &format!("/v1/events/{event}/attempts"), None).await;
+        assert_eq!(status, 200, "{page}");
+        let data = page["data"].as_array().unwrap();
+        assert_eq!(data.len(), 1, "{event}: {page}");
+        assert_eq!((data[0]["event_id"].as_str(), data[0]["outcome"].as_str()), (Some(event), Some("delivered")));
+        assert_eq!(data[0]["subscription_id"], id.as_str());
+    }
+    // `since` bounds the read: after the event, nothing is found; before it, everything.
+    let (_, _, later) = stack.call(Method::GET, "/v1/events/many-5/attempts?since=2999-01-01T00:00:00Z", None).await;
+    assert_eq!(later["data"].as_array().unwrap().len(), 0, "{later}");
+    let (_, _, earlier) = stack.call(Method::GET, "/v1/events/many-5/attempts?since=2020-01-01T00:00:00Z", None).await;
+    assert_eq!(earlier["data"].as_array().unwrap().len(), 1, "{earlier}");
+    let (status, _, problem) = stack.call(Method::GET, "/v1/events/many-5/attempts?since=soon", None).await;
+    assert_eq!((status, problem["field"].as_str()), (400, Some("since")), "{problem}");
+    let (_, _, page) = stack.call(Method::GET, &format!("/v1/subscriptions/{id}/attempts?limit=500"), None).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_with_a_subject_per_record_upgrades_in_place() {
+    use herald_core::{nats, proto};
+    use prost::Message as _;
+
+    // The attempts stream as the version before made it: no metadata, records under
+    // `herald.attempts.{tenant}.{subscription}.{event}`.
+    let server = herald_harness::NatsServer::start();
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "HERALD_ATTEMPTS".into(),
+        subjects: vec!["herald.attempts.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let stack = Stack::start_on(server, true, &[]).await;
+    let info = js.get_stream("HERALD_ATTEMPTS").await.unwrap().cached_info().clone();
+    let since = info.config.metadata.get(nats::ATTEMPTS_PARTITIONED_SINCE).cloned().unwrap_or_default();
+    assert!(!since.is_empty(), "the upgrade is recorded in the stream's metadata: {:?}", info.config.metadata);
+
+    let rx = Receiver::start().await;
+    let sub = stack.subscribe(&rx.url("/up"), &["up.*"], None).await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    // Records an old dispatcher wrote (one still running during a rolling upgrade, say):
+    // `old-1` delivered, `old-2` failed and due for a retry.
+    for (event, outcome) in [("old-1", "delivered"), ("old-2", "retry")] {
+        let record = proto::Attempt {
+            event_id: event.into(),
+            subscription_id: sub_id.clone(),
+            tenant: "default".into(),
+            attempt: 1,
+            url: rx.url("/up"),
+            status: if outcome == "delivered" { 200 } else { 500 },
+            outcome: outcome.into(),
+            at: herald_core::now_rfc3339(),
+            ..Default::default()
+        };
+        let subject = nats::legacy_attempt_subject("default", &sub_id, event);
+        js.publish(subject, record.encode_to_vec().into()).await.unwrap().await.unwrap();
+    }
+    // Their retries, as their schedules fire them: the one delivered before the switch is not
+    // sent again; the other is.
+    for event in ["old-1", "old-2"] {
+        let retry = proto::Delivery {
+            event: Some(proto::Event {
+                id: event.into(),
+                r#type: "up.x".into(),
+                tenant: "default".into(),
+                data: br#"{}"#.to_vec(),
+                time: herald_core::now_rfc3339(),
+                ..Default::default()
+            }),
+            subscription_id: sub_id.clone(),
+            attempt: 2,
+            ..Default::default()
+        };
+        let subject = nats::delivery_subject("default", &sub_id);
+        js.publish(subject, retry.encode_to_vec().into()).await.unwrap().await.unwrap();
+    }
+    stack.publish(json!({"id": "new-1", "type": "up.x", "data": {}})).await;
+    rx.wait_for(2, SOON).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut ids: Vec<String> = rx.received().iter().map(|r| r.header("webhook-id").unwrap().to_owned()).collect();
+    ids.sort();
+    assert_eq!(ids, ["new-1", "old-2"], "old-1 was recorded delivered before the upgrade");
+
+    // Old and new records are read alike.
+    let (_, _, old) = stack.call(Method::GET, "/v1/events/old-1/attempts", None).await;
+    assert_eq!(old["data"].as_array().unwrap().len(), 1, "{old}");
+    assert_eq!(old["data"][0]["outcome"], "delivered");
+    let (_, _, retried) = stack.call(Method::GET, "/v1/events/old-2/attempts", None).await;
+    let outcomes: Vec<&str> =
+        retried["data"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["delivered", "retry"], "{retried}");
+    let (_, _, all) = stack.call(Method::GET, &format!("/v1/subscriptions/{sub_id}/attempts"), None).await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 4, "{all}");
+    // New records go under the partitioned subjects.
+    let stream = js.get_stream("HERALD_ATTEMPTS").await.unwrap();
+    let newest = stream.get_last_raw_message_by_subject(&nats::attempt_subject("default", &sub_id, "new-1")).await;
+    let newest = proto::Attempt::decode(newest.expect("new-1's record in its partition").payload.as_ref()).unwrap();
+    assert_eq!((newest.event_id.as_str(), newest.outcome.as_str()), ("new-1", "delivered"));
+    assert!(newest.event_sequence > 0, "the record says where the event was stored");
+    // Every later start keeps the time of the switch: it is not moved on at each start.
+    let topology = herald_core::nats::Topology::default();
+    herald_core::nats::ensure_streams(&js, &topology).await.unwrap();
+    let info = js.get_stream("HERALD_ATTEMPTS").await.unwrap().cached_info().clone();
+    assert_eq!(info.config.metadata.get(nats::ATTEMPTS_PARTITIONED_SINCE), Some(&since));
 }

@@ -48,6 +48,8 @@ pub(crate) struct EventView {
     tenant: String,
     source: String,
     time: String,
+    /// When Herald stored it (RFC 3339): no attempt of it is older (the `since` of its attempts).
+    stored_at: String,
     /// The event's data, as published.
     #[schema(value_type = Object)]
     data: Box<serde_json::value::RawValue>,
@@ -120,6 +122,7 @@ pub(crate) async fn list(
                 tenant: event.tenant,
                 source: event.source,
                 time: event.time,
+                stored_at: herald_core::rfc3339(s.time),
                 data,
             })
         })
