@@ -142,9 +142,7 @@ impl Bench {
         let mib = |kib: u64| kib as f64 / 1024.0;
         let retained =
             |s: &Sample| s.streams.iter().find(|(n, ..)| n == herald_core::nats::ATTEMPTS_STREAM).map(|x| x.1);
-        let (records_first, records_last) = (retained(first).unwrap_or(0), retained(last).unwrap_or(0));
-        let millions = (records_last.saturating_sub(records_first)) as f64 / 1e6;
-        let growth = |a: u64, b: u64| (mib(b) - mib(a)) / millions.max(1e-9);
+        let records_last = retained(last).unwrap_or(0);
         println!(
             "soak: {} deliveries in {:.0} s ({:.0}/s), {records_last} records retained; samples every 10 s after {warm} s:",
             last.deliveries,
@@ -186,17 +184,31 @@ impl Bench {
             }
             out
         };
-        let empty: Vec<(String, u64, u64)> = STREAMS.iter().map(|n| (n.to_string(), 0, 0)).collect();
-        pipelined(&floor_js, fill(&first.streams, &empty)).await?;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let floor_first = rss_kib(floor.pid().unwrap_or(0));
-        pipelined(&floor_js, fill(&last.streams, &first.streams)).await?;
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        let floor_last = rss_kib(floor.pid().unwrap_or(0));
+        // Filled in steps, as the soak's server filled: RSS after each (settled), so that both
+        // growths are slopes fitted to the same retained counts.
+        let steps: Vec<&Sample> = samples.iter().step_by((samples.len() / 8).max(1)).chain([last]).collect();
+        let mut had: Vec<(String, u64, u64)> = STREAMS.iter().map(|n| (n.to_string(), 0, 0)).collect();
+        let mut floor_points = Vec::new();
+        for step in steps {
+            if retained(step) <= had.iter().find(|(n, ..)| n == herald_core::nats::ATTEMPTS_STREAM).map(|x| x.1) {
+                continue;
+            }
+            pipelined(&floor_js, fill(&step.streams, &had)).await?;
+            had = step.streams.clone();
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            floor_points.push((retained(step).unwrap_or(0) as f64, mib(rss_kib(floor.pid().unwrap_or(0)))));
+        }
+        let floor_last = floor_points.last().map(|p| p.1).unwrap_or(0.0);
         drop(floor);
 
-        let herald_growth = growth(first.nats_kib, last.nats_kib);
-        let floor_growth = growth(floor_first, floor_last);
+        let points: Vec<(f64, f64)> =
+            samples.iter().map(|s| (retained(s).unwrap_or(0) as f64, mib(s.nats_kib))).collect();
+        let herald_growth = slope(&points) * 1e6;
+        let floor_growth = slope(&floor_points) * 1e6;
+        println!(
+            "floor: {}",
+            floor_points.iter().map(|(n, m)| format!("{n:.0} → {m:.1} MiB")).collect::<Vec<_>>().join(", ")
+        );
         self.push(
             256,
             format!("soak: deliveries/s ({rate} events/s × {fanout} subscriptions, {seconds} s)"),
@@ -205,16 +217,16 @@ impl Bench {
         );
         self.push(256, "soak: attempt records retained at the end", records_last as f64, "records");
         self.push(256, "soak: nats-server RSS at the end", mib(last.nats_kib), "MiB");
-        self.push(256, "floor: nats-server RSS, the same messages under 4 subjects", mib(floor_last), "MiB");
+        self.push(256, "floor: nats-server RSS, the same messages under 4 subjects (idle)", floor_last, "MiB");
         self.rows.push(crate::Row {
             payload: 256,
-            name: "soak: nats-server growth per million deliveries retained".into(),
+            name: "soak: nats-server growth per million deliveries retained (fitted)".into(),
             value: herald_growth,
             unit: "MiB",
             ratio: Some((herald_growth / floor_growth, "the floor")),
             of_relay: None,
         });
-        self.push(256, "floor: nats-server growth per million messages", floor_growth, "MiB");
+        self.push(256, "floor: nats-server growth per million messages (fitted)", floor_growth, "MiB");
         self.push(
             256,
             "soak: gateway RSS growth over the measured window",
@@ -324,8 +336,14 @@ impl Bench {
             }
         };
         let (mut with_since, mut without, mut by_sub) = (Vec::new(), Vec::new(), Vec::new());
+        let mut in_tenant = Vec::new();
         for (g, id, at) in &sample {
             let since = herald_core::rfc3339(*at - time::Duration::seconds(1));
+            let tenant = &groups[*g].0;
+            if let Some((ms, found)) = timed(format!("/v1/events/{id}/attempts?since={since}&tenant={tenant}")).await {
+                anyhow::ensure!(found == self.args.soak_fanout, "{id}: {found} attempts found");
+                in_tenant.push(ms);
+            }
             if let Some((ms, found)) = timed(format!("/v1/events/{id}/attempts?since={since}")).await {
                 anyhow::ensure!(found == self.args.soak_fanout, "{id}: {found} attempts found");
                 with_since.push(ms);
@@ -340,6 +358,7 @@ impl Bench {
             }
         }
         for (name, values) in [
+            ("attempts API: one event's attempts, with `since` and `tenant` (median)", in_tenant),
             ("attempts API: one event's attempts, with `since` (median)", with_since),
             ("attempts API: one event's attempts, client id, no `since` (median)", without),
             ("attempts API: a subscription's newest 50 (median)", by_sub),
@@ -350,4 +369,16 @@ impl Bench {
         }
         Ok(())
     }
+}
+
+/// The least-squares slope of `points` (y per x); 0 with fewer than two.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let cov: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let var: f64 = points.iter().map(|(x, _)| (x - mx) * (x - mx)).sum();
+    if var == 0.0 { 0.0 } else { cov / var }
 }

@@ -712,6 +712,22 @@ mod tests {
         assert_eq!(delivery_subject("t", "sub_1"), "herald.deliveries.t.sub_1");
         assert_eq!(retry_schedule_subject("t", "sub_1", "e:1"), "herald.retries.t.sub_1.e:1");
         assert_eq!(dlq_subject("t", "sub_1"), "herald.dlq.t.sub_1");
+        assert_eq!(legacy_attempt_subject("t", "sub_1", "e:1"), "herald.attempts.t.sub_1.e:1");
+        assert_eq!(subscription_attempts_filter("t", "sub_1"), "herald.attempts.t.sub_1.*");
+    }
+
+    #[test]
+    fn attempt_records_spread_over_sixteen_stable_partitions() {
+        // FNV-1a 32 of "a" is 0xe40c292c, of "" 0x811c9dc5: the low four bits name the partition.
+        assert_eq!(attempt_partition("a"), 'c');
+        assert_eq!(attempt_partition(""), '5');
+        assert_eq!(attempt_subject("t", "sub_1", "a"), "herald.attempts.t.sub_1.c");
+        let mut seen = std::collections::BTreeMap::new();
+        for i in 0..16_000 {
+            *seen.entry(attempt_partition(&format!("evt_{i}"))).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 16, "{seen:?}");
+        assert!(seen.values().all(|n| (800..1200).contains(n)), "evenly: {seen:?}");
     }
 
     #[test]

@@ -204,6 +204,25 @@ impl Caller {
         }
     }
 
+    /// The tenants a listing reads for this caller: `requested` if given (valid, and the caller
+    /// may see it), else every tenant (`"*"`) for admin, else the token's own; `what` names
+    /// the listing in the refusal of a token with no tenant scope.
+    pub fn readable_tenants(&self, requested: Option<&str>, what: &str) -> Result<Vec<String>, ApiError> {
+        if let Some(t) = requested {
+            herald_core::ids::TenantId::parse(t)
+                .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
+            self.require_tenant(t)?;
+            return Ok(vec![t.to_owned()]);
+        }
+        match self.tenant_limit() {
+            None => Ok(vec!["*".to_owned()]),
+            Some(ts) if ts.is_empty() => {
+                Err(ApiError::forbidden(format!("{what} need `admin` or a `tenant:<id>` scope")))
+            }
+            Some(ts) => Ok(ts.iter().map(|t| t.to_string()).collect()),
+        }
+    }
+
     /// The tenants a tenant-scoped token is limited to (`None` for admin).
     pub fn tenant_limit(&self) -> Option<Vec<&str>> {
         if self.is_admin() {

@@ -363,9 +363,13 @@ async function eventPage(id) {
   if (tenant) q.set("tenant", tenant);
   const found = await api(`/v1/events?${q}`);
   const event = found.data[0];
-  // Its attempts are read from when it was stored on (else the whole retention is read).
+  // Its attempts are read from when it was stored on, in its tenant (else the whole retention
+  // of every tenant is read).
   const aq = new URLSearchParams({ limit: "100" });
-  if (event) aq.set("since", event.stored_at);
+  if (event) {
+    aq.set("since", event.stored_at);
+    aq.set("tenant", event.tenant);
+  }
   const attempts = await api(`/v1/events/${encodeURIComponent(id)}/attempts?${aq}`);
   const subs = event ? (await api(`/v1/subscriptions?tenant=${encodeURIComponent(event.tenant)}&limit=200`)).data : [];
   const pick = el("select", { name: "subscription" }, subs.map((s) => el("option", { value: s.id }, `${s.id} — ${s.url}`)));

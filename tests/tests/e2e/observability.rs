@@ -106,6 +106,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("herald_retries_scheduled", "counter", &[]),
     ("herald_dead_letters", "counter", &["kind"]),
     ("herald_redeliveries_skipped", "counter", &[]),
+    ("herald_record_checks", "counter", &["result"]),
     ("herald_filtered_out", "counter", &[]),
     ("herald_schema_violations", "counter", &["action"]),
     ("herald_consumer_rewinds", "counter", &[]),

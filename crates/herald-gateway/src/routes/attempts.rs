@@ -82,6 +82,9 @@ pub(crate) struct EventAttemptsQuery {
     /// when it was published), so records older than it are not read. Not needed for `evt_`
     /// ids, which carry their time.
     since: Option<String>,
+    /// The event's tenant: only its records are read (every tenant the caller may see, if
+    /// absent).
+    tenant: Option<String>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -118,13 +121,7 @@ pub(crate) async fn for_event(
 ) -> Result<Json<Page>, ApiError> {
     EventId::parse(&id).map_err(|e| ApiError::invalid(Some("id"), e.0))?;
     let since = parse_time("since", q.since.as_deref())?;
-    let tenants = match caller.tenant_limit() {
-        None => vec!["*".to_owned()],
-        Some(tenants) if tenants.is_empty() => {
-            return Err(ApiError::forbidden("reading attempts needs `admin` or a `tenant:<id>` scope"));
-        }
-        Some(tenants) => tenants.iter().map(|t| t.to_string()).collect(),
-    };
+    let tenants = caller.readable_tenants(q.tenant.as_deref(), "attempts")?;
     let partition = nats::attempt_partition(&id).to_string();
     let legacy = state.legacy_records_until.is_some_and(|until| OffsetDateTime::now_utc() < until) && id != partition;
     let mut filters = Vec::new();

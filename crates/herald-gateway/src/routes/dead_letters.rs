@@ -90,19 +90,9 @@ async fn resolve(
     let filters = if let Some(id) = &f.subscription {
         let (_, _, sub) = locate(state, caller, id).await?;
         vec![nats::dlq_subject(&sub.tenant, &sub.id)]
-    } else if let Some(t) = &f.tenant {
-        herald_core::ids::TenantId::parse(t)
-            .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
-        caller.require_tenant(t)?;
-        vec![format!("herald.dlq.{t}.*")]
     } else {
-        match caller.tenant_limit() {
-            None => vec!["herald.dlq.>".to_owned()],
-            Some(ts) if ts.is_empty() => {
-                return Err(ApiError::forbidden("dead letters need `admin` or a `tenant:<id>` scope"));
-            }
-            Some(ts) => ts.iter().map(|t| format!("herald.dlq.{t}.*")).collect(),
-        }
+        let tenants = caller.readable_tenants(f.tenant.as_deref(), "dead letters")?;
+        tenants.iter().map(|t| if t == "*" { "herald.dlq.>".to_owned() } else { format!("herald.dlq.{t}.*") }).collect()
     };
     Ok((filters, since, until))
 }

@@ -80,19 +80,7 @@ pub(crate) async fn list(
             .to_owned(),
         None => ">".to_owned(),
     };
-    let tenants: Vec<String> = match (&q.tenant, caller.tenant_limit()) {
-        (Some(t), _) => {
-            herald_core::ids::TenantId::parse(t)
-                .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
-            caller.require_tenant(t)?;
-            vec![t.clone()]
-        }
-        (None, None) => vec!["*".to_owned()],
-        (None, Some(ts)) if ts.is_empty() => {
-            return Err(ApiError::forbidden("listing events needs `admin` or a `tenant:<id>` scope"));
-        }
-        (None, Some(ts)) => ts.iter().map(|t| t.to_string()).collect(),
-    };
+    let tenants = caller.readable_tenants(q.tenant.as_deref(), "events")?;
     let filters = tenants.iter().map(|t| format!("{}{t}.{pattern}", nats::EVENTS_SUBJECT_PREFIX)).collect();
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
