@@ -151,6 +151,20 @@ pub(crate) async fn for_subscription(
 ) -> Result<Json<Page>, ApiError> {
     let (_, _, sub) = locate(&state, &caller, &id).await?;
     let filter = nats::subscription_attempts_filter(&sub.tenant, &sub.id);
-    let stored = scan(&state.js, nats::ATTEMPTS_STREAM, vec![filter], From::Beginning, None, SCAN_LIMIT).await?;
-    Ok(Json(newest_first(stored, q.limit, q.before)))
+    let limit = q.limit.unwrap_or(50).clamp(1, 500);
+    // A page is the newest records (before the cursor): looked for in the last hour, then the
+    // last day, before the whole retention is read.
+    let now = OffsetDateTime::now_utc();
+    for window in RECENT_WINDOWS.map(Some).into_iter().chain([None]) {
+        let from = window.map_or(From::Beginning, |w| From::Time(now - w));
+        let mut stored = scan(&state.js, nats::ATTEMPTS_STREAM, vec![filter.clone()], from, None, SCAN_LIMIT).await?;
+        stored.retain(|s| q.before.is_none_or(|b| s.sequence < b));
+        if window.is_none() || stored.len() > limit {
+            return Ok(Json(newest_first(stored, Some(limit), None)));
+        }
+    }
+    unreachable!("the last window is the whole retention")
 }
+
+/// How far back a subscription's newest attempts are looked for first.
+const RECENT_WINDOWS: [time::Duration; 2] = [time::Duration::hours(1), time::Duration::days(1)];
