@@ -160,7 +160,7 @@ impl Bench {
             );
         }
 
-        // While the records are fresh: a retry's check reads a minute back.
+        // While the records are fresh: a retry's check reads 30 s back.
         // (Its rows go after the soak's.)
         let before = self.rows.len();
         self.record_costs(&js, nats_pid, &gateway_url, &dispatcher, &published, &subscriptions, &groups).await?;
@@ -268,15 +268,15 @@ impl Bench {
         subscriptions: &[(usize, String)],
         groups: &[(String, String)],
     ) -> anyhow::Result<()> {
-        // Events spread over the 40 s to 10 s before the end, each to every subscription of its
-        // group, again as attempt 2: a retry's check reads its partition from a minute before
-        // (some 50 s of records, ~50 at this rate), and the event's own record is somewhere in
-        // there, as a delivery handed out again an ack-wait after it was stored finds it.
+        // Events spread over the 20 s to 5 s before the end, each to every subscription of its
+        // group, again as attempt 2: a retry's check reads its partition from 30 s before it was
+        // stored (some 25 s of records here), and the event's own record is somewhere in there,
+        // as a retry fired twice finds it.
         let checks = self.args.soak_checks;
         let end = published.last().map(|p| p.2).unwrap_or_else(time::OffsetDateTime::now_utc);
         let span: Vec<_> = published
             .iter()
-            .filter(|p| p.2 >= end - time::Duration::seconds(40) && p.2 < end - time::Duration::seconds(10))
+            .filter(|p| p.2 >= end - time::Duration::seconds(20) && p.2 < end - time::Duration::seconds(5))
             .collect();
         let events = (checks / self.args.soak_fanout).max(1);
         let recent: Vec<_> = span.iter().step_by((span.len() / events).max(1)).collect();

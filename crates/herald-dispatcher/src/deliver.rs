@@ -30,8 +30,9 @@ use crate::retry::{self, AttemptResult, DeliveryOutcome};
 const STORE_RETRY: Duration = Duration::from_secs(5);
 
 /// How long before a retry's message was stored a record can stop it: a schedule that fires
-/// twice does so within an election's time.
-const RETRY_LOOKBACK: time::Duration = time::Duration::minutes(1);
+/// twice does so within an election's time (seconds). The check reads that much of the
+/// partition's records.
+const RETRY_LOOKBACK: time::Duration = time::Duration::seconds(30);
 
 /// Which consumer a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
