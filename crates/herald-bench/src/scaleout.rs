@@ -154,6 +154,13 @@ impl Bench {
                 use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
                 self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
             }
+            // Events or deliveries handed out again (a replica held them past their ack wait)
+            // are checked against the records before they are sent.
+            let mut checks = 0.0;
+            for d in &dispatchers {
+                checks += d.counter(&self.http, "herald_record_checks_total").await;
+            }
+            println!("scale-out, {replicas} replica(s): {checks} record checks");
             for d in dispatchers {
                 d.stop().await;
             }

@@ -8,7 +8,8 @@
 //! # Layout
 //! - [`Config`] and [`run`]: start-up, the consumer loops, graceful shutdown.
 //! - `fanout.rs`: event → deliveries. `deliver.rs`: delivery → HTTP attempt → outcome.
-//! - `records.rs`: attempt records, and the check before a delivery is sent again.
+//! - `records.rs`: attempt records, and the check before a delivery is sent again;
+//!   `recent.rs`: the last minutes of records in memory while checks need them.
 //! - `routes.rs`: which fan-out serves which subscription; the ordered consumer's filter.
 //! - `lanes.rs`: a consumer per ordered or limited subscription. `pull.rs`: the pull loop.
 //! - [`retry`]: the outcome decision. [`http_client`]: the webhook request.
@@ -25,6 +26,7 @@ mod lanes;
 mod operational;
 mod prepared;
 mod pull;
+mod recent;
 mod records;
 pub mod retry;
 mod rewinds;
@@ -160,6 +162,8 @@ pub(crate) struct Shared {
     pub http: reqwest::Client,
     /// Until when records of the per-event layout may be retained (read by the record check).
     pub legacy_records_until: Option<time::OffsetDateTime>,
+    /// The last few minutes of attempt records, while record checks need them.
+    pub(crate) recent: recent::RecentRecords,
     pub config: Config,
 }
 
@@ -276,6 +280,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         operational,
         http,
         legacy_records_until: handles.legacy_records_until,
+        recent: Default::default(),
         config,
     });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.

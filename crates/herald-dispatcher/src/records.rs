@@ -224,18 +224,26 @@ async fn find(
         None => None,
         Some(newest) if newest.time < since => None,
         Some(newest) if newest.attempt.event_id == event => Some(newest.says()),
-        Some(newest) => match walk(shared, &subject, event, since, newest.sequence).await? {
-            Walked::Complete(last) => last,
-            Walked::Incomplete(Some(record)) => Some(record),
-            Walked::Incomplete(None) => {
-                tracing::warn!(
-                    event,
-                    subject,
-                    limit = WALK_LIMIT,
-                    "more attempt records since the delivery was stored than a check reads; sending it again"
-                );
-                return Ok(Found::TooMany);
-            }
+        // Newer records of other events: the recent records in memory tell, or the partition
+        // is read (a check reaching further back than they do, or the stream unreadable).
+        Some(newest) => match shared.recent.last(&shared.js, subscription, event, since, newest.sequence).await {
+            Ok(Some(true)) => Some(Record::Delivered),
+            Ok(Some(false)) => Some(Record::NotDelivered),
+            Ok(None) => None,
+            Err(crate::recent::Beyond::Unreadable(error)) => return Err(error),
+            Err(crate::recent::Beyond::Window) => match walk(shared, &subject, event, since, newest.sequence).await? {
+                Walked::Complete(last) => last,
+                Walked::Incomplete(Some(record)) => Some(record),
+                Walked::Incomplete(None) => {
+                    tracing::warn!(
+                        event,
+                        subject,
+                        limit = WALK_LIMIT,
+                        "more attempt records since the delivery was stored than a check reads; sending it again"
+                    );
+                    return Ok(Found::TooMany);
+                }
+            },
         },
     };
     match found {

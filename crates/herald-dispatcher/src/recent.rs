@@ -1,0 +1,180 @@
+//! What the attempt records of the last few minutes say, held in memory while record checks
+//! need them: a check whose event's partition has newer records than its own would otherwise
+//! read the partition's slice from nats-server, and nats-server finds a subject's records in a
+//! block by scanning it (no per-subject index inside blocks), so a burst of checks (a backlog
+//! handed out again, a crashed replica's deliveries) cost it tens of milliseconds each. Here one
+//! ordered consumer reads the stream's tail once, from the earliest point a check asks for,
+//! and catches up as later checks need newer records; every check is then a lookup.
+//!
+//! Bounded: records older than [`WINDOW`] are dropped (checks reaching further back read their
+//! partition instead), and the whole index is dropped when no check has come for that long.
+//! An entry is a 64-bit hash of the (subscription, event) pair with the record's time and
+//! outcome: ~40 B, so 3,000 deliveries/s need ~20 MB for the window while checks last.
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::time::Duration;
+
+use async_nats::jetstream::consumer;
+use futures::StreamExt as _;
+use prost::Message as _;
+use time::OffsetDateTime;
+
+use herald_core::{nats, proto};
+
+/// How far back the index reaches.
+pub(crate) const WINDOW: time::Duration = time::Duration::minutes(3);
+
+/// How much further back than the check that starts it the index is read from.
+const RESTART_SLACK: time::Duration = time::Duration::seconds(30);
+
+/// Most records one catch-up reads.
+const READ_LIMIT: usize = 2_000_000;
+
+/// How long a catch-up waits for the next record.
+const READ_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Default)]
+pub(crate) struct RecentRecords {
+    index: tokio::sync::Mutex<Option<Index>>,
+}
+
+struct Index {
+    /// Complete from this time on.
+    from: OffsetDateTime,
+    /// The next stream sequence to read.
+    next: u64,
+    /// (subscription, event) → the time and outcome of its last record.
+    last: HashMap<u64, (OffsetDateTime, bool)>,
+    /// Keys by the time of their record, to drop what leaves the window.
+    order: VecDeque<(OffsetDateTime, u64)>,
+    /// When a check last used it.
+    used: OffsetDateTime,
+    /// The consumer reading the stream, kept between catch-ups (creating one per check cost
+    /// more than the reading).
+    reader: Option<consumer::pull::Ordered>,
+}
+
+fn key(subscription: &str, event: &str) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (subscription, event).hash(&mut h);
+    h.finish()
+}
+
+impl RecentRecords {
+    /// What the last record of (`subscription`, `event`) stored at or after `since` says
+    /// (`Some(true)`: delivered), reading the stream up to sequence `upto` first; `Ok(None)`:
+    /// no such record. `Err` if the stream cannot be read, or `since` is beyond the window.
+    pub(crate) async fn last(
+        &self,
+        js: &async_nats::jetstream::Context,
+        subscription: &str,
+        event: &str,
+        since: OffsetDateTime,
+        upto: u64,
+    ) -> Result<Option<bool>, Beyond> {
+        let now = OffsetDateTime::now_utc();
+        if since < now - WINDOW {
+            return Err(Beyond::Window);
+        }
+        let mut guard = self.index.lock().await;
+        if guard.as_ref().is_some_and(|i| i.from > since || now - i.used > WINDOW) {
+            *guard = None;
+        }
+        // Started a little before the check that starts it, so that checks reaching slightly
+        // further back (events of a backlog, handed out again in any order) do not start over.
+        let from = (since - RESTART_SLACK).max(now - WINDOW);
+        let index = guard.get_or_insert_with(|| Index {
+            from,
+            next: 0,
+            last: HashMap::new(),
+            order: VecDeque::new(),
+            used: now,
+            reader: None,
+        });
+        index.used = now;
+        if index.next <= upto {
+            index.read(js, upto).await.map_err(Beyond::Unreadable)?;
+        }
+        index.forget_before(now - WINDOW);
+        Ok(index.last.get(&key(subscription, event)).filter(|(at, _)| *at >= since).map(|(_, delivered)| *delivered))
+    }
+}
+
+/// Why the index cannot answer.
+#[derive(Debug)]
+pub(crate) enum Beyond {
+    /// The check reaches further back than the index keeps.
+    Window,
+    /// The stream could not be read.
+    Unreadable(String),
+}
+
+impl Index {
+    /// Reads every record from where it stopped (or from `from`) to sequence `upto`.
+    async fn read(&mut self, js: &async_nats::jetstream::Context, upto: u64) -> Result<(), String> {
+        let result = self.read_with_reader(js, upto).await;
+        if result.is_err() {
+            // Started again from where it stopped, next time.
+            self.reader = None;
+        }
+        result
+    }
+
+    async fn read_with_reader(&mut self, js: &async_nats::jetstream::Context, upto: u64) -> Result<(), String> {
+        if self.reader.is_none() {
+            let stream = js.get_stream_no_info(nats::ATTEMPTS_STREAM).await.map_err(|e| e.to_string())?;
+            let deliver_policy = if self.next == 0 {
+                consumer::DeliverPolicy::ByStartTime { start_time: self.from }
+            } else {
+                consumer::DeliverPolicy::ByStartSequence { start_sequence: self.next }
+            };
+            let config = consumer::pull::OrderedConfig {
+                filter_subject: "herald.attempts.>".into(),
+                deliver_policy,
+                ..Default::default()
+            };
+            let created = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+            self.reader = Some(created.messages().await.map_err(|e| e.to_string())?);
+        }
+        let reader = self.reader.as_mut().expect("set above");
+        for _ in 0..READ_LIMIT {
+            let next =
+                tokio::time::timeout(READ_WAIT, reader.next()).await.map_err(|_| "reading the records timed out")?;
+            let Some(message) = next else { return Err("the records' reader ended".into()) };
+            let message = message.map_err(|e| e.to_string())?;
+            let info = message.info().map_err(|e| e.to_string())?;
+            let (sequence, at) = (info.stream_sequence, info.published);
+            self.next = sequence + 1;
+            // A consumer whose start time is past the last message starts at the first one
+            // (nats-server 2.15): what precedes the window is skipped.
+            if at >= self.from
+                && let Ok(record) = proto::Attempt::decode(message.payload.as_ref())
+            {
+                let k = key(&record.subscription_id, &record.event_id);
+                self.last.insert(k, (at, record.outcome == "delivered"));
+                self.order.push_back((at, k));
+            }
+            if sequence >= upto {
+                return Ok(());
+            }
+        }
+        Err("more records than a catch-up reads".into())
+    }
+
+    /// Drops what was recorded before `horizon`; the index is then complete from there on.
+    fn forget_before(&mut self, horizon: OffsetDateTime) {
+        while let Some(&(at, k)) = self.order.front() {
+            if at >= horizon {
+                break;
+            }
+            self.order.pop_front();
+            if self.last.get(&k).is_some_and(|(last_at, _)| *last_at <= at) {
+                self.last.remove(&k);
+            }
+        }
+        if self.from < horizon {
+            self.from = horizon;
+        }
+    }
+}
