@@ -178,3 +178,32 @@ impl Index {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(from: OffsetDateTime) -> Index {
+        Index { from, next: 0, last: HashMap::new(), order: VecDeque::new(), used: from, reader: None }
+    }
+
+    #[test]
+    fn what_leaves_the_window_is_forgotten_but_a_later_record_of_the_pair_stays() {
+        let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let at = |s: i64| t0 + time::Duration::seconds(s);
+        let mut i = index(t0);
+        for (s, sub, event, delivered) in [(1, "s1", "e1", false), (2, "s1", "e2", true), (5, "s1", "e1", true)] {
+            let k = key(sub, event);
+            i.last.insert(k, (at(s), delivered));
+            i.order.push_back((at(s), k));
+        }
+        i.forget_before(at(3));
+        assert_eq!(i.from, at(3));
+        // e2's only record left the window; e1's later record (delivered) is kept.
+        assert_eq!(i.last.get(&key("s1", "e2")), None);
+        assert_eq!(i.last.get(&key("s1", "e1")), Some(&(at(5), true)));
+        assert_eq!(i.order.len(), 1);
+        assert_ne!(key("s1", "e1"), key("s2", "e1"));
+        assert_ne!(key("s1", "e1"), key("s1e", "1"), "the pair, not the concatenation");
+    }
+}
