@@ -24,6 +24,27 @@ struct Sample {
     dispatcher_kib: u64,
 }
 
+impl Sample {
+    /// Deliveries since `delivered_before`, the streams, and the three processes' RSS now.
+    async fn take(
+        sink: &crate::sink::Sink,
+        paths: &std::ops::Range<usize>,
+        delivered_before: u64,
+        js: &jetstream::Context,
+        nats_pid: u32,
+        gateway: &Proc,
+        dispatcher: &Proc,
+    ) -> anyhow::Result<Self> {
+        Ok(Self {
+            deliveries: sink.delivered(paths.clone()) - delivered_before,
+            streams: streams(js).await?,
+            nats_kib: rss_kib(nats_pid),
+            gateway_kib: gateway.memory().rss_kib,
+            dispatcher_kib: dispatcher.memory().rss_kib,
+        })
+    }
+}
+
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
@@ -118,26 +139,16 @@ impl Bench {
             pipelined(&js, batch).await?;
             if Instant::now() >= next_sample {
                 next_sample += Duration::from_secs(10);
-                samples.push(Sample {
-                    deliveries: self.sink.delivered(paths.clone()) - delivered_before,
-                    streams: streams(&js).await?,
-                    nats_kib: rss_kib(nats_pid),
-                    gateway_kib: gateway.memory().rss_kib,
-                    dispatcher_kib: dispatcher.memory().rss_kib,
-                });
+                samples.push(
+                    Sample::take(&self.sink, &paths, delivered_before, &js, nats_pid, &gateway, &dispatcher).await?,
+                );
             }
         }
         let took = began.elapsed();
         let want = delivered_before + (n * fanout) as u64;
         self.sink.wait_delivered(paths.clone(), want, Duration::from_secs(120)).await?;
         tokio::time::sleep(Duration::from_secs(5)).await;
-        samples.push(Sample {
-            deliveries: self.sink.delivered(paths.clone()) - delivered_before,
-            streams: streams(&js).await?,
-            nats_kib: rss_kib(nats_pid),
-            gateway_kib: gateway.memory().rss_kib,
-            dispatcher_kib: dispatcher.memory().rss_kib,
-        });
+        samples.push(Sample::take(&self.sink, &paths, delivered_before, &js, nats_pid, &gateway, &dispatcher).await?);
         let (first, last) = (&samples[0], samples.last().expect("a sample"));
         let mib = |kib: u64| kib as f64 / 1024.0;
         let retained =
