@@ -32,11 +32,18 @@ const RESTART_SLACK: time::Duration = time::Duration::seconds(30);
 const READ_LIMIT: usize = 2_000_000;
 
 /// How long a catch-up waits for the next record.
-const READ_WAIT: Duration = Duration::from_secs(5);
+const READ_WAIT: Duration = Duration::from_secs(2);
+
+/// How long checks are answered "unreadable" after a catch-up failed, and how long one waits
+/// for another's catch-up.
+const FAILED_PAUSE: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 pub(crate) struct RecentRecords {
     index: tokio::sync::Mutex<Option<Index>>,
+    /// Until when the stream counts as unreadable after a catch-up failed (an election): the
+    /// checks queued behind it answer at once instead of each waiting out its own read.
+    failed_until: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 struct Index {
@@ -77,7 +84,17 @@ impl RecentRecords {
         if since < now - WINDOW {
             return Err(Beyond::Window);
         }
-        let mut guard = self.index.lock().await;
+        let failed = || Beyond::Unreadable("the attempt records could not be read a moment ago".into());
+        let paused = |until: &Option<tokio::time::Instant>| until.is_some_and(|u| tokio::time::Instant::now() < u);
+        if paused(&self.failed_until.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Err(failed());
+        }
+        let Ok(mut guard) = tokio::time::timeout(FAILED_PAUSE + READ_WAIT, self.index.lock()).await else {
+            return Err(failed());
+        };
+        if paused(&self.failed_until.lock().unwrap_or_else(|e| e.into_inner())) {
+            return Err(failed());
+        }
         if guard.as_ref().is_some_and(|i| i.from > since || now - i.used > WINDOW) {
             *guard = None;
         }
@@ -94,7 +111,11 @@ impl RecentRecords {
         });
         index.used = now;
         if index.next <= upto {
-            index.read(js, upto).await.map_err(Beyond::Unreadable)?;
+            if let Err(error) = index.read(js, upto).await {
+                *self.failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
+                    Some(tokio::time::Instant::now() + FAILED_PAUSE);
+                return Err(Beyond::Unreadable(error));
+            }
         }
         index.forget_before(now - WINDOW);
         Ok(index.last.get(&key(subscription, event)).filter(|(at, _)| *at >= since).map(|(_, delivered)| *delivered))
