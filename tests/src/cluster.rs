@@ -110,6 +110,44 @@ impl NatsCluster {
     }
 }
 
+impl NatsCluster {
+    /// Waits until every replica of every stream in the account is current (none offline or
+    /// lagging): a node restarted has caught up. Panics after `timeout`.
+    pub async fn wait_caught_up(&self, timeout: Duration) {
+        Self::wait_caught_up_at(&self.url(), timeout).await;
+    }
+
+    /// [`NatsCluster::wait_caught_up`] for the cluster at `url` (comma-separated client URLs).
+    pub async fn wait_caught_up_at(url: &str, timeout: Duration) {
+        use futures::StreamExt as _;
+        let addrs: Vec<async_nats::ServerAddr> = url.split(',').map(|u| u.parse().expect("URL")).collect();
+        let client = async_nats::connect(addrs).await.expect("connect to the cluster");
+        let js = async_nats::jetstream::new(client);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut behind = Vec::new();
+            let mut streams = js.streams();
+            while let Some(info) = streams.next().await {
+                let Ok(info) = info else {
+                    behind.push("(listing failed)".to_owned());
+                    break;
+                };
+                let replicas = info.cluster.map(|c| c.replicas).unwrap_or_default();
+                if replicas.len() + 1 < info.config.num_replicas
+                    || replicas.iter().any(|p| !p.current || p.offline || p.lag.unwrap_or(0) > 0)
+                {
+                    behind.push(info.config.name);
+                }
+            }
+            if behind.is_empty() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "streams still catching up after {timeout:?}: {behind:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
 impl Drop for NatsCluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {

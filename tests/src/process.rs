@@ -54,6 +54,11 @@ impl DispatcherProcess {
         Some(metric_sum(&text, name))
     }
 
+    /// Its whole `/metrics` text, or `None` while unreachable.
+    pub async fn metrics_text(&self) -> Option<String> {
+        reqwest::get(format!("http://{}/metrics", self.listen)).await.ok()?.text().await.ok()
+    }
+
     /// Webhook attempts this replica has made (`herald_delivery_attempts_total`).
     pub async fn attempts(&self) -> f64 {
         self.metric("herald_delivery_attempts_total").await.unwrap_or(0.0)

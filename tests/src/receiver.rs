@@ -93,6 +93,8 @@ struct ReceiverState {
     rng: u64,
     /// Scripts for one path (without query), used before the common one.
     by_path: std::collections::HashMap<String, VecDeque<Reply>>,
+    /// Failure shares for one path (without query), used instead of `fail_ratio`.
+    fail_ratio_by_path: std::collections::HashMap<String, f64>,
 }
 
 /// A real HTTP server on loopback that records every request and answers as scripted
@@ -144,7 +146,8 @@ impl Receiver {
                         st.rng ^= st.rng >> 7;
                         st.rng ^= st.rng << 17;
                         let roll = (st.rng >> 11) as f64 / (1u64 << 53) as f64;
-                        Reply::status(if roll < st.fail_ratio { 500 } else { 200 })
+                        let ratio = st.fail_ratio_by_path.get(uri.path()).copied().unwrap_or(st.fail_ratio);
+                        Reply::status(if roll < ratio { 500 } else { 200 })
                     });
                     let at = Instant::now();
                     st.received.push(Received { path: uri.to_string(), headers, body, at, status: reply.status });
@@ -225,6 +228,13 @@ impl Receiver {
     pub fn fail_randomly(&self, ratio: f64) {
         let mut st = self.state.lock().unwrap();
         st.fail_ratio = ratio;
+        st.rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    }
+
+    /// Answers this share of unscripted requests to `path` with 500, at random.
+    pub fn fail_randomly_on(&self, path: &str, ratio: f64) {
+        let mut st = self.state.lock().unwrap();
+        st.fail_ratio_by_path.insert(path.to_owned(), ratio);
         st.rng = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
     }
 

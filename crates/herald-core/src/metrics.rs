@@ -269,6 +269,24 @@ pub static CONSUMER_REWINDS: LazyLock<Family> = LazyLock::new(|| {
         &[],
     )
 });
+/// Leader changes of Herald's streams and consumers (and reconnections) this replica noticed.
+pub static LEADER_CHANGES: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_leader_changes_total",
+        "Leader elections of Herald's streams and consumers (kind: consumer, stream) and reconnections to NATS this replica noticed; for two minutes after one, messages stored before it are checked against their attempt records before sending.",
+        "counter",
+        &["kind"],
+    )
+});
+/// Messages checked against their attempt records because a leader changed after they were stored.
+pub static ELECTION_CHECKS: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_election_checks_total",
+        "Messages handed out with a delivery count of 1 but stored before a leader change this replica noticed, and therefore checked against their attempt records before sending.",
+        "counter",
+        &[],
+    )
+});
 /// Webhook requests in flight in this replica.
 pub static IN_FLIGHT: LazyLock<Family> = LazyLock::new(|| {
     Family::new("herald_deliveries_in_flight", "Webhook requests in flight in this replica.", "gauge", &[])
@@ -302,6 +320,8 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*FILTERED_OUT,
         &*SCHEMA_VIOLATIONS,
         &*CONSUMER_REWINDS,
+        &*LEADER_CHANGES,
+        &*ELECTION_CHECKS,
         &*IN_FLIGHT,
         &*CIRCUITS_OPEN,
         &*CONSUMER_LAG,

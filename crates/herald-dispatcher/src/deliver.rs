@@ -132,7 +132,9 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     // again from an earlier event, may store a delivery again after the duplicate window;
     // sending either would break the order. So does any message under a consumer sequence
     // already seen (see `rewinds`).
-    let rewound = shared.rewinds.handed_out_before(msg);
+    // So does a message stored before a leader change: another replica may have had it (see
+    // `elections`).
+    let rewound = shared.rewinds.handed_out_before(msg) || (delivered == 1 && shared.elections.suspect(msg));
     let resent = msg.headers.as_ref().is_some_and(|h| h.get(nats::RESEND_HEADER).is_some());
     if fifo || delivered > 1 || delivery.attempt > 1 || rewound {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);

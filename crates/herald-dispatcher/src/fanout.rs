@@ -113,11 +113,26 @@ pub(crate) async fn send(
     }
     // Handed out again (its fan-out died, or the ack was lost, or its consumer rewound after a
     // leader change): what was already delivered inline is not sent again.
-    let rewound = shared.rewinds.handed_out_before(&msg);
+    let rewound = shared.rewinds.handed_out_before(&msg) || (handed_out == 1 && shared.elections.suspect(&msg));
     if (handed_out > 1 || rewound) && !subs.is_empty() {
-        let checks = subs.iter().map(|s| records::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
-        let found = futures::future::join_all(checks).await;
-        if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
+        let check = || {
+            let checks =
+                subs.iter().map(|s| records::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
+            futures::future::join_all(checks)
+        };
+        let mut found = check().await;
+        if role == Role::Ordered {
+            // The ordered fan-out must not go on to later events while this one waits (they
+            // would be stored, and so delivered, before it): it waits here, in order, and
+            // then stores it anyway (at least once comes first).
+            for _ in 0..records::UNREADABLE_WAITS {
+                if !found.contains(&records::Record::Unreadable) {
+                    break;
+                }
+                tokio::time::sleep(records::UNREADABLE_RETRY).await;
+                found = check().await;
+            }
+        } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
             return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::RecordsUnreadable)));
         }
         let before = subs.len();

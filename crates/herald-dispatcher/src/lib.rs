@@ -19,6 +19,7 @@
 mod backlog;
 pub mod breaker;
 mod deliver;
+mod elections;
 mod fanout;
 mod health;
 pub mod http_client;
@@ -156,6 +157,8 @@ pub(crate) struct Shared {
     pub routes: Arc<routes::Routes>,
     /// Consumers handing out again, as new, what they had handed out.
     pub rewinds: rewinds::Rewinds,
+    /// Leader changes noticed lately: messages stored before one are checked before sending.
+    pub elections: Arc<elections::Elections>,
     /// Operational events for the operator tenant.
     pub operational: operational::Operational,
     /// The client that serves every subscription without a client certificate.
@@ -265,6 +268,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     breakers.observe(operational.clone());
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
     let routes = Arc::new(routes::Routes::default());
+    let elections = Arc::new(elections::Elections::default());
+    tracker.spawn(elections::watch(elections.clone(), client.clone(), shutdown.clone()));
     tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), topology.clone(), shutdown.clone()));
     let shared = Arc::new(Shared {
         js,
@@ -277,6 +282,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients }),
         routes,
         rewinds: Default::default(),
+        elections,
         operational,
         http,
         legacy_records_until: handles.legacy_records_until,

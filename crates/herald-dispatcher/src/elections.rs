@@ -1,0 +1,139 @@
+//! Noticing leader changes, so that what a consumer's new leader hands out again, as new, is
+//! checked before it is sent.
+//!
+//! On a cluster, a consumer's new leader starts from the state the old one had replicated:
+//! messages the old leader handed out (and saw acked) shortly before it failed can come again
+//! with a delivery count of 1. [`crate::rewinds`] catches those that come back to the replica
+//! that had them, by their consumer sequence; one that goes to another replica, under a
+//! sequence that replica never saw, carries no mark at all, and was sent a second time (the
+//! node chaos tests saw a run of a replica's recent events sent again 1 s after their first
+//! delivery, records and all). So every replica listens to JetStream's leader-election
+//! advisories for Herald's streams and consumers, and for [`SUSPECT_FOR`] after one, a message
+//! stored before it ([`CLOCK_SLACK`] later, for clocks) is checked against its attempt records
+//! like any message handed out again. A reconnection to NATS counts as an election (advisories
+//! may have been missed meanwhile). Messages stored after the election are not checked: no
+//! earlier leader can have handed them out.
+
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use async_nats::jetstream;
+use futures::StreamExt as _;
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+use herald_core::{metrics, nats};
+
+/// How long after a leader change messages stored before it are checked: a new leader hands
+/// out what it believes unacknowledged at once, but a backlog ahead of them can take a while.
+const SUSPECT_FOR: Duration = Duration::from_secs(120);
+
+/// How much later than the election a message may have been stored and still be suspect
+/// (clocks of the dispatcher and nats-server, the advisory's way here).
+const CLOCK_SLACK: time::Duration = time::Duration::seconds(5);
+
+/// The last leader change noticed.
+#[derive(Debug, Default)]
+pub(crate) struct Elections {
+    last: Mutex<Option<(OffsetDateTime, tokio::time::Instant)>>,
+}
+
+impl Elections {
+    /// Notes a leader change (or a reconnection) now.
+    pub(crate) fn note(&self, kind: &'static str) {
+        metrics::LEADER_CHANGES.inc(&[kind]);
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
+            Some((OffsetDateTime::now_utc(), tokio::time::Instant::now()));
+    }
+
+    /// True if `msg` was stored before a leader change of the last [`SUSPECT_FOR`]: a
+    /// consumer's new leader may be handing it out again.
+    pub(crate) fn suspect(&self, msg: &jetstream::Message) -> bool {
+        let Ok(info) = msg.info() else { return false };
+        let suspect = self.stored_before_recent(info.published);
+        if suspect {
+            metrics::ELECTION_CHECKS.inc(&[]);
+        }
+        suspect
+    }
+
+    fn stored_before_recent(&self, stored: OffsetDateTime) -> bool {
+        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.is_some_and(|(at, noticed)| noticed.elapsed() < SUSPECT_FOR && stored < at + CLOCK_SLACK)
+    }
+}
+
+/// Herald's streams, whose leader changes matter here: the consumers that hand out work, and
+/// the attempt records the checks read.
+fn watched(stream: &str) -> bool {
+    [nats::EVENTS_STREAM, nats::DELIVERIES_STREAM, nats::ATTEMPTS_STREAM].contains(&stream)
+}
+
+/// Listens to JetStream's leader-election advisories and the client's reconnections until
+/// `shutdown`, noting each in `elections`.
+pub(crate) async fn watch(
+    elections: std::sync::Arc<Elections>,
+    client: async_nats::Client,
+    shutdown: CancellationToken,
+) {
+    let subject = "$JS.EVENT.ADVISORY.*.LEADER_ELECTED.>";
+    let mut advisories = loop {
+        match client.subscribe(subject).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen to leader elections; trying again");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let statistics = client.statistics();
+    let mut connects = statistics.connects.load(Ordering::Relaxed);
+    let mut poll = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            advisory = advisories.next() => {
+                let Some(advisory) = advisory else { return };
+                // $JS.EVENT.ADVISORY.{CONSUMER|STREAM}.LEADER_ELECTED.{stream}[.{consumer}]
+                let mut parts = advisory.subject.as_str().split('.').skip(3);
+                let kind = match parts.next() {
+                    Some("CONSUMER") => "consumer",
+                    Some("STREAM") => "stream",
+                    _ => continue,
+                };
+                if parts.nth(1).is_some_and(watched) {
+                    tracing::info!(subject = %advisory.subject, "leader elected; checking earlier messages handed out as new");
+                    elections.note(kind);
+                }
+            }
+            _ = poll.tick() => {
+                let now = statistics.connects.load(Ordering::Relaxed);
+                if now != connects {
+                    connects = now;
+                    elections.note("reconnect");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_stored_before_a_recent_election_are_suspect_and_later_ones_not() {
+        let e = Elections::default();
+        let now = OffsetDateTime::now_utc();
+        assert!(!e.stored_before_recent(now - time::Duration::minutes(1)), "no election yet");
+        e.note("consumer");
+        assert!(e.stored_before_recent(now - time::Duration::minutes(1)));
+        assert!(e.stored_before_recent(now + time::Duration::seconds(2)), "within the clocks' slack");
+        assert!(!e.stored_before_recent(now + time::Duration::seconds(10)), "stored after it");
+        assert!(watched("HERALD_EVENTS") && watched("HERALD_ATTEMPTS") && !watched("KV_herald-subscriptions"));
+    }
+}
