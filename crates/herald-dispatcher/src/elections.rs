@@ -14,8 +14,7 @@
 //! may have been missed meanwhile). Messages stored after the election are not checked: no
 //! earlier leader can have handed them out.
 
-use std::sync::Mutex;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -33,23 +32,27 @@ const SUSPECT_FOR: Duration = Duration::from_secs(120);
 /// (clocks of the dispatcher and nats-server, the advisory's way here).
 const CLOCK_SLACK: time::Duration = time::Duration::seconds(5);
 
-/// The last leader change noticed.
+/// The last leader change noticed: one atomic load on every message handed out, and nothing
+/// more unless one was noticed lately.
 #[derive(Debug, Default)]
 pub(crate) struct Elections {
-    last: Mutex<Option<(OffsetDateTime, tokio::time::Instant)>>,
+    /// When, in Unix milliseconds (0: never).
+    last_ms: AtomicI64,
 }
 
 impl Elections {
     /// Notes a leader change (or a reconnection) now.
     pub(crate) fn note(&self, kind: &'static str) {
         metrics::LEADER_CHANGES.inc(&[kind]);
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) =
-            Some((OffsetDateTime::now_utc(), tokio::time::Instant::now()));
+        self.last_ms.store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
     }
 
     /// True if `msg` was stored before a leader change of the last [`SUSPECT_FOR`]: a
     /// consumer's new leader may be handing it out again.
     pub(crate) fn suspect(&self, msg: &jetstream::Message) -> bool {
+        if self.last_ms.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
         let Ok(info) = msg.info() else { return false };
         let suspect = self.stored_before_recent(info.published);
         if suspect {
@@ -59,9 +62,16 @@ impl Elections {
     }
 
     fn stored_before_recent(&self, stored: OffsetDateTime) -> bool {
-        let last = *self.last.lock().unwrap_or_else(|e| e.into_inner());
-        last.is_some_and(|(at, noticed)| noticed.elapsed() < SUSPECT_FOR && stored < at + CLOCK_SLACK)
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let now = unix_ms(OffsetDateTime::now_utc());
+        last != 0
+            && now.saturating_sub(last) < SUSPECT_FOR.as_millis() as i64
+            && unix_ms(stored) < last + CLOCK_SLACK.whole_milliseconds() as i64
     }
+}
+
+fn unix_ms(t: OffsetDateTime) -> i64 {
+    (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
 /// Herald's streams, whose leader changes matter here: the consumers that hand out work, and
