@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{free_port, nats_server_bin, temp_dir};
+use crate::{nats_server_bin, temp_dir};
 
 /// One node of a [`NatsCluster`].
 struct Node {
@@ -36,8 +36,8 @@ impl NatsCluster {
         let nodes = (0..3)
             .map(|i| Node {
                 name: format!("n{i}"),
-                port: free_port(),
-                route_port: free_port(),
+                port: fixed_port(),
+                route_port: fixed_port(),
                 store: temp_dir("herald-nats-cluster"),
                 child: None,
             })
@@ -68,11 +68,20 @@ impl NatsCluster {
         node.child = Some(child);
     }
 
-    fn wait_listening(&self, i: usize) {
-        let node = &self.nodes[i];
-        let deadline = Instant::now() + Duration::from_secs(15);
+    fn wait_listening(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let deadline = Instant::now() + Duration::from_secs(60);
         while std::net::TcpStream::connect(("127.0.0.1", node.port)).is_err() {
-            assert!(Instant::now() < deadline, "node {} did not start; see {}", node.name, node.store.display());
+            let exited = node.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() >= deadline {
+                let log = std::fs::read_to_string(node.store.join("server.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                panic!(
+                    "node {} did not start (exit: {exited:?}); the end of its log:\n{}",
+                    node.name,
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -144,6 +153,21 @@ impl NatsCluster {
             }
             assert!(Instant::now() < deadline, "streams still catching up after {timeout:?}: {behind:?}");
             tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+}
+
+/// A free port below Linux's ephemeral range (32768 and up): a node's port stays free while the
+/// node is down, where an outgoing connection's local port (taken from that range) could
+/// otherwise land on it and keep the node from starting again.
+fn fixed_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 1_000) as u16 * 10;
+    loop {
+        let port = 20_000 + (start - 20_000 + NEXT.fetch_add(1, Ordering::Relaxed)) % 12_000;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
         }
     }
 }
