@@ -74,20 +74,31 @@ fn unix_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// Herald's streams, whose leader changes matter here: the consumers that hand out work, and
-/// the attempt records the checks read.
-fn watched(stream: &str) -> bool {
-    [nats::EVENTS_STREAM, nats::DELIVERIES_STREAM, nats::ATTEMPTS_STREAM].contains(&stream)
+/// Whether an advisory's leader change matters here: one of Herald's durable consumers that
+/// hand out work (not the short-lived readers of the attempt records, whose creation is an
+/// election too), or the leader of a stream they read or the checks read.
+fn watched(kind: &str, stream: &str, consumer: Option<&str>) -> bool {
+    match kind {
+        "CONSUMER" => {
+            [nats::EVENTS_STREAM, nats::DELIVERIES_STREAM].contains(&stream)
+                && consumer.is_some_and(|c| c.starts_with("herald-"))
+        }
+        "STREAM" => [nats::EVENTS_STREAM, nats::DELIVERIES_STREAM, nats::ATTEMPTS_STREAM].contains(&stream),
+        _ => false,
+    }
 }
 
-/// Listens to JetStream's leader-election advisories and the client's reconnections until
+/// Listens to JetStream's leader-election advisories (with replicated streams: on one server a
+/// leader changes only when a consumer is made) and the client's reconnections until
 /// `shutdown`, noting each in `elections`.
 pub(crate) async fn watch(
     elections: std::sync::Arc<Elections>,
     client: async_nats::Client,
+    replicated: bool,
     shutdown: CancellationToken,
 ) {
-    let subject = "$JS.EVENT.ADVISORY.*.LEADER_ELECTED.>";
+    // On one server nothing is published here.
+    let subject = if replicated { "$JS.EVENT.ADVISORY.*.LEADER_ELECTED.>" } else { "herald.internal.no-elections" };
     let mut advisories = loop {
         match client.subscribe(subject).await {
             Ok(s) => break s,
@@ -110,14 +121,10 @@ pub(crate) async fn watch(
                 let Some(advisory) = advisory else { return };
                 // $JS.EVENT.ADVISORY.{CONSUMER|STREAM}.LEADER_ELECTED.{stream}[.{consumer}]
                 let mut parts = advisory.subject.as_str().split('.').skip(3);
-                let kind = match parts.next() {
-                    Some("CONSUMER") => "consumer",
-                    Some("STREAM") => "stream",
-                    _ => continue,
-                };
-                if parts.nth(1).is_some_and(watched) {
+                let (Some(kind), Some(stream)) = (parts.next(), parts.nth(1)) else { continue };
+                if watched(kind, stream, parts.next()) {
                     tracing::info!(subject = %advisory.subject, "leader elected; checking earlier messages handed out as new");
-                    elections.note(kind);
+                    elections.note(if kind == "CONSUMER" { "consumer" } else { "stream" });
                 }
             }
             _ = poll.tick() => {
@@ -144,6 +151,9 @@ mod tests {
         assert!(e.stored_before_recent(now - time::Duration::minutes(1)));
         assert!(e.stored_before_recent(now + time::Duration::seconds(2)), "within the clocks' slack");
         assert!(!e.stored_before_recent(now + time::Duration::seconds(10)), "stored after it");
-        assert!(watched("HERALD_EVENTS") && watched("HERALD_ATTEMPTS") && !watched("KV_herald-subscriptions"));
+        assert!(watched("CONSUMER", "HERALD_EVENTS", Some("herald-fanout")));
+        assert!(watched("CONSUMER", "HERALD_DELIVERIES", Some("herald-lane-sub_1")));
+        assert!(!watched("CONSUMER", "HERALD_ATTEMPTS", Some("Vd8xQx2a")), "a reader of the records");
+        assert!(watched("STREAM", "HERALD_ATTEMPTS", None) && !watched("STREAM", "KV_herald-subscriptions", None));
     }
 }

@@ -269,7 +269,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
     let routes = Arc::new(routes::Routes::default());
     let elections = Arc::new(elections::Elections::default());
-    tracker.spawn(elections::watch(elections.clone(), client.clone(), shutdown.clone()));
+    tracker.spawn(elections::watch(elections.clone(), client.clone(), topology.replicas > 1, shutdown.clone()));
     tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), topology.clone(), shutdown.clone()));
     let shared = Arc::new(Shared {
         js,
