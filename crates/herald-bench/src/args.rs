@@ -43,11 +43,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, schema (with ingest), production, soak.
+    /// memory, scaleout, filters, schema (with ingest), production, cluster, soak.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production,soak"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production,cluster,soak"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -86,6 +86,9 @@ pub(crate) struct Args {
     /// (to compare two builds on the same machine).
     #[arg(long)]
     pub(crate) dispatcher_binary: Option<std::path::PathBuf>,
+    /// Cluster: events in the backlog each run drains on three nodes (one subscription).
+    #[arg(long, default_value_t = 60_000)]
+    pub(crate) cluster_backlog: usize,
     /// Soak: events per second, published steadily.
     #[arg(long, default_value_t = 300)]
     pub(crate) soak_rate: usize,

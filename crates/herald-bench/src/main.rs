@@ -16,6 +16,9 @@
 //!   ratios to the same ingest at R1;
 //! - scale-out: one backlog drained by 1, 2, 3 and 4 dispatchers, each held to a CPU share in
 //!   a cgroup of its own: deliveries/s, the factor over one, each replica's share of attempts;
+//! - node failures: a backlog drained on a three-node cluster with no node killed and with a
+//!   node SIGKILLed every 30 s (deliveries/s and their ratio), and the last delivery after a
+//!   node kill once the cluster is whole again;
 //! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
 //!   deliveries to a slow receiver.
 //!
@@ -30,6 +33,7 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod cluster;
 mod durability;
 mod e2e;
 mod filters;
@@ -124,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         args.runs = 1;
         args.scale_replicas = vec![1, 2];
         args.scale_backlog = 200;
+        args.cluster_backlog = 200;
         args.production_hosts = 10;
         args.production_subscriptions = 100;
         args.production_latency_ms = 5;
@@ -249,6 +254,13 @@ async fn main() -> anyhow::Result<()> {
     // Production shape: HTTPS hosts with latency, many subscriptions, one dispatcher.
     if bench.wants("production") {
         bench.production().await?;
+    }
+
+    // Deliveries on a three-node cluster, with and without node kills, on servers of its own.
+    if bench.wants("cluster") {
+        for &payload in &args.payloads {
+            bench.cluster(payload).await?;
+        }
     }
 
     // Memory over minutes of steady deliveries, on a server of its own.

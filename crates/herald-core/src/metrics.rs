@@ -289,7 +289,12 @@ pub static ELECTION_CHECKS: LazyLock<Family> = LazyLock::new(|| {
 });
 /// Webhook requests in flight in this replica.
 pub static IN_FLIGHT: LazyLock<Family> = LazyLock::new(|| {
-    Family::new("herald_deliveries_in_flight", "Webhook requests in flight in this replica.", "gauge", &[])
+    Family::new(
+        "herald_deliveries_in_flight",
+        "Webhook requests in flight in this replica, from the request until its attempt is recorded.",
+        "gauge",
+        &[],
+    )
 });
 /// Subscriptions whose circuit is open in this replica.
 pub static CIRCUITS_OPEN: LazyLock<Family> = LazyLock::new(|| {

@@ -243,17 +243,16 @@ async fn attempt(
     }
     let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &onward, &sub.headers);
 
+    // Counted from the request until its record is written: what a crash here would send again.
+    let mut in_flight = None;
     let sent = match (&prepared.url, &prepared.client) {
         (Err(refusal), _) => http_client::refused_result(refusal),
         (Ok(_), Err(unusable)) => http_client::unusable_certificate(unusable),
         (Ok(url), Ok(own)) => {
             let request = WebhookRequest { url, headers, body };
-            metrics::IN_FLIGHT.add(&[], 1.0);
+            in_flight = Some(InFlight::start());
             let client = own.as_ref().unwrap_or(&shared.http);
-            let sent =
-                http_client::send(client, request, shared.config.response_body_limit).instrument(span.clone()).await;
-            metrics::IN_FLIGHT.add(&[], -1.0);
-            sent
+            http_client::send(client, request, shared.config.response_body_limit).instrument(span.clone()).await
         }
     };
     if let Some(permit) = permit {
@@ -271,6 +270,7 @@ async fn attempt(
         // Recorded first: should this message be handed out again while the health update below
         // waits on the KV bucket (a leader election), the record is what stops a second send.
         records::write(shared, event, &delivery, &sub.url, now, &sent, &outcome, made).await;
+        drop(in_flight);
         track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
         if sampled {
             telemetry::attribute(&span, "herald.outcome", outcome_name(&outcome));
@@ -533,5 +533,22 @@ pub(crate) async fn publish_until_confirmed(
         on_retry(&error, pause);
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// One webhook request on `herald_deliveries_in_flight`, from its start until its attempt is
+/// recorded (dropped): a dispatcher killed now sends again at most what this gauge showed.
+struct InFlight;
+
+impl InFlight {
+    fn start() -> Self {
+        metrics::IN_FLIGHT.add(&[], 1.0);
+        Self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        metrics::IN_FLIGHT.add(&[], -1.0);
     }
 }

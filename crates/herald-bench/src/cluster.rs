@@ -1,0 +1,167 @@
+//! Node failures: a backlog drained on a three-node NATS cluster (R3 streams, nats-server at its
+//! defaults) by two dispatchers, once with no node killed and once while a node is SIGKILLed
+//! every 30 s (back 2 s later, the next only once every stream caught up), in pairs; deliveries/s
+//! of each and their ratio. Then the recovery: events published at a steady pace while one
+//! node is killed and restarted, and the time from the cluster being whole again (publishing
+//! over) to the last delivery, against the 15 s target.
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use crate::procs::Proc;
+use crate::{Bench, Group, per_sec, pipelined};
+
+/// The node kill cadence.
+const EVERY: Duration = Duration::from_secs(30);
+/// How long a killed node stays down.
+const DOWN: Duration = Duration::from_secs(2);
+
+impl Bench {
+    /// The cluster rows for one payload size.
+    pub(crate) async fn cluster(&mut self, payload: usize) -> anyhow::Result<()> {
+        let backlog = self.args.cluster_backlog;
+        let mut cluster = herald_harness::NatsCluster::start();
+        cluster.wait_for_meta_leader().await;
+        let url = cluster.url();
+        let port = herald_harness::free_port();
+        let gateway = Proc::gateway_with(&url, port, &["--replicas", "3"]).await?;
+        // Subscriptions through the cluster's gateway; events straight onto the cluster.
+        let main_gateway = std::mem::replace(&mut self.gateway_url, format!("http://127.0.0.1:{port}"));
+        let group = self.subscribe(1).await;
+        self.gateway_url = main_gateway;
+        let group = group?;
+        let client = async_nats::connect(&url).await.context("connecting to the cluster")?;
+        let js = async_nats::jetstream::new(client);
+        let mut dispatchers = Vec::new();
+        for _ in 0..2 {
+            dispatchers.push(Proc::dispatcher_from(
+                &url,
+                &["--replicas", "3"],
+                self.args.dispatcher_binary.as_deref(),
+            )?);
+        }
+        for d in &dispatchers {
+            d.wait_ready().await?;
+        }
+        // A warm-up, then pairs: without and with kills alternately first.
+        self.drain_on_cluster(&js, &group, (backlog / 10).max(1), payload).await?;
+        let (mut calm, mut killed, mut ratios, mut kills) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        for run in 0..self.args.runs {
+            let mut pair = [0.0; 2];
+            for with_kills in if run % 2 == 0 { [false, true] } else { [true, false] } {
+                let messages = self.events_for(&group, backlog, payload);
+                pipelined(&js, messages).await?;
+                let target = self.sink.delivered(group.paths.clone()) + backlog as u64;
+                let drain = Instant::now();
+                let mut next_kill = drain + Duration::from_secs(2);
+                let deadline = drain + Duration::from_secs(600);
+                while self.sink.delivered(group.paths.clone()) < target {
+                    anyhow::ensure!(Instant::now() < deadline, "the cluster backlog was not drained in 600 s");
+                    if with_kills && Instant::now() >= next_kill {
+                        let victim = kills % 3;
+                        tokio::task::block_in_place(|| cluster.kill(victim));
+                        tokio::time::sleep(DOWN).await;
+                        tokio::task::block_in_place(|| cluster.restart(victim));
+                        kills += 1;
+                        herald_harness::NatsCluster::wait_caught_up_at(&cluster.url(), Duration::from_secs(120)).await;
+                        next_kill += EVERY;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                pair[usize::from(with_kills)] = per_sec(backlog, drain.elapsed());
+            }
+            calm.push(pair[0]);
+            killed.push(pair[1]);
+            ratios.push(pair[1] / pair[0]);
+        }
+        let row = |name: String, value: f64, unit: &'static str, ratio: Option<(f64, &'static str)>| crate::Row {
+            payload,
+            name,
+            value,
+            unit,
+            ratio,
+            of_relay: None,
+        };
+        let setup = format!("3 nodes, R3, 2 dispatchers, backlog of {backlog}");
+        self.rows.push(row(format!("cluster ({setup}), no node killed"), crate::median(calm), "deliveries/s", None));
+        self.rows.push(row(
+            format!("cluster ({setup}), a node SIGKILLed every 30 s ({kills} kills in all)"),
+            crate::median(killed),
+            "deliveries/s",
+            Some((crate::median(ratios), "no node killed")),
+        ));
+        let recovered = self.recovery_on_cluster(&mut cluster, &js, &group, payload).await?;
+        self.rows.push(row(
+            "cluster: last delivery after a node kill, the cluster whole again (target 15 s)".into(),
+            recovered.as_secs_f64(),
+            "s",
+            None,
+        ));
+        for d in dispatchers {
+            d.stop().await;
+        }
+        drop(gateway);
+        Ok(())
+    }
+
+    /// Publishes `n` events onto the cluster and waits until they are all delivered.
+    async fn drain_on_cluster(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        group: &Group,
+        n: usize,
+        payload: usize,
+    ) -> anyhow::Result<Duration> {
+        let target = self.sink.delivered(group.paths.clone()) + n as u64;
+        let started = Instant::now();
+        pipelined(js, self.events_for(group, n, payload)).await?;
+        let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(300)).await?;
+        Ok(done - started)
+    }
+
+    /// 100 events every 100 ms for 12 s, a node killed 3 s in and back 2 s later (events
+    /// refused meanwhile are published again, deduplicated by their ids); the time from when
+    /// publishing ended and the cluster was whole to the last delivery.
+    async fn recovery_on_cluster(
+        &mut self,
+        cluster: &mut herald_harness::NatsCluster,
+        js: &async_nats::jetstream::Context,
+        group: &Group,
+        payload: usize,
+    ) -> anyhow::Result<Duration> {
+        let before = self.sink.delivered(group.paths.clone());
+        let started = Instant::now();
+        let (mut published, mut killed) = (0u64, false);
+        let mut pace = tokio::time::interval(Duration::from_millis(100));
+        while started.elapsed() < Duration::from_secs(12) {
+            pace.tick().await;
+            if !killed && started.elapsed() >= Duration::from_secs(3) {
+                tokio::task::block_in_place(|| cluster.kill(2));
+                killed = true;
+                tokio::time::sleep(DOWN).await;
+                tokio::task::block_in_place(|| cluster.restart(2));
+            }
+            let messages = self.events_for(group, 100, payload);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            // Sent until stored, with the same ids (the stream's duplicate window drops copies).
+            loop {
+                match pipelined(js, messages.clone()).await {
+                    Ok(_) => break,
+                    Err(e) => {
+                        anyhow::ensure!(Instant::now() < deadline, "the cluster refused events for 60 s: {e}");
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                }
+            }
+            published += 100;
+        }
+        let whole = Instant::now();
+        let done = self
+            .sink
+            .wait_delivered(group.paths.clone(), before + published, Duration::from_secs(300))
+            .await
+            .context("recovery after a node kill")?;
+        Ok(done.saturating_duration_since(whole))
+    }
+}
