@@ -31,7 +31,8 @@ impl Bench {
         let group = self.subscribe(1).await;
         self.gateway_url = main_gateway;
         let group = group?;
-        let client = async_nats::connect(&url).await.context("connecting to the cluster")?;
+        let addrs = url.split(',').map(str::parse).collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+        let client = async_nats::connect(addrs).await.context("connecting to the cluster")?;
         let js = async_nats::jetstream::new(client);
         let mut dispatchers = Vec::new();
         for _ in 0..2 {
@@ -64,7 +65,7 @@ impl Bench {
                         tokio::time::sleep(DOWN).await;
                         tokio::task::block_in_place(|| cluster.restart(victim));
                         kills += 1;
-                        herald_harness::NatsCluster::wait_caught_up_at(&cluster.url(), Duration::from_secs(120)).await;
+                        cluster.wait_caught_up(Duration::from_secs(120)).await;
                         next_kill += EVERY;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
