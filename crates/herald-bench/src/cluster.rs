@@ -51,9 +51,9 @@ impl Bench {
         for run in 0..self.args.runs {
             let mut pair = [0.0; 2];
             for with_kills in if run % 2 == 0 { [false, true] } else { [true, false] } {
+                let target = self.sink.delivered(group.paths.clone()) + backlog as u64;
                 let messages = self.events_for(&group, backlog, payload);
                 pipelined(&js, messages).await?;
-                let target = self.sink.delivered(group.paths.clone()) + backlog as u64;
                 let drain = Instant::now();
                 let mut next_kill = drain + Duration::from_secs(2);
                 let deadline = drain + Duration::from_secs(600);
