@@ -9,6 +9,8 @@
 //! event back. Invalid events are dead-lettered, never delivered and never retried.
 
 use std::future::IntoFuture;
+
+use futures::future::Either;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -73,12 +75,7 @@ pub(crate) async fn send(
     let event = match decoded {
         Ok(event) => event,
         Err(invalid) => {
-            return Some(futures::future::Either::Left(set_aside(
-                shared,
-                role,
-                msg,
-                Aside::Invalid(invalid.to_string()),
-            )));
+            return Some(Either::Left(set_aside(shared, role, msg, Aside::Invalid(invalid.to_string()))));
         }
     };
 
@@ -98,7 +95,7 @@ pub(crate) async fn send(
         telemetry::attribute(&span, "herald.tenant", event.tenant.clone());
     }
     if let Some(reason) = schema_violation(&shared, &msg, &event, role, handed_out) {
-        return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::Invalid(reason))));
+        return Some(Either::Left(set_aside(shared, role, msg, Aside::Invalid(reason))));
     }
     let matched = shared.registry.matching_event(&event);
     let mut subs = matched.subs;
@@ -114,32 +111,83 @@ pub(crate) async fn send(
     // Handed out again (its fan-out died, or the ack was lost, or its consumer rewound after a
     // leader change): what was already delivered inline is not sent again.
     let rewound = shared.rewinds.handed_out_before(&msg) || (handed_out == 1 && shared.elections.suspect(&msg));
+    let fanned = Fanned { sequence, handed_out, trace, span, sampled };
     if (handed_out > 1 || rewound) && !subs.is_empty() {
-        let check = || {
-            let checks =
-                subs.iter().map(|s| records::delivered_since(&shared, &event.tenant, &s.id, &event.id, published));
-            futures::future::join_all(checks)
-        };
-        let mut found = check().await;
         if role == Role::Ordered {
-            // The ordered fan-out must not go on to later events while this one waits (they
-            // would be stored, and so delivered, before it): it waits here, in order, and
-            // then stores it anyway (at least once comes first).
-            for _ in 0..records::UNREADABLE_WAITS {
-                if !found.contains(&records::Record::Unreadable) {
-                    break;
-                }
-                tokio::time::sleep(records::UNREADABLE_RETRY).await;
-                found = check().await;
-            }
-        } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
-            return Some(futures::future::Either::Left(set_aside(shared, role, msg, Aside::RecordsUnreadable)));
+            // The ordered fan-out must not go on to later events while this one is checked
+            // (they would be stored, and so delivered, before it): it waits here, in order.
+            let subs = checked(&shared, role, &event, published, handed_out, subs).await.expect("waits in place");
+            return Some(Either::Right(Either::Left(fan_out(shared, role, msg, event, subs, fanned).await)));
         }
-        let before = subs.len();
-        let mut found = found.into_iter();
-        subs.retain(|_| found.next() != Some(records::Record::Delivered));
-        metrics::REDELIVERIES_SKIPPED.add(&[], (before - subs.len()) as f64);
+        // The shared fan-out's events are in no order: each is checked on its own, not ahead
+        // of those pulled behind it. A check can take seconds while a cluster elects leaders,
+        // and events held that long past their hand-out reach their ack wait and are handed
+        // out to another replica as well, which sends them too.
+        return Some(Either::Right(Either::Right(Box::pin(async move {
+            match checked(&shared, role, &event, published, handed_out, subs).await {
+                Some(subs) => fan_out(shared, role, msg, event, subs, fanned).await.await,
+                None => set_aside(shared, role, msg, Aside::RecordsUnreadable).await,
+            }
+        }))));
     }
+    Some(Either::Right(Either::Left(fan_out(shared, role, msg, event, subs, fanned).await)))
+}
+
+/// What the fan-out of an event needs besides the event, from its hand-out.
+struct Fanned {
+    sequence: u64,
+    handed_out: i64,
+    trace: Carrier,
+    span: tracing::Span,
+    sampled: bool,
+}
+
+/// `subs` without those an attempt record says the event was already delivered to since it was
+/// stored. `None`: the records cannot be read now and the event should come back later (the
+/// ordered fan-out instead waits, and in the end goes on: at least once comes first).
+async fn checked(
+    shared: &Arc<Shared>,
+    role: Role,
+    event: &proto::Event,
+    published: time::OffsetDateTime,
+    handed_out: i64,
+    mut subs: Vec<Arc<proto::Subscription>>,
+) -> Option<Vec<Arc<proto::Subscription>>> {
+    let check = || {
+        let checks = subs.iter().map(|s| records::delivered_since(shared, &event.tenant, &s.id, &event.id, published));
+        futures::future::join_all(checks)
+    };
+    let mut found = check().await;
+    if role == Role::Ordered {
+        for _ in 0..records::UNREADABLE_WAITS {
+            if !found.contains(&records::Record::Unreadable) {
+                break;
+            }
+            tokio::time::sleep(records::UNREADABLE_RETRY).await;
+            found = check().await;
+        }
+    } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
+        return None;
+    }
+    let before = subs.len();
+    let mut found = found.into_iter();
+    subs.retain(|_| found.next() != Some(records::Record::Delivered));
+    metrics::REDELIVERIES_SKIPPED.add(&[], (before - subs.len()) as f64);
+    Some(subs)
+}
+
+/// Sends one delivery per subscription of `subs` (inline attempts to healthy endpoints, the
+/// others published with their PubAcks in flight together) and returns the rest, which waits
+/// for them and acks the event.
+async fn fan_out(
+    shared: Arc<Shared>,
+    role: Role,
+    msg: jetstream::Message,
+    event: proto::Event,
+    subs: Vec<Arc<proto::Subscription>>,
+    fanned: Fanned,
+) -> impl Future<Output = ()> + Send + 'static {
+    let Fanned { sequence, handed_out, trace, span, sampled } = fanned;
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
     // with its crash-loop guard.
     let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);
@@ -172,7 +220,7 @@ pub(crate) async fn send(
     let inline_slot = if inline.is_empty() { None } else { inline_slot };
     let mut stored = if role == Role::Ordered { subs.len() } else { acks.len() };
     use tracing::Instrument as _;
-    Some(futures::future::Either::Right(async move {
+    async move {
         if let Some(error) = failed {
             metrics::FANOUT_EVENTS.inc(&["retried"]);
             return retry_later(&msg, &event.id, &error).await;
@@ -217,7 +265,7 @@ pub(crate) async fn send(
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
     }
-    .instrument(span)))
+    .instrument(span)
 }
 
 /// Why an event is not fanned out now.

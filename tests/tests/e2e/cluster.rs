@@ -271,8 +271,9 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
                 .collect();
             said.push(lines.join("; "));
         }
+        let consumers = consumers_state(&cluster.lock().unwrap().url()).await;
         panic!(
-            "{label}: not everything arrived within 180 s of the end of publishing: {missing:?}\ndispatchers: {said:#?}"
+            "{label}: not everything arrived within 180 s of the end of publishing: {missing:?}\ndispatchers: {said:#?}\nconsumers: {consumers:#?}"
         );
     }
     let last = got.iter().filter(|r| r.status == 200).map(|r| r.at).max().unwrap();
@@ -377,4 +378,37 @@ async fn a_node_killed_every_30s_at_the_default_sync_interval_loses_nothing_dela
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_every_30s_with_every_write_synced_loses_nothing_delays_little_and_sends_once() {
     node_chaos(Some("always"), Cadence::Every30sCaughtUp).await;
+}
+
+/// What nats-server says of Herald's consumers (hand-outs, acks, waiting pulls, pins), for a
+/// failure's message.
+async fn consumers_state(url: &str) -> Vec<String> {
+    let Ok(client) = async_nats::connect(url).await else { return vec!["cannot connect".into()] };
+    let js = async_nats::jetstream::new(client);
+    let mut said = Vec::new();
+    for name in ["HERALD_EVENTS", "HERALD_DELIVERIES"] {
+        let Ok(stream) = js.get_stream(name).await else {
+            said.push(format!("{name}: cannot read"));
+            continue;
+        };
+        let mut infos = stream.consumers();
+        while let Some(info) = futures::StreamExt::next(&mut infos).await {
+            match info {
+                Ok(i) => said.push(format!(
+                    "{name}/{}: delivered {} acked {} ack_pending {} redelivered {} waiting {} pending {} leader {:?} groups {:?}",
+                    i.name,
+                    i.delivered.stream_sequence,
+                    i.ack_floor.stream_sequence,
+                    i.num_ack_pending,
+                    i.num_redelivered,
+                    i.num_waiting,
+                    i.num_pending,
+                    i.cluster.as_ref().and_then(|c| c.leader.clone()),
+                    i.priority_groups,
+                )),
+                Err(e) => said.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    said
 }
