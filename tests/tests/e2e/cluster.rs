@@ -271,7 +271,8 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
                 .collect();
             said.push(lines.join("; "));
         }
-        let consumers = consumers_state(&cluster.lock().unwrap().url()).await;
+        let probe = { cluster.lock().unwrap().url() };
+        let consumers = consumers_state(&probe).await;
         panic!(
             "{label}: not everything arrived within 180 s of the end of publishing: {missing:?}\ndispatchers: {said:#?}\nconsumers: {consumers:#?}"
         );
