@@ -111,8 +111,9 @@ pub(crate) async fn send(
     // Handed out again (its fan-out died, or the ack was lost, or its consumer rewound after a
     // leader change): what was already delivered inline is not sent again.
     let rewound = shared.rewinds.handed_out_before(&msg) || (handed_out == 1 && shared.elections.suspect(&msg));
-    let fanned = Fanned { sequence, handed_out, trace, span, sampled };
-    if (handed_out > 1 || rewound) && !subs.is_empty() {
+    let again = handed_out > 1 || rewound;
+    let fanned = Fanned { sequence, again, trace, span, sampled };
+    if again && !subs.is_empty() {
         if role == Role::Ordered {
             // The ordered fan-out must not go on to later events while this one is checked
             // (they would be stored, and so delivered, before it): it waits here, in order.
@@ -136,7 +137,8 @@ pub(crate) async fn send(
 /// What the fan-out of an event needs besides the event, from its hand-out.
 struct Fanned {
     sequence: u64,
-    handed_out: i64,
+    /// Handed out before, or perhaps (see `elections`): not attempted inline.
+    again: bool,
     trace: Carrier,
     span: tracing::Span,
     sampled: bool,
@@ -187,11 +189,14 @@ async fn fan_out(
     subs: Vec<Arc<proto::Subscription>>,
     fanned: Fanned,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let Fanned { sequence, handed_out, trace, span, sampled } = fanned;
+    let Fanned { sequence, again, trace, span, sampled } = fanned;
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
-    // with its crash-loop guard.
+    // with its crash-loop guard. So does one a consumer's new leader may have handed out to
+    // another replica at the same moment: both copies store the same delivery message id, and
+    // JetStream keeps one, where two inline attempts would both be sent (their records come
+    // too late to stop the other).
     let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);
-    let inline_slot = if role == Role::Shared && handed_out == 1 && subs.iter().any(|s| fit(s)) {
+    let inline_slot = if role == Role::Shared && !again && subs.iter().any(|s| fit(s)) {
         shared.inline.take().await
     } else {
         None
