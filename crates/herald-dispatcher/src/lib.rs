@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     pub legacy_records_until: Option<time::OffsetDateTime>,
     /// The last few minutes of attempt records, while record checks need them.
     pub(crate) recent: recent::RecentRecords,
+    /// Record reads at nats-server at once.
+    pub(crate) record_reads: records::Reads,
     pub config: Config,
 }
 
@@ -287,6 +289,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http,
         legacy_records_until: handles.legacy_records_until,
         recent: Default::default(),
+        record_reads: Default::default(),
         config,
     });
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.

@@ -152,9 +152,33 @@ struct GetResponse {
     message: jetstream::stream::RawMessage,
 }
 
+/// Record reads one replica has at nats-server at once. After a leader change every message
+/// of a backlog stored before it is checked: unbounded, a few thousand reads at once queued at
+/// the stream leader's API, timed out together and made the records "unreadable" for everyone
+/// (500 timeouts a second, 15 s after the cluster was whole again, in the node chaos test),
+/// and deliveries went out unchecked after their waits.
+const READS_AT_ONCE: usize = 32;
+
+/// How long a check waits for its turn before the records count as unreadable for now (the
+/// message comes back after [`UNREADABLE_RETRY`]).
+const READ_TURN: Duration = Duration::from_secs(2);
+
+/// The turns of [`READS_AT_ONCE`].
+pub(crate) struct Reads(tokio::sync::Semaphore);
+
+impl Default for Reads {
+    fn default() -> Self {
+        Self(tokio::sync::Semaphore::new(READS_AT_ONCE))
+    }
+}
+
 /// One `STREAM.MSG.GET` of the attempts stream (answered by its leader). `None`: no such
 /// message. A record that does not decode is skipped over as if it were another event's.
 async fn get(shared: &Shared, request: serde_json::Value) -> Result<Option<Stored>, String> {
+    let Ok(turn) = tokio::time::timeout(READ_TURN, shared.record_reads.0.acquire()).await else {
+        return Err(format!("more than {READS_AT_ONCE} record reads waiting for nats-server"));
+    };
+    let _turn = turn.expect("never closed");
     let subject = format!("STREAM.MSG.GET.{}", nats::ATTEMPTS_STREAM);
     let response: Response<GetResponse> = shared.js.request(subject, &request).await.map_err(|e| e.to_string())?;
     let raw = match response {
