@@ -23,7 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::breaker::{Admission, Permit};
 use crate::http_client::{self, WebhookRequest};
 use crate::operational::Notice;
-use crate::records::{self, Made, Record, UNREADABLE_RETRY, UNREADABLE_WAITS, outcome_name};
+use crate::records::{self, Made, Record, UNREADABLE_WAITS, outcome_name};
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
 /// How long to wait before NATS is asked again when storing a retry or dead letter failed.
@@ -151,7 +151,7 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
                 metrics::REDELIVERIES_SKIPPED.inc(&[]);
                 return Settle::Ack;
             }
-            Record::Unreadable if delivered <= UNREADABLE_WAITS => return Settle::Nak(UNREADABLE_RETRY),
+            Record::Unreadable if delivered <= UNREADABLE_WAITS => return Settle::Nak(records::unreadable_wait(delivered)),
             Record::Unreadable | Record::NotDelivered => {}
         }
     }

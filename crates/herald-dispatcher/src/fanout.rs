@@ -161,11 +161,11 @@ async fn checked(
     };
     let mut found = check().await;
     if role == Role::Ordered {
-        for _ in 0..records::UNREADABLE_WAITS {
+        for waited in 1..=records::UNREADABLE_WAITS {
             if !found.contains(&records::Record::Unreadable) {
                 break;
             }
-            tokio::time::sleep(records::UNREADABLE_RETRY).await;
+            tokio::time::sleep(records::unreadable_wait(waited)).await;
             found = check().await;
         }
     } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
@@ -329,7 +329,8 @@ async fn set_aside(shared: Arc<Shared>, role: Role, msg: jetstream::Message, why
             let _ = msg.ack().await;
         }
         (Aside::RecordsUnreadable, _) => {
-            let _ = msg.ack_with(AckKind::Nak(Some(records::UNREADABLE_RETRY))).await;
+            let handed_out = msg.info().map(|i| i.delivered).unwrap_or(1);
+            let _ = msg.ack_with(AckKind::Nak(Some(records::unreadable_wait(handed_out)))).await;
         }
     }
 }

@@ -85,16 +85,13 @@ impl RecentRecords {
             return Err(Beyond::Window);
         }
         let failed = || Beyond::Unreadable("the attempt records could not be read a moment ago".into());
-        let paused = |until: &Option<tokio::time::Instant>| until.is_some_and(|u| tokio::time::Instant::now() < u);
-        if paused(&self.failed_until.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Err(failed());
-        }
+        let paused = || {
+            let until = self.failed_until.lock().unwrap_or_else(|e| e.into_inner());
+            until.is_some_and(|u| tokio::time::Instant::now() < u)
+        };
         let Ok(mut guard) = tokio::time::timeout(FAILED_PAUSE + READ_WAIT, self.index.lock()).await else {
             return Err(failed());
         };
-        if paused(&self.failed_until.lock().unwrap_or_else(|e| e.into_inner())) {
-            return Err(failed());
-        }
         if guard.as_ref().is_some_and(|i| i.from > since || now - i.used > WINDOW) {
             *guard = None;
         }
@@ -110,7 +107,12 @@ impl RecentRecords {
             reader: None,
         });
         index.used = now;
+        // What the index has read it answers even while reading more fails: only checks that
+        // need newer records wait out the pause.
         if index.next <= upto {
+            if paused() {
+                return Err(failed());
+            }
             if let Err(error) = index.read(js, upto).await {
                 *self.failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(tokio::time::Instant::now() + FAILED_PAUSE);

@@ -50,7 +50,8 @@ pub(crate) enum Record {
     /// No such record: sent.
     NotDelivered,
     /// The records could not be read (the stream is electing a leader, or the request timed
-    /// out): the message waits and asks again, up to [`UNREADABLE_WAITS`] times, then is sent.
+    /// out): the message waits and asks again, up to [`UNREADABLE_WAITS`] times, then is sent
+    /// (see [`unreadable_wait`]).
     Unreadable,
 }
 
@@ -58,8 +59,17 @@ pub(crate) enum Record {
 /// anyway: at least once comes first.
 pub(crate) const UNREADABLE_WAITS: i64 = 4;
 
-/// How long a message whose record could not be read waits before it is handed out again.
+/// How long a message whose record could not be read waits before it is handed out again,
+/// the first time; see [`unreadable_wait`].
 pub(crate) const UNREADABLE_RETRY: Duration = Duration::from_secs(2);
+
+/// How long a message whose record could not be read at its `handed_out`-th hand-out waits:
+/// 2, 4, 6 and 8 s, 20 s in all before it is sent anyway. Records stay unreadable for 10–20 s
+/// around a node's death while leaders are elected; waiting a fixed 2 s sent messages unchecked
+/// (and some a second time) after 8 s of that.
+pub(crate) fn unreadable_wait(handed_out: i64) -> Duration {
+    UNREADABLE_RETRY * handed_out.clamp(1, UNREADABLE_WAITS) as u32
+}
 
 /// How an attempt came to be made, as its record tells.
 #[derive(Debug, Clone, Copy, Default)]
@@ -160,7 +170,7 @@ struct GetResponse {
 const READS_AT_ONCE: usize = 32;
 
 /// How long a check waits for its turn before the records count as unreadable for now (the
-/// message comes back after [`UNREADABLE_RETRY`]).
+/// message comes back after [`unreadable_wait`]).
 const READ_TURN: Duration = Duration::from_secs(2);
 
 /// The turns of [`READS_AT_ONCE`].
@@ -400,4 +410,17 @@ pub(crate) async fn delivered_in_order(
     };
     metrics::RECORD_CHECKS.inc(&[check_label(record)]);
     record
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unreadable_records_are_waited_for_longer_each_time_and_twenty_seconds_in_all() {
+        let waits: Vec<Duration> = (1..=UNREADABLE_WAITS).map(unreadable_wait).collect();
+        assert_eq!(waits, [2, 4, 6, 8].map(Duration::from_secs));
+        assert_eq!(unreadable_wait(0), UNREADABLE_RETRY, "a message without a count waits the first wait");
+        assert_eq!(unreadable_wait(40), Duration::from_secs(8), "never longer than the last");
+    }
 }
