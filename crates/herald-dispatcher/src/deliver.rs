@@ -151,7 +151,9 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
                 metrics::REDELIVERIES_SKIPPED.inc(&[]);
                 return Settle::Ack;
             }
-            Record::Unreadable if delivered <= UNREADABLE_WAITS => return Settle::Nak(records::unreadable_wait(delivered)),
+            Record::Unreadable if delivered <= UNREADABLE_WAITS => {
+                return Settle::Nak(records::unreadable_wait(delivered));
+            }
             Record::Unreadable | Record::NotDelivered => {}
         }
     }

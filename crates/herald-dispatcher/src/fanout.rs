@@ -134,6 +134,13 @@ pub(crate) async fn send(
     Some(Either::Right(Either::Left(fan_out(shared, role, msg, event, subs, fanned).await)))
 }
 
+/// How long one try to store a delivery again waits for its confirmation.
+const STORE_TRY: Duration = Duration::from_secs(2);
+
+/// How long fan-out keeps trying to store a delivery whose first store failed before the event
+/// is handed out again instead (its ack wait is the HTTP timeout + 15 s).
+const STORE_PATIENCE: Duration = Duration::from_secs(10);
+
 /// What the fan-out of an event needs besides the event, from its hand-out.
 struct Fanned {
     sequence: u64,
@@ -196,15 +203,15 @@ async fn fan_out(
     // JetStream keeps one, where two inline attempts would both be sent (their records come
     // too late to stop the other).
     let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);
-    let inline_slot = if role == Role::Shared && !again && subs.iter().any(|s| fit(s)) {
-        shared.inline.take().await
-    } else {
-        None
-    };
+    let inline_slot =
+        if role == Role::Shared && !again && subs.iter().any(|s| fit(s)) { shared.inline.take().await } else { None };
     let mut inline = Vec::new();
     let mut acks = Vec::with_capacity(subs.len());
-    let mut failed = None;
-    for sub in &subs {
+    // The subscriptions whose deliveries were sent (in the order of `acks`), and those whose
+    // sending failed.
+    let mut sent = Vec::with_capacity(subs.len());
+    let mut unsent = Vec::new();
+    for (i, sub) in subs.iter().enumerate() {
         if inline_slot.is_some() && fit(sub) {
             inline.push(sub.clone());
             continue;
@@ -215,32 +222,38 @@ async fn fan_out(
         }
         let (subject, publish) = nats::first_delivery(&event, sequence, sub, &trace);
         match shared.js.send_publish(subject, publish).await {
-            Ok(ack) => acks.push(ack.into_future()),
-            Err(e) => {
-                failed = Some(e.to_string());
-                break;
+            Ok(ack) => {
+                acks.push(ack.into_future());
+                sent.push(i);
             }
+            Err(_) => unsent.push(i),
         }
     }
     let inline_slot = if inline.is_empty() { None } else { inline_slot };
-    let mut stored = if role == Role::Ordered { subs.len() } else { acks.len() };
+    let mut stored = if role == Role::Ordered { subs.len() } else { sent.len() + unsent.len() };
     use tracing::Instrument as _;
     async move {
-        if let Some(error) = failed {
-            metrics::FANOUT_EVENTS.inc(&["retried"]);
-            return retry_later(&msg, &event.id, &error).await;
-        }
         let attempts = futures::future::join_all(
             inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sequence, sub, &trace)),
         );
         let (acks, attempts) = futures::future::join(futures::future::join_all(acks), attempts).await;
         drop(inline_slot);
-        for result in acks {
-            if let Err(e) = result {
+        let unconfirmed = sent.iter().zip(&acks).filter(|(_, ack)| ack.is_err()).map(|(i, _)| *i);
+        for i in unsent.iter().copied().chain(unconfirmed) {
+            // The deliveries stream is electing its leader: stored again in place (the same
+            // message id, deduplicated) for a while, rather than the event coming back, which
+            // costs a hand-out of its waits for readable records and a check of what was
+            // attempted inline.
+            let sub = &subs[i];
+            let store = || nats::first_delivery(&event, sequence, sub, &trace);
+            let stored_again = deliver::publish_until_confirmed(&shared, store, Some(STORE_TRY), Some(STORE_PATIENCE), |error, retry_in| {
+                tracing::debug!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "delivery not stored yet; trying again");
+            });
+            if let Err(e) = stored_again.await {
                 // Deliveries already stored are deduplicated by their ids when the event comes
-                // back; those attempted inline are made again (at least once).
+                // back; those attempted inline are checked against their records.
                 metrics::FANOUT_EVENTS.inc(&["retried"]);
-                return retry_later(&msg, &event.id, &e.to_string()).await;
+                return retry_later(&msg, &event.id, &e).await;
             }
         }
         let mut attempted = 0;
