@@ -206,10 +206,9 @@ async fn fan_out(
     let inline_slot =
         if role == Role::Shared && !again && subs.iter().any(|s| fit(s)) { shared.inline.take().await } else { None };
     let mut inline = Vec::new();
+    // PubAcks to come, each with its subscription's place in `subs`, and the places of those
+    // whose sending failed.
     let mut acks = Vec::with_capacity(subs.len());
-    // The subscriptions whose deliveries were sent (in the order of `acks`), and those whose
-    // sending failed.
-    let mut sent = Vec::with_capacity(subs.len());
     let mut unsent = Vec::new();
     for (i, sub) in subs.iter().enumerate() {
         if inline_slot.is_some() && fit(sub) {
@@ -222,23 +221,21 @@ async fn fan_out(
         }
         let (subject, publish) = nats::first_delivery(&event, sequence, sub, &trace);
         match shared.js.send_publish(subject, publish).await {
-            Ok(ack) => {
-                acks.push(ack.into_future());
-                sent.push(i);
-            }
+            Ok(ack) => acks.push((i, ack.into_future())),
             Err(_) => unsent.push(i),
         }
     }
     let inline_slot = if inline.is_empty() { None } else { inline_slot };
-    let mut stored = if role == Role::Ordered { subs.len() } else { sent.len() + unsent.len() };
+    let mut stored = if role == Role::Ordered { subs.len() } else { acks.len() + unsent.len() };
     use tracing::Instrument as _;
     async move {
         let attempts = futures::future::join_all(
             inline.into_iter().map(|sub| attempt_inline(shared.clone(), &event, sequence, sub, &trace)),
         );
-        let (acks, attempts) = futures::future::join(futures::future::join_all(acks), attempts).await;
+        let acks = futures::future::join_all(acks.into_iter().map(|(i, ack)| async move { (i, ack.await.is_ok()) }));
+        let (acks, attempts) = futures::future::join(acks, attempts).await;
         drop(inline_slot);
-        let unconfirmed = sent.iter().zip(&acks).filter(|(_, ack)| ack.is_err()).map(|(i, _)| *i);
+        let unconfirmed = acks.iter().filter(|(_, confirmed)| !confirmed).map(|(i, _)| *i);
         for i in unsent.iter().copied().chain(unconfirmed) {
             // The deliveries stream is electing its leader: stored again in place (the same
             // message id, deduplicated) for a while, rather than the event coming back, which
