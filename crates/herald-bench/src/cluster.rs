@@ -48,8 +48,10 @@ impl Bench {
         // A warm-up, then pairs: without and with kills alternately first.
         self.drain_on_cluster(&js, &group, (backlog / 10).max(1), payload).await?;
         let (mut calm, mut killed, mut ratios, mut kills) = (Vec::new(), Vec::new(), Vec::new(), 0);
+        // Seconds a drain with kills took longer than the one without, per kill it had.
+        let mut lost_per_kill = Vec::new();
         for run in 0..self.args.runs {
-            let mut pair = [0.0; 2];
+            let (mut pair, mut took, mut kills_in_drain) = ([0.0; 2], [Duration::ZERO; 2], 0);
             for with_kills in if run % 2 == 0 { [false, true] } else { [true, false] } {
                 let target = self.sink.delivered(group.paths.clone()) + backlog as u64;
                 let messages = self.events_for(&group, backlog, payload);
@@ -65,16 +67,19 @@ impl Bench {
                         tokio::time::sleep(DOWN).await;
                         tokio::task::block_in_place(|| cluster.restart(victim));
                         kills += 1;
+                        kills_in_drain += 1;
                         cluster.wait_caught_up(Duration::from_secs(120)).await;
                         next_kill += EVERY;
                     }
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
+                took[usize::from(with_kills)] = drain.elapsed();
                 pair[usize::from(with_kills)] = per_sec(backlog, drain.elapsed());
             }
             calm.push(pair[0]);
             killed.push(pair[1]);
             ratios.push(pair[1] / pair[0]);
+            lost_per_kill.push(took[1].saturating_sub(took[0]).as_secs_f64() / f64::from(kills_in_drain.max(1)));
         }
         let row = |name: String, value: f64, unit: &'static str, ratio: Option<(f64, &'static str)>| crate::Row {
             payload,
@@ -91,6 +96,12 @@ impl Bench {
             crate::median(killed),
             "deliveries/s",
             Some((crate::median(ratios), "no node killed")),
+        ));
+        self.rows.push(row(
+            "cluster: drain time lost per node kill (the drain with kills against the one without)".into(),
+            crate::median(lost_per_kill),
+            "s",
+            None,
         ));
         let recovered = self.recovery_on_cluster(&mut cluster, &js, &group, payload).await?;
         self.rows.push(row(
