@@ -168,11 +168,13 @@ async fn checked(
     };
     let mut found = check().await;
     if role == Role::Ordered {
-        for waited in 1..=records::UNREADABLE_WAITS {
+        // 2 s each, 8 s in all: waiting longer than the consumer's pin timeout (10 s) would
+        // let another replica take the pin and store later events ahead of this one.
+        for _ in 0..records::UNREADABLE_WAITS {
             if !found.contains(&records::Record::Unreadable) {
                 break;
             }
-            tokio::time::sleep(records::unreadable_wait(waited)).await;
+            tokio::time::sleep(records::UNREADABLE_RETRY).await;
             found = check().await;
         }
     } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {

@@ -365,10 +365,10 @@ const ORDERED_LOOKBACK: time::Duration = time::Duration::minutes(15);
 /// The check of an ordered (FIFO) lane, made on every delivery it hands out: one read. The lane
 /// sends its events in their `HERALD_EVENTS` order, one at a time, and records each attempt
 /// before it moves on, so the subscription's newest record, if the lane made it, tells: the
-/// same event → what it says; a later event → the lane has moved past this one (delivered or
-/// dead-lettered), which is not sent again; an earlier one → not sent yet. Otherwise (a resend,
-/// a record of before the subscription was ordered, or of before event sequences were recorded)
-/// the event's own records are looked up. `stored` is when the lane message was stored.
+/// same event → what it says; an earlier one → not sent yet. Otherwise — a later event (the lane
+/// has moved past this one, or it was overtaken), a resend, a record of before the
+/// subscription was ordered, or of before event sequences were recorded — the event's own
+/// records are looked up: delivered, it is not sent again. `stored` is when the lane message was stored.
 pub(crate) async fn delivered_in_order(
     shared: &Shared,
     delivery: &proto::Delivery,
@@ -389,23 +389,24 @@ pub(crate) async fn delivered_in_order(
             if newest.attempt.ordered
                 && !newest.attempt.resent
                 && newest.attempt.event_sequence > 0
-                && sequence > 0 =>
+                && sequence > 0
+                && sequence > newest.attempt.event_sequence =>
         {
-            if sequence < newest.attempt.event_sequence {
-                Record::Delivered
-            } else {
-                Record::NotDelivered
-            }
+            Record::NotDelivered
         }
-        Ok(Some(_)) => {
-            return delivered_since(
-                shared,
-                &event.tenant,
-                &delivery.subscription_id,
-                &event.id,
-                stored - ORDERED_LOOKBACK,
-            )
-            .await;
+        Ok(Some(newest)) => {
+            // A later event's record (the lane has moved past this one, or this one was
+            // overtaken: the ordered fan-out's pin moved while its replica still held it), or one
+            // that cannot tell: the event's own records decide. Overtaken and never sent, it is
+            // sent now, late rather than never.
+            let later = newest.attempt.ordered && sequence > 0 && sequence < newest.attempt.event_sequence;
+            let own =
+                delivered_since(shared, &event.tenant, &delivery.subscription_id, &event.id, stored - ORDERED_LOOKBACK)
+                    .await;
+            if later && own == Record::NotDelivered {
+                tracing::warn!(event = %event.id, subscription = %delivery.subscription_id, "ordered lane: a later event was delivered before this one; sending it now, out of order, rather than never");
+            }
+            return own;
         }
     };
     metrics::RECORD_CHECKS.inc(&[check_label(record)]);

@@ -384,7 +384,11 @@ async fn a_node_killed_every_30s_with_every_write_synced_loses_nothing_delays_li
 /// What nats-server says of Herald's consumers (hand-outs, acks, waiting pulls, pins), for a
 /// failure's message.
 async fn consumers_state(url: &str) -> Vec<String> {
-    let Ok(client) = async_nats::connect(url).await else { return vec!["cannot connect".into()] };
+    let nodes: Vec<async_nats::ServerAddr> = url.split(',').filter_map(|u| u.parse().ok()).collect();
+    let client = match async_nats::connect(nodes).await {
+        Ok(c) => c,
+        Err(e) => return vec![format!("cannot connect to {url}: {e}")],
+    };
     let js = async_nats::jetstream::new(client);
     let mut said = Vec::new();
     for name in ["HERALD_EVENTS", "HERALD_DELIVERIES"] {
