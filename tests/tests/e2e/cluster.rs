@@ -126,7 +126,7 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// whose endpoint fails 10 % of requests (`/b`, retried every second) and an ordered one (`/f`).
 /// Asserts: nothing lost; the ordered one in order; every signature valid; the last delivery at
 /// most [`RECOVERY_LIMIT`] after the cluster is whole again (and publishing ended); with every
-/// write synced, at most 0.5 % sent twice in all (reported at the default interval, and those
+/// write synced, at most 0.5 % sent twice in all, 2 % with a kill every 6 s (reported at the default interval, and those
 /// not caught in a kill reported always).
 async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
     herald_harness::init();
@@ -353,8 +353,20 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
     // it (README, Delivery guarantees): attempt records among them, and deliveries answered
     // during a kill were then sent again despite their record (29 of 3,930 in one run). There
     // the duplicates are reported, not asserted.
+    // The target, 0.5 %, holds with a kill every 30 s. With a kill every 6 s, records whose
+    // stream is still electing its leader when the delivery's twin comes back (a consumer's new
+    // leader handing it out again) leave 0–1.1 % (README, Node failures, known misses): asserted
+    // at 2 %, which the 2.9 % of twin inline attempts before they took the stored way exceeds.
+    let per_mille = match cadence {
+        Cadence::Every30sCaughtUp => 5,
+        Cadence::Every6s => 20,
+    };
     if sync.is_some() {
-        assert!(duplicates * 200 <= deliveries, "{summary}\nmore than 0.5 % sent twice: {unexcused:?}");
+        assert!(
+            duplicates * 1000 <= deliveries * per_mille,
+            "{summary}\nmore than {} % sent twice: {unexcused:?}",
+            per_mille as f64 / 10.0
+        );
     }
     stop.cancel();
     drop(dispatchers);
