@@ -121,12 +121,8 @@ pub(crate) async fn consume<F, I, S>(
                     let missing = e.kind() == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat;
                     if missing || consecutive_errors >= 10 {
                         tracing::warn!(consumer = %name, error = %e, "pull stream keeps failing; re-creating");
-                        // Not for a pinned consumer (the ordered fan-out): late messages would
-                        // be handled after later ones the new pull brought.
-                        if !pull.pinned {
-                            let late = messages.filter_map(|m| std::future::ready(m.ok()));
-                            abandoned.push(Box::pin(late.take_until(tokio::time::sleep(ABANDONED_READ))));
-                        }
+                        let late = messages.filter_map(|m| std::future::ready(m.ok()));
+                        abandoned.push(Box::pin(late.take_until(tokio::time::sleep(ABANDONED_READ))));
                         break;
                     }
                     tokio::select! {
