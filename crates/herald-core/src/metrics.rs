@@ -233,15 +233,6 @@ pub static RECORD_CHECKS: LazyLock<Family> = LazyLock::new(|| {
         &["result"],
     )
 });
-/// Messages read from a pull stream the dispatcher had given up on (no heartbeat).
-pub static LATE_HAND_OUTS: LazyLock<Family> = LazyLock::new(|| {
-    Family::new(
-        "herald_late_hand_outs_total",
-        "Messages that arrived on a pull the dispatcher had given up on (missed heartbeats) and were handled rather than left to the consumer's ack wait.",
-        "counter",
-        &[],
-    )
-});
 /// Deliveries handed out again that had already been delivered: acked without sending.
 pub static REDELIVERIES_SKIPPED: LazyLock<Family> = LazyLock::new(|| {
     Family::new(
@@ -330,7 +321,6 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*RETRIES,
         &*DEAD_LETTERS,
         &*REDELIVERIES_SKIPPED,
-        &*LATE_HAND_OUTS,
         &*RECORD_CHECKS,
         &*FILTERED_OUT,
         &*SCHEMA_VIOLATIONS,

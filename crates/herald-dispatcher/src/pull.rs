@@ -10,11 +10,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use herald_core::metrics;
-
-/// How long a pull stream given up on is still read.
-const ABANDONED_READ: Duration = Duration::from_secs(5);
-
 /// How a consumer is pulled.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Pull {
@@ -50,11 +45,6 @@ pub(crate) async fn consume<F, I, S>(
     let batch = pull.in_hand.clamp(16, 256);
     let interval = (pull.rate_per_sec > 0).then(|| Duration::from_secs_f64(1.0 / pull.rate_per_sec as f64));
     let mut next_slot = Instant::now();
-    // Pull streams given up on (no heartbeat), still read for a while: a pull request the
-    // client gave up on can still be open on the server, or its messages on their way through
-    // a route, and what reaches a dropped subscription is lost until the consumer's ack wait
-    // (the HTTP timeout + 15 s) hands it out again.
-    let mut abandoned = futures::stream::SelectAll::new();
     'outer: while !shutdown.is_cancelled() {
         // Short pulls with heartbeats: a pinned pull keeps its pin fresh, and a pull stream whose
         // request went missing (it happens with small batches) notices within seconds instead of
@@ -86,10 +76,6 @@ pub(crate) async fn consume<F, I, S>(
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
                 n = messages.next() => n,
-                Some(late) = abandoned.next(), if !abandoned.is_empty() => {
-                    metrics::LATE_HAND_OUTS.inc(&[]);
-                    Some(Ok(late))
-                }
             };
             match next {
                 Some(Ok(msg)) => {
@@ -121,8 +107,6 @@ pub(crate) async fn consume<F, I, S>(
                     let missing = e.kind() == jetstream::consumer::pull::MessagesErrorKind::MissingHeartbeat;
                     if missing || consecutive_errors >= 10 {
                         tracing::warn!(consumer = %name, error = %e, "pull stream keeps failing; re-creating");
-                        let late = messages.filter_map(|m| std::future::ready(m.ok()));
-                        abandoned.push(Box::pin(late.take_until(tokio::time::sleep(ABANDONED_READ))));
                         break;
                     }
                     tokio::select! {
