@@ -33,6 +33,13 @@ pub const DELIVER_CONSUMER: &str = "herald-deliver";
 pub const PRIORITY_GROUP: &str = "herald";
 /// How long a pinned consumer waits for its pinned replica before another takes over.
 pub const PIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ordered fan-out's ack wait. It makes no HTTP attempt, and the replica working on an
+/// event says so every [`ORDERED_PROGRESS_EVERY`], so this is how long an event handed out to
+/// a replica that died or lost it (a pull given up on while it was on its way) holds up the
+/// ordered subscriptions: one event is out at a time.
+pub const ORDERED_ACK_WAIT: Duration = Duration::from_secs(5);
+/// How often the ordered fan-out tells JetStream it is still working on an event.
+pub const ORDERED_PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// `herald.events.` — followed by `{tenant}.{type…}`.
 pub const EVENTS_SUBJECT_PREFIX: &str = "herald.events.";
@@ -174,7 +181,6 @@ pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a st
 /// re-creating it from a chosen point: a filter changed in place would replay the new
 /// subjects' whole history from the consumer's last position.
 pub fn ordered_fanout_config(
-    topology: &Topology,
     filters: Vec<String>,
     start: consumer::DeliverPolicy,
 ) -> consumer::pull::Config {
@@ -184,9 +190,13 @@ pub fn ordered_fanout_config(
         filter_subjects: filters,
         deliver_policy: start,
         ack_policy: consumer::AckPolicy::Explicit,
-        ack_wait: topology.deliver_ack_wait,
-        max_ack_pending: topology.fanout_max_ack_pending,
-        // One replica at a time, so that deliveries are stored in event order.
+        ack_wait: ORDERED_ACK_WAIT,
+        // One event out at a time, and one replica at a time, so that deliveries are stored in
+        // event order. With more out at once, an event handed out to a replica that lost the pin
+        // (or to a pull it gave up on) came back after later ones, which the new replica had
+        // stored in the lanes meanwhile: the chaos test saw an ordered subscription receive
+        // event 145 before 143 and 144.
+        max_ack_pending: 1,
         priority_policy: consumer::PriorityPolicy::PinnedClient,
         priority_groups: vec![PRIORITY_GROUP.into()],
         priority_timeout: PIN_TIMEOUT,
@@ -623,10 +633,20 @@ pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> R
     let deliveries = js.get_stream(DELIVERIES_STREAM).await.map_err(|e| create_err(DELIVERIES_STREAM, e))?;
     let fanout = upsert_consumer(&events, fanout).await?;
     let ordered = match events.get_consumer(ORDERED_FANOUT_CONSUMER).await {
+        // Created by a version that let more than one event out at a time: brought in line,
+        // keeping its filter and position.
+        Ok(c) if c.cached_info().config.max_ack_pending != 1 || c.cached_info().config.ack_wait != ORDERED_ACK_WAIT => {
+            let mut config = c.cached_info().config.clone();
+            config.max_ack_pending = 1;
+            config.ack_wait = ORDERED_ACK_WAIT;
+            let what = format!("consumer {ORDERED_FANOUT_CONSUMER}");
+            events.update_consumer(config).await.map_err(|e| create_err(&what, e))?;
+            events.get_consumer(ORDERED_FANOUT_CONSUMER).await.map_err(|e| create_err(&what, e))?
+        }
         Ok(c) => c,
         Err(_) => {
             let config =
-                ordered_fanout_config(topology, vec![ORDERED_IDLE_FILTER.into()], consumer::DeliverPolicy::New);
+                ordered_fanout_config(vec![ORDERED_IDLE_FILTER.into()], consumer::DeliverPolicy::New);
             match events.create_consumer(config).await {
                 Ok(c) => c,
                 // Another replica created it meanwhile.

@@ -365,6 +365,31 @@ async fn store_in_order(
     .await;
 }
 
+/// While alive, tells JetStream every [`nats::ORDERED_PROGRESS_EVERY`] that the ordered fan-out
+/// is still working on an event (its ack wait is short: one event is out at a time, and one
+/// lost on its way to a replica should come back in seconds).
+pub(crate) struct Working(tokio::task::AbortHandle);
+
+impl Working {
+    pub(crate) fn on(msg: &jetstream::Message) -> Self {
+        let (client, reply) = (msg.context.client(), msg.reply.clone());
+        let ticks = tokio::spawn(async move {
+            let Some(reply) = reply else { return };
+            loop {
+                tokio::time::sleep(nats::ORDERED_PROGRESS_EVERY).await;
+                let _ = client.publish(reply.clone(), bytes::Bytes::from_static(b"+WPI")).await;
+            }
+        });
+        Self(ticks.abort_handle())
+    }
+}
+
+impl Drop for Working {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// True if `sub` was created after `stored` (a few seconds' leeway for clocks), so it never
 /// wanted the event.
 fn created_after(sub: &proto::Subscription, stored: time::OffsetDateTime) -> bool {

@@ -272,7 +272,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let routes = Arc::new(routes::Routes::default());
     let elections = Arc::new(elections::Elections::default());
     tracker.spawn(elections::watch(elections.clone(), client.clone(), topology.replicas > 1, shutdown.clone()));
-    tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), topology.clone(), shutdown.clone()));
+    tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), shutdown.clone()));
     let shared = Arc::new(Shared {
         js,
         subscriptions: handles.subscriptions,
@@ -308,7 +308,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let shared = shared.clone();
         let pull = Pull { in_hand: shared.config.fanout_concurrency.max(1), pinned: true, rate_per_sec: 0 };
         consume(consumers.ordered, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
-            fanout::send(shared.clone(), fanout::Role::Ordered, msg)
+            // Its ack wait is short (one event is out at a time): the replica says it is still
+            // working on the event until the event is acked, however long stores take.
+            let working = fanout::Working::on(&msg);
+            let send = fanout::send(shared.clone(), fanout::Role::Ordered, msg);
+            async move {
+                let rest = send.await?;
+                Some(async move {
+                    rest.await;
+                    drop(working);
+                })
+            }
         })
     });
     let deliver = tokio::spawn({

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use herald_core::nats::{self, Topology};
+use herald_core::nats;
 use herald_core::proto::Subscription;
 use herald_core::registry::Registry;
 use herald_core::subscription::is_fifo;
@@ -152,7 +152,6 @@ pub(crate) async fn supervise(
     routes: Arc<Routes>,
     registry: Arc<Registry>,
     js: async_nats::jetstream::Context,
-    topology: Topology,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -160,7 +159,7 @@ pub(crate) async fn supervise(
         routes.observe(&subs);
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            result = reconcile(&routes, &subs, &js, &topology) => {
+            result = reconcile(&routes, &subs, &js) => {
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "ordered fan-out: cannot check or update its filter; will retry");
                 }
@@ -177,7 +176,6 @@ async fn reconcile(
     routes: &Routes,
     subs: &[Arc<Subscription>],
     js: &async_nats::jetstream::Context,
-    topology: &Topology,
 ) -> anyhow::Result<()> {
     use async_nats::jetstream::consumer::DeliverPolicy;
     let mut stream = js.get_stream(nats::EVENTS_STREAM).await?;
@@ -212,7 +210,7 @@ async fn reconcile(
         DeliverPolicy::ByStartSequence { start_sequence: unfinished.min(new) }
     };
     stream.delete_consumer(nats::ORDERED_FANOUT_CONSUMER).await.ok();
-    let config = nats::ordered_fanout_config(topology, wanted.clone(), start);
+    let config = nats::ordered_fanout_config(wanted.clone(), start);
     match stream.create_consumer(config).await {
         Ok(_) => {
             tracing::info!(filter = ?wanted, ?start, "ordered fan-out now reads the ordered subscriptions' events")

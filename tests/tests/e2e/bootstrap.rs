@@ -55,6 +55,7 @@ async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
     let ordered = events.consumer_info("herald-fanout-ordered").await.unwrap();
     assert_eq!(ordered.config.priority_policy, async_nats::jetstream::consumer::PriorityPolicy::PinnedClient);
     assert_eq!(ordered.config.filter_subjects, ["herald.events.$none"]);
+    assert_eq!(ordered.config.max_ack_pending, 1);
 
     // A changed setting is applied on the next start-up, not refused.
     let longer = herald_core::nats::Topology { events_max_age: std::time::Duration::from_secs(86_400), ..topology };
@@ -89,6 +90,39 @@ async fn a_pinned_fan_out_of_an_earlier_version_is_shared_after_the_upgrade() {
     let info = events.consumer_info("herald-fanout").await.unwrap();
     assert_eq!(info.config.priority_policy, PriorityPolicy::None, "unpinned in place");
     assert_eq!(info.num_pending, 1, "kept its position: the event is still to be fanned out");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_fan_out_of_an_earlier_version_lets_one_event_out_at_a_time_after_the_upgrade() {
+    use async_nats::jetstream::consumer::{self, PriorityPolicy};
+    herald_harness::init();
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let topology = herald_core::nats::Topology::default();
+    herald_core::nats::ensure_streams(&js, &topology).await.unwrap();
+    // herald-fanout-ordered as earlier versions made it: many events out at once, the ack wait
+    // of deliveries; serving an ordered subscription, with an event to fan out.
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap();
+    let before = consumer::pull::Config {
+        durable_name: Some("herald-fanout-ordered".into()),
+        filter_subjects: vec!["herald.events.default.up.>".into()],
+        ack_policy: consumer::AckPolicy::Explicit,
+        ack_wait: std::time::Duration::from_secs(30),
+        max_ack_pending: 20_000,
+        priority_policy: PriorityPolicy::PinnedClient,
+        priority_groups: vec!["herald".into()],
+        priority_timeout: std::time::Duration::from_secs(10),
+        ..Default::default()
+    };
+    events.create_consumer(before).await.unwrap();
+    js.publish("herald.events.default.up.grade", "{}".into()).await.unwrap().await.unwrap();
+
+    herald_core::nats::ensure_consumers(&js, &topology).await.unwrap();
+    let info = events.consumer_info("herald-fanout-ordered").await.unwrap();
+    assert_eq!(info.config.max_ack_pending, 1, "one event out at a time, so none overtakes another");
+    assert_eq!(info.config.ack_wait, herald_core::nats::ORDERED_ACK_WAIT);
+    assert_eq!(info.config.filter_subjects, ["herald.events.default.up.>"], "its filter kept");
+    assert_eq!(info.num_pending, 1, "kept its position");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
