@@ -180,6 +180,7 @@ async fn checked(
     } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
         return None;
     }
+    tracing::debug!(event = %event.id, handed_out, found = ?found, "fan-out: records checked of an event handed out again");
     let before = subs.len();
     let mut found = found.into_iter();
     subs.retain(|_| found.next() != Some(records::Record::Delivered));
@@ -280,7 +281,7 @@ async fn fan_out(
         }
         metrics::FANOUT_DELIVERIES.add(&["stored"], stored as f64);
         metrics::FANOUT_DELIVERIES.add(&["inline"], attempted as f64);
-        tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), "fanned out");
+        tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), sequence, again, "fanned out");
     }
     .instrument(span)
 }

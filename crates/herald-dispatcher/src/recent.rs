@@ -175,7 +175,7 @@ impl Index {
                 && let Ok(record) = proto::Attempt::decode(message.payload.as_ref())
             {
                 let k = key(&record.subscription_id, &record.event_id);
-                self.last.insert(k, (at, record.outcome == "delivered"));
+                self.last.insert(k, (at, crate::records::settled(&record.outcome)));
                 self.order.push_back((at, k));
             }
             if sequence >= upto {

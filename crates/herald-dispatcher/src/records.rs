@@ -44,8 +44,8 @@ pub(crate) const WALK_LIMIT: usize = 1_000;
 /// again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Record {
-    /// The last record for the pair, stored after `since`, says delivered (or, on an ordered
-    /// lane, the lane has moved past the event): not sent again.
+    /// The last record for the pair, stored after `since`, says delivered or dead-lettered
+    /// ([`settled`]; or, on an ordered lane, the lane has moved past the event): not sent again.
     Delivered,
     /// No such record: sent.
     NotDelivered,
@@ -144,6 +144,13 @@ pub(crate) fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
     }
 }
 
+/// Whether a record's outcome settles its delivery, so that a copy handed out again is not
+/// sent: delivered, or dead-lettered (sending it again would make a second attempt and a
+/// second dead letter; an operator's redrive is a new message, stored after the record).
+pub(crate) fn settled(outcome: &str) -> bool {
+    outcome == "delivered" || outcome == "dead_letter"
+}
+
 /// One record as read back.
 struct Stored {
     sequence: u64,
@@ -153,7 +160,7 @@ struct Stored {
 
 impl Stored {
     fn says(&self) -> Record {
-        if self.attempt.outcome == "delivered" { Record::Delivered } else { Record::NotDelivered }
+        if settled(&self.attempt.outcome) { Record::Delivered } else { Record::NotDelivered }
     }
 }
 
@@ -173,6 +180,12 @@ const READS_AT_ONCE: usize = 32;
 /// message comes back after [`unreadable_wait`]).
 const READ_TURN: Duration = Duration::from_secs(2);
 
+/// How long a read waits for its answer. A stream leader answers in milliseconds; while the
+/// stream elects one, nobody answers, and reads waiting out the client's 5 s request timeout
+/// held every turn: the checks queued behind them counted as unreadable for seconds after the
+/// leader was back.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
 /// The turns of [`READS_AT_ONCE`].
 pub(crate) struct Reads(tokio::sync::Semaphore);
 
@@ -190,7 +203,9 @@ async fn get(shared: &Shared, request: serde_json::Value) -> Result<Option<Store
     };
     let _turn = turn.expect("never closed");
     let subject = format!("STREAM.MSG.GET.{}", nats::ATTEMPTS_STREAM);
-    let response: Response<GetResponse> = shared.js.request(subject, &request).await.map_err(|e| e.to_string())?;
+    let answer = tokio::time::timeout(READ_TIMEOUT, shared.js.request(subject, &request));
+    let response: Response<GetResponse> =
+        answer.await.map_err(|_| format!("no answer within {READ_TIMEOUT:?}"))?.map_err(|e| e.to_string())?;
     let raw = match response {
         Response::Ok(found) => found.message,
         Response::Err { error } if error.error_code() == ErrorCode::NO_MESSAGE_FOUND => return Ok(None),
@@ -328,7 +343,7 @@ async fn walk(
             && let Ok(record) = proto::Attempt::decode(message.payload.as_ref())
             && record.event_id == event
         {
-            last = Some(if record.outcome == "delivered" { Record::Delivered } else { Record::NotDelivered });
+            last = Some(if settled(&record.outcome) { Record::Delivered } else { Record::NotDelivered });
         }
         if sequence >= newest {
             return Ok(Walked::Complete(last));

@@ -373,7 +373,6 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "the ordered fan-out can store later events ahead of earlier ones when its consumer moves between replicas under kills this frequent (README, Node failures, known misses); run with --ignored"]
 async fn a_node_killed_every_6s_at_the_default_sync_interval_loses_nothing_delays_little_and_sends_once() {
     node_chaos(None, Cadence::Every6s).await;
 }

@@ -116,6 +116,46 @@ async fn dead_letters_are_listed_and_redriven_with_a_fresh_schedule() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_lettered_delivery_that_comes_back_is_not_attempted_again() {
+    use herald_core::{nats, proto};
+    use prost::Message as _;
+
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    rx.respond_with(&[500; 20]);
+    let body = json!({"url": rx.url("/gone"), "event_types": ["dd.*"], "retry_schedule": "1s"});
+    let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+    stack.publish(json!({"id": "dd-1", "type": "dd.x", "data": {}})).await;
+    wait_for_dead_letters(&stack, 1).await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    assert_eq!(rx.count_on("/gone"), 2, "two attempts, then dead-lettered");
+
+    // Its last retry stored again, as a schedule firing twice after a leader change does: the
+    // record says dead-lettered, so it is neither sent nor dead-lettered a second time.
+    let (_, _, page) = stack.call(Method::GET, &format!("/v1/dead-letters?subscription={sub_id}"), None).await;
+    assert_eq!(page["data"][0]["event_id"], "dd-1", "{page}");
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let events = js.get_stream("HERALD_EVENTS").await.unwrap();
+    let stored = events.get_last_raw_message_by_subject("herald.events.default.dd.x").await.unwrap();
+    let at = herald_core::event::StoredAt { sequence: stored.sequence, time: stored.time };
+    let event = herald_core::event::decode_stored(&stored.subject, None, Some("dd-1"), &stored.payload, at).unwrap();
+    let again = proto::Delivery {
+        event: Some(event),
+        subscription_id: sub_id.clone(),
+        attempt: 2,
+        event_sequence: stored.sequence,
+        ..Default::default()
+    };
+    let subject = nats::delivery_subject("default", &sub_id);
+    js.publish(subject, again.encode_to_vec().into()).await.unwrap().await.unwrap();
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    assert_eq!(rx.count_on("/gone"), 2, "not attempted again");
+    assert_eq!(stack.stream_messages("HERALD_DLQ").await, 1, "not dead-lettered again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_exactly_the_events_of_the_range_and_never_doubles() {
     let stack = Stack::start().await;
     let rx = Receiver::start().await;
