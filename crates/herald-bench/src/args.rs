@@ -43,11 +43,11 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, schema (with ingest), production, cluster, soak.
+    /// memory, scaleout, filters, ordered, schema (with ingest), production, cluster, soak.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,schema,production,cluster,soak"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,production,cluster,soak"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).

@@ -25,7 +25,7 @@ impl Bench {
     pub(crate) async fn filter_cost(&mut self, payload: usize) -> anyhow::Result<()> {
         const SUBS: usize = 100;
         let plain = self.subscribe(SUBS).await?;
-        let filtered = self.subscribe_with(SUBS, Some(five_conditions())).await?;
+        let filtered = self.subscribe_with(SUBS, json!({"filter": five_conditions()})).await?;
         let dispatcher = Proc::dispatcher(&self.nats.url(), &[])?;
         dispatcher.wait_ready().await?;
         self.warm_up(&plain).await?;
@@ -69,7 +69,7 @@ impl Bench {
 
     /// `n` events of `group`'s type published, until every subscription of the group has them;
     /// deliveries/s.
-    async fn drain(&mut self, group: &Group, n: usize, payload: usize) -> anyhow::Result<f64> {
+    pub(crate) async fn drain(&mut self, group: &Group, n: usize, payload: usize) -> anyhow::Result<f64> {
         let deliveries = n * group.paths.len();
         let target = self.sink.delivered(group.paths.clone()) + deliveries as u64;
         let messages = self.events_for(group, n, payload);

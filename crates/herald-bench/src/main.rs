@@ -40,6 +40,7 @@ mod filters;
 mod ingest;
 mod load;
 mod memory;
+mod ordered;
 mod procs;
 mod production;
 mod report;
@@ -243,6 +244,13 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
+    // What order costs: a FIFO subscription's deliveries one at a time.
+    if bench.wants("ordered") {
+        for &payload in &args.payloads {
+            bench.ordered(payload).await?;
+        }
+    }
+
     // Memory with deliveries in flight to a slow receiver.
     let memory = if bench.wants("memory") {
         bench.in_flight_memory().await?
@@ -371,19 +379,19 @@ impl Bench {
 
     /// `count` subscriptions to one new event type, all signing with the bench's secret.
     async fn subscribe(&mut self, count: usize) -> anyhow::Result<Group> {
-        self.subscribe_with(count, None).await
+        self.subscribe_with(count, json!({})).await
     }
 
-    /// [`Bench::subscribe`], each subscription with `filter` if given.
-    async fn subscribe_with(&mut self, count: usize, filter: Option<Value>) -> anyhow::Result<Group> {
+    /// [`Bench::subscribe`], each subscription with the fields of `extra` (a filter, an ordering).
+    async fn subscribe_with(&mut self, count: usize, extra: Value) -> anyhow::Result<Group> {
         let start = self.next_path;
         anyhow::ensure!(start + count <= sink::PATHS, "more subscriptions than the receiver counts");
         self.next_path += count;
         let event_type = format!("bench.fan{count}.p{start}");
         for index in start..start + count {
             let mut body = json!({"url": self.sink.sub_url(index), "event_types": [event_type], "secret": self.secret});
-            if let Some(f) = &filter {
-                body["filter"] = f.clone();
+            for (field, value) in extra.as_object().into_iter().flatten() {
+                body[field] = value.clone();
             }
             let resp = self.post_admin("/v1/subscriptions", &body).await?;
             anyhow::ensure!(resp.status() == 201, "creating a subscription: {}", resp.text().await?);
