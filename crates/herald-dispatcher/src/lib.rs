@@ -304,19 +304,21 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             fanout::send(shared.clone(), fanout::Role::Shared, msg)
         })
     });
+    let working = fanout::Working::default();
+    tracker.spawn(working.clone().tell(client.clone(), shutdown.clone()));
     let ordered = tokio::spawn({
         let shared = shared.clone();
         let pull = Pull { in_hand: shared.config.fanout_concurrency.max(1), pinned: true, rate_per_sec: 0 };
         consume(consumers.ordered, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
             // Its ack wait is short (one event is out at a time): the replica says it is still
             // working on the event until the event is acked, however long stores take.
-            let working = fanout::Working::on(&msg);
+            let held = working.hold(&msg);
             let send = fanout::send(shared.clone(), fanout::Role::Ordered, msg);
             async move {
                 let rest = send.await?;
                 Some(async move {
                     rest.await;
-                    drop(working);
+                    drop(held);
                 })
             }
         })
