@@ -180,10 +180,7 @@ pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a st
 /// The ordered fan-out consumer reading `filters` from `start` on. Its filter changes by
 /// re-creating it from a chosen point: a filter changed in place would replay the new
 /// subjects' whole history from the consumer's last position.
-pub fn ordered_fanout_config(
-    filters: Vec<String>,
-    start: consumer::DeliverPolicy,
-) -> consumer::pull::Config {
+pub fn ordered_fanout_config(filters: Vec<String>, start: consumer::DeliverPolicy) -> consumer::pull::Config {
     consumer::pull::Config {
         durable_name: Some(ORDERED_FANOUT_CONSUMER.into()),
         description: Some("Herald: stores the deliveries of ordered subscriptions, in event order".into()),
@@ -645,8 +642,7 @@ pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> R
         }
         Ok(c) => c,
         Err(_) => {
-            let config =
-                ordered_fanout_config(vec![ORDERED_IDLE_FILTER.into()], consumer::DeliverPolicy::New);
+            let config = ordered_fanout_config(vec![ORDERED_IDLE_FILTER.into()], consumer::DeliverPolicy::New);
             match events.create_consumer(config).await {
                 Ok(c) => c,
                 // Another replica created it meanwhile.
