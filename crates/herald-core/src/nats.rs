@@ -73,6 +73,12 @@ pub fn lane_consumer(subscription_id: &str) -> String {
 /// Without it, an ordered lane sends no event twice, however its delivery came back.
 pub const RESEND_HEADER: &str = "Herald-Resend";
 
+/// Set by fan-out on the delivery of an event handed out again (RFC 3339): when the event was
+/// stored. A record from then on stops the delivery if it is handed out again: the records of
+/// an inline attempt of the event can be stored after this message, while the attempts stream
+/// elects a leader, and a check from the message's own time would miss them.
+pub const RECORDS_SINCE_HEADER: &str = "Herald-Records-Since";
+
 /// Where new deliveries for `sub` go: its lane if it has one, else the shared subject.
 pub fn route_subject(sub: &crate::proto::Subscription) -> String {
     if crate::subscription::needs_lane(sub) {

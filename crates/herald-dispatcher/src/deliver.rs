@@ -34,16 +34,6 @@ const STORE_RETRY: Duration = Duration::from_secs(5);
 /// partition's records.
 const RETRY_LOOKBACK: time::Duration = time::Duration::seconds(30);
 
-/// How long before a first attempt's message was stored a record can stop it, unless an
-/// operator asked for it (replay, redrive, resend: sent whatever came before). Fan-out stores
-/// the delivery of an event handed out again whose records it could not yet see, and the
-/// inline attempt those records were on their way from can be older than that message: seen in
-/// the node chaos test, an inline 2xx whose record took 5 s to store while its stream elected a
-/// leader, the event handed out again meanwhile, its delivery stored 7 s later and sent again
-/// although the record said delivered. An event comes back within its consumer's ack wait and a
-/// few checks; this is the events' duplicate window, within which it is one event.
-const FIRST_LOOKBACK: time::Duration = time::Duration::minutes(2);
-
 /// Which consumer a delivery came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Mode {
@@ -132,10 +122,10 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
         };
         return dead_letter(shared, Some(msg), "unroutable", Some(delivery), reason).await;
     }
-    // Handed out again (after a crash or a lost ack): delivered if a record says so, since
-    // shortly before the message was stored ([`FIRST_LOOKBACK`]), or since it was stored if an
-    // operator asked for it again (a replay or redrive is sent whatever came before). A retry (attempt > 1; only schedules make those, replays and redrives
-    // start at 1): delivered if a record from shortly before it was stored says so — a
+    // Handed out again (after a crash or a lost ack): delivered if a record since it was
+    // stored says so (since its event was stored, if fan-out stored it for an event handed out
+    // again: see `records_since`). A retry (attempt > 1; only schedules make those, replays and
+    // redrives start at 1): delivered if a record from shortly before it was stored says so — a
     // schedule can fire twice after a leader change, and NATS strips the message id from what
     // it fires. An ordered lane checks every delivery, and any earlier record counts unless an
     // operator asked for it again: after a consumer leader change on a cluster the new leader
@@ -153,7 +143,11 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
             records::delivered_in_order(shared, &delivery, event, stored).await
         } else {
             // A retry fired twice (after a leader change) is two messages stored moments apart.
-            let since = records_since(stored, delivery.attempt, resent);
+            let marked =
+                msg.headers.as_ref().and_then(|h| h.get(nats::RECORDS_SINCE_HEADER)).and_then(|v| {
+                    OffsetDateTime::parse(v.as_str(), &time::format_description::well_known::Rfc3339).ok()
+                });
+            let since = records_since(stored, delivery.attempt, resent, marked);
             records::delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await
         };
         match record {
@@ -191,12 +185,17 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     attempt(shared, &event, delivery, &sub, admitted, &parent, msg.subject.as_str(), made).await
 }
 
-/// From when a record stops a delivery message stored at `stored` that is handed out again.
-fn records_since(stored: OffsetDateTime, attempt: u32, resent: bool) -> OffsetDateTime {
-    match (attempt > 1, resent) {
-        (true, _) => stored - RETRY_LOOKBACK,
-        (false, true) => stored,
-        (false, false) => stored - FIRST_LOOKBACK,
+/// From when a record stops a delivery message stored at `stored` that is handed out again:
+/// a retry, from shortly before (a schedule fired twice); an operator's replay, redrive or
+/// resend, from the message on (sent whatever came before); a delivery fan-out stored for an
+/// event handed out again, from when the event was stored (`marked`; the records of an inline
+/// attempt of it may be younger than this message); any other, from the message on.
+fn records_since(stored: OffsetDateTime, attempt: u32, resent: bool, marked: Option<OffsetDateTime>) -> OffsetDateTime {
+    match (attempt > 1, resent, marked) {
+        (true, _, _) => stored - RETRY_LOOKBACK,
+        (false, true, _) => stored,
+        (false, false, Some(event_stored)) => event_stored.min(stored),
+        (false, false, None) => stored,
     }
 }
 
@@ -580,14 +579,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_record_from_before_the_message_stops_it_unless_an_operator_asked_for_it() {
+    fn a_record_from_before_the_message_stops_it_when_fan_out_marked_it_or_a_schedule_fired_twice() {
         let stored = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        // A first attempt stored by a fan-out that could not yet see the inline attempt's record.
-        assert_eq!(records_since(stored, 1, false), stored - FIRST_LOOKBACK);
-        assert!(FIRST_LOOKBACK >= time::Duration::minutes(1), "longer than an ack wait and a few checks");
+        let event_stored = stored - time::Duration::seconds(40);
+        // Stored by a fan-out of an event handed out again: from when the event was stored.
+        assert_eq!(records_since(stored, 1, false, Some(event_stored)), event_stored);
+        assert_eq!(records_since(stored, 1, false, Some(stored + time::Duration::seconds(1))), stored);
+        assert_eq!(records_since(stored, 1, false, None), stored);
         // A retry fired twice.
-        assert_eq!(records_since(stored, 3, false), stored - RETRY_LOOKBACK);
+        assert_eq!(records_since(stored, 3, false, None), stored - RETRY_LOOKBACK);
         // A replay or redrive: only what came after it.
-        assert_eq!(records_since(stored, 1, true), stored);
+        assert_eq!(records_since(stored, 1, true, Some(event_stored)), stored);
     }
 }

@@ -112,7 +112,8 @@ pub(crate) async fn send(
     // leader change): what was already delivered inline is not sent again.
     let rewound = shared.rewinds.handed_out_before(&msg) || (handed_out == 1 && shared.elections.suspect(&msg));
     let again = handed_out > 1 || rewound;
-    let fanned = Fanned { sequence, again, trace, span, sampled };
+    let records_since = again.then_some(published);
+    let fanned = Fanned { sequence, again, records_since, trace, span, sampled };
     if again && !subs.is_empty() {
         if role == Role::Ordered {
             // The ordered fan-out must not go on to later events while this one is checked
@@ -146,6 +147,8 @@ struct Fanned {
     sequence: u64,
     /// Handed out before, or perhaps (see `elections`): not attempted inline.
     again: bool,
+    /// When the event was stored, if it was handed out again (see [`delivery`]).
+    records_since: Option<time::OffsetDateTime>,
     trace: Carrier,
     span: tracing::Span,
     sampled: bool,
@@ -199,7 +202,7 @@ async fn fan_out(
     subs: Vec<Arc<proto::Subscription>>,
     fanned: Fanned,
 ) -> impl Future<Output = ()> + Send + 'static {
-    let Fanned { sequence, again, trace, span, sampled } = fanned;
+    let Fanned { sequence, again, records_since, trace, span, sampled } = fanned;
     // An event handed out again (its dispatcher may have crashed on it) takes the stored way,
     // with its crash-loop guard. So does one a consumer's new leader may have handed out to
     // another replica at the same moment: both copies store the same delivery message id, and
@@ -222,7 +225,7 @@ async fn fan_out(
             store_in_order(&shared, &event, sequence, sub, &trace).await;
             continue;
         }
-        let (subject, publish) = nats::first_delivery(&event, sequence, sub, &trace);
+        let (subject, publish) = delivery(&event, sequence, sub, &trace, records_since);
         match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push((i, ack.into_future())),
             Err(_) => unsent.push(i),
@@ -245,7 +248,7 @@ async fn fan_out(
             // costs a hand-out of its waits for readable records and a check of what was
             // attempted inline.
             let sub = &subs[i];
-            let store = || nats::first_delivery(&event, sequence, sub, &trace);
+            let store = || delivery(&event, sequence, sub, &trace, records_since);
             let stored_again = deliver::publish_until_confirmed(&shared, store, Some(STORE_TRY), Some(STORE_PATIENCE), |error, retry_in| {
                 tracing::debug!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "delivery not stored yet; trying again");
             });
@@ -284,6 +287,25 @@ async fn fan_out(
         tracing::debug!(event = %event.id, tenant = %event.tenant, r#type = %event.r#type, deliveries = subs.len(), sequence, again, "fanned out");
     }
     .instrument(span)
+}
+
+/// The first delivery of `event` to `sub` as fan-out stores it; for an event handed out again,
+/// marked with when the event was stored ([`nats::RECORDS_SINCE_HEADER`]): the records of an
+/// inline attempt made of it may be stored after this message (seen in the node chaos test: a
+/// record that took 5 s to store while its stream elected a leader, the event back meanwhile,
+/// its delivery stored again and sent again although the record said delivered).
+fn delivery(
+    event: &proto::Event,
+    sequence: u64,
+    sub: &proto::Subscription,
+    trace: &Carrier,
+    records_since: Option<time::OffsetDateTime>,
+) -> (String, async_nats::jetstream::message::PublishMessage) {
+    let (subject, publish) = nats::first_delivery(event, sequence, sub, trace);
+    match records_since {
+        Some(since) => (subject, publish.header(nats::RECORDS_SINCE_HEADER, herald_core::rfc3339(since).as_str())),
+        None => (subject, publish),
+    }
 }
 
 /// Why an event is not fanned out now.
