@@ -15,7 +15,8 @@ pub fn dispatcher_args(nats_url: &str) -> Vec<String> {
     dispatcher_args_with(nats_url, &[])
 }
 
-/// [`dispatcher_args`] with some flags given other values (or added).
+/// [`dispatcher_args`] with some flags given other values (or added); an empty value removes
+/// the flag, leaving the dispatcher's default.
 pub fn dispatcher_args_with(nats_url: &str, overrides: &[(&str, &str)]) -> Vec<String> {
     let mut args: Vec<String> = [
         "herald-dispatcher",
@@ -42,9 +43,13 @@ pub fn dispatcher_args_with(nats_url: &str, overrides: &[(&str, &str)]) -> Vec<S
     .map(|s| s.to_string())
     .collect();
     for (flag, value) in overrides {
-        match args.iter().position(|a| a == flag) {
-            Some(i) => args[i + 1] = value.to_string(),
-            None => args.extend([flag.to_string(), value.to_string()]),
+        match (args.iter().position(|a| a == flag), value.is_empty()) {
+            (Some(i), true) => {
+                args.drain(i..i + 2);
+            }
+            (Some(i), false) => args[i + 1] = value.to_string(),
+            (None, true) => {}
+            (None, false) => args.extend([flag.to_string(), value.to_string()]),
         }
     }
     args

@@ -269,6 +269,24 @@ pub static CONSUMER_REWINDS: LazyLock<Family> = LazyLock::new(|| {
         &[],
     )
 });
+/// Messages handed out again (a delivery count above 1), by consumer.
+pub static HANDED_OUT_AGAIN: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_handed_out_again_total",
+        "Messages a consumer handed out again after its ack wait (an ack or a hand-out lost with a NATS node, a replica that died with it, a nak for a record check), by consumer: checked against their attempt records before sending.",
+        "counter",
+        &["consumer"],
+    )
+});
+/// Pulls dropped with their buffer after every slot of a consumer was taken for long.
+pub static PULLS_DROPPED: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_pulls_dropped_total",
+        "Pulls a replica dropped, with the messages buffered in them, after every slot of the consumer was taken for over half its ack wait (those messages come back after their ack wait rather than be sent twice), by consumer.",
+        "counter",
+        &["consumer"],
+    )
+});
 /// Leader changes of Herald's streams and consumers (and reconnections) this replica noticed.
 pub static LEADER_CHANGES: LazyLock<Family> = LazyLock::new(|| {
     Family::new(
@@ -325,6 +343,8 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*FILTERED_OUT,
         &*SCHEMA_VIOLATIONS,
         &*CONSUMER_REWINDS,
+        &*HANDED_OUT_AGAIN,
+        &*PULLS_DROPPED,
         &*LEADER_CHANGES,
         &*ELECTION_CHECKS,
         &*IN_FLIGHT,

@@ -34,12 +34,16 @@ pub const PRIORITY_GROUP: &str = "herald";
 /// How long a pinned consumer waits for its pinned replica before another takes over.
 pub const PIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// The ordered fan-out's ack wait. It makes no HTTP attempt, and the replica working on an
-/// event says so every [`ORDERED_PROGRESS_EVERY`], so this is how long an event handed out to
-/// a replica that died or lost it (a pull given up on while it was on its way) holds up the
-/// ordered subscriptions: one event is out at a time.
+/// event says so every second, so this is how long an event handed out to a replica that died
+/// or lost it (a pull given up on while it was on its way) holds up the ordered subscriptions:
+/// one event is out at a time.
 pub const ORDERED_ACK_WAIT: Duration = Duration::from_secs(5);
-/// How often the ordered fan-out tells JetStream it is still working on an event.
-pub const ORDERED_PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// The ack wait of the shared fan-out and delivery consumers and of the lanes that are not
+/// rate-limited, unless `HERALD_ACK_WAIT` says otherwise: how long a message lost with a NATS
+/// node (or held by a replica that died) waits before it is handed out again. A replica tells
+/// JetStream every fifth of it that it is still working on what it holds, however long an
+/// attempt takes.
+pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
 
 /// `herald.events.` — followed by `{tenant}.{type…}`.
 pub const EVENTS_SUBJECT_PREFIX: &str = "herald.events.";
@@ -227,8 +231,9 @@ pub struct Topology {
     pub dlq_max_age: Duration,
     /// How long attempt records are kept.
     pub attempts_max_age: Duration,
-    /// How long the dispatcher may hold a delivery before JetStream redelivers it; must exceed
-    /// the HTTP timeout.
+    /// How long a message may go without an ack or a word of progress before JetStream hands it
+    /// out again (the shared fan-out and delivery consumers, and lanes that are not
+    /// rate-limited).
     pub deliver_ack_wait: Duration,
     /// Deliveries handed out and not yet acked, across all dispatcher replicas.
     pub deliver_max_ack_pending: i64,
@@ -245,7 +250,7 @@ impl Default for Topology {
             deliveries_max_age: Duration::from_secs(7 * 86_400),
             dlq_max_age: Duration::from_secs(30 * 86_400),
             attempts_max_age: Duration::from_secs(7 * 86_400),
-            deliver_ack_wait: Duration::from_secs(60),
+            deliver_ack_wait: DEFAULT_ACK_WAIT,
             deliver_max_ack_pending: 10_000,
             // Every replica holds a few hundred events while it fans them out.
             fanout_max_ack_pending: 20_000,

@@ -139,17 +139,23 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     let resent = msg.headers.as_ref().is_some_and(|h| h.get(nats::RESEND_HEADER).is_some());
     if fifo || delivered > 1 || delivery.attempt > 1 || rewound {
         let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
-        let record = if fifo && !resent {
-            records::delivered_in_order(shared, &delivery, event, stored).await
-        } else {
-            // A retry fired twice (after a leader change) is two messages stored moments apart.
-            let marked =
-                msg.headers.as_ref().and_then(|h| h.get(nats::RECORDS_SINCE_HEADER)).and_then(|v| {
-                    OffsetDateTime::parse(v.as_str(), &time::format_description::well_known::Rfc3339).ok()
-                });
-            let since = records_since(stored, delivery.attempt, resent, marked);
-            records::delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await
+        // A retry fired twice (after a leader change) is two messages stored moments apart.
+        let marked = msg
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(nats::RECORDS_SINCE_HEADER))
+            .and_then(|v| OffsetDateTime::parse(v.as_str(), &time::format_description::well_known::Rfc3339).ok());
+        let since = records_since(stored, delivery.attempt, resent, marked);
+        let check = || async {
+            if fifo && !resent {
+                records::delivered_in_order(shared, &delivery, event, stored).await
+            } else {
+                records::delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await
+            }
         };
+        let unreadable = |r: &Record| *r == Record::Unreadable;
+        let record =
+            records::readable_within(records::UNREADABLE_HOLD, records::UNREADABLE_POLL, check, unreadable).await;
         match record {
             Record::Delivered => {
                 tracing::debug!(event = %event.id, subscription = %sub.id, "handed out again but already delivered; not sent again");
@@ -157,9 +163,12 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
                 return Settle::Ack;
             }
             Record::Unreadable if delivered <= UNREADABLE_WAITS => {
-                return Settle::Nak(records::unreadable_wait(delivered));
+                return Settle::Nak(records::UNREADABLE_RETRY);
             }
-            Record::Unreadable | Record::NotDelivered => {}
+            Record::Unreadable => {
+                tracing::warn!(event = %event.id, subscription = %sub.id, handed_out = delivered, "the attempt records stayed unreadable; sending without knowing whether it was delivered (at least once)");
+            }
+            Record::NotDelivered => {}
         }
     }
     let parent = Carrier::from_nats(msg.headers.as_ref());

@@ -180,8 +180,18 @@ async fn checked(
             tokio::time::sleep(records::UNREADABLE_RETRY).await;
             found = check().await;
         }
-    } else if handed_out <= records::UNREADABLE_WAITS && found.contains(&records::Record::Unreadable) {
-        return None;
+    } else {
+        let unreadable = |found: &Vec<records::Record>| found.contains(&records::Record::Unreadable);
+        if unreadable(&found) {
+            found =
+                records::readable_within(records::UNREADABLE_HOLD, records::UNREADABLE_POLL, check, unreadable).await;
+        }
+        if handed_out <= records::UNREADABLE_WAITS && unreadable(&found) {
+            return None;
+        }
+    }
+    if found.contains(&records::Record::Unreadable) {
+        tracing::warn!(event = %event.id, handed_out, "the attempt records stayed unreadable; fanning out without knowing what was delivered (at least once)");
     }
     tracing::debug!(event = %event.id, handed_out, found = ?found, "fan-out: records checked of an event handed out again");
     let before = subs.len();
@@ -364,8 +374,7 @@ async fn set_aside(shared: Arc<Shared>, role: Role, msg: jetstream::Message, why
             let _ = msg.ack().await;
         }
         (Aside::RecordsUnreadable, _) => {
-            let handed_out = msg.info().map(|i| i.delivered).unwrap_or(1);
-            let _ = msg.ack_with(AckKind::Nak(Some(records::unreadable_wait(handed_out)))).await;
+            let _ = msg.ack_with(AckKind::Nak(Some(records::UNREADABLE_RETRY))).await;
         }
     }
 }
@@ -386,56 +395,6 @@ async fn store_in_order(
         tracing::warn!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "ordered delivery not stored yet; trying again before any later event");
     })
     .await;
-}
-
-/// The events the ordered fan-out is working on, with when each was handed out; one task
-/// tells JetStream every [`nats::ORDERED_PROGRESS_EVERY`] that those held longer than that are
-/// still being worked on (its ack wait is short: one event is out at a time, and one lost on
-/// its way to a replica should come back in seconds). A task per event cost the ordered
-/// fan-out 14 % more CPU per delivery in the benchmark.
-#[derive(Clone, Default)]
-pub(crate) struct Working(Arc<std::sync::Mutex<Vec<(u64, async_nats::Subject, tokio::time::Instant)>>>);
-
-/// One event held by the ordered fan-out, until dropped.
-pub(crate) struct Held {
-    working: Working,
-    id: u64,
-}
-
-impl Working {
-    /// Notes `msg` as being worked on until the returned guard is dropped.
-    pub(crate) fn hold(&self, msg: &jetstream::Message) -> Option<Held> {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let reply = msg.reply.clone()?;
-        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.0.lock().expect("working lock").push((id, reply, tokio::time::Instant::now()));
-        Some(Held { working: self.clone(), id })
-    }
-
-    /// Says "still working" for every event held longer than a tick, until `shutdown`.
-    pub(crate) async fn tell(self, client: async_nats::Client, shutdown: tokio_util::sync::CancellationToken) {
-        let mut ticks = tokio::time::interval(nats::ORDERED_PROGRESS_EVERY);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let due = tokio::time::Instant::now() - nats::ORDERED_PROGRESS_EVERY;
-            let replies: Vec<async_nats::Subject> = {
-                let held = self.0.lock().expect("working lock");
-                held.iter().filter(|(_, _, since)| *since <= due).map(|(_, reply, _)| reply.clone()).collect()
-            };
-            for reply in replies {
-                let _ = client.publish(reply, bytes::Bytes::from_static(b"+WPI")).await;
-            }
-        }
-    }
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.working.0.lock().expect("working lock").retain(|(id, _, _)| *id != self.id);
-    }
 }
 
 /// True if `sub` was created after `stored` (a few seconds' leeway for clocks), so it never

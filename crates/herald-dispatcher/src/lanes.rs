@@ -182,7 +182,7 @@ impl Lanes<'_> {
             description: Some(format!("Herald: lane of subscription {subscription}")),
             filter_subject: nats::lane_subject(&spec.tenant, subscription),
             ack_policy: consumer::AckPolicy::Explicit,
-            ack_wait: topology.deliver_ack_wait,
+            ack_wait: ack_wait(shared, topology, &spec),
             max_ack_pending: spec.in_flight() as i64,
             ..Default::default()
         };
@@ -199,10 +199,13 @@ impl Lanes<'_> {
         };
         let consumer = nats::upsert_consumer(stream, config).await?;
         let stop = shutdown.child_token();
-        let pull = Pull { in_hand: spec.in_flight() as usize, pinned, rate_per_sec: spec.rate_limit };
+        let in_hand = spec.in_flight() as usize;
+        let ack_wait = ack_wait(shared, topology, &spec);
+        let pull = Pull { in_hand, pinned, rate_per_sec: spec.rate_limit, ack_wait };
         let mode = Mode::Lane { fifo: spec.fifo };
         let shared = Arc::clone(shared);
-        tasks.spawn(consume(consumer, pull, stop.clone(), CancellationToken::clone(hard_stop), move |msg| {
+        let progress = shared.progress.clone();
+        tasks.spawn(consume(consumer, pull, progress, stop.clone(), CancellationToken::clone(hard_stop), move |msg| {
             let shared = shared.clone();
             async move { Some(deliver::handle(shared, msg, mode)) }
         }));
@@ -214,5 +217,15 @@ impl Lanes<'_> {
             "lane running"
         );
         Ok(stop)
+    }
+}
+
+/// A lane's ack wait: a rate-limited one holds messages while it paces them (see
+/// [`crate::Config::paced_ack_wait`]).
+fn ack_wait(shared: &Shared, topology: &Topology, spec: &Spec) -> Duration {
+    if spec.rate_limit > 0 {
+        shared.config.paced_ack_wait(topology.deliver_ack_wait)
+    } else {
+        topology.deliver_ack_wait
     }
 }

@@ -86,8 +86,11 @@ pub struct Config {
     /// Timeout of one delivery attempt.
     #[arg(long, env = "HERALD_HTTP_TIMEOUT", default_value = "15s", value_parser = herald_core::runtime::parse_duration)]
     pub http_timeout: Duration,
-    /// How long a delivery may stay unacknowledged before JetStream hands it to another
-    /// replica; must exceed the HTTP timeout (default: HTTP timeout + 15 s).
+    /// How long a message lost on its way (with a NATS node) or held by a replica that died
+    /// waits before JetStream hands it out again (default 10 s). A replica tells JetStream every
+    /// fifth of it that it is still working on what it holds, so an attempt may take longer.
+    /// Rate-limited lanes wait at least the HTTP timeout + 15 s: they hold messages while they
+    /// pace them.
     #[arg(long, env = "HERALD_ACK_WAIT", value_parser = herald_core::runtime::parse_duration)]
     pub ack_wait: Option<Duration>,
     /// Consecutive failed attempts to one subscription that open its circuit (per replica).
@@ -169,6 +172,8 @@ pub(crate) struct Shared {
     pub(crate) recent: recent::RecentRecords,
     /// Record reads at nats-server at once.
     pub(crate) record_reads: records::Reads,
+    /// The messages this replica holds, told in progress while it works on them.
+    pub(crate) progress: pull::Progress,
     pub config: Config,
 }
 
@@ -176,6 +181,17 @@ pub(crate) struct Shared {
 #[derive(Debug, Default)]
 pub(crate) struct Readiness {
     consuming: AtomicBool,
+}
+
+/// The shortest `HERALD_ACK_WAIT`.
+const MIN_ACK_WAIT: Duration = Duration::from_secs(2);
+
+impl Config {
+    /// The ack wait of a rate-limited lane: it holds messages while it paces them (untold, in
+    /// the pull's buffer), so it waits as long as it did before messages were told in progress.
+    pub(crate) fn paced_ack_wait(&self, ack_wait: Duration) -> Duration {
+        ack_wait.max(self.http_timeout + Duration::from_secs(15))
+    }
 }
 
 /// How long the exit waits for NATS to take what the client still buffers.
@@ -189,12 +205,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let client = config.common.connect("herald-dispatcher").await?;
     let js = jetstream::new(client.clone());
     let mut topology = config.common.topology.topology();
-    topology.deliver_ack_wait = config.ack_wait.unwrap_or(config.http_timeout + Duration::from_secs(15));
-    if topology.deliver_ack_wait <= config.http_timeout {
+    topology.deliver_ack_wait = config.ack_wait.unwrap_or(nats::DEFAULT_ACK_WAIT);
+    if topology.deliver_ack_wait < MIN_ACK_WAIT {
         anyhow::bail!(
-            "HERALD_ACK_WAIT ({:?}) must exceed HERALD_HTTP_TIMEOUT ({:?}), or deliveries still in progress get handed out twice",
+            "HERALD_ACK_WAIT ({:?}) must be at least {MIN_ACK_WAIT:?}: held messages are told in progress every fifth of it",
             topology.deliver_ack_wait,
-            config.http_timeout
         );
     }
     let handles =
@@ -273,6 +288,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let elections = Arc::new(elections::Elections::default());
     tracker.spawn(elections::watch(elections.clone(), client.clone(), topology.replicas > 1, shutdown.clone()));
     tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), shutdown.clone()));
+    let progress = pull::Progress::default();
     let shared = Arc::new(Shared {
         js,
         subscriptions: handles.subscriptions,
@@ -290,8 +306,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         legacy_records_until: handles.legacy_records_until,
         recent: Default::default(),
         record_reads: Default::default(),
+        progress: progress.clone(),
         config,
     });
+    tracker.spawn(progress.tell(client.clone(), shutdown.clone()));
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
     tracker.spawn(backlog::watch(shared.clone(), shutdown.clone()));
@@ -299,35 +317,25 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         let shared = shared.clone();
         // Events held by inline attempts come on top of fan-out's own.
         let in_hand = shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts;
-        let pull = Pull { in_hand, pinned: false, rate_per_sec: 0 };
-        consume(consumers.fanout, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+        let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
+        consume(consumers.fanout, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
             fanout::send(shared.clone(), fanout::Role::Shared, msg)
         })
     });
-    let working = fanout::Working::default();
-    tracker.spawn(working.clone().tell(client.clone(), shutdown.clone()));
     let ordered = tokio::spawn({
         let shared = shared.clone();
-        let pull = Pull { in_hand: shared.config.fanout_concurrency.max(1), pinned: true, rate_per_sec: 0 };
-        consume(consumers.ordered, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
-            // Its ack wait is short (one event is out at a time): the replica says it is still
-            // working on the event until the event is acked, however long stores take.
-            let held = working.hold(&msg);
-            let send = fanout::send(shared.clone(), fanout::Role::Ordered, msg);
-            async move {
-                let rest = send.await?;
-                Some(async move {
-                    rest.await;
-                    drop(held);
-                })
-            }
+        let in_hand = shared.config.fanout_concurrency.max(1);
+        let pull = Pull { in_hand, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
+        consume(consumers.ordered, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
+            fanout::send(shared.clone(), fanout::Role::Ordered, msg)
         })
     });
     let deliver = tokio::spawn({
         let shared = shared.clone();
         // Messages in hand: requests in flight plus those queued behind a busy subscription.
-        let pull = Pull { in_hand: shared.config.concurrency.saturating_mul(4), pinned: false, rate_per_sec: 0 };
-        consume(consumers.deliver, pull, shutdown.clone(), hard_stop.clone(), move |msg| {
+        let in_hand = shared.config.concurrency.saturating_mul(4);
+        let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
+        consume(consumers.deliver, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
             let shared = shared.clone();
             async move { Some(deliver::handle(shared, msg, deliver::Mode::Shared)) }
         })

@@ -1,7 +1,14 @@
 //! The pull loop every consumer of the dispatcher runs: at most `in_hand` messages held at
 //! once, an optional pace (for rate-limited lanes), pinned pulls for priority groups, and a
 //! clean stop that lets handlers finish (or abandons them, unacked, on a hard stop).
+//!
+//! Ack waits are short (seconds), so that a message lost on its way to a replica (a pull whose
+//! NATS node died) or held by a replica that died comes back in seconds; every message a
+//! replica holds longer than a fifth of its ack wait is kept by telling JetStream "still
+//! working" ([`Progress`]), however long its attempt, stores or checks take.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream;
@@ -9,6 +16,8 @@ use futures::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+
+use herald_core::metrics;
 
 /// How a consumer is pulled.
 #[derive(Debug, Clone, Copy)]
@@ -19,14 +28,96 @@ pub(crate) struct Pull {
     pub pinned: bool,
     /// Messages per second handed to handlers, at most (0: no pace).
     pub rate_per_sec: u32,
+    /// The consumer's ack wait: held messages are told in progress five times within it, and
+    /// a pull whose buffered messages may have outlived it is dropped (see [`consume`]).
+    pub ack_wait: Duration,
+}
+
+/// The messages this replica holds, with when each is next told "in progress"; one task
+/// ([`Progress::tell`]) tells JetStream. A task per message cost the ordered fan-out 14 % more
+/// CPU per delivery in the benchmark.
+#[derive(Clone, Default)]
+pub(crate) struct Progress(Arc<Mutex<Holding>>);
+
+#[derive(Default)]
+struct Holding {
+    next_id: u64,
+    held: HashMap<u64, Told>,
+}
+
+struct Told {
+    reply: async_nats::Subject,
+    next: Instant,
+    every: Duration,
+}
+
+/// One message held, until dropped.
+pub(crate) struct Held {
+    progress: Progress,
+    id: u64,
+}
+
+/// How often [`Progress::tell`] looks for messages due.
+const TELL_TICK: Duration = Duration::from_millis(250);
+
+impl Progress {
+    /// Notes `msg` as held until the returned guard is dropped: told in progress every `every`.
+    pub(crate) fn hold(&self, msg: &jetstream::Message, every: Duration) -> Option<Held> {
+        let reply = msg.reply.clone()?;
+        let mut holding = self.0.lock().expect("progress lock");
+        let id = holding.next_id;
+        holding.next_id += 1;
+        holding.held.insert(id, Told { reply, next: Instant::now() + every, every });
+        Some(Held { progress: self.clone(), id })
+    }
+
+    /// Messages held now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.0.lock().expect("progress lock").held.len()
+    }
+
+    /// The reply subjects of the messages due to be told, moving their next time on.
+    fn due(&self, now: Instant) -> Vec<async_nats::Subject> {
+        let mut holding = self.0.lock().expect("progress lock");
+        let mut due = Vec::new();
+        for told in holding.held.values_mut().filter(|t| t.next <= now) {
+            told.next = now + told.every;
+            due.push(told.reply.clone());
+        }
+        due
+    }
+
+    /// Says "still working" (`+WPI`) for every message held past its time, until `shutdown`.
+    pub(crate) async fn tell(self, client: async_nats::Client, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(TELL_TICK);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            for reply in self.due(Instant::now()) {
+                let _ = client.publish(reply, bytes::Bytes::from_static(b"+WPI")).await;
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.progress.0.lock().expect("progress lock").held.remove(&self.id);
+    }
 }
 
 /// Pulls until `shutdown`. For each message `inline` runs first, in message order; the future
-/// it returns (if any) is spawned, holding the message's slot until it ends. Handlers still
-/// running at `hard_stop` are abandoned, leaving their messages unacked.
+/// it returns (if any) is spawned, holding the message's slot until it ends; the message is
+/// told in progress ([`Progress`]) from when it is taken until then. Handlers still running at
+/// `hard_stop` are abandoned, leaving their messages unacked.
 pub(crate) async fn consume<F, I, S>(
     consumer: jetstream::consumer::PullConsumer,
     pull: Pull,
+    progress: Progress,
     shutdown: CancellationToken,
     hard_stop: CancellationToken,
     mut inline: F,
@@ -36,6 +127,19 @@ pub(crate) async fn consume<F, I, S>(
     S: Future<Output = ()> + Send + 'static,
 {
     let name = consumer.cached_info().name.clone();
+    // Lanes are counted together: a label per subscription would grow without bound.
+    let kind: &'static str = match name.as_str() {
+        herald_core::nats::FANOUT_CONSUMER => herald_core::nats::FANOUT_CONSUMER,
+        herald_core::nats::ORDERED_FANOUT_CONSUMER => herald_core::nats::ORDERED_FANOUT_CONSUMER,
+        herald_core::nats::DELIVER_CONSUMER => herald_core::nats::DELIVER_CONSUMER,
+        _ => "lanes",
+    };
+    // A consumer that never hands out more than the slots here buffers nothing while every
+    // slot is taken (a lane, the ordered fan-out).
+    let may_buffer = match consumer.cached_info().config.max_ack_pending {
+        limit if limit > 0 => limit as usize > pull.in_hand,
+        _ => true,
+    };
     let permits = std::sync::Arc::new(tokio::sync::Semaphore::new(pull.in_hand.max(1)));
     let tasks = TaskTracker::new();
     // Pull about what can be worked on (buffered messages age towards ack_wait), but never in
@@ -69,10 +173,21 @@ pub(crate) async fn consume<F, I, S>(
         };
         let mut consecutive_errors = 0u64;
         loop {
+            let waiting = Instant::now();
             let permit = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
                 p = permits.clone().acquire_owned() => p.expect("semaphore is never closed"),
             };
+            // Messages pulled ahead wait in the client's buffer, untold, while every slot is
+            // taken: after a long wait they may have reached their ack wait and been handed to
+            // another replica, and sending them here too would send them twice. The pull is
+            // dropped with its buffer (those come back after their ack wait) and made afresh.
+            if may_buffer && waiting.elapsed() > pull.ack_wait / 2 {
+                drop(permit);
+                tracing::info!(consumer = %name, waited = ?waiting.elapsed(), "every slot was taken for long; pulling afresh");
+                metrics::PULLS_DROPPED.inc(&[kind]);
+                continue 'outer;
+            }
             let next = tokio::select! {
                 _ = shutdown.cancelled() => break 'outer,
                 n = messages.next() => n,
@@ -80,6 +195,10 @@ pub(crate) async fn consume<F, I, S>(
             match next {
                 Some(Ok(msg)) => {
                     consecutive_errors = 0;
+                    let held = progress.hold(&msg, pull.ack_wait / 5);
+                    if msg.info().is_ok_and(|i| i.delivered > 1) {
+                        metrics::HANDED_OUT_AGAIN.inc(&[kind]);
+                    }
                     if let Some(interval) = interval {
                         next_slot = next_slot.max(Instant::now());
                         tokio::time::sleep_until(next_slot).await;
@@ -94,6 +213,7 @@ pub(crate) async fn consume<F, I, S>(
                             _ = work => {}
                             _ = hard_stop.cancelled() => {}
                         }
+                        drop(held);
                         drop(permit);
                     });
                 }
@@ -123,4 +243,30 @@ pub(crate) async fn consume<F, I, S>(
     }
     tasks.close();
     tasks.wait().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_held_message_is_told_every_time_it_is_due_until_it_is_let_go() {
+        let progress = Progress::default();
+        let every = Duration::from_secs(2);
+        let t0 = Instant::now();
+        let held = {
+            let mut holding = progress.0.lock().unwrap();
+            holding.held.insert(7, Told { reply: "$JS.ACK.a".into(), next: t0 + every, every });
+            holding.held.insert(8, Told { reply: "$JS.ACK.b".into(), next: t0 + every * 3, every });
+            Held { progress: progress.clone(), id: 7 }
+        };
+        assert!(progress.due(t0).is_empty(), "nothing is due before its time");
+        assert_eq!(progress.due(t0 + every), vec![async_nats::Subject::from("$JS.ACK.a")]);
+        assert!(progress.due(t0 + every).is_empty(), "told once per period");
+        let both = progress.due(t0 + every * 3);
+        assert_eq!(both.len(), 2, "{both:?}");
+        drop(held);
+        assert_eq!(progress.len(), 1);
+        assert_eq!(progress.due(t0 + every * 10), vec![async_nats::Subject::from("$JS.ACK.b")]);
+    }
 }

@@ -157,7 +157,12 @@ impl Index {
                 deliver_policy,
                 ..Default::default()
             };
-            let created = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+            // A reader made while the stream elects its leader can wait out the client's 5 s
+            // request timeout, with every check queued behind it: given up after READ_WAIT.
+            let created = tokio::time::timeout(READ_WAIT, stream.create_consumer(config))
+                .await
+                .map_err(|_| format!("no reader of the records within {READ_WAIT:?}"))?
+                .map_err(|e| e.to_string())?;
             self.reader = Some(created.messages().await.map_err(|e| e.to_string())?);
         }
         let reader = self.reader.as_mut().expect("set above");

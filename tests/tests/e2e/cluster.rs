@@ -152,7 +152,8 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
         assert_eq!(status, 201, "{sub}");
         secrets.insert(path, sub["secret"].as_str().unwrap().to_owned());
     }
-    let replicas = [("--replicas", "3")];
+    // The ack wait and HTTP timeout users run (the tests' defaults are shorter).
+    let replicas = [("--replicas", "3"), ("--ack-wait", ""), ("--http-timeout", "")];
     let dispatchers: Vec<DispatcherProcess> = (0..2).map(|_| DispatcherProcess::start_with(&url, &replicas)).collect();
     for d in &dispatchers {
         d.wait_ready().await;

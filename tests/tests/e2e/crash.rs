@@ -137,3 +137,50 @@ async fn what_was_delivered_before_a_kill_is_not_sent_again() {
         assert_eq!(despite_record, 0, "{flags:?}: events sent again although their delivery was recorded");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attempt_that_outlasts_the_ack_wait_is_kept_in_progress_and_sent_once() {
+    // Ack waits are short so that what a dead node or replica held comes back in seconds; a
+    // replica says it is still working on what it holds. Two replicas, a 2 s ack wait and an
+    // endpoint that takes 6 s: without the word of progress every message would be handed out
+    // again (to either replica) while its first attempt is still in flight, and sent twice.
+    // With fan-out's inline first attempts (the event is held) and without (the delivery is).
+    for inline in ["256", "0"] {
+        let stack = Stack::gateway_only().await;
+        let rx = Receiver::start().await;
+        rx.script_per_path("/slow", (0..20).map(|_| Reply { delay: Duration::from_secs(6), ..Reply::status(200) }));
+        stack.subscribe(&rx.url("/slow"), &["held.test"], None).await;
+        let flags = [("--ack-wait", "2s"), ("--http-timeout", "10s"), ("--inline-attempts", inline)];
+        let replicas: Vec<_> = (0..2).map(|_| DispatcherProcess::start_with(&stack.nats.url(), &flags)).collect();
+        for d in &replicas {
+            d.wait_ready().await;
+        }
+        for i in 0..4 {
+            let (status, _) = stack.publish(json!({"id": format!("held-{i}"), "type": "held.test", "data": {}})).await;
+            assert_eq!(status, 202);
+        }
+        rx.wait_until(Duration::from_secs(60), "all four answered", |r| {
+            r.iter().filter(|r| r.status == 200).count() >= 4
+        })
+        .await;
+        stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", SOON).await;
+        stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+        // Past three more ack waits: anything handed out again would have been sent by now.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let mut ids: Vec<_> = rx.received().iter().filter_map(|r| r.header("webhook-id").map(str::to_owned)).collect();
+        ids.sort();
+        assert_eq!(ids, ["held-0", "held-1", "held-2", "held-3"], "inline attempts {inline}: each sent once");
+        let again: f64 = {
+            let mut sum = 0.0;
+            for d in &replicas {
+                sum += herald_harness::metric_sum(
+                    &d.metrics_text().await.unwrap_or_default(),
+                    "herald_handed_out_again_total",
+                );
+            }
+            sum
+        };
+        assert_eq!(again, 0.0, "inline attempts {inline}: nothing was handed out again");
+        drop(replicas);
+    }
+}
