@@ -23,6 +23,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use crate::breaker::{Admission, Permit};
 use crate::http_client::{self, WebhookRequest};
 use crate::operational::Notice;
+use crate::pull::Taken;
 use crate::records::{self, Made, Record, UNREADABLE_WAITS, outcome_name};
 use crate::retry::{self, AttemptResult, DeliveryOutcome};
 
@@ -54,8 +55,9 @@ enum Settle {
 }
 
 /// Handles one message of `HERALD_DELIVERIES`, acking it once its outcome is settled.
-pub(crate) async fn handle(shared: Arc<Shared>, msg: jetstream::Message, mode: Mode) {
-    match from_message(&shared, &msg, mode).await {
+pub(crate) async fn handle(shared: Arc<Shared>, taken: Taken, mode: Mode) {
+    let msg = &taken.msg;
+    match from_message(&shared, &taken, mode).await {
         Settle::Ack => {
             if let Err(e) = msg.ack().await {
                 tracing::warn!(subject = %msg.subject, error = %e, "ack failed; the delivery may be handed out again");
@@ -93,9 +95,10 @@ pub(crate) async fn first_attempt(
     }
 }
 
-async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode) -> Settle {
+async fn from_message(shared: &Arc<Shared>, taken: &Taken, mode: Mode) -> Settle {
     let fifo = mode == Mode::Lane { fifo: true };
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
+    let Taken { msg, handed_out: delivered, published: stored, rewound, .. } = taken;
+    let (delivered, stored) = (*delivered, *stored);
     let mut delivery = match proto::Delivery::decode(msg.payload.as_ref()) {
         Ok(d) if d.event.is_some() => d,
         _ => return dead_letter(shared, Some(msg), "poison", None, "undecodable delivery message".into()).await,
@@ -132,13 +135,12 @@ async fn from_message(shared: &Arc<Shared>, msg: &jetstream::Message, mode: Mode
     // may hand out again, as new, what the old one had seen acked, and ordered fan-out, started
     // again from an earlier event, may store a delivery again after the duplicate window;
     // sending either would break the order. So does any message under a consumer sequence
-    // already seen (see `rewinds`).
+    // already seen (see `pull::Rewinds`).
     // So does a message stored before a leader change: another replica may have had it (see
     // `elections`).
-    let rewound = shared.rewinds.handed_out_before(msg) || (delivered == 1 && shared.elections.suspect(msg));
+    let rewound = *rewound || (delivered == 1 && shared.elections.suspect(stored));
     let resent = msg.headers.as_ref().is_some_and(|h| h.get(nats::RESEND_HEADER).is_some());
     if fifo || delivered > 1 || delivery.attempt > 1 || rewound {
-        let stored = msg.info().map(|i| i.published).unwrap_or(OffsetDateTime::UNIX_EPOCH);
         // A retry fired twice (after a leader change) is two messages stored moments apart.
         let marked = msg
             .headers

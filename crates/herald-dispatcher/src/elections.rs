@@ -3,7 +3,7 @@
 //!
 //! On a cluster, a consumer's new leader starts from the state the old one had replicated:
 //! messages the old leader handed out (and saw acked) shortly before it failed can come again
-//! with a delivery count of 1. [`crate::rewinds`] catches those that come back to the replica
+//! with a delivery count of 1. [`crate::pull`] catches those that come back to the replica
 //! that had them, by their consumer sequence; one that goes to another replica, under a
 //! sequence that replica never saw, carries no mark at all, and was sent a second time (the
 //! node chaos tests saw a run of a replica's recent events sent again 1 s after their first
@@ -17,7 +17,6 @@
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream;
 use futures::StreamExt as _;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -47,14 +46,13 @@ impl Elections {
         self.last_ms.store(unix_ms(OffsetDateTime::now_utc()), Ordering::Relaxed);
     }
 
-    /// True if `msg` was stored before a leader change of the last [`SUSPECT_FOR`]: a
+    /// True if a message stored at `published` was stored before a leader change of the last [`SUSPECT_FOR`]: a
     /// consumer's new leader may be handing it out again.
-    pub(crate) fn suspect(&self, msg: &jetstream::Message) -> bool {
+    pub(crate) fn suspect(&self, published: OffsetDateTime) -> bool {
         if self.last_ms.load(Ordering::Relaxed) == 0 {
             return false;
         }
-        let Ok(info) = msg.info() else { return false };
-        let suspect = self.stored_before_recent(info.published);
+        let suspect = self.stored_before_recent(published);
         if suspect {
             metrics::ELECTION_CHECKS.inc(&[]);
         }

@@ -23,6 +23,7 @@ use herald_core::telemetry::{self, Carrier};
 use herald_core::{metrics, nats, proto};
 
 use crate::breaker::Admission;
+use crate::pull::Taken;
 use crate::{Shared, deliver, records};
 
 /// Which consumer an event came from, and so which subscriptions it is fanned out to.
@@ -51,15 +52,9 @@ impl Role {
 pub(crate) async fn send(
     shared: Arc<Shared>,
     role: Role,
-    msg: jetstream::Message,
+    taken: Taken,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
-    let (sequence, published, handed_out) = match msg.info() {
-        Ok(info) => (info.stream_sequence, info.published, info.delivered),
-        Err(e) => {
-            tracing::warn!(error = %e, "event without JetStream metadata; skipped");
-            return None;
-        }
-    };
+    let Taken { msg, handed_out, sequence, published, rewound } = taken;
     let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     let content_type = header("Content-Type");
     let msg_id = header("Nats-Msg-Id");
@@ -110,7 +105,7 @@ pub(crate) async fn send(
     }
     // Handed out again (its fan-out died, or the ack was lost, or its consumer rewound after a
     // leader change): what was already delivered inline is not sent again.
-    let rewound = shared.rewinds.handed_out_before(&msg) || (handed_out == 1 && shared.elections.suspect(&msg));
+    let rewound = rewound || (handed_out == 1 && shared.elections.suspect(published));
     let again = handed_out > 1 || rewound;
     let records_since = again.then_some(published);
     let fanned = Fanned { sequence, again, records_since, trace, span, sampled };
@@ -169,27 +164,27 @@ async fn checked(
         let checks = subs.iter().map(|s| records::delivered_since(shared, &event.tenant, &s.id, &event.id, published));
         futures::future::join_all(checks)
     };
-    let mut found = check().await;
-    if role == Role::Ordered {
+    let unreadable = |found: &Vec<records::Record>| found.contains(&records::Record::Unreadable);
+    let found = if role == Role::Ordered {
         // 2 s each, 8 s in all: waiting longer than the consumer's pin timeout (10 s) would
         // let another replica take the pin and store later events ahead of this one.
+        let mut found = check().await;
         for _ in 0..records::UNREADABLE_WAITS {
-            if !found.contains(&records::Record::Unreadable) {
+            if !unreadable(&found) {
                 break;
             }
             tokio::time::sleep(records::UNREADABLE_RETRY).await;
             found = check().await;
         }
+        found
     } else {
-        let unreadable = |found: &Vec<records::Record>| found.contains(&records::Record::Unreadable);
-        if unreadable(&found) {
-            found =
-                records::readable_within(records::UNREADABLE_HOLD, records::UNREADABLE_POLL, check, unreadable).await;
-        }
+        let found =
+            records::readable_within(records::UNREADABLE_HOLD, records::UNREADABLE_POLL, check, unreadable).await;
         if handed_out <= records::UNREADABLE_WAITS && unreadable(&found) {
             return None;
         }
-    }
+        found
+    };
     if found.contains(&records::Record::Unreadable) {
         tracing::warn!(event = %event.id, handed_out, "the attempt records stayed unreadable; fanning out without knowing what was delivered (at least once)");
     }

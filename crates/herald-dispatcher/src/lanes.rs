@@ -205,10 +205,17 @@ impl Lanes<'_> {
         let mode = Mode::Lane { fifo: spec.fifo };
         let shared = Arc::clone(shared);
         let progress = shared.progress.clone();
-        tasks.spawn(consume(consumer, pull, progress, stop.clone(), CancellationToken::clone(hard_stop), move |msg| {
-            let shared = shared.clone();
-            async move { Some(deliver::handle(shared, msg, mode)) }
-        }));
+        tasks.spawn(consume(
+            consumer,
+            pull,
+            progress,
+            stop.clone(),
+            CancellationToken::clone(hard_stop),
+            move |taken| {
+                let shared = shared.clone();
+                async move { Some(deliver::handle(shared, taken, mode)) }
+            },
+        ));
         tracing::info!(
             subscription,
             fifo = spec.fifo,

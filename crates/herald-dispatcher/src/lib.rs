@@ -30,7 +30,6 @@ mod pull;
 mod recent;
 mod records;
 pub mod retry;
-mod rewinds;
 mod routes;
 
 use std::sync::Arc;
@@ -158,8 +157,6 @@ pub(crate) struct Shared {
     pub prepared: prepared::PreparedSubscriptions,
     /// Which fan-out serves which subscription.
     pub routes: Arc<routes::Routes>,
-    /// Consumers handing out again, as new, what they had handed out.
-    pub rewinds: rewinds::Rewinds,
     /// Leader changes noticed lately: messages stored before one are checked before sending.
     pub elections: Arc<elections::Elections>,
     /// Operational events for the operator tenant.
@@ -299,7 +296,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         inline: fanout::InlineSlots::new(config.inline_attempts),
         prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients }),
         routes,
-        rewinds: Default::default(),
         elections,
         operational,
         http,
@@ -335,9 +331,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         // Messages in hand: requests in flight plus those queued behind a busy subscription.
         let in_hand = shared.config.concurrency.saturating_mul(4);
         let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
-        consume(consumers.deliver, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
+        consume(consumers.deliver, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |taken| {
             let shared = shared.clone();
-            async move { Some(deliver::handle(shared, msg, deliver::Mode::Shared)) }
+            async move { Some(deliver::handle(shared, taken, deliver::Mode::Shared)) }
         })
     });
     let lanes = tokio::spawn(lanes::supervise(shared.clone(), topology.clone(), shutdown.clone(), hard_stop.clone()));

@@ -7,7 +7,6 @@
 //! replica holds longer than a fifth of its ack wait is kept by telling JetStream "still
 //! working" ([`Progress`]), however long its attempt, stores or checks take.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,10 +38,11 @@ pub(crate) struct Pull {
 #[derive(Clone, Default)]
 pub(crate) struct Progress(Arc<Mutex<Holding>>);
 
+/// Slots reused as messages are let go: no hashing on the path of every message.
 #[derive(Default)]
 struct Holding {
-    next_id: u64,
-    held: HashMap<u64, Told>,
+    slots: Vec<Option<Told>>,
+    free: Vec<usize>,
 }
 
 struct Told {
@@ -51,10 +51,59 @@ struct Told {
     every: Duration,
 }
 
+/// A message taken from a pull, with what its hand-out says (read once, here).
+pub(crate) struct Taken {
+    pub(crate) msg: jetstream::Message,
+    /// Times JetStream has handed it out, this one included.
+    pub(crate) handed_out: i64,
+    /// Its stream sequence.
+    pub(crate) sequence: u64,
+    /// When it was stored.
+    pub(crate) published: time::OffsetDateTime,
+    /// Handed out under a consumer sequence this pull has seen before, although its count may
+    /// say otherwise (see [`Rewinds`]).
+    pub(crate) rewound: bool,
+}
+
+/// Noticing a consumer that hands out again, as new, what it had handed out before.
+///
+/// On a cluster, a consumer's new leader starts from the state the old one had replicated:
+/// messages the old leader handed out (and saw acked) shortly before it failed can come again
+/// with a delivery count of 1, under consumer sequences already used. Nothing else marks
+/// them, so each message's consumer sequence is compared with the highest this pull has seen:
+/// one at or below it was handed out before, and its attempt records are consulted before
+/// anything is sent. Replicas share a consumer's sequence, so each sees such a rewind in its
+/// own share of the messages. Compared as they arrive, in the pull's order: the handlers run
+/// in any order, and comparing there took ordinary messages for rewinds.
+#[derive(Debug, Default)]
+struct Rewinds {
+    highest: Option<u64>,
+}
+
+/// A sequence further than this below the highest seen is not a rewind but a consumer made
+/// anew under the same name: counting starts again there.
+const MAX_REWIND: u64 = 100_000;
+
+impl Rewinds {
+    /// True if `sequence` is not above every one seen before.
+    fn seen(&mut self, sequence: u64) -> bool {
+        match self.highest {
+            Some(h) if sequence <= h && h - sequence < MAX_REWIND => {
+                metrics::CONSUMER_REWINDS.inc(&[]);
+                true
+            }
+            _ => {
+                self.highest = Some(sequence);
+                false
+            }
+        }
+    }
+}
+
 /// One message held, until dropped.
 pub(crate) struct Held {
     progress: Progress,
-    id: u64,
+    slot: usize,
 }
 
 /// How often [`Progress::tell`] looks for messages due.
@@ -64,24 +113,32 @@ impl Progress {
     /// Notes `msg` as held until the returned guard is dropped: told in progress every `every`.
     pub(crate) fn hold(&self, msg: &jetstream::Message, every: Duration) -> Option<Held> {
         let reply = msg.reply.clone()?;
+        let told = Some(Told { reply, next: Instant::now() + every, every });
         let mut holding = self.0.lock().expect("progress lock");
-        let id = holding.next_id;
-        holding.next_id += 1;
-        holding.held.insert(id, Told { reply, next: Instant::now() + every, every });
-        Some(Held { progress: self.clone(), id })
+        let slot = match holding.free.pop() {
+            Some(slot) => {
+                holding.slots[slot] = told;
+                slot
+            }
+            None => {
+                holding.slots.push(told);
+                holding.slots.len() - 1
+            }
+        };
+        Some(Held { progress: self.clone(), slot })
     }
 
     /// Messages held now.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().expect("progress lock").held.len()
+        self.0.lock().expect("progress lock").slots.iter().flatten().count()
     }
 
     /// The reply subjects of the messages due to be told, moving their next time on.
     fn due(&self, now: Instant) -> Vec<async_nats::Subject> {
         let mut holding = self.0.lock().expect("progress lock");
         let mut due = Vec::new();
-        for told in holding.held.values_mut().filter(|t| t.next <= now) {
+        for told in holding.slots.iter_mut().flatten().filter(|t| t.next <= now) {
             told.next = now + told.every;
             due.push(told.reply.clone());
         }
@@ -106,7 +163,9 @@ impl Progress {
 
 impl Drop for Held {
     fn drop(&mut self) {
-        self.progress.0.lock().expect("progress lock").held.remove(&self.id);
+        let mut holding = self.progress.0.lock().expect("progress lock");
+        holding.slots[self.slot] = None;
+        holding.free.push(self.slot);
     }
 }
 
@@ -122,7 +181,7 @@ pub(crate) async fn consume<F, I, S>(
     hard_stop: CancellationToken,
     mut inline: F,
 ) where
-    F: FnMut(jetstream::Message) -> I,
+    F: FnMut(Taken) -> I,
     I: Future<Output = Option<S>>,
     S: Future<Output = ()> + Send + 'static,
 {
@@ -149,6 +208,7 @@ pub(crate) async fn consume<F, I, S>(
     let batch = pull.in_hand.clamp(16, 256);
     let interval = (pull.rate_per_sec > 0).then(|| Duration::from_secs_f64(1.0 / pull.rate_per_sec as f64));
     let mut next_slot = Instant::now();
+    let mut rewinds = Rewinds::default();
     'outer: while !shutdown.is_cancelled() {
         // Short pulls with heartbeats: a pinned pull keeps its pin fresh, and a pull stream whose
         // request went missing (it happens with small batches) notices within seconds instead of
@@ -195,10 +255,19 @@ pub(crate) async fn consume<F, I, S>(
             match next {
                 Some(Ok(msg)) => {
                     consecutive_errors = 0;
+                    let (handed_out, sequence, published, consumer_sequence) = match msg.info() {
+                        Ok(i) => (i.delivered, i.stream_sequence, i.published, i.consumer_sequence),
+                        Err(e) => {
+                            tracing::warn!(consumer = %name, error = %e, "message without JetStream metadata; skipped");
+                            continue;
+                        }
+                    };
                     let held = progress.hold(&msg, pull.ack_wait / 5);
-                    if msg.info().is_ok_and(|i| i.delivered > 1) {
+                    if handed_out > 1 {
                         metrics::HANDED_OUT_AGAIN.inc(&[kind]);
                     }
+                    let rewound = rewinds.seen(consumer_sequence);
+                    let msg = Taken { msg, handed_out, sequence, published, rewound };
                     if let Some(interval) = interval {
                         next_slot = next_slot.max(Instant::now());
                         tokio::time::sleep_until(next_slot).await;
@@ -250,15 +319,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_sequence_not_above_the_highest_seen_is_a_rewind() {
+        let mut r = Rewinds::default();
+        assert!(!r.seen(1));
+        assert!(!r.seen(5));
+        assert!(r.seen(3), "handed out again under a used sequence");
+        assert!(r.seen(5));
+        assert!(!r.seen(6), "past the highest: new again");
+        assert!(!r.seen(6 + MAX_REWIND));
+        assert!(!r.seen(1), "far below: the consumer was made anew");
+        assert!(!r.seen(2));
+        assert!(r.seen(2));
+    }
+
+    #[test]
     fn a_held_message_is_told_every_time_it_is_due_until_it_is_let_go() {
         let progress = Progress::default();
         let every = Duration::from_secs(2);
         let t0 = Instant::now();
         let held = {
             let mut holding = progress.0.lock().unwrap();
-            holding.held.insert(7, Told { reply: "$JS.ACK.a".into(), next: t0 + every, every });
-            holding.held.insert(8, Told { reply: "$JS.ACK.b".into(), next: t0 + every * 3, every });
-            Held { progress: progress.clone(), id: 7 }
+            holding.slots.push(Some(Told { reply: "$JS.ACK.a".into(), next: t0 + every, every }));
+            holding.slots.push(Some(Told { reply: "$JS.ACK.b".into(), next: t0 + every * 3, every }));
+            Held { progress: progress.clone(), slot: 0 }
         };
         assert!(progress.due(t0).is_empty(), "nothing is due before its time");
         assert_eq!(progress.due(t0 + every), vec![async_nats::Subject::from("$JS.ACK.a")]);
