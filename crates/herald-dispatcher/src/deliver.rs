@@ -152,7 +152,7 @@ async fn from_message(shared: &Arc<Shared>, taken: &Taken, mode: Mode) -> Settle
             if fifo && !resent {
                 records::delivered_in_order(shared, &delivery, event, stored).await
             } else {
-                records::delivered_since(shared, &event.tenant, &sub.id, &event.id, since).await
+                records::delivered_since(shared, &event.tenant, &sub.id, &event.id, since, delivery.attempt).await
             }
         };
         let unreadable = |r: &Record| *r == Record::Unreadable;
@@ -299,64 +299,96 @@ async fn attempt(
     // What follows is inside the attempt's span, so its log lines carry the trace id.
     let within = span.clone();
     async move {
-        // Recorded first: should this message be handed out again while the health update below
-        // waits on the KV bucket (a leader election), the record is what stops a second send.
-        records::write(shared, event, &delivery, &sub.url, now, &sent, &outcome, made).await;
+        // A retry or dead letter is stored before the attempt's record, which then says
+        // whether it was: a copy of this delivery handed out again (its ack lost in an
+        // election) finds it settled instead of being sent beside the retry (see
+        // `records::settles`), and a dead letter that could not be stored is not taken for
+        // one. Anything else is recorded first: should this message be handed out again while
+        // the health update below waits on the KV bucket (a leader election), the record is
+        // what stops a second send.
+        let (settle, recorded) = match &outcome {
+            DeliveryOutcome::Retry { after } if !fifo => {
+                let settle = schedule_retry(shared, event, &delivery, &sent, now, target, parent, *after).await;
+                (Some(settle), (outcome.clone(), settle == Settle::Ack))
+            }
+            DeliveryOutcome::DeadLetter { reason } => {
+                let mut last = delivery.clone();
+                last.event = Some(event.clone());
+                last.last_status = sent.result.status.unwrap_or(0).into();
+                last.last_error = sent.result.error.clone().unwrap_or_default();
+                let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
+                let settle = dead_letter(shared, None, kind, Some(last), reason.clone()).await;
+                // Not stored: the message comes back and the delivery is tried again.
+                let recorded = match settle {
+                    Settle::Ack => outcome.clone(),
+                    Settle::Nak(after) => DeliveryOutcome::Retry { after },
+                };
+                (Some(settle), (recorded, false))
+            }
+            _ => (None, (outcome.clone(), false)),
+        };
+        let (recorded, retry_stored) = recorded;
+        records::write(shared, event, &delivery, &sub.url, now, &sent, &recorded, made, retry_stored).await;
         drop(in_flight);
         track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
         if sampled {
-            telemetry::attribute(&span, "herald.outcome", outcome_name(&outcome));
+            telemetry::attribute(&span, "herald.outcome", outcome_name(&recorded));
             if let Some(status) = sent.result.status {
                 telemetry::attribute(&span, "http.response.status_code", i64::from(status));
             }
             telemetry::set_outcome(&span, sent.result.error.as_deref());
         }
         let class = metrics::status_class(sent.result.status);
-        metrics::ATTEMPTS.inc(&[outcome_name(&outcome), class]);
+        metrics::ATTEMPTS.inc(&[outcome_name(&recorded), class]);
         metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
 
-        match outcome {
-            DeliveryOutcome::Delivered => {
+        match (outcome, settle) {
+            (_, Some(settle)) => settle,
+            (DeliveryOutcome::Delivered, None) => {
                 tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
                 Settle::Ack
             }
-            DeliveryOutcome::Retry { after } if fifo => {
+            (DeliveryOutcome::Retry { after }, None) => {
                 tracing::info!(event = %event.id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
                 Settle::Nak(after)
             }
-            DeliveryOutcome::Retry { after } => {
-                metrics::RETRIES.inc(&[]);
-                let event_id = event.id.clone();
-                let mut next = delivery;
-                next.event = Some(event.clone());
-                if next.first_attempt_at.is_empty() {
-                    next.first_attempt_at = herald_core::rfc3339(now);
-                }
-                next.attempt = next.attempt.max(1) + 1;
-                next.last_status = sent.result.status.unwrap_or(0).into();
-                next.last_error = sent.result.error.clone().unwrap_or_default();
-                tracing::info!(
-                    event = %event_id,
-                    subscription = %sub.id,
-                    next_attempt = next.attempt,
-                    after = ?after,
-                    error = %next.last_error,
-                    "attempt failed; retry scheduled"
-                );
-                reschedule(shared, target, parent, next, after).await
-            }
-            DeliveryOutcome::DeadLetter { reason } => {
-                let mut last = delivery;
-                last.event = Some(event.clone());
-                last.last_status = sent.result.status.unwrap_or(0).into();
-                last.last_error = sent.result.error.clone().unwrap_or_default();
-                let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
-                dead_letter(shared, None, kind, Some(last), reason).await
-            }
+            (DeliveryOutcome::DeadLetter { .. }, None) => unreachable!("dead letters are stored above"),
         }
     }
     .instrument(within)
     .await
+}
+
+/// Schedules the next attempt of `delivery` after its attempt failed: `Ack` once stored.
+#[allow(clippy::too_many_arguments)]
+async fn schedule_retry(
+    shared: &Shared,
+    event: &proto::Event,
+    delivery: &proto::Delivery,
+    sent: &http_client::Sent,
+    now: OffsetDateTime,
+    target: &str,
+    parent: &Carrier,
+    after: Duration,
+) -> Settle {
+    metrics::RETRIES.inc(&[]);
+    let mut next = delivery.clone();
+    next.event = Some(event.clone());
+    if next.first_attempt_at.is_empty() {
+        next.first_attempt_at = herald_core::rfc3339(now);
+    }
+    next.attempt = next.attempt.max(1) + 1;
+    next.last_status = sent.result.status.unwrap_or(0).into();
+    next.last_error = sent.result.error.clone().unwrap_or_default();
+    tracing::info!(
+        event = %event.id,
+        subscription = %delivery.subscription_id,
+        next_attempt = next.attempt,
+        after = ?after,
+        error = %next.last_error,
+        "attempt failed; retry scheduled"
+    );
+    reschedule(shared, target, parent, next, after).await
 }
 
 /// Stores `delivery` as a JetStream message schedule that publishes it to `target` after

@@ -161,7 +161,8 @@ async fn checked(
     mut subs: Vec<Arc<proto::Subscription>>,
 ) -> Option<Vec<Arc<proto::Subscription>>> {
     let check = || {
-        let checks = subs.iter().map(|s| records::delivered_since(shared, &event.tenant, &s.id, &event.id, published));
+        let checks =
+            subs.iter().map(|s| records::delivered_since(shared, &event.tenant, &s.id, &event.id, published, 1));
         futures::future::join_all(checks)
     };
     let unreadable = |found: &Vec<records::Record>| found.contains(&records::Record::Unreadable);

@@ -52,7 +52,7 @@ struct Index {
     /// The next stream sequence to read.
     next: u64,
     /// (subscription, event) → the time and outcome of its last record.
-    last: HashMap<u64, (OffsetDateTime, bool)>,
+    last: HashMap<u64, (OffsetDateTime, u32)>,
     /// Keys by the time of their record, to drop what leaves the window.
     order: VecDeque<(OffsetDateTime, u64)>,
     /// When a check last used it.
@@ -70,7 +70,7 @@ fn key(subscription: &str, event: &str) -> u64 {
 
 impl RecentRecords {
     /// What the last record of (`subscription`, `event`) stored at or after `since` says
-    /// (`Some(true)`: delivered), reading the stream up to sequence `upto` first; `Ok(None)`:
+    /// (the attempts it settles: [`crate::records::settles`]), reading the stream up to sequence `upto` first; `Ok(None)`:
     /// no such record. `Err` if the stream cannot be read, or `since` is beyond the window.
     pub(crate) async fn last(
         &self,
@@ -79,7 +79,7 @@ impl RecentRecords {
         event: &str,
         since: OffsetDateTime,
         upto: u64,
-    ) -> Result<Option<bool>, Beyond> {
+    ) -> Result<Option<u32>, Beyond> {
         let now = OffsetDateTime::now_utc();
         if since < now - WINDOW {
             return Err(Beyond::Window);
@@ -120,7 +120,7 @@ impl RecentRecords {
             }
         }
         index.forget_before(now - WINDOW);
-        Ok(index.last.get(&key(subscription, event)).filter(|(at, _)| *at >= since).map(|(_, delivered)| *delivered))
+        Ok(index.last.get(&key(subscription, event)).filter(|(at, _)| *at >= since).map(|(_, settles)| *settles))
     }
 }
 
@@ -180,7 +180,7 @@ impl Index {
                 && let Ok(record) = proto::Attempt::decode(message.payload.as_ref())
             {
                 let k = key(&record.subscription_id, &record.event_id);
-                self.last.insert(k, (at, crate::records::settled(&record.outcome)));
+                self.last.insert(k, (at, crate::records::settles(&record)));
                 self.order.push_back((at, k));
             }
             if sequence >= upto {
@@ -220,16 +220,16 @@ mod tests {
         let t0 = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
         let at = |s: i64| t0 + time::Duration::seconds(s);
         let mut i = index(t0);
-        for (s, sub, event, delivered) in [(1, "s1", "e1", false), (2, "s1", "e2", true), (5, "s1", "e1", true)] {
+        for (s, sub, event, settles) in [(1, "s1", "e1", 0), (2, "s1", "e2", u32::MAX), (5, "s1", "e1", u32::MAX)] {
             let k = key(sub, event);
-            i.last.insert(k, (at(s), delivered));
+            i.last.insert(k, (at(s), settles));
             i.order.push_back((at(s), k));
         }
         i.forget_before(at(3));
         assert_eq!(i.from, at(3));
         // e2's only record left the window; e1's later record (delivered) is kept.
         assert_eq!(i.last.get(&key("s1", "e2")), None);
-        assert_eq!(i.last.get(&key("s1", "e1")), Some(&(at(5), true)));
+        assert_eq!(i.last.get(&key("s1", "e1")), Some(&(at(5), u32::MAX)));
         assert_eq!(i.order.len(), 1);
         assert_ne!(key("s1", "e1"), key("s2", "e1"));
         assert_ne!(key("s1", "e1"), key("s1e", "1"), "the pair, not the concatenation");

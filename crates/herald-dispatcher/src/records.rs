@@ -48,8 +48,9 @@ pub(crate) const WALK_LIMIT: usize = 1_000;
 /// again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Record {
-    /// The last record for the pair, stored after `since`, says delivered or dead-lettered
-    /// ([`settled`]; or, on an ordered lane, the lane has moved past the event): not sent again.
+    /// The last record for the pair, stored after `since`, settles the message ([`settles`]:
+    /// delivered, dead-lettered, or this attempt's retry stored; or, on an ordered lane, the
+    /// lane has moved past the event): not sent again.
     Delivered,
     /// No such record: sent.
     NotDelivered,
@@ -120,6 +121,7 @@ pub(crate) async fn write(
     sent: &http_client::Sent,
     outcome: &DeliveryOutcome,
     made: Made,
+    retry_stored: bool,
 ) {
     let attempt = proto::Attempt {
         event_id: event.id.clone(),
@@ -137,6 +139,7 @@ pub(crate) async fn write(
         event_sequence: delivery.event_sequence,
         resent: made.resent,
         ordered: made.ordered,
+        retry_stored,
     };
     let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
     let payload: bytes::Bytes = attempt.encode_to_vec().into();
@@ -173,11 +176,22 @@ pub(crate) fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
     }
 }
 
-/// Whether a record's outcome settles its delivery, so that a copy handed out again is not
-/// sent: delivered, or dead-lettered (sending it again would make a second attempt and a
-/// second dead letter; an operator's redrive is a new message, stored after the record).
-pub(crate) fn settled(outcome: &str) -> bool {
-    outcome == "delivered" || outcome == "dead_letter"
+/// The attempts of a delivery a record settles, so that a copy of one of them handed out again
+/// is not sent: all of them if it was delivered or dead-lettered (sending it again would make a
+/// second attempt and a second dead letter; an operator's redrive is a new message, stored after
+/// the record); those up to its own if it failed and its retry was stored (the retry carries
+/// the delivery on); none otherwise.
+pub(crate) fn settles(record: &proto::Attempt) -> u32 {
+    match record.outcome.as_str() {
+        "delivered" | "dead_letter" => u32::MAX,
+        "retry" if record.retry_stored => record.attempt,
+        _ => 0,
+    }
+}
+
+/// What a record that settles attempts up to `settles` says of a delivery at `attempt`.
+pub(crate) fn says(settles: u32, attempt: u32) -> Record {
+    if settles >= attempt.max(1) { Record::Delivered } else { Record::NotDelivered }
 }
 
 /// One record as read back.
@@ -188,8 +202,8 @@ struct Stored {
 }
 
 impl Stored {
-    fn says(&self) -> Record {
-        if settled(&self.attempt.outcome) { Record::Delivered } else { Record::NotDelivered }
+    fn says(&self, attempt: u32) -> Record {
+        says(settles(&self.attempt), attempt)
     }
 }
 
@@ -259,8 +273,9 @@ pub(crate) async fn delivered_since(
     subscription: &str,
     event: &str,
     since: OffsetDateTime,
+    attempt: u32,
 ) -> Record {
-    let (record, label) = match find(shared, tenant, subscription, event, since).await {
+    let (record, label) = match find(shared, tenant, subscription, event, since, attempt).await {
         Ok(Found::Read(record)) => (record, check_label(record)),
         Ok(Found::TooMany) => (Record::NotDelivered, "inconclusive"),
         Err(error) => {
@@ -294,6 +309,7 @@ async fn find(
     subscription: &str,
     event: &str,
     since: OffsetDateTime,
+    attempt: u32,
 ) -> Result<Found, String> {
     let subject = nats::attempt_subject(tenant, subscription, event);
     let newest = get(shared, serde_json::json!({ "last_by_subj": subject })).await?;
@@ -301,32 +317,33 @@ async fn find(
         // Nothing in the partition since `since`: no walk needed.
         None => None,
         Some(newest) if newest.time < since => None,
-        Some(newest) if newest.attempt.event_id == event => Some(newest.says()),
+        Some(newest) if newest.attempt.event_id == event => Some(newest.says(attempt)),
         // Newer records of other events: the recent records in memory tell, or the partition
         // is read (a check reaching further back than they do, or the stream unreadable).
         Some(newest) => match shared.recent.last(&shared.js, subscription, event, since, newest.sequence).await {
-            Ok(Some(true)) => Some(Record::Delivered),
-            Ok(Some(false)) => Some(Record::NotDelivered),
+            Ok(Some(settled)) => Some(says(settled, attempt)),
             Ok(None) => None,
             Err(crate::recent::Beyond::Unreadable(error)) => return Err(error),
-            Err(crate::recent::Beyond::Window) => match walk(shared, &subject, event, since, newest.sequence).await? {
-                Walked::Complete(last) => last,
-                Walked::Incomplete(Some(record)) => Some(record),
-                Walked::Incomplete(None) => {
-                    tracing::warn!(
-                        event,
-                        subject,
-                        limit = WALK_LIMIT,
-                        "more attempt records since the delivery was stored than a check reads; sending it again"
-                    );
-                    return Ok(Found::TooMany);
+            Err(crate::recent::Beyond::Window) => {
+                match walk(shared, &subject, event, since, attempt, newest.sequence).await? {
+                    Walked::Complete(last) => last,
+                    Walked::Incomplete(Some(record)) => Some(record),
+                    Walked::Incomplete(None) => {
+                        tracing::warn!(
+                            event,
+                            subject,
+                            limit = WALK_LIMIT,
+                            "more attempt records since the delivery was stored than a check reads; sending it again"
+                        );
+                        return Ok(Found::TooMany);
+                    }
                 }
-            },
+            }
         },
     };
     match found {
         Some(record) => Ok(Found::Read(record)),
-        None => legacy(shared, tenant, subscription, event, since).await.map(Found::Read),
+        None => legacy(shared, tenant, subscription, event, since, attempt).await.map(Found::Read),
     }
 }
 
@@ -347,6 +364,7 @@ async fn walk(
     subject: &str,
     event: &str,
     since: OffsetDateTime,
+    attempt: u32,
     newest: u64,
 ) -> Result<Walked, String> {
     use futures::StreamExt as _;
@@ -372,7 +390,7 @@ async fn walk(
             && let Ok(record) = proto::Attempt::decode(message.payload.as_ref())
             && record.event_id == event
         {
-            last = Some(if settled(&record.outcome) { Record::Delivered } else { Record::NotDelivered });
+            last = Some(says(settles(&record), attempt));
         }
         if sequence >= newest {
             return Ok(Walked::Complete(last));
@@ -390,6 +408,7 @@ async fn legacy(
     subscription: &str,
     event: &str,
     since: OffsetDateTime,
+    attempt: u32,
 ) -> Result<Record, String> {
     if shared.legacy_records_until.is_none_or(|until| OffsetDateTime::now_utc() >= until) {
         return Ok(Record::NotDelivered);
@@ -397,7 +416,7 @@ async fn legacy(
     let subject = nats::legacy_attempt_subject(tenant, subscription, event);
     Ok(match get(shared, serde_json::json!({ "last_by_subj": subject })).await? {
         // An event id that looks like a partition ("7") shares its subject with new records.
-        Some(r) if r.time >= since && r.attempt.event_id == event => r.says(),
+        Some(r) if r.time >= since && r.attempt.event_id == event => r.says(attempt),
         _ => Record::NotDelivered,
     })
 }
@@ -428,7 +447,7 @@ pub(crate) async fn delivered_in_order(
             Record::Unreadable
         }
         Ok(None) => Record::NotDelivered,
-        Ok(Some(newest)) if newest.attempt.event_id == event.id => newest.says(),
+        Ok(Some(newest)) if newest.attempt.event_id == event.id => newest.says(delivery.attempt),
         Ok(Some(newest))
             if newest.attempt.ordered
                 && !newest.attempt.resent
@@ -444,9 +463,15 @@ pub(crate) async fn delivered_in_order(
             // that cannot tell: the event's own records decide. Overtaken and never sent, it is
             // sent now, late rather than never.
             let later = newest.attempt.ordered && sequence > 0 && sequence < newest.attempt.event_sequence;
-            let own =
-                delivered_since(shared, &event.tenant, &delivery.subscription_id, &event.id, stored - ORDERED_LOOKBACK)
-                    .await;
+            let own = delivered_since(
+                shared,
+                &event.tenant,
+                &delivery.subscription_id,
+                &event.id,
+                stored - ORDERED_LOOKBACK,
+                delivery.attempt,
+            )
+            .await;
             if later && own == Record::NotDelivered {
                 tracing::warn!(event = %event.id, subscription = %delivery.subscription_id, "ordered lane: a later event was delivered before this one; sending it now, out of order, rather than never");
             }
@@ -460,6 +485,32 @@ pub(crate) async fn delivered_in_order(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_retry_settles_its_own_attempt_and_earlier_ones_only() {
+        let record = |outcome: &str, attempt, retry_stored| proto::Attempt {
+            outcome: outcome.into(),
+            attempt,
+            retry_stored,
+            ..Default::default()
+        };
+        let settles_attempt = |r: &proto::Attempt, attempt| says(settles(r), attempt) == Record::Delivered;
+        let delivered = record("delivered", 2, false);
+        assert!(settles_attempt(&delivered, 1) && settles_attempt(&delivered, 9));
+        let dead = record("dead_letter", 5, false);
+        assert!(settles_attempt(&dead, 5) && settles_attempt(&dead, 6));
+        // Attempt 2 failed and its retry (attempt 3) is stored: a copy of attempt 1 or 2
+        // handed out again is settled; the retry itself is not.
+        let stored = record("retry", 2, true);
+        assert!(settles_attempt(&stored, 1) && settles_attempt(&stored, 2));
+        assert!(!settles_attempt(&stored, 3));
+        // Its retry not stored (or a record of before the flag): the message comes back and
+        // is sent.
+        assert!(!settles_attempt(&record("retry", 2, false), 2));
+        assert!(!settles_attempt(&record("skipped", 1, false), 1));
+        // Fan-out checks its first attempts as attempt 1; a delivery without a count is one.
+        assert!(settles_attempt(&record("retry", 1, true), 0));
+    }
 
     #[tokio::test]
     async fn a_check_asks_again_in_place_until_the_records_are_readable_or_its_time_is_up() {

@@ -184,3 +184,95 @@ async fn an_attempt_that_outlasts_the_ack_wait_is_kept_in_progress_and_sent_once
         drop(replicas);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_attempt_whose_retry_is_stored_is_not_sent_again_beside_it() {
+    use herald_core::{nats, proto};
+    use prost::Message as _;
+
+    // A failed attempt's retry is stored before its record, and the record says so. A copy of
+    // that attempt handed out again (its ack lost in an election, or a schedule that fired
+    // twice) is then settled; the retry itself is sent. Without the mark both went out.
+    let stack = Stack::start().await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let rx = Receiver::start().await;
+    rx.script_per_path("/r", [Reply::status(500)]);
+    let sub = stack.subscribe(&rx.url("/r"), &["twin.*"], None).await;
+    let sub_id = sub["id"].as_str().unwrap().to_owned();
+
+    // The real path: an attempt answered 500 leaves a record saying its retry was stored, and
+    // the retry delivers.
+    let (status, _) = stack.publish(json!({"id": "real-1", "type": "twin.x", "data": {}})).await;
+    assert_eq!(status, 202);
+    rx.wait_until(Duration::from_secs(30), "the retry delivered", |r| r.iter().any(|r| r.status == 200)).await;
+    let stream = js.get_stream(nats::ATTEMPTS_STREAM).await.unwrap();
+    let subject = nats::attempt_subject("default", &sub_id, "real-1");
+    // The delivered attempt is recorded a moment after the receiver answered.
+    let (mut records, mut seq) = (Vec::new(), 0);
+    let deadline = std::time::Instant::now() + SOON;
+    while records.len() < 2 && std::time::Instant::now() < deadline {
+        match stream.get_raw_message(seq + 1).await {
+            Ok(m) => {
+                seq += 1;
+                if m.subject.as_str() == subject
+                    && let Ok(a) = proto::Attempt::decode(m.payload.as_ref())
+                    && a.event_id == "real-1"
+                {
+                    records.push(a);
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    let seen: Vec<_> = records.iter().map(|a| (a.attempt, a.outcome.as_str(), a.retry_stored)).collect();
+    assert_eq!(seen, [(1, "retry", true), (2, "delivered", false)], "{records:?}");
+
+    // Copies as they come back: for `stored-1` attempt 2 failed and its retry (attempt 3) is
+    // stored, so a second attempt-2 message is settled and only attempt 3 is sent; for
+    // `unstored-1` attempt 2's retry could not be stored, so its message, back, is sent.
+    for (event, stored) in [("stored-1", true), ("unstored-1", false)] {
+        let record = proto::Attempt {
+            event_id: event.into(),
+            subscription_id: sub_id.clone(),
+            tenant: "default".into(),
+            attempt: 2,
+            url: rx.url("/r"),
+            status: 500,
+            outcome: "retry".into(),
+            at: herald_core::now_rfc3339(),
+            retry_stored: stored,
+            ..Default::default()
+        };
+        let subject = nats::attempt_subject("default", &sub_id, event);
+        js.publish(subject, record.encode_to_vec().into()).await.unwrap().await.unwrap();
+    }
+    let delivery = |event: &str, attempt| proto::Delivery {
+        event: Some(proto::Event {
+            id: event.into(),
+            r#type: "twin.x".into(),
+            tenant: "default".into(),
+            data: br#"{}"#.to_vec(),
+            time: herald_core::now_rfc3339(),
+            ..Default::default()
+        }),
+        subscription_id: sub_id.clone(),
+        attempt,
+        ..Default::default()
+    };
+    for (event, attempt) in [("stored-1", 2), ("stored-1", 3), ("unstored-1", 2)] {
+        let subject = nats::delivery_subject("default", &sub_id);
+        js.publish(subject, delivery(event, attempt).encode_to_vec().into()).await.unwrap().await.unwrap();
+    }
+    rx.wait_until(SOON, "both sent", |r| {
+        ["stored-1", "unstored-1"].iter().all(|id| r.iter().any(|r| r.header("webhook-id") == Some(id)))
+    })
+    .await;
+    stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let sent = |id: &str| rx.received().iter().filter(|r| r.header("webhook-id") == Some(id)).count();
+    assert_eq!((sent("stored-1"), sent("unstored-1")), (1, 1), "each sent once");
+    let (_, _, attempts) = stack.call(reqwest::Method::GET, "/v1/events/stored-1/attempts", None).await;
+    let numbers: Vec<u64> =
+        attempts["data"].as_array().unwrap().iter().map(|a| a["attempt"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [3, 2], "the retry's attempt is the one made: {attempts}");
+}

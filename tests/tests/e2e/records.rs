@@ -156,6 +156,35 @@ async fn a_dead_lettered_delivery_that_comes_back_is_not_attempted_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_could_not_be_stored_is_stored_when_its_delivery_comes_back() {
+    // The record of an exhausted attempt is written once its dead letter is stored: when the
+    // dead letter cannot be (its stream gone), the record says so and the delivery that comes
+    // back is tried again, and dead-lettered then, rather than settled by a record of a dead
+    // letter that does not exist.
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    rx.respond_with(&[500; 20]);
+    let body = json!({"url": rx.url("/lost"), "event_types": ["dl.*"], "retry_schedule": "1s"});
+    let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{sub}");
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    js.delete_stream("HERALD_DLQ").await.unwrap();
+    stack.publish(json!({"id": "dl-1", "type": "dl.x", "data": {}})).await;
+    // The last attempt made, and its dead letter refused.
+    rx.wait_count("/lost", 2, SOON).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    herald_core::nats::ensure_streams(&js, &herald_core::nats::Topology::default()).await.unwrap();
+    wait_for_dead_letters(&stack, 1).await;
+    let (_, _, page) = stack.call(Method::GET, "/v1/dead-letters", None).await;
+    assert_eq!(page["data"][0]["event_id"], "dl-1", "{page}");
+    let (_, _, attempts) = stack.call(Method::GET, "/v1/events/dl-1/attempts", None).await;
+    let outcomes: Vec<&str> =
+        attempts["data"].as_array().unwrap().iter().map(|a| a["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes.first(), Some(&"dead_letter"), "{attempts}");
+    assert!(outcomes[1..].iter().all(|o| *o == "retry"), "{attempts}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_delivers_exactly_the_events_of_the_range_and_never_doubles() {
     let stack = Stack::start().await;
     let rx = Receiver::start().await;

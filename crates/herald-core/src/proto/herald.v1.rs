@@ -226,4 +226,9 @@ pub struct Attempt {
     /// Made by an ordered (FIFO) lane, which attempts its events one at a time in sequence order.
     #[prost(bool, tag = "15")]
     pub ordered: bool,
+    /// Outcome `retry` only: the retry this attempt scheduled was stored before the record was
+    /// written. A copy of the delivery at this attempt or an earlier one, handed out again (its
+    /// ack lost in an election), is then settled and not sent beside the retry.
+    #[prost(bool, tag = "16")]
+    pub retry_stored: bool,
 }
