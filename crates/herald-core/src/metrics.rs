@@ -203,6 +203,16 @@ pub static ATTEMPTS: LazyLock<Family> = LazyLock::new(|| {
 pub static ATTEMPT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     Histogram::new("herald_attempt_duration_seconds", "Duration of one webhook attempt.", &["status_class"], LATENCY)
 });
+/// How late scheduled retries and deferrals come.
+pub static RETRY_LATENESS: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::new(
+        "herald_retry_lateness_seconds",
+        "How long after it was due a scheduled retry or deferral was handed out (its schedule firing late, e.g. after a leader change, or a backlog ahead of it).",
+        &[],
+        LATENESS,
+    )
+});
+const LATENESS: &[f64] = &[0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0];
 /// Deliveries put off without an attempt, by reason.
 pub static DEFERRALS: LazyLock<Family> = LazyLock::new(|| {
     Family::new(
@@ -355,6 +365,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     }
     PUBLISH_SECONDS.register(&mut registry);
     ATTEMPT_SECONDS.register(&mut registry);
+    RETRY_LATENESS.register(&mut registry);
     registry
 });
 

@@ -77,6 +77,11 @@ pub fn lane_consumer(subscription_id: &str) -> String {
 /// Without it, an ordered lane sends no event twice, however its delivery came back.
 pub const RESEND_HEADER: &str = "Herald-Resend";
 
+/// Set on a retry's (or deferral's) message schedule, and so on the delivery it fires
+/// (RFC 3339): when it was due. How late it comes is measured by the dispatcher that gets it
+/// (`herald_retry_lateness_seconds`): a schedule may fire late after its stream's leader changed.
+pub const DUE_HEADER: &str = "Herald-Due";
+
 /// Set by fan-out on the delivery of an event handed out again (RFC 3339): when the event was
 /// stored. A record from then on stops the delivery if it is handed out again: the records of
 /// an inline attempt of the event can be stored after this message, while the attempts stream

@@ -112,6 +112,9 @@ async fn from_message(shared: &Arc<Shared>, taken: &Taken, mode: Mode) -> Settle
         return dead_letter(shared, Some(msg), "poison", Some(delivery), reason).await;
     }
     let event = delivery.event.as_ref().expect("checked above");
+    if delivered == 1 {
+        lateness(msg, event, stored);
+    }
     // A delivery nobody can receive is dead-lettered, not dropped: after re-enabling (or
     // re-creating) the subscription it can be redriven.
     let Some(sub) = shared.registry.get(&event.tenant, &delivery.subscription_id) else {
@@ -359,6 +362,29 @@ async fn attempt(
     .await
 }
 
+/// How late a retry or deferral its schedule fired comes (a first hand-out): counted, and
+/// told when it is late enough that an operator would ask why (a schedule firing late after its
+/// stream's leader changed shows as late storing; a backlog, as a late hand-out).
+fn lateness(msg: &jetstream::Message, event: &proto::Event, stored: OffsetDateTime) {
+    let Some(due) = msg
+        .headers
+        .as_ref()
+        .and_then(|h| h.get(nats::DUE_HEADER))
+        .and_then(|v| OffsetDateTime::parse(v.as_str(), &Rfc3339).ok())
+    else {
+        return;
+    };
+    let late = OffsetDateTime::now_utc() - due;
+    metrics::RETRY_LATENESS.observe(&[], late.try_into().unwrap_or_default());
+    if late > LATE {
+        let fired_late = (stored - due).max(time::Duration::ZERO);
+        tracing::warn!(event = %event.id, late = %late, fired_late = %fired_late, "a scheduled retry came late");
+    }
+}
+
+/// How late a scheduled retry may come before it is told in the log.
+const LATE: time::Duration = time::Duration::seconds(10);
+
 /// Schedules the next attempt of `delivery` after its attempt failed: `Ack` once stored.
 #[allow(clippy::too_many_arguments)]
 async fn schedule_retry(
@@ -409,6 +435,7 @@ async fn reschedule(
         PublishMessage::build()
             .payload(delivery.encode_to_vec().into())
             .header("Nats-Schedule", format!("@at {}", herald_core::rfc3339(due)))
+            .header(nats::DUE_HEADER, herald_core::rfc3339(due))
             .header("Nats-Schedule-Target", target),
     );
     let subject = nats::retry_schedule_subject(&event.tenant, &delivery.subscription_id, &event.id);

@@ -333,11 +333,20 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
         }
         despite_record += herald_harness::duplicates_at(&gateway, &got, path).await.1;
     }
+    // Retries that came more than 10 s after they were due (a schedule firing late after an
+    // election, or a backlog ahead of it).
+    let (mut retries, mut late_retries) = (0.0, 0.0);
+    for d in &dispatchers {
+        let text = d.metrics_text().await.unwrap_or_default();
+        let count = herald_harness::metric_sum(&text, "herald_retry_lateness_seconds_count");
+        retries += count;
+        late_retries += count - herald_harness::metric_sum(&text, r#"herald_retry_lateness_seconds_bucket{le="10.0"}"#);
+    }
     let deliveries = 3 * n;
     let kill_times: Vec<String> =
         kills.iter().map(|k| format!("{:.1}s", k.at.saturating_duration_since(started).as_secs_f64())).collect();
     let summary = format!(
-        "node chaos ({label}): {n} events × 3 subscriptions (one retrying, one ordered), 0 lost, {duplicates} sent twice ({despite_record} despite a record, {} not caught in a kill), {} node kills at {kill_times:?}, {refused} batches refused and sent again, last delivery {recovered:?} after the cluster was whole again and publishing ended; longest wait accepted → first 2xx: {}",
+        "node chaos ({label}): {n} events × 3 subscriptions (one retrying, one ordered), 0 lost, {duplicates} sent twice ({despite_record} despite a record, {} not caught in a kill), {} node kills at {kill_times:?}, {refused} batches refused and sent again, last delivery {recovered:?} after the cluster was whole again and publishing ended; longest wait accepted → first 2xx: {}; {retries} retries, {late_retries} of them more than 10 s late",
         unexcused.len(),
         kills.len(),
         waits.join(", ")

@@ -110,6 +110,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("herald_filtered_out", "counter", &[]),
     ("herald_schema_violations", "counter", &["action"]),
     ("herald_consumer_rewinds", "counter", &[]),
+    ("herald_retry_lateness_seconds", "histogram", &[]),
     ("herald_deliveries_in_flight", "gauge", &[]),
     ("herald_circuits_open", "gauge", &[]),
     ("herald_consumer_messages", "gauge", &["consumer", "state"]),
@@ -132,6 +133,8 @@ async fn metrics_parse_and_move_as_deliveries_happen() {
     let before = scrape(&dispatcher).await;
 
     let rx = Receiver::start().await;
+    // One answer fails: its retry is scheduled, and comes when due.
+    rx.script_per_path("/m", [herald_harness::Reply::status(500)]);
     stack.subscribe(&rx.url("/m"), &["m.*"], None).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     for i in 0..3 {
@@ -139,7 +142,7 @@ async fn metrics_parse_and_move_as_deliveries_happen() {
     }
     let (status, _) = stack.publish(json!({"type": "m..bad", "data": {}})).await;
     assert_eq!(status, 400);
-    rx.wait_for(3, SOON).await;
+    rx.wait_for(4, SOON).await;
     tokio::time::sleep(Duration::from_secs(6)).await; // the gauges refresh every 5 s
 
     let after_gw = scrape(&gateway).await;
@@ -158,6 +161,12 @@ async fn metrics_parse_and_move_as_deliveries_happen() {
         after.series
     );
     assert!(delta(&after, &before, r#"herald_attempt_duration_seconds_count{status_class="2xx"}"#) >= 3.0);
+    assert_eq!(delta(&after, &before, "herald_retries_scheduled_total"), 1.0);
+    assert_eq!(delta(&after, &before, "herald_retry_lateness_seconds_count"), 1.0, "the retry's lateness is measured");
+    // Seconds, not milliseconds: a retry due 1 s after its failure on an idle server comes
+    // within its second.
+    let late = delta(&after, &before, "herald_retry_lateness_seconds_sum");
+    assert!((0.0..60.0).contains(&late), "{late}");
     assert!(delta(&after, &before, r#"herald_fanout_events_total{outcome="fanned_out"}"#) >= 3.0);
     assert!(
         after.series.contains_key(r#"herald_consumer_messages{consumer="herald-deliver",state="pending"}"#),
