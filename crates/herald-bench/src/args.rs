@@ -89,6 +89,9 @@ pub(crate) struct Args {
     /// Cluster: events in the backlog each run drains on three nodes (one subscription).
     #[arg(long, default_value_t = 60_000)]
     pub(crate) cluster_backlog: usize,
+    /// Cluster: the nodes' `sync_interval` (e.g. `always`); nats-server's default if not given.
+    #[arg(long)]
+    pub(crate) cluster_sync: Option<String>,
     /// Soak: events per second, published steadily.
     #[arg(long, default_value_t = 300)]
     pub(crate) soak_rate: usize,

@@ -21,7 +21,7 @@ impl Bench {
     /// The cluster rows for one payload size.
     pub(crate) async fn cluster(&mut self, payload: usize) -> anyhow::Result<()> {
         let backlog = self.args.cluster_backlog;
-        let mut cluster = herald_harness::NatsCluster::start();
+        let mut cluster = herald_harness::NatsCluster::start_with_sync(self.args.cluster_sync.as_deref());
         cluster.wait_for_meta_leader().await;
         let url = cluster.url();
         let port = herald_harness::free_port();
@@ -89,7 +89,8 @@ impl Bench {
             ratio,
             of_relay: None,
         };
-        let setup = format!("3 nodes, R3, 2 dispatchers, backlog of {backlog}");
+        let sync = self.args.cluster_sync.as_deref().map(|s| format!(", sync_interval: {s}")).unwrap_or_default();
+        let setup = format!("3 nodes, R3{sync}, 2 dispatchers, backlog of {backlog}");
         self.rows.push(row(format!("cluster ({setup}), no node killed"), crate::median(calm), "deliveries/s", None));
         self.rows.push(row(
             format!("cluster ({setup}), a node SIGKILLed every 30 s ({kills} kills in all)"),

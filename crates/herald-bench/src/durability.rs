@@ -1,6 +1,6 @@
 //! What durability costs: HTTP ingest (batches) against nats-server with `sync_interval:
 //! always` (every write flushed before the PubAck) and against a three-node cluster with R3
-//! streams, each as a ratio to the same ingest against the one server with R1 streams that the
+//! streams, at the default interval and at `always`, each as a ratio to the same ingest against the one server with R1 streams that the
 //! rest of the benchmark uses, measured in pairs so that the machine's drift cancels.
 
 use crate::Bench;
@@ -26,10 +26,17 @@ impl Bench {
         let port = herald_harness::free_port();
         let cluster_gateway = Proc::gateway_with(&cluster.url(), port, &["--replicas", "3"]).await?;
         let cluster_url = format!("http://127.0.0.1:{port}");
+        // What the node chaos tests advise where nodes may die in quick succession.
+        let synced_cluster = herald_harness::NatsCluster::start_with_sync(Some("always"));
+        synced_cluster.wait_for_meta_leader().await;
+        let port = herald_harness::free_port();
+        let synced_cluster_gateway = Proc::gateway_with(&synced_cluster.url(), port, &["--replicas", "3"]).await?;
+        let synced_cluster_url = format!("http://127.0.0.1:{port}");
 
         let setups = [
             ("HTTP ingest, one server, R1, sync_interval: always", synced_url),
             ("HTTP ingest, three servers, R3", cluster_url),
+            ("HTTP ingest, three servers, R3, sync_interval: always", synced_cluster_url),
         ];
         let main_url = self.gateway_url.clone();
         for (name, url) in setups {
@@ -58,7 +65,7 @@ impl Bench {
                 of_relay: None,
             });
         }
-        drop((synced_gateway, cluster_gateway));
+        drop((synced_gateway, cluster_gateway, synced_cluster_gateway));
         Ok(())
     }
 }
