@@ -360,18 +360,21 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
     }
     // The target, 0.5 % in all, at both sync settings and both cadences. Before messages were
     // told in progress, a record or a check that outlasted the tests' 5 s ack wait sent bursts
-    // twice (79 of 1,830 and 34 of 3,930 in two runs under the whole suite); since, 0-2 per run
-    // (twins in flight at once: README, Node failures, known misses).
+    // twice (79 of 1,830 and 34 of 3,930 in two runs under the whole suite); since, 0-2 per run,
+    // and 0 in every run since a stored retry settles the attempt it follows.
     let total = 5;
     assert!(
         duplicates * 1000 <= deliveries * total,
         "{summary}\nmore than {} % sent twice: {unexcused:?}",
         total as f64 / 10.0
     );
+    // The target outside kills is none; a twin pair (a schedule that fired twice, both copies
+    // in flight before either record) stays possible, so 0.2 % (3 of 1,830) is asserted.
+    let outside = 2;
     assert!(
-        unexcused.len() * 1000 <= deliveries * total,
+        unexcused.len() * 1000 <= deliveries * outside,
         "{summary}\nmore than {} % sent twice outside any kill: {unexcused:?}",
-        total as f64 / 10.0
+        outside as f64 / 10.0
     );
     stop.cancel();
     drop(dispatchers);
