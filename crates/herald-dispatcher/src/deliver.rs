@@ -309,10 +309,10 @@ async fn attempt(
         // one. Anything else is recorded first: should this message be handed out again while
         // the health update below waits on the KV bucket (a leader election), the record is
         // what stops a second send.
-        let (settle, recorded) = match &outcome {
+        let (settle, recorded_as, retry_stored) = match &outcome {
             DeliveryOutcome::Retry { after } if !fifo => {
                 let settle = schedule_retry(shared, event, &delivery, &sent, now, target, parent, *after).await;
-                (Some(settle), (outcome.clone(), settle == Settle::Ack))
+                (Some(settle), None, settle == Settle::Ack)
             }
             DeliveryOutcome::DeadLetter { reason } => {
                 let mut last = delivery.clone();
@@ -322,30 +322,30 @@ async fn attempt(
                 let kind = if sent.result.class == Some(retry::ErrorClass::Refused) { "refused" } else { "exhausted" };
                 let settle = dead_letter(shared, None, kind, Some(last), reason.clone()).await;
                 // Not stored: the message comes back and the delivery is tried again.
-                let recorded = match settle {
-                    Settle::Ack => outcome.clone(),
-                    Settle::Nak(after) => DeliveryOutcome::Retry { after },
+                let recorded_as = match settle {
+                    Settle::Ack => None,
+                    Settle::Nak(after) => Some(DeliveryOutcome::Retry { after }),
                 };
-                (Some(settle), (recorded, false))
+                (Some(settle), recorded_as, false)
             }
-            _ => (None, (outcome.clone(), false)),
+            _ => (None, None, false),
         };
-        let (recorded, retry_stored) = recorded;
-        records::write(shared, event, &delivery, &sub.url, now, &sent, &recorded, made, retry_stored).await;
+        let recorded = recorded_as.as_ref().unwrap_or(&outcome);
+        records::write(shared, event, &delivery, &sub.url, now, &sent, recorded, made, retry_stored).await;
         drop(in_flight);
         track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
         if sampled {
-            telemetry::attribute(&span, "herald.outcome", outcome_name(&recorded));
+            telemetry::attribute(&span, "herald.outcome", outcome_name(recorded));
             if let Some(status) = sent.result.status {
                 telemetry::attribute(&span, "http.response.status_code", i64::from(status));
             }
             telemetry::set_outcome(&span, sent.result.error.as_deref());
         }
         let class = metrics::status_class(sent.result.status);
-        metrics::ATTEMPTS.inc(&[outcome_name(&recorded), class]);
+        metrics::ATTEMPTS.inc(&[outcome_name(recorded), class]);
         metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
 
-        match (outcome, settle) {
+        match (&outcome, settle) {
             (_, Some(settle)) => settle,
             (DeliveryOutcome::Delivered, None) => {
                 tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
@@ -353,7 +353,7 @@ async fn attempt(
             }
             (DeliveryOutcome::Retry { after }, None) => {
                 tracing::info!(event = %event.id, subscription = %sub.id, after = ?after, "ordered delivery failed; retrying in place");
-                Settle::Nak(after)
+                Settle::Nak(*after)
             }
             (DeliveryOutcome::DeadLetter { .. }, None) => unreachable!("dead letters are stored above"),
         }

@@ -186,7 +186,7 @@ async fn checked(
         }
         found
     };
-    if found.contains(&records::Record::Unreadable) {
+    if unreadable(&found) {
         tracing::warn!(event = %event.id, handed_out, "the attempt records stayed unreadable; fanning out without knowing what was delivered (at least once)");
     }
     tracing::debug!(event = %event.id, handed_out, found = ?found, "fan-out: records checked of an event handed out again");
