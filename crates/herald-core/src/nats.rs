@@ -14,6 +14,9 @@ pub const DELIVERIES_STREAM: &str = "HERALD_DELIVERIES";
 pub const DLQ_STREAM: &str = "HERALD_DLQ";
 /// Stream of attempt records.
 pub const ATTEMPTS_STREAM: &str = "HERALD_ATTEMPTS";
+/// Stream of delivery statistics: what each dispatcher counted, flushed every few seconds
+/// ([`stats_minutes_subject`]), and each hour's sum once it is over ([`stats_hours_subject`]).
+pub const STATS_STREAM: &str = "HERALD_STATS";
 /// KV bucket of subscriptions, keyed `{tenant}.{subscription_id}`.
 pub const SUBSCRIPTIONS_BUCKET: &str = "herald-subscriptions";
 /// Set by the gateway on events it checked against their type's schema; fan-out checks the rest.
@@ -119,6 +122,17 @@ pub fn first_delivery(
         .payload(delivery.encode_to_vec().into())
         .message_id(format!("{}:{}", event.id, sub.id));
     (route_subject(sub), trace.add_to(publish))
+}
+
+/// `herald.stats.minutes.{hour}`: the deltas whose entries fall in the hour starting at `hour`
+/// (unix seconds).
+pub fn stats_minutes_subject(hour: i64) -> String {
+    format!("herald.stats.minutes.{hour}")
+}
+
+/// `herald.stats.hours.{hour}.{chunk}`: a chunk of the seal of the hour starting at `hour`.
+pub fn stats_hours_subject(hour: i64, chunk: u32) -> String {
+    format!("herald.stats.hours.{hour}.{chunk}")
 }
 
 /// `herald.retries.{tenant}.{subscription_id}.{event_id}`: the message schedule that brings one
@@ -545,6 +559,22 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
             storage: stream::StorageType::File,
             num_replicas: topology.replicas,
             metadata: [(ATTEMPTS_PARTITIONED_SINCE.to_owned(), partitioned_since.clone())].into(),
+            ..Default::default()
+        },
+        stream::Config {
+            name: STATS_STREAM.into(),
+            description: Some(
+                "Herald: delivery statistics, herald.stats.minutes.{hour} (deltas) and herald.stats.hours.{hour}.{chunk} (seals)"
+                    .into(),
+            ),
+            subjects: vec!["herald.stats.>".into()],
+            retention: stream::RetentionPolicy::Limits,
+            // As long as the records they count.
+            max_age: topology.attempts_max_age,
+            duplicate_window: topology.duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            allow_direct: true,
             ..Default::default()
         },
     ];

@@ -8,7 +8,12 @@ use std::path::PathBuf;
 fn generated_code_matches_proto_files() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
     let proto_dir = root.join("proto");
-    let files = ["herald/v1/event.proto", "herald/v1/subscription.proto", "herald/v1/dead_letter.proto"];
+    let files = [
+        "herald/v1/event.proto",
+        "herald/v1/subscription.proto",
+        "herald/v1/dead_letter.proto",
+        "herald/v1/stats.proto",
+    ];
     let descriptors = protox::compile(files, [&proto_dir]).expect("the .proto files compile");
 
     let out = tempdir();

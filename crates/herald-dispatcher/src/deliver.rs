@@ -332,6 +332,7 @@ async fn attempt(
         };
         let recorded = recorded_as.as_ref().unwrap_or(&outcome);
         records::write(shared, event, &delivery, &sub.url, now, &sent, recorded, made, retry_stored).await;
+        shared.rollups.attempt(now, &delivery.subscription_id, &event.tenant, outcome_name(recorded), sent.elapsed.as_millis() as u64);
         drop(in_flight);
         track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
         if sampled {

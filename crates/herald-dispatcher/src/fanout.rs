@@ -55,6 +55,11 @@ pub(crate) async fn send(
     taken: Taken,
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let Taken { msg, handed_out, sequence, published, rewound } = taken;
+    if role == Role::Shared && handed_out == 1 {
+        if let Some(tenant) = msg.subject.strip_prefix(nats::EVENTS_SUBJECT_PREFIX).and_then(|r| r.split('.').next()) {
+            shared.rollups.event(published, tenant);
+        }
+    }
     let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
     let content_type = header("Content-Type");
     let msg_id = header("Nats-Msg-Id");

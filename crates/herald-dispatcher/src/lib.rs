@@ -30,6 +30,7 @@ mod pull;
 mod recent;
 mod records;
 pub mod retry;
+mod rollups;
 mod routes;
 
 use std::sync::Arc;
@@ -135,6 +136,10 @@ pub struct Config {
     /// How often tenants' backlogs are counted.
     #[arg(long, env = "HERALD_BACKLOG_CHECK_INTERVAL", default_value = "60s", value_parser = herald_core::runtime::parse_duration)]
     pub backlog_check_interval: Duration,
+    /// How often this replica publishes the statistics it counted (`HERALD_STATS`): what a
+    /// replica that is killed has counted since is lost from the statistics.
+    #[arg(long, env = "HERALD_STATS_FLUSH", default_value = "5s", value_parser = herald_core::runtime::parse_duration)]
+    pub stats_flush: Duration,
     #[command(flatten)]
     #[allow(missing_docs)]
     pub common: herald_core::CommonArgs,
@@ -171,6 +176,8 @@ pub(crate) struct Shared {
     pub(crate) record_reads: records::Reads,
     /// The messages this replica holds, told in progress while it works on them.
     pub(crate) progress: pull::Progress,
+    /// What this replica counted for the statistics since its last flush.
+    pub(crate) rollups: Arc<rollups::Rollups>,
     pub config: Config,
 }
 
@@ -271,6 +278,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             .map_err(|e| anyhow::anyhow!("HERALD_OPERATOR_TENANT: {}", e.0))?;
     }
     let replica = std::env::var("HOSTNAME").unwrap_or_else(|_| format!("pid-{}", std::process::id()));
+    let rollups = Arc::new(rollups::Rollups::default());
+    // Stopped after the deliveries are drained, so that their counts go out with the last flush.
+    let stop_flushing = CancellationToken::new();
+    let flusher = tokio::spawn(rollups::flush_every(
+        rollups.clone(),
+        js.clone(),
+        replica.clone(),
+        config.stats_flush.max(Duration::from_millis(100)),
+        stop_flushing.clone(),
+    ));
     let operational = operational::start(
         config.operator_tenant.clone(),
         replica,
@@ -303,6 +320,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         recent: Default::default(),
         record_reads: Default::default(),
         progress: progress.clone(),
+        rollups,
         config,
     });
     tracker.spawn(progress.tell(client.clone(), shutdown.clone()));
@@ -351,6 +369,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     if drained.is_err() {
         tracing::warn!("grace period over; unfinished deliveries stay unacked and will be redelivered");
         hard_stop.cancel();
+    }
+    stop_flushing.cancel();
+    if tokio::time::timeout(FINAL_FLUSH, flusher).await.is_err() {
+        tracing::warn!("statistics: the last counts could not be stored before exit");
     }
     tracker.close();
     let _ = tokio::time::timeout(Duration::from_secs(2), tracker.wait()).await;

@@ -1,13 +1,16 @@
-//! Delivery statistics, kept up to date as deliveries happen so that no page view scans a
-//! stream: each gateway follows `HERALD_ATTEMPTS` (every attempt record) and `HERALD_EVENTS`
-//! (headers only: the subject names tenant and type) with ordered consumers, and adds each
-//! message to per-minute and per-hour counters by subscription, by tenant and overall. It also
-//! follows the operator tenant's `circuit.*` operational events to know which circuits are open.
+//! Delivery statistics, from the counts the dispatchers publish (`HERALD_STATS`): each
+//! dispatcher replica adds up its attempts and the events it takes in per subscription and
+//! minute and stores what changed every few seconds as a delta on `herald.stats.minutes.{hour}`;
+//! once an hour is over, a gateway sums its deltas into a seal on
+//! `herald.stats.hours.{hour}.{chunk}`. A gateway follows the deltas as they come, and on start
+//! reads the seals of the window (`HERALD_STATS_WINDOW`, a day by default) and the deltas only of
+//! the last hour or two and of hours not sealed yet: what it reads grows with subscriptions ×
+//! hours, not with deliveries, and every gateway reads it once instead of every attempt record.
+//! It is `warming` until it has. Memory: one counter per (subscription, minute) for the last hour
+//! and per (subscription, hour) for the window, only where something happened.
 //!
-//! On start it reads back the window it keeps (`HERALD_STATS_WINDOW`, a day by default) and is
-//! `warming` until it has caught up; afterwards every record costs a map update. Memory: one
-//! counter per (subscription, minute) for the last hour and per (subscription, hour) for the
-//! window, only where something happened.
+//! It also follows the operator tenant's `circuit.*` operational events to know which circuits
+//! are open.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,21 +60,16 @@ impl Counts {
         self.latency_ms_total += other.latency_ms_total;
     }
 
-    fn of_attempt(a: &proto::Attempt) -> Self {
-        let mut c = Counts::default();
-        match a.outcome.as_str() {
-            "delivered" => c.delivered = 1,
-            "retry" => c.failed = 1,
-            "dead_letter" => c.dead_lettered = 1,
-            "skipped" => c.skipped = 1,
-            _ => {}
+    fn of_entry(e: &proto::StatsEntry) -> Self {
+        Counts {
+            events_in: e.events_in,
+            attempts: e.attempts,
+            delivered: e.delivered,
+            failed: e.failed,
+            dead_lettered: e.dead_lettered,
+            skipped: 0,
+            latency_ms_total: e.latency_ms_total,
         }
-        // A skipped delivery made no request.
-        if a.outcome != "skipped" {
-            c.attempts = 1;
-            c.latency_ms_total = a.duration_ms;
-        }
-        c
     }
 }
 
@@ -101,9 +99,14 @@ struct Series {
 }
 
 impl Series {
-    fn add(&mut self, at: i64, counts: &Counts) {
-        self.minutes.entry(at - at.rem_euclid(60)).or_default().add(counts);
-        self.hours.entry(at - at.rem_euclid(3600)).or_default().add(counts);
+    /// Adds `counts` at `at` to the minute series (if `minutes`) and the hour series (if `hours`).
+    fn add(&mut self, at: i64, counts: &Counts, minutes: bool, hours: bool) {
+        if minutes {
+            self.minutes.entry(at - at.rem_euclid(60)).or_default().add(counts);
+        }
+        if hours {
+            self.hours.entry(at - at.rem_euclid(3600)).or_default().add(counts);
+        }
     }
 
     fn prune(&mut self, now: i64, window: i64) {
@@ -146,11 +149,30 @@ pub(crate) struct OpenCircuit {
     pub since: String,
 }
 
+/// Where an hour's counts came from.
+#[derive(Debug)]
+enum Hour {
+    /// Every delta of it, read by this gateway (`through`: the last one's stream sequence);
+    /// summed by (subscription, tenant) for its seal. Sealed once it is over.
+    Deltas { through: u64, sums: HashMap<(String, String), Counts> },
+    /// Its seal; deltas stored after `through` come on top.
+    Sealed { through: u64 },
+}
+
+/// How long after an hour is over its seal is made: deltas of its last seconds come within a
+/// flush interval, and later only from a dispatcher that could not reach NATS (those are added
+/// on top of the seal).
+const SEAL_AFTER: i64 = 120;
+
+/// Entries per seal chunk (well under NATS's default 1 MiB payload limit).
+const SEAL_CHUNK: usize = 4_000;
+
 #[derive(Default)]
 struct Inner {
     overall: Series,
     by_tenant: HashMap<String, Series>,
     by_subscription: HashMap<String, Series>,
+    hours: BTreeMap<i64, Hour>,
     /// Subscription → replica → (opened at, tenant, url).
     circuits: HashMap<String, BTreeMap<String, (String, String, String)>>,
 }
@@ -158,8 +180,7 @@ struct Inner {
 /// The statistics a gateway keeps.
 pub(crate) struct Stats {
     inner: Mutex<Inner>,
-    attempts_caught_up: AtomicBool,
-    events_caught_up: AtomicBool,
+    counts_caught_up: AtomicBool,
     circuits_caught_up: AtomicBool,
     window: Duration,
 }
@@ -168,8 +189,7 @@ impl Stats {
     pub(crate) fn new(window: Duration) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
-            attempts_caught_up: AtomicBool::new(false),
-            events_caught_up: AtomicBool::new(false),
+            counts_caught_up: AtomicBool::new(false),
             circuits_caught_up: AtomicBool::new(false),
             window,
         })
@@ -177,8 +197,7 @@ impl Stats {
 
     /// True until what happened within the window has been read back.
     pub(crate) fn warming(&self) -> bool {
-        !(self.attempts_caught_up.load(Ordering::Relaxed)
-            && self.events_caught_up.load(Ordering::Relaxed)
+        !(self.counts_caught_up.load(Ordering::Relaxed)
             && self.circuits_caught_up.load(Ordering::Relaxed))
     }
 
@@ -186,21 +205,112 @@ impl Stats {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn record_attempt(&self, at: i64, attempt: &proto::Attempt) {
-        let counts = Counts::of_attempt(attempt);
-        let mut inner = self.lock();
-        inner.overall.add(at, &counts);
-        inner.by_tenant.entry(attempt.tenant.clone()).or_default().add(at, &counts);
-        inner.by_subscription.entry(attempt.subscription_id.clone()).or_default().add(at, &counts);
+    /// Adds one delta (stored at `sequence`, its entries in the hour starting at `hour`).
+    fn apply_delta(&self, sequence: u64, hour: i64, delta: &proto::StatsDelta, now: i64) {
+        let first_minute = self.earliest(Interval::Minute, now);
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        let state = inner.hours.entry(hour).or_insert_with(|| Hour::Deltas { through: 0, sums: HashMap::new() });
+        for e in &delta.entries {
+            let counts = Counts::of_entry(e);
+            let to_hours = match state {
+                Hour::Deltas { through, sums } => {
+                    *through = (*through).max(sequence);
+                    match sums.get_mut(&(e.subscription_id.clone(), e.tenant.clone())) {
+                        Some(sum) => sum.add(&counts),
+                        None => {
+                            sums.insert((e.subscription_id.clone(), e.tenant.clone()), counts);
+                        }
+                    }
+                    true
+                }
+                Hour::Sealed { through } => sequence > *through,
+            };
+            let to_minutes = e.at >= first_minute;
+            if !(to_minutes || to_hours) {
+                continue;
+            }
+            inner.overall.add(e.at, &counts, to_minutes, to_hours);
+            series_of(&mut inner.by_tenant, &e.tenant).add(e.at, &counts, to_minutes, to_hours);
+            if !e.subscription_id.is_empty() {
+                series_of(&mut inner.by_subscription, &e.subscription_id).add(e.at, &counts, to_minutes, to_hours);
+            }
+        }
     }
 
-    fn record_event(&self, at: i64, tenant: &str) {
-        let counts = Counts { events_in: 1, ..Counts::default() };
+    /// Takes in the complete seal of `hour` (read on start, before any delta of it).
+    fn apply_seal(&self, hour: i64, through: u64, entries: &[proto::StatsEntry]) {
+        let mut guard = self.lock();
+        let inner = &mut *guard;
+        if inner.hours.contains_key(&hour) {
+            return;
+        }
+        inner.hours.insert(hour, Hour::Sealed { through });
+        for e in entries {
+            let counts = Counts::of_entry(e);
+            inner.overall.add(hour, &counts, false, true);
+            series_of(&mut inner.by_tenant, &e.tenant).add(hour, &counts, false, true);
+            if !e.subscription_id.is_empty() {
+                series_of(&mut inner.by_subscription, &e.subscription_id).add(hour, &counts, false, true);
+            }
+        }
+    }
+
+    /// The hours this gateway has every delta of, over for long enough to be sealed: each
+    /// with the last delta's sequence and its entries.
+    fn due_seals(&self, now: i64) -> Vec<(i64, u64, Vec<proto::StatsEntry>)> {
+        let inner = self.lock();
+        inner
+            .hours
+            .iter()
+            .filter(|(hour, _)| **hour + 3600 + SEAL_AFTER <= now)
+            .filter_map(|(hour, state)| match state {
+                Hour::Deltas { through, sums } => {
+                    let entries = sums
+                        .iter()
+                        .map(|((subscription_id, tenant), c)| proto::StatsEntry {
+                            at: *hour,
+                            subscription_id: subscription_id.clone(),
+                            tenant: tenant.clone(),
+                            events_in: c.events_in,
+                            attempts: c.attempts,
+                            delivered: c.delivered,
+                            failed: c.failed,
+                            dead_lettered: c.dead_lettered,
+                            latency_ms_total: c.latency_ms_total,
+                        })
+                        .collect();
+                    Some((*hour, *through, entries))
+                }
+                Hour::Sealed { .. } => None,
+            })
+            .collect()
+    }
+
+    /// The last delta the seal of `hour` took in, if this gateway read its seal.
+    fn sealed_through(&self, hour: i64) -> Option<u64> {
+        match self.lock().hours.get(&hour) {
+            Some(Hour::Sealed { through }) => Some(*through),
+            _ => None,
+        }
+    }
+
+    /// Forgets the counts (a read-back that failed half-way starts again from nothing).
+    fn reset(&self) {
         let mut inner = self.lock();
-        inner.overall.add(at, &counts);
-        match inner.by_tenant.get_mut(tenant) {
-            Some(series) => series.add(at, &counts),
-            None => inner.by_tenant.entry(tenant.to_owned()).or_default().add(at, &counts),
+        inner.overall = Series::default();
+        inner.by_tenant.clear();
+        inner.by_subscription.clear();
+        inner.hours.clear();
+    }
+
+    /// `hour` is sealed (by this gateway or another): its sums are no longer needed.
+    fn sealed(&self, hour: i64) {
+        let mut inner = self.lock();
+        if let Some(state) = inner.hours.get_mut(&hour) {
+            if let Hour::Deltas { through, .. } = state {
+                *state = Hour::Sealed { through: *through };
+            }
         }
     }
 
@@ -230,6 +340,8 @@ impl Stats {
         let mut guard = self.lock();
         let inner = &mut *guard;
         inner.overall.prune(now, window);
+        let first_hour = now - window - 3600;
+        inner.hours = inner.hours.split_off(&first_hour);
         for map in [&mut inner.by_tenant, &mut inner.by_subscription] {
             map.retain(|_, s| {
                 s.prune(now, window);
@@ -301,6 +413,13 @@ impl Stats {
     }
 }
 
+fn series_of<'m>(map: &'m mut HashMap<String, Series>, key: &str) -> &'m mut Series {
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), Series::default());
+    }
+    map.get_mut(key).expect("just inserted")
+}
+
 /// Which series.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Of<'a> {
@@ -323,55 +442,16 @@ pub(crate) fn spawn(
     operator_tenant: String,
     cancel: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
-    let mut tasks = Vec::new();
-    let s = stats.clone();
-    tasks.push(tokio::spawn(follow(
-        js.clone(),
-        nats::ATTEMPTS_STREAM,
-        "herald.attempts.>".into(),
-        false,
-        stats.window,
-        cancel.clone(),
-        move |msg| {
-            if let Ok(a) = proto::Attempt::decode(msg.payload) {
-                s.record_attempt(msg.at, &a);
-            }
-        },
-        {
-            let s = stats.clone();
-            move || s.attempts_caught_up.store(true, Ordering::Relaxed)
-        },
-    )));
-    let s = stats.clone();
-    tasks.push(tokio::spawn(follow(
-        js.clone(),
-        nats::EVENTS_STREAM,
-        "herald.events.>".into(),
-        true,
-        stats.window,
-        cancel.clone(),
-        move |msg| {
-            if let Some(tenant) =
-                msg.subject.strip_prefix(nats::EVENTS_SUBJECT_PREFIX).and_then(|r| r.split('.').next())
-            {
-                s.record_event(msg.at, tenant);
-            }
-        },
-        {
-            let s = stats.clone();
-            move || s.events_caught_up.store(true, Ordering::Relaxed)
-        },
-    )));
+    let mut tasks = vec![tokio::spawn(follow_counts(stats.clone(), js.clone(), cancel.clone()))];
     if operator_tenant.is_empty() {
         stats.circuits_caught_up.store(true, Ordering::Relaxed);
     } else {
         let s = stats.clone();
         tasks.push(tokio::spawn(follow(
-            js,
+            js.clone(),
             nats::EVENTS_STREAM,
             format!("{}{operator_tenant}.circuit.>", nats::EVENTS_SUBJECT_PREFIX),
-            false,
-            stats.window,
+            consumer::DeliverPolicy::ByStartTime { start_time: OffsetDateTime::now_utc() - stats.window },
             cancel.clone(),
             move |msg| {
                 if let Ok(e) = proto::Event::decode(msg.payload) {
@@ -386,33 +466,236 @@ pub(crate) fn spawn(
     }
     let s = stats;
     tasks.push(tokio::spawn(async move {
-        loop {
+        for tick in 1u64.. {
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(30)) => {}
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
             }
-            s.prune(OffsetDateTime::now_utc().unix_timestamp());
+            let now = OffsetDateTime::now_utc().unix_timestamp();
+            if tick % 6 == 0 {
+                s.prune(now);
+            }
+            if s.counts_caught_up.load(Ordering::Relaxed) {
+                seal(&s, &js, now).await;
+            }
         }
     }));
     tasks
 }
 
+/// Reads back what the window holds, then follows the deltas as they are stored.
+async fn follow_counts(stats: Arc<Stats>, js: jetstream::Context, cancel: CancellationToken) {
+    let next = loop {
+        let read = tokio::select! {
+            _ = cancel.cancelled() => return,
+            read = read_back(&stats, &js) => read,
+        };
+        match read {
+            Ok(next) => break next,
+            Err(e) => {
+                tracing::warn!(error = %e, "statistics: reading them back failed; starting again");
+                stats.reset();
+            }
+        }
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    };
+    stats.counts_caught_up.store(true, Ordering::Relaxed);
+    let s = stats.clone();
+    follow(
+        js,
+        nats::STATS_STREAM,
+        "herald.stats.minutes.>".into(),
+        consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
+        cancel,
+        move |msg| {
+            if let (Some(hour), Ok(delta)) = (hour_of(msg.subject), proto::StatsDelta::decode(msg.payload)) {
+                s.apply_delta(msg.sequence, hour, &delta, OffsetDateTime::now_utc().unix_timestamp());
+            }
+        },
+        || {},
+    )
+    .await
+}
+
+/// The hour a `herald.stats.minutes.{hour}` or `herald.stats.hours.{hour}.{chunk}` subject names.
+fn hour_of(subject: &str) -> Option<i64> {
+    let rest = subject.strip_prefix("herald.stats.")?;
+    let rest = rest.strip_prefix("minutes.").or_else(|| rest.strip_prefix("hours."))?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// A seal as its chunks are read.
+#[derive(Default)]
+struct Seal {
+    chunks: u32,
+    seen: std::collections::BTreeSet<u32>,
+    through: u64,
+    entries: Vec<proto::StatsEntry>,
+}
+
+/// Reads the window's complete seals, then the deltas that are needed besides (see
+/// [`Stats::apply_delta`]), up to the stream's last message when it started. Returns the
+/// sequence to follow from.
+async fn read_back(stats: &Stats, js: &jetstream::Context) -> Result<u64, String> {
+    let started = std::time::Instant::now();
+    let now = OffsetDateTime::now_utc().unix_timestamp();
+    let stream = js.get_stream(nats::STATS_STREAM).await.map_err(|e| e.to_string())?;
+    let last = stream.cached_info().state.last_sequence;
+    if last == 0 {
+        return Ok(1);
+    }
+    let window_start = now - stats.window.as_secs() as i64 - 3600;
+    let start_time = OffsetDateTime::from_unix_timestamp(window_start).map_err(|e| e.to_string())?;
+
+    let mut seals: BTreeMap<i64, Seal> = BTreeMap::new();
+    let seals_read = read_until(
+        &stream,
+        vec!["herald.stats.hours.>".into()],
+        consumer::DeliverPolicy::ByStartTime { start_time },
+        last,
+        |_, subject, payload| {
+            let (Some(hour), Ok(chunk)) = (hour_of(subject), proto::StatsSeal::decode(payload)) else { return };
+            let seal = seals.entry(hour).or_default();
+            if seal.seen.insert(chunk.chunk) {
+                seal.chunks = chunk.chunks;
+                seal.through = seal.through.max(chunk.through);
+                seal.entries.extend(chunk.entries);
+            }
+        },
+    )
+    .await?;
+    for (hour, seal) in seals {
+        // A seal whose maker died half-way is not used: its hour's deltas are read instead.
+        if seal.chunks > 0 && seal.seen.len() == seal.chunks as usize {
+            stats.apply_seal(hour, seal.through, &seal.entries);
+        }
+    }
+
+    let first_minute = stats.earliest(Interval::Minute, now);
+    let mut needed = Vec::new();
+    let mut subjects = stream.info_with_subjects("herald.stats.minutes.>").await.map_err(|e| e.to_string())?;
+    while let Some(found) = subjects.next().await {
+        let (subject, _) = found.map_err(|e| e.to_string())?;
+        let Some(hour) = hour_of(&subject) else { continue };
+        if hour + 3600 <= window_start {
+            continue;
+        }
+        let needs = match stats.sealed_through(hour) {
+            Some(through) if hour + 3600 <= first_minute => {
+                let newest = stream.get_last_raw_message_by_subject(&subject).await.map_err(|e| e.to_string())?;
+                newest.sequence > through
+            }
+            _ => true,
+        };
+        if needs {
+            needed.push(subject);
+        }
+    }
+    let mut deltas_read = 0;
+    if !needed.is_empty() {
+        needed.sort();
+        deltas_read = read_until(&stream, needed, consumer::DeliverPolicy::All, last, |sequence, subject, payload| {
+            if let (Some(hour), Ok(delta)) = (hour_of(subject), proto::StatsDelta::decode(payload)) {
+                stats.apply_delta(sequence, hour, &delta, now);
+            }
+        })
+        .await?;
+    }
+    tracing::info!(
+        seals = seals_read,
+        deltas = deltas_read,
+        took_ms = started.elapsed().as_millis() as u64,
+        "statistics read back"
+    );
+    Ok(last + 1)
+}
+
+/// Reads the messages of `filters` from `deliver_policy` up to sequence `last`; returns how many.
+async fn read_until(
+    stream: &jetstream::stream::Stream,
+    filters: Vec<String>,
+    deliver_policy: consumer::DeliverPolicy,
+    last: u64,
+    mut apply: impl FnMut(u64, &str, &[u8]),
+) -> Result<u64, String> {
+    let mut config = consumer::pull::OrderedConfig { deliver_policy, ..Default::default() };
+    match <[String; 1]>::try_from(filters) {
+        Ok([one]) => config.filter_subject = one,
+        Err(many) => config.filter_subjects = many,
+    }
+    let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
+    let mut pending = consumer.cached_info().num_pending;
+    let mut read = 0;
+    if pending == 0 {
+        return Ok(0);
+    }
+    let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
+    while let Some(msg) = messages.next().await {
+        let msg = msg.map_err(|e| e.to_string())?;
+        let sequence = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+        if sequence > last {
+            break;
+        }
+        apply(sequence, msg.subject.as_str(), &msg.payload);
+        read += 1;
+        pending -= 1;
+        if pending == 0 || sequence == last {
+            break;
+        }
+    }
+    Ok(read)
+}
+
+/// Seals the hours that are due (see [`Stats::due_seals`]). Each chunk is stored only if its
+/// subject holds nothing yet: another gateway may have sealed the hour first.
+async fn seal(stats: &Stats, js: &jetstream::Context, now: i64) {
+    'hours: for (hour, through, mut entries) in stats.due_seals(now) {
+        entries.sort_by(|a, b| (&a.subscription_id, &a.tenant).cmp(&(&b.subscription_id, &b.tenant)));
+        let chunks: Vec<Vec<proto::StatsEntry>> = if entries.is_empty() {
+            vec![Vec::new()]
+        } else {
+            entries.chunks(SEAL_CHUNK).map(<[_]>::to_vec).collect()
+        };
+        let count = chunks.len() as u32;
+        for (i, chunk) in chunks.into_iter().enumerate() {
+            let seal = proto::StatsSeal { hour, chunk: i as u32, chunks: count, through, entries: chunk };
+            let publish = async_nats::jetstream::message::PublishMessage::build()
+                .payload(seal.encode_to_vec().into())
+                .expected_last_subject_sequence(0);
+            let stored = match js.send_publish(nats::stats_hours_subject(hour, i as u32), publish).await {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            match stored {
+                Ok(_) => {}
+                Err(e) if e.kind() == jetstream::context::PublishErrorKind::WrongLastSequence => {}
+                Err(e) => {
+                    tracing::warn!(hour, error = %e, "statistics: could not seal an hour; trying again later");
+                    continue 'hours;
+                }
+            }
+        }
+        stats.sealed(hour);
+    }
+}
+
 /// One message as a follower sees it.
 struct Seen<'a> {
-    at: i64,
+    sequence: u64,
     subject: &'a str,
     payload: &'a [u8],
 }
 
-/// Reads `stream` (matching `filter`) from the start of the window, then every new message as
-/// it is stored, resuming after the last one read when the consumer fails.
-#[allow(clippy::too_many_arguments)]
+/// Reads `stream` (matching `filter`) from `deliver_policy`, then every new message as it is
+/// stored, resuming after the last one read when the consumer fails.
 async fn follow(
     js: jetstream::Context,
     stream: &'static str,
     filter: String,
-    headers_only: bool,
-    window: Duration,
+    deliver_policy: consumer::DeliverPolicy,
     cancel: CancellationToken,
     mut apply: impl FnMut(Seen<'_>) + Send,
     caught_up: impl Fn() + Send,
@@ -421,14 +704,13 @@ async fn follow(
     loop {
         let deliver_policy = match next {
             Some(start_sequence) => consumer::DeliverPolicy::ByStartSequence { start_sequence },
-            None => consumer::DeliverPolicy::ByStartTime { start_time: OffsetDateTime::now_utc() - window },
+            None => deliver_policy,
         };
         let read = async {
             let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
             let config = consumer::pull::OrderedConfig {
                 filter_subject: filter.clone(),
                 deliver_policy,
-                headers_only,
                 ..Default::default()
             };
             let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
@@ -439,10 +721,9 @@ async fn follow(
             let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
             while let Some(msg) = messages.next().await {
                 let msg = msg.map_err(|e| e.to_string())?;
-                let info = msg.info().map_err(|e| e.to_string())?;
-                let (seq, at) = (info.stream_sequence, info.published.unix_timestamp());
-                apply(Seen { at, subject: msg.subject.as_str(), payload: msg.payload.as_ref() });
-                next = Some(seq + 1);
+                let sequence = msg.info().map_err(|e| e.to_string())?.stream_sequence;
+                apply(Seen { sequence, subject: msg.subject.as_str(), payload: msg.payload.as_ref() });
+                next = Some(sequence + 1);
                 if pending > 0 {
                     pending -= 1;
                     if pending == 0 {
@@ -465,30 +746,48 @@ async fn follow(
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn attempt(sub: &str, tenant: &str, outcome: &str, ms: u64) -> proto::Attempt {
-        proto::Attempt {
+    fn entry(at: i64, sub: &str, tenant: &str, outcome: &str, ms: u64) -> proto::StatsEntry {
+        let mut e = proto::StatsEntry {
+            at: at - at.rem_euclid(60),
             subscription_id: sub.into(),
             tenant: tenant.into(),
-            outcome: outcome.into(),
-            duration_ms: ms,
+            attempts: 1,
+            latency_ms_total: ms,
             ..Default::default()
+        };
+        match outcome {
+            "delivered" => e.delivered = 1,
+            "retry" => e.failed = 1,
+            _ => e.dead_lettered = 1,
         }
+        e
+    }
+
+    fn delta(entries: Vec<proto::StatsEntry>) -> proto::StatsDelta {
+        proto::StatsDelta { replica: "d1".into(), entries }
+    }
+
+    fn hour(at: i64) -> i64 {
+        at - at.rem_euclid(3600)
     }
 
     #[test]
     fn counts_land_in_their_minute_and_hour_and_old_ones_are_pruned() {
         let stats = Stats::new(Duration::from_secs(24 * 3600));
         let now = 1_800_000_000 + 1830; // an hour starts at 1_800_000_000; this is half past
-        stats.record_attempt(now - 10, &attempt("s1", "acme", "delivered", 20));
-        stats.record_attempt(now - 70, &attempt("s1", "acme", "retry", 100));
-        stats.record_attempt(now - 7200, &attempt("s2", "acme", "dead_letter", 5));
-        stats.record_attempt(now - 5, &attempt("s3", "zeta", "skipped", 0));
-        stats.record_event(now - 3, "acme");
+        let events = proto::StatsEntry { at: now - 60, tenant: "acme".into(), events_in: 1, ..Default::default() };
+        stats.apply_delta(
+            1,
+            hour(now),
+            &delta(vec![entry(now - 10, "s1", "acme", "delivered", 20), entry(now - 70, "s1", "acme", "retry", 100), events]),
+            now,
+        );
+        stats.apply_delta(2, hour(now - 7200), &delta(vec![entry(now - 7200, "s2", "acme", "dead_letter", 5)]), now);
+        stats.apply_delta(3, hour(now), &delta(vec![entry(now - 5, "s3", "zeta", "delivered", 1)]), now);
         let minutes = stats.series(Of::Subscription("s1"), Interval::Minute, None, now);
         assert_eq!(minutes.len(), 60);
         let last = minutes.last().unwrap().1;
@@ -497,14 +796,46 @@ mod tests {
         let acme = total(&stats.series(Of::Tenant("acme"), Interval::Hour, None, now));
         assert_eq!((acme.events_in, acme.attempts, acme.delivered, acme.failed, acme.dead_lettered), (1, 3, 1, 1, 1));
         let all = total(&stats.series(Of::All, Interval::Hour, None, now));
-        assert_eq!((all.attempts, all.skipped), (3, 1));
+        assert_eq!((all.attempts, all.delivered), (4, 2));
         // The two-hour-old one is beyond the minute series but within the hour series.
         assert_eq!(total(&stats.series(Of::Subscription("s2"), Interval::Minute, None, now)).attempts, 0);
         assert_eq!(total(&stats.series(Of::Subscription("s2"), Interval::Hour, None, now)).dead_lettered, 1);
         // A day later everything has aged out.
         stats.prune(now + 25 * 3600);
         assert!(stats.lock().by_subscription.is_empty());
+        assert!(stats.lock().hours.is_empty());
         assert_eq!(stats.tenant_totals().len(), 0);
+    }
+
+    #[test]
+    fn an_hour_is_sealed_once_over_and_a_seal_read_back_counts_the_same_plus_later_deltas() {
+        let now = 1_800_000_000 + 3 * 3600 + 600;
+        let old = 1_800_000_000; // three hours ago: beyond the minutes kept
+        let live = Stats::new(Duration::from_secs(24 * 3600));
+        live.apply_delta(5, old, &delta(vec![entry(old + 100, "s1", "acme", "delivered", 10)]), old + 200);
+        live.apply_delta(9, old, &delta(vec![entry(old + 3500, "s1", "acme", "retry", 30)]), old + 3590);
+        live.apply_delta(10, old + 3600, &delta(vec![entry(old + 3601, "s1", "acme", "delivered", 1)]), old + 3700);
+        // Not over for long enough yet: nothing to seal.
+        assert!(live.due_seals(old + 3600 + SEAL_AFTER - 1).is_empty());
+        let due = live.due_seals(now);
+        assert_eq!(due.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(), vec![(old, 9), (old + 3600, 10)]);
+        let (_, through, entries) = &due[0];
+        assert_eq!(entries.len(), 1);
+        assert_eq!((entries[0].attempts, entries[0].delivered, entries[0].failed, entries[0].latency_ms_total), (2, 1, 1, 40));
+        live.sealed(old);
+        assert_eq!(live.due_seals(now).len(), 1, "sealed once");
+
+        // A gateway started later reads the seal, then a delta stored after it: counted on top;
+        // one the seal took in is not counted twice.
+        let restarted = Stats::new(Duration::from_secs(24 * 3600));
+        restarted.apply_seal(old, *through, entries);
+        assert_eq!(restarted.sealed_through(old), Some(9));
+        restarted.apply_delta(9, old, &delta(vec![entry(old + 3500, "s1", "acme", "retry", 30)]), now);
+        restarted.apply_delta(12, old, &delta(vec![entry(old + 3599, "s1", "acme", "delivered", 2)]), now);
+        let hours = restarted.series(Of::Subscription("s1"), Interval::Hour, None, now);
+        let at_old = hours.iter().find(|(t, _)| *t == old).unwrap().1;
+        assert_eq!((at_old.attempts, at_old.delivered, at_old.failed), (3, 2, 1));
+        assert!(restarted.due_seals(now).is_empty(), "a read seal is not made again");
     }
 
     #[test]

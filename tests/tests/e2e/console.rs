@@ -337,3 +337,102 @@ async fn the_console_and_the_portal_work_in_chromium() {
         assert!(size > 10_000, "{} was not taken", file.display());
     }
 }
+
+/// Starts a gateway on `stack`'s NATS; answers its address and what stops it.
+async fn another_gateway(stack: &Stack) -> (String, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let config = herald_harness::gateway_config(&stack.nats.url(), &[]);
+    let stopped = stop.clone().cancelled_owned();
+    let task = tokio::spawn(async move {
+        let _ = herald_gateway::run(config, listener, stopped).await;
+    });
+    (base, stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_hour_that_is_over_is_sealed_once_and_read_back_from_its_seal() {
+    use herald_core::proto;
+    use prost::Message as _;
+
+    let stack = Stack::start_with(false, &[]).await;
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let receiver = Receiver::start().await;
+    let mut ids = Vec::new();
+    for path in ["/a", "/b"] {
+        ids.push(stack.subscribe(&receiver.url(path), &["o.*"], Some("acme")).await["id"].as_str().unwrap().to_owned());
+    }
+    let (sub_a, sub_b) = (ids[0].as_str(), ids[1].as_str());
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let hour = now - now.rem_euclid(3600) - 3 * 3600;
+    let entry = |minute: i64, sub: &str, delivered: u64, failed: u64| proto::StatsEntry {
+        at: hour + minute * 60,
+        subscription_id: sub.into(),
+        tenant: "acme".into(),
+        attempts: delivered + failed,
+        delivered,
+        failed,
+        latency_ms_total: 10 * (delivered + failed),
+        ..Default::default()
+    };
+    // Three hours ago, two dispatcher replicas counted: what their deltas hold is what the
+    // statistics of that hour must say.
+    let deltas = [
+        proto::StatsDelta { replica: "d1".into(), entries: vec![entry(1, sub_a, 3, 1), entry(59, sub_b, 2, 0)] },
+        proto::StatsDelta {
+            replica: "d2".into(),
+            entries: vec![
+                entry(30, sub_a, 4, 0),
+                proto::StatsEntry { at: hour + 60, tenant: "acme".into(), events_in: 9, ..Default::default() },
+            ],
+        },
+    ];
+    let subject = herald_core::nats::stats_minutes_subject(hour);
+    for delta in &deltas {
+        js.publish(subject.clone(), delta.encode_to_vec().into()).await.unwrap().await.unwrap();
+    }
+    let acme_hours = "/v1/stats?tenant=acme&interval=hour";
+    let expected = (9, 10, 9, 1, 0);
+
+    // The running gateway was warm before they were stored, so it follows them as they come.
+    let seen = poll(&stack.http, &stack.gateway, acme_hours, "the deltas followed", |v| totals(v) == expected).await;
+    let bucket = |v: &Value| v["buckets"].as_array().unwrap().iter().find(|b| b["attempts"].as_u64() > Some(0)).cloned();
+    assert_eq!(bucket(&seen).unwrap()["start"], herald_core::rfc3339(time::OffsetDateTime::from_unix_timestamp(hour).unwrap()));
+
+    // The hour is over: a gateway seals it (once, however many are running), and stores nothing
+    // for hours still under way.
+    let seals = |js: async_nats::jetstream::Context| async move {
+        let stream = js.get_stream(herald_core::nats::STATS_STREAM).await.unwrap();
+        let mut found = Vec::new();
+        let mut subjects = stream.info_with_subjects("herald.stats.hours.>").await.unwrap();
+        while let Some(s) = futures::StreamExt::next(&mut subjects).await {
+            found.push(s.unwrap());
+        }
+        found
+    };
+    let (second, stop_second, task_second) = another_gateway(&stack).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seals(js.clone()).await.is_empty() {
+        assert!(Instant::now() < deadline, "the hour was not sealed");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await; // both gateways had their turn
+    assert_eq!(seals(js.clone()).await, vec![(herald_core::nats::stats_hours_subject(hour, 0), 1)]);
+    let from_second = poll(&stack.http, &second, acme_hours, "the second gateway", |v| v["warming"] == false).await;
+    assert_eq!(totals(&from_second), expected, "{from_second}");
+    stop_second.cancel();
+    let _ = task_second.await;
+
+    // A dispatcher that could not reach NATS for a while stores a delta of the hour after its
+    // seal: a gateway started now reads the seal, not the sealed deltas, and adds the late one.
+    let late = proto::StatsDelta { replica: "d3".into(), entries: vec![entry(58, sub_b, 0, 2)] };
+    js.publish(subject.clone(), late.encode_to_vec().into()).await.unwrap().await.unwrap();
+    let (third, stop_third, task_third) = another_gateway(&stack).await;
+    let from_third = poll(&stack.http, &third, acme_hours, "the third gateway", |v| v["warming"] == false).await;
+    assert_eq!(totals(&from_third), (9, 12, 9, 3, 0), "{from_third}");
+    let b = poll(&stack.http, &third, &format!("/v1/stats?subscription={sub_b}&interval=hour"), "b", |_| true).await;
+    assert_eq!(totals(&b), (0, 4, 2, 2, 0), "{b}");
+    stop_third.cancel();
+    let _ = task_third.await;
+}

@@ -232,3 +232,58 @@ pub struct Attempt {
     #[prost(bool, tag = "16")]
     pub retry_stored: bool,
 }
+/// Counts of one subscription (or, with no subscription, of one tenant's events) in one minute
+/// (a delta) or one hour (a seal).
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StatsEntry {
+    /// Unix seconds: the start of the minute (deltas) or of the hour (seals).
+    #[prost(int64, tag = "1")]
+    pub at: i64,
+    /// Empty for a tenant's events taken in.
+    #[prost(string, tag = "2")]
+    pub subscription_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub tenant: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "4")]
+    pub events_in: u64,
+    #[prost(uint64, tag = "5")]
+    pub attempts: u64,
+    #[prost(uint64, tag = "6")]
+    pub delivered: u64,
+    #[prost(uint64, tag = "7")]
+    pub failed: u64,
+    #[prost(uint64, tag = "8")]
+    pub dead_lettered: u64,
+    /// Sum of the attempts' durations in milliseconds.
+    #[prost(uint64, tag = "9")]
+    pub latency_ms_total: u64,
+}
+/// What one dispatcher replica counted since its last flush, on
+/// `herald.stats.minutes.{hour}` (the unix second the entries' hour starts).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StatsDelta {
+    /// The replica that counted.
+    #[prost(string, tag = "1")]
+    pub replica: ::prost::alloc::string::String,
+    #[prost(message, repeated, tag = "2")]
+    pub entries: ::prost::alloc::vec::Vec<StatsEntry>,
+}
+/// An hour's counts summed from its deltas, on `herald.stats.hours.{hour}.{chunk}`: what a
+/// gateway reads back on start instead of the hour's deltas.
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct StatsSeal {
+    /// Unix seconds, the start of the hour.
+    #[prost(int64, tag = "1")]
+    pub hour: i64,
+    /// This chunk's index and how many there are (a seal is complete when all are stored).
+    #[prost(uint32, tag = "2")]
+    pub chunk: u32,
+    #[prost(uint32, tag = "3")]
+    pub chunks: u32,
+    /// The stream sequence of the last delta summed; later deltas of the hour (a dispatcher that
+    /// could not publish for a while) are added on top.
+    #[prost(uint64, tag = "4")]
+    pub through: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub entries: ::prost::alloc::vec::Vec<StatsEntry>,
+}
