@@ -47,7 +47,7 @@ pub(crate) struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,production,cluster,soak"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,production,cluster,soak"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -92,6 +92,9 @@ pub(crate) struct Args {
     /// Cluster: the nodes' `sync_interval` (e.g. `always`); nats-server's default if not given.
     #[arg(long)]
     pub(crate) cluster_sync: Option<String>,
+    /// Statistics: deliveries made before a gateway is started afresh and timed until warm.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) stats_deliveries: usize,
     /// Soak: events per second, published steadily.
     #[arg(long, default_value_t = 300)]
     pub(crate) soak_rate: usize,

@@ -48,6 +48,7 @@ mod scaleout;
 mod schema;
 mod sink;
 mod soak;
+mod stats;
 
 use std::time::Duration;
 
@@ -258,6 +259,12 @@ async fn main() -> anyhow::Result<()> {
         InFlight { deliveries: 0, slow_ms: 0, runs: vec![] }
     };
     let gateway_end = bench.gateway.memory();
+
+    // Statistics at volume: a gateway started after a million deliveries.
+    if bench.wants("stats") {
+        let payload = args.payloads[0];
+        bench.statistics(payload).await?;
+    }
 
     // Production shape: HTTPS hosts with latency, many subscriptions, one dispatcher.
     if bench.wants("production") {
