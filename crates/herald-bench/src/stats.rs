@@ -64,7 +64,12 @@ impl Bench {
             before["totals"]
         );
         let window = before["totals"]["attempts"].as_u64().unwrap_or(0);
-        self.push(payload, format!("statistics: attempts in the window ({deliveries} just made)"), window as f64, "attempts");
+        self.push(
+            payload,
+            format!("statistics: attempts in the window ({deliveries} just made)"),
+            window as f64,
+            "attempts",
+        );
         self.push(payload, "  a gateway started afresh: warm after (target 5 s)", warm.as_secs_f64() * 1e3, "ms");
         self.push(payload, "  its RSS once warm (target 64 MiB)", memory.rss_kib as f64 / 1024.0, "MiB");
         self.push(payload, "  its figures equal the running gateway's (1 = yes)", f64::from(u8::from(equal)), "");
@@ -86,7 +91,11 @@ async fn wait_totals(http: &reqwest::Client, base: &str, done: impl Fn(&Value) -
         if done(&body["totals"]) {
             return Ok(body);
         }
-        anyhow::ensure!(Instant::now() < deadline, "statistics: the running gateway's figures stopped at {}", body["totals"]);
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "statistics: the running gateway's figures stopped at {}",
+            body["totals"]
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

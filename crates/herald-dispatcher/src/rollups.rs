@@ -60,7 +60,13 @@ impl Rollups {
         let minute = minutes.entry(minute_of(at)).or_default();
         let counts = match minute.subs.get_mut(subscription) {
             Some((_, counts)) => counts,
-            None => &mut minute.subs.entry(subscription.to_owned()).or_insert_with(|| (tenant.to_owned(), Counts::default())).1,
+            None => {
+                &mut minute
+                    .subs
+                    .entry(subscription.to_owned())
+                    .or_insert_with(|| (tenant.to_owned(), Counts::default()))
+                    .1
+            }
         };
         counts.attempts += 1;
         counts.latency_ms_total += ms;
@@ -171,7 +177,8 @@ async fn flush(rollups: &Rollups, js: &jetstream::Context, replica: &str, instan
                 .payload(delta.encode_to_vec().into())
                 .message_id(format!("stats:{instance}:{sequence}"));
             let stored = async {
-                let ack = js.send_publish(nats::stats_minutes_subject(hour), publish).await.map_err(|e| e.to_string())?;
+                let ack =
+                    js.send_publish(nats::stats_minutes_subject(hour), publish).await.map_err(|e| e.to_string())?;
                 tokio::time::timeout(CONFIRM, ack)
                     .await
                     .map_err(|_| format!("not confirmed within {CONFIRM:?}"))?
@@ -205,7 +212,10 @@ mod tests {
         assert_eq!(taken.keys().copied().collect::<Vec<_>>(), vec![1_800_000_000, 1_800_003_600]);
         let first = &taken[&1_800_000_000];
         let sub = first.iter().find(|e| e.subscription_id == "s1").unwrap();
-        assert_eq!((sub.at, sub.attempts, sub.delivered, sub.failed, sub.latency_ms_total), (1_800_003_540, 2, 1, 1, 40));
+        assert_eq!(
+            (sub.at, sub.attempts, sub.delivered, sub.failed, sub.latency_ms_total),
+            (1_800_003_540, 2, 1, 1, 40)
+        );
         let events = first.iter().find(|e| e.subscription_id.is_empty()).unwrap();
         assert_eq!((events.tenant.as_str(), events.events_in), ("acme", 2));
         assert!(r.take().is_empty(), "taken once");

@@ -197,8 +197,7 @@ impl Stats {
 
     /// True until what happened within the window has been read back.
     pub(crate) fn warming(&self) -> bool {
-        !(self.counts_caught_up.load(Ordering::Relaxed)
-            && self.circuits_caught_up.load(Ordering::Relaxed))
+        !(self.counts_caught_up.load(Ordering::Relaxed) && self.circuits_caught_up.load(Ordering::Relaxed))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -654,11 +653,8 @@ async fn read_until(
 async fn seal(stats: &Stats, js: &jetstream::Context, now: i64) {
     'hours: for (hour, through, mut entries) in stats.due_seals(now) {
         entries.sort_by(|a, b| (&a.subscription_id, &a.tenant).cmp(&(&b.subscription_id, &b.tenant)));
-        let chunks: Vec<Vec<proto::StatsEntry>> = if entries.is_empty() {
-            vec![Vec::new()]
-        } else {
-            entries.chunks(SEAL_CHUNK).map(<[_]>::to_vec).collect()
-        };
+        let chunks: Vec<Vec<proto::StatsEntry>> =
+            if entries.is_empty() { vec![Vec::new()] } else { entries.chunks(SEAL_CHUNK).map(<[_]>::to_vec).collect() };
         let count = chunks.len() as u32;
         for (i, chunk) in chunks.into_iter().enumerate() {
             let seal = proto::StatsSeal { hour, chunk: i as u32, chunks: count, through, entries: chunk };
@@ -708,11 +704,8 @@ async fn follow(
         };
         let read = async {
             let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
-            let config = consumer::pull::OrderedConfig {
-                filter_subject: filter.clone(),
-                deliver_policy,
-                ..Default::default()
-            };
+            let config =
+                consumer::pull::OrderedConfig { filter_subject: filter.clone(), deliver_policy, ..Default::default() };
             let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;
             let mut pending = consumer.cached_info().num_pending;
             if pending == 0 {
@@ -783,7 +776,11 @@ mod tests {
         stats.apply_delta(
             1,
             hour(now),
-            &delta(vec![entry(now - 10, "s1", "acme", "delivered", 20), entry(now - 70, "s1", "acme", "retry", 100), events]),
+            &delta(vec![
+                entry(now - 10, "s1", "acme", "delivered", 20),
+                entry(now - 70, "s1", "acme", "retry", 100),
+                events,
+            ]),
             now,
         );
         stats.apply_delta(2, hour(now - 7200), &delta(vec![entry(now - 7200, "s2", "acme", "dead_letter", 5)]), now);
@@ -821,7 +818,10 @@ mod tests {
         assert_eq!(due.iter().map(|d| (d.0, d.1)).collect::<Vec<_>>(), vec![(old, 9), (old + 3600, 10)]);
         let (_, through, entries) = &due[0];
         assert_eq!(entries.len(), 1);
-        assert_eq!((entries[0].attempts, entries[0].delivered, entries[0].failed, entries[0].latency_ms_total), (2, 1, 1, 40));
+        assert_eq!(
+            (entries[0].attempts, entries[0].delivered, entries[0].failed, entries[0].latency_ms_total),
+            (2, 1, 1, 40)
+        );
         live.sealed(old);
         assert_eq!(live.due_seals(now).len(), 1, "sealed once");
 

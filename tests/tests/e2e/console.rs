@@ -397,8 +397,12 @@ async fn an_hour_that_is_over_is_sealed_once_and_read_back_from_its_seal() {
 
     // The running gateway was warm before they were stored, so it follows them as they come.
     let seen = poll(&stack.http, &stack.gateway, acme_hours, "the deltas followed", |v| totals(v) == expected).await;
-    let bucket = |v: &Value| v["buckets"].as_array().unwrap().iter().find(|b| b["attempts"].as_u64() > Some(0)).cloned();
-    assert_eq!(bucket(&seen).unwrap()["start"], herald_core::rfc3339(time::OffsetDateTime::from_unix_timestamp(hour).unwrap()));
+    let bucket =
+        |v: &Value| v["buckets"].as_array().unwrap().iter().find(|b| b["attempts"].as_u64() > Some(0)).cloned();
+    assert_eq!(
+        bucket(&seen).unwrap()["start"],
+        herald_core::rfc3339(time::OffsetDateTime::from_unix_timestamp(hour).unwrap())
+    );
 
     // The hour is over: a gateway seals it (once, however many are running), and stores nothing
     // for hours still under way.
