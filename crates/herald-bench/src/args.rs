@@ -95,6 +95,9 @@ pub(crate) struct Args {
     /// Statistics: deliveries made before a gateway is started afresh and timed until warm.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) stats_deliveries: usize,
+    /// Statistics: subscriptions active every minute of the day read back by a fresh gateway.
+    #[arg(long, default_value_t = 10_000)]
+    pub(crate) stats_day_subscriptions: usize,
     /// Soak: events per second, published steadily.
     #[arg(long, default_value_t = 300)]
     pub(crate) soak_rate: usize,
