@@ -43,7 +43,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, ordered, schema (with ingest), production, cluster, soak.
+    /// memory, scaleout, filters, ordered, schema (with ingest), stats, production, cluster, soak.
     #[arg(
         long,
         value_delimiter = ',',

@@ -142,6 +142,8 @@ async fn main() -> anyhow::Result<()> {
         args.soak_types = 2;
         args.soak_fanout = 2;
         args.soak_checks = 20;
+        args.stats_deliveries = 2_000;
+        args.stats_day_subscriptions = 20;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
