@@ -252,6 +252,16 @@ pub static REDELIVERIES_SKIPPED: LazyLock<Family> = LazyLock::new(|| {
         &[],
     )
 });
+/// Statistics deltas a dispatcher stored or could not store (`stored`, `failed`: kept for the
+/// next flush).
+pub static STATS_DELTAS: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_stats_deltas_total",
+        "Statistics deltas (what a dispatcher counted since its last flush) stored, or that failed and were kept for the next flush.",
+        "counter",
+        &["result"],
+    )
+});
 /// Events of a subscription's types that its payload filter left out.
 pub static FILTERED_OUT: LazyLock<Family> = LazyLock::new(|| {
     Family::new(
@@ -351,6 +361,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*REDELIVERIES_SKIPPED,
         &*RECORD_CHECKS,
         &*FILTERED_OUT,
+        &*STATS_DELTAS,
         &*SCHEMA_VIOLATIONS,
         &*CONSUMER_REWINDS,
         &*HANDED_OUT_AGAIN,

@@ -18,7 +18,7 @@ use prost::Message as _;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
-use herald_core::{nats, proto};
+use herald_core::{metrics, nats, proto};
 
 /// Counts of one subscription in one minute.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +184,9 @@ async fn flush(rollups: &Rollups, js: &jetstream::Context, replica: &str, instan
                     .map_err(|_| format!("not confirmed within {CONFIRM:?}"))?
                     .map_err(|e| e.to_string())
             };
-            if let Err(error) = stored.await {
+            let stored = stored.await;
+            metrics::STATS_DELTAS.inc(&[if stored.is_ok() { "stored" } else { "failed" }]);
+            if let Err(error) = stored {
                 // The next flush sends these again under a new id. Should this one have been
                 // stored after all, they count twice: rarer than losing them.
                 tracing::warn!(error, "statistics: could not store a delta; keeping it for the next flush");

@@ -108,6 +108,7 @@ const FAMILIES: &[(&str, &str, &[&str])] = &[
     ("herald_redeliveries_skipped", "counter", &[]),
     ("herald_record_checks", "counter", &["result"]),
     ("herald_filtered_out", "counter", &[]),
+    ("herald_stats_deltas", "counter", &["result"]),
     ("herald_schema_violations", "counter", &["action"]),
     ("herald_consumer_rewinds", "counter", &[]),
     ("herald_retry_lateness_seconds", "histogram", &[]),
@@ -168,6 +169,9 @@ async fn metrics_parse_and_move_as_deliveries_happen() {
     let late = delta(&after, &before, "herald_retry_lateness_seconds_sum");
     assert!((0.0..60.0).contains(&late), "{late}");
     assert!(delta(&after, &before, r#"herald_fanout_events_total{outcome="fanned_out"}"#) >= 3.0);
+    // What it counted for the statistics went out within a flush interval (5 s).
+    assert!(delta(&after, &before, r#"herald_stats_deltas_total{result="stored"}"#) >= 1.0, "{:?}", after.series);
+    assert_eq!(delta(&after, &before, r#"herald_stats_deltas_total{result="failed"}"#), 0.0);
     assert!(
         after.series.contains_key(r#"herald_consumer_messages{consumer="herald-deliver",state="pending"}"#),
         "lag gauge"
