@@ -44,19 +44,7 @@ impl Bench {
         let running = self.gateway_url.clone();
         let before = wait_totals(&self.http, &running, |t| t["delivered"].as_u64() >= Some(deliveries)).await?;
 
-        let port = herald_harness::free_port();
-        let spawned = Instant::now();
-        let gateway = Proc::gateway(&self.nats.url(), port).await?;
-        let fresh = format!("http://127.0.0.1:{port}");
-        let after = loop {
-            let body = stats(&self.http, &fresh).await?;
-            if body["warming"] == false {
-                break body;
-            }
-            anyhow::ensure!(spawned.elapsed() < Duration::from_secs(300), "statistics: the new gateway stayed warming");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let warm = spawned.elapsed();
+        let (gateway, after, warm) = fresh_gateway(&self.http, &self.nats.url()).await?;
         let memory = gateway.memory();
         let equal = after["totals"] == before["totals"];
         println!(
@@ -136,19 +124,7 @@ impl Bench {
         }
         crate::load::pipelined(&js, messages).await?;
 
-        let port = herald_harness::free_port();
-        let spawned = Instant::now();
-        let gateway = Proc::gateway(&server.url(), port).await?;
-        let fresh = format!("http://127.0.0.1:{port}");
-        let after = loop {
-            let body = stats(&self.http, &fresh).await?;
-            if body["warming"] == false {
-                break body;
-            }
-            anyhow::ensure!(spawned.elapsed() < Duration::from_secs(300), "statistics: the new gateway stayed warming");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        let warm = spawned.elapsed();
+        let (gateway, after, warm) = fresh_gateway(&self.http, &server.url()).await?;
         let memory = gateway.memory();
         let read = after["totals"]["attempts"].as_u64().unwrap_or(0);
         println!(
@@ -162,6 +138,23 @@ impl Bench {
         self.push(payload, "  its RSS once warm", memory.rss_kib as f64 / 1024.0, "MiB");
         gateway.stop().await;
         Ok(())
+    }
+}
+
+/// A gateway started afresh on `nats_url`, its overall statistics once it is warm, and how long
+/// that took from its start.
+async fn fresh_gateway(http: &reqwest::Client, nats_url: &str) -> anyhow::Result<(Proc, Value, Duration)> {
+    let port = herald_harness::free_port();
+    let spawned = Instant::now();
+    let gateway = Proc::gateway(nats_url, port).await?;
+    let base = format!("http://127.0.0.1:{port}");
+    loop {
+        let body = stats(http, &base).await?;
+        if body["warming"] == false {
+            return Ok((gateway, body, spawned.elapsed()));
+        }
+        anyhow::ensure!(spawned.elapsed() < Duration::from_secs(300), "statistics: the new gateway stayed warming");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -215,12 +215,7 @@ impl Stats {
             let to_hours = match state {
                 Hour::Deltas { through, sums } => {
                     *through = (*through).max(sequence);
-                    match sums.get_mut(&(e.subscription_id.clone(), e.tenant.clone())) {
-                        Some(sum) => sum.add(&counts),
-                        None => {
-                            sums.insert((e.subscription_id.clone(), e.tenant.clone()), counts);
-                        }
-                    }
+                    sums.entry((e.subscription_id.clone(), e.tenant.clone())).or_default().add(&counts);
                     true
                 }
                 Hour::Sealed { through } => sequence > *through,
