@@ -43,11 +43,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, ordered, schema (with ingest), stats, production, cluster, soak.
+    /// memory, scaleout, filters, ordered, schema (with ingest), stats, registry, production, cluster,
+    /// soak.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,production,cluster,soak"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,registry,production,cluster,soak"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -98,6 +99,12 @@ pub(crate) struct Args {
     /// Statistics: subscriptions active every minute of the day read back by a fresh gateway.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) stats_day_subscriptions: usize,
+    /// Registry: subscriptions stored beside the ten that are delivered to.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub(crate) registry_subscriptions: usize,
+    /// Registry: the tenants they are spread over.
+    #[arg(long, default_value_t = 100_000)]
+    pub(crate) registry_tenants: usize,
     /// Soak: events per second, published steadily.
     #[arg(long, default_value_t = 300)]
     pub(crate) soak_rate: usize,

@@ -43,6 +43,7 @@ mod memory;
 mod ordered;
 mod procs;
 mod production;
+mod registry;
 mod report;
 mod scaleout;
 mod schema;
@@ -144,6 +145,8 @@ async fn main() -> anyhow::Result<()> {
         args.soak_checks = 20;
         args.stats_deliveries = 2_000;
         args.stats_day_subscriptions = 20;
+        args.registry_subscriptions = 2_000;
+        args.registry_tenants = 200;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
@@ -278,6 +281,12 @@ async fn main() -> anyhow::Result<()> {
         for &payload in &args.payloads {
             bench.cluster(payload).await?;
         }
+    }
+
+    // Many subscriptions, last: they stay in the bucket.
+    if bench.wants("registry") {
+        let payload = args.payloads[0];
+        bench.many_subscriptions(payload).await?;
     }
 
     // Memory over minutes of steady deliveries, on a server of its own.

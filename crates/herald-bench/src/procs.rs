@@ -74,7 +74,7 @@ impl Proc {
         let mut proc = Self::spawn("herald-gateway", &args)?;
         proc.metrics_url = Some(format!("http://127.0.0.1:{port}/metrics"));
         let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
             if ready.is_ok_and(|r| r.status().is_success()) {
@@ -117,7 +117,7 @@ impl Proc {
     /// Waits until its `/readyz` answers 2xx (a dispatcher: subscriptions loaded, consuming).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let url = self.metrics_url.as_deref().context("no health address")?.replace("/metrics", "/readyz");
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());

@@ -23,6 +23,8 @@ impl Bench {
             let relay = r.of_relay.map(|x| format!("{x:.2}")).unwrap_or_default();
             let value = if r.unit == "ms" || r.unit.starts_with("µs") {
                 format!("{:.1}", r.value)
+            } else if r.value.abs() < 10.0 && r.value.fract() != 0.0 {
+                format!("{:.2}", r.value)
             } else {
                 format!("{:.0}", r.value)
             };

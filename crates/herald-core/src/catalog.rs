@@ -156,7 +156,7 @@ impl Catalog {
 }
 
 impl KvView for Catalog {
-    fn apply(&self, entry: &kv::Entry) -> Option<String> {
+    fn apply(&self, entry: &kv::Entry) -> bool {
         match entry.operation {
             kv::Operation::Put => match EventType::decode(entry.value.as_ref()) {
                 Ok(t) if t.name == entry.key => self.upsert(entry.revision, t),
@@ -165,7 +165,7 @@ impl KvView for Catalog {
             },
             kv::Operation::Delete | kv::Operation::Purge => self.remove(&entry.key),
         }
-        Some(entry.key.clone())
+        true
     }
 
     fn retain_only(&self, seen: &HashSet<String>, snapshot_revision: u64) {
@@ -173,6 +173,10 @@ impl KvView for Catalog {
             .write()
             .expect("catalog lock")
             .retain(|name, e| e.revision > snapshot_revision || seen.contains(name));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.types.read().expect("catalog lock").is_empty()
     }
 
     fn loaded(&self) {

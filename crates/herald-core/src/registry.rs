@@ -1,10 +1,20 @@
 //! The in-memory view of the `herald-subscriptions` bucket, kept current by a KV watch that
 //! starts with the bucket's current state. Every dispatcher and gateway replica holds one, so a
 //! change made through the API takes effect everywhere within moments, without restarts.
+//!
+//! A million subscriptions have to fit in every replica's memory. So each is held as it is
+//! stored (protobuf, less its id and tenant, which are its keys: about 250 B) beside the little
+//! matching an event reads (enabled, its patterns, its compiled filter), and decoded when it is
+//! asked for. The subscriptions decoded lately are kept ([`DECODED_KEPT`]), so deliveries to
+//! the same subscriptions decode nothing and keep the same `Arc` (which prepared signers are
+//! keyed by). Those that are ordered or limited, or whose ordering changed lately, are also
+//! indexed, so what looks for them every second does not go through every subscription.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, RwLock};
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::kv;
 use futures::StreamExt;
@@ -13,15 +23,124 @@ use tokio::sync::watch;
 
 use crate::filter::Filter;
 use crate::proto::{Event, Subscription};
-use crate::subscription::wants;
 
-#[derive(Debug, Clone)]
+/// Decoded subscriptions kept for reuse (about 1.5 KB each with their prepared signers).
+pub const DECODED_KEPT: usize = 16_384;
+
+/// How long a change of ordering is remembered (see [`Registry::ordering_changed_within`]).
+pub const ORDERING_CHANGE_KEPT: Duration = Duration::from_secs(60);
+
+/// A subscription id `sub_{ULID}` as the ULID's 16 bytes, big-endian: ordered as the id is.
+type Key = [u8; 16];
+
+fn key_of(id: &str) -> Option<Key> {
+    let ulid = ulid::Ulid::from_string(id.strip_prefix("sub_")?).ok()?;
+    Some(ulid.0.to_be_bytes())
+}
+
+fn id_of(key: &Key) -> String {
+    format!("sub_{}", ulid::Ulid(u128::from_be_bytes(*key)))
+}
+
+const ENABLED: u8 = 1;
+const FIFO: u8 = 2;
+const LANE: u8 = 4;
+
+#[derive(Debug)]
 struct Entry {
+    key: Key,
     /// KV revision of this value: a late watch update must not replace a newer local write.
     revision: u64,
-    sub: Arc<Subscription>,
+    /// The subscription as stored, less its id and tenant.
+    encoded: Box<[u8]>,
+    /// Its event-type patterns, space-separated.
+    patterns: Box<str>,
     /// Its payload filter, compiled once per revision.
     filter: Option<Arc<Filter>>,
+    flags: u8,
+}
+
+/// What the registry reads of a stored subscription to route events (decoding it skips the
+/// other fields): a million are loaded at start, so this is twice as fast as decoding them whole.
+#[derive(Clone, PartialEq, prost::Message)]
+struct Routing {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(string, tag = "2")]
+    tenant: String,
+    #[prost(string, repeated, tag = "4")]
+    event_types: Vec<String>,
+    #[prost(bool, tag = "5")]
+    enabled: bool,
+    #[prost(uint32, tag = "12")]
+    rate_limit: u32,
+    #[prost(uint32, tag = "13")]
+    max_in_flight: u32,
+    #[prost(string, tag = "17")]
+    ordering: String,
+    #[prost(string, tag = "19")]
+    filter: String,
+}
+
+impl Routing {
+    fn of(sub: &Subscription) -> Self {
+        Self {
+            id: String::new(),
+            tenant: String::new(),
+            event_types: sub.event_types.clone(),
+            enabled: sub.enabled,
+            rate_limit: sub.rate_limit,
+            max_in_flight: sub.max_in_flight,
+            ordering: sub.ordering.clone(),
+            filter: sub.filter.clone(),
+        }
+    }
+
+    fn is_fifo(&self) -> bool {
+        self.ordering == crate::subscription::FIFO
+    }
+
+    /// Ordered or limited: its deliveries go through a lane of their own.
+    fn needs_lane(&self) -> bool {
+        self.is_fifo() || self.max_in_flight > 0 || self.rate_limit > 0
+    }
+}
+
+/// `stored` (a `Subscription`) without its id and tenant (fields 1 and 2), copied as it is.
+fn without_keys(stored: &[u8]) -> Result<Box<[u8]>, prost::DecodeError> {
+    use prost::encoding::{DecodeContext, decode_key, skip_field};
+    let mut out = Vec::with_capacity(stored.len());
+    let mut rest = stored;
+    while !rest.is_empty() {
+        let before = rest;
+        let (tag, wire_type) = decode_key(&mut rest)?;
+        skip_field(wire_type, tag, &mut rest, DecodeContext::default())?;
+        if tag > 2 {
+            out.extend_from_slice(&before[..before.len() - rest.len()]);
+        }
+    }
+    Ok(out.into_boxed_slice())
+}
+
+impl Entry {
+    fn new(key: Key, revision: u64, routing: &Routing, encoded: Box<[u8]>) -> Self {
+        let flag = |on: bool, bit: u8| if on { bit } else { 0 };
+        let flags = flag(routing.enabled, ENABLED) | flag(routing.is_fifo(), FIFO) | flag(routing.needs_lane(), LANE);
+        let patterns = routing.event_types.join(" ").into_boxed_str();
+        let filter = Filter::parse_stored(&routing.filter).map(Arc::new);
+        Self { key, revision, encoded, patterns, filter, flags }
+    }
+
+    fn wants(&self, event_type: &str) -> bool {
+        self.flags & ENABLED != 0 && self.patterns.split(' ').any(|p| crate::pattern::matches(p, event_type))
+    }
+
+    fn decode(&self, tenant: &str) -> Arc<Subscription> {
+        let mut sub = Subscription::decode(&*self.encoded).unwrap_or_default();
+        sub.id = id_of(&self.key);
+        sub.tenant = tenant.to_owned();
+        Arc::new(sub)
+    }
 }
 
 /// The subscriptions an event goes to.
@@ -33,17 +152,58 @@ pub struct Matched {
     pub filtered_out: usize,
 }
 
-/// Subscriptions by tenant, then by id (ids are ULIDs, so by creation time).
+/// How many subscriptions a tenant has, and how many of them are disabled.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TenantCount {
+    pub subscriptions: usize,
+    pub disabled: usize,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    /// Each tenant's subscriptions, ordered by id (ids are ULIDs, so by creation time).
+    tenants: HashMap<Box<str>, Vec<Entry>>,
+    count: usize,
+    /// Ordered or limited subscriptions, and those whose ordering changed lately, with their
+    /// tenant.
+    notable: HashMap<Key, Box<str>>,
+    /// When this replica learned that a subscription's ordering changed.
+    ordering_changed: HashMap<Key, Instant>,
+}
+
+impl Inner {
+    fn entry(&self, tenant: &str, key: &Key) -> Option<&Entry> {
+        let entries = self.tenants.get(tenant)?;
+        entries.binary_search_by(|e| e.key.cmp(key)).ok().map(|i| &entries[i])
+    }
+
+    fn find(&self, key: &Key) -> Option<(&str, &Entry)> {
+        if let Some(tenant) = self.notable.get(key) {
+            return self.entry(tenant, key).map(|e| (&**tenant, e));
+        }
+        self.tenants.iter().find_map(|(tenant, entries)| {
+            entries.binary_search_by(|e| e.key.cmp(key)).ok().map(|i| (&**tenant, &entries[i]))
+        })
+    }
+
+    fn changed_within(&self, key: &Key, within: Duration) -> bool {
+        self.ordering_changed.get(key).is_some_and(|at| at.elapsed() < within)
+    }
+}
+
+/// Subscriptions by tenant, then by id.
 #[derive(Debug)]
 pub struct Registry {
-    by_tenant: RwLock<HashMap<String, BTreeMap<String, Entry>>>,
+    inner: RwLock<Inner>,
+    /// Subscriptions decoded lately, with the revision each was decoded from.
+    decoded: Mutex<HashMap<Key, (u64, Arc<Subscription>)>>,
     /// True once the watch has delivered the bucket's state as of start-up.
     ready: watch::Sender<bool>,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self { by_tenant: RwLock::default(), ready: watch::Sender::new(false) }
+        Self { inner: RwLock::default(), decoded: Mutex::default(), ready: watch::Sender::new(false) }
     }
 }
 
@@ -53,42 +213,68 @@ impl Registry {
         Arc::new(Self::default())
     }
 
-    /// One subscription.
-    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Subscription>> {
-        let map = self.by_tenant.read().expect("registry lock");
-        map.get(tenant)?.get(id).map(|e| e.sub.clone())
+    /// `entry` of `tenant` decoded, from the kept ones if this revision was decoded lately.
+    fn decoded(&self, tenant: &str, entry: &Entry) -> Arc<Subscription> {
+        let mut decoded = self.decoded.lock().expect("registry cache lock");
+        if let Some((revision, sub)) = decoded.get(&entry.key)
+            && *revision == entry.revision
+        {
+            return sub.clone();
+        }
+        let sub = entry.decode(tenant);
+        if decoded.len() >= DECODED_KEPT {
+            // Whichever comes first: the map's order is as good as random.
+            if let Some(gone) = decoded.keys().next().copied() {
+                decoded.remove(&gone);
+            }
+        }
+        decoded.insert(entry.key, (entry.revision, sub.clone()));
+        sub
     }
 
-    /// One subscription, whatever its tenant.
+    /// One subscription.
+    pub fn get(&self, tenant: &str, id: &str) -> Option<Arc<Subscription>> {
+        let key = key_of(id)?;
+        let inner = self.inner.read().expect("registry lock");
+        inner.entry(tenant, &key).map(|e| self.decoded(tenant, e))
+    }
+
+    /// True if `tenant` has subscription `id`.
+    pub fn contains(&self, tenant: &str, id: &str) -> bool {
+        key_of(id).is_some_and(|key| self.inner.read().expect("registry lock").entry(tenant, &key).is_some())
+    }
+
+    /// One subscription, whatever its tenant (each tenant is searched: a few milliseconds with
+    /// 100,000 tenants).
     pub fn find(&self, id: &str) -> Option<Arc<Subscription>> {
-        let map = self.by_tenant.read().expect("registry lock");
-        map.values().find_map(|subs| subs.get(id)).map(|e| e.sub.clone())
+        let key = key_of(id)?;
+        let inner = self.inner.read().expect("registry lock");
+        inner.find(&key).map(|(tenant, e)| self.decoded(tenant, e))
     }
 
     /// The enabled subscriptions of `tenant` whose patterns select `event_type`.
     pub fn matching(&self, tenant: &str, event_type: &str) -> Vec<Arc<Subscription>> {
-        let map = self.by_tenant.read().expect("registry lock");
-        map.get(tenant)
-            .map(|subs| subs.values().filter(|e| wants(&e.sub, event_type)).map(|e| e.sub.clone()).collect())
-            .unwrap_or_default()
+        let inner = self.inner.read().expect("registry lock");
+        let Some(entries) = inner.tenants.get(tenant) else { return Vec::new() };
+        entries.iter().filter(|e| e.wants(event_type)).map(|e| self.decoded(tenant, e)).collect()
     }
 
     /// The subscriptions `event` goes to: those of its tenant that want its type and whose
     /// payload filter, if any, it matches. The event's document is parsed once, and only if a
     /// filter needs it.
     pub fn matching_event(&self, event: &Event) -> Matched {
-        let map = self.by_tenant.read().expect("registry lock");
-        let Some(subs) = map.get(&event.tenant) else { return Matched::default() };
+        let inner = self.inner.read().expect("registry lock");
+        let Some(entries) = inner.tenants.get(event.tenant.as_str()) else { return Matched::default() };
         let mut document = None;
         let mut matched = Matched::default();
-        for e in subs.values().filter(|e| wants(&e.sub, &event.r#type)) {
+        for e in entries.iter().filter(|e| e.wants(&event.r#type)) {
             if let Some(filter) = &e.filter
                 && !filter.matches(document.get_or_insert_with(|| crate::filter::event_document(event)))
             {
                 matched.filtered_out += 1;
                 continue;
             }
-            matched.subs.push(e.sub.clone());
+            matched.subs.push(self.decoded(&event.tenant, e));
         }
         matched
     }
@@ -96,29 +282,93 @@ impl Registry {
     /// Subscriptions ordered by id (creation time), of one tenant or of all, starting after the
     /// id `after`, at most `limit`.
     pub fn list(&self, tenant: Option<&str>, after: Option<&str>, limit: usize) -> Vec<Arc<Subscription>> {
-        let map = self.by_tenant.read().expect("registry lock");
-        let mut all: Vec<&Entry> = match tenant {
-            Some(t) => map.get(t).map(|s| s.values().collect()).unwrap_or_default(),
-            None => map.values().flat_map(|s| s.values()).collect(),
+        let inner = self.inner.read().expect("registry lock");
+        // Where a tenant's list starts: after `after`, compared as ids are.
+        let start = |entries: &[Entry]| match after {
+            None => 0,
+            Some(a) => match key_of(a) {
+                Some(key) => entries.partition_point(|e| e.key <= key),
+                None => entries.partition_point(|e| id_of(&e.key).as_str() <= a),
+            },
         };
-        if tenant.is_none() {
-            all.sort_by(|a, b| a.sub.id.cmp(&b.sub.id));
+        match tenant {
+            Some(t) => {
+                let Some(entries) = inner.tenants.get(t) else { return Vec::new() };
+                entries[start(entries)..].iter().take(limit).map(|e| e.decode(t)).collect()
+            }
+            None => {
+                // The next of each tenant's lists, smallest id first.
+                let mut heads: BinaryHeap<std::cmp::Reverse<(Key, &str, usize)>> = inner
+                    .tenants
+                    .iter()
+                    .filter_map(|(t, entries)| {
+                        let at = start(entries);
+                        entries.get(at).map(|e| std::cmp::Reverse((e.key, &**t, at)))
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                while out.len() < limit
+                    && let Some(std::cmp::Reverse((_, t, at))) = heads.pop()
+                {
+                    let entries = &inner.tenants[t];
+                    out.push(entries[at].decode(t));
+                    if let Some(next) = entries.get(at + 1) {
+                        heads.push(std::cmp::Reverse((next.key, t, at + 1)));
+                    }
+                }
+                out
+            }
         }
-        all.into_iter()
-            .filter(|e| after.is_none_or(|a| e.sub.id.as_str() > a))
-            .take(limit)
-            .map(|e| e.sub.clone())
-            .collect()
+    }
+
+    /// The subscriptions that are ordered or limited (that need a lane), or whose ordering
+    /// changed within [`ORDERING_CHANGE_KEPT`]: the few that lanes and the ordered fan-out
+    /// look at, without going through every subscription.
+    pub fn notable(&self) -> Vec<Arc<Subscription>> {
+        {
+            let mut inner = self.inner.write().expect("registry lock");
+            let Inner { tenants, notable, ordering_changed, .. } = &mut *inner;
+            ordering_changed.retain(|_, at| at.elapsed() < ORDERING_CHANGE_KEPT);
+            notable.retain(|key, tenant| {
+                let entries = tenants.get(&**tenant).map(Vec::as_slice).unwrap_or_default();
+                let entry = entries.binary_search_by(|e| e.key.cmp(key)).ok().map(|i| &entries[i]);
+                entry.is_some_and(|e| e.flags & (FIFO | LANE) != 0 || ordering_changed.contains_key(key))
+            });
+        }
+        let inner = self.inner.read().expect("registry lock");
+        let mut subs: Vec<_> =
+            inner.notable.iter().filter_map(|(key, t)| inner.entry(t, key).map(|e| self.decoded(t, e))).collect();
+        subs.sort_by(|a, b| a.id.cmp(&b.id));
+        subs
+    }
+
+    /// True if this replica learned within `within` that subscription `id`'s ordering changed
+    /// (from unordered to `fifo` or back).
+    pub fn ordering_changed_within(&self, id: &str, within: Duration) -> bool {
+        key_of(id).is_some_and(|key| self.inner.read().expect("registry lock").changed_within(&key, within))
     }
 
     /// The tenants that have subscriptions.
     pub fn tenants(&self) -> Vec<String> {
-        self.by_tenant.read().expect("registry lock").keys().cloned().collect()
+        self.inner.read().expect("registry lock").tenants.keys().map(|t| t.to_string()).collect()
+    }
+
+    /// Each tenant's count of subscriptions, without decoding them.
+    pub fn tenant_counts(&self) -> HashMap<String, TenantCount> {
+        let inner = self.inner.read().expect("registry lock");
+        inner
+            .tenants
+            .iter()
+            .map(|(t, entries)| {
+                let disabled = entries.iter().filter(|e| e.flags & ENABLED == 0).count();
+                (t.to_string(), TenantCount { subscriptions: entries.len(), disabled })
+            })
+            .collect()
     }
 
     /// How many subscriptions there are.
     pub fn len(&self) -> usize {
-        self.by_tenant.read().expect("registry lock").values().map(BTreeMap::len).sum()
+        self.inner.read().expect("registry lock").count
     }
 
     /// True when there are none.
@@ -126,28 +376,67 @@ impl Registry {
         self.len() == 0
     }
 
-    /// Records a write this process made (revision from the KV), ahead of the watch.
-    pub fn upsert(&self, revision: u64, sub: Subscription) {
-        let mut map = self.by_tenant.write().expect("registry lock");
-        let slot = map.entry(sub.tenant.clone()).or_default();
-        match slot.get(&sub.id) {
-            Some(e) if e.revision > revision => {}
-            _ => {
-                let filter = compile(&sub);
-                slot.insert(sub.id.clone(), Entry { revision, sub: Arc::new(sub), filter });
+    /// Records a write this process made (revision from the KV), ahead of the watch. A
+    /// subscription whose id is not `sub_` and a ULID (none the API makes) is ignored.
+    pub fn upsert(&self, revision: u64, mut sub: Subscription) {
+        let routing = Routing::of(&sub);
+        let (id, tenant) = (std::mem::take(&mut sub.id), std::mem::take(&mut sub.tenant));
+        self.put(&tenant, &id, revision, &routing, sub.encode_to_vec().into_boxed_slice());
+    }
+
+    fn put(&self, tenant: &str, id: &str, revision: u64, routing: &Routing, encoded: Box<[u8]>) {
+        let Some(key) = key_of(id) else {
+            tracing::warn!(id, "subscription id is not `sub_` and a ULID; ignored");
+            return;
+        };
+        let (fifo, notable) = (routing.is_fifo(), routing.needs_lane());
+        let mut inner = self.inner.write().expect("registry lock");
+        let inner = &mut *inner;
+        if !inner.tenants.contains_key(tenant) {
+            inner.tenants.insert(tenant.into(), Vec::new());
+        }
+        let entries = inner.tenants.get_mut(tenant).expect("just inserted");
+        let changed = match entries.binary_search_by(|e| e.key.cmp(&key)) {
+            Ok(i) if entries[i].revision > revision => return,
+            Ok(i) => {
+                let was_fifo = entries[i].flags & FIFO != 0;
+                entries[i] = Entry::new(key, revision, routing, encoded);
+                was_fifo != fifo
             }
+            Err(i) => {
+                if entries.len() == entries.capacity() && self.is_ready() {
+                    // An eighth more room, not twice as much: most tenants have a few. (While
+                    // loading, lists grow as usual and are fitted once loaded.)
+                    entries.reserve_exact((entries.len() / 8).max(1));
+                }
+                entries.insert(i, Entry::new(key, revision, routing, encoded));
+                inner.count += 1;
+                false
+            }
+        };
+        if changed {
+            inner.ordering_changed.insert(key, Instant::now());
+        }
+        if notable || changed {
+            inner.notable.insert(key, tenant.into());
         }
     }
 
     /// Records a deletion.
     pub fn remove(&self, tenant: &str, id: &str) {
-        let mut map = self.by_tenant.write().expect("registry lock");
-        if let Some(subs) = map.get_mut(tenant) {
-            subs.remove(id);
-            if subs.is_empty() {
-                map.remove(tenant);
+        let Some(key) = key_of(id) else { return };
+        let mut inner = self.inner.write().expect("registry lock");
+        let Some(entries) = inner.tenants.get_mut(tenant) else { return };
+        if let Ok(i) = entries.binary_search_by(|e| e.key.cmp(&key)) {
+            entries.remove(i);
+            let empty = entries.is_empty();
+            inner.count -= 1;
+            if empty {
+                inner.tenants.remove(tenant);
             }
         }
+        inner.notable.remove(&key);
+        self.decoded.lock().expect("registry cache lock").remove(&key);
     }
 
     /// True once the bucket's state at start-up has been loaded.
@@ -161,17 +450,22 @@ impl Registry {
         let _ = rx.wait_for(|r| *r).await;
     }
 
-    fn apply_entry(&self, entry: &kv::Entry) -> Option<(String, String)> {
-        let (tenant, id) = entry.key.split_once('.')?;
+    fn apply_entry(&self, entry: &kv::Entry) -> bool {
+        let Some((tenant, id)) = entry.key.split_once('.') else { return false };
         match entry.operation {
-            kv::Operation::Put => match Subscription::decode(entry.value.as_ref()) {
-                Ok(sub) if sub.tenant == tenant && sub.id == id => self.upsert(entry.revision, sub),
-                Ok(_) => tracing::warn!(key = %entry.key, "subscription's key disagrees with its content; ignored"),
-                Err(e) => tracing::warn!(key = %entry.key, error = %e, "undecodable subscription; ignored"),
-            },
+            kv::Operation::Put => {
+                let stored = entry.value.as_ref();
+                match Routing::decode(stored).and_then(|routing| Ok((routing, without_keys(stored)?))) {
+                    Ok((routing, encoded)) if routing.tenant == tenant && routing.id == id => {
+                        self.put(tenant, id, entry.revision, &routing, encoded)
+                    }
+                    Ok(_) => tracing::warn!(key = %entry.key, "subscription's key disagrees with its content; ignored"),
+                    Err(e) => tracing::warn!(key = %entry.key, error = %e, "undecodable subscription; ignored"),
+                }
+            }
             kv::Operation::Delete | kv::Operation::Purge => self.remove(tenant, id),
         }
-        Some((tenant.to_owned(), id.to_owned()))
+        true
     }
 
     /// Follows the bucket until `shutdown` resolves (see [`follow`]).
@@ -181,19 +475,30 @@ impl Registry {
 }
 
 impl KvView for Registry {
-    fn apply(&self, entry: &kv::Entry) -> Option<String> {
-        self.apply_entry(entry).map(|(tenant, id)| format!("{tenant}.{id}"))
+    fn apply(&self, entry: &kv::Entry) -> bool {
+        self.apply_entry(entry)
     }
 
     fn retain_only(&self, seen: &HashSet<String>, snapshot_revision: u64) {
-        let mut map = self.by_tenant.write().expect("registry lock");
-        for (tenant, subs) in map.iter_mut() {
-            subs.retain(|id, e| e.revision > snapshot_revision || seen.contains(&format!("{tenant}.{id}")));
+        let mut inner = self.inner.write().expect("registry lock");
+        let inner = &mut *inner;
+        let mut count = 0;
+        for (tenant, entries) in inner.tenants.iter_mut() {
+            entries.retain(|e| e.revision > snapshot_revision || seen.contains(&format!("{tenant}.{}", id_of(&e.key))));
+            count += entries.len();
         }
-        map.retain(|_, subs| !subs.is_empty());
+        inner.tenants.retain(|_, entries| !entries.is_empty());
+        inner.count = count;
+    }
+
+    fn is_empty(&self) -> bool {
+        Registry::is_empty(self)
     }
 
     fn loaded(&self) {
+        for entries in self.inner.write().expect("registry lock").tenants.values_mut() {
+            entries.shrink_to_fit();
+        }
         tracing::info!(subscriptions = self.len(), "subscriptions loaded");
         self.ready.send_replace(true);
     }
@@ -201,10 +506,13 @@ impl KvView for Registry {
 
 /// An in-memory view of a KV bucket, kept current by [`follow`].
 pub trait KvView: Send + Sync {
-    /// Applies one entry (a put or a deletion); returns its key if it is one of the view's.
-    fn apply(&self, entry: &kv::Entry) -> Option<String>;
+    /// Applies one entry (a put or a deletion); true if its key is one of the view's.
+    fn apply(&self, entry: &kv::Entry) -> bool;
     /// Forgets keys absent from a fresh snapshot (`seen`) unless written after it.
     fn retain_only(&self, seen: &HashSet<String>, snapshot_revision: u64);
+    /// True if the view holds nothing (then a snapshot has nothing to forget, and its keys
+    /// need not be collected).
+    fn is_empty(&self) -> bool;
     /// The bucket's state as of the watch's start has been applied.
     fn loaded(&self);
 }
@@ -234,6 +542,8 @@ async fn watch_once<V: KvView + ?Sized>(view: &V, store: &kv::Store) -> Result<(
     let status = store.status().await?;
     let mut watch = store.watch_with_history(">").await?;
     let mut seen = HashSet::new();
+    // Loading into an empty view (as at start), nothing is forgotten: no keys to collect.
+    let collect = !view.is_empty();
     let mut caught_up = status.values() == 0;
     if caught_up {
         view.retain_only(&seen, 0);
@@ -243,12 +553,16 @@ async fn watch_once<V: KvView + ?Sized>(view: &V, store: &kv::Store) -> Result<(
     while let Some(entry) = watch.next().await {
         let entry = entry?;
         max_revision = max_revision.max(entry.revision);
-        let key = view.apply(&entry);
+        let ours = view.apply(&entry);
         if !caught_up {
-            seen.extend(key);
+            if collect && ours {
+                seen.insert(entry.key.clone());
+            }
             if entry.delta == 0 {
                 caught_up = true;
-                view.retain_only(&seen, max_revision);
+                if collect {
+                    view.retain_only(&seen, max_revision);
+                }
                 view.loaded();
             }
         }
@@ -256,18 +570,18 @@ async fn watch_once<V: KvView + ?Sized>(view: &V, store: &kv::Store) -> Result<(
     Err("the watch ended".into())
 }
 
-/// A subscription's filter, compiled (see [`Filter::parse_stored`]).
-fn compile(sub: &Subscription) -> Option<Arc<Filter>> {
-    Filter::parse_stored(&sub.filter).map(Arc::new)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn sub(tenant: &str, id: &str, types: &[&str]) -> Subscription {
+    /// `sub_` and a ULID of `n` (in order of `n`).
+    fn id(n: u32) -> String {
+        format!("sub_{n:026}")
+    }
+
+    fn sub(tenant: &str, id: String, types: &[&str]) -> Subscription {
         Subscription {
-            id: id.into(),
+            id,
             tenant: tenant.into(),
             enabled: true,
             event_types: types.iter().map(|s| s.to_string()).collect(),
@@ -278,31 +592,31 @@ mod tests {
     #[test]
     fn tenants_are_separate_and_lists_are_ordered() {
         let r = Registry::new();
-        r.upsert(1, sub("a", "sub_2", &["order.*"]));
-        r.upsert(2, sub("a", "sub_1", &[">"]));
-        r.upsert(3, sub("b", "sub_3", &["order.*"]));
+        r.upsert(1, sub("a", id(2), &["order.*"]));
+        r.upsert(2, sub("a", id(1), &[">"]));
+        r.upsert(3, sub("b", id(3), &["order.*"]));
         let ids = |v: Vec<Arc<Subscription>>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
-        assert_eq!(ids(r.matching("a", "order.paid")), ["sub_1", "sub_2"]);
+        assert_eq!(ids(r.matching("a", "order.paid")), [id(1), id(2)]);
         assert_eq!(ids(r.matching("b", "user.created")), Vec::<String>::new());
-        assert_eq!(ids(r.list(None, None, 10)), ["sub_1", "sub_2", "sub_3"]);
-        assert_eq!(ids(r.list(None, Some("sub_1"), 1)), ["sub_2"]);
-        assert_eq!(ids(r.list(Some("b"), None, 10)), ["sub_3"]);
-        assert_eq!(r.find("sub_3").unwrap().tenant, "b");
-        r.remove("a", "sub_1");
-        assert!(r.get("a", "sub_1").is_none());
+        assert_eq!(ids(r.list(None, None, 10)), [id(1), id(2), id(3)]);
+        assert_eq!(ids(r.list(None, Some(&*id(1)), 1)), [id(2)]);
+        assert_eq!(ids(r.list(Some("b"), None, 10)), [id(3)]);
+        assert_eq!(r.find(&id(3)).unwrap().tenant, "b");
+        r.remove("a", &id(1));
+        assert!(r.get("a", &id(1)).is_none());
         assert_eq!(r.len(), 2);
     }
 
     #[test]
     fn payload_filters_choose_among_the_subscriptions_of_a_type() {
         let r = Registry::new();
-        let mut big = sub("a", "sub_1", &["order.*"]);
+        let mut big = sub("a", id(1), &["order.*"]);
         big.filter = r#"{"data": {"amount": {"$gte": 100}}}"#.into();
-        let mut eu = sub("a", "sub_2", &["order.*"]);
+        let mut eu = sub("a", id(2), &["order.*"]);
         eu.filter = r#"{"data": {"region": "eu"}}"#.into();
         r.upsert(1, big);
         r.upsert(2, eu);
-        r.upsert(3, sub("a", "sub_3", &["order.*"]));
+        r.upsert(3, sub("a", id(3), &["order.*"]));
         let event = |data: &str| Event {
             tenant: "a".into(),
             r#type: "order.paid".into(),
@@ -310,25 +624,90 @@ mod tests {
             ..Default::default()
         };
         let ids = |m: Matched| (m.subs.iter().map(|s| s.id.clone()).collect::<Vec<_>>(), m.filtered_out);
-        assert_eq!(
-            ids(r.matching_event(&event(r#"{"amount": 500, "region": "us"}"#))),
-            (vec!["sub_1".into(), "sub_3".into()], 1)
-        );
-        assert_eq!(
-            ids(r.matching_event(&event(r#"{"amount": 5, "region": "eu"}"#))),
-            (vec!["sub_2".into(), "sub_3".into()], 1)
-        );
-        assert_eq!(ids(r.matching_event(&event("not json"))), (vec!["sub_3".into()], 2));
+        assert_eq!(ids(r.matching_event(&event(r#"{"amount": 500, "region": "us"}"#))), (vec![id(1), id(3)], 1));
+        assert_eq!(ids(r.matching_event(&event(r#"{"amount": 5, "region": "eu"}"#))), (vec![id(2), id(3)], 1));
+        assert_eq!(ids(r.matching_event(&event("not json"))), (vec![id(3)], 2));
     }
 
     #[test]
     fn older_revisions_do_not_overwrite_newer() {
         let r = Registry::new();
-        let mut s = sub("a", "sub_1", &["x"]);
+        let mut s = sub("a", id(1), &["x"]);
         s.url = "new".into();
         r.upsert(5, s.clone());
         s.url = "old".into();
         r.upsert(4, s);
-        assert_eq!(r.get("a", "sub_1").unwrap().url, "new");
+        assert_eq!(r.get("a", &id(1)).unwrap().url, "new");
+    }
+
+    #[test]
+    fn a_list_of_every_tenant_is_in_id_order_across_tenants_and_pages() {
+        let r = Registry::new();
+        // Ids interleaved over tenants, stored out of order.
+        for n in (0..300).rev() {
+            r.upsert(u64::from(n) + 1, sub(&format!("t{}", n % 7), id(n), &["x"]));
+        }
+        let mut all = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = r.list(None, after.as_deref(), 50);
+            if page.is_empty() {
+                break;
+            }
+            after = page.last().map(|s| s.id.clone());
+            all.extend(page.iter().map(|s| s.id.clone()));
+        }
+        assert_eq!(all, (0..300).map(id).collect::<Vec<_>>());
+        let t3: Vec<_> = r.list(Some("t3"), Some(&id(100)), 3).iter().map(|s| s.id.clone()).collect();
+        assert_eq!(t3, [id(101), id(108), id(115)]);
+        assert_eq!(r.tenant_counts()["t3"], TenantCount { subscriptions: 43, disabled: 0 });
+    }
+
+    #[test]
+    fn a_subscription_comes_back_as_it_was_stored_and_decoded_once_per_revision() {
+        let r = Registry::new();
+        let mut s = sub("a", id(1), &["order.*", "user.>"]);
+        s.url = "https://example.com/hook".into();
+        s.headers.insert("x-team".into(), "billing".into());
+        s.enabled = false;
+        r.upsert(1, s.clone());
+        let first = r.get("a", &id(1)).unwrap();
+        assert_eq!(*first, s);
+        assert!(Arc::ptr_eq(&first, &r.find(&id(1)).unwrap()), "the same revision is decoded once");
+        assert!(r.matching("a", "order.paid").is_empty(), "disabled");
+        assert_eq!(r.tenant_counts()["a"], TenantCount { subscriptions: 1, disabled: 1 });
+        s.enabled = true;
+        r.upsert(2, s.clone());
+        let second = r.get("a", &id(1)).unwrap();
+        assert!(!Arc::ptr_eq(&first, &second) && second.enabled);
+        assert_eq!(r.matching("a", "user.created.eu").len(), 1);
+        assert!(r.contains("a", &id(1)) && !r.contains("b", &id(1)));
+        // Ids the API never makes are refused, not half-kept.
+        r.upsert(3, sub("a", "sub_1".into(), &["x"]));
+        assert_eq!(r.len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_ordered_limited_or_lately_changed_subscriptions_are_notable() {
+        let r = Registry::new();
+        r.upsert(1, sub("a", id(1), &["x"]));
+        let mut limited = sub("a", id(2), &["x"]);
+        limited.rate_limit = 5;
+        r.upsert(2, limited);
+        let mut fifo = sub("b", id(3), &["x"]);
+        fifo.ordering = "fifo".into();
+        r.upsert(3, fifo.clone());
+        let ids = |v: Vec<Arc<Subscription>>| v.iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(r.notable()), [id(2), id(3)]);
+        // No longer ordered: notable while the change is remembered, then not.
+        fifo.ordering.clear();
+        r.upsert(4, fifo);
+        assert!(r.ordering_changed_within(&id(3), Duration::from_secs(1)));
+        assert_eq!(ids(r.notable()), [id(2), id(3)]);
+        tokio::time::sleep(ORDERING_CHANGE_KEPT).await;
+        assert!(!r.ordering_changed_within(&id(3), Duration::from_secs(1)));
+        assert_eq!(ids(r.notable()), [id(2)]);
+        r.remove("a", &id(2));
+        assert!(r.notable().is_empty());
     }
 }

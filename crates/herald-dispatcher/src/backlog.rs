@@ -12,6 +12,10 @@
 //! deferrals waiting for their time (JetStream keeps a fired schedule, so scheduled and fired
 //! cannot be told apart by counting; failing endpoints show as dead letters and open circuits),
 //! and deliveries of ordered or limited subscriptions, which wait in their lanes.
+//!
+//! With many tenants, one probe each would be many JetStream requests every round, so the
+//! whole stream is probed first: when fewer deliveries than half the threshold wait in all,
+//! no tenant can be over it and only tenants reported over are looked at (to clear them).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -40,7 +44,9 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
         let Ok(stream) = shared.js.get_stream(nats::DELIVERIES_STREAM).await else { continue };
         let Ok(info) = stream.consumer_info(nats::DELIVER_CONSUMER).await else { continue };
         let floor = info.ack_floor.stream_sequence;
-        for tenant in shared.registry.tenants() {
+        let Some(all) = pending(&stream, ">", floor).await else { continue };
+        let tenants = if all < threshold / 2 { over.iter().cloned().collect() } else { shared.registry.tenants() };
+        for tenant in tenants {
             if tenant == shared.config.operator_tenant {
                 continue;
             }
@@ -60,10 +66,14 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// Deliveries of `tenant` stored above `floor`.
+/// Deliveries of `tenant` (`>`: of every tenant) stored above `floor`.
 async fn pending(stream: &jetstream::stream::Stream, tenant: &str, floor: u64) -> Option<u64> {
+    let filter_subject = match tenant {
+        ">" => "herald.deliveries.>".to_owned(),
+        tenant => format!("herald.deliveries.{tenant}.>"),
+    };
     let config = consumer::pull::Config {
-        filter_subject: format!("herald.deliveries.{tenant}.>"),
+        filter_subject,
         deliver_policy: consumer::DeliverPolicy::ByStartSequence { start_sequence: floor + 1 },
         ack_policy: consumer::AckPolicy::None,
         inactive_threshold: Duration::from_secs(30),

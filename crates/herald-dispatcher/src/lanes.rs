@@ -114,7 +114,7 @@ struct Lanes<'a> {
 impl Lanes<'_> {
     async fn reconcile(&self, stream: &jetstream::stream::Stream, running: &mut HashMap<String, Running>) {
         let shared = self.shared;
-        let subs = shared.registry.list(None, None, usize::MAX);
+        let subs = shared.registry.notable();
         for sub in subs.iter().filter(|s| needs_lane(s)) {
             let spec = Spec::of(sub);
             if running.get(&sub.id).is_some_and(|r| r.spec == spec) {
@@ -132,7 +132,11 @@ impl Lanes<'_> {
         }
         // A subscription that lost its limits keeps its lane running (idle once drained); a deleted
         // one's lane goes once nothing is left in it.
-        let deleted: Vec<String> = running.keys().filter(|id| shared.registry.find(id).is_none()).cloned().collect();
+        let deleted: Vec<String> = running
+            .iter()
+            .filter(|(id, lane)| !shared.registry.contains(&lane.spec.tenant, id))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in deleted {
             let name = nats::lane_consumer(&id);
             let drained = match stream.consumer_info(&name).await {

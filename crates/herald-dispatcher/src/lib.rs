@@ -298,10 +298,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     breakers.observe(operational.clone());
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
-    let routes = Arc::new(routes::Routes::default());
+    let routes = Arc::new(routes::Routes::new(registry.clone()));
     let elections = Arc::new(elections::Elections::default());
     tracker.spawn(elections::watch(elections.clone(), client.clone(), topology.replicas > 1, shutdown.clone()));
-    tracker.spawn(routes::supervise(routes.clone(), registry.clone(), js.clone(), shutdown.clone()));
+    tracker.spawn(routes::supervise(routes.clone(), js.clone(), shutdown.clone()));
     let progress = pull::Progress::default();
     let shared = Arc::new(Shared {
         js,

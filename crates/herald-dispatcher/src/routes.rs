@@ -3,9 +3,11 @@
 //! replicas. Ordered (`fifo`) subscriptions are served by the ordered consumer
 //! (`herald-fanout-ordered`), pinned to one replica at a time so their deliveries are stored in
 //! event order, and filtered to their events alone, so that other subscriptions pay nothing
-//! for it. A subscription whose ordering changes is served by both for [`GRACE`], so no event
-//! falls between them while replicas learn of the change (a delivery stored by both is
-//! deduplicated by its id).
+//! for it. A subscription whose ordering changes is served by both for [`GRACE`] after this
+//! replica learns of the change (the registry notes when), so no event falls between them while
+//! replicas learn of it (a delivery stored by both is deduplicated by its id). Only the
+//! registry's few notable subscriptions (ordered, limited, or changed lately) are looked at
+//! every second, never all of them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -30,17 +32,10 @@ const EVERY: Duration = Duration::from_secs(1);
 /// ordered subscription began.
 const MARKS_KEPT: Duration = Duration::from_secs(60);
 
-/// When a subscription was last seen ordered and unordered.
-#[derive(Debug, Default, Clone, Copy)]
-struct Seen {
-    fifo: Option<Instant>,
-    unordered: Option<Instant>,
-}
-
-/// What this replica remembers of subscriptions' orderings and of the ordered filter.
-#[derive(Debug, Default)]
+/// What this replica remembers of the ordered filter.
+#[derive(Debug)]
 pub(crate) struct Routes {
-    seen: Mutex<HashMap<String, Seen>>,
+    registry: Arc<Registry>,
     /// Subjects of the ordered consumer's filter, with when each was last wanted here (or first
     /// found in the filter: another replica may want it for reasons this one has not seen).
     subjects: Mutex<HashMap<String, Instant>>,
@@ -49,35 +44,23 @@ pub(crate) struct Routes {
     marks: Mutex<VecDeque<(SystemTime, u64)>>,
 }
 
-fn recent(at: Option<Instant>) -> bool {
-    at.is_some_and(|t| t.elapsed() < GRACE)
-}
-
 impl Routes {
+    pub(crate) fn new(registry: Arc<Registry>) -> Self {
+        Self { registry, subjects: Mutex::default(), marks: Mutex::default() }
+    }
+
+    fn changed_lately(&self, sub: &Subscription) -> bool {
+        self.registry.ordering_changed_within(&sub.id, GRACE)
+    }
+
     /// The shared fan-out serves `sub`: it is unordered, or was moments ago.
     pub(crate) fn shared_serves(&self, sub: &Subscription) -> bool {
-        !is_fifo(sub) || recent(self.seen.lock().expect("routes lock").get(&sub.id).and_then(|s| s.unordered))
+        !is_fifo(sub) || self.changed_lately(sub)
     }
 
     /// The ordered fan-out serves `sub`: it is ordered, or was moments ago.
     pub(crate) fn ordered_serves(&self, sub: &Subscription) -> bool {
-        is_fifo(sub) || recent(self.seen.lock().expect("routes lock").get(&sub.id).and_then(|s| s.fifo))
-    }
-
-    /// Notes every subscription's ordering as of now.
-    fn observe(&self, subs: &[Arc<Subscription>]) {
-        let now = Instant::now();
-        let mut seen = self.seen.lock().expect("routes lock");
-        for sub in subs {
-            let entry = seen.entry(sub.id.clone()).or_default();
-            if is_fifo(sub) {
-                entry.fifo = Some(now);
-            } else {
-                entry.unordered = Some(now);
-            }
-        }
-        // Deleted subscriptions are forgotten once the grace period is over.
-        seen.retain(|_, s| recent(s.fifo) || recent(s.unordered));
+        is_fifo(sub) || self.changed_lately(sub)
     }
 
     /// The filter the ordered consumer should have, given its `current` one: the subjects of
@@ -148,15 +131,9 @@ impl Routes {
 /// Keeps the routes current and the ordered consumer's filter in line with the ordered
 /// subscriptions, until `shutdown`. Every replica does it; they agree within moments, and a
 /// replica only re-creates the consumer when its filter differs from what it wants.
-pub(crate) async fn supervise(
-    routes: Arc<Routes>,
-    registry: Arc<Registry>,
-    js: async_nats::jetstream::Context,
-    shutdown: CancellationToken,
-) {
+pub(crate) async fn supervise(routes: Arc<Routes>, js: async_nats::jetstream::Context, shutdown: CancellationToken) {
     loop {
-        let subs = registry.list(None, None, usize::MAX);
-        routes.observe(&subs);
+        let subs = routes.registry.notable();
         tokio::select! {
             _ = shutdown.cancelled() => return,
             result = reconcile(&routes, &subs, &js) => {
@@ -225,6 +202,11 @@ async fn reconcile(
 mod tests {
     use super::*;
 
+    /// `sub_` and a ULID of `n`.
+    fn id(n: u128) -> String {
+        format!("sub_{n:026}")
+    }
+
     fn sub(id: &str, fifo: bool, types: &[&str]) -> Arc<Subscription> {
         Arc::new(Subscription {
             id: id.into(),
@@ -238,35 +220,43 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_subscription_changing_its_ordering_is_served_by_both_fan_outs_for_a_while() {
-        let routes = Routes::default();
-        let before = sub("s1", false, &["a.b"]);
-        routes.observe(std::slice::from_ref(&before));
+        let registry = Registry::new();
+        let routes = Routes::new(registry.clone());
+        let before = sub(&id(1), false, &["a.b"]);
+        registry.upsert(1, (*before).clone());
         assert!(routes.shared_serves(&before));
         assert!(!routes.ordered_serves(&before));
+        assert!(registry.notable().is_empty(), "an unordered subscription is not looked at every second");
 
-        let after = sub("s1", true, &["a.b"]);
-        // Before this replica looks again, and after: both serve it.
+        // Once this replica learns of the change, both serve it for the grace period.
+        let after = sub(&id(1), true, &["a.b"]);
+        registry.upsert(2, (*after).clone());
         assert!(routes.shared_serves(&after) && routes.ordered_serves(&after));
-        routes.observe(std::slice::from_ref(&after));
-        assert!(routes.shared_serves(&after) && routes.ordered_serves(&after));
+        assert_eq!(registry.notable().len(), 1);
         tokio::time::sleep(GRACE).await;
-        routes.observe(std::slice::from_ref(&after));
         assert!(!routes.shared_serves(&after), "the shared fan-out lets go after the grace period");
         assert!(routes.ordered_serves(&after));
 
+        // And back: the ordered fan-out keeps it for the grace period.
+        registry.upsert(3, (*before).clone());
+        assert!(routes.shared_serves(&before) && routes.ordered_serves(&before));
+        tokio::time::sleep(GRACE).await;
+        assert!(!routes.ordered_serves(&before));
+
         // A subscription this replica never saw unordered goes the ordered way at once.
-        let new = sub("s2", true, &["x"]);
+        let new = sub(&id(2), true, &["x"]);
+        registry.upsert(4, (*new).clone());
         assert!(!routes.shared_serves(&new));
     }
 
     #[tokio::test(start_paused = true)]
     async fn the_ordered_filter_follows_ordered_subscriptions_and_keeps_what_others_want_for_a_while() {
-        let routes = Routes::default();
+        let routes = Routes::new(Registry::new());
         let idle = vec![nats::ORDERED_IDLE_FILTER.to_owned()];
-        let plain = sub("s0", false, &["p.q"]);
+        let plain = sub(&id(10), false, &["p.q"]);
         assert_eq!(routes.wanted_filter(std::slice::from_ref(&plain), &idle), idle, "no ordered subscription: idle");
 
-        let ordered = sub("s1", true, &["a.*", "a.b"]);
+        let ordered = sub(&id(11), true, &["a.*", "a.b"]);
         let filter = routes.wanted_filter(&[plain.clone(), ordered.clone()], &idle);
         assert_eq!(filter, vec!["herald.events.t.a.*"]);
 
@@ -286,7 +276,7 @@ mod tests {
 
     #[test]
     fn the_ordered_consumer_starts_where_a_newly_ordered_subscription_began() {
-        let routes = Routes::default();
+        let routes = Routes::new(Registry::new());
         let rfc3339 = |t: SystemTime| {
             time::OffsetDateTime::from(t).format(&time::format_description::well_known::Rfc3339).unwrap()
         };
@@ -297,7 +287,7 @@ mod tests {
                 marks.push_back((now - Duration::from_secs(ago), last));
             }
         }
-        let mut new = (*sub("s1", true, &["a.b"])).clone();
+        let mut new = (*sub(&id(11), true, &["a.b"])).clone();
         new.updated_at = rfc3339(now - Duration::from_secs(15));
         let new = Arc::new(new);
         let idle = vec![nats::ORDERED_IDLE_FILTER.to_owned()];
@@ -316,6 +306,6 @@ mod tests {
         assert!(now.duration_since(since).unwrap() <= MARKS_KEPT / 2);
         assert_eq!(routes.sequence_at(now - Duration::from_secs(90)), Some(101), "before every mark: the oldest");
         // Unordered ones do not count.
-        assert_eq!(routes.new_since(&[sub("s2", false, &["x"])], &idle), None);
+        assert_eq!(routes.new_since(&[sub(&id(12), false, &["x"])], &idle), None);
     }
 }

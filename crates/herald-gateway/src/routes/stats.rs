@@ -196,22 +196,21 @@ pub(crate) async fn overview(State(state): State<AppState>, caller: Caller) -> R
         Err(_) => None,
     };
     let by_tenant = state.stats.tenant_totals();
-    let mut tenants: Vec<TenantRow> = state
-        .registry
-        .tenants()
-        .into_iter()
-        .chain(by_tenant.keys().cloned())
+    let counts = state.registry.tenant_counts();
+    let mut tenants: Vec<TenantRow> = counts
+        .keys()
+        .chain(by_tenant.keys())
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .map(|tenant| {
-            let subs = state.registry.list(Some(&tenant), None, usize::MAX);
-            let totals = by_tenant.get(&tenant).copied().unwrap_or_default();
+            let count = counts.get(tenant).copied().unwrap_or_default();
+            let totals = by_tenant.get(tenant).copied().unwrap_or_default();
             TenantRow {
-                disabled: subs.iter().filter(|s| !s.enabled).count(),
-                subscriptions: subs.len(),
+                disabled: count.disabled,
+                subscriptions: count.subscriptions,
                 success_rate: success_rate(&totals),
                 totals,
-                tenant,
+                tenant: tenant.clone(),
             }
         })
         .collect();
