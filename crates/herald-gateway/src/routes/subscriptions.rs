@@ -336,21 +336,27 @@ pub(crate) async fn locate(
 ) -> Result<(String, kv::Entry, proto::Subscription), ApiError> {
     let missing = || ApiError::not_found(format!("there is no subscription {id:?}"));
     SubscriptionId::parse(id).map_err(|_| missing())?;
-    let key = match state.registry.find(id) {
+    // A tenant's caller looks in its tenant alone; an admin in every tenant.
+    let known = match caller.own_tenant() {
+        Some(tenant) => state.registry.get(tenant, id),
+        None => state.registry.find(id),
+    };
+    let key = match known {
         Some(sub) => nats::subscription_key(&sub.tenant, &sub.id),
-        // Not seen by this replica yet (created moments ago elsewhere): look it up in the bucket.
+        // Not seen by this replica yet (created moments ago elsewhere, or another tenant's):
+        // ask the bucket's stream which key ends in this id.
         None => {
-            use futures::TryStreamExt as _;
-            let keys: Vec<String> = state
-                .kv
-                .keys()
+            let prefix = format!("$KV.{}.", nats::SUBSCRIPTIONS_BUCKET);
+            let stream = state
+                .js
+                .get_stream(format!("KV_{}", nats::SUBSCRIPTIONS_BUCKET))
                 .await
-                .map_err(|e| kv_error("list", e))?
-                .try_collect()
-                .await
-                .map_err(|e| kv_error("list", e))?;
-            let suffix = format!(".{id}");
-            keys.into_iter().find(|k| k.ends_with(&suffix)).ok_or_else(missing)?
+                .map_err(|e| kv_error("read", e))?;
+            let mut subjects =
+                stream.info_with_subjects(format!("{prefix}*.{id}")).await.map_err(|e| kv_error("read", e))?;
+            let found = futures::StreamExt::next(&mut subjects).await.transpose().map_err(|e| kv_error("read", e))?;
+            let subject = found.map(|(subject, _)| subject).ok_or_else(missing)?;
+            subject.strip_prefix(&prefix).ok_or_else(missing)?.to_owned()
         }
     };
     let entry = state.kv.entry(&key).await.map_err(|e| kv_error("read", e))?.ok_or_else(missing)?;
