@@ -1,5 +1,6 @@
-//! A three-node JetStream cluster on loopback: each node its own client and route ports (random)
-//! and its own temporary store, so a test can SIGKILL and restart one node at a time.
+//! A JetStream cluster on loopback (three nodes, or as many as asked): each node its own client
+//! and route ports (random) and its own temporary store, so a test can SIGKILL and restart one
+//! node at a time.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -16,7 +17,7 @@ struct Node {
     child: Option<Child>,
 }
 
-/// Three `nats-server` processes forming one JetStream cluster (`herald-test`).
+/// `nats-server` processes (three unless asked) forming one JetStream cluster (`herald-test`).
 pub struct NatsCluster {
     nodes: Vec<Node>,
     /// The nodes' `sync_interval`, when not nats-server's default (2 minutes).
@@ -33,7 +34,12 @@ impl NatsCluster {
     /// [`NatsCluster::start`] with the nodes' `sync_interval` set (`always`, or a duration):
     /// how often each flushes its store to disk.
     pub fn start_with_sync(sync: Option<&str>) -> Self {
-        let nodes = (0..3)
+        Self::start_nodes(3, sync)
+    }
+
+    /// [`NatsCluster::start_with_sync`] with `count` nodes.
+    pub fn start_nodes(count: usize, sync: Option<&str>) -> Self {
+        let nodes = (0..count)
             .map(|i| Node {
                 name: format!("n{i}"),
                 port: fixed_port(),
@@ -43,10 +49,10 @@ impl NatsCluster {
             })
             .collect();
         let mut cluster = Self { nodes, sync: sync.map(str::to_owned) };
-        for i in 0..3 {
+        for i in 0..count {
             cluster.spawn(i);
         }
-        for i in 0..3 {
+        for i in 0..count {
             cluster.wait_listening(i);
         }
         cluster
@@ -89,6 +95,11 @@ impl NatsCluster {
     /// Every node's client URL, comma-separated (what `HERALD_NATS_URL` takes).
     pub fn url(&self) -> String {
         self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// The process ids of the nodes that run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.nodes.iter().filter_map(|n| n.child.as_ref().map(Child::id)).collect()
     }
 
     /// SIGKILLs node `i` (its store stays).

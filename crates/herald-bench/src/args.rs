@@ -44,11 +44,11 @@ pub(crate) struct Args {
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
     /// memory, scaleout, filters, ordered, schema (with ingest), stats, registry, production, cluster,
-    /// soak.
+    /// engine, soak.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,registry,production,cluster,soak"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,registry,production,cluster,engine,soak"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -99,6 +99,15 @@ pub(crate) struct Args {
     /// Statistics: subscriptions active every minute of the day read back by a fresh gateway.
     #[arg(long, default_value_t = 10_000)]
     pub(crate) stats_day_subscriptions: usize,
+    /// Engine: cluster sizes, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "3,6")]
+    pub(crate) engine_nodes: Vec<usize>,
+    /// Engine: each nats-server's CPU share (a cgroup of its own).
+    #[arg(long, default_value_t = 0.25)]
+    pub(crate) engine_cpu: f64,
+    /// Engine: events per measurement.
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) engine_events: usize,
     /// Registry: subscriptions stored beside the ten that are delivered to.
     #[arg(long, default_value_t = 1_000_000)]
     pub(crate) registry_subscriptions: usize,

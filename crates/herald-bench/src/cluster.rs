@@ -119,7 +119,7 @@ impl Bench {
     }
 
     /// Publishes `n` events onto the cluster and waits until they are all delivered.
-    async fn drain_on_cluster(
+    pub(crate) async fn drain_on_cluster(
         &mut self,
         js: &async_nats::jetstream::Context,
         group: &Group,

@@ -20,7 +20,10 @@
 //!   node SIGKILLed every 30 s (deliveries/s and their ratio), and the last delivery after a
 //!   node kill once the cluster is whole again;
 //! - peak memory of the gateway (idle and under load) and of a dispatcher holding 10,000
-//!   deliveries to a slow receiver.
+//!   deliveries to a slow receiver;
+//! - statistics read back by a gateway started afresh (`stats`), a million subscriptions held by
+//!   every replica (`registry`), and Herald on 3- and 6-node clusters with every node capped
+//!   (`engine`).
 //!
 //! Every figure is the median of `--runs` runs after a warm-up. A ratio is the median of each
 //! run's ratio to its limit measured next to it (raw publish for ingest, the raw POST loop for
@@ -36,6 +39,7 @@ mod args;
 mod cluster;
 mod durability;
 mod e2e;
+mod engine;
 mod filters;
 mod ingest;
 mod load;
@@ -147,6 +151,8 @@ async fn main() -> anyhow::Result<()> {
         args.stats_day_subscriptions = 20;
         args.registry_subscriptions = 2_000;
         args.registry_tenants = 200;
+        args.engine_nodes = vec![3];
+        args.engine_events = 300;
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
@@ -283,10 +289,17 @@ async fn main() -> anyhow::Result<()> {
         }
     }
 
-    // Many subscriptions, last: they stay in the bucket.
+    // Many subscriptions, last on the main server: they stay in its bucket.
     if bench.wants("registry") {
         let payload = args.payloads[0];
         bench.many_subscriptions(payload).await?;
+    }
+
+    // The engine on clusters of growing size, nodes capped, on servers of their own.
+    if bench.wants("engine") {
+        for &payload in &args.payloads {
+            bench.engine(payload).await?;
+        }
     }
 
     // Memory over minutes of steady deliveries, on a server of its own.
