@@ -83,6 +83,10 @@ pub(crate) struct Args {
     /// Scale-out: events in the backlog each run drains (one subscription).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) scale_backlog: usize,
+    /// Run the gateway and dispatchers from this directory instead of the one the benchmark is
+    /// in: another build, to compare two in one sitting (`scripts/bench-ab.sh` alternates them).
+    #[arg(long)]
+    pub(crate) binaries: Option<std::path::PathBuf>,
     /// Scale-out: run this dispatcher binary instead of the one built next to the benchmark
     /// (to compare two builds on the same machine).
     #[arg(long)]

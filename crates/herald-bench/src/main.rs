@@ -154,6 +154,9 @@ async fn main() -> anyhow::Result<()> {
         args.engine_nodes = vec![3];
         args.engine_events = 300;
     }
+    if let Some(dir) = &args.binaries {
+        procs::use_binaries_from(dir.clone());
+    }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
     let sink = Sink::start(&secret).await?;

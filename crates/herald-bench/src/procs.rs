@@ -14,10 +14,21 @@ fn common_flags(nats_url: &str) -> Vec<String> {
         .to_vec()
 }
 
-/// A Herald binary next to this executable (`target/release/` for a release run).
+/// Where the Herald binaries are run from when not next to this executable (`--binaries`).
+static BINARIES: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// Runs every Herald process from `dir` (another build, to compare two in one sitting).
+pub fn use_binaries_from(dir: PathBuf) {
+    let _ = BINARIES.set(dir);
+}
+
+/// A Herald binary from `--binaries`, or next to this executable (`target/release/` for a
+/// release run).
 fn binary(name: &str) -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe()?;
-    let path = me.parent().context("executable without a directory")?.join(name);
+    let path = match BINARIES.get() {
+        Some(dir) => dir.join(name),
+        None => std::env::current_exe()?.parent().context("executable without a directory")?.join(name),
+    };
     anyhow::ensure!(
         path.exists(),
         "{} is missing: build it first (`cargo build --release --bins`, or use scripts/bench.sh)",
