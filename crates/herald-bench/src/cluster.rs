@@ -17,6 +17,14 @@ const EVERY: Duration = Duration::from_secs(30);
 /// How long a killed node stays down.
 const DOWN: Duration = Duration::from_secs(2);
 
+/// Herald on a cluster: its gateway, a subscription made through it, a context to publish with.
+pub(crate) struct OnCluster {
+    pub(crate) gateway: Proc,
+    pub(crate) gateway_url: String,
+    pub(crate) group: Group,
+    pub(crate) js: async_nats::jetstream::Context,
+}
+
 impl Bench {
     /// The cluster rows for one payload size.
     pub(crate) async fn cluster(&mut self, payload: usize) -> anyhow::Result<()> {
@@ -24,27 +32,8 @@ impl Bench {
         let mut cluster = herald_harness::NatsCluster::start_with_sync(self.args.cluster_sync.as_deref());
         cluster.wait_for_meta_leader().await;
         let url = cluster.url();
-        let port = herald_harness::free_port();
-        let gateway = Proc::gateway_with(&url, port, &["--replicas", "3"]).await?;
-        // Subscriptions through the cluster's gateway; events straight onto the cluster.
-        let main_gateway = std::mem::replace(&mut self.gateway_url, format!("http://127.0.0.1:{port}"));
-        let group = self.subscribe(1).await;
-        self.gateway_url = main_gateway;
-        let group = group?;
-        let addrs = url.split(',').map(str::parse).collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-        let client = async_nats::connect(addrs).await.context("connecting to the cluster")?;
-        let js = async_nats::jetstream::new(client);
-        let mut dispatchers = Vec::new();
-        for _ in 0..2 {
-            dispatchers.push(Proc::dispatcher_from(
-                &url,
-                &["--replicas", "3"],
-                self.args.dispatcher_binary.as_deref(),
-            )?);
-        }
-        for d in &dispatchers {
-            d.wait_ready().await?;
-        }
+        let OnCluster { gateway, group, js, .. } = self.herald_on_cluster(&url).await?;
+        let dispatchers = self.dispatchers_on_cluster(&url, 2).await?;
         // A warm-up, then pairs: without and with kills alternately first.
         self.drain_on_cluster(&js, &group, (backlog / 10).max(1), payload).await?;
         let (mut calm, mut killed, mut ratios, mut kills) = (Vec::new(), Vec::new(), Vec::new(), 0);
@@ -119,6 +108,33 @@ impl Bench {
     }
 
     /// Publishes `n` events onto the cluster and waits until they are all delivered.
+    /// A gateway (R3 streams) on the cluster at `url`, one subscription made through it, and a
+    /// JetStream context on the cluster to publish events straight onto it.
+    pub(crate) async fn herald_on_cluster(&mut self, url: &str) -> anyhow::Result<OnCluster> {
+        let port = herald_harness::free_port();
+        let gateway = Proc::gateway_with(url, port, &["--replicas", "3"]).await?;
+        let gateway_url = format!("http://127.0.0.1:{port}");
+        let main_gateway = std::mem::replace(&mut self.gateway_url, gateway_url.clone());
+        let group = self.subscribe(1).await;
+        self.gateway_url = main_gateway;
+        let group = group?;
+        let addrs = url.split(',').map(str::parse).collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
+        let client = async_nats::connect(addrs).await.context("connecting to the cluster")?;
+        Ok(OnCluster { gateway, gateway_url, group, js: async_nats::jetstream::new(client) })
+    }
+
+    /// `count` dispatchers (R3) on the cluster at `url`, ready.
+    pub(crate) async fn dispatchers_on_cluster(&self, url: &str, count: usize) -> anyhow::Result<Vec<Proc>> {
+        let mut dispatchers = Vec::new();
+        for _ in 0..count {
+            dispatchers.push(Proc::dispatcher_from(url, &["--replicas", "3"], self.args.dispatcher_binary.as_deref())?);
+        }
+        for d in &dispatchers {
+            d.wait_ready().await?;
+        }
+        Ok(dispatchers)
+    }
+
     pub(crate) async fn drain_on_cluster(
         &mut self,
         js: &async_nats::jetstream::Context,

@@ -11,11 +11,10 @@
 //! partitioned streams (issue 28) are measured against (target: 6 nodes ≥ 1.6× 3 nodes end to
 //! end).
 
-use anyhow::Context as _;
 use serde_json::json;
 
+use crate::cluster::OnCluster;
 use crate::load::{json_event, pipelined};
-use crate::procs::Proc;
 use crate::scaleout::Cgroups;
 use crate::{Bench, TENANT, median, per_sec};
 
@@ -75,15 +74,7 @@ impl Bench {
         }
         cluster.wait_for_meta_leader().await;
         let url = cluster.url();
-        let port = herald_harness::free_port();
-        let gateway = Proc::gateway_with(&url, port, &["--replicas", "3"]).await?;
-        let gateway_url = format!("http://127.0.0.1:{port}");
-        let main_gateway = std::mem::replace(&mut self.gateway_url, gateway_url.clone());
-        let group = self.subscribe(1).await;
-        self.gateway_url = main_gateway;
-        let group = group?;
-        let addrs = url.split(',').map(str::parse).collect::<Result<Vec<async_nats::ServerAddr>, _>>()?;
-        let js = async_nats::jetstream::new(async_nats::connect(addrs).await.context("connecting to the cluster")?);
+        let OnCluster { gateway, gateway_url, group, js } = self.herald_on_cluster(&url).await?;
 
         let n = self.args.engine_events;
         let runs = self.args.runs;
@@ -115,17 +106,7 @@ impl Bench {
         // The ingested events have no subscription; dispatchers start on an empty stream.
         js.get_stream(herald_core::nats::EVENTS_STREAM).await?.purge().await?;
 
-        let mut dispatchers = Vec::new();
-        for _ in 0..2 {
-            dispatchers.push(Proc::dispatcher_from(
-                &url,
-                &["--replicas", "3"],
-                self.args.dispatcher_binary.as_deref(),
-            )?);
-        }
-        for d in &dispatchers {
-            d.wait_ready().await?;
-        }
+        let dispatchers = self.dispatchers_on_cluster(&url, 2).await?;
         let mut e2e = Vec::new();
         for (run, size) in sizes().enumerate() {
             let took = self.drain_on_cluster(&js, &group, size, payload).await?;

@@ -61,7 +61,7 @@ impl Bench {
                     sub.event_types = vec!["order.*".into(), "invoice.paid".into()];
                     let key = format!("$KV.{}.{}.{}", herald_core::nats::SUBSCRIPTIONS_BUCKET, sub.tenant, sub.id);
                     if i % (count / 1000).max(1) == 0 {
-                        ids.push((sub.tenant.clone(), sub.id.clone()));
+                        ids.push(sub.id.clone());
                     }
                     (key, PublishMessage::build().payload(sub.encode_to_vec().into()))
                 })
@@ -156,32 +156,23 @@ impl Bench {
 
     /// Median latency of reading one subscription (of `ids`, in turn) and the first page of all
     /// subscriptions from the gateway at `base`.
-    async fn api_latency(&self, base: &str, ids: &[(String, String)]) -> anyhow::Result<(Duration, Duration)> {
+    async fn api_latency(&self, base: &str, ids: &[String]) -> anyhow::Result<(Duration, Duration)> {
         let (mut one, mut page) = (Vec::new(), Vec::new());
-        for (_, id) in ids.iter().take(200) {
-            let started = Instant::now();
-            let resp = self
-                .http
-                .get(format!("{base}/v1/subscriptions/{id}"))
-                .bearer_auth(herald_harness::ADMIN_TOKEN)
-                .send()
-                .await?;
-            anyhow::ensure!(resp.status() == 200, "GET subscription {id}: {}", resp.status());
-            resp.bytes().await?;
-            one.push(started.elapsed().as_secs_f64());
+        for id in ids.iter().take(200) {
+            one.push(self.timed_get(&format!("{base}/v1/subscriptions/{id}")).await?);
         }
         for _ in 0..20 {
-            let started = Instant::now();
-            let resp = self
-                .http
-                .get(format!("{base}/v1/subscriptions?limit=50"))
-                .bearer_auth(herald_harness::ADMIN_TOKEN)
-                .send()
-                .await?;
-            anyhow::ensure!(resp.status() == 200, "listing subscriptions: {}", resp.status());
-            resp.bytes().await?;
-            page.push(started.elapsed().as_secs_f64());
+            page.push(self.timed_get(&format!("{base}/v1/subscriptions?limit=50")).await?);
         }
         Ok((Duration::from_secs_f64(median(one)), Duration::from_secs_f64(median(page))))
+    }
+
+    /// Seconds a `GET url` with the admin token took, body read; an error unless 200.
+    async fn timed_get(&self, url: &str) -> anyhow::Result<f64> {
+        let started = Instant::now();
+        let resp = self.http.get(url).bearer_auth(herald_harness::ADMIN_TOKEN).send().await?;
+        anyhow::ensure!(resp.status() == 200, "GET {url}: {}", resp.status());
+        resp.bytes().await?;
+        Ok(started.elapsed().as_secs_f64())
     }
 }
