@@ -311,7 +311,7 @@ impl Bench {
                     attempt: 2,
                     ..Default::default()
                 };
-                let subject = herald_core::nats::delivery_subject(tenant, sub);
+                let subject = herald_core::nats::Partition::ZERO.delivery_subject(tenant, sub);
                 messages.push((subject, PublishMessage::build().payload(delivery.encode_to_vec().into())));
             }
         }

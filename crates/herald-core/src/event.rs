@@ -159,11 +159,8 @@ pub fn decode_stored(
     payload: &[u8],
     stored: StoredAt,
 ) -> Result<proto::Event, InvalidEvent> {
-    let rest = subject
-        .strip_prefix(crate::nats::EVENTS_SUBJECT_PREFIX)
-        .ok_or_else(|| invalid("subject", format!("{subject:?} is not under herald.events.")))?;
-    let (subject_tenant, subject_type) = rest.split_once('.').ok_or_else(|| {
-        invalid("subject", format!("{subject:?} lacks a type: publish to herald.events.{{tenant}}.{{type}}"))
+    let (subject_tenant, subject_type) = crate::partition::split_event_subject(subject).ok_or_else(|| {
+        invalid("subject", format!("{subject:?} is not an event subject: publish to herald.events.{{tenant}}.{{type}}"))
     })?;
     let subject_tenant = TenantId::parse(subject_tenant).map_err(|e| invalid("subject", e.0))?;
     let subject_type = EventType::parse(subject_type).map_err(|e| invalid("subject", e.0))?;

@@ -23,6 +23,7 @@ pub mod filter;
 pub mod ids;
 pub mod metrics;
 pub mod nats;
+pub mod partition;
 pub mod pattern;
 #[cfg(test)]
 mod properties;

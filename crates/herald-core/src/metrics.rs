@@ -347,6 +347,16 @@ pub static CONSUMER_LAG: LazyLock<Family> = LazyLock::new(|| {
         &["consumer", "state"],
     )
 });
+/// [`CONSUMER_LAG`] of each partition's consumer (`partition` is `0` … `P-1`, and any left to
+/// drain): the KEDA trigger and the dashboard's per-partition panels.
+pub static PARTITION_LAG: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_partition_consumer_messages",
+        "Messages waiting (pending) or handed out and unacked (ack_pending) in one partition's JetStream consumer.",
+        "gauge",
+        &["consumer", "partition", "state"],
+    )
+});
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut registry = Registry::default();
@@ -371,6 +381,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*IN_FLIGHT,
         &*CIRCUITS_OPEN,
         &*CONSUMER_LAG,
+        &*PARTITION_LAG,
     ] {
         family.register(&mut registry);
     }

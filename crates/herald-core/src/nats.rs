@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, consumer, kv, stream};
 use time::format_description::well_known::Rfc3339;
 
+pub use crate::partition::{Partition, Partitions};
+
 /// Stream of accepted events.
 pub const EVENTS_STREAM: &str = "HERALD_EVENTS";
 /// Stream of per-subscription deliveries, and of the schedules that bring retries back.
@@ -26,9 +28,14 @@ pub const FANOUT_CONSUMER: &str = "herald-fanout";
 /// Durable consumer of `HERALD_EVENTS` that stores the deliveries of ordered subscriptions, in
 /// event order: pinned to one replica at a time, and filtered to those subscriptions' events.
 pub const ORDERED_FANOUT_CONSUMER: &str = "herald-fanout-ordered";
-/// The ordered fan-out's filter while no subscription is ordered: no tenant id holds a `$`, so
-/// no event is ever published there.
+/// The ordered fan-out's filter (in partition 0) while no subscription is ordered: no tenant id
+/// holds a `$`, so no event is ever published there.
 pub const ORDERED_IDLE_FILTER: &str = "herald.events.$none";
+
+/// [`ORDERED_IDLE_FILTER`] in `partition`.
+pub fn ordered_idle_filter(partition: Partition) -> String {
+    partition.events_prefix() + "$none"
+}
 /// Durable consumer of due deliveries.
 pub const DELIVER_CONSUMER: &str = "herald-deliver";
 
@@ -54,20 +61,11 @@ pub const EVENTS_SUBJECT_PREFIX: &str = "herald.events.";
 /// The oldest server Herald runs against (message schedules arrived in 2.12).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
-/// `herald.events.{tenant}.{type}`.
+/// `herald.events.{tenant}.{type}`: an event's subject in partition 0, where every event of a
+/// deployment on one partition is, and where publishers straight to NATS may always publish
+/// ([`Partition::event_subject`] names the others).
 pub fn event_subject(tenant: &str, event_type: &str) -> String {
-    [EVENTS_SUBJECT_PREFIX, tenant, ".", event_type].concat()
-}
-
-/// `herald.deliveries.{tenant}.{subscription_id}`: where due deliveries wait for the consumer.
-pub fn delivery_subject(tenant: &str, subscription_id: &str) -> String {
-    format!("herald.deliveries.{tenant}.{subscription_id}")
-}
-
-/// `herald.lanes.{tenant}.{subscription_id}`: deliveries of a subscription with its own lane
-/// (ordered, or with cluster-wide limits), read by its own consumer.
-pub fn lane_subject(tenant: &str, subscription_id: &str) -> String {
-    format!("herald.lanes.{tenant}.{subscription_id}")
+    Partition::ZERO.event_subject(tenant, event_type)
 }
 
 /// Durable name of a subscription's lane consumer.
@@ -91,12 +89,14 @@ pub const DUE_HEADER: &str = "Herald-Due";
 /// elects a leader, and a check from the message's own time would miss them.
 pub const RECORDS_SINCE_HEADER: &str = "Herald-Records-Since";
 
-/// Where new deliveries for `sub` go: its lane if it has one, else the shared subject.
-pub fn route_subject(sub: &crate::proto::Subscription) -> String {
+/// Where new deliveries for `sub` go, in its partition: its lane if it has one, else the shared
+/// subject.
+pub fn route_subject(partitions: Partitions, sub: &crate::proto::Subscription) -> String {
+    let partition = partitions.of_subscription(&sub.id);
     if crate::subscription::needs_lane(sub) {
-        lane_subject(&sub.tenant, &sub.id)
+        partition.lane_subject(&sub.tenant, &sub.id)
     } else {
-        delivery_subject(&sub.tenant, &sub.id)
+        partition.delivery_subject(&sub.tenant, &sub.id)
     }
 }
 
@@ -105,6 +105,7 @@ pub fn route_subject(sub: &crate::proto::Subscription) -> String {
 /// (the subscription's route). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
 /// same event out twice, or replaying it while it is under way, stores one delivery.
 pub fn first_delivery(
+    partitions: Partitions,
     event: &crate::proto::Event,
     event_sequence: u64,
     sub: &crate::proto::Subscription,
@@ -121,7 +122,7 @@ pub fn first_delivery(
     let publish = jetstream::message::PublishMessage::build()
         .payload(delivery.encode_to_vec().into())
         .message_id(format!("{}:{}", event.id, sub.id));
-    (route_subject(sub), trace.add_to(publish))
+    (route_subject(partitions, sub), trace.add_to(publish))
 }
 
 /// `herald.stats.minutes.{hour}`: the deltas whose entries fall in the hour starting at `hour`
@@ -133,13 +134,6 @@ pub fn stats_minutes_subject(hour: i64) -> String {
 /// `herald.stats.hours.{hour}.{chunk}`: a chunk of the seal of the hour starting at `hour`.
 pub fn stats_hours_subject(hour: i64, chunk: u32) -> String {
     format!("herald.stats.hours.{hour}.{chunk}")
-}
-
-/// `herald.retries.{tenant}.{subscription_id}.{event_id}`: the message schedule that brings one
-/// retry back to [`delivery_subject`] when it is due. One subject per delivery, so republishing
-/// a retry (after a crash) replaces the schedule instead of adding a second one.
-pub fn retry_schedule_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
-    format!("herald.retries.{tenant}.{subscription_id}.{event_id}")
 }
 
 /// `herald.dlq.{tenant}.{subscription_id}`.
@@ -166,23 +160,11 @@ pub fn attempt_partition(event_id: &str) -> char {
     char::from_digit(hash % ATTEMPT_PARTITIONS, 16).expect("a hex digit")
 }
 
-/// `herald.attempts.{tenant}.{subscription_id}.{partition}`: where the attempt records of
-/// `event_id` to that subscription are stored (the event id is in the record).
-pub fn attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
-    let mut subject = format!("herald.attempts.{tenant}.{subscription_id}.");
-    subject.push(attempt_partition(event_id));
-    subject
-}
-
 /// `herald.attempts.{tenant}.{subscription_id}.{event_id}`: where records were stored before
-/// they were partitioned. Read, never written, until they age out.
+/// they were spread over sixteen subjects (in partition 0, the only stream then). Read, never
+/// written, until they age out.
 pub fn legacy_attempt_subject(tenant: &str, subscription_id: &str, event_id: &str) -> String {
     format!("herald.attempts.{tenant}.{subscription_id}.{event_id}")
-}
-
-/// Every attempt record of a subscription, in either layout.
-pub fn subscription_attempts_filter(tenant: &str, subscription_id: &str) -> String {
-    format!("herald.attempts.{tenant}.{subscription_id}.*")
 }
 
 /// Stream metadata: since when attempt records are partitioned (RFC 3339), empty if they always
@@ -193,9 +175,12 @@ pub const ATTEMPTS_PARTITIONED_SINCE: &str = "herald.attempts.partitioned_since"
 /// selections: their event subjects, sorted, each left out if another covers it (the server
 /// refuses overlapping filters that are subsets of each other); [`ORDERED_IDLE_FILTER`] alone
 /// when there are none.
-pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a str)>) -> Vec<String> {
+pub fn ordered_filters<'a>(
+    partition: Partition,
+    selections: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Vec<String> {
     let mut subjects: Vec<String> =
-        selections.into_iter().map(|(tenant, pattern)| event_subject(tenant, pattern)).collect();
+        selections.into_iter().map(|(tenant, pattern)| partition.event_subject(tenant, pattern)).collect();
     subjects.sort();
     subjects.dedup();
     let kept: Vec<String> = subjects
@@ -203,7 +188,7 @@ pub fn ordered_filters<'a>(selections: impl IntoIterator<Item = (&'a str, &'a st
         .filter(|s| !subjects.iter().any(|other| other != *s && crate::pattern::covers(other, s)))
         .cloned()
         .collect();
-    if kept.is_empty() { vec![ORDERED_IDLE_FILTER.to_owned()] } else { kept }
+    if kept.is_empty() { vec![ordered_idle_filter(partition)] } else { kept }
 }
 
 /// The ordered fan-out consumer reading `filters` from `start` on. Its filter changes by
@@ -258,6 +243,8 @@ pub struct Topology {
     pub deliver_max_ack_pending: i64,
     /// Events handed to fan-out and not yet acked.
     pub fanout_max_ack_pending: i64,
+    /// How many streams of each partitioned kind (events, deliveries, attempt records).
+    pub partitions: Partitions,
 }
 
 impl Default for Topology {
@@ -273,6 +260,7 @@ impl Default for Topology {
             deliver_max_ack_pending: 10_000,
             // Every replica holds a few hundred events while it fans them out.
             fanout_max_ack_pending: 20_000,
+            partitions: Partitions::default(),
         }
     }
 }
@@ -489,6 +477,9 @@ pub struct Handles {
     /// Until when attempt records in the per-event layout of before may still be retained
     /// (`None`: the stream never held any).
     pub legacy_records_until: Option<time::OffsetDateTime>,
+    /// Every partition with streams: those of [`Topology::partitions`], then any left by a
+    /// deployment on more partitions before, which dispatchers drain and nothing writes to.
+    pub in_use: Vec<Partition>,
 }
 
 /// Creates or updates the streams and the KV bucket (idempotent: every service calls it at
@@ -507,35 +498,11 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
     })?;
 
     let partitioned_since = attempts_partitioned_since(js).await?;
-    let streams = [
-        stream::Config {
-            name: EVENTS_STREAM.into(),
-            description: Some("Herald: accepted events".into()),
-            subjects: vec!["herald.events.>".into()],
-            retention: stream::RetentionPolicy::Limits,
-            max_age: topology.events_max_age,
-            duplicate_window: topology.duplicate_window,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            ..Default::default()
-        },
-        stream::Config {
-            name: DELIVERIES_STREAM.into(),
-            description: Some(
-                "Herald: deliveries due (herald.deliveries.>, herald.lanes.>) and scheduled retries (herald.retries.>)"
-                    .into(),
-            ),
-            subjects: vec!["herald.deliveries.>".into(), "herald.lanes.>".into(), "herald.retries.>".into()],
-            // Limits, not interest: a retry schedule waits on a subject no consumer reads.
-            retention: stream::RetentionPolicy::Limits,
-            max_age: topology.deliveries_max_age,
-            duplicate_window: topology.duplicate_window,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            allow_message_schedules: true,
-            allow_message_ttl: true,
-            ..Default::default()
-        },
+    let mut streams = Vec::new();
+    for partition in topology.partitions.all() {
+        streams.extend(partition_streams(partition, topology, &partitioned_since));
+    }
+    streams.extend([
         stream::Config {
             name: DLQ_STREAM.into(),
             description: Some("Herald: dead letters".into()),
@@ -544,21 +511,6 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
             max_age: topology.dlq_max_age,
             storage: stream::StorageType::File,
             num_replicas: topology.replicas,
-            ..Default::default()
-        },
-        stream::Config {
-            name: ATTEMPTS_STREAM.into(),
-            description: Some("Herald: delivery attempts, herald.attempts.{tenant}.{subscription}.{partition}".into()),
-            subjects: vec!["herald.attempts.>".into()],
-            retention: stream::RetentionPolicy::Limits,
-            max_age: topology.attempts_max_age,
-            // Records carry a message id only on a replicated stream, where one is published
-            // again for at most a few seconds until confirmed: the ids kept in memory (one
-            // per record) need not outlive that.
-            duplicate_window: ATTEMPTS_DUPLICATE_WINDOW,
-            storage: stream::StorageType::File,
-            num_replicas: topology.replicas,
-            metadata: [(ATTEMPTS_PARTITIONED_SINCE.to_owned(), partitioned_since.clone())].into(),
             ..Default::default()
         },
         stream::Config {
@@ -577,7 +529,7 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
             allow_direct: true,
             ..Default::default()
         },
-    ];
+    ]);
     for config in streams {
         let name = config.name.clone();
         js.create_or_update_stream(config).await.map_err(|e| create_err(&format!("stream {name}"), e))?;
@@ -608,7 +560,87 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
         js.create_or_update_key_value(bucket).await.map_err(|e| create_err(&format!("KV bucket {catalog}"), e))?;
     let legacy_records_until =
         time::OffsetDateTime::parse(&partitioned_since, &Rfc3339).ok().map(|since| since + topology.attempts_max_age);
-    Ok(Handles { js: js.clone(), subscriptions, event_types, legacy_records_until })
+    let in_use = partitions_in_use(js, topology.partitions).await?;
+    Ok(Handles { js: js.clone(), subscriptions, event_types, legacy_records_until, in_use })
+}
+
+/// The events, deliveries and attempts streams of `partition`.
+fn partition_streams(partition: Partition, topology: &Topology, partitioned_since: &str) -> [stream::Config; 3] {
+    let numbered = |what: &str| match partition.0 {
+        0 => format!("Herald: {what}"),
+        p => format!("Herald: {what} (partition {p})"),
+    };
+    let (deliveries, lanes, retries) =
+        (partition.prefix("deliveries"), partition.prefix("lanes"), partition.prefix("retries"));
+    [
+        stream::Config {
+            name: partition.events_stream(),
+            description: Some(numbered("accepted events")),
+            subjects: vec![partition.events_filter()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.events_max_age,
+            duplicate_window: topology.duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            ..Default::default()
+        },
+        stream::Config {
+            name: partition.deliveries_stream(),
+            description: Some(numbered(&format!(
+                "deliveries due ({deliveries}>, {lanes}>) and scheduled retries ({retries}>)"
+            ))),
+            subjects: vec![deliveries + ">", lanes + ">", retries + ">"],
+            // Limits, not interest: a retry schedule waits on a subject no consumer reads.
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.deliveries_max_age,
+            duplicate_window: topology.duplicate_window,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            allow_message_schedules: true,
+            allow_message_ttl: true,
+            ..Default::default()
+        },
+        stream::Config {
+            name: partition.attempts_stream(),
+            description: Some(numbered(&format!(
+                "delivery attempts, {}{{tenant}}.{{subscription}}.{{h}}",
+                partition.prefix("attempts")
+            ))),
+            subjects: vec![partition.attempts_filter()],
+            retention: stream::RetentionPolicy::Limits,
+            max_age: topology.attempts_max_age,
+            // Records carry a message id only on a replicated stream, where one is published
+            // again for at most a few seconds until confirmed: the ids kept in memory (one
+            // per record) need not outlive that.
+            duplicate_window: ATTEMPTS_DUPLICATE_WINDOW,
+            storage: stream::StorageType::File,
+            num_replicas: topology.replicas,
+            // Only partition 0 can hold records of the per-event layout of before.
+            metadata: match partition.0 {
+                0 => [(ATTEMPTS_PARTITIONED_SINCE.to_owned(), partitioned_since.to_owned())].into(),
+                _ => Default::default(),
+            },
+            ..Default::default()
+        },
+    ]
+}
+
+/// The partitions of `partitions`, then those whose streams a deployment on more partitions
+/// left: their events, deliveries and retries are still to be drained.
+async fn partitions_in_use(js: &jetstream::Context, partitions: Partitions) -> Result<Vec<Partition>, BootstrapError> {
+    use futures::TryStreamExt as _;
+    let names: Vec<String> = js.stream_names().try_collect().await.map_err(|e| create_err("the list of streams", e))?;
+    let mut in_use: Vec<Partition> = partitions.all().collect();
+    let mut left: Vec<Partition> = names
+        .iter()
+        .filter(|n| n.starts_with(EVENTS_STREAM) || n.starts_with(DELIVERIES_STREAM))
+        .filter_map(|n| Partition::of_stream(n))
+        .filter(|p| p.0 >= partitions.count())
+        .collect();
+    left.sort();
+    left.dedup();
+    in_use.extend(left);
+    Ok(in_use)
 }
 
 /// How long the attempts stream remembers record ids ([`ATTEMPTS_STREAM`]).
@@ -634,9 +666,11 @@ async fn attempts_partitioned_since(js: &jetstream::Context) -> Result<String, B
     }
 }
 
-/// The dispatcher's durable pull consumers.
+/// The dispatcher's durable pull consumers of one partition (the same names in each).
 #[derive(Debug)]
 pub struct Consumers {
+    /// Whose streams they read.
+    pub partition: Partition,
     /// [`FANOUT_CONSUMER`]: every replica pulls it.
     pub fanout: consumer::PullConsumer,
     /// [`ORDERED_FANOUT_CONSUMER`]: pinned to one replica at a time.
@@ -645,14 +679,31 @@ pub struct Consumers {
     pub deliver: consumer::PullConsumer,
 }
 
-/// The dispatcher's durable pull consumers, created or updated to match `topology`. The
-/// ordered fan-out consumer is created if missing and otherwise left as it is: its filter
-/// follows the ordered subscriptions, which the dispatchers keep it in line with.
-pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> Result<Consumers, BootstrapError> {
+/// The dispatcher's durable pull consumers of every partition in `in_use`, created or updated
+/// to match `topology`. The ordered fan-out consumer is created if missing and otherwise left
+/// as it is: its filter follows the ordered subscriptions, which the dispatchers keep it in
+/// line with.
+pub async fn ensure_consumers(
+    js: &jetstream::Context,
+    topology: &Topology,
+    in_use: &[Partition],
+) -> Result<Vec<Consumers>, BootstrapError> {
+    let mut all = Vec::with_capacity(in_use.len());
+    for partition in in_use {
+        all.push(ensure_partition_consumers(js, topology, *partition).await?);
+    }
+    Ok(all)
+}
+
+async fn ensure_partition_consumers(
+    js: &jetstream::Context,
+    topology: &Topology,
+    partition: Partition,
+) -> Result<Consumers, BootstrapError> {
     let fanout = consumer::pull::Config {
         durable_name: Some(FANOUT_CONSUMER.into()),
         description: Some("Herald: fans events out to unordered subscriptions (every replica)".into()),
-        filter_subject: "herald.events.>".into(),
+        filter_subject: partition.events_filter(),
         ack_policy: consumer::AckPolicy::Explicit,
         // Fan-out holds an event while it makes first attempts inline, as long as an attempt
         // to a delivery may take.
@@ -666,14 +717,15 @@ pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> R
     let deliver = consumer::pull::Config {
         durable_name: Some(DELIVER_CONSUMER.into()),
         description: Some("Herald: delivers due webhooks".into()),
-        filter_subject: "herald.deliveries.>".into(),
+        filter_subject: partition.deliveries_filter(),
         ack_policy: consumer::AckPolicy::Explicit,
         ack_wait: topology.deliver_ack_wait,
         max_ack_pending: topology.deliver_max_ack_pending,
         ..Default::default()
     };
-    let events = js.get_stream(EVENTS_STREAM).await.map_err(|e| create_err(EVENTS_STREAM, e))?;
-    let deliveries = js.get_stream(DELIVERIES_STREAM).await.map_err(|e| create_err(DELIVERIES_STREAM, e))?;
+    let (events_name, deliveries_name) = (partition.events_stream(), partition.deliveries_stream());
+    let events = js.get_stream(&events_name).await.map_err(|e| create_err(&events_name, e))?;
+    let deliveries = js.get_stream(&deliveries_name).await.map_err(|e| create_err(&deliveries_name, e))?;
     let fanout = upsert_consumer(&events, fanout).await?;
     let ordered = match events.get_consumer(ORDERED_FANOUT_CONSUMER).await {
         // Created by a version that let more than one event out at a time: brought in line,
@@ -688,19 +740,19 @@ pub async fn ensure_consumers(js: &jetstream::Context, topology: &Topology) -> R
         }
         Ok(c) => c,
         Err(_) => {
-            let config = ordered_fanout_config(vec![ORDERED_IDLE_FILTER.into()], consumer::DeliverPolicy::New);
+            let config = ordered_fanout_config(vec![ordered_idle_filter(partition)], consumer::DeliverPolicy::New);
             match events.create_consumer(config).await {
                 Ok(c) => c,
                 // Another replica created it meanwhile.
                 Err(_) => events
                     .get_consumer(ORDERED_FANOUT_CONSUMER)
                     .await
-                    .map_err(|e| create_err(&format!("consumer {ORDERED_FANOUT_CONSUMER}"), e))?,
+                    .map_err(|e| create_err(&format!("consumer {ORDERED_FANOUT_CONSUMER} of {events_name}"), e))?,
             }
         }
     };
     let deliver = upsert_consumer(&deliveries, deliver).await?;
-    Ok(Consumers { fanout, ordered, deliver })
+    Ok(Consumers { partition, fanout, ordered, deliver })
 }
 
 /// Creates a durable pull consumer, or brings an existing one in line with `config`.
@@ -771,11 +823,8 @@ mod tests {
     #[test]
     fn subjects() {
         assert_eq!(event_subject("t", "order.paid"), "herald.events.t.order.paid");
-        assert_eq!(delivery_subject("t", "sub_1"), "herald.deliveries.t.sub_1");
-        assert_eq!(retry_schedule_subject("t", "sub_1", "e:1"), "herald.retries.t.sub_1.e:1");
         assert_eq!(dlq_subject("t", "sub_1"), "herald.dlq.t.sub_1");
         assert_eq!(legacy_attempt_subject("t", "sub_1", "e:1"), "herald.attempts.t.sub_1.e:1");
-        assert_eq!(subscription_attempts_filter("t", "sub_1"), "herald.attempts.t.sub_1.*");
     }
 
     #[test]
@@ -783,7 +832,6 @@ mod tests {
         // FNV-1a 32 of "a" is 0xe40c292c, of "" 0x811c9dc5: the low four bits name the partition.
         assert_eq!(attempt_partition("a"), 'c');
         assert_eq!(attempt_partition(""), '5');
-        assert_eq!(attempt_subject("t", "sub_1", "a"), "herald.attempts.t.sub_1.c");
         let mut seen = std::collections::BTreeMap::new();
         for i in 0..16_000 {
             *seen.entry(attempt_partition(&format!("evt_{i}"))).or_insert(0) += 1;
@@ -794,17 +842,22 @@ mod tests {
 
     #[test]
     fn ordered_filters_leave_out_what_another_covers() {
-        assert_eq!(ordered_filters([]), vec![ORDERED_IDLE_FILTER]);
-        let got = ordered_filters([
-            ("t", "order.*"),
-            ("t", "order.paid"),
-            ("t", "order.*"),
-            ("u", "order.paid"),
-            ("t", "invoice.>"),
-            ("t", "invoice.*.v2"),
-            ("t", "a.*.c"),
-            ("t", "a.b.*"),
-        ]);
+        assert_eq!(ordered_filters(Partition::ZERO, []), vec![ORDERED_IDLE_FILTER]);
+        assert_eq!(ordered_filters(Partition(2), []), vec!["herald.p2.events.$none"]);
+        assert_eq!(ordered_filters(Partition(2), [("t", "a")]), vec!["herald.p2.events.t.a"]);
+        let got = ordered_filters(
+            Partition::ZERO,
+            [
+                ("t", "order.*"),
+                ("t", "order.paid"),
+                ("t", "order.*"),
+                ("u", "order.paid"),
+                ("t", "invoice.>"),
+                ("t", "invoice.*.v2"),
+                ("t", "a.*.c"),
+                ("t", "a.b.*"),
+            ],
+        );
         assert_eq!(
             got,
             vec![
@@ -815,7 +868,7 @@ mod tests {
                 "herald.events.u.order.paid",
             ]
         );
-        assert_eq!(ordered_filters([("t", ">"), ("t", "x.y")]), vec!["herald.events.t.>"]);
+        assert_eq!(ordered_filters(Partition::ZERO, [("t", ">"), ("t", "x.y")]), vec!["herald.events.t.>"]);
     }
 }
 
@@ -835,6 +888,16 @@ pub struct TopologyArgs {
     /// How long dead letters are retained.
     #[arg(long, env = "HERALD_DLQ_MAX_AGE", default_value = "30d", value_parser = crate::runtime::parse_duration)]
     pub dlq_max_age: Duration,
+    /// Streams of each partitioned kind (events, deliveries, attempt records), 1 to 64: on a
+    /// NATS cluster their leaders spread over the nodes, so that more nodes carry more. Every
+    /// gateway and dispatcher must be given the same; see the README on changing it.
+    #[arg(long, env = "HERALD_PARTITIONS", default_value = "1", value_parser = parse_partitions)]
+    pub partitions: Partitions,
+}
+
+fn parse_partitions(text: &str) -> Result<Partitions, String> {
+    let count: u16 = text.trim().parse().map_err(|_| format!("{text:?} is not a number of partitions"))?;
+    Partitions::new(count)
 }
 
 impl TopologyArgs {
@@ -845,6 +908,7 @@ impl TopologyArgs {
             events_max_age: self.events_max_age,
             duplicate_window: self.duplicate_window,
             dlq_max_age: self.dlq_max_age,
+            partitions: self.partitions,
             ..Topology::default()
         }
     }

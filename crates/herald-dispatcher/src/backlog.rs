@@ -41,16 +41,33 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
         }
-        let Ok(stream) = shared.js.get_stream(nats::DELIVERIES_STREAM).await else { continue };
-        let Ok(info) = stream.consumer_info(nats::DELIVER_CONSUMER).await else { continue };
-        let floor = info.ack_floor.stream_sequence;
-        let Some(all) = pending(&stream, ">", floor).await else { continue };
+        // A tenant's deliveries are in its subscriptions' partitions: counted in each.
+        let mut partitions = Vec::new();
+        for partition in &shared.in_use {
+            let Ok(stream) = shared.js.get_stream(partition.deliveries_stream()).await else { continue };
+            let Ok(info) = stream.consumer_info(nats::DELIVER_CONSUMER).await else { continue };
+            partitions.push((*partition, stream, info.ack_floor.stream_sequence));
+        }
+        if partitions.len() < shared.in_use.len() {
+            continue;
+        }
+        let mut all = Some(0);
+        for (partition, stream, floor) in &partitions {
+            all = match (all, pending(stream, *partition, ">", *floor).await) {
+                (Some(a), Some(b)) => Some(a + b),
+                _ => None,
+            };
+        }
+        let Some(all) = all else { continue };
         let tenants = if all < threshold / 2 { over.iter().cloned().collect() } else { shared.registry.tenants() };
         for tenant in tenants {
             if tenant == shared.config.operator_tenant {
                 continue;
             }
-            let Some(waiting) = pending(&stream, &tenant, floor).await else { continue };
+            let mut waiting = 0;
+            for (partition, stream, floor) in &partitions {
+                waiting += pending(stream, *partition, &tenant, *floor).await.unwrap_or(0);
+            }
             let was_over = over.contains(&tenant);
             if waiting >= threshold && !was_over {
                 over.insert(tenant.clone());
@@ -66,11 +83,16 @@ pub(crate) async fn watch(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
 }
 
-/// Deliveries of `tenant` (`>`: of every tenant) stored above `floor`.
-async fn pending(stream: &jetstream::stream::Stream, tenant: &str, floor: u64) -> Option<u64> {
+/// Deliveries of `tenant` (`>`: of every tenant) stored in `partition`'s `stream` above `floor`.
+async fn pending(
+    stream: &jetstream::stream::Stream,
+    partition: nats::Partition,
+    tenant: &str,
+    floor: u64,
+) -> Option<u64> {
     let filter_subject = match tenant {
-        ">" => "herald.deliveries.>".to_owned(),
-        tenant => format!("herald.deliveries.{tenant}.>"),
+        ">" => partition.deliveries_filter(),
+        tenant => format!("{}{tenant}.>", partition.prefix("deliveries")),
     };
     let config = consumer::pull::Config {
         filter_subject,

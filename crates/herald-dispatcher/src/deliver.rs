@@ -87,7 +87,7 @@ pub(crate) async fn first_attempt(
     let delivery =
         proto::Delivery { subscription_id: sub.id.clone(), attempt: 1, event_sequence, ..Default::default() };
     // A retry goes where the delivery would have been stored had fan-out not tried it.
-    let target = nats::route_subject(&sub);
+    let target = nats::route_subject(shared.partitions, &sub);
     let admitted = Admitted { permit: Some(permit), http_slot: Some(http_slot) };
     match attempt(&shared, event, delivery, &sub, admitted, trace, &target, Made::default()).await {
         Settle::Ack => Ok(()),
@@ -439,7 +439,9 @@ async fn reschedule(
             .header(nats::DUE_HEADER, herald_core::rfc3339(due))
             .header("Nats-Schedule-Target", target),
     );
-    let subject = nats::retry_schedule_subject(&event.tenant, &delivery.subscription_id, &event.id);
+    // A schedule must be in its target's stream: its partition's.
+    let partition = nats::Partition::of_subject(target);
+    let subject = partition.retry_schedule_subject(&event.tenant, &delivery.subscription_id, &event.id);
     match publish_and_confirm(shared, subject, publish).await {
         Ok(()) => Settle::Ack,
         Err(e) => {

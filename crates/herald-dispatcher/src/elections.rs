@@ -78,10 +78,12 @@ fn unix_ms(t: OffsetDateTime) -> i64 {
 fn watched(kind: &str, stream: &str, consumer: Option<&str>) -> bool {
     match kind {
         "CONSUMER" => {
-            [nats::EVENTS_STREAM, nats::DELIVERIES_STREAM].contains(&stream)
+            (stream.starts_with(nats::EVENTS_STREAM) || stream.starts_with(nats::DELIVERIES_STREAM))
+                && nats::Partition::of_stream(stream).is_some()
                 && consumer.is_some_and(|c| c.starts_with("herald-"))
         }
-        "STREAM" => [nats::EVENTS_STREAM, nats::DELIVERIES_STREAM, nats::ATTEMPTS_STREAM].contains(&stream),
+        // Every partition's events, deliveries and attempts streams.
+        "STREAM" => nats::Partition::of_stream(stream).is_some(),
         _ => false,
     }
 }

@@ -56,7 +56,7 @@ pub(crate) async fn send(
 ) -> Option<impl Future<Output = ()> + Send + 'static> {
     let Taken { msg, handed_out, sequence, published, rewound } = taken;
     if role == Role::Shared && handed_out == 1 {
-        if let Some(tenant) = msg.subject.strip_prefix(nats::EVENTS_SUBJECT_PREFIX).and_then(|r| r.split('.').next()) {
+        if let Some((tenant, _)) = herald_core::partition::split_event_subject(&msg.subject) {
             shared.rollups.event(published, tenant);
         }
     }
@@ -236,7 +236,7 @@ async fn fan_out(
             store_in_order(&shared, &event, sequence, sub, &trace).await;
             continue;
         }
-        let (subject, publish) = delivery(&event, sequence, sub, &trace, records_since);
+        let (subject, publish) = delivery(shared.partitions, &event, sequence, sub, &trace, records_since);
         match shared.js.send_publish(subject, publish).await {
             Ok(ack) => acks.push((i, ack.into_future())),
             Err(_) => unsent.push(i),
@@ -259,7 +259,7 @@ async fn fan_out(
             // costs a hand-out of its waits for readable records and a check of what was
             // attempted inline.
             let sub = &subs[i];
-            let store = || delivery(&event, sequence, sub, &trace, records_since);
+            let store = || delivery(shared.partitions, &event, sequence, sub, &trace, records_since);
             let stored_again = deliver::publish_until_confirmed(&shared, store, Some(STORE_TRY), Some(STORE_PATIENCE), |error, retry_in| {
                 tracing::debug!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "delivery not stored yet; trying again");
             });
@@ -306,13 +306,14 @@ async fn fan_out(
 /// record that took 5 s to store while its stream elected a leader, the event back meanwhile,
 /// its delivery stored again and sent again although the record said delivered).
 fn delivery(
+    partitions: nats::Partitions,
     event: &proto::Event,
     sequence: u64,
     sub: &proto::Subscription,
     trace: &Carrier,
     records_since: Option<time::OffsetDateTime>,
 ) -> (String, async_nats::jetstream::message::PublishMessage) {
-    let (subject, publish) = nats::first_delivery(event, sequence, sub, trace);
+    let (subject, publish) = nats::first_delivery(partitions, event, sequence, sub, trace);
     match records_since {
         Some(since) => (subject, publish.header(nats::RECORDS_SINCE_HEADER, herald_core::rfc3339(since).as_str())),
         None => (subject, publish),
@@ -391,7 +392,7 @@ async fn store_in_order(
     sub: &proto::Subscription,
     trace: &Carrier,
 ) {
-    let store = || nats::first_delivery(event, sequence, sub, trace);
+    let store = || nats::first_delivery(shared.partitions, event, sequence, sub, trace);
     let _ = deliver::publish_until_confirmed(shared, store, None, None, |error, retry_in| {
         tracing::warn!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "ordered delivery not stored yet; trying again before any later event");
     })
@@ -483,7 +484,7 @@ async fn attempt_inline(
                 .map_err(|()| "the outcome of an inline attempt could not be stored".to_owned())
         }
         Admission::Defer { .. } => {
-            let (subject, publish) = nats::first_delivery(event, sequence, &sub, trace);
+            let (subject, publish) = nats::first_delivery(shared.partitions, event, sequence, &sub, trace);
             let ack = shared.js.send_publish(subject, publish).await.map_err(|e| e.to_string())?;
             ack.await.map(|_| Path::Stored).map_err(|e| e.to_string())
         }
@@ -496,11 +497,11 @@ async fn retry_later(msg: &jetstream::Message, event_id: &str, error: &str) {
 }
 
 async fn dead_letter_invalid(shared: &Shared, msg: &jetstream::Message, reason: &str) {
-    let tenant_token = msg
-        .subject
-        .as_str()
-        .strip_prefix(nats::EVENTS_SUBJECT_PREFIX)
-        .and_then(|rest| rest.split('.').next())
+    // `herald[.p{p}].events.{tenant}…`, with or without a type.
+    let subject = msg.subject.as_str();
+    let tenant_token = herald_core::partition::split_event_subject(subject)
+        .map(|(tenant, _)| tenant)
+        .or_else(|| subject.rsplit_once(".events.").map(|(_, tenant)| tenant))
         .filter(|t| herald_core::ids::TenantId::parse(t).is_ok())
         .unwrap_or("_unknown");
     let letter = proto::DeadLetter {

@@ -4,6 +4,10 @@
 //! every replica. An ordered lane has one delivery out at a time, retried in place, so a
 //! failing head holds up that subscription alone. A rate-limited lane is pinned to one replica
 //! at a time (a priority group), so that replica's pace is the cluster's rate.
+//!
+//! A lane is in its subscription's partition (`herald.p{p}.lanes.…` in `HERALD_DELIVERIES_{p}`).
+//! A lane left in another partition (by a change of `HERALD_PARTITIONS`) is drained like a
+//! deleted subscription's, then removed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -54,6 +58,12 @@ struct Running {
     stop: CancellationToken,
 }
 
+/// A lane: its partition and subscription.
+type Key = (nats::Partition, String);
+
+/// The deliveries stream of each partition in use.
+type Streams = HashMap<nats::Partition, jetstream::stream::Stream>;
+
 /// Keeps one pull loop per lane running in this replica until `shutdown`, following the
 /// subscriptions as they change. A deleted subscription's lane is drained (its deliveries are
 /// dead-lettered) before its consumer is removed.
@@ -70,28 +80,35 @@ pub(crate) async fn supervise(
         shutdown: &shutdown,
         hard_stop: &hard_stop,
     };
-    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut running: HashMap<Key, Running> = HashMap::new();
     let mut first = true;
     loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            s = shared.js.get_stream(nats::DELIVERIES_STREAM) => s,
-        };
-        let stream = match stream {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "lanes: cannot reach the deliveries stream");
-                tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+        let mut streams = HashMap::new();
+        for partition in &shared.in_use {
+            let stream = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                s = shared.js.get_stream(partition.deliveries_stream()) => s,
+            };
+            match stream {
+                Ok(s) => {
+                    streams.insert(*partition, s);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, %partition, "lanes: cannot reach the deliveries stream");
                 }
             }
-        };
+        }
+        if streams.len() < shared.in_use.len() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+            }
+        }
         if first {
-            lanes.adopt_orphans(&stream, &mut running).await;
+            lanes.adopt_orphans(&streams, &mut running).await;
             first = false;
         }
-        lanes.reconcile(&stream, &mut running).await;
+        lanes.reconcile(&streams, &mut running).await;
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -112,64 +129,80 @@ struct Lanes<'a> {
 }
 
 impl Lanes<'_> {
-    async fn reconcile(&self, stream: &jetstream::stream::Stream, running: &mut HashMap<String, Running>) {
+    async fn reconcile(&self, streams: &Streams, running: &mut HashMap<Key, Running>) {
         let shared = self.shared;
         let subs = shared.registry.notable();
         for sub in subs.iter().filter(|s| needs_lane(s)) {
             let spec = Spec::of(sub);
-            if running.get(&sub.id).is_some_and(|r| r.spec == spec) {
+            let key = (shared.partitions.of_subscription(&sub.id), sub.id.clone());
+            if running.get(&key).is_some_and(|r| r.spec == spec) {
                 continue;
             }
-            if let Some(old) = running.remove(&sub.id) {
+            if let Some(old) = running.remove(&key) {
                 old.stop.cancel();
             }
+            let Some(stream) = streams.get(&key.0) else { continue };
             match self.start(stream, &sub.id, spec.clone()).await {
                 Ok(stop) => {
-                    running.insert(sub.id.clone(), Running { spec, stop });
+                    running.insert(key, Running { spec, stop });
                 }
                 Err(e) => tracing::warn!(subscription = %sub.id, error = %e, "lane: cannot start; will retry"),
             }
         }
-        // A subscription that lost its limits keeps its lane running (idle once drained); a deleted
-        // one's lane goes once nothing is left in it.
-        let deleted: Vec<String> = running
+        // A subscription that lost its limits keeps its lane running (idle once drained); a
+        // deleted one's lane, or one left in another partition, goes once nothing is left in it.
+        let gone: Vec<Key> = running
             .iter()
-            .filter(|(id, lane)| !shared.registry.contains(&lane.spec.tenant, id))
-            .map(|(id, _)| id.clone())
+            .filter(|((partition, id), lane)| {
+                !shared.registry.contains(&lane.spec.tenant, id) || shared.partitions.of_subscription(id) != *partition
+            })
+            .map(|(key, _)| key.clone())
             .collect();
-        for id in deleted {
-            let name = nats::lane_consumer(&id);
+        for key in gone {
+            let Some(stream) = streams.get(&key.0) else { continue };
+            let name = nats::lane_consumer(&key.1);
             let drained = match stream.consumer_info(&name).await {
                 Ok(info) => info.num_pending == 0 && info.num_ack_pending == 0,
                 Err(_) => true,
             };
             if drained {
-                if let Some(lane) = running.remove(&id) {
+                if let Some(lane) = running.remove(&key) {
                     lane.stop.cancel();
                 }
                 let _ = stream.delete_consumer(&name).await;
-                tracing::info!(subscription = %id, "lane removed with its subscription");
+                tracing::info!(subscription = %key.1, partition = %key.0, "lane drained and removed");
             }
         }
     }
 
-    /// Lanes of subscriptions deleted while no dispatcher ran: drain them (their deliveries are
+    /// Lanes of subscriptions deleted while no dispatcher ran, and lanes left in another
+    /// partition than their subscription's: drain them (a deleted subscription's deliveries are
     /// dead-lettered) so that nothing is left behind, then they are removed like any other.
-    async fn adopt_orphans(&self, stream: &jetstream::stream::Stream, running: &mut HashMap<String, Running>) {
+    async fn adopt_orphans(&self, streams: &Streams, running: &mut HashMap<Key, Running>) {
         let shared = self.shared;
         use futures::TryStreamExt as _;
-        let Ok(names) = stream.consumer_names().try_collect::<Vec<String>>().await else { return };
-        for name in names {
-            let Some(id) = name.strip_prefix("herald-lane-") else { continue };
-            if shared.registry.find(id).is_some() || running.contains_key(id) {
-                continue;
-            }
-            let Ok(info) = stream.consumer_info(&name).await else { continue };
-            let tenant = info.config.filter_subject.split('.').nth(2).unwrap_or_default().to_owned();
-            let spec = Spec { tenant, fifo: false, max_in_flight: 0, rate_limit: 0 };
-            if let Ok(stop) = self.start(stream, id, spec.clone()).await {
-                tracing::info!(subscription = id, "draining the lane of a deleted subscription");
-                running.insert(id.to_owned(), Running { spec, stop });
+        for (partition, stream) in streams {
+            let Ok(names) = stream.consumer_names().try_collect::<Vec<String>>().await else { continue };
+            for name in names {
+                let Some(id) = name.strip_prefix("herald-lane-") else { continue };
+                let key = (*partition, id.to_owned());
+                let found = shared.registry.find(id);
+                let home = found.is_some() && shared.partitions.of_subscription(id) == *partition;
+                if home || running.contains_key(&key) {
+                    continue;
+                }
+                let Ok(info) = stream.consumer_info(&name).await else { continue };
+                // `herald[.p{p}].lanes.{tenant}.{id}`
+                let tenant = info.config.filter_subject.rsplit('.').nth(1).unwrap_or_default().to_owned();
+                let spec = match &found {
+                    // Left by a change of partitions: drained in order, within its limits.
+                    Some(sub) => Spec::of(sub),
+                    None => Spec { tenant, fifo: false, max_in_flight: 0, rate_limit: 0 },
+                };
+                if let Ok(stop) = self.start(stream, id, spec.clone()).await {
+                    tracing::info!(subscription = id, %partition, "draining a lane left behind");
+                    running.insert(key, Running { spec, stop });
+                }
             }
         }
     }
@@ -184,7 +217,9 @@ impl Lanes<'_> {
         let config = consumer::pull::Config {
             durable_name: Some(nats::lane_consumer(subscription)),
             description: Some(format!("Herald: lane of subscription {subscription}")),
-            filter_subject: nats::lane_subject(&spec.tenant, subscription),
+            filter_subject: nats::Partition::of_stream(&stream.cached_info().config.name)
+                .unwrap_or_default()
+                .lane_subject(&spec.tenant, subscription),
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: ack_wait(shared, topology, &spec),
             max_ack_pending: spec.in_flight() as i64,

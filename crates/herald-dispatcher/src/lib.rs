@@ -170,8 +170,13 @@ pub(crate) struct Shared {
     pub http: reqwest::Client,
     /// Until when records of the per-event layout may be retained (read by the record check).
     pub legacy_records_until: Option<time::OffsetDateTime>,
-    /// The last few minutes of attempt records, while record checks need them.
-    pub(crate) recent: recent::RecentRecords,
+    /// How many partitions new events, deliveries and records are spread over.
+    pub partitions: nats::Partitions,
+    /// Every partition with streams: [`Shared::partitions`]' and any left to drain.
+    pub in_use: Vec<nats::Partition>,
+    /// The last few minutes of attempt records, while record checks need them: one index per
+    /// partition.
+    pub(crate) recent: Box<[recent::RecentRecords]>,
     /// Record reads at nats-server at once.
     pub(crate) record_reads: records::Reads,
     /// The messages this replica holds, told in progress while it works on them.
@@ -218,7 +223,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     }
     let handles =
         nats::until_ready("streams and the subscriptions bucket", || nats::ensure_streams(&js, &topology)).await?;
-    let consumers = nats::until_ready("the dispatcher's consumers", || nats::ensure_consumers(&js, &topology)).await?;
+    let in_use = handles.in_use.clone();
+    let consumers =
+        nats::until_ready("the dispatcher's consumers", || nats::ensure_consumers(&js, &topology, &in_use)).await?;
+    if in_use.len() > usize::from(topology.partitions.count()) {
+        let left: Vec<String> =
+            in_use[usize::from(topology.partitions.count())..].iter().map(|p| p.to_string()).collect();
+        tracing::warn!(
+            partitions = topology.partitions.count(),
+            draining = %left.join(","),
+            "streams of partitions beyond HERALD_PARTITIONS exist: their events and deliveries are drained, nothing new goes there"
+        );
+    }
     let policy = Arc::new(config.common.ssrf_policy());
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
@@ -251,6 +267,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracing::info!(
         retry_schedule = %config.retry_schedule.describe(),
         concurrency = config.concurrency,
+        partitions = topology.partitions.count(),
         "dispatcher consuming"
     );
     readiness.consuming.store(true, Ordering::Relaxed);
@@ -272,7 +289,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             }
         }
     });
-    tracker.spawn(watch_gauges(js.clone(), breakers.clone(), shutdown.clone()));
+    tracker.spawn(watch_gauges(js.clone(), in_use.clone(), breakers.clone(), shutdown.clone()));
     if !config.operator_tenant.is_empty() {
         herald_core::ids::TenantId::parse(&config.operator_tenant)
             .map_err(|e| anyhow::anyhow!("HERALD_OPERATOR_TENANT: {}", e.0))?;
@@ -292,16 +309,17 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.operator_tenant.clone(),
         replica,
         js.clone(),
+        topology.partitions,
         registry.clone(),
         &tracker,
         shutdown.clone(),
     );
     breakers.observe(operational.clone());
     let http_slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency.max(1)));
-    let routes = Arc::new(routes::Routes::new(registry.clone()));
+    let routes = Arc::new(routes::Routes::new(registry.clone(), topology.partitions));
     let elections = Arc::new(elections::Elections::default());
     tracker.spawn(elections::watch(elections.clone(), client.clone(), topology.replicas > 1, shutdown.clone()));
-    tracker.spawn(routes::supervise(routes.clone(), js.clone(), shutdown.clone()));
+    tracker.spawn(routes::supervise(routes.clone(), js.clone(), in_use.clone(), shutdown.clone()));
     let progress = pull::Progress::default();
     let shared = Arc::new(Shared {
         js,
@@ -317,7 +335,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         operational,
         http,
         legacy_records_until: handles.legacy_records_until,
-        recent: Default::default(),
+        partitions: topology.partitions,
+        recent: topology.partitions.all().map(recent::RecentRecords::new).collect(),
+        in_use,
         record_reads: Default::default(),
         progress: progress.clone(),
         rollups,
@@ -327,42 +347,48 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
     tracker.spawn(backlog::watch(shared.clone(), shutdown.clone()));
-    let fanout = tokio::spawn({
-        let shared = shared.clone();
-        // Events held by inline attempts come on top of fan-out's own.
-        let in_hand = shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts;
-        let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
-        consume(consumers.fanout, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
-            fanout::send(shared.clone(), fanout::Role::Shared, msg)
-        })
-    });
-    let ordered = tokio::spawn({
-        let shared = shared.clone();
-        let in_hand = shared.config.fanout_concurrency.max(1);
-        let pull = Pull { in_hand, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
-        consume(consumers.ordered, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
-            fanout::send(shared.clone(), fanout::Role::Ordered, msg)
-        })
-    });
-    let deliver = tokio::spawn({
-        let shared = shared.clone();
-        // Messages in hand: requests in flight plus those queued behind a busy subscription.
-        let in_hand = shared.config.concurrency.saturating_mul(4);
-        let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
-        consume(consumers.deliver, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |taken| {
+    // Every replica pulls every partition's consumers: the partitions spread the streams'
+    // leaders over the cluster's nodes, and each consumer is shared by every replica as one
+    // stream's were (measured against an assignment of partitions to replicas: see the README).
+    let mut loops = Vec::new();
+    for c in consumers {
+        loops.push(tokio::spawn({
             let shared = shared.clone();
-            async move { Some(deliver::handle(shared, taken, deliver::Mode::Shared)) }
-        })
-    });
+            // Events held by inline attempts come on top of fan-out's own.
+            let in_hand = shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts;
+            let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
+            consume(c.fanout, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
+                fanout::send(shared.clone(), fanout::Role::Shared, msg)
+            })
+        }));
+        loops.push(tokio::spawn({
+            let shared = shared.clone();
+            let in_hand = shared.config.fanout_concurrency.max(1);
+            let pull = Pull { in_hand, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
+            consume(c.ordered, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
+                fanout::send(shared.clone(), fanout::Role::Ordered, msg)
+            })
+        }));
+        loops.push(tokio::spawn({
+            let shared = shared.clone();
+            // Messages in hand: requests in flight plus those queued behind a busy subscription.
+            let in_hand = shared.config.concurrency.saturating_mul(4);
+            let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
+            consume(c.deliver, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |taken| {
+                let shared = shared.clone();
+                async move { Some(deliver::handle(shared, taken, deliver::Mode::Shared)) }
+            })
+        }));
+    }
     let lanes = tokio::spawn(lanes::supervise(shared.clone(), topology.clone(), shutdown.clone(), hard_stop.clone()));
 
     shutdown.cancelled().await;
     readiness.consuming.store(false, Ordering::Relaxed);
     tracing::info!(grace = ?grace, "stopped pulling; finishing in-flight work");
     let drained = tokio::time::timeout(grace, async {
-        let _ = fanout.await;
-        let _ = ordered.await;
-        let _ = deliver.await;
+        for consuming in loops {
+            let _ = consuming.await;
+        }
         let _ = lanes.await;
     })
     .await;
@@ -388,21 +414,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// the fan-out and delivery consumers. Those of the two shared ones are what more replicas
 /// relieve, and what an autoscaler scales dispatchers on; the ordered one is served by one
 /// replica at a time.
-async fn watch_gauges(js: jetstream::Context, breakers: Arc<breaker::Breakers>, shutdown: CancellationToken) {
-    use herald_core::metrics::{CIRCUITS_OPEN, CONSUMER_LAG};
+async fn watch_gauges(
+    js: jetstream::Context,
+    in_use: Vec<nats::Partition>,
+    breakers: Arc<breaker::Breakers>,
+    shutdown: CancellationToken,
+) {
+    use herald_core::metrics::{CIRCUITS_OPEN, CONSUMER_LAG, PARTITION_LAG};
     loop {
         CIRCUITS_OPEN.set(&[], breakers.open_count() as f64);
-        for (stream, consumer) in [
-            (nats::EVENTS_STREAM, nats::FANOUT_CONSUMER),
-            (nats::EVENTS_STREAM, nats::ORDERED_FANOUT_CONSUMER),
-            (nats::DELIVERIES_STREAM, nats::DELIVER_CONSUMER),
-        ] {
-            if let Ok(stream) = js.get_stream(stream).await {
-                if let Ok(info) = stream.consumer_info(consumer).await {
-                    CONSUMER_LAG.set(&[consumer, "pending"], info.num_pending as f64);
-                    CONSUMER_LAG.set(&[consumer, "ack_pending"], info.num_ack_pending as f64);
+        let mut totals = [[0u64; 2]; 3];
+        for partition in &in_use {
+            let label = partition.label();
+            for (i, (stream, consumer)) in [
+                (partition.events_stream(), nats::FANOUT_CONSUMER),
+                (partition.events_stream(), nats::ORDERED_FANOUT_CONSUMER),
+                (partition.deliveries_stream(), nats::DELIVER_CONSUMER),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                if let Ok(stream) = js.get_stream_no_info(stream).await
+                    && let Ok(info) = stream.consumer_info(consumer).await
+                {
+                    let (pending, ack_pending) = (info.num_pending, info.num_ack_pending as u64);
+                    PARTITION_LAG.set(&[consumer, label, "pending"], pending as f64);
+                    PARTITION_LAG.set(&[consumer, label, "ack_pending"], ack_pending as f64);
+                    totals[i][0] += pending;
+                    totals[i][1] += ack_pending;
                 }
             }
+        }
+        for (i, consumer) in
+            [nats::FANOUT_CONSUMER, nats::ORDERED_FANOUT_CONSUMER, nats::DELIVER_CONSUMER].iter().enumerate()
+        {
+            CONSUMER_LAG.set(&[consumer, "pending"], totals[i][0] as f64);
+            CONSUMER_LAG.set(&[consumer, "ack_pending"], totals[i][1] as f64);
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -82,6 +82,7 @@ pub(crate) fn start(
     tenant: String,
     replica: String,
     js: jetstream::Context,
+    partitions: nats::Partitions,
     registry: Arc<herald_core::registry::Registry>,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
@@ -91,6 +92,8 @@ pub(crate) fn start(
     }
     let (tx, mut rx) = mpsc::channel(QUEUE);
     let operator = tenant.clone();
+    // Every operational event is the operator tenant's: one partition's.
+    let partition = partitions.of_tenant(&tenant);
     tracker.spawn(async move {
         loop {
             let notice = tokio::select! {
@@ -98,7 +101,7 @@ pub(crate) fn start(
                 n = rx.recv() => match n { Some(n) => n, None => return },
             };
             let Some(event) = event_of(&operator, &replica, &registry, notice) else { continue };
-            publish(&js, &event).await;
+            publish(&js, partition, &event).await;
         }
     });
     Operational { tx: Some(tx), tenant }
@@ -166,8 +169,8 @@ fn id_part(text: &str) -> String {
     text.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-')).take(64).collect()
 }
 
-async fn publish(js: &jetstream::Context, event: &proto::Event) {
-    let subject = nats::event_subject(&event.tenant, &event.r#type);
+async fn publish(js: &jetstream::Context, partition: nats::Partition, event: &proto::Event) {
+    let subject = partition.event_subject(&event.tenant, &event.r#type);
     let deadline = tokio::time::Instant::now() + PATIENCE;
     loop {
         let message = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);

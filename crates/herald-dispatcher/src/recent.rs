@@ -38,8 +38,9 @@ const READ_WAIT: Duration = Duration::from_secs(2);
 /// for another's catch-up.
 const FAILED_PAUSE: Duration = Duration::from_secs(2);
 
-#[derive(Default)]
 pub(crate) struct RecentRecords {
+    /// Whose attempts stream it reads.
+    partition: nats::Partition,
     index: tokio::sync::Mutex<Option<Index>>,
     /// Until when the stream counts as unreadable after a catch-up failed (an election): the
     /// checks queued behind it answer at once instead of each waiting out its own read.
@@ -69,6 +70,11 @@ fn key(subscription: &str, event: &str) -> u64 {
 }
 
 impl RecentRecords {
+    /// The index of `partition`'s records, empty until a check needs it.
+    pub(crate) fn new(partition: nats::Partition) -> Self {
+        Self { partition, index: Default::default(), failed_until: Default::default() }
+    }
+
     /// What the last record of (`subscription`, `event`) stored at or after `since` says
     /// (the attempts it settles: [`crate::records::settles`]), reading the stream up to sequence `upto` first; `Ok(None)`:
     /// no such record. `Err` if the stream cannot be read, or `since` is beyond the window.
@@ -113,7 +119,7 @@ impl RecentRecords {
             if paused() {
                 return Err(failed());
             }
-            if let Err(error) = index.read(js, upto).await {
+            if let Err(error) = index.read(js, self.partition, upto).await {
                 *self.failed_until.lock().unwrap_or_else(|e| e.into_inner()) =
                     Some(tokio::time::Instant::now() + FAILED_PAUSE);
                 return Err(Beyond::Unreadable(error));
@@ -135,8 +141,13 @@ pub(crate) enum Beyond {
 
 impl Index {
     /// Reads every record from where it stopped (or from `from`) to sequence `upto`.
-    async fn read(&mut self, js: &async_nats::jetstream::Context, upto: u64) -> Result<(), String> {
-        let result = self.read_with_reader(js, upto).await;
+    async fn read(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        partition: nats::Partition,
+        upto: u64,
+    ) -> Result<(), String> {
+        let result = self.read_with_reader(js, partition, upto).await;
         if result.is_err() {
             // Started again from where it stopped, next time.
             self.reader = None;
@@ -144,16 +155,21 @@ impl Index {
         result
     }
 
-    async fn read_with_reader(&mut self, js: &async_nats::jetstream::Context, upto: u64) -> Result<(), String> {
+    async fn read_with_reader(
+        &mut self,
+        js: &async_nats::jetstream::Context,
+        partition: nats::Partition,
+        upto: u64,
+    ) -> Result<(), String> {
         if self.reader.is_none() {
-            let stream = js.get_stream_no_info(nats::ATTEMPTS_STREAM).await.map_err(|e| e.to_string())?;
+            let stream = js.get_stream_no_info(partition.attempts_stream()).await.map_err(|e| e.to_string())?;
             let deliver_policy = if self.next == 0 {
                 consumer::DeliverPolicy::ByStartTime { start_time: self.from }
             } else {
                 consumer::DeliverPolicy::ByStartSequence { start_sequence: self.next }
             };
             let config = consumer::pull::OrderedConfig {
-                filter_subject: "herald.attempts.>".into(),
+                filter_subject: partition.attempts_filter(),
                 deliver_policy,
                 ..Default::default()
             };

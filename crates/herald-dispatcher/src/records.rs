@@ -141,7 +141,8 @@ pub(crate) async fn write(
         ordered: made.ordered,
         retry_stored,
     };
-    let subject = nats::attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
+    let partition = shared.partitions.of_subscription(&delivery.subscription_id);
+    let subject = partition.attempt_subject(&event.tenant, &delivery.subscription_id, &event.id);
     let payload: bytes::Bytes = attempt.encode_to_vec().into();
     if shared.config.common.topology.replicas <= 1 {
         // One server: the record goes out on the connection ahead of the message's ack, and a
@@ -240,12 +241,16 @@ impl Default for Reads {
 
 /// One `STREAM.MSG.GET` of the attempts stream (answered by its leader). `None`: no such
 /// message. A record that does not decode is skipped over as if it were another event's.
-async fn get(shared: &Shared, request: serde_json::Value) -> Result<Option<Stored>, String> {
+async fn get(
+    shared: &Shared,
+    partition: nats::Partition,
+    request: serde_json::Value,
+) -> Result<Option<Stored>, String> {
     let Ok(turn) = tokio::time::timeout(READ_TURN, shared.record_reads.0.acquire()).await else {
         return Err(format!("more than {READS_AT_ONCE} record reads waiting for nats-server"));
     };
     let _turn = turn.expect("never closed");
-    let subject = format!("STREAM.MSG.GET.{}", nats::ATTEMPTS_STREAM);
+    let subject = format!("STREAM.MSG.GET.{}", partition.attempts_stream());
     let answer = tokio::time::timeout(READ_TIMEOUT, shared.js.request(subject, &request));
     let response: Response<GetResponse> =
         answer.await.map_err(|_| format!("no answer within {READ_TIMEOUT:?}"))?.map_err(|e| e.to_string())?;
@@ -311,8 +316,9 @@ async fn find(
     since: OffsetDateTime,
     attempt: u32,
 ) -> Result<Found, String> {
-    let subject = nats::attempt_subject(tenant, subscription, event);
-    let newest = get(shared, serde_json::json!({ "last_by_subj": subject })).await?;
+    let partition = shared.partitions.of_subscription(subscription);
+    let subject = partition.attempt_subject(tenant, subscription, event);
+    let newest = get(shared, partition, serde_json::json!({ "last_by_subj": subject })).await?;
     let found = match newest {
         // Nothing in the partition since `since`: no walk needed.
         None => None,
@@ -320,12 +326,15 @@ async fn find(
         Some(newest) if newest.attempt.event_id == event => Some(newest.says(attempt)),
         // Newer records of other events: the recent records in memory tell, or the partition
         // is read (a check reaching further back than they do, or the stream unreadable).
-        Some(newest) => match shared.recent.last(&shared.js, subscription, event, since, newest.sequence).await {
+        Some(newest) => match shared.recent[usize::from(partition.0)]
+            .last(&shared.js, subscription, event, since, newest.sequence)
+            .await
+        {
             Ok(Some(settled)) => Some(says(settled, attempt)),
             Ok(None) => None,
             Err(crate::recent::Beyond::Unreadable(error)) => return Err(error),
             Err(crate::recent::Beyond::Window) => {
-                match walk(shared, &subject, event, since, attempt, newest.sequence).await? {
+                match walk(shared, partition, &subject, event, since, attempt, newest.sequence).await? {
                     Walked::Complete(last) => last,
                     Walked::Incomplete(Some(record)) => Some(record),
                     Walked::Incomplete(None) => {
@@ -361,6 +370,7 @@ enum Walked {
 /// its blocks again for every record (~1.8 ms of its CPU each on a million records).
 async fn walk(
     shared: &Shared,
+    partition: nats::Partition,
     subject: &str,
     event: &str,
     since: OffsetDateTime,
@@ -368,7 +378,7 @@ async fn walk(
     newest: u64,
 ) -> Result<Walked, String> {
     use futures::StreamExt as _;
-    let stream = shared.js.get_stream_no_info(nats::ATTEMPTS_STREAM).await.map_err(|e| e.to_string())?;
+    let stream = shared.js.get_stream_no_info(partition.attempts_stream()).await.map_err(|e| e.to_string())?;
     let config = consumer::pull::OrderedConfig {
         filter_subject: subject.to_owned(),
         deliver_policy: consumer::DeliverPolicy::ByStartTime { start_time: since },
@@ -414,7 +424,8 @@ async fn legacy(
         return Ok(Record::NotDelivered);
     }
     let subject = nats::legacy_attempt_subject(tenant, subscription, event);
-    Ok(match get(shared, serde_json::json!({ "last_by_subj": subject })).await? {
+    // The layout of before had one attempts stream: partition 0's.
+    Ok(match get(shared, nats::Partition::ZERO, serde_json::json!({ "last_by_subj": subject })).await? {
         // An event id that looks like a partition ("7") shares its subject with new records.
         Some(r) if r.time >= since && r.attempt.event_id == event => r.says(attempt),
         _ => Record::NotDelivered,
@@ -438,8 +449,9 @@ pub(crate) async fn delivered_in_order(
     event: &proto::Event,
     stored: OffsetDateTime,
 ) -> Record {
-    let newest = get(shared, serde_json::json!({ "last_by_subj": nats::subscription_attempts_filter(&event.tenant, &delivery.subscription_id) }))
-        .await;
+    let partition = shared.partitions.of_subscription(&delivery.subscription_id);
+    let filter = partition.subscription_attempts_filter(&event.tenant, &delivery.subscription_id);
+    let newest = get(shared, partition, serde_json::json!({ "last_by_subj": filter })).await;
     let sequence = delivery.event_sequence;
     let record = match newest {
         Err(error) => {

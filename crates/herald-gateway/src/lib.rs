@@ -143,6 +143,25 @@ pub struct Handles {
     pub(crate) stats: Arc<stats::Stats>,
     /// Until when attempt records of the per-event layout may be retained.
     pub(crate) legacy_records_until: Option<time::OffsetDateTime>,
+    /// How many partitions new events and deliveries are spread over.
+    pub(crate) partitions: nats::Partitions,
+    /// Every partition with streams: [`Handles::partitions`]' and any left to drain.
+    pub(crate) in_use: Vec<nats::Partition>,
+}
+
+impl Handles {
+    /// The partitions holding the events of `tenants` (`*`: of every tenant), each with those
+    /// tenants.
+    pub(crate) fn event_partitions(&self, tenants: &[String]) -> Vec<(nats::Partition, Vec<String>)> {
+        if tenants.iter().any(|t| t == "*") {
+            return self.in_use.iter().map(|p| (*p, vec!["*".to_owned()])).collect();
+        }
+        let mut by: std::collections::BTreeMap<nats::Partition, Vec<String>> = Default::default();
+        for tenant in tenants {
+            by.entry(self.partitions.of_tenant(tenant)).or_default().push(tenant.clone());
+        }
+        by.into_iter().collect()
+    }
 }
 
 /// Loads the tokens from the configuration (variable and file together).
@@ -197,11 +216,14 @@ pub async fn run(
     ));
 
     let stats = stats::Stats::new(config.stats_window.max(Duration::from_secs(3600)));
-    let stats_tasks = stats::spawn(stats.clone(), js.clone(), config.operator_tenant.clone(), cancel.clone());
+    let stats_tasks =
+        stats::spawn(stats.clone(), js.clone(), config.operator_tenant.clone(), topology.partitions, cancel.clone());
 
     let state = AppState(Arc::new(Handles {
         stats,
         legacy_records_until: handles.legacy_records_until,
+        partitions: topology.partitions,
+        in_use: handles.in_use,
         js,
         kv: handles.subscriptions,
         client,

@@ -53,6 +53,23 @@ fn unavailable(e: impl std::fmt::Display) -> ApiError {
     ApiError::unavailable(format!("could not read from NATS ({e}); retry later"))
 }
 
+/// Scans each `(stream, filters)` as [`scan`] does and merges what they hold by the time it was
+/// stored (the partitions of one kind: their sequences are their own).
+pub(crate) async fn scan_each(
+    js: &jetstream::Context,
+    slices: Vec<(String, Vec<String>)>,
+    from: From,
+    until: Option<OffsetDateTime>,
+    max: usize,
+) -> Result<Vec<Stored>, ApiError> {
+    let mut all = Vec::new();
+    for (stream, filters) in slices {
+        all.extend(scan(js, &stream, filters, from, until, max).await?);
+    }
+    all.sort_by_key(|s| (s.time, s.sequence));
+    Ok(all)
+}
+
 /// Reads the messages of `stream` matching `filters`, from `from`, until the end as it was when
 /// the scan began, `until` (exclusive), or `max` messages, whichever comes first.
 pub(crate) async fn scan(

@@ -434,6 +434,7 @@ pub(crate) fn spawn(
     stats: Arc<Stats>,
     js: jetstream::Context,
     operator_tenant: String,
+    partitions: nats::Partitions,
     cancel: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(follow_counts(stats.clone(), js.clone(), cancel.clone()))];
@@ -441,10 +442,12 @@ pub(crate) fn spawn(
         stats.circuits_caught_up.store(true, Ordering::Relaxed);
     } else {
         let s = stats.clone();
+        // The operator tenant's events are in one partition.
+        let partition = partitions.of_tenant(&operator_tenant);
         tasks.push(tokio::spawn(follow(
             js.clone(),
-            nats::EVENTS_STREAM,
-            format!("{}{operator_tenant}.circuit.>", nats::EVENTS_SUBJECT_PREFIX),
+            partition.events_stream(),
+            format!("{}{operator_tenant}.circuit.>", partition.events_prefix()),
             consumer::DeliverPolicy::ByStartTime { start_time: OffsetDateTime::now_utc() - stats.window },
             cancel.clone(),
             move |msg| {
@@ -500,7 +503,7 @@ async fn follow_counts(stats: Arc<Stats>, js: jetstream::Context, cancel: Cancel
     let s = stats.clone();
     follow(
         js,
-        nats::STATS_STREAM,
+        nats::STATS_STREAM.to_owned(),
         "herald.stats.minutes.>".into(),
         consumer::DeliverPolicy::ByStartSequence { start_sequence: next },
         cancel,
@@ -684,7 +687,7 @@ struct Seen<'a> {
 /// stored, resuming after the last one read when the consumer fails.
 async fn follow(
     js: jetstream::Context,
-    stream: &'static str,
+    stream: String,
     filter: String,
     deliver_policy: consumer::DeliverPolicy,
     cancel: CancellationToken,
@@ -698,7 +701,7 @@ async fn follow(
             None => deliver_policy,
         };
         let read = async {
-            let stream = js.get_stream(stream).await.map_err(|e| e.to_string())?;
+            let stream = js.get_stream(&stream).await.map_err(|e| e.to_string())?;
             let config =
                 consumer::pull::OrderedConfig { filter_subject: filter.clone(), deliver_policy, ..Default::default() };
             let consumer = stream.create_consumer(config).await.map_err(|e| e.to_string())?;

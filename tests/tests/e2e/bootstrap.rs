@@ -27,7 +27,7 @@ async fn bootstrap_is_idempotent_and_creates_the_documented_topology() {
     let topology = herald_core::nats::Topology::default();
     for _ in 0..2 {
         herald_core::nats::ensure_streams(&js, &topology).await.unwrap();
-        herald_core::nats::ensure_consumers(&js, &topology).await.unwrap();
+        herald_core::nats::ensure_consumers(&js, &topology, &[herald_core::nats::Partition::ZERO]).await.unwrap();
     }
     for (stream, subjects) in [
         ("HERALD_EVENTS", vec!["herald.events.>"]),
@@ -86,7 +86,7 @@ async fn a_pinned_fan_out_of_an_earlier_version_is_shared_after_the_upgrade() {
     events.create_consumer(before).await.unwrap();
     js.publish("herald.events.default.up.grade", "{}".into()).await.unwrap().await.unwrap();
 
-    herald_core::nats::ensure_consumers(&js, &topology).await.unwrap();
+    herald_core::nats::ensure_consumers(&js, &topology, &[herald_core::nats::Partition::ZERO]).await.unwrap();
     let info = events.consumer_info("herald-fanout").await.unwrap();
     assert_eq!(info.config.priority_policy, PriorityPolicy::None, "unpinned in place");
     assert_eq!(info.num_pending, 1, "kept its position: the event is still to be fanned out");
@@ -117,7 +117,7 @@ async fn an_ordered_fan_out_of_an_earlier_version_lets_one_event_out_at_a_time_a
     events.create_consumer(before).await.unwrap();
     js.publish("herald.events.default.up.grade", "{}".into()).await.unwrap().await.unwrap();
 
-    herald_core::nats::ensure_consumers(&js, &topology).await.unwrap();
+    herald_core::nats::ensure_consumers(&js, &topology, &[herald_core::nats::Partition::ZERO]).await.unwrap();
     let info = events.consumer_info("herald-fanout-ordered").await.unwrap();
     assert_eq!(info.config.max_ack_pending, 1, "one event out at a time, so none overtakes another");
     assert_eq!(info.config.ack_wait, herald_core::nats::ORDERED_ACK_WAIT);
@@ -154,4 +154,43 @@ async fn a_secured_nats_needs_and_accepts_credentials() {
     }
     stop.cancel();
     dispatcher.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_have_streams_and_consumers_of_their_own_and_fewer_leave_the_rest_to_drain() {
+    use herald_core::nats::{Partition, Partitions, Topology, ensure_consumers, ensure_streams};
+    herald_harness::init();
+    let nats = NatsServer::start();
+    let js = async_nats::jetstream::new(nats.client().await);
+    let three = Topology { partitions: Partitions::new(3).unwrap(), ..Topology::default() };
+    let handles = ensure_streams(&js, &three).await.unwrap();
+    assert_eq!(handles.in_use, [Partition(0), Partition(1), Partition(2)]);
+    let consumers = ensure_consumers(&js, &three, &handles.in_use).await.unwrap();
+    assert_eq!(consumers.len(), 3);
+    for (stream, subjects) in [
+        ("HERALD_EVENTS", vec!["herald.events.>"]),
+        ("HERALD_EVENTS_2", vec!["herald.p2.events.>"]),
+        ("HERALD_DELIVERIES_1", vec!["herald.p1.deliveries.>", "herald.p1.lanes.>", "herald.p1.retries.>"]),
+        ("HERALD_ATTEMPTS_2", vec!["herald.p2.attempts.>"]),
+    ] {
+        let info = js.get_stream(stream).await.unwrap().info().await.unwrap().clone();
+        assert_eq!(info.config.subjects, subjects, "{stream}");
+    }
+    let fanout = js.get_stream("HERALD_EVENTS_1").await.unwrap().consumer_info("herald-fanout").await.unwrap();
+    assert_eq!(fanout.config.filter_subject, "herald.p1.events.>");
+    let ordered = js.get_stream("HERALD_EVENTS_1").await.unwrap().consumer_info("herald-fanout-ordered").await.unwrap();
+    assert_eq!(ordered.config.filter_subjects, ["herald.p1.events.$none"]);
+    let deliver = js.get_stream("HERALD_DELIVERIES_2").await.unwrap().consumer_info("herald-deliver").await.unwrap();
+    assert_eq!(deliver.config.filter_subject, "herald.p2.deliveries.>");
+
+    // Down to two: the third partition's streams stay, to be drained.
+    let two = Topology { partitions: Partitions::new(2).unwrap(), ..Topology::default() };
+    let handles = ensure_streams(&js, &two).await.unwrap();
+    assert_eq!(handles.in_use, [Partition(0), Partition(1), Partition(2)], "partition 2 is left to drain");
+    // And one partition on a server that never had more: today's layout alone.
+    let other = NatsServer::start();
+    let js = async_nats::jetstream::new(other.client().await);
+    let handles = ensure_streams(&js, &Topology::default()).await.unwrap();
+    assert_eq!(handles.in_use, [Partition::ZERO]);
+    assert!(js.get_stream("HERALD_EVENTS_1").await.is_err());
 }

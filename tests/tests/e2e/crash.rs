@@ -206,7 +206,7 @@ async fn a_failed_attempt_whose_retry_is_stored_is_not_sent_again_beside_it() {
     assert_eq!(status, 202);
     rx.wait_until(Duration::from_secs(30), "the retry delivered", |r| r.iter().any(|r| r.status == 200)).await;
     let stream = js.get_stream(nats::ATTEMPTS_STREAM).await.unwrap();
-    let subject = nats::attempt_subject("default", &sub_id, "real-1");
+    let subject = nats::Partition::ZERO.attempt_subject("default", &sub_id, "real-1");
     // The delivered attempt is recorded a moment after the receiver answered.
     let (mut records, mut seq) = (Vec::new(), 0);
     let deadline = std::time::Instant::now() + SOON;
@@ -243,7 +243,7 @@ async fn a_failed_attempt_whose_retry_is_stored_is_not_sent_again_beside_it() {
             retry_stored: stored,
             ..Default::default()
         };
-        let subject = nats::attempt_subject("default", &sub_id, event);
+        let subject = nats::Partition::ZERO.attempt_subject("default", &sub_id, event);
         js.publish(subject, record.encode_to_vec().into()).await.unwrap().await.unwrap();
     }
     let delivery = |event: &str, attempt| proto::Delivery {
@@ -260,7 +260,7 @@ async fn a_failed_attempt_whose_retry_is_stored_is_not_sent_again_beside_it() {
         ..Default::default()
     };
     for (event, attempt) in [("stored-1", 2), ("stored-1", 3), ("unstored-1", 2)] {
-        let subject = nats::delivery_subject("default", &sub_id);
+        let subject = nats::Partition::ZERO.delivery_subject("default", &sub_id);
         js.publish(subject, delivery(event, attempt).encode_to_vec().into()).await.unwrap().await.unwrap();
     }
     rx.wait_until(SOON, "both sent", |r| {

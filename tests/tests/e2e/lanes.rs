@@ -134,7 +134,7 @@ async fn an_ordered_lane_sends_an_event_once_however_its_delivery_comes_back_unl
     let event = herald_core::event::decode_stored(&stored.subject, None, Some("o-1"), &stored.payload, at).unwrap();
     let delivery =
         proto::Delivery { event: Some(event), subscription_id: sub_id.clone(), attempt: 1, ..Default::default() };
-    let lane = nats::lane_subject("default", &sub_id);
+    let lane = nats::Partition::ZERO.lane_subject("default", &sub_id);
     js.publish(lane.clone(), delivery.encode_to_vec().into()).await.unwrap().await.unwrap();
     publish("o-2").await;
     rx.wait_for(2, SOON).await;

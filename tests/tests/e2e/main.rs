@@ -16,6 +16,7 @@ mod health;
 mod lanes;
 mod observability;
 mod operational;
+mod partitions;
 mod records;
 mod retry;
 mod scaleout;

@@ -148,7 +148,7 @@ async fn a_dead_lettered_delivery_that_comes_back_is_not_attempted_again() {
         event_sequence: stored.sequence,
         ..Default::default()
     };
-    let subject = nats::delivery_subject("default", &sub_id);
+    let subject = nats::Partition::ZERO.delivery_subject("default", &sub_id);
     js.publish(subject, again.encode_to_vec().into()).await.unwrap().await.unwrap();
     stack.wait_consumer_drained("HERALD_DELIVERIES", "herald-deliver", SOON).await;
     assert_eq!(rx.count_on("/gone"), 2, "not attempted again");
@@ -418,7 +418,7 @@ async fn a_deployment_with_a_subject_per_record_upgrades_in_place() {
             attempt: 2,
             ..Default::default()
         };
-        let subject = nats::delivery_subject("default", &sub_id);
+        let subject = nats::Partition::ZERO.delivery_subject("default", &sub_id);
         js.publish(subject, retry.encode_to_vec().into()).await.unwrap().await.unwrap();
     }
     stack.publish(json!({"id": "new-1", "type": "up.x", "data": {}})).await;
@@ -441,7 +441,9 @@ async fn a_deployment_with_a_subject_per_record_upgrades_in_place() {
     assert_eq!(all["data"].as_array().unwrap().len(), 4, "{all}");
     // New records go under the partitioned subjects.
     let stream = js.get_stream("HERALD_ATTEMPTS").await.unwrap();
-    let newest = stream.get_last_raw_message_by_subject(&nats::attempt_subject("default", &sub_id, "new-1")).await;
+    let newest = stream
+        .get_last_raw_message_by_subject(&nats::Partition::ZERO.attempt_subject("default", &sub_id, "new-1"))
+        .await;
     let newest = proto::Attempt::decode(newest.expect("new-1's record in its partition").payload.as_ref()).unwrap();
     assert_eq!((newest.event_id.as_str(), newest.outcome.as_str()), ("new-1", "delivered"));
     assert!(newest.event_sequence > 0, "the record says where the event was stored");

@@ -134,7 +134,7 @@ async fn a_retry_whose_schedule_fires_twice_is_sent_once() {
         ..Default::default()
     };
     let js = jetstream::new(stack.nats.client().await);
-    let subject = herald_core::nats::delivery_subject("default", sub["id"].as_str().unwrap());
+    let subject = herald_core::nats::Partition::ZERO.delivery_subject("default", sub["id"].as_str().unwrap());
     // The retry as its schedule fires it: no message id.
     js.publish(subject.clone(), retry.encode_to_vec().into()).await.unwrap().await.unwrap();
     rx.wait_for(1, SOON).await;

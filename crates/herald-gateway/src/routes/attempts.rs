@@ -13,7 +13,7 @@ use herald_core::{nats, proto};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::subscriptions::locate;
-use crate::scan::{From, Stored, parse_time, scan};
+use crate::scan::{From, Stored, parse_time, scan, scan_each};
 use crate::{AppState, Query};
 
 /// Most records a query reads from the stream; older ones are beyond the answer.
@@ -124,18 +124,25 @@ pub(crate) async fn for_event(
     let tenants = caller.readable_tenants(q.tenant.as_deref(), "attempts")?;
     let partition = nats::attempt_partition(&id).to_string();
     let legacy = state.legacy_records_until.is_some_and(|until| OffsetDateTime::now_utc() < until) && id != partition;
-    let mut filters = Vec::new();
-    for tenant in &tenants {
-        filters.push(format!("herald.attempts.{tenant}.*.{partition}"));
-        if legacy {
-            filters.push(format!("herald.attempts.{tenant}.*.{id}"));
+    // The event's subscriptions may be in any partition.
+    let mut slices = Vec::new();
+    for p in &state.in_use {
+        let prefix = p.prefix("attempts");
+        let mut filters = Vec::new();
+        for tenant in &tenants {
+            filters.push(format!("{prefix}{tenant}.*.{partition}"));
+            // Records of the per-event layout of before are in partition 0 alone.
+            if legacy && *p == nats::Partition::ZERO {
+                filters.push(format!("{prefix}{tenant}.*.{id}"));
+            }
         }
+        slices.push((p.attempts_stream(), filters));
     }
     let from = match since.or_else(|| EventId::minted_at(&id).map(|t| t - MINTED_LEEWAY)) {
         Some(t) => From::Time(t),
         None => From::Beginning,
     };
-    let mut stored = scan(&state.js, nats::ATTEMPTS_STREAM, filters, from, None, SCAN_LIMIT).await?;
+    let mut stored = scan_each(&state.js, slices, from, None, SCAN_LIMIT).await?;
     stored.retain(|s| proto::Attempt::decode(s.payload.as_ref()).is_ok_and(|a| a.event_id == id));
     Ok(Json(newest_first(stored, q.limit, q.before)))
 }
@@ -150,14 +157,15 @@ pub(crate) async fn for_subscription(
     Query(q): Query<PageQuery>,
 ) -> Result<Json<Page>, ApiError> {
     let (_, _, sub) = locate(&state, &caller, &id).await?;
-    let filter = nats::subscription_attempts_filter(&sub.tenant, &sub.id);
+    let partition = state.partitions.of_subscription(&sub.id);
+    let (stream, filter) = (partition.attempts_stream(), partition.subscription_attempts_filter(&sub.tenant, &sub.id));
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     // A page is the newest records (before the cursor): looked for in the last hour, then the
     // last day, before the whole retention is read.
     let now = OffsetDateTime::now_utc();
     for window in RECENT_WINDOWS.map(Some).into_iter().chain([None]) {
         let from = window.map_or(From::Beginning, |w| From::Time(now - w));
-        let mut stored = scan(&state.js, nats::ATTEMPTS_STREAM, vec![filter.clone()], from, None, SCAN_LIMIT).await?;
+        let mut stored = scan(&state.js, &stream, vec![filter.clone()], from, None, SCAN_LIMIT).await?;
         stored.retain(|s| q.before.is_none_or(|b| s.sequence < b));
         if window.is_none() || stored.len() > limit {
             return Ok(Json(newest_first(stored, Some(limit), None)));

@@ -209,7 +209,7 @@ pub(crate) async fn redrive(
             .header(nats::RESEND_HEADER, "redrive");
         let ack = state
             .js
-            .send_publish(nats::route_subject(&sub), publish)
+            .send_publish(nats::route_subject(state.partitions, &sub), publish)
             .await
             .map_err(|e| ApiError::unavailable(e.to_string()))?;
         ack.await.map_err(|e| ApiError::unavailable(e.to_string()))?;

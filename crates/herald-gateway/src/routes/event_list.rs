@@ -6,12 +6,11 @@ use axum::extract::State;
 use serde::{Deserialize, Serialize};
 
 use herald_core::event::{StoredAt, decode_stored};
-use herald_core::nats;
 use herald_core::pattern::TypePattern;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::scan::{From, parse_time, scan};
+use crate::scan::{From, parse_time, scan_each};
 use crate::{AppState, Query};
 
 /// Most stored events a search by id reads.
@@ -81,17 +80,28 @@ pub(crate) async fn list(
         None => ">".to_owned(),
     };
     let tenants = caller.readable_tenants(q.tenant.as_deref(), "events")?;
-    let filters = tenants.iter().map(|t| format!("{}{t}.{pattern}", nats::EVENTS_SUBJECT_PREFIX)).collect();
+    // Each tenant's events are in one partition; those of several tenants may be in several,
+    // whose sequences are their own: a page of several partitions has no `next` (page on with
+    // `since`, or list one tenant at a time).
+    let slices: Vec<(String, Vec<String>)> = state
+        .event_partitions(&tenants)
+        .into_iter()
+        .map(|(p, tenants)| {
+            let prefix = p.events_prefix();
+            (p.events_stream(), tenants.iter().map(|t| format!("{prefix}{t}.{pattern}")).collect())
+        })
+        .collect();
+    let several = slices.len() > 1;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
     if let Some(id) = &q.id {
         herald_core::ids::EventId::parse(id).map_err(|e| ApiError::invalid(Some("id"), format!("id: {}", e.0)))?;
     }
     let max = if q.id.is_some() { ID_SEARCH_LIMIT } else { limit + 1 };
-    let stored = scan(&state.js, nats::EVENTS_STREAM, filters, from, until, max).await?;
+    let stored = scan_each(&state.js, slices, from, until, max).await?;
     let (limit, more) = match &q.id {
         Some(_) => (stored.len(), false),
-        None => (limit, stored.len() > limit),
+        None => (limit, stored.len() > limit && !several),
     };
     let data: Vec<EventView> = stored
         .iter()

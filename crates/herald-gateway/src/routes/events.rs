@@ -75,7 +75,7 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
     match kind {
         PublishErrorKind::MaxPayloadExceeded => ApiError::too_large(format!("NATS refused the message size: {detail}")),
         PublishErrorKind::StreamNotFound => {
-            ApiError::unavailable(format!("stream {} is missing; a gateway restart recreates it", nats::EVENTS_STREAM))
+            ApiError::unavailable("an events stream is missing; a gateway restart recreates it")
         }
         _ => {
             tracing::warn!(error = %detail, "publish to JetStream failed");
@@ -89,7 +89,7 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
 /// Sends one event and returns the future of its PubAck, so that a caller can have many in
 /// flight at once. `trace`, when there is one, goes along for fan-out to continue from.
 async fn send(state: &AppState, event: &proto::Event, trace: Option<&Carrier>) -> Result<PublishAckFuture, ApiError> {
-    let subject = nats::event_subject(&event.tenant, &event.r#type);
+    let subject = state.partitions.of_tenant(&event.tenant).event_subject(&event.tenant, &event.r#type);
     let mut publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
     if state.config.common.schema_validation != herald_core::catalog::Mode::Off
         && state.catalog.has_schema(&event.r#type)

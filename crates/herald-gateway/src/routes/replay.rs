@@ -69,10 +69,12 @@ pub(crate) async fn replay(
     // The payload filter holds for replays too: what it leaves out was never a delivery.
     let payload_filter = herald_core::filter::Filter::parse_stored(&sub.filter);
 
-    let filter = format!("{}{}.>", nats::EVENTS_SUBJECT_PREFIX, sub.tenant);
-    let stored = scan(&state.js, nats::EVENTS_STREAM, vec![filter], From::Time(since), until, SCAN_LIMIT).await?;
+    let events = state.partitions.of_tenant(&sub.tenant);
+    let filter = format!("{}{}.>", events.events_prefix(), sub.tenant);
+    let stored = scan(&state.js, &events.events_stream(), vec![filter], From::Time(since), until, SCAN_LIMIT).await?;
+    let partition = state.partitions.of_subscription(&sub.id);
     let deliveries =
-        state.js.get_stream(nats::DELIVERIES_STREAM).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+        state.js.get_stream(partition.deliveries_stream()).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
 
     let mut pending = Vec::new();
     let mut in_flight = 0;
@@ -90,13 +92,13 @@ pub(crate) async fn replay(
         {
             continue;
         }
-        let schedule = nats::retry_schedule_subject(&sub.tenant, &sub.id, &event.id);
+        let schedule = partition.retry_schedule_subject(&sub.tenant, &sub.id, &event.id);
         if deliveries.get_last_raw_message_by_subject(&schedule).await.is_ok() {
             in_flight += 1;
             continue;
         }
         let trace = telemetry::onward(&tracing::Span::none(), &Carrier::read(|k| s.header(k)));
-        let (subject, publish) = nats::first_delivery(&event, s.sequence, &sub, &trace);
+        let (subject, publish) = nats::first_delivery(state.partitions, &event, s.sequence, &sub, &trace);
         let publish = publish.header(nats::RESEND_HEADER, "replay");
         let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
         pending.push(ack.into_future());
@@ -143,7 +145,9 @@ pub(crate) async fn resend(
     let input: ResendInput = body.json()?;
     let (_, _, sub) = locate(&state, &caller, &id).await?;
     let missing = || ApiError::not_found(format!("there is no stored event {} of tenant {:?}", input.seq, sub.tenant));
-    let stream = state.js.get_stream(nats::EVENTS_STREAM).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
+    // `seq` is a sequence of the tenant's events stream.
+    let events = state.partitions.of_tenant(&sub.tenant).events_stream();
+    let stream = state.js.get_stream(events).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     let stored = stream.get_raw_message(input.seq).await.map_err(|_| missing())?;
     let header = |name: &str| stored.headers.get(name).map(|v| v.as_str());
     let at = StoredAt { sequence: input.seq, time: stored.time };
@@ -154,7 +158,7 @@ pub(crate) async fn resend(
         return Err(missing());
     }
     let trace = telemetry::onward(&tracing::Span::none(), &Carrier::read(|k| header(k)));
-    let (subject, publish) = nats::first_delivery(&event, input.seq, &sub, &trace);
+    let (subject, publish) = nats::first_delivery(state.partitions, &event, input.seq, &sub, &trace);
     // A new message id: the delivery's own would be deduplicated against the first.
     let publish = publish.header(nats::RESEND_HEADER, "resend").message_id(format!(
         "resend-{}-{}-{}",

@@ -229,14 +229,17 @@ pub(crate) async fn overview(State(state): State<AppState>, caller: Caller) -> R
     }))
 }
 
+/// Summed over every partition in use.
 async fn lag(state: &AppState) -> Option<Lag> {
-    let events = state.js.get_stream(nats::EVENTS_STREAM).await.ok()?;
-    let fanout = events.consumer_info(nats::FANOUT_CONSUMER).await.ok()?;
-    let deliveries = state.js.get_stream(nats::DELIVERIES_STREAM).await.ok()?;
-    let deliver = deliveries.consumer_info(nats::DELIVER_CONSUMER).await.ok()?;
-    Some(Lag {
-        events_pending: fanout.num_pending,
-        deliveries_pending: deliver.num_pending,
-        deliveries_in_flight: deliver.num_ack_pending as u64,
-    })
+    let mut lag = Lag { events_pending: 0, deliveries_pending: 0, deliveries_in_flight: 0 };
+    for partition in &state.in_use {
+        let events = state.js.get_stream_no_info(partition.events_stream()).await.ok()?;
+        let fanout = events.consumer_info(nats::FANOUT_CONSUMER).await.ok()?;
+        let deliveries = state.js.get_stream_no_info(partition.deliveries_stream()).await.ok()?;
+        let deliver = deliveries.consumer_info(nats::DELIVER_CONSUMER).await.ok()?;
+        lag.events_pending += fanout.num_pending;
+        lag.deliveries_pending += deliver.num_pending;
+        lag.deliveries_in_flight += deliver.num_ack_pending as u64;
+    }
+    Some(lag)
 }

@@ -633,6 +633,7 @@ pub(crate) async fn test(
         .unwrap_or_default(),
     };
     let (subject, publish) = nats::first_delivery(
+        state.partitions,
         &event,
         0,
         &sub,
