@@ -104,6 +104,16 @@ def main():
         fail("defaults: optional objects rendered")
     if not by_kind(results["keda"], "ScaledObject"):
         fail("keda: no ScaledObject")
+    # A trigger pair per partition (keda.yaml sets three): partition 0's streams keep their names.
+    triggers = by_kind(results["keda"], "ScaledObject")[0]["spec"]["triggers"]
+    streams = sorted(t["metadata"]["stream"] for t in triggers)
+    wanted = sorted(f"HERALD_{kind}{suffix}" for kind in ("DELIVERIES", "EVENTS") for suffix in ("", "_1", "_2"))
+    if streams != wanted:
+        fail(f"keda: triggers on {streams}, wanted {wanted}")
+    for name, dep in ((o["metadata"]["name"], o) for o in by_kind(results["keda"], "Deployment")):
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        if env.get("HERALD_PARTITIONS") != "3":
+            fail(f"keda: {name} is not given HERALD_PARTITIONS=3: {env.get('HERALD_PARTITIONS')}")
     if any(h["metadata"]["name"].endswith("dispatcher") for h in by_kind(results["keda"], "HorizontalPodAutoscaler")):
         fail("keda: an HPA would fight KEDA")
     if not by_kind(results["servicemonitor"], "ServiceMonitor"):

@@ -68,6 +68,8 @@ nats://{{ .Release.Name }}-nats:4222
   value: {{ .Values.config.logFormat | quote }}
 - name: HERALD_REPLICAS
   value: {{ include "herald.streamReplicas" . | quote }}
+- name: HERALD_PARTITIONS
+  value: {{ .Values.config.partitions | default 1 | quote }}
 - name: HERALD_EVENTS_MAX_AGE
   value: {{ .Values.config.eventsMaxAge | quote }}
 - name: HERALD_DUPLICATE_WINDOW
