@@ -109,6 +109,9 @@ pub(crate) struct Args {
     /// Engine: each nats-server's CPU share (a cgroup of its own).
     #[arg(long, default_value_t = 0.25)]
     pub(crate) engine_cpu: f64,
+    /// Engine: partitions Herald runs with on each cluster (`HERALD_PARTITIONS`), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,6")]
+    pub(crate) engine_partitions: Vec<u16>,
     /// Engine: events per measurement.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) engine_events: usize,

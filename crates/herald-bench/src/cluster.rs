@@ -111,8 +111,15 @@ impl Bench {
     /// A gateway (R3 streams) on the cluster at `url`, one subscription made through it, and a
     /// JetStream context on the cluster to publish events straight onto it.
     pub(crate) async fn herald_on_cluster(&mut self, url: &str) -> anyhow::Result<OnCluster> {
+        self.herald_on_cluster_with(url, &[]).await
+    }
+
+    /// [`Bench::herald_on_cluster`] with more gateway flags.
+    pub(crate) async fn herald_on_cluster_with(&mut self, url: &str, flags: &[&str]) -> anyhow::Result<OnCluster> {
         let port = herald_harness::free_port();
-        let gateway = Proc::gateway_with(url, port, &["--replicas", "3"]).await?;
+        let mut all = vec!["--replicas", "3"];
+        all.extend_from_slice(flags);
+        let gateway = Proc::gateway_with(url, port, &all).await?;
         let gateway_url = format!("http://127.0.0.1:{port}");
         let main_gateway = std::mem::replace(&mut self.gateway_url, gateway_url.clone());
         let group = self.subscribe(1).await;
@@ -125,9 +132,21 @@ impl Bench {
 
     /// `count` dispatchers (R3) on the cluster at `url`, ready.
     pub(crate) async fn dispatchers_on_cluster(&self, url: &str, count: usize) -> anyhow::Result<Vec<Proc>> {
+        self.dispatchers_on_cluster_with(url, count, &[]).await
+    }
+
+    /// [`Bench::dispatchers_on_cluster`] with more flags.
+    pub(crate) async fn dispatchers_on_cluster_with(
+        &self,
+        url: &str,
+        count: usize,
+        flags: &[&str],
+    ) -> anyhow::Result<Vec<Proc>> {
+        let mut all = vec!["--replicas", "3"];
+        all.extend_from_slice(flags);
         let mut dispatchers = Vec::new();
         for _ in 0..count {
-            dispatchers.push(Proc::dispatcher_from(url, &["--replicas", "3"], self.args.dispatcher_binary.as_deref())?);
+            dispatchers.push(Proc::dispatcher_from(url, &all, self.args.dispatcher_binary.as_deref())?);
         }
         for d in &dispatchers {
             d.wait_ready().await?;

@@ -1,28 +1,31 @@
 //! The engine under Herald on clusters of growing size: for each of `--engine-nodes` (3 and 6),
 //! a JetStream cluster on loopback with every nats-server held to `--engine-cpu` (0.25) in a
-//! cgroup of its own, as a pod's CPU limit holds it, and Herald on it with R3 streams (the
-//! gateway and dispatchers uncapped): HTTP ingest (batches), NATS ingest (JSON events published
-//! straight to `herald.events.…`) and end to end (a backlog of one subscription drained by two
-//! dispatchers), `--engine-events` events each, the median of `--runs` runs after a warm-up.
-//! Then each figure on the largest cluster as a factor of the same on the smallest.
+//! cgroup of its own, as a pod's CPU limit holds it, and Herald on it with R3 streams at each of
+//! `--engine-partitions` (1 and 6; the gateway and dispatchers uncapped): HTTP ingest (batches),
+//! NATS ingest (JSON events published straight to each tenant's event subject) and end to end
+//! (a backlog over twelve tenants' subscriptions, one each, drained by two dispatchers),
+//! `--engine-events` events each, the median of `--runs` runs after a warm-up. Then each figure
+//! on the largest cluster as a factor of the same on the smallest, per partition count.
 //!
-//! Every event, delivery and attempt record goes through one stream of its kind, so one
-//! stream leader carries each whatever the cluster's size: these rows are the baseline that
-//! partitioned streams (issue 28) are measured against (target: 6 nodes ≥ 1.6× 3 nodes end to
-//! end).
+//! The load is spread over twelve tenants at every P alike, so P = 1 is the layout of before on
+//! the same load: with one partition one stream leader of each kind carries it all whatever the
+//! cluster's size; with six they spread (target: 6 nodes ≥ 1.6× 3 nodes end to end at P = 6).
 
 use serde_json::json;
 
 use crate::cluster::OnCluster;
 use crate::load::{json_event, pipelined};
 use crate::scaleout::Cgroups;
-use crate::{Bench, TENANT, median, per_sec};
+use crate::{Bench, median, per_sec};
 
 /// The three figures of one cluster size: HTTP ingest, NATS ingest, end to end.
 type Figures = [f64; 3];
 
-const NAMES: [&str; 3] = ["HTTP ingest, batches", "NATS ingest, JSON", "end to end, 1 sub, 2 dispatchers"];
+const NAMES: [&str; 3] = ["HTTP ingest, batches", "NATS ingest, JSON", "end to end, 12 tenants × 1 sub, 2 dispatchers"];
 const UNITS: [&str; 3] = ["events/s", "events/s", "deliveries/s"];
+
+/// Tenants the load is spread over.
+const TENANTS: usize = 12;
 
 impl Bench {
     /// The engine rows for one payload size.
@@ -36,46 +39,83 @@ impl Bench {
             }
         };
         let how = cgroups.map_or("uncapped".to_owned(), |_| format!("at {cpus:.2} CPU"));
-        let mut measured: Vec<(usize, Figures)> = Vec::new();
+        let mut measured: Vec<(usize, u16, Figures)> = Vec::new();
         for nodes in self.args.engine_nodes.clone() {
-            let figures = self.engine_on(nodes, cgroups, payload).await?;
-            println!(
-                "engine, {nodes} nodes {how}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end",
-                figures[0], figures[1], figures[2]
-            );
-            for i in 0..3 {
-                let name = format!("engine, {nodes} nodes {how}, R3: {}", NAMES[i]);
-                self.push(payload, name, figures[i], UNITS[i]);
+            for partitions in self.args.engine_partitions.clone() {
+                let figures = self.engine_on(nodes, partitions, cgroups, payload).await?;
+                println!(
+                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end",
+                    figures[0], figures[1], figures[2]
+                );
+                for i in 0..3 {
+                    let name = format!("engine, {nodes} nodes {how}, R3, P={partitions}: {}", NAMES[i]);
+                    self.push(payload, name, figures[i], UNITS[i]);
+                }
+                measured.push((nodes, partitions, figures));
             }
-            measured.push((nodes, figures));
         }
-        if let (Some((few, small)), Some((many, large))) = (measured.first(), measured.last())
-            && few != many
-        {
-            for i in 0..3 {
-                let name = format!("engine: {many} nodes ÷ {few} nodes, {}", NAMES[i]);
-                self.push(payload, name, large[i] / small[i], "×");
+        let (few, many) = (
+            self.args.engine_nodes.iter().copied().min().unwrap_or(0),
+            self.args.engine_nodes.iter().copied().max().unwrap_or(0),
+        );
+        if few == many {
+            return Ok(());
+        }
+        for partitions in self.args.engine_partitions.clone() {
+            let of = |n: usize| measured.iter().find(|(m, p, _)| *m == n && *p == partitions).map(|(_, _, f)| *f);
+            if let (Some(small), Some(large)) = (of(few), of(many)) {
+                for i in 0..3 {
+                    let name = format!("engine P={partitions}: {many} nodes ÷ {few} nodes, {}", NAMES[i]);
+                    self.push(payload, name, large[i] / small[i], "×");
+                }
             }
         }
         Ok(())
     }
 
-    /// The three figures on a fresh cluster of `nodes`, each node capped if `cgroups`.
-    async fn engine_on(&mut self, nodes: usize, cgroups: Option<Cgroups>, payload: usize) -> anyhow::Result<Figures> {
+    /// The three figures on a fresh cluster of `nodes`, each node capped if `cgroups`, Herald
+    /// on `partitions`.
+    async fn engine_on(
+        &mut self,
+        nodes: usize,
+        partitions: u16,
+        cgroups: Option<Cgroups>,
+        payload: usize,
+    ) -> anyhow::Result<Figures> {
         let cluster = herald_harness::NatsCluster::start_nodes(nodes, None);
         let mut caps = Vec::new();
         if let Some(cgroups) = cgroups {
             for (i, pid) in cluster.pids().into_iter().enumerate() {
-                let cap = cgroups
-                    .cap(&format!("herald-bench-nats-{}-{nodes}-{i}", std::process::id()), self.args.engine_cpu)?;
+                let cap = cgroups.cap(
+                    &format!("herald-bench-nats-{}-{nodes}-{partitions}-{i}", std::process::id()),
+                    self.args.engine_cpu,
+                )?;
                 cap.add(pid)?;
                 caps.push(cap);
             }
         }
         cluster.wait_for_meta_leader().await;
         let url = cluster.url();
-        let OnCluster { gateway, gateway_url, group, js } = self.herald_on_cluster(&url).await?;
-
+        // One partition is the default, and what a build without partitions runs (`--binaries`).
+        let count = partitions.to_string();
+        let flags: Vec<&str> = if partitions > 1 { vec!["--partitions", &count] } else { vec![] };
+        let OnCluster { gateway, gateway_url, js, .. } = self.herald_on_cluster_with(&url, &flags).await?;
+        let layout = herald_core::nats::Partitions::new(partitions).map_err(anyhow::Error::msg)?;
+        let tenants: Vec<String> = (0..TENANTS).map(|i| format!("engine{i}")).collect();
+        // A subscription per tenant, made through this cluster's gateway.
+        let main_gateway = std::mem::replace(&mut self.gateway_url, gateway_url.clone());
+        let mut groups = Vec::new();
+        for tenant in &tenants {
+            match self.subscribe_with(1, json!({"tenant": tenant})).await {
+                Ok(g) => groups.push((tenant.clone(), g)),
+                Err(e) => {
+                    self.gateway_url = main_gateway;
+                    return Err(e);
+                }
+            }
+        }
+        self.gateway_url = main_gateway;
+        let paths = groups[0].1.paths.start..groups[TENANTS - 1].1.paths.end;
         let n = self.args.engine_events;
         let runs = self.args.runs;
         // Each measurement: a warm-up with a fifth as many, then the runs.
@@ -84,18 +124,21 @@ impl Bench {
         let per_batch = (200_000 / (payload + 100)).clamp(1, 100);
         let mut http = Vec::new();
         for (run, size) in sizes().enumerate() {
-            let rate = self.batch_ingest(&gateway_url, size, "bench.engine.http", &data, per_batch).await?;
+            let rate =
+                self.batch_ingest_to(&gateway_url, size, "bench.engine.http", &data, per_batch, &tenants).await?;
             if run > 0 {
                 http.push(rate);
             }
         }
         let mut nats = Vec::new();
-        let subject = herald_core::nats::event_subject(TENANT, "bench.engine.nats");
+        let subjects: Vec<String> =
+            tenants.iter().map(|t| layout.of_tenant(t).event_subject(t, "bench.engine.nats")).collect();
         for (run, size) in sizes().enumerate() {
             let messages = (0..size)
-                .map(|_| {
+                .map(|i| {
                     let id = self.next_id("g");
-                    (subject.clone(), json_event(&id, &json!({"id": id, "type": "bench.engine.nats", "data": data})))
+                    let event = json!({"id": id, "type": "bench.engine.nats", "data": data});
+                    (subjects[i % TENANTS].clone(), json_event(&id, &event))
                 })
                 .collect();
             let rate = pipelined(&js, messages).await?;
@@ -103,15 +146,28 @@ impl Bench {
                 nats.push(rate);
             }
         }
-        // The ingested events have no subscription; dispatchers start on an empty stream.
-        js.get_stream(herald_core::nats::EVENTS_STREAM).await?.purge().await?;
+        // The ingested events have no subscription; dispatchers start on empty streams.
+        for partition in layout.all() {
+            js.get_stream(partition.events_stream()).await?.purge().await?;
+        }
 
-        let dispatchers = self.dispatchers_on_cluster(&url, 2).await?;
+        let dispatchers = self.dispatchers_on_cluster_with(&url, 2, &flags).await?;
         let mut e2e = Vec::new();
         for (run, size) in sizes().enumerate() {
-            let took = self.drain_on_cluster(&js, &group, size, payload).await?;
+            let target = self.sink.delivered(paths.clone()) + size as u64;
+            let mut messages = Vec::with_capacity(size);
+            for i in 0..size {
+                let (tenant, group) = &groups[i % TENANTS];
+                let id = self.next_id("e");
+                let event = json!({"id": id, "type": group.event_type, "data": data});
+                messages
+                    .push((layout.of_tenant(tenant).event_subject(tenant, &group.event_type), json_event(&id, &event)));
+            }
+            let started = std::time::Instant::now();
+            pipelined(&js, messages).await?;
+            let done = self.sink.wait_delivered(paths.clone(), target, std::time::Duration::from_secs(300)).await?;
             if run > 0 {
-                e2e.push(per_sec(size, took));
+                e2e.push(per_sec(size, done - started));
             }
         }
         for d in dispatchers {

@@ -51,8 +51,29 @@ impl Bench {
         data: &Value,
         per_batch: usize,
     ) -> impl Future<Output = anyhow::Result<f64>> + use<> {
-        let events: Vec<Value> =
-            (0..n).map(|_| json!({"id": self.next_id("b"), "type": event_type, "data": data})).collect();
+        self.batch_ingest_to(gateway_url, n, event_type, data, per_batch, &[])
+    }
+
+    /// [`Bench::batch_ingest`], the events spread over `tenants` in turn (the token's own
+    /// tenant if empty).
+    pub(crate) fn batch_ingest_to(
+        &mut self,
+        gateway_url: &str,
+        n: usize,
+        event_type: &str,
+        data: &Value,
+        per_batch: usize,
+        tenants: &[String],
+    ) -> impl Future<Output = anyhow::Result<f64>> + use<> {
+        let events: Vec<Value> = (0..n)
+            .map(|i| {
+                let mut event = json!({"id": self.next_id("b"), "type": event_type, "data": data});
+                if !tenants.is_empty() {
+                    event["tenant"] = json!(tenants[i % tenants.len()]);
+                }
+                event
+            })
+            .collect();
         let (http, url, clients) =
             (self.http.clone(), format!("{gateway_url}/v1/events/batch"), self.args.batch_clients);
         async move {

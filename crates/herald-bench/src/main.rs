@@ -153,6 +153,7 @@ async fn main() -> anyhow::Result<()> {
         args.registry_tenants = 200;
         args.engine_nodes = vec![3];
         args.engine_events = 300;
+        args.engine_partitions = vec![1, 2];
     }
     if let Some(dir) = &args.binaries {
         procs::use_binaries_from(dir.clone());
