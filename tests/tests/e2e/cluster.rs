@@ -64,11 +64,13 @@ async fn a_gateway_and_three_dispatchers_started_at_once_against_a_new_cluster_a
     drop(dispatchers);
 }
 
-/// A gateway in this process against `url`, with `--replicas 3`; its base URL once ready.
-async fn cluster_gateway(url: &str, stop: &CancellationToken) -> String {
+/// A gateway in this process against `url`, with `--replicas 3` and `--partitions partitions`;
+/// its base URL once ready.
+async fn cluster_gateway(url: &str, partitions: u16, stop: &CancellationToken) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gateway = format!("http://{}", listener.local_addr().unwrap());
-    let config = herald_harness::gateway_config(url, &["--replicas", "3"]);
+    let partitions = partitions.to_string();
+    let config = herald_harness::gateway_config(url, &["--replicas", "3", "--partitions", &partitions]);
     tokio::spawn(herald_gateway::run(config, listener, stop.clone().cancelled_owned()));
     let deadline = Instant::now() + Duration::from_secs(60);
     while !reqwest::get(format!("{gateway}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
@@ -127,15 +129,17 @@ const RECOVERY_LIMIT: Duration = Duration::from_secs(30);
 /// Asserts: nothing lost; the ordered one in order; every signature valid; the last delivery at
 /// most [`RECOVERY_LIMIT`] after the cluster is whole again (and publishing ended); at most
 /// 0.5 % sent twice (the target). The dispatchers run their default ack wait and HTTP timeout.
-async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
+/// Herald runs on `partitions` (the three subscriptions' deliveries then in partitions of their
+/// own, as far as the hash spreads them).
+async fn node_chaos(sync: Option<&str>, cadence: Cadence, partitions: u16) {
     herald_harness::init();
     let _one_at_a_time = NODE_CHAOS.lock().await;
-    let label = format!("{cadence:?}, sync_interval {}", sync.unwrap_or("default"));
+    let label = format!("{cadence:?}, sync_interval {}, {partitions} partition(s)", sync.unwrap_or("default"));
     let cluster = NatsCluster::start_with_sync(sync);
     cluster.wait_for_meta_leader().await;
     let url = cluster.url();
     let stop = CancellationToken::new();
-    let gateway = cluster_gateway(&url, &stop).await;
+    let gateway = cluster_gateway(&url, partitions, &stop).await;
     let rx = Receiver::start().await;
     rx.fail_randomly_on("/b", 0.1);
     let schedule = vec!["1s"; 15].join(",");
@@ -152,7 +156,8 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
         secrets.insert(path, sub["secret"].as_str().unwrap().to_owned());
     }
     // The ack wait and HTTP timeout users run (the tests' defaults are shorter).
-    let replicas = [("--replicas", "3"), ("--ack-wait", ""), ("--http-timeout", "")];
+    let count = partitions.to_string();
+    let replicas = [("--replicas", "3"), ("--ack-wait", ""), ("--http-timeout", ""), ("--partitions", &count)];
     let dispatchers: Vec<DispatcherProcess> = (0..2).map(|_| DispatcherProcess::start_with(&url, &replicas)).collect();
     for d in &dispatchers {
         d.wait_ready().await;
@@ -382,22 +387,27 @@ async fn node_chaos(sync: Option<&str>, cadence: Cadence) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_every_6s_at_the_default_sync_interval_loses_nothing_delays_little_and_sends_once() {
-    node_chaos(None, Cadence::Every6s).await;
+    node_chaos(None, Cadence::Every6s, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_every_6s_with_every_write_synced_loses_nothing_delays_little_and_sends_once() {
-    node_chaos(Some("always"), Cadence::Every6s).await;
+    node_chaos(Some("always"), Cadence::Every6s, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_every_6s_with_herald_on_three_partitions_loses_nothing_delays_little_and_sends_once() {
+    node_chaos(None, Cadence::Every6s, 3).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_every_30s_at_the_default_sync_interval_loses_nothing_delays_little_and_sends_once() {
-    node_chaos(None, Cadence::Every30sCaughtUp).await;
+    node_chaos(None, Cadence::Every30sCaughtUp, 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_every_30s_with_every_write_synced_loses_nothing_delays_little_and_sends_once() {
-    node_chaos(Some("always"), Cadence::Every30sCaughtUp).await;
+    node_chaos(Some("always"), Cadence::Every30sCaughtUp, 1).await;
 }
 
 /// What nats-server says of Herald's consumers (hand-outs, acks, waiting pulls, pins), for a
