@@ -396,11 +396,6 @@ async fn a_node_killed_every_6s_with_every_write_synced_loses_nothing_delays_lit
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_every_6s_with_herald_on_three_partitions_loses_nothing_delays_little_and_sends_once() {
-    node_chaos(None, Cadence::Every6s, 3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_killed_every_30s_at_the_default_sync_interval_loses_nothing_delays_little_and_sends_once() {
     node_chaos(None, Cadence::Every30sCaughtUp, 1).await;
 }
