@@ -55,7 +55,6 @@ pub const ORDERED_ACK_WAIT: Duration = Duration::from_secs(5);
 /// attempt takes.
 pub const DEFAULT_ACK_WAIT: Duration = Duration::from_secs(10);
 
-
 /// The oldest server Herald runs against (message schedules arrived in 2.12).
 pub const MIN_SERVER_VERSION: (u64, u64) = (2, 12);
 
