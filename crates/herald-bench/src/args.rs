@@ -106,7 +106,7 @@ pub(crate) struct Args {
     /// Engine: cluster sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "3,6")]
     pub(crate) engine_nodes: Vec<usize>,
-    /// Engine: each nats-server's CPU share (a cgroup of its own).
+    /// Engine: each nats-server's CPU share (a cgroup of its own); 0 runs them uncapped.
     #[arg(long, default_value_t = 0.25)]
     pub(crate) engine_cpu: f64,
     /// Engine: partitions Herald runs with on each cluster (`HERALD_PARTITIONS`), comma-separated.

@@ -18,11 +18,21 @@ use crate::load::{json_event, pipelined};
 use crate::scaleout::Cgroups;
 use crate::{Bench, median, per_sec};
 
-/// The three figures of one cluster size: HTTP ingest, NATS ingest, end to end.
-type Figures = [f64; 3];
+/// The figures of one cluster size: HTTP ingest, NATS ingest, end to end, and the CPU the
+/// nats-servers (all of them) and the dispatchers (both) spent per delivery end to end.
+type Figures = [f64; 6];
 
-const NAMES: [&str; 3] = ["HTTP ingest, batches", "NATS ingest, JSON", "end to end, 12 tenants × 1 sub, 2 dispatchers"];
-const UNITS: [&str; 3] = ["events/s", "events/s", "deliveries/s"];
+const NAMES: [&str; 6] = [
+    "HTTP ingest, batches",
+    "NATS ingest, JSON",
+    "end to end, 12 tenants × 1 sub, 2 dispatchers",
+    "end to end: nats-server CPU per delivery (all nodes)",
+    "end to end: dispatcher CPU per delivery (both)",
+    "end to end: first attempts made inline by fan-out",
+];
+const UNITS: [&str; 6] = ["events/s", "events/s", "deliveries/s", "µs", "µs", "%"];
+/// The figures compared between cluster sizes (rates; the CPU figures are per delivery).
+const RATES: usize = 3;
 
 /// Tenants the load is spread over.
 const TENANTS: usize = 12;
@@ -32,6 +42,7 @@ impl Bench {
     pub(crate) async fn engine(&mut self, payload: usize) -> anyhow::Result<()> {
         let cpus = self.args.engine_cpu;
         let cgroups = match Cgroups::detect() {
+            Ok(_) if cpus <= 0.0 => None,
             Ok(c) => Some(c),
             Err(e) => {
                 eprintln!("engine: nats-servers run uncapped, so the figures say little: {e}");
@@ -44,10 +55,10 @@ impl Bench {
             for partitions in self.args.engine_partitions.clone() {
                 let figures = self.engine_on(nodes, partitions, cgroups, payload).await?;
                 println!(
-                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end",
-                    figures[0], figures[1], figures[2]
+                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline)",
+                    figures[0], figures[1], figures[2], figures[3], figures[4], figures[5]
                 );
-                for i in 0..3 {
+                for i in 0..figures.len() {
                     let name = format!("engine, {nodes} nodes {how}, R3, P={partitions}: {}", NAMES[i]);
                     self.push(payload, name, figures[i], UNITS[i]);
                 }
@@ -64,7 +75,7 @@ impl Bench {
         for partitions in self.args.engine_partitions.clone() {
             let of = |n: usize| measured.iter().find(|(m, p, _)| *m == n && *p == partitions).map(|(_, _, f)| *f);
             if let (Some(small), Some(large)) = (of(few), of(many)) {
-                for i in 0..3 {
+                for i in 0..RATES {
                     let name = format!("engine P={partitions}: {many} nodes ÷ {few} nodes, {}", NAMES[i]);
                     self.push(payload, name, large[i] / small[i], "×");
                 }
@@ -153,6 +164,11 @@ impl Bench {
 
         let dispatchers = self.dispatchers_on_cluster_with(&url, 2, &flags).await?;
         let mut e2e = Vec::new();
+        let (mut nats_cpu, mut dispatcher_cpu, mut inline) = (Vec::new(), Vec::new(), Vec::new());
+        const INLINE: &str = r#"herald_fanout_deliveries_total{path="inline"}"#;
+        let servers: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
+        let cpu_of_servers = || servers.iter().map(|p| crate::procs::cpu_seconds(p)).sum::<f64>();
+        let cpu_of_dispatchers = |ds: &[crate::procs::Proc]| ds.iter().map(|d| d.cpu_seconds()).sum::<f64>();
         for (run, size) in sizes().enumerate() {
             let target = self.sink.delivered(paths.clone()) + size as u64;
             let mut messages = Vec::with_capacity(size);
@@ -163,11 +179,23 @@ impl Bench {
                 messages
                     .push((layout.of_tenant(tenant).event_subject(tenant, &group.event_type), json_event(&id, &event)));
             }
+            let (servers_before, dispatchers_before) = (cpu_of_servers(), cpu_of_dispatchers(&dispatchers));
+            let mut inline_before = 0.0;
+            for d in &dispatchers {
+                inline_before += d.counter(&self.http, INLINE).await;
+            }
             let started = std::time::Instant::now();
             pipelined(&js, messages).await?;
             let done = self.sink.wait_delivered(paths.clone(), target, std::time::Duration::from_secs(300)).await?;
             if run > 0 {
                 e2e.push(per_sec(size, done - started));
+                nats_cpu.push((cpu_of_servers() - servers_before) * 1e6 / size as f64);
+                dispatcher_cpu.push((cpu_of_dispatchers(&dispatchers) - dispatchers_before) * 1e6 / size as f64);
+                let mut inline_after = 0.0;
+                for d in &dispatchers {
+                    inline_after += d.counter(&self.http, INLINE).await;
+                }
+                inline.push(100.0 * (inline_after - inline_before) / size as f64);
             }
         }
         for d in dispatchers {
@@ -177,6 +205,6 @@ impl Bench {
         // The nodes exit before their cgroups are removed.
         drop(cluster);
         drop(caps);
-        Ok([median(http), median(nats), median(e2e)])
+        Ok([median(http), median(nats), median(e2e), median(nats_cpu), median(dispatcher_cpu), median(inline)])
     }
 }

@@ -22,7 +22,7 @@ use herald_core::subscription::{is_fifo, needs_lane};
 
 use crate::Shared;
 use crate::deliver::{self, Mode};
-use crate::pull::{Pull, consume};
+use crate::pull::{Pull, Slots, consume};
 
 /// What a lane's consumer and pull loop are set up from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,7 +240,7 @@ impl Lanes<'_> {
         let stop = shutdown.child_token();
         let in_hand = spec.in_flight() as usize;
         let ack_wait = ack_wait(shared, topology, &spec);
-        let pull = Pull { in_hand, pinned, rate_per_sec: spec.rate_limit, ack_wait };
+        let pull = Pull { slots: Slots::own(in_hand), pinned, rate_per_sec: spec.rate_limit, ack_wait };
         let mode = Mode::Lane { fifo: spec.fifo };
         let shared = Arc::clone(shared);
         let progress = shared.progress.clone();

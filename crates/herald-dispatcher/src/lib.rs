@@ -42,7 +42,7 @@ use async_nats::jetstream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::pull::{Pull, consume};
+use crate::pull::{Pull, Slots, consume};
 
 use herald_core::nats;
 use herald_core::registry::Registry;
@@ -351,29 +351,42 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // leaders over the cluster's nodes, and each consumer is shared by every replica as one
     // stream's were (measured against an assignment of partitions to replicas: see the README).
     let mut loops = Vec::new();
+    // Fan-out and delivery hold as many messages per replica whatever the partitions: events
+    // held by inline attempts come on top of fan-out's own; deliveries in hand are requests in
+    // flight plus those queued behind a busy subscription.
+    let fanout_slots =
+        Slots::shared(shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts, consumers.len());
+    let deliver_slots = Slots::shared(shared.config.concurrency.saturating_mul(4), consumers.len());
     for c in consumers {
         loops.push(tokio::spawn({
             let shared = shared.clone();
-            // Events held by inline attempts come on top of fan-out's own.
-            let in_hand = shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts;
-            let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
+            let pull = Pull {
+                slots: fanout_slots.clone(),
+                pinned: false,
+                rate_per_sec: 0,
+                ack_wait: topology.deliver_ack_wait,
+            };
             consume(c.fanout, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
                 fanout::send(shared.clone(), fanout::Role::Shared, msg)
             })
         }));
         loops.push(tokio::spawn({
             let shared = shared.clone();
-            let in_hand = shared.config.fanout_concurrency.max(1);
-            let pull = Pull { in_hand, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
+            // Each partition's ordered fan-out: JetStream hands out one event at a time.
+            let slots = Slots::own(shared.config.fanout_concurrency.max(1));
+            let pull = Pull { slots, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
             consume(c.ordered, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
                 fanout::send(shared.clone(), fanout::Role::Ordered, msg)
             })
         }));
         loops.push(tokio::spawn({
             let shared = shared.clone();
-            // Messages in hand: requests in flight plus those queued behind a busy subscription.
-            let in_hand = shared.config.concurrency.saturating_mul(4);
-            let pull = Pull { in_hand, pinned: false, rate_per_sec: 0, ack_wait: topology.deliver_ack_wait };
+            let pull = Pull {
+                slots: deliver_slots.clone(),
+                pinned: false,
+                rate_per_sec: 0,
+                ack_wait: topology.deliver_ack_wait,
+            };
             consume(c.deliver, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |taken| {
                 let shared = shared.clone();
                 async move { Some(deliver::handle(shared, taken, deliver::Mode::Shared)) }
