@@ -112,6 +112,9 @@ pub(crate) struct Args {
     /// Engine: partitions Herald runs with on each cluster (`HERALD_PARTITIONS`), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,6")]
     pub(crate) engine_partitions: Vec<u16>,
+    /// Engine: dispatcher replicas draining the end-to-end backlog.
+    #[arg(long, default_value_t = 2)]
+    pub(crate) engine_dispatchers: usize,
     /// Engine: events per measurement.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) engine_events: usize,

@@ -20,17 +20,18 @@ use crate::{Bench, median, per_sec};
 
 /// The figures of one cluster size: HTTP ingest, NATS ingest, end to end, and the CPU the
 /// nats-servers (all of them) and the dispatchers (both) spent per delivery end to end.
-type Figures = [f64; 6];
+type Figures = [f64; 7];
 
-const NAMES: [&str; 6] = [
+const NAMES: [&str; 7] = [
     "HTTP ingest, batches",
     "NATS ingest, JSON",
     "end to end, 12 tenants × 1 sub, 2 dispatchers",
     "end to end: nats-server CPU per delivery (all nodes)",
     "end to end: dispatcher CPU per delivery (both)",
     "end to end: first attempts made inline by fan-out",
+    "end to end: the machine's CPUs busy (all processes)",
 ];
-const UNITS: [&str; 6] = ["events/s", "events/s", "deliveries/s", "µs", "µs", "%"];
+const UNITS: [&str; 7] = ["events/s", "events/s", "deliveries/s", "µs", "µs", "%", "%"];
 /// The figures compared between cluster sizes (rates; the CPU figures are per delivery).
 const RATES: usize = 3;
 
@@ -55,8 +56,8 @@ impl Bench {
             for partitions in self.args.engine_partitions.clone() {
                 let figures = self.engine_on(nodes, partitions, cgroups, payload).await?;
                 println!(
-                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline)",
-                    figures[0], figures[1], figures[2], figures[3], figures[4], figures[5]
+                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline, machine {:.0} % busy)",
+                    figures[0], figures[1], figures[2], figures[3], figures[4], figures[5], figures[6]
                 );
                 for i in 0..figures.len() {
                     let name = format!("engine, {nodes} nodes {how}, R3, P={partitions}: {}", NAMES[i]);
@@ -162,9 +163,10 @@ impl Bench {
             js.get_stream(partition.events_stream()).await?.purge().await?;
         }
 
-        let dispatchers = self.dispatchers_on_cluster_with(&url, 2, &flags).await?;
+        let dispatchers = self.dispatchers_on_cluster_with(&url, self.args.engine_dispatchers, &flags).await?;
+        println!("  leaders, {nodes} nodes, P={partitions}: {}", leaders(&js, &layout).await);
         let mut e2e = Vec::new();
-        let (mut nats_cpu, mut dispatcher_cpu, mut inline) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut nats_cpu, mut dispatcher_cpu, mut inline, mut busy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         const INLINE: &str = r#"herald_fanout_deliveries_total{path="inline"}"#;
         let servers: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
         let cpu_of_servers = || servers.iter().map(|p| crate::procs::cpu_seconds(p)).sum::<f64>();
@@ -180,6 +182,7 @@ impl Bench {
                     .push((layout.of_tenant(tenant).event_subject(tenant, &group.event_type), json_event(&id, &event)));
             }
             let (servers_before, dispatchers_before) = (cpu_of_servers(), cpu_of_dispatchers(&dispatchers));
+            let machine_before = machine_ticks();
             let mut inline_before = 0.0;
             for d in &dispatchers {
                 inline_before += d.counter(&self.http, INLINE).await;
@@ -196,6 +199,8 @@ impl Bench {
                     inline_after += d.counter(&self.http, INLINE).await;
                 }
                 inline.push(100.0 * (inline_after - inline_before) / size as f64);
+                let (machine_busy, machine_all) = machine_ticks();
+                busy.push(100.0 * (machine_busy - machine_before.0) / (machine_all - machine_before.1).max(1.0));
             }
         }
         for d in dispatchers {
@@ -205,6 +210,48 @@ impl Bench {
         // The nodes exit before their cgroups are removed.
         drop(cluster);
         drop(caps);
-        Ok([median(http), median(nats), median(e2e), median(nats_cpu), median(dispatcher_cpu), median(inline)])
+        Ok([
+            median(http),
+            median(nats),
+            median(e2e),
+            median(nats_cpu),
+            median(dispatcher_cpu),
+            median(inline),
+            median(busy),
+        ])
     }
+}
+
+/// How many of the partitions' streams and consumers each node leads, as `n0: 4 + 6, …`
+/// (streams + consumers): what spreads and what does not.
+async fn leaders(js: &async_nats::jetstream::Context, layout: &herald_core::nats::Partitions) -> String {
+    use std::collections::BTreeMap;
+    let mut led: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    for partition in layout.all() {
+        for name in [partition.events_stream(), partition.deliveries_stream(), partition.attempts_stream()] {
+            let Ok(mut stream) = js.get_stream(&name).await else { continue };
+            let Ok(info) = stream.info().await else { continue };
+            if let Some(leader) = info.cluster.as_ref().and_then(|c| c.leader.clone()) {
+                led.entry(leader).or_default().0 += 1;
+            }
+            let mut consumers = stream.consumers();
+            while let Some(Ok(c)) = futures::StreamExt::next(&mut consumers).await {
+                if let Some(leader) = c.cluster.and_then(|c| c.leader) {
+                    led.entry(leader).or_default().1 += 1;
+                }
+            }
+        }
+    }
+    led.iter().map(|(node, (s, c))| format!("{node}: {s} + {c}")).collect::<Vec<_>>().join(", ")
+}
+
+/// The machine's CPU time so far (all CPUs, in clock ticks): busy, and in all.
+fn machine_ticks() -> (f64, f64) {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> =
+        stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|t| t.parse().ok()).collect();
+    // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+    let all: f64 = ticks.iter().take(8).sum();
+    let idle = ticks.get(3).copied().unwrap_or(0.0) + ticks.get(4).copied().unwrap_or(0.0);
+    (all - idle, all)
 }
