@@ -106,8 +106,10 @@ pub(crate) struct Args {
     /// Engine: cluster sizes, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "3,6")]
     pub(crate) engine_nodes: Vec<usize>,
-    /// Engine: each nats-server's CPU share (a cgroup of its own); 0 runs them uncapped.
-    #[arg(long, default_value_t = 0.25)]
+    /// Engine: each nats-server's CPU share (a cgroup of its own); 0 runs them uncapped. Small
+    /// enough that six nodes (0.9 CPU) leave the gateway, dispatchers and receiver room on a
+    /// two-core machine: at 0.25, six nodes may take 1.5 cores and the figure measures the machine.
+    #[arg(long, default_value_t = 0.15)]
     pub(crate) engine_cpu: f64,
     /// Engine: partitions Herald runs with on each cluster (`HERALD_PARTITIONS`), comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,6")]

@@ -20,9 +20,9 @@ use crate::{Bench, median, per_sec};
 
 /// The figures of one cluster size: HTTP ingest, NATS ingest, end to end, and the CPU the
 /// nats-servers (all of them) and the dispatchers (both) spent per delivery end to end.
-type Figures = [f64; 7];
+type Figures = [f64; 8];
 
-const NAMES: [&str; 7] = [
+const NAMES: [&str; 8] = [
     "HTTP ingest, batches",
     "NATS ingest, JSON",
     "end to end, 12 tenants × 1 sub, 2 dispatchers",
@@ -30,8 +30,9 @@ const NAMES: [&str; 7] = [
     "end to end: dispatcher CPU per delivery (both)",
     "end to end: first attempts made inline by fan-out",
     "end to end: the machine's CPUs busy (all processes)",
+    "end to end: deliveries sent twice",
 ];
-const UNITS: [&str; 7] = ["events/s", "events/s", "deliveries/s", "µs", "µs", "%", "%"];
+const UNITS: [&str; 8] = ["events/s", "events/s", "deliveries/s", "µs", "µs", "%", "%", "deliveries"];
 /// The figures compared between cluster sizes (rates; the CPU figures are per delivery).
 const RATES: usize = 3;
 
@@ -56,8 +57,8 @@ impl Bench {
             for partitions in self.args.engine_partitions.clone() {
                 let figures = self.engine_on(nodes, partitions, cgroups, payload).await?;
                 println!(
-                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline, machine {:.0} % busy)",
-                    figures[0], figures[1], figures[2], figures[3], figures[4], figures[5], figures[6]
+                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline, machine {:.0} % busy, {:.0} sent twice)",
+                    figures[0], figures[1], figures[2], figures[3], figures[4], figures[5], figures[6], figures[7]
                 );
                 for i in 0..figures.len() {
                     let name = format!("engine, {nodes} nodes {how}, R3, P={partitions}: {}", NAMES[i]);
@@ -167,6 +168,7 @@ impl Bench {
         println!("  leaders, {nodes} nodes, P={partitions}: {}", leaders(&js, &layout).await);
         let mut e2e = Vec::new();
         let (mut nats_cpu, mut dispatcher_cpu, mut inline, mut busy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut twice = Vec::new();
         const INLINE: &str = r#"herald_fanout_deliveries_total{path="inline"}"#;
         let servers: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
         let cpu_of_servers = || servers.iter().map(|p| crate::procs::cpu_seconds(p)).sum::<f64>();
@@ -174,12 +176,14 @@ impl Bench {
         for (run, size) in sizes().enumerate() {
             let target = self.sink.delivered(paths.clone()) + size as u64;
             let mut messages = Vec::with_capacity(size);
+            let mut ids = std::collections::HashSet::with_capacity(size);
             for i in 0..size {
                 let (tenant, group) = &groups[i % TENANTS];
                 let id = self.next_id("e");
                 let event = json!({"id": id, "type": group.event_type, "data": data});
                 messages
                     .push((layout.of_tenant(tenant).event_subject(tenant, &group.event_type), json_event(&id, &event)));
+                ids.insert(id);
             }
             let (servers_before, dispatchers_before) = (cpu_of_servers(), cpu_of_dispatchers(&dispatchers));
             let machine_before = machine_ticks();
@@ -187,10 +191,21 @@ impl Bench {
             for d in &dispatchers {
                 inline_before += d.counter(&self.http, INLINE).await;
             }
+            let delivered_before = self.sink.delivered(paths.clone());
+            self.sink.record_arrivals(true);
             let started = std::time::Instant::now();
             pipelined(&js, messages).await?;
-            let done = self.sink.wait_delivered(paths.clone(), target, std::time::Duration::from_secs(300)).await?;
+            // Done when every event has arrived once: a delivery sent twice does not count.
+            self.sink.wait_delivered(paths.clone(), target, std::time::Duration::from_secs(300)).await?;
+            while self.sink.arrived() < size {
+                anyhow::ensure!(started.elapsed().as_secs() < 600, "{} of {size} events arrived", self.sink.arrived());
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+            let done = std::time::Instant::now();
+            let arrivals = self.sink.record_arrivals(false);
+            let unique = arrivals.keys().filter(|id| ids.contains(*id)).count();
             if run > 0 {
+                twice.push((self.sink.delivered(paths.clone()) - delivered_before) as f64 - unique as f64);
                 e2e.push(per_sec(size, done - started));
                 nats_cpu.push((cpu_of_servers() - servers_before) * 1e6 / size as f64);
                 dispatcher_cpu.push((cpu_of_dispatchers(&dispatchers) - dispatchers_before) * 1e6 / size as f64);
@@ -218,6 +233,7 @@ impl Bench {
             median(dispatcher_cpu),
             median(inline),
             median(busy),
+            median(twice),
         ])
     }
 }

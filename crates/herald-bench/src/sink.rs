@@ -111,6 +111,11 @@ impl Sink {
         self.state.max_in_flight.swap(0, Ordering::Relaxed)
     }
 
+    /// How many distinct `webhook-id`s have arrived since `record_arrivals(true)`.
+    pub fn arrived(&self) -> usize {
+        self.state.arrivals.lock().unwrap().as_ref().map_or(0, HashMap::len)
+    }
+
     /// Starts (or stops, returning them) noting the first arrival of each `webhook-id`.
     pub fn record_arrivals(&self, on: bool) -> HashMap<String, Instant> {
         let mut arrivals = self.state.arrivals.lock().unwrap();
