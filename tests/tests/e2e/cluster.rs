@@ -405,6 +405,11 @@ async fn a_node_killed_every_30s_with_every_write_synced_loses_nothing_delays_li
     node_chaos(Some("always"), Cadence::Every30sCaughtUp, 1).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_every_6s_with_herald_on_three_partitions_loses_nothing_delays_little_and_sends_once() {
+    node_chaos(None, Cadence::Every6s, 3).await;
+}
+
 /// What nats-server says of Herald's consumers (hand-outs, acks, waiting pulls, pins), for a
 /// failure's message.
 async fn consumers_state(url: &str) -> Vec<String> {
