@@ -349,7 +349,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     tracker.spawn(backlog::watch(shared.clone(), shutdown.clone()));
     // Every replica pulls every partition's consumers: the partitions spread the streams'
     // leaders over the cluster's nodes, and each consumer is shared by every replica as one
-    // stream's were (measured against an assignment of partitions to replicas: see the README).
+    // stream's were (an assignment of partitions to replicas is not built or measured yet).
     let mut loops = Vec::new();
     // Fan-out and delivery hold as many messages per replica whatever the partitions: events
     // held by inline attempts come on top of fan-out's own; deliveries in hand are requests in
