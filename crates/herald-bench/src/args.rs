@@ -117,6 +117,10 @@ pub(crate) struct Args {
     /// Engine: dispatcher replicas draining the end-to-end backlog.
     #[arg(long, default_value_t = 2)]
     pub(crate) engine_dispatchers: usize,
+    /// Engine: give each dispatcher a share of the partitions (`HERALD_PULL_PARTITIONS`, the
+    /// i-th of n replicas pulling p mod n = i) instead of every replica pulling every partition.
+    #[arg(long)]
+    pub(crate) engine_assign: bool,
     /// Engine: events per measurement.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) engine_events: usize,

@@ -51,7 +51,10 @@ impl Bench {
                 None
             }
         };
-        let how = cgroups.map_or("uncapped".to_owned(), |_| format!("at {cpus:.2} CPU"));
+        let mut how = cgroups.map_or("uncapped".to_owned(), |_| format!("at {cpus:.2} CPU"));
+        if self.args.engine_assign {
+            how += ", partitions assigned to replicas";
+        }
         let mut measured: Vec<(usize, u16, Figures)> = Vec::new();
         for nodes in self.args.engine_nodes.clone() {
             for partitions in self.args.engine_partitions.clone() {
@@ -164,7 +167,22 @@ impl Bench {
             js.get_stream(partition.events_stream()).await?.purge().await?;
         }
 
-        let dispatchers = self.dispatchers_on_cluster_with(&url, self.args.engine_dispatchers, &flags).await?;
+        let replicas = self.args.engine_dispatchers;
+        let dispatchers = if self.args.engine_assign && partitions > 1 {
+            anyhow::ensure!(replicas <= usize::from(partitions), "--engine-assign: more dispatchers than partitions");
+            let mut all = Vec::new();
+            for i in 0..replicas {
+                let share: Vec<String> =
+                    layout.all().filter(|p| usize::from(p.0) % replicas == i).map(|p| p.0.to_string()).collect();
+                let share = share.join(",");
+                let mut own = flags.clone();
+                own.extend(["--pull-partitions", share.as_str()]);
+                all.extend(self.dispatchers_on_cluster_with(&url, 1, &own).await?);
+            }
+            all
+        } else {
+            self.dispatchers_on_cluster_with(&url, replicas, &flags).await?
+        };
         println!("  leaders, {nodes} nodes, P={partitions}: {}", leaders(&js, &layout).await);
         let mut e2e = Vec::new();
         let (mut nats_cpu, mut dispatcher_cpu, mut inline, mut busy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

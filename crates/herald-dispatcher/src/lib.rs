@@ -113,6 +113,12 @@ pub struct Config {
     /// Events fanned out at once in this replica.
     #[arg(long, env = "HERALD_FANOUT_CONCURRENCY", default_value_t = 32)]
     pub fanout_concurrency: usize,
+    /// Partitions whose fan-out and delivery consumers this replica pulls, comma-separated
+    /// (`0,2,4`); empty, the default: every partition. A static assignment: a partition that no
+    /// running replica lists waits until one does. Ordered fan-out and lanes are pulled from
+    /// every partition whatever it says.
+    #[arg(long, env = "HERALD_PULL_PARTITIONS", value_delimiter = ',')]
+    pub pull_partitions: Vec<u16>,
     /// Events whose first attempts fan-out may be making itself at once, to endpoints that are
     /// healthy, fast and not at their limit (the rest are stored in `HERALD_DELIVERIES` first,
     /// as every delivery is with 0).
@@ -219,6 +225,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         anyhow::bail!(
             "HERALD_ACK_WAIT ({:?}) must be at least {MIN_ACK_WAIT:?}: held messages are told in progress every fifth of it",
             topology.deliver_ack_wait,
+        );
+    }
+    if let Some(p) = config.pull_partitions.iter().find(|p| **p >= topology.partitions.count()) {
+        anyhow::bail!(
+            "HERALD_PULL_PARTITIONS lists partition {p}, but there are {} (HERALD_PARTITIONS; they count from 0)",
+            topology.partitions.count()
         );
     }
     let handles =
@@ -347,17 +359,35 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // Cancelled when the grace period ends: in-flight work then stops where it is, unacked.
     let hard_stop = CancellationToken::new();
     tracker.spawn(backlog::watch(shared.clone(), shutdown.clone()));
-    // Every replica pulls every partition's consumers: the partitions spread the streams'
-    // leaders over the cluster's nodes, and each consumer is shared by every replica as one
-    // stream's were (an assignment of partitions to replicas is not built or measured yet).
+    // Every replica pulls every partition's consumers unless told which (HERALD_PULL_PARTITIONS):
+    // the partitions spread the streams' leaders over the cluster's nodes, and each consumer is
+    // shared by every replica as one stream's were.
     let mut loops = Vec::new();
     // Fan-out and delivery hold as many messages per replica whatever the partitions: events
     // held by inline attempts come on top of fan-out's own; deliveries in hand are requests in
     // flight plus those queued behind a busy subscription.
+    // Partitions left by a larger HERALD_PARTITIONS are drained by every replica.
+    let pulled = |p: nats::Partition| {
+        let listed = &shared.config.pull_partitions;
+        listed.is_empty() || listed.contains(&p.0) || p.0 >= shared.partitions.count()
+    };
+    let shared_pulls = consumers.iter().filter(|c| pulled(c.partition)).count();
     let fanout_slots =
-        Slots::shared(shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts, consumers.len());
-    let deliver_slots = Slots::shared(shared.config.concurrency.saturating_mul(4), consumers.len());
+        Slots::shared(shared.config.fanout_concurrency.max(1) + shared.config.inline_attempts, shared_pulls);
+    let deliver_slots = Slots::shared(shared.config.concurrency.saturating_mul(4), shared_pulls);
     for c in consumers {
+        loops.push(tokio::spawn({
+            let shared = shared.clone();
+            // Each partition's ordered fan-out: JetStream hands out one event at a time.
+            let slots = Slots::own(shared.config.fanout_concurrency.max(1));
+            let pull = Pull { slots, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
+            consume(c.ordered, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
+                fanout::send(shared.clone(), fanout::Role::Ordered, msg)
+            })
+        }));
+        if !pulled(c.partition) {
+            continue;
+        }
         loops.push(tokio::spawn({
             let shared = shared.clone();
             let pull = Pull {
@@ -368,15 +398,6 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             };
             consume(c.fanout, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
                 fanout::send(shared.clone(), fanout::Role::Shared, msg)
-            })
-        }));
-        loops.push(tokio::spawn({
-            let shared = shared.clone();
-            // Each partition's ordered fan-out: JetStream hands out one event at a time.
-            let slots = Slots::own(shared.config.fanout_concurrency.max(1));
-            let pull = Pull { slots, pinned: true, rate_per_sec: 0, ack_wait: nats::ORDERED_ACK_WAIT };
-            consume(c.ordered, pull, shared.progress.clone(), shutdown.clone(), hard_stop.clone(), move |msg| {
-                fanout::send(shared.clone(), fanout::Role::Ordered, msg)
             })
         }));
         loops.push(tokio::spawn({

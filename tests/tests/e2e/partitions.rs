@@ -181,3 +181,58 @@ async fn fewer_partitions_drain_those_left_and_more_take_over_the_backlog() {
     assert_eq!(distinct.len(), 2 * n);
     stack.stop_dispatcher().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_given_partitions_pull_only_those_and_a_partition_nobody_pulls_waits() {
+    let two = herald_core::nats::Partitions::new(2).unwrap();
+    let in_partition = |p: u16| TENANTS.iter().copied().filter(move |t| two.of_tenant(t).0 == p).collect::<Vec<_>>();
+    let (first, second) = (in_partition(0), in_partition(1));
+    assert!(!first.is_empty() && !second.is_empty(), "the tenants spread over both partitions");
+
+    let mut stack = Stack::start_with(false, &["--partitions", "2"]).await;
+    // A partition that does not exist is refused at start, with what is wrong.
+    let args =
+        herald_harness::dispatcher_args_with(&stack.nats.url(), &[("--partitions", "2"), ("--pull-partitions", "0,2")]);
+    let config = <herald_dispatcher::Config as clap::Parser>::try_parse_from(args).unwrap();
+    let refused = herald_dispatcher::run(config, tokio_util::sync::CancellationToken::new()).await;
+    let message = format!("{:#}", refused.expect_err("partition 2 of 2 is refused"));
+    assert!(message.contains("HERALD_PULL_PARTITIONS lists partition 2"), "{message}");
+
+    let rx = Receiver::start().await;
+    for tenant in TENANTS {
+        stack.subscribe(&rx.url(&format!("/{tenant}")), &["p.*"], Some(tenant)).await;
+    }
+    let n = 30;
+    for tenant in TENANTS {
+        publish(&stack, tenant, "d", n).await;
+    }
+    let all_of = |tenants: &[&str], by: &HashMap<String, HashSet<String>>| {
+        tenants.iter().all(|t| by.get(&format!("/{t}")).is_some_and(|ids| ids.len() >= n))
+    };
+    // A replica given partition 0 delivers its tenants' events, and nothing of partition 1's.
+    stack.start_dispatcher_with(&[("--partitions", "2"), ("--pull-partitions", "0")]);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !all_of(&first, &distinct_by_path(&rx)) {
+        assert!(tokio::time::Instant::now() < deadline, "partition 0 was not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let by = distinct_by_path(&rx);
+    for tenant in &second {
+        assert!(!by.contains_key(&format!("/{tenant}")), "{tenant} is in partition 1, which nobody pulls");
+    }
+    // A replica given partition 1 takes its backlog.
+    let other = DispatcherProcess::start_with(&stack.nats.url(), &[("--partitions", "2"), ("--pull-partitions", "1")]);
+    other.wait_ready().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !all_of(&second, &distinct_by_path(&rx)) {
+        assert!(tokio::time::Instant::now() < deadline, "partition 1 was not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let by = distinct_by_path(&rx);
+    for tenant in TENANTS {
+        assert_eq!(by[&format!("/{tenant}")].len(), n, "{tenant}: each event once by id");
+    }
+    other.kill();
+    stack.stop_dispatcher().await;
+}
