@@ -181,8 +181,13 @@ async fn main() -> anyhow::Result<()> {
     tokio::time::sleep(Duration::from_secs(1)).await;
     let gateway_idle = bench.gateway.memory();
     println!(
-        "herald-bench: {} events, payloads {:?} B, {} clients ({} sending batches), median of {} run(s) after a warm-up",
-        args.events, args.payloads, args.concurrency, args.batch_clients, args.runs
+        "herald-bench: {} events, payloads {:?} B, {} clients ({} sending batches), median of {} run(s) after a warm-up; Herald logging at {}",
+        args.events,
+        args.payloads,
+        args.concurrency,
+        args.batch_clients,
+        args.runs,
+        std::env::var("HERALD_LOG").unwrap_or_else(|_| "info (the default)".into())
     );
 
     // Ingest and the limits, with no dispatcher running: nothing else competes for the CPU.

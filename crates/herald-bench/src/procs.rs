@@ -42,6 +42,24 @@ pub struct Proc {
     child: Child,
     /// Where its `/metrics` are served.
     metrics_url: Option<String>,
+    /// Where its log goes.
+    log: PathBuf,
+}
+
+/// Where the Herald processes' logs go, one file per process (`herald-gateway-3.log`).
+pub const LOG_DIR: &str = "target/herald-bench-logs";
+
+/// A fresh log file for one process of `binary`; the directory is emptied at the first call.
+fn log_file(binary: &std::path::Path) -> anyhow::Result<PathBuf> {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(LOG_DIR);
+    if n == 0 {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {LOG_DIR}"))?;
+    let stem = binary.file_name().map_or("herald".into(), |f| f.to_string_lossy());
+    Ok(dir.join(format!("{stem}-{n}.log")))
 }
 
 /// Memory of a process, in KiB.
@@ -58,17 +76,23 @@ impl Proc {
         Self::spawn_binary(&binary(name)?, args)
     }
 
+    /// Starts `path` with `args` at the log level users run (`info`, unless `HERALD_LOG` says
+    /// otherwise for the whole benchmark: the log filter costs CPU per request), its log in a
+    /// file of its own under [`LOG_DIR`].
     fn spawn_binary(path: &std::path::Path, args: &[String]) -> anyhow::Result<Self> {
         let name = path.display();
-        let child = Command::new(path)
+        let log = log_file(path)?;
+        let mut command = Command::new(path);
+        command
             .args(args)
-            .env("HERALD_LOG", std::env::var("HERALD_LOG").unwrap_or_else(|_| "error".into()))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        Ok(Self { child, metrics_url: None })
+            .stderr(std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?);
+        if let Ok(filter) = std::env::var("HERALD_LOG") {
+            command.env("HERALD_LOG", filter);
+        }
+        let child = command.spawn().with_context(|| format!("starting {name}"))?;
+        Ok(Self { child, metrics_url: None, log })
     }
 
     /// The gateway on `port`, ready to take events (waits for `/readyz`).
@@ -87,11 +111,24 @@ impl Proc {
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
+            if let Ok(Some(status)) = proc.child.try_wait() {
+                let log = std::fs::read_to_string(&proc.log).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                anyhow::bail!(
+                    "the gateway exited ({status}) before it was ready; the end of {}:\n{}",
+                    proc.log.display(),
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await;
             if ready.is_ok_and(|r| r.status().is_success()) {
                 return Ok(proc);
             }
-            anyhow::ensure!(Instant::now() < deadline, "the gateway did not become ready");
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the gateway did not become ready (its log: {})",
+                proc.log.display()
+            );
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
@@ -133,7 +170,7 @@ impl Proc {
             if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
                 return Ok(());
             }
-            anyhow::ensure!(Instant::now() < deadline, "{url} did not become ready");
+            anyhow::ensure!(Instant::now() < deadline, "{url} did not become ready (its log: {})", self.log.display());
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }

@@ -64,6 +64,7 @@ impl Bench {
             "config": {
                 "events": self.args.events, "payloads": self.args.payloads, "concurrency": self.args.concurrency,
                 "batch_clients": self.args.batch_clients, "runs": self.args.runs, "smoke": self.args.smoke,
+                "herald_log": std::env::var("HERALD_LOG").unwrap_or_else(|_| "info (the default)".into()),
             },
             "results": rows,
             "memory_kib": memory.iter().map(|(n, k)| json!({"measurement": n, "kib": k})).collect::<Vec<_>>(),
@@ -82,7 +83,11 @@ impl Bench {
             std::fs::create_dir_all(dir)?;
         }
         std::fs::write(&self.args.json, serde_json::to_vec_pretty(&report)?)?;
-        println!("written to {}", self.args.json.display());
+        println!(
+            "written to {}; the Herald processes' logs are in {}/",
+            self.args.json.display(),
+            crate::procs::LOG_DIR
+        );
         Ok(())
     }
 }
