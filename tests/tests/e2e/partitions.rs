@@ -28,6 +28,21 @@ fn distinct_by_path(rx: &Receiver) -> HashMap<String, HashSet<String>> {
     by
 }
 
+/// Polls what `rx` received until `done` holds, failing after a minute with `what` and the
+/// distinct ids received on each path.
+async fn wait_for(rx: &Receiver, what: &str, done: impl Fn(&HashMap<String, HashSet<String>>) -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let by = distinct_by_path(rx);
+        if done(&by) {
+            return;
+        }
+        let counts: Vec<_> = by.iter().map(|(p, ids)| (p.clone(), ids.len())).collect();
+        assert!(tokio::time::Instant::now() < deadline, "{what}: {counts:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 async fn messages(stack: &Stack, stream: &str) -> u64 {
     let js = async_nats::jetstream::new(stack.nats.client().await);
     match js.get_stream(stream).await {
@@ -63,13 +78,7 @@ async fn four_partitions_deliver_everything_keep_order_and_retry_within_a_subscr
             && by.get("/fifo").is_some_and(|ids| ids.len() >= n)
             && by.get("/flaky").is_some_and(|ids| ids.len() >= n)
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !everything(&distinct_by_path(&rx)) {
-        assert!(tokio::time::Instant::now() < deadline, "not everything delivered: {:?}", {
-            distinct_by_path(&rx).iter().map(|(p, ids)| (p.clone(), ids.len())).collect::<Vec<_>>()
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&rx, "not everything delivered", everything).await;
     let by = distinct_by_path(&rx);
     for tenant in TENANTS {
         let ids = &by[&format!("/{tenant}")];
@@ -151,13 +160,7 @@ async fn fewer_partitions_drain_those_left_and_more_take_over_the_backlog() {
     let delivered = |by: &HashMap<String, HashSet<String>>, n: usize| {
         TENANTS.iter().all(|t| by.get(&format!("/{t}")).is_some_and(|ids| ids.len() >= n))
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !delivered(&distinct_by_path(&rx), n) {
-        assert!(tokio::time::Instant::now() < deadline, "the partitions left were not drained: {:?}", {
-            distinct_by_path(&rx).iter().map(|(p, ids)| (p.clone(), ids.len())).collect::<Vec<_>>()
-        });
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&rx, "the partitions left were not drained", |by| delivered(by, n)).await;
     stack.stop_dispatcher().await;
 
     // And from there to three: a backlog in partition 0 (events published there meanwhile are
@@ -169,11 +172,8 @@ async fn fewer_partitions_drain_those_left_and_more_take_over_the_backlog() {
         js.publish(subject, body.into()).await.unwrap().await.unwrap();
     }
     stack.start_dispatcher_with(&[("--partitions", "3")]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while distinct_by_path(&rx).get("/t1").map_or(0, |ids| ids.len()) < 2 * n {
-        assert!(tokio::time::Instant::now() < deadline, "partition 0's backlog was not taken over");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&rx, "partition 0's backlog was not taken over", |by| by.get("/t1").map_or(0, |ids| ids.len()) >= 2 * n)
+        .await;
     // Each event once by id, whichever partitions it went through.
     let t1: Vec<String> =
         rx.received_on("/t1").iter().map(|r| r.header("webhook-id").unwrap_or_default().to_owned()).collect();
@@ -211,11 +211,7 @@ async fn replicas_given_partitions_pull_only_those_and_a_partition_nobody_pulls_
     };
     // A replica given partition 0 delivers its tenants' events, and nothing of partition 1's.
     stack.start_dispatcher_with(&[("--partitions", "2"), ("--pull-partitions", "0")]);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !all_of(&first, &distinct_by_path(&rx)) {
-        assert!(tokio::time::Instant::now() < deadline, "partition 0 was not delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&rx, "partition 0 was not delivered", |by| all_of(&first, by)).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let by = distinct_by_path(&rx);
     for tenant in &second {
@@ -224,11 +220,7 @@ async fn replicas_given_partitions_pull_only_those_and_a_partition_nobody_pulls_
     // A replica given partition 1 takes its backlog.
     let other = DispatcherProcess::start_with(&stack.nats.url(), &[("--partitions", "2"), ("--pull-partitions", "1")]);
     other.wait_ready().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !all_of(&second, &distinct_by_path(&rx)) {
-        assert!(tokio::time::Instant::now() < deadline, "partition 1 was not delivered");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for(&rx, "partition 1 was not delivered", |by| all_of(&second, by)).await;
     let by = distinct_by_path(&rx);
     for tenant in TENANTS {
         assert_eq!(by[&format!("/{tenant}")].len(), n, "{tenant}: each event once by id");
