@@ -358,6 +358,18 @@ pub static PARTITION_LAG: LazyLock<Family> = LazyLock::new(|| {
     )
 });
 
+/// Events of the operator tenant refused as not written by a dispatcher (no valid
+/// `Herald-Operator-Mac`), by who refused them (`fanout`: dead-lettered, never delivered;
+/// `gateway`: not believed by the console's open circuits).
+pub static OPERATIONAL_FORGED: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_operational_events_forged_total",
+        "Events of the operator tenant without a valid Herald-Operator-Mac, refused, by who refused them.",
+        "counter",
+        &["refused_by"],
+    )
+});
+
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut registry = Registry::default();
     for family in [
@@ -382,6 +394,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*CIRCUITS_OPEN,
         &*CONSUMER_LAG,
         &*PARTITION_LAG,
+        &*OPERATIONAL_FORGED,
     ] {
         family.register(&mut registry);
     }

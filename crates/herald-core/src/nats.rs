@@ -75,6 +75,11 @@ pub fn lane_consumer(subscription_id: &str) -> String {
 /// Without it, an ordered lane sends no event twice, however its delivery came back.
 pub const RESEND_HEADER: &str = "Herald-Resend";
 
+/// Set by a dispatcher on every operational event it publishes (`id:base64`, see
+/// [`crate::secrets::KeyRing::operator_mac`]): an event of the operator tenant without a valid one
+/// was written by someone else and is neither delivered nor believed.
+pub const OPERATOR_MAC_HEADER: &str = "Herald-Operator-Mac";
+
 /// Set on a retry's (or deferral's) message schedule, and so on the delivery it fires
 /// (RFC 3339): when it was due. How late it comes is measured by the dispatcher that gets it
 /// (`herald_retry_lateness_seconds`): a schedule may fire late after its stream's leader changed.

@@ -7,6 +7,7 @@
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+use ring::hmac;
 
 const PREFIX: &str = "enc:v1:";
 
@@ -20,6 +21,23 @@ pub struct SecretError(pub String);
 #[derive(Default)]
 pub struct KeyRing {
     keys: Vec<(String, LessSafeKey)>,
+    /// Per key, the key that authenticates operational events (see [`KeyRing::operator_mac`]):
+    /// derived from it, so it is never the sealing key itself.
+    macs: Vec<(String, hmac::Key)>,
+}
+
+/// What a key's operational-event MAC key is derived with.
+const OPERATOR_MAC_CONTEXT: &[u8] = b"herald operational events v1";
+
+/// Whether an operational event read from NATS was written by a Herald dispatcher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    /// Its MAC verifies with a configured key.
+    ByHerald,
+    /// No MAC, a malformed one, an unknown key or a MAC that does not verify.
+    Forged,
+    /// No keys are configured, so nothing can be told (local development).
+    Unknown,
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -33,6 +51,7 @@ impl KeyRing {
     /// `[A-Za-z0-9_-]`; keys are 32 random bytes (`openssl rand -base64 32`).
     pub fn parse(text: &str) -> Result<Self, SecretError> {
         let mut keys = Vec::new();
+        let mut macs = Vec::new();
         for (i, entry) in
             text.split([',', '\n']).map(str::trim).filter(|e| !e.is_empty() && !e.starts_with('#')).enumerate()
         {
@@ -51,8 +70,10 @@ impl KeyRing {
             let unbound =
                 UnboundKey::new(&CHACHA20_POLY1305, &bytes).map_err(|_| SecretError(format!("key {id}: unusable")))?;
             keys.push((id.to_owned(), LessSafeKey::new(unbound)));
+            let derived = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, &bytes), OPERATOR_MAC_CONTEXT);
+            macs.push((id.to_owned(), hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())));
         }
-        Ok(Self { keys })
+        Ok(Self { keys, macs })
     }
 
     /// True when secrets are sealed.
@@ -72,6 +93,29 @@ impl KeyRing {
         let mut out = nonce.to_vec();
         out.extend_from_slice(&data);
         format!("{PREFIX}{id}:{}", B64.encode(out))
+    }
+
+    /// The MAC a dispatcher puts on an operational event's stored `payload`
+    /// ([`crate::nats::OPERATOR_MAC_HEADER`], `id:base64`, with the first key), so that gateways
+    /// and dispatchers can tell it from one published by anyone else who may write to
+    /// `herald.events.>`. `None` without keys.
+    pub fn operator_mac(&self, payload: &[u8]) -> Option<String> {
+        let (id, key) = self.macs.first()?;
+        Some(format!("{id}:{}", B64.encode(hmac::sign(key, payload))))
+    }
+
+    /// Checks `mac` (the header's value, if any) on an operational event's `payload`, with
+    /// whichever configured key it names.
+    pub fn operator_written(&self, payload: &[u8], mac: Option<&str>) -> Written {
+        if self.macs.is_empty() {
+            return Written::Unknown;
+        }
+        let verified = mac.and_then(|m| m.split_once(':')).is_some_and(|(id, tag)| {
+            let key = self.macs.iter().find(|(k, _)| k == id);
+            let tag = B64.decode(tag.trim());
+            matches!((key, tag), (Some((_, key)), Ok(tag)) if hmac::verify(key, payload, &tag).is_ok())
+        });
+        if verified { Written::ByHerald } else { Written::Forged }
     }
 
     /// Opens what [`KeyRing::seal`] produced (a secret stored unsealed is returned as is).
@@ -128,6 +172,27 @@ mod tests {
     }
 
     #[test]
+    fn operational_events_are_told_from_forged_ones_by_their_mac() {
+        let ring = KeyRing::parse(K1).unwrap();
+        let mac = ring.operator_mac(b"event").unwrap();
+        assert!(mac.starts_with("k1:"), "{mac}");
+        assert_eq!(ring.operator_written(b"event", Some(&mac)), Written::ByHerald);
+        assert_eq!(ring.operator_written(b"evenT", Some(&mac)), Written::Forged, "bound to the payload");
+        for forged in [None, Some(""), Some("k1"), Some("k1:@@"), Some("k9:AAAA"), Some("k1:AAAA")] {
+            assert_eq!(ring.operator_written(b"event", forged), Written::Forged, "{forged:?}");
+        }
+        // Not the sealing key: a MAC is no use against a sealed secret and the other way round.
+        let sealed = ring.seal("s", "whsec_x");
+        assert!(!sealed.contains(mac.split_once(':').unwrap().1));
+        // A rotated ring (a new key first) still knows events written with the old one.
+        let rotated = KeyRing::parse(&format!("{},{}", K2, K1)).unwrap();
+        assert_eq!(rotated.operator_written(b"event", Some(&mac)), Written::ByHerald);
+        assert!(rotated.operator_mac(b"event").unwrap().starts_with("k2:"));
+        let other = KeyRing::parse(K2).unwrap();
+        assert_eq!(other.operator_written(b"event", Some(&mac)), Written::Forged);
+    }
+
+    #[test]
     fn tampering_and_bad_keys_are_refused_without_leaking() {
         let ring = KeyRing::parse(K1).unwrap();
         let mut sealed = ring.seal("s", "whsec_x");
@@ -139,6 +204,8 @@ mod tests {
         }
         let none = KeyRing::default();
         assert!(!none.is_enabled());
+        assert_eq!(none.operator_mac(b"x"), None);
+        assert_eq!(none.operator_written(b"x", None), Written::Unknown);
         assert_eq!(none.seal("s", "whsec_x"), "whsec_x");
         assert_eq!(none.open("s", "whsec_x").unwrap(), "whsec_x");
     }

@@ -78,6 +78,9 @@ pub(crate) async fn send(
             return Some(Either::Left(set_aside(shared, role, msg, Aside::Invalid(invalid.to_string()))));
         }
     };
+    if let Some(forged) = forged_operational(&shared, &event, &msg) {
+        return Some(Either::Left(set_aside(shared, role, msg, Aside::Invalid(forged))));
+    }
 
     let span = herald_core::traced_span!(
         &parent,
@@ -133,6 +136,27 @@ pub(crate) async fn send(
         }))));
     }
     Some(Either::Right(Either::Left(fan_out(shared, role, msg, event, subs, fanned).await)))
+}
+
+/// Why `event` must not be delivered, if it claims to be an operational event (the operator
+/// tenant's) without a MAC from a dispatcher's key ring: anyone who may publish to
+/// `herald.events.>` could otherwise tell the operator's receivers that a circuit closed.
+fn forged_operational(shared: &Shared, event: &proto::Event, msg: &jetstream::Message) -> Option<String> {
+    let operator = &shared.config.operator_tenant;
+    if operator.is_empty() || event.tenant != *operator {
+        return None;
+    }
+    let mac = msg.headers.as_ref().and_then(|h| h.get(nats::OPERATOR_MAC_HEADER)).map(|v| v.as_str());
+    match shared.keys.operator_written(&msg.payload, mac) {
+        herald_core::secrets::Written::Forged => Some({
+            metrics::OPERATIONAL_FORGED.inc(&["fanout"]);
+            format!(
+                "an event of the operator tenant {operator:?} not written by a Herald dispatcher (no valid {})",
+                nats::OPERATOR_MAC_HEADER
+            )
+        }),
+        _ => None,
+    }
 }
 
 /// How long one try to store a delivery again waits for its confirmation.

@@ -164,6 +164,8 @@ pub(crate) struct Shared {
     pub http_slots: Arc<tokio::sync::Semaphore>,
     /// Events held by fan-out while it makes their first attempts (`HERALD_INLINE_ATTEMPTS`).
     pub inline: fanout::InlineSlots,
+    /// The key ring: opens sealed secrets, authenticates operational events.
+    pub keys: Arc<herald_core::secrets::KeyRing>,
     /// Subscriptions' URLs, secrets, schedules and own clients, worked out once per revision.
     pub prepared: prepared::PreparedSubscriptions,
     /// Which fan-out serves which subscription.
@@ -216,7 +218,7 @@ const FINAL_FLUSH: Duration = Duration::from_secs(5);
 /// After cancellation, pulling stops, in-flight deliveries get `shutdown_grace` to finish, and
 /// whatever is still unfinished is left unacked for redelivery.
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let keys = config.common.keys.load()?;
+    let keys = Arc::new(config.common.keys.load()?);
     let client = config.common.connect("herald-dispatcher").await?;
     let js = jetstream::new(client.clone());
     let mut topology = config.common.topology.topology();
@@ -320,8 +322,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let operational = operational::start(
         config.operator_tenant.clone(),
         replica,
-        js.clone(),
-        topology.partitions,
+        operational::Writer { js: js.clone(), partitions: topology.partitions, keys: keys.clone() },
         registry.clone(),
         &tracker,
         shutdown.clone(),
@@ -341,6 +342,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         breakers,
         http_slots,
         inline: fanout::InlineSlots::new(config.inline_attempts),
+        keys: keys.clone(),
         prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients }),
         routes,
         elections,

@@ -9,6 +9,10 @@
 //! bounded queue and is published with its id as `Nats-Msg-Id` (so replicas and retries do not
 //! double it), tried for a while when JetStream does not answer, then dropped with a warning —
 //! the condition it reports stays visible in the metrics, the attempts and the dead letters.
+//!
+//! Each carries a MAC made with the key ring (`Herald-Operator-Mac`): an event of the operator
+//! tenant without a valid one was written by someone else with access to `herald.events.>`, and
+//! fan-out dead-letters it instead of delivering it; gateways do not believe it either.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,16 +81,23 @@ impl Operational {
     }
 }
 
+/// Where operational events are written, and with what they are authenticated.
+pub(crate) struct Writer {
+    pub js: jetstream::Context,
+    pub partitions: nats::Partitions,
+    pub keys: Arc<herald_core::secrets::KeyRing>,
+}
+
 /// Starts the publisher for `tenant` (empty: operational events off) and returns its sending end.
 pub(crate) fn start(
     tenant: String,
     replica: String,
-    js: jetstream::Context,
-    partitions: nats::Partitions,
+    writer: Writer,
     registry: Arc<herald_core::registry::Registry>,
     tracker: &tokio_util::task::TaskTracker,
     shutdown: CancellationToken,
 ) -> Operational {
+    let Writer { js, partitions, keys } = writer;
     if tenant.is_empty() {
         return Operational::off();
     }
@@ -101,7 +112,7 @@ pub(crate) fn start(
                 n = rx.recv() => match n { Some(n) => n, None => return },
             };
             let Some(event) = event_of(&operator, &replica, &registry, notice) else { continue };
-            publish(&js, partition, &event).await;
+            publish(&js, partition, &keys, &event).await;
         }
     });
     Operational { tx: Some(tx), tenant }
@@ -169,11 +180,21 @@ fn id_part(text: &str) -> String {
     text.chars().filter(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '-')).take(64).collect()
 }
 
-async fn publish(js: &jetstream::Context, partition: nats::Partition, event: &proto::Event) {
+async fn publish(
+    js: &jetstream::Context,
+    partition: nats::Partition,
+    keys: &herald_core::secrets::KeyRing,
+    event: &proto::Event,
+) {
     let subject = partition.event_subject(&event.tenant, &event.r#type);
     let deadline = tokio::time::Instant::now() + PATIENCE;
+    let payload = bytes::Bytes::from(event.encode_to_vec());
+    let mac = keys.operator_mac(&payload);
     loop {
-        let message = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
+        let mut message = PublishMessage::build().payload(payload.clone()).message_id(&event.id);
+        if let Some(mac) = &mac {
+            message = message.header(nats::OPERATOR_MAC_HEADER, mac.as_str());
+        }
         let sent = match js.send_publish(subject.clone(), message).await {
             Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

@@ -97,7 +97,7 @@ impl OwnClients {
 /// What preparing needs: the keys that open sealed secrets, the SSRF policy, and how to build
 /// a subscription's own client.
 pub(crate) struct PrepareWith {
-    pub keys: KeyRing,
+    pub keys: Arc<KeyRing>,
     pub policy: Arc<Policy>,
     pub clients: ClientSettings,
 }
@@ -182,7 +182,7 @@ mod tests {
             Default::default(),
             Default::default(),
         );
-        PreparedSubscriptions::new(PrepareWith { keys: KeyRing::default(), policy, clients })
+        PreparedSubscriptions::new(PrepareWith { keys: Arc::new(KeyRing::default()), policy, clients })
     }
 
     #[test]

@@ -147,6 +147,8 @@ pub struct Handles {
     pub(crate) partitions: nats::Partitions,
     /// Every partition with streams: [`Handles::partitions`]' and any left to drain.
     pub(crate) in_use: Vec<nats::Partition>,
+    /// The pages' Content-Security-Policies.
+    pub(crate) policies: routes::pages::Policies,
 }
 
 impl Handles {
@@ -184,6 +186,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let tokens = Arc::new(auth::TokenStore::new(load_tokens(&config)?));
+    let policies = routes::pages::Policies::new(&config.portal_frame_ancestors)?;
     let keys = Arc::new(config.common.keys.load()?);
     if tokens.current().is_empty() {
         tracing::warn!(
@@ -216,14 +219,22 @@ pub async fn run(
     ));
 
     let stats = stats::Stats::new(config.stats_window.max(Duration::from_secs(3600)));
-    let stats_tasks =
-        stats::spawn(stats.clone(), js.clone(), config.operator_tenant.clone(), topology.partitions, cancel.clone());
+    let stats_tasks = stats::spawn(
+        stats.clone(),
+        js.clone(),
+        config.operator_tenant.clone(),
+        topology.partitions,
+        keys.clone(),
+        registry.clone(),
+        cancel.clone(),
+    );
 
     let state = AppState(Arc::new(Handles {
         stats,
         legacy_records_until: handles.legacy_records_until,
         partitions: topology.partitions,
         in_use: handles.in_use,
+        policies,
         js,
         kv: handles.subscriptions,
         client,

@@ -24,6 +24,8 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
 
+use herald_core::registry::Registry;
+use herald_core::secrets::{KeyRing, Written};
 use herald_core::{nats, proto};
 
 /// Minutes kept at minute resolution.
@@ -147,6 +149,49 @@ pub(crate) struct OpenCircuit {
     pub replicas: Vec<String>,
     /// When the first of them opened (RFC 3339).
     pub since: String,
+}
+
+/// Subscriptions whose open circuits a gateway keeps at most.
+const MAX_CIRCUITS: usize = 10_000;
+/// Replicas per subscription whose open circuit a gateway keeps at most.
+const MAX_REPLICAS: usize = 256;
+
+/// What a `circuit.*` event says, checked: ids that parse, a replica name and a URL of sane
+/// lengths (a forged event could otherwise hold 250 KiB strings).
+struct Circuit {
+    subscription_id: String,
+    tenant: String,
+    url: String,
+    replica: String,
+    at: String,
+}
+
+impl Circuit {
+    fn of(event: &proto::Event) -> Option<Self> {
+        #[derive(serde::Deserialize)]
+        struct Data {
+            subscription_id: String,
+            tenant: String,
+            #[serde(default)]
+            url: String,
+            replica: String,
+            at: String,
+        }
+        let d: Data = serde_json::from_slice(&event.data).ok()?;
+        let sane = herald_core::ids::SubscriptionId::parse(&d.subscription_id).is_ok()
+            && herald_core::ids::TenantId::parse(&d.tenant).is_ok()
+            && d.url.len() <= 2048
+            && !d.replica.is_empty()
+            && d.replica.len() <= 253
+            && d.at.len() <= 64;
+        sane.then_some(Self {
+            subscription_id: d.subscription_id,
+            tenant: d.tenant,
+            url: d.url,
+            replica: d.replica,
+            at: d.at,
+        })
+    }
 }
 
 /// Where an hour's counts came from.
@@ -308,25 +353,58 @@ impl Stats {
         }
     }
 
-    fn record_circuit(&self, event: &proto::Event) {
-        let Ok(data) = serde_json::from_slice::<serde_json::Value>(&event.data) else { return };
-        let text = |k: &str| data.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
-        let (sub, replica) = (text("subscription_id"), text("replica"));
+    /// Takes in a `circuit.*` event `written` by a dispatcher (forged ones are not believed),
+    /// at `now`: opened or closed in one replica, for a subscription that has an id, a tenant, a
+    /// URL and a time within the window. What it keeps is bounded: [`MAX_CIRCUITS`] subscriptions,
+    /// [`MAX_REPLICAS`] replicas each, short strings.
+    fn record_circuit(&self, event: &proto::Event, written: Written, now: i64) {
+        if written == Written::Forged {
+            return;
+        }
+        let Some(c) = Circuit::of(event) else { return };
+        let Ok(at) = OffsetDateTime::parse(&c.at, &time::format_description::well_known::Rfc3339) else { return };
         let mut inner = self.lock();
         match event.r#type.as_str() {
             "circuit.opened" => {
-                inner.circuits.entry(sub).or_default().insert(replica, (text("at"), text("tenant"), text("url")));
+                if at.unix_timestamp() < now - self.window.as_secs() as i64 {
+                    return;
+                }
+                if !inner.circuits.contains_key(&c.subscription_id) && inner.circuits.len() >= MAX_CIRCUITS {
+                    tracing::warn!(
+                        subscription = %c.subscription_id,
+                        "{MAX_CIRCUITS} open circuits known already: this one is not shown"
+                    );
+                    return;
+                }
+                let replicas = inner.circuits.entry(c.subscription_id).or_default();
+                if replicas.len() < MAX_REPLICAS || replicas.contains_key(&c.replica) {
+                    replicas.insert(c.replica, (c.at, c.tenant, c.url));
+                }
             }
             "circuit.closed" => {
-                if let Some(replicas) = inner.circuits.get_mut(&sub) {
-                    replicas.remove(&replica);
+                if let Some(replicas) = inner.circuits.get_mut(&c.subscription_id) {
+                    replicas.remove(&c.replica);
                     if replicas.is_empty() {
-                        inner.circuits.remove(&sub);
+                        inner.circuits.remove(&c.subscription_id);
                     }
                 }
             }
             _ => {}
         }
+    }
+
+    /// Forgets the circuits of subscriptions that no longer `exist`, and those opened before the
+    /// window (a gateway started now would not know of them either).
+    fn prune_circuits(&self, now: i64, exist: impl Fn(&str) -> bool) {
+        let oldest = now - self.window.as_secs() as i64;
+        let recent = |at: &str| {
+            OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)
+                .is_ok_and(|t| t.unix_timestamp() >= oldest)
+        };
+        self.lock().circuits.retain(|sub, replicas| {
+            replicas.retain(|_, (at, _, _)| recent(at));
+            !replicas.is_empty() && exist(sub)
+        });
     }
 
     fn prune(&self, now: i64) {
@@ -435,6 +513,8 @@ pub(crate) fn spawn(
     js: jetstream::Context,
     operator_tenant: String,
     partitions: nats::Partitions,
+    keys: Arc<KeyRing>,
+    registry: Arc<Registry>,
     cancel: CancellationToken,
 ) -> Vec<tokio::task::JoinHandle<()>> {
     let mut tasks = vec![tokio::spawn(follow_counts(stats.clone(), js.clone(), cancel.clone()))];
@@ -451,8 +531,11 @@ pub(crate) fn spawn(
             consumer::DeliverPolicy::ByStartTime { start_time: OffsetDateTime::now_utc() - stats.window },
             cancel.clone(),
             move |msg| {
-                if let Ok(e) = proto::Event::decode(msg.payload) {
-                    s.record_circuit(&e);
+                let written = keys.operator_written(msg.payload, msg.mac);
+                if written == Written::Forged {
+                    herald_core::metrics::OPERATIONAL_FORGED.inc(&["gateway"]);
+                } else if let Ok(e) = proto::Event::decode(msg.payload) {
+                    s.record_circuit(&e, written, OffsetDateTime::now_utc().unix_timestamp());
                 }
             },
             {
@@ -471,6 +554,9 @@ pub(crate) fn spawn(
             let now = OffsetDateTime::now_utc().unix_timestamp();
             if tick % 6 == 0 {
                 s.prune(now);
+                if registry.is_ready() {
+                    s.prune_circuits(now, |sub| registry.find(sub).is_some());
+                }
             }
             if s.counts_caught_up.load(Ordering::Relaxed) {
                 seal(&s, &js, now).await;
@@ -681,6 +767,8 @@ struct Seen<'a> {
     sequence: u64,
     subject: &'a str,
     payload: &'a [u8],
+    /// Its `Herald-Operator-Mac` header, if any.
+    mac: Option<&'a str>,
 }
 
 /// Reads `stream` (matching `filter`) from `deliver_policy`, then every new message as it is
@@ -713,7 +801,8 @@ async fn follow(
             while let Some(msg) = messages.next().await {
                 let msg = msg.map_err(|e| e.to_string())?;
                 let sequence = msg.info().map_err(|e| e.to_string())?.stream_sequence;
-                apply(Seen { sequence, subject: msg.subject.as_str(), payload: msg.payload.as_ref() });
+                let mac = msg.headers.as_ref().and_then(|h| h.get(nats::OPERATOR_MAC_HEADER)).map(|v| v.as_str());
+                apply(Seen { sequence, subject: msg.subject.as_str(), payload: msg.payload.as_ref(), mac });
                 next = Some(sequence + 1);
                 if pending > 0 {
                     pending -= 1;
@@ -839,22 +928,73 @@ mod tests {
     #[test]
     fn circuits_open_per_replica_and_close() {
         let stats = Stats::new(Duration::from_secs(3600));
-        let ev = |kind: &str, replica: &str, at: &str| proto::Event {
-            r#type: format!("circuit.{kind}"),
-            data: serde_json::to_vec(&serde_json::json!({
-                "subscription_id": "s1", "tenant": "acme", "url": "https://x", "replica": replica, "at": at
-            }))
-            .unwrap(),
-            ..Default::default()
-        };
-        stats.record_circuit(&ev("opened", "d1", "2026-01-01T00:00:02Z"));
-        stats.record_circuit(&ev("opened", "d2", "2026-01-01T00:00:01Z"));
+        let now = OffsetDateTime::parse("2026-01-01T00:30:00Z", &time::format_description::well_known::Rfc3339)
+            .unwrap()
+            .unix_timestamp();
+        let sub = "sub_01JABCDEFGHJKMNPQRSTVWXYZ0";
+        let ev = |kind: &str, replica: &str, at: &str| circuit_event(kind, sub, replica, at, "https://x");
+        stats.record_circuit(&ev("opened", "d1", "2026-01-01T00:00:02Z"), Written::ByHerald, now);
+        stats.record_circuit(&ev("opened", "d2", "2026-01-01T00:00:01Z"), Written::Unknown, now);
         let open = stats.open_circuits();
         assert_eq!(open.len(), 1);
         assert_eq!((open[0].replicas.len(), open[0].since.as_str()), (2, "2026-01-01T00:00:01Z"));
-        stats.record_circuit(&ev("closed", "d1", "2026-01-01T00:01:00Z"));
+        stats.record_circuit(&ev("closed", "d1", "2026-01-01T00:01:00Z"), Written::ByHerald, now);
         assert_eq!(stats.open_circuits()[0].replicas, vec!["d2".to_string()]);
-        stats.record_circuit(&ev("closed", "d2", "2026-01-01T00:01:00Z"));
+        // A forged close does not hide the circuit; the real one does.
+        stats.record_circuit(&ev("closed", "d2", "2026-01-01T00:01:00Z"), Written::Forged, now);
+        assert_eq!(stats.open_circuits().len(), 1);
+        stats.record_circuit(&ev("closed", "d2", "2026-01-01T00:01:00Z"), Written::ByHerald, now);
+        assert!(stats.open_circuits().is_empty());
+    }
+
+    fn circuit_event(kind: &str, sub: &str, replica: &str, at: &str, url: &str) -> proto::Event {
+        proto::Event {
+            r#type: format!("circuit.{kind}"),
+            data: serde_json::to_vec(&serde_json::json!({
+                "subscription_id": sub, "tenant": "acme", "url": url, "replica": replica, "at": at
+            }))
+            .unwrap(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn circuits_kept_are_bounded_checked_and_pruned() {
+        let stats = Stats::new(Duration::from_secs(3600));
+        let now = 1_800_000_000;
+        let at = |t: i64| {
+            OffsetDateTime::from_unix_timestamp(t)
+                .unwrap()
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap()
+        };
+        let sub = |i: usize| format!("sub_{}", ulid::Ulid::from_parts(i as u64, 7));
+        // Forged opens, strings too long, ids that do not parse, times outside the window: none kept.
+        let huge = "x".repeat(250 * 1024);
+        for (event, written) in [
+            (circuit_event("opened", &sub(1), "d1", &at(now), "https://x"), Written::Forged),
+            (circuit_event("opened", &sub(1), &huge, &at(now), "https://x"), Written::ByHerald),
+            (circuit_event("opened", &sub(1), "d1", &at(now), &huge), Written::ByHerald),
+            (circuit_event("opened", "not-a-sub", "d1", &at(now), "https://x"), Written::ByHerald),
+            (circuit_event("opened", &sub(1), "d1", &at(now - 7200), "https://x"), Written::ByHerald),
+            (circuit_event("opened", &sub(1), "d1", "yesterday", "https://x"), Written::ByHerald),
+        ] {
+            stats.record_circuit(&event, written, now);
+        }
+        assert!(stats.open_circuits().is_empty());
+        // At most MAX_CIRCUITS subscriptions.
+        for i in 0..MAX_CIRCUITS + 50 {
+            stats.record_circuit(
+                &circuit_event("opened", &sub(i), "d1", &at(now), "https://x"),
+                Written::ByHerald,
+                now,
+            );
+        }
+        assert_eq!(stats.open_circuits().len(), MAX_CIRCUITS);
+        // Pruned: those of subscriptions gone, and those opened before the window.
+        stats.prune_circuits(now, |s| s != sub(0));
+        assert_eq!(stats.open_circuits().len(), MAX_CIRCUITS - 1);
+        stats.prune_circuits(now + 3601, |_| true);
         assert!(stats.open_circuits().is_empty());
     }
 }

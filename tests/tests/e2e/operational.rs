@@ -108,3 +108,74 @@ async fn a_tenants_backlog_over_the_threshold_is_reported_and_so_is_its_clearing
     // Delivered in any order (an unordered subscription), but cleared after it was exceeded.
     assert!(cleared.json()["data"]["at"].as_str() >= exceeded["data"]["at"].as_str(), "{exceeded}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operational_events_from_anyone_but_a_dispatcher_are_refused_delivered_to_no_one_and_not_believed() {
+    let stack = Stack::start().await;
+    let ops = Receiver::start().await;
+    stack.subscribe(&ops.url("/ops"), &[">"], Some("herald")).await;
+    let victim = Receiver::start().await;
+    let victim_id =
+        stack.subscribe(&victim.url("/v"), &["order.*"], Some("acme")).await["id"].as_str().unwrap().to_owned();
+    let circuit = |id: &str| {
+        json!({"id": id, "type": "circuit.opened", "tenant": "herald", "data": {
+            "subscription_id": victim_id, "tenant": "acme", "url": victim.url("/v"),
+            "replica": "x".repeat(10_000), "consecutive_failures": 9, "at": herald_core::now_rfc3339()}})
+    };
+
+    // Over HTTP: refused whatever the token, single or in a batch, with what is wrong.
+    for token in [herald_harness::ADMIN_TOKEN, herald_harness::PUBLISH_TOKEN] {
+        let (status, _, body) = stack.call_as(token, reqwest::Method::POST, "/v1/events", Some(circuit("f-1"))).await;
+        assert_eq!(status, 403, "{body}");
+        assert!(body["detail"].as_str().unwrap().contains("operator tenant"), "{body}");
+        let batch = json!({"events": [{"type": "order.paid", "tenant": "acme", "data": {}}, circuit("f-2")]});
+        let (status, _, body) = stack.call_as(token, reqwest::Method::POST, "/v1/events/batch", Some(batch)).await;
+        assert_eq!(status, 207, "{body}");
+        assert_eq!(
+            (body["results"][0]["status"].as_u64(), body["results"][1]["status"].as_u64()),
+            (Some(202), Some(403))
+        );
+        assert!(body["results"][1]["error"]["detail"].as_str().unwrap().contains("operator tenant"), "{body}");
+    }
+
+    // Straight onto NATS, where any service may publish: dead-lettered as invalid, never
+    // delivered, and not believed by the gateway's open circuits.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Content-Type", "application/json");
+    headers.insert(herald_core::nats::OPERATOR_MAC_HEADER, "test:AAAA");
+    for (i, with) in [None, Some(headers.clone())].into_iter().enumerate() {
+        let body = circuit(&format!("f-nats-{i}")).to_string();
+        let subject = "herald.events.herald.circuit.opened";
+        let ack = match with {
+            Some(h) => js.publish_with_headers(subject, h, body.into()).await,
+            None => js.publish(subject, body.into()).await,
+        };
+        ack.unwrap().await.unwrap();
+    }
+    stack.wait_consumer_drained("HERALD_EVENTS", "herald-fanout", Duration::from_secs(20)).await;
+    let dlq = js.get_stream("HERALD_DLQ").await.unwrap();
+    let letter = dlq.get_last_raw_message_by_subject("herald.dlq.herald._invalid").await.expect("dead-lettered");
+    let letter = <herald_core::proto::DeadLetter as prost::Message>::decode(letter.payload.as_ref()).unwrap();
+    assert!(letter.reason.contains("not written by a Herald dispatcher"), "{}", letter.reason);
+    assert_eq!(stack.stream_messages("HERALD_DLQ").await, 2, "both forgeries dead-lettered");
+    // Both refused, by fan-out and by the gateway (metrics are the process's: the dispatcher
+    // runs in it too).
+    let forged = |metrics: &str, by: &str| {
+        herald_harness::metric_sum(metrics, &format!("herald_operational_events_forged_total{{refused_by=\"{by}\"}}"))
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = reqwest::get(format!("{}/metrics", stack.gateway)).await.unwrap().text().await.unwrap();
+        if forged(&metrics, "fanout") >= 2.0 && forged(&metrics, "gateway") >= 2.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, overview) = stack.call(reqwest::Method::GET, "/v1/overview", None).await;
+    assert_eq!(status, 200, "{overview}");
+    assert_eq!(overview["open_circuits"], json!([]), "{overview}");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(ops.received().is_empty(), "a forged operational event was delivered");
+}

@@ -29,7 +29,8 @@ pub(crate) struct Accepted {
 }
 
 /// Parses and validates one event for `caller`: a tenant token's events default to its tenant,
-/// and an event of a tenant the token does not cover is refused.
+/// and an event of a tenant the token does not cover is refused, as is any event of the
+/// operator tenant whatever the token (a forged `circuit.closed` would hide an open circuit).
 fn parse_event(state: &AppState, caller: &Caller, raw: &[u8]) -> Result<proto::Event, ApiError> {
     let mut input: EventInput = serde_json::from_slice(raw).map_err(|e| ApiError::malformed_json(e.to_string()))?;
     if input.tenant.is_none() {
@@ -38,6 +39,12 @@ fn parse_event(state: &AppState, caller: &Caller, raw: &[u8]) -> Result<proto::E
     let event =
         input.validate().map_err(|e| ApiError::invalid(Some(e.field), format!("{}: {}", e.field, e.message)))?;
     caller.require_publish_for(&event.tenant)?;
+    let operator = &state.config.operator_tenant;
+    if !operator.is_empty() && event.tenant == *operator {
+        return Err(ApiError::forbidden(format!(
+            "tenant {operator:?} is the operator tenant (HERALD_OPERATOR_TENANT): only Herald's dispatchers publish its operational events"
+        )));
+    }
     check_schema(state, &event)?;
     Ok(event)
 }

@@ -31,7 +31,7 @@ fn policy(frame_ancestors: &str) -> String {
     )
 }
 
-fn page(html: &'static str, csp: String, frameable: bool) -> Response {
+fn page(html: &'static str, csp: &HeaderValue, frameable: bool) -> Response {
     let mut res = (StatusCode::OK, html).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
@@ -41,9 +41,7 @@ fn page(html: &'static str, csp: String, frameable: bool) -> Response {
     if !frameable {
         h.insert("x-frame-options", HeaderValue::from_static("DENY"));
     }
-    if let Ok(v) = HeaderValue::from_str(&csp) {
-        h.insert(header::CONTENT_SECURITY_POLICY, v);
-    }
+    h.insert(header::CONTENT_SECURITY_POLICY, csp.clone());
     res
 }
 
@@ -68,17 +66,13 @@ pub(crate) async fn portal_redirect() -> Redirect {
 /// `GET /console/`.
 pub(crate) async fn console(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
-    Ok(page(CONSOLE_HTML, policy("'none'"), false))
+    Ok(page(CONSOLE_HTML, &state.policies.console, false))
 }
 
 /// `GET /portal/`.
 pub(crate) async fn portal(State(state): State<AppState>) -> Result<Response, ApiError> {
     enabled(&state)?;
-    let ancestors = std::iter::once("'self'")
-        .chain(state.config.portal_frame_ancestors.split([' ', ',']).filter(|o| !o.is_empty()))
-        .collect::<Vec<_>>()
-        .join(" ");
-    Ok(page(PORTAL_HTML, policy(&ancestors), true))
+    Ok(page(PORTAL_HTML, &state.policies.portal, true))
 }
 
 /// `GET /ui/{name}`.
@@ -94,16 +88,89 @@ pub(crate) async fn asset(State(state): State<AppState>, Path(name): Path<String
     Ok(res)
 }
 
-/// Checks a frame-ancestors list: origins only (`https://app.example.com`), so nothing can be
-/// injected into the policy.
+/// Checks a frame-ancestors list (origins like `https://app.example.com`, separated by spaces,
+/// commas or line breaks: a ConfigMap's block scalar ends in one) and returns it as the policy
+/// will carry it: each origin serialised from its parsed URL, one space between them, so nothing
+/// but origins can reach the header.
 pub fn check_frame_ancestors(text: &str) -> Result<String, String> {
-    for origin in text.split([' ', ',']).filter(|o| !o.is_empty()) {
-        let url =
-            url::Url::parse(origin).map_err(|_| format!("{origin:?} is not an origin like https://app.example.com"))?;
+    let mut origins = Vec::new();
+    for origin in text.split(|c: char| c == ',' || c.is_whitespace()).filter(|o| !o.is_empty()) {
+        let refused = || format!("{origin:?} is not an origin like https://app.example.com");
+        let url = url::Url::parse(origin).map_err(|_| refused())?;
         let bare = url.path() == "/" && url.query().is_none() && url.fragment().is_none() && url.username().is_empty();
-        if !matches!(url.scheme(), "http" | "https") || url.host().is_none() || !bare || origin.ends_with('/') {
-            return Err(format!("{origin:?} is not an origin like https://app.example.com"));
+        // A host of letters, digits, dots and dashes (`*.` in front allowed), or an address:
+        // a `;` or a quote would end the directive and start another.
+        let host = match url.host() {
+            Some(url::Host::Domain(d)) => {
+                let d = d.strip_prefix("*.").unwrap_or(d);
+                !d.is_empty() && d.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+            }
+            Some(_) => true,
+            None => false,
+        };
+        if !matches!(url.scheme(), "http" | "https") || !host || !bare || origin.ends_with('/') {
+            return Err(refused());
+        }
+        origins.push(url.origin().ascii_serialization());
+    }
+    Ok(origins.join(" "))
+}
+
+/// The policies of the console and the portal, built once at start: a gateway that could not
+/// send one refuses to start rather than serve a page without it.
+pub(crate) struct Policies {
+    console: HeaderValue,
+    portal: HeaderValue,
+}
+
+impl Policies {
+    pub(crate) fn new(portal_frame_ancestors: &str) -> anyhow::Result<Self> {
+        let ancestors = check_frame_ancestors(portal_frame_ancestors)
+            .map_err(|e| anyhow::anyhow!("HERALD_PORTAL_FRAME_ANCESTORS: {e}"))?;
+        let portal = std::iter::once("'self'").chain(ancestors.split(' ').filter(|o| !o.is_empty()));
+        let portal = policy(&portal.collect::<Vec<_>>().join(" "));
+        let header = |csp: String, what: &str| {
+            HeaderValue::from_str(&csp)
+                .map_err(|_| anyhow::anyhow!("the {what}'s Content-Security-Policy {csp:?} is not a valid header"))
+        };
+        Ok(Self { console: header(policy("'none'"), "console")?, portal: header(portal, "portal")? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_ancestors_are_serialised_from_their_urls_whatever_separates_them() {
+        // A ConfigMap's block scalar ends in a line break; a list may use commas, tabs, lines.
+        let got = check_frame_ancestors("https://app.example.com\n").unwrap();
+        assert_eq!(got, "https://app.example.com");
+        let got =
+            check_frame_ancestors(" https://A.example.com:8443,\thttp://127.0.0.1:3000\r\nhttps://*.example.org ");
+        assert_eq!(got.unwrap(), "https://a.example.com:8443 http://127.0.0.1:3000 https://*.example.org");
+        assert_eq!(check_frame_ancestors("").unwrap(), "");
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "https://app.example.com?x",
+            "ftp://app.example.com",
+            "https://user@app.example.com",
+            "https://app.example.com;script-src",
+            "'unsafe-inline'",
+            "*",
+        ] {
+            assert!(check_frame_ancestors(bad).is_err(), "{bad:?} accepted");
         }
     }
-    Ok(text.to_owned())
+
+    #[test]
+    fn every_policy_built_is_a_valid_header_with_its_frame_ancestors() {
+        let policies = Policies::new("https://app.example.com\n").unwrap();
+        let portal = policies.portal.to_str().unwrap();
+        assert!(portal.ends_with("frame-ancestors 'self' https://app.example.com"), "{portal}");
+        assert!(policies.console.to_str().unwrap().ends_with("frame-ancestors 'none'"));
+        let refused = Policies::new("https://app.example.com/x").err().expect("refused");
+        assert!(refused.to_string().starts_with("HERALD_PORTAL_FRAME_ANCESTORS: "), "{refused}");
+    }
 }
