@@ -322,6 +322,27 @@ try {
   await alone.goto(refused.url);
   await alone.waitForSelector("main table");
 
+  step = "console: the operator ends a portal session";
+  await page.goto(`${GATEWAY}/console/#/sessions`);
+  await page.waitForSelector("main table");
+  const sessionsText = await page.innerText("main table");
+  check(sessionsText.includes("console") && sessionsText.includes("acme") && sessionsText.includes("in force"), "the console lists the live sessions");
+  await shot(page, "console-sessions");
+  // Newest first: the last portal session opened is the stand-alone page's.
+  await page.locator("main table tbody tr:has-text('portal') button").first().click();
+  await page.waitForSelector(".toast:has-text('Session ended')");
+  await alone.click("#nav a[data-page=deliveries]");
+  await alone.waitForSelector("#refused");
+  check((await alone.innerText("#refused")).includes("session has ended"), "the ended session is told so at its next click");
+
+  step = "console: an id in a crafted link stays one path segment";
+  const paths = [];
+  page.on("request", (r) => paths.push(new URL(r.url()).pathname));
+  await page.goto(`${GATEWAY}/console/#/subscriptions/..%2F..%2Fv1%2Fsessions`);
+  await page.waitForSelector("main .error");
+  check(paths.some((p) => p.startsWith("/v1/subscriptions/")), `the page asked for the subscription: ${paths}`);
+  check(!paths.some((p) => p.startsWith("/v1/sessions")), `a crafted id reached another route: ${paths}`);
+
   step = "pages ran without errors or policy violations";
   check(problems.length === 0, problems.join("\n"));
   const seconds = (Date.now() - began) / 1000;

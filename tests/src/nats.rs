@@ -26,6 +26,8 @@ pub struct NatsServer {
     jetstream: bool,
     /// `--user` and `--pass`, for a secured server.
     auth: Option<(String, String)>,
+    /// More of nats-server's configuration (users and their permissions, say).
+    config: Option<String>,
     /// JetStream flushes every write to disk before acknowledging it (`sync_interval: always`).
     sync_always: bool,
     child: Option<Child>,
@@ -49,6 +51,7 @@ impl NatsServer {
             store: temp_dir("herald-nats"),
             jetstream: true,
             auth: Some((user.into(), pass.into())),
+            config: None,
             sync_always: false,
             child: None,
         };
@@ -64,9 +67,18 @@ impl NatsServer {
         server
     }
 
+    /// Starts a server with JetStream and `config` added to its configuration file (users and
+    /// their permissions, say: `authorization { users = [ … ] }`).
+    pub fn start_with_config(config: &str) -> Self {
+        let mut server = Self::new(true);
+        server.config = Some(config.to_owned());
+        server.restart();
+        server
+    }
+
     fn new(jetstream: bool) -> Self {
         let (port, store) = (free_port(), temp_dir("herald-nats"));
-        Self { port, store, jetstream, auth: None, sync_always: false, child: None }
+        Self { port, store, jetstream, auth: None, config: None, sync_always: false, child: None }
     }
 
     fn start_with(jetstream: bool) -> Self {
@@ -99,9 +111,11 @@ impl NatsServer {
         let log = std::fs::File::create(self.store.join("server.log")).expect("log file");
         let mut cmd = Command::new(nats_server_bin());
         cmd.args(["-a", "127.0.0.1", "-p", &self.port.to_string()]);
-        if self.sync_always {
+        if self.sync_always || self.config.is_some() {
             let config = self.store.join("nats.conf");
-            let text = format!("jetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", self.store.join("js"));
+            let sync = if self.sync_always { "  sync_interval: always\n" } else { "" };
+            let mut text = format!("jetstream {{\n  store_dir: {:?}\n{sync}}}\n", self.store.join("js"));
+            text.push_str(self.config.as_deref().unwrap_or_default());
             std::fs::write(&config, text).expect("nats config");
             cmd.arg("-c").arg(config);
         } else if self.jetstream {

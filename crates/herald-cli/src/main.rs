@@ -86,6 +86,9 @@ enum Command {
         #[arg(long)]
         theme: Option<String>,
     },
+    /// List and end console and portal sessions.
+    #[command(subcommand)]
+    Sessions(SessionCommand),
     /// Try a payload filter on an event: does it match, and why.
     #[command(name = "filter-test")]
     FilterTest {
@@ -98,6 +101,21 @@ enum Command {
     },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Subcommand)]
+enum SessionCommand {
+    /// The live sessions, newest first, and whether the token behind each is still in force.
+    List {
+        /// Only `console` or only `portal` sessions.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this tenant's portal sessions.
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// End a session at once (its id from `sessions list`).
+    Revoke { id: String },
 }
 
 #[derive(Subcommand)]
@@ -593,6 +611,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 body["theme"] = json_arg("--theme", &t)?;
             }
             let out = api.call(reqwest::Method::POST, "/v1/portal/sessions", Some(body)).await?;
+            out_fmt.print(&out)?;
+            Ok(())
+        }
+        Command::Sessions(cmd) => {
+            let out = match cmd {
+                SessionCommand::List { kind, tenant } => {
+                    let path = with_query("/v1/sessions", &[("kind", kind), ("tenant", tenant)]);
+                    api.call(reqwest::Method::GET, &path, None).await?
+                }
+                SessionCommand::Revoke { id } => {
+                    api.call(reqwest::Method::DELETE, &format!("/v1/sessions/{id}"), None).await?;
+                    json!({"revoked": id})
+                }
+            };
             out_fmt.print(&out)?;
             Ok(())
         }

@@ -89,6 +89,11 @@ impl CommonArgs {
 /// The version every Herald binary reports, e.g. in `user-agent: Herald/{VERSION}`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// The name statistics count under when a tenant has no series of its own: events of tenants
+/// that have no subscription (any name can be published), and tenants beyond a gateway's cap.
+/// Not a valid tenant id (parentheses), so no tenant can take it.
+pub const OTHER_TENANTS: &str = "(other)";
+
 /// Formats a time as RFC 3339 in UTC with second precision (`2026-11-23T09:08:00Z`).
 pub fn rfc3339(t: time::OffsetDateTime) -> String {
     let t = t.to_offset(time::UtcOffset::UTC);

@@ -370,6 +370,17 @@ pub static OPERATIONAL_FORGED: LazyLock<Family> = LazyLock::new(|| {
     )
 });
 
+/// Statistics entries a gateway counted under `(other)` because it keeps series for
+/// `HERALD_STATS_MAX_TENANTS` tenants already.
+pub static STATS_TENANTS_CAPPED: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_stats_tenants_capped_total",
+        "Statistics entries counted under (other): the gateway keeps series for HERALD_STATS_MAX_TENANTS tenants already.",
+        "counter",
+        &[],
+    )
+});
+
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut registry = Registry::default();
     for family in [
@@ -395,6 +406,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*CONSUMER_LAG,
         &*PARTITION_LAG,
         &*OPERATIONAL_FORGED,
+        &*STATS_TENANTS_CAPPED,
     ] {
         family.register(&mut registry);
     }

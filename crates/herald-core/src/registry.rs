@@ -367,6 +367,11 @@ impl Registry {
         self.inner.read().expect("registry lock").tenants.keys().map(|t| t.to_string()).collect()
     }
 
+    /// True if `tenant` has subscriptions.
+    pub fn has_tenant(&self, tenant: &str) -> bool {
+        self.inner.read().expect("registry lock").tenants.contains_key(tenant)
+    }
+
     /// Each tenant's count of subscriptions, without decoding them.
     pub fn tenant_counts(&self) -> HashMap<String, TenantCount> {
         let inner = self.inner.read().expect("registry lock");

@@ -57,7 +57,10 @@ pub(crate) async fn send(
     let Taken { msg, handed_out, sequence, published, rewound } = taken;
     if role == Role::Shared && handed_out == 1 {
         if let Some((tenant, _)) = herald_core::partition::split_event_subject(&msg.subject) {
-            shared.rollups.event(published, tenant);
+            // Statistics keep a series per tenant that exists (has subscriptions); events of
+            // any other name, which anyone may publish, are counted together.
+            let known = shared.registry.has_tenant(tenant) || tenant == shared.config.operator_tenant;
+            shared.rollups.event(published, if known { tenant } else { herald_core::OTHER_TENANTS });
         }
     }
     let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());

@@ -80,6 +80,23 @@ impl Tokens {
         let hash: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.by_hash.get(&hash).map(Vec::as_slice)
     }
+
+    /// The scopes of the token whose SHA-256 is `hex`, if it is in force.
+    pub fn scopes_of_hash(&self, hex: &str) -> Option<&[Scope]> {
+        self.by_hash.get(&parse_hex32(hex)?).map(Vec::as_slice)
+    }
+
+    /// True if the token whose SHA-256 is `hex` is in force and may open `tenant`'s portal
+    /// (`admin`, or `tenant:{tenant}`), or the console (`admin`) when `tenant` is `None`.
+    pub fn still_allows(&self, hex: &str, tenant: Option<&str>) -> bool {
+        self.scopes_of_hash(hex).is_some_and(|scopes| {
+            scopes.iter().any(|s| match (s, tenant) {
+                (Scope::Admin, _) => true,
+                (Scope::Tenant(t), Some(want)) => t == want,
+                _ => false,
+            })
+        })
+    }
 }
 
 fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
@@ -128,11 +145,43 @@ pub enum Via {
     Portal,
 }
 
+/// The routes a portal session may call (method, route as the router names it): what the portal
+/// offers an end user — the tenant's endpoints (list, read, create, change, delete, test, rotate
+/// the secret), its deliveries (events, their attempts, resend), statistics, the event-type
+/// catalog to pick from, and its own session. Everything else answers 403, whatever the tenant
+/// token behind the link could do.
+pub const PORTAL_ROUTES: &[(&str, &str)] = &[
+    ("GET", "/v1/subscriptions"),
+    ("POST", "/v1/subscriptions"),
+    ("GET", "/v1/subscriptions/{id}"),
+    ("PATCH", "/v1/subscriptions/{id}"),
+    ("DELETE", "/v1/subscriptions/{id}"),
+    ("POST", "/v1/subscriptions/{id}/test"),
+    ("POST", "/v1/subscriptions/{id}/rotate-secret"),
+    ("POST", "/v1/subscriptions/{id}/resend"),
+    ("GET", "/v1/subscriptions/{id}/attempts"),
+    ("GET", "/v1/events"),
+    ("GET", "/v1/events/{id}/attempts"),
+    ("GET", "/v1/stats"),
+    ("GET", "/v1/event-types"),
+    ("GET", "/v1/event-types/{name}"),
+    ("GET", "/v1/session"),
+    ("DELETE", "/v1/session"),
+];
+
+/// The fields a portal session may set on an endpoint (creating or changing it): not its
+/// metadata, headers, rate limit, retry schedule, ordering, filter, client certificate or
+/// signature scheme.
+pub const PORTAL_ENDPOINT_FIELDS: &[&str] = &["url", "event_types", "description", "enabled"];
+
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
 pub struct Caller {
     scopes: Arc<[Scope]>,
     via: Via,
+    /// The SHA-256 (hex) of the token behind the call: the bearer token, or the one that
+    /// opened the session.
+    token: Arc<str>,
 }
 
 impl Caller {
@@ -143,6 +192,31 @@ impl Caller {
     /// How the caller authenticated.
     pub fn via(&self) -> Via {
         self.via
+    }
+
+    /// Refuses a portal session's body (a JSON object) that sets a field outside `allowed`; any
+    /// other caller, and a body that is not a JSON object (the route refuses it as malformed),
+    /// passes.
+    pub fn limit_fields(&self, body: &[u8], allowed: &[&str]) -> Result<(), ApiError> {
+        if self.via != Via::Portal {
+            return Ok(());
+        }
+        let Ok(fields) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) else {
+            return Ok(());
+        };
+        match fields.keys().find(|k| !allowed.contains(&k.as_str())) {
+            None => Ok(()),
+            Some(field) => {
+                let may = if allowed.is_empty() { "no field".to_owned() } else { allowed.join(", ") };
+                Err(ApiError::forbidden(format!("a portal session may not set `{field}` here; it may set {may}"))
+                    .with_field(field))
+            }
+        }
+    }
+
+    /// The SHA-256 (hex) of the token behind the call (a session's: the one that opened it).
+    pub fn token_hash(&self) -> &str {
+        &self.token
     }
 
     /// Admin scope.
@@ -249,7 +323,7 @@ impl FromRequestParts<AppState> for Caller {
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let tokens = state.tokens.current();
         let scopes = tokens.scopes(token).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
-        Ok(Caller { scopes: scopes.into(), via: Via::Token })
+        Ok(Caller { scopes: scopes.into(), via: Via::Token, token: crate::session::token_hash(token).into() })
     }
 }
 
@@ -258,10 +332,10 @@ impl FromRequestParts<AppState> for Caller {
 async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiError> {
     use crate::session;
     let Some(csrf) = parts.headers.get(session::CSRF_HEADER).and_then(|v| v.to_str().ok()) else {
-        let detail = if [session::CONSOLE_COOKIE, session::PORTAL_COOKIE]
-            .iter()
-            .any(|c| session::cookie(&parts.headers, c).is_some())
-        {
+        let detail = if [session::CONSOLE_COOKIE, session::PORTAL_COOKIE].iter().any(|c| {
+            session::cookie(&parts.headers, c).is_some()
+                || session::cookie(&parts.headers, &format!("__Host-{c}")).is_some()
+        }) {
             "a session's calls must carry its X-Herald-Csrf token"
         } else {
             "send `Authorization: Bearer <token>`"
@@ -276,7 +350,8 @@ async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
     }
     let kind =
         session::kind_of_csrf(csrf).ok_or_else(|| ApiError::unauthorized("the X-Herald-Csrf token is not valid"))?;
-    let secret = session::cookie(&parts.headers, kind.cookie())
+    let secure = session::secure_cookies(state.config.public_url.as_deref(), &parts.headers);
+    let secret = session::session_cookie(&parts.headers, kind, secure)
         .ok_or_else(|| ApiError::unauthorized("no session: sign in again (the session cookie is missing)"))?;
     let found = session::find(&state.sessions, secret).await.map_err(|e| {
         tracing::warn!(error = %e, "session lookup failed");
@@ -286,12 +361,33 @@ async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
     if !session::same(&found.csrf, csrf) {
         return Err(ApiError::unauthorized("the X-Herald-Csrf token does not belong to this session"));
     }
-    let (scopes, via): (Arc<[Scope]>, Via) = match (found.kind, found.tenant) {
-        (session::Kind::Console, _) => (Arc::new([Scope::Admin]), Via::Console),
-        (session::Kind::Portal, Some(tenant)) => (Arc::new([Scope::Tenant(tenant)]), Via::Portal),
-        (session::Kind::Portal, None) => return Err(ApiError::unauthorized("the session names no tenant")),
+    // It lives only as long as the token that opened it, with the scope it needs: a token
+    // removed (file change or SIGHUP) ends its sessions at their next call.
+    let tenant = match found.kind {
+        session::Kind::Console => None,
+        session::Kind::Portal => {
+            Some(found.tenant.as_deref().ok_or_else(|| ApiError::unauthorized("the session names no tenant"))?)
+        }
     };
-    Ok(Caller { scopes, via })
+    if !state.tokens.current().still_allows(&found.token, tenant) {
+        return Err(ApiError::unauthorized(
+            "the token that opened this session is no longer in force (revoked or narrowed): sign in again",
+        ));
+    }
+    if tenant.is_some() {
+        let route = parts.extensions.get::<axum::extract::MatchedPath>().map(|m| m.as_str()).unwrap_or("");
+        let method = parts.method.as_str();
+        if !PORTAL_ROUTES.iter().any(|(m, r)| *m == method && *r == route) {
+            return Err(ApiError::forbidden(format!(
+                "a portal session may not call {method} {route}: it manages the tenant's endpoints, tests them, resends events and reads deliveries and statistics"
+            )));
+        }
+    }
+    let (scopes, via): (Arc<[Scope]>, Via) = match tenant {
+        None => (Arc::new([Scope::Admin]), Via::Console),
+        Some(tenant) => (Arc::new([Scope::Tenant(tenant.to_owned())]), Via::Portal),
+    };
+    Ok(Caller { scopes, via, token: found.token.into() })
 }
 
 #[cfg(test)]

@@ -64,6 +64,12 @@ impl ApiError {
         e
     }
 
+    /// Names the request field at fault.
+    pub fn with_field(mut self, field: &str) -> Self {
+        self.field = Some(field.to_owned());
+        self
+    }
+
     /// 400: the body is not the JSON this route takes.
     pub fn malformed_json(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "malformed-json", "The body is not valid JSON for this route", detail)
@@ -97,6 +103,23 @@ impl ApiError {
     /// 413.
     pub fn too_large(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload-too-large", "The body is too large", detail)
+    }
+
+    /// 415: the body must be `application/json`.
+    pub fn unsupported_media_type(detail: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "The body's content type is not accepted",
+            detail,
+        )
+    }
+
+    /// 429 with `Retry-After`: over a rate limit.
+    pub fn too_many_requests(detail: impl Into<String>, retry_after: u64) -> Self {
+        let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", "Too many requests", detail);
+        e.retry_after = Some(retry_after);
+        e
     }
 
     /// 503 with `Retry-After`: the broker cannot take the write now; nothing was accepted.

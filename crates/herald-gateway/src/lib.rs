@@ -11,6 +11,7 @@
 
 pub mod auth;
 pub mod error;
+mod limits;
 pub mod openapi;
 pub(crate) mod routes;
 mod scan;
@@ -69,6 +70,10 @@ pub struct Config {
     /// the last hour and per hour for this window, read back from the streams on start.
     #[arg(long, env = "HERALD_STATS_WINDOW", default_value = "24h", value_parser = herald_core::runtime::parse_duration)]
     pub stats_window: Duration,
+    /// Tenants with statistics of their own, at most: beyond, new names are counted together
+    /// as `(other)` (and in `herald_stats_tenants_capped_total`).
+    #[arg(long, env = "HERALD_STATS_MAX_TENANTS", default_value_t = stats::DEFAULT_MAX_TENANTS)]
+    pub stats_max_tenants: usize,
     /// The tenant of Herald's operational events (as the dispatchers are given it); the console
     /// learns open circuits from its `circuit.*` events. Empty: none.
     #[arg(long, env = "HERALD_OPERATOR_TENANT", default_value = "herald")]
@@ -149,6 +154,8 @@ pub struct Handles {
     pub(crate) in_use: Vec<nats::Partition>,
     /// The pages' Content-Security-Policies.
     pub(crate) policies: routes::pages::Policies,
+    /// Rate limits of sign-ins, portal links and scans.
+    pub(crate) limits: limits::Limits,
 }
 
 impl Handles {
@@ -219,6 +226,7 @@ pub async fn run(
     ));
 
     let stats = stats::Stats::new(config.stats_window.max(Duration::from_secs(3600)));
+    stats.cap_tenants(config.stats_max_tenants);
     let stats_tasks = stats::spawn(
         stats.clone(),
         js.clone(),
@@ -235,6 +243,7 @@ pub async fn run(
         partitions: topology.partitions,
         in_use: handles.in_use,
         policies,
+        limits: Default::default(),
         js,
         kv: handles.subscriptions,
         client,

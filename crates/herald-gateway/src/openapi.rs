@@ -72,6 +72,8 @@ impl Modify for BearerAuth {
         sessions::create_portal_session,
         sessions::current,
         sessions::sign_out,
+        sessions::list,
+        sessions::revoke,
         health::healthz,
         health::readyz,
     ),
@@ -112,6 +114,8 @@ mod tests {
             "/v1/subscriptions/{id}/replay",
             "/v1/dead-letters",
             "/v1/dead-letters/redrive",
+            "/v1/sessions",
+            "/v1/sessions/{id}",
             "/healthz",
             "/readyz",
         ] {

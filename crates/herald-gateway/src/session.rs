@@ -23,6 +23,11 @@ pub const CONSOLE_COOKIE: &str = "herald_console";
 pub const PORTAL_COOKIE: &str = "herald_portal";
 /// The header a page sends its session's CSRF token in.
 pub const CSRF_HEADER: &str = "x-herald-csrf";
+/// The bucket holds at most this much (about 100,000 sessions or links with themes); past it,
+/// new ones are refused (503) until old ones expire.
+pub const MAX_BYTES: i64 = 256 * 1024 * 1024;
+/// One session or link at most (a theme's logo may be 64 KiB).
+pub const MAX_VALUE: i32 = 96 * 1024;
 /// No session or link outlives this (the bucket forgets entries older than it).
 pub const LONGEST: Duration = Duration::from_secs(24 * 3600);
 
@@ -113,6 +118,14 @@ impl Theme {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
     pub kind: Kind,
+    /// The SHA-256 (hex) of the token that opened it (the console's admin token, or the token
+    /// that asked for the portal link): it lives only while that token is in force with the
+    /// scope it needs. Empty in sessions opened before it was kept: those are refused.
+    #[serde(default)]
+    pub token: String,
+    /// Unix seconds.
+    #[serde(default)]
+    pub created_at: i64,
     /// The portal's tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
@@ -135,6 +148,9 @@ impl Session {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Link {
     pub tenant: String,
+    /// The SHA-256 (hex) of the token that asked for it (see [`Session::token`]).
+    #[serde(default)]
+    pub token: String,
     /// How long the session it opens lasts, in seconds.
     pub session_seconds: u64,
     /// Unix seconds: unopened after this, it is worthless.
@@ -167,6 +183,9 @@ pub async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<kv::Stor
             .into(),
         history: 1,
         max_age: LONGEST + Duration::from_secs(3600),
+        // Bounded: a token minting links in a loop fills this, not NATS's storage.
+        max_bytes: MAX_BYTES,
+        max_value_size: MAX_VALUE,
         storage: stream::StorageType::File,
         num_replicas: replicas,
         ..Default::default()
@@ -189,17 +208,29 @@ fn now() -> i64 {
     OffsetDateTime::now_utc().unix_timestamp()
 }
 
+/// The SHA-256 (hex) of a token, as sessions and links keep it.
+pub fn token_hash(token: &str) -> String {
+    format!("{:x}", Sha256::digest(token.as_bytes()))
+}
+
+/// What a new session is: its kind, the tenant of a portal, the hash of the token behind it,
+/// how long it lasts and a portal's theme.
+pub struct Opening {
+    pub kind: Kind,
+    pub tenant: Option<String>,
+    pub token: String,
+    pub ttl: Duration,
+    pub theme: Option<Theme>,
+}
+
 /// Stores a new session and answers its secret (the cookie's value) and the session.
-pub async fn open(
-    kv: &kv::Store,
-    kind: Kind,
-    tenant: Option<String>,
-    ttl: Duration,
-    theme: Option<Theme>,
-) -> Result<(String, Session), String> {
+pub async fn open(kv: &kv::Store, opening: Opening) -> Result<(String, Session), String> {
+    let Opening { kind, tenant, token, ttl, theme } = opening;
     let secret = secret();
     let session = Session {
         kind,
+        token,
+        created_at: now(),
         tenant,
         csrf: format!("{}.{}", kind.prefix(), self::secret()),
         expires_at: now() + ttl.min(LONGEST).as_secs() as i64,
@@ -223,6 +254,39 @@ pub async fn find(kv: &kv::Store, secret: &str) -> Result<Option<Session>, Strin
 /// Ends a session.
 pub async fn close(kv: &kv::Store, secret: &str) -> Result<(), String> {
     kv.purge(key("s", secret)).await.map_err(|e| e.to_string())
+}
+
+/// Every live session, each with its id (the SHA-256 of its secret: it lets no one in).
+pub async fn list(kv: &kv::Store) -> Result<Vec<(String, Session)>, String> {
+    use futures::TryStreamExt as _;
+    let keys: Vec<String> =
+        kv.keys().await.map_err(|e| e.to_string())?.try_collect().await.map_err(|e| e.to_string())?;
+    let now = now();
+    let mut out = Vec::new();
+    for k in keys {
+        let Some(id) = k.strip_prefix("s.") else { continue };
+        let Some(value) = kv.get(&k).await.map_err(|e| e.to_string())? else { continue };
+        if let Ok(session) = serde_json::from_slice::<Session>(&value)
+            && !session.expired(now)
+        {
+            out.push((id.to_owned(), session));
+        }
+    }
+    out.sort_by_key(|(_, s)| std::cmp::Reverse(s.created_at));
+    Ok(out)
+}
+
+/// Ends the session with this id (see [`list`]); false if there was none.
+pub async fn close_id(kv: &kv::Store, id: &str) -> Result<bool, String> {
+    if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(false);
+    }
+    let k = format!("s.{id}");
+    if kv.get(&k).await.map_err(|e| e.to_string())?.is_none() {
+        return Ok(false);
+    }
+    kv.purge(&k).await.map_err(|e| e.to_string())?;
+    Ok(true)
 }
 
 /// Stores a one-time link and answers its code.
@@ -288,6 +352,38 @@ pub enum SameSite {
     None,
 }
 
+/// Whether session cookies are `Secure` and carry the `__Host-` prefix (so a sibling subdomain
+/// cannot plant one): always, unless `HERALD_PUBLIC_URL` is an `http://` URL, or none is set and
+/// the request came to a loopback host (local development over plain HTTP). Never from
+/// `X-Forwarded-Proto`: a proxy that does not set it would otherwise get cookies without
+/// `Secure`.
+pub fn secure_cookies(public_url: Option<&str>, headers: &axum::http::HeaderMap) -> bool {
+    if let Some(url) = public_url {
+        return !url.starts_with("http://");
+    }
+    let host = headers.get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
+    let name = match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !name.ends_with(':') => name,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    let loopback =
+        name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    !loopback
+}
+
+/// The name of a session's cookie: `__Host-herald_console` when cookies are secure, else
+/// `herald_console` (likewise for the portal).
+pub fn cookie_name(kind: Kind, secure: bool) -> String {
+    if secure { format!("__Host-{}", kind.cookie()) } else { kind.cookie().to_owned() }
+}
+
+/// The session secret a request carries for `kind`: only the `__Host-` cookie when cookies are
+/// secure.
+pub fn session_cookie(headers: &axum::http::HeaderMap, kind: Kind, secure: bool) -> Option<&str> {
+    cookie(headers, &cookie_name(kind, secure))
+}
+
 /// The `Set-Cookie` value for a session.
 pub fn set_cookie(kind: Kind, secret: &str, max_age: i64, secure: bool, portal_same_site: SameSite) -> String {
     let attributes = match (kind, portal_same_site) {
@@ -295,13 +391,15 @@ pub fn set_cookie(kind: Kind, secret: &str, max_age: i64, secure: bool, portal_s
         (Kind::Portal, SameSite::Lax) => "SameSite=Lax",
         (Kind::Portal, SameSite::None) => "SameSite=None; Secure; Partitioned",
     };
-    let secure = if secure && !attributes.contains("Secure") { "; Secure" } else { "" };
-    format!("{}={secret}; Path=/; HttpOnly; Max-Age={max_age}; {attributes}{secure}", kind.cookie())
+    let secure_flag = if secure && !attributes.contains("Secure") { "; Secure" } else { "" };
+    let name = cookie_name(kind, secure);
+    format!("{name}={secret}; Path=/; HttpOnly; Max-Age={max_age}; {attributes}{secure_flag}")
 }
 
 /// The `Set-Cookie` value that removes a session's cookie.
-pub fn clear_cookie(kind: Kind) -> String {
-    format!("{}=; Path=/; HttpOnly; Max-Age=0; SameSite=Lax", kind.cookie())
+pub fn clear_cookie(kind: Kind, secure: bool) -> String {
+    let secure_flag = if secure { "; Secure" } else { "" };
+    format!("{}=; Path=/; HttpOnly; Max-Age=0; SameSite=Lax{secure_flag}", cookie_name(kind, secure))
 }
 
 /// The session kind a CSRF token belongs to.
@@ -330,11 +428,39 @@ mod tests {
     #[test]
     fn cookie_attributes_follow_the_kind() {
         let c = set_cookie(Kind::Console, "s", 60, false, SameSite::None);
+        assert!(c.starts_with("herald_console=s;"), "{c}");
         assert!(c.contains("HttpOnly") && c.contains("SameSite=Strict") && !c.contains("Secure"), "{c}");
         let p = set_cookie(Kind::Portal, "s", 60, true, SameSite::Lax);
-        assert!(p.contains("SameSite=Lax") && p.contains("; Secure"), "{p}");
+        assert!(p.starts_with("__Host-herald_portal=s; Path=/;"), "{p}");
+        assert!(p.contains("SameSite=Lax") && p.contains("; Secure") && !p.contains("Domain"), "{p}");
         let n = set_cookie(Kind::Portal, "s", 60, false, SameSite::None);
-        assert!(n.contains("SameSite=None; Secure; Partitioned"), "{n}");
+        assert!(n.starts_with("herald_portal=") && n.contains("SameSite=None; Secure; Partitioned"), "{n}");
+        let cleared = clear_cookie(Kind::Console, true);
+        assert!(cleared.starts_with("__Host-herald_console=;") && cleared.contains("Secure"), "{cleared}");
+    }
+
+    #[test]
+    fn cookies_are_secure_unless_the_gateway_is_plain_http_on_purpose() {
+        let host = |h: &str| {
+            let mut m = axum::http::HeaderMap::new();
+            m.insert(axum::http::header::HOST, h.parse().unwrap());
+            m
+        };
+        // Whatever X-Forwarded-Proto says: a proxy that does not set it must not lose `Secure`.
+        let mut proxied = host("webhooks.example.com");
+        proxied.insert("x-forwarded-proto", "http".parse().unwrap());
+        assert!(secure_cookies(None, &proxied));
+        for local in ["127.0.0.1:8080", "localhost:8080", "[::1]:8080", "LOCALHOST", "127.1.2.3"] {
+            assert!(!secure_cookies(None, &host(local)), "{local}");
+        }
+        assert!(secure_cookies(None, &host("127.0.0.1.example.com")));
+        assert!(!secure_cookies(Some("http://10.0.0.5:8080"), &host("10.0.0.5:8080")));
+        assert!(secure_cookies(Some("https://webhooks.example.com"), &host("127.0.0.1:8080")));
+        // Only the prefixed cookie counts when cookies are secure.
+        let mut h = axum::http::HeaderMap::new();
+        h.append("cookie", "herald_console=planted; __Host-herald_console=mine".parse().unwrap());
+        assert_eq!(session_cookie(&h, Kind::Console, true), Some("mine"));
+        assert_eq!(session_cookie(&h, Kind::Console, false), Some("planted"));
     }
 
     #[test]

@@ -222,9 +222,15 @@ struct Inner {
     circuits: HashMap<String, BTreeMap<String, (String, String, String)>>,
 }
 
+/// Tenants with a series of their own by default (`HERALD_STATS_MAX_TENANTS`): about 1.5 KB each
+/// for a day, 75 MB at the cap.
+pub(crate) const DEFAULT_MAX_TENANTS: usize = 50_000;
+
 /// The statistics a gateway keeps.
 pub(crate) struct Stats {
     inner: Mutex<Inner>,
+    /// Tenants with a series of their own, at most.
+    max_tenants: std::sync::atomic::AtomicUsize,
     counts_caught_up: AtomicBool,
     circuits_caught_up: AtomicBool,
     window: Duration,
@@ -234,10 +240,16 @@ impl Stats {
     pub(crate) fn new(window: Duration) -> Arc<Self> {
         Arc::new(Self {
             inner: Mutex::new(Inner::default()),
+            max_tenants: std::sync::atomic::AtomicUsize::new(DEFAULT_MAX_TENANTS),
             counts_caught_up: AtomicBool::new(false),
             circuits_caught_up: AtomicBool::new(false),
             window,
         })
+    }
+
+    /// Keeps at most `max` tenants' series; the rest are counted as [`herald_core::OTHER_TENANTS`].
+    pub(crate) fn cap_tenants(&self, max: usize) {
+        self.max_tenants.store(max.max(1), Ordering::Relaxed);
     }
 
     /// True until what happened within the window has been read back.
@@ -252,6 +264,7 @@ impl Stats {
     /// Adds one delta (stored at `sequence`, its entries in the hour starting at `hour`).
     fn apply_delta(&self, sequence: u64, hour: i64, delta: &proto::StatsDelta, now: i64) {
         let first_minute = self.earliest(Interval::Minute, now);
+        let max_tenants = self.max_tenants.load(Ordering::Relaxed);
         let mut guard = self.lock();
         let inner = &mut *guard;
         let state = inner.hours.entry(hour).or_insert_with(|| Hour::Deltas { through: 0, sums: HashMap::new() });
@@ -270,7 +283,7 @@ impl Stats {
                 continue;
             }
             inner.overall.add(e.at, &counts, to_minutes, to_hours);
-            series_of(&mut inner.by_tenant, &e.tenant).add(e.at, &counts, to_minutes, to_hours);
+            tenant_series(&mut inner.by_tenant, &e.tenant, max_tenants).add(e.at, &counts, to_minutes, to_hours);
             if !e.subscription_id.is_empty() {
                 series_of(&mut inner.by_subscription, &e.subscription_id).add(e.at, &counts, to_minutes, to_hours);
             }
@@ -279,6 +292,7 @@ impl Stats {
 
     /// Takes in the complete seal of `hour` (read on start, before any delta of it).
     fn apply_seal(&self, hour: i64, through: u64, entries: &[proto::StatsEntry]) {
+        let max_tenants = self.max_tenants.load(Ordering::Relaxed);
         let mut guard = self.lock();
         let inner = &mut *guard;
         if inner.hours.contains_key(&hour) {
@@ -288,7 +302,7 @@ impl Stats {
         for e in entries {
             let counts = Counts::of_entry(e);
             inner.overall.add(hour, &counts, false, true);
-            series_of(&mut inner.by_tenant, &e.tenant).add(hour, &counts, false, true);
+            tenant_series(&mut inner.by_tenant, &e.tenant, max_tenants).add(hour, &counts, false, true);
             if !e.subscription_id.is_empty() {
                 series_of(&mut inner.by_subscription, &e.subscription_id).add(hour, &counts, false, true);
             }
@@ -490,6 +504,15 @@ fn series_of<'m>(map: &'m mut HashMap<String, Series>, key: &str) -> &'m mut Ser
         map.insert(key.to_owned(), Series::default());
     }
     map.get_mut(key).expect("just inserted")
+}
+
+/// The series of `tenant`, or of [`herald_core::OTHER_TENANTS`] when `max` tenants have one already.
+fn tenant_series<'m>(map: &'m mut HashMap<String, Series>, tenant: &str, max: usize) -> &'m mut Series {
+    if !map.contains_key(tenant) && map.len() >= max {
+        herald_core::metrics::STATS_TENANTS_CAPPED.inc(&[]);
+        return series_of(map, herald_core::OTHER_TENANTS);
+    }
+    series_of(map, tenant)
 }
 
 /// Which series.
@@ -923,6 +946,28 @@ mod tests {
         let at_old = hours.iter().find(|(t, _)| *t == old).unwrap().1;
         assert_eq!((at_old.attempts, at_old.delivered, at_old.failed), (3, 2, 1));
         assert!(restarted.due_seals(now).is_empty(), "a read seal is not made again");
+    }
+
+    #[test]
+    fn tenants_beyond_the_cap_are_counted_together() {
+        let stats = Stats::new(Duration::from_secs(3600));
+        stats.cap_tenants(3);
+        let now = 1_800_000_000 + 1830;
+        let events = |tenant: &str| proto::StatsEntry {
+            at: now - 60,
+            tenant: tenant.into(),
+            events_in: 1,
+            ..Default::default()
+        };
+        let entries = (0..10).map(|i| events(&format!("t{i}"))).collect();
+        stats.apply_delta(1, hour(now), &delta(entries), now);
+        let totals = stats.tenant_totals();
+        assert_eq!(totals.len(), 4, "three tenants and (other): {:?}", totals.keys().collect::<Vec<_>>());
+        assert_eq!(totals[herald_core::OTHER_TENANTS].events_in, 7);
+        assert_eq!(totals.values().map(|c| c.events_in).sum::<u64>(), 10, "nothing lost");
+        // A tenant that has a series keeps adding to it.
+        stats.apply_delta(2, hour(now), &delta(vec![events("t0")]), now);
+        assert_eq!(stats.tenant_totals()["t0"].events_in, 2);
     }
 
     #[test]

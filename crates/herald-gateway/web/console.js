@@ -88,6 +88,7 @@ async function render() {
     else if (page === "events") await events();
     else if (page === "dead-letters") await deadLetters();
     else if (page === "tenants") await tenants();
+    else if (page === "sessions") await sessions();
     else mount(main, el("p", { class: "empty" }, "No such page."));
   } catch (e) {
     if (e.status === 401) return signInPage();
@@ -124,7 +125,7 @@ async function overview() {
       { class: "card" },
       el("h2", {}, "Open circuits"),
       table(o.open_circuits, [
-        ["Subscription", (c) => el("a", { href: `#/subscriptions/${c.subscription_id}` }, c.subscription_id)],
+        ["Subscription", (c) => el("a", { href: `#/subscriptions/${encodeURIComponent(c.subscription_id)}` }, c.subscription_id)],
         ["Tenant", (c) => c.tenant],
         ["URL", (c) => c.url],
         ["Since", (c) => fmtTime(c.since)],
@@ -181,7 +182,7 @@ async function subscriptions() {
     el("h1", {}, "Subscriptions"),
     filters,
     el("section", { class: "card" }, table(rows, [
-      ["Id", (s) => el("a", { href: `#/subscriptions/${s.id}` }, s.id)],
+      ["Id", (s) => el("a", { href: `#/subscriptions/${encodeURIComponent(s.id)}` }, s.id)],
       ["Tenant", (s) => s.tenant],
       ["URL", (s) => s.url],
       ["Event types", (s) => s.event_types.join(", ")],
@@ -239,7 +240,7 @@ function subscriptionForm(sub) {
       await subscription(created.id, created);
       history.replaceState(null, "", `#/subscriptions/${created.id}`);
     } else {
-      const saved = await attempt(() => api(`/v1/subscriptions/${sub.id}`, { method: "PATCH", body }));
+      const saved = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(sub.id)}`, { method: "PATCH", body }));
       if (saved) {
         toast("Saved");
         render();
@@ -252,9 +253,9 @@ function subscriptionForm(sub) {
 
 async function subscription(id, created) {
   const [sub, stats, attempts] = await Promise.all([
-    created || api(`/v1/subscriptions/${id}`),
-    api(`/v1/stats?subscription=${id}&interval=minute`),
-    api(`/v1/subscriptions/${id}/attempts?limit=50`),
+    created || api(`/v1/subscriptions/${encodeURIComponent(id)}`),
+    api(`/v1/stats?subscription=${encodeURIComponent(id)}&interval=minute`),
+    api(`/v1/subscriptions/${encodeURIComponent(id)}/attempts?limit=50`),
   ]);
   const reveal = el("div", { id: "reveal" });
   if (created && created.secret) reveal.append(secretBox("Signing secret — shown once", created.secret, "Give it to the subscriber now: Herald will not show it again."));
@@ -262,20 +263,20 @@ async function subscription(id, created) {
     "div",
     { class: "actions" },
     button("Send test event", async () => {
-      const r = await attempt(() => api(`/v1/subscriptions/${id}/test`, { method: "POST", body: {} }));
+      const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}/test`, { method: "POST", body: {} }));
       if (r) toast(`Test event ${r.event_id} sent`);
       setTimeout(render, 1500);
     }),
     button(sub.enabled ? "Disable" : "Enable", async () => {
-      if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
+      if (await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
     }, "ghost"),
     button("Rotate secret", async () => {
-      const r = await attempt(() => api(`/v1/subscriptions/${id}/rotate-secret`, { method: "POST", body: {} }));
+      const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}/rotate-secret`, { method: "POST", body: {} }));
       if (r) mount(reveal, secretBox("New signing secret — shown once", r.secret || r.public_key, "The previous one keeps signing for the grace period (24 h)."));
     }, "ghost"),
     button("Delete", async () => {
       if (!confirm(`Delete ${id}? Deliveries waiting for it are dropped.`)) return;
-      if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "DELETE" }))) {
+      if (await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}`, { method: "DELETE" }))) {
         toast("Deleted");
         go("#/subscriptions");
       }
@@ -308,7 +309,7 @@ function attemptTable(rows, { showSub = false } = {}) {
   return table(rows, [
     ["When", (a) => fmtTime(a.at)],
     ["Event", (a) => el("a", { href: `#/events/${encodeURIComponent(a.event_id)}?tenant=${encodeURIComponent(a.tenant)}` }, a.event_id)],
-    showSub ? ["Subscription", (a) => el("a", { href: `#/subscriptions/${a.subscription_id}` }, a.subscription_id)] : null,
+    showSub ? ["Subscription", (a) => el("a", { href: `#/subscriptions/${encodeURIComponent(a.subscription_id)}` }, a.subscription_id)] : null,
     ["#", (a) => a.attempt],
     ["Outcome", (a) => outcomePill(a.outcome)],
     ["Status", (a) => a.status ?? (a.error_class || "")],
@@ -376,7 +377,7 @@ async function eventPage(id) {
   const resend = el("form", { class: "filters", id: "resend" }, field("Resend to", pick), el("button", { type: "submit" }, "Resend"));
   resend.addEventListener("submit", async (e) => {
     e.preventDefault();
-    const r = await attempt(() => api(`/v1/subscriptions/${pick.value}/resend`, { method: "POST", body: { seq: event.seq } }));
+    const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(pick.value)}/resend`, { method: "POST", body: { seq: event.seq } }));
     if (r) {
       toast(`Resent to ${r.subscription_id}`);
       setTimeout(render, 1500);
@@ -437,7 +438,7 @@ async function deadLetters() {
           return b;
         }],
         ["Dead since", (d) => fmtTime(d.dead_at)],
-        ["Subscription", (d) => el("a", { href: `#/subscriptions/${d.subscription_id}` }, d.subscription_id)],
+        ["Subscription", (d) => el("a", { href: `#/subscriptions/${encodeURIComponent(d.subscription_id)}` }, d.subscription_id)],
         ["Tenant", (d) => d.tenant],
         ["Event", (d) => (d.event_id ? el("a", { href: `#/events/${encodeURIComponent(d.event_id)}?tenant=${encodeURIComponent(d.tenant)}` }, d.event_id) : "")],
         ["Type", (d) => d.event_type || ""],
@@ -445,6 +446,35 @@ async function deadLetters() {
         ["Why", (d) => el("span", { class: "excerpt" }, d.last_error && !d.reason.includes(d.last_error) ? `${d.reason}: ${d.last_error}` : d.reason)],
       ], { empty: "No dead letter: everything was delivered or is still being tried." }),
       page.next ? el("a", { class: "button ghost", href: `#/dead-letters?${new URLSearchParams({ ...Object.fromEntries(q), after: page.next })}` }, "Next page →") : null),
+  );
+}
+
+async function sessions() {
+  const page = await api("/v1/sessions");
+  const end = (s) => button("End", async () => {
+    // 204: no body, so success is that it did not throw.
+    const ended = await attempt(async () => {
+      await api(`/v1/sessions/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+      return true;
+    });
+    if (ended) {
+      toast("Session ended");
+      render();
+    }
+  }, "ghost");
+  mount(
+    main,
+    el("h1", {}, "Sessions"),
+    el("p", { class: "muted" }, "Console and portal sessions live until they expire, are ended here, or the token that opened them leaves HERALD_TOKENS."),
+    el("section", { class: "card" }, table(page.data, [
+      ["Kind", (s) => s.kind],
+      ["Tenant", (s) => s.tenant || ""],
+      ["Opened", (s) => (s.created_at ? fmtTime(s.created_at) : "–")],
+      ["Expires", (s) => fmtTime(s.expires_at)],
+      ["Token (SHA-256)", (s) => el("code", {}, `${s.token_sha256_prefix}…`)],
+      ["Token", (s) => (s.token_in_force ? pill("in force", "ok") : pill("revoked", "bad"))],
+      ["", end],
+    ], { empty: "No live session." })),
   );
 }
 

@@ -133,7 +133,7 @@ function endpointForm(sub) {
       if (!created) return;
       await endpoint(created.id, created);
       history.replaceState(null, "", `#/endpoints/${created.id}`);
-    } else if (await attempt(() => api(`/v1/subscriptions/${sub.id}`, { method: "PATCH", body }))) {
+    } else if (await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(sub.id)}`, { method: "PATCH", body }))) {
       toast("Saved");
       render();
     }
@@ -144,9 +144,9 @@ function endpointForm(sub) {
 
 async function endpoint(id, created) {
   const [sub, stats, attempts] = await Promise.all([
-    created || api(`/v1/subscriptions/${id}`),
-    api(`/v1/stats?subscription=${id}&interval=hour`),
-    api(`/v1/subscriptions/${id}/attempts?limit=50`),
+    created || api(`/v1/subscriptions/${encodeURIComponent(id)}`),
+    api(`/v1/stats?subscription=${encodeURIComponent(id)}&interval=hour`),
+    api(`/v1/subscriptions/${encodeURIComponent(id)}/attempts?limit=50`),
   ]);
   const reveal = el("div", { id: "reveal" });
   const showSecret = (title, secret) => mount(reveal, secretBox(title, secret, "Store it with your endpoint's configuration now: it will not be shown again."));
@@ -162,20 +162,20 @@ async function endpoint(id, created) {
       "div",
       { class: "actions" },
       button("Send test", async () => {
-        const r = await attempt(() => api(`/v1/subscriptions/${id}/test`, { method: "POST", body: {} }));
+        const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}/test`, { method: "POST", body: {} }));
         if (r) toast("Test webhook sent");
         setTimeout(render, 1500);
       }),
       button(sub.enabled ? "Pause" : "Resume", async () => {
-        if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
+        if (await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
       }, "ghost"),
       button("Rotate secret", async () => {
-        const r = await attempt(() => api(`/v1/subscriptions/${id}/rotate-secret`, { method: "POST", body: {} }));
+        const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}/rotate-secret`, { method: "POST", body: {} }));
         if (r) showSecret("New signing secret (the old one keeps working for 24 hours)", r.secret || r.public_key);
       }, "ghost"),
       button("Delete", async () => {
         if (!confirm("Delete this endpoint? It will receive nothing more.")) return;
-        if (await attempt(() => api(`/v1/subscriptions/${id}`, { method: "DELETE" }))) {
+        if (await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}`, { method: "DELETE" }))) {
           toast("Deleted");
           go("#/endpoints");
         }
@@ -218,7 +218,7 @@ async function deliveries() {
     const resend = el("form", { class: "filters" }, field("Send again to", pick), el("button", { type: "submit" }, "Resend"));
     resend.addEventListener("submit", async (ev) => {
       ev.preventDefault();
-      const r = await attempt(() => api(`/v1/subscriptions/${pick.value}/resend`, { method: "POST", body: { seq: e.seq } }));
+      const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(pick.value)}/resend`, { method: "POST", body: { seq: e.seq } }));
       if (r) toast("Sent again");
     });
     mount(detail, el("section", { class: "card" },

@@ -137,6 +137,20 @@ async fn heraldctl_manages_subscriptions_sends_events_and_listens() {
     assert!(ok, "{err}");
     assert!(replayed["scanned"].as_u64().unwrap() >= 1, "{replayed}");
 
+    // Sessions: a portal session opened, listed and ended through the CLI.
+    let portal = stack.portal_session("acme").await;
+    let (ok, sessions, err) = heraldctl(&stack, &["sessions", "list", "--kind", "portal"]);
+    assert!(ok, "{err}");
+    let listed = sessions["data"].as_array().unwrap();
+    assert_eq!((listed.len(), listed[0]["tenant"].as_str()), (1, Some("acme")), "{sessions}");
+    let session_id = listed[0]["id"].as_str().unwrap().to_owned();
+    let (ok, revoked, err) = heraldctl(&stack, &["sessions", "revoke", &session_id]);
+    assert!(ok, "{err}");
+    assert_eq!(revoked["revoked"], session_id.as_str());
+    assert_eq!(stack.call_by(&portal, reqwest::Method::GET, "/v1/subscriptions", None).await.0, 401);
+    let (ok, _, err) = heraldctl(&stack, &["sessions", "revoke", &session_id]);
+    assert!(!ok && err.contains("404"), "{err}");
+
     // People get tables; a profile file stands in for the environment.
     let dir = std::env::temp_dir().join(format!("heraldctl-profile-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -292,7 +292,7 @@ async fn portal_links_open_once_and_sessions_expire_and_need_their_csrf_token() 
 async fn a_portal_session_never_reaches_another_tenants_objects() {
     let stack = Stack::start().await;
     let who = stack.portal_session("acme").await;
-    crate::security::cross_tenant_suite(&stack, &who, false).await;
+    crate::security::cross_tenant_suite(&stack, &who, false, true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -441,4 +441,300 @@ async fn an_hour_that_is_over_is_sealed_once_and_read_back_from_its_seal() {
     assert_eq!(totals(&b), (0, 4, 2, 2, 0), "{b}");
     stop_third.cancel();
     let _ = task_third.await;
+}
+
+/// Signs in to the console with `token`: the session (as the page would send it), or the status.
+async fn console_session(stack: &Stack, token: &str) -> Result<Who, u16> {
+    let res = stack
+        .http
+        .post(format!("{}/console/session", stack.gateway))
+        .header("content-type", "application/json")
+        .header("sec-fetch-site", "same-origin")
+        .body(json!({"token": token}).to_string())
+        .send()
+        .await
+        .unwrap();
+    if res.status() != 200 {
+        return Err(res.status().as_u16());
+    }
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let body: Value = serde_json::from_slice(&res.bytes().await.unwrap()).unwrap();
+    Ok(Who::session(&cookie, body["csrf"].as_str().unwrap()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_links_die_with_the_token_that_made_them_and_the_operator_lists_and_ends_them() {
+    let dir = herald_harness::temp_dir("herald-session-tokens");
+    let file = dir.join("tokens");
+    let (admin, acme) = ("file-admin-token-0123456789", "file-acme-token-0123456789");
+    std::fs::write(&file, format!("admin={admin}\ntenant:acme={acme}\n")).unwrap();
+    let stack = Stack::start_with(false, &["--tokens-file", file.to_str().unwrap()]).await;
+
+    let console = console_session(&stack, admin).await.expect("signed in");
+    let other_console = console_session(&stack, herald_harness::ADMIN_TOKEN).await.expect("signed in");
+    let link = |token: &'static str| {
+        let stack = &stack;
+        async move {
+            let (status, _, link) =
+                stack.call_as(token, Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "acme"}))).await;
+            assert_eq!(status, 201, "{link}");
+            link["url"].as_str().unwrap().split("#code=").nth(1).unwrap().to_owned()
+        }
+    };
+    let (status, cookie, body) = stack.open_portal(&link(acme).await).await;
+    assert_eq!(status, 200, "{body}");
+    let portal = Who::session(&cookie.unwrap(), body["csrf"].as_str().unwrap());
+    let unopened = link(acme).await;
+    for who in [&console, &other_console, &portal] {
+        let (status, _, body) = stack.call_by(who, Method::GET, "/v1/subscriptions", None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    // The operator sees every live session, and which token is behind each (never a secret).
+    let (status, _, listed) = stack.call(Method::GET, "/v1/sessions", None).await;
+    assert_eq!(status, 200, "{listed}");
+    let sessions = listed["data"].as_array().unwrap();
+    assert_eq!(sessions.len(), 3, "{listed}");
+    let prefix = |token: &str| herald_gateway::session::token_hash(token)[..12].to_owned();
+    let kinds: Vec<(&str, &str)> =
+        sessions.iter().map(|s| (s["kind"].as_str().unwrap(), s["token_sha256_prefix"].as_str().unwrap())).collect();
+    for want in [("console", prefix(admin)), ("console", prefix(herald_harness::ADMIN_TOKEN)), ("portal", prefix(acme))]
+    {
+        assert!(kinds.contains(&(want.0, want.1.as_str())), "{want:?} in {kinds:?}");
+    }
+    assert!(!listed.to_string().contains("csrf") && sessions.iter().all(|s| s["token_in_force"] == true), "{listed}");
+    let (status, _, portals) = stack.call(Method::GET, "/v1/sessions?kind=portal&tenant=acme", None).await;
+    assert_eq!((status, portals["data"].as_array().map(Vec::len)), (200, Some(1)), "{portals}");
+    // Neither a tenant token nor a portal session may list or end sessions.
+    assert_eq!(stack.call_as(acme, Method::GET, "/v1/sessions", None).await.0, 403);
+    assert_eq!(stack.call_by(&portal, Method::GET, "/v1/sessions", None).await.0, 403);
+
+    // Ending one: its next call is refused, the others live on.
+    let id = sessions.iter().find(|s| s["token_sha256_prefix"] == prefix(herald_harness::ADMIN_TOKEN)).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _, _) = stack.call(Method::DELETE, &format!("/v1/sessions/{id}"), None).await;
+    assert_eq!(status, 204);
+    assert_eq!(stack.call_by(&other_console, Method::GET, "/v1/subscriptions", None).await.0, 401);
+    assert_eq!(stack.call(Method::DELETE, &format!("/v1/sessions/{id}"), None).await.0, 404);
+    assert_eq!(stack.call_by(&console, Method::GET, "/v1/subscriptions", None).await.0, 200);
+
+    // The tokens file loses both tokens: once the gateway has reloaded it (the bearer token is
+    // refused), their sessions and unopened links are refused too, at their very next call.
+    std::fs::write(&file, "# revoked\n").unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while stack.call_as(admin, Method::GET, "/v1/subscriptions", None).await.0 != 401 {
+        assert!(tokio::time::Instant::now() < deadline, "the tokens file was not reloaded");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, _, why) = stack.call_by(&console, Method::GET, "/v1/subscriptions", None).await;
+    assert_eq!(status, 401, "{why}");
+    assert!(why["detail"].as_str().unwrap().contains("no longer in force"), "{why}");
+    assert_eq!(stack.call_by(&portal, Method::GET, "/v1/subscriptions", None).await.0, 401);
+    let (status, _, why) = stack.open_portal(&unopened).await;
+    assert_eq!(status, 410, "{why}");
+    assert!(why["detail"].as_str().unwrap().contains("revoked"), "{why}");
+    let (_, _, listed) = stack.call(Method::GET, "/v1/sessions", None).await;
+    assert!(listed["data"].as_array().unwrap().iter().all(|s| s["token_in_force"] == false), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_ins_take_json_only_and_are_rate_limited_and_the_sessions_bucket_is_bounded() {
+    let stack = Stack::start_with(false, &[]).await;
+    // A cross-site form can post text/plain without a preflight: refused.
+    for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"] {
+        for path in ["/console/session", "/portal/session"] {
+            let res = stack
+                .http
+                .post(format!("{}{path}", stack.gateway))
+                .header("content-type", content_type)
+                .body(json!({"token": herald_harness::ADMIN_TOKEN, "code": "0".repeat(64)}).to_string())
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 415, "{path} with {content_type}");
+        }
+    }
+    // Sign-ins: a burst, then 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..40 {
+        match console_session(&stack, "not-a-token-0123456789").await {
+            Err(401) => {}
+            Err(429) => {
+                limited = Some(());
+                break;
+            }
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+    assert!(limited.is_some(), "40 sign-ins in a row were never limited");
+    let res = stack
+        .http
+        .post(format!("{}/console/session", stack.gateway))
+        .header("content-type", "application/json")
+        .body(json!({"token": herald_harness::ADMIN_TOKEN}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers()["retry-after"].to_str().unwrap().parse::<u64>().unwrap() >= 1);
+    // Links, per token: a tenant token minting in a loop is stopped.
+    let acme = "test-acme-token-0123456789";
+    let mut statuses = Vec::new();
+    for _ in 0..70 {
+        statuses
+            .push(stack.call_as(acme, Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "acme"}))).await.0);
+    }
+    assert!(statuses.contains(&201) && statuses.contains(&429), "{statuses:?}");
+    // The admin token has a bucket of its own.
+    assert_eq!(stack.call(Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "acme"}))).await.0, 201);
+
+    // The bucket itself refuses growth past its bounds.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let kv = js.get_key_value(herald_gateway::session::BUCKET).await.unwrap();
+    let status = kv.status().await.unwrap();
+    let config = &status.info.config;
+    assert_eq!(config.max_bytes, herald_gateway::session::MAX_BYTES);
+    assert_eq!(config.max_message_size, herald_gateway::session::MAX_VALUE);
+    assert_eq!(config.discard, async_nats::jetstream::stream::DiscardPolicy::New);
+    let too_big = vec![b'x'; herald_gateway::session::MAX_VALUE as usize + 1];
+    assert!(kv.put("s.too-big", too_big.into()).await.is_err(), "a value over the bound is refused");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_portal_session_may_call_only_the_portals_routes_and_set_only_its_fields() {
+    let stack = Stack::start_with(false, &[]).await;
+    let who = stack.portal_session("acme").await;
+    let (status, _, _) = stack.call(Method::POST, "/v1/event-types", Some(json!({"name": "a.b"}))).await;
+    assert_eq!(status, 201);
+    let fields = json!({"url": "http://127.0.0.1:9/x", "event_types": ["a.b"], "description": "ERP", "enabled": true});
+    let (status, _, mine) = stack.call_by(&who, Method::POST, "/v1/subscriptions", Some(fields)).await;
+    assert_eq!(status, 201, "{mine}");
+    let id = mine["id"].as_str().unwrap().to_owned();
+
+    // Every operation of the OpenAPI document, called as the portal session: those of the
+    // portal's allow-list get past it, every other one answers 403. Ending things comes last.
+    let doc = stack.http.get(format!("{}/openapi.json", stack.gateway)).send().await.unwrap();
+    let doc: Value = serde_json::from_slice(&doc.bytes().await.unwrap()).unwrap();
+    let mut operations: Vec<(String, String)> = doc["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, ops)| ops.as_object().unwrap().keys().map(move |m| (m.to_uppercase(), path.clone())))
+        .filter(|(m, _)| ["GET", "POST", "PATCH", "PUT", "DELETE"].contains(&m.as_str()))
+        .collect();
+    operations.sort_by_key(|(m, p)| (p == "/v1/session" && m == "DELETE", m == "DELETE", p.clone()));
+    let allowed = |m: &str, p: &str| herald_gateway::auth::PORTAL_ROUTES.iter().any(|(am, ap)| *am == m && *ap == p);
+    let beyond = [
+        ("POST", "/v1/events"),
+        ("POST", "/v1/events/batch"),
+        ("POST", "/v1/subscriptions/{id}/replay"),
+        ("GET", "/v1/dead-letters"),
+        ("POST", "/v1/dead-letters/redrive"),
+        ("POST", "/v1/portal/sessions"),
+        ("POST", "/v1/event-types"),
+        ("GET", "/v1/overview"),
+        ("GET", "/v1/sessions"),
+        ("DELETE", "/v1/sessions/{id}"),
+    ];
+    for (m, p) in beyond {
+        assert!(!allowed(m, p), "{m} {p} is beyond the portal");
+        assert!(operations.contains(&(m.to_owned(), p.to_owned())), "{m} {p} is in the document");
+    }
+    let (mut refused, mut let_through) = (0, 0);
+    for (method, path) in &operations {
+        let url = path.replace("{id}", &id).replace("{name}", "a.b");
+        let body = ["POST", "PATCH", "PUT"].contains(&method.as_str()).then(|| json!({}));
+        let (status, _, answer) = stack.call_by(&who, method.parse().unwrap(), &url, body).await;
+        if allowed(method, path) {
+            let_through += 1;
+            assert!(status != 403 && status != 401, "{method} {path} is the portal's: {status} {answer}");
+        } else if ["/healthz", "/readyz", "/metrics", "/openapi.json"].contains(&path.as_str()) {
+            assert_eq!(status, 200, "{method} {path} is public");
+        } else {
+            refused += 1;
+            assert_eq!(status, 403, "{method} {path}: {answer}");
+            assert!(answer["detail"].as_str().unwrap().contains("portal session may not call"), "{answer}");
+        }
+    }
+    assert!(refused >= beyond.len() && let_through >= 10, "{refused} refused, {let_through} let through");
+
+    // Fields: an endpoint's url, types, description and enabled flag, nothing else.
+    let who = stack.portal_session("acme").await;
+    let body = json!({"url": "http://127.0.0.1:9/x", "event_types": ["a.b"]});
+    let (status, _, mine) = stack.call_by(&who, Method::POST, "/v1/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "{mine}");
+    let id = mine["id"].as_str().unwrap().to_owned();
+    for field in [
+        "headers",
+        "metadata",
+        "rate_limit",
+        "max_in_flight",
+        "retry_schedule",
+        "ordering",
+        "filter",
+        "signature_scheme",
+        "secret",
+        "client_certificate",
+        "tenant",
+    ] {
+        let body = json!({"url": "http://127.0.0.1:9/y", "event_types": ["a.b"], field: null});
+        let (status, _, answer) = stack.call_by(&who, Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!((status, answer["field"].as_str()), (403, Some(field)), "{field}: {answer}");
+        let path = format!("/v1/subscriptions/{id}");
+        let (status, _, answer) = stack.call_by(&who, Method::PATCH, &path, Some(json!({field: null}))).await;
+        assert_eq!((status, answer["field"].as_str()), (403, Some(field)), "{field}: {answer}");
+    }
+    let path = format!("/v1/subscriptions/{id}/rotate-secret");
+    let (status, _, answer) = stack.call_by(&who, Method::POST, &path, Some(json!({"grace": "30d"}))).await;
+    assert_eq!(status, 403, "{answer}");
+    let (status, _, answer) =
+        stack.call_by(&who, Method::PATCH, &format!("/v1/subscriptions/{id}"), Some(json!({"enabled": false}))).await;
+    assert_eq!((status, answer["enabled"].as_bool()), (200, Some(false)), "{answer}");
+    // The tenant token behind such links still may do all of it.
+    let acme = "test-acme-token-0123456789";
+    let body = json!({"url": "http://127.0.0.1:9/z", "event_types": ["a.b"], "metadata": {"k": "v"}, "rate_limit": 5});
+    assert_eq!(stack.call_as(acme, Method::POST, "/v1/subscriptions", Some(body)).await.0, 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_tenant_names_published_cost_statistics_one_row() {
+    let stack = Stack::start().await;
+    let rx = Receiver::start().await;
+    stack.subscribe(&rx.url("/acme"), &["n.*"], Some("acme")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Anyone who may publish can make up tenant names: 10,000 of them, one event each, and
+    // three events of a tenant that exists.
+    let js = async_nats::jetstream::new(stack.nats.client().await);
+    let mut acks = Vec::new();
+    for i in 0..10_000 {
+        let body = json!({"id": format!("n-{i}"), "data": {}}).to_string();
+        acks.push(js.publish(format!("herald.events.made-up-{i}.n.x"), body.into()).await.unwrap());
+        // The client lets only so many PubAcks wait: collect them as they come.
+        if acks.len() == 1_000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for i in 0..3 {
+        let body = json!({"id": format!("a-{i}"), "data": {}}).to_string();
+        acks.push(js.publish("herald.events.acme.n.x", body.into()).await.unwrap());
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let overview = poll(&stack.http, &stack.gateway, "/v1/overview", "all 10,003 events counted", |o| {
+        o["last_hour_totals"]["events_in"] == 10_003
+    })
+    .await;
+    let rows = overview["tenants"].as_array().unwrap();
+    let row = |name: &str| rows.iter().find(|r| r["tenant"] == name).unwrap_or_else(|| panic!("{name}: {rows:?}"));
+    assert_eq!(row("(other)")["totals"]["events_in"], 10_000, "{rows:?}");
+    assert_eq!(row("acme")["totals"]["events_in"], 3);
+    assert!(rows.len() <= 3, "one row per tenant that exists, and one for the rest: {} rows", rows.len());
+    let (status, _, made_up) = stack.call(Method::GET, "/v1/stats?tenant=made-up-7", None).await;
+    assert_eq!(status, 200, "{made_up}");
+    assert_eq!(made_up["totals"]["events_in"], 0, "no series of its own: {made_up}");
 }

@@ -179,3 +179,44 @@ async fn operational_events_from_anyone_but_a_dispatcher_are_refused_delivered_t
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(ops.received().is_empty(), "a forged operational event was delivered");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_nats_permissions_keep_services_from_writing_the_operator_tenants_events() {
+    // The services user of the README ("Secured NATS"), word for word.
+    let permissions = r#"{publish: {allow: ["herald.events.>", "herald.*.events.>"], deny: ["herald.events.herald.>", "herald.*.events.herald.>"]}, subscribe: {allow: ["_INBOX.>"]}}"#;
+    let readme = std::fs::read_to_string(herald_harness::workspace_root().join("README.md")).unwrap();
+    assert!(readme.contains(&format!("permissions: {permissions}")), "the README shows these permissions");
+    let nats = herald_harness::NatsServer::start_with_config(&format!(
+        "authorization {{ users = [\n  {{user: herald, password: herald-pass}}\n  {{user: services, password: services-pass, permissions: {permissions}}}\n] }}\n"
+    ));
+    let connect = |user: &str, pass: &str| {
+        async_nats::ConnectOptions::with_user_and_password(user.into(), pass.into()).connect(nats.url())
+    };
+    let js = async_nats::jetstream::new(connect("herald", "herald-pass").await.unwrap());
+    let mut streams = Vec::new();
+    for (name, subjects) in [("HERALD_EVENTS", "herald.events.>"), ("HERALD_EVENTS_1", "herald.p1.events.>")] {
+        let config = async_nats::jetstream::stream::Config {
+            name: name.into(),
+            subjects: vec![subjects.into()],
+            ..Default::default()
+        };
+        streams.push(js.create_stream(config).await.unwrap());
+    }
+    let services = async_nats::jetstream::ContextBuilder::new()
+        .timeout(Duration::from_secs(1))
+        .build(connect("services", "services-pass").await.unwrap());
+    for subject in ["herald.events.acme.order.paid", "herald.p1.events.acme.order.paid"] {
+        let ack = services.publish(subject, "{}".into()).await.unwrap().await;
+        ack.unwrap_or_else(|e| panic!("a service may publish {subject}: {e}"));
+    }
+    for subject in ["herald.events.herald.circuit.opened", "herald.p1.events.herald.circuit.closed"] {
+        let stored = match services.publish(subject, "{}".into()).await {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        assert!(!stored, "{subject} was stored");
+    }
+    for mut stream in streams {
+        assert_eq!(stream.info().await.unwrap().state.messages, 1, "only the event of tenant acme");
+    }
+}

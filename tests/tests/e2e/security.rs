@@ -68,13 +68,17 @@ async fn signing_secrets_are_sealed_at_rest_and_still_sign() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_token_never_reaches_another_tenants_objects() {
     let stack = Stack::start().await;
-    cross_tenant_suite(&stack, &Who::Token("test-acme-token-0123456789".into()), true).await;
+    cross_tenant_suite(&stack, &Who::Token("test-acme-token-0123456789".into()), true, false).await;
 }
 
 /// What tenant acme's caller (`who`: its token, or a portal session of acme) can do to tenant
 /// globex: nothing, and it cannot even tell globex's objects exist. `may_publish`: a token may
 /// publish its own tenant's events; a portal session publishes nothing.
-pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bool) {
+/// `portal`: `who` is a portal session, which may call only the routes the portal needs
+/// (`herald_gateway::auth::PORTAL_ROUTES`); the others answer 403 for any subscription alike.
+pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bool, portal: bool) {
+    let beyond_portal =
+        ["/v1/subscriptions/{id}/replay", "/v1/dead-letters?subscription={id}", "/v1/dead-letters/redrive"];
     let rx = Receiver::start().await;
     rx.respond_with(&[500; 10]);
     // globex's subscription fails until dead-lettered, so it has attempts and a dead letter.
@@ -120,7 +124,8 @@ pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bo
             let (status, _, answer) = stack.call_by(who, method.clone(), &path.replace("{id}", id), body).await;
             answers.push((status, answer["type"].clone()));
         }
-        assert_eq!(answers[0].0, 404, "{method} {path}: {answers:?}");
+        let expected = if portal && beyond_portal.contains(&path.as_str()) { 403 } else { 404 };
+        assert_eq!(answers[0].0, expected, "{method} {path}: {answers:?}");
         assert_eq!(answers[0], answers[1], "{method} {path}: existence leaks through the answer");
     }
 
@@ -132,7 +137,11 @@ pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bo
     let (status, _, events) = stack.call_by(who, Method::GET, "/v1/events", None).await;
     assert!(status == 200 && events["data"].as_array().unwrap().iter().all(|e| e["tenant"] == "acme"), "{events}");
     let (status, _, letters) = stack.call_by(who, Method::GET, "/v1/dead-letters", None).await;
-    assert_eq!((status, letters["data"].as_array().map(Vec::len)), (200, Some(0)));
+    if portal {
+        assert_eq!(status, 403, "{letters}");
+    } else {
+        assert_eq!((status, letters["data"].as_array().map(Vec::len)), (200, Some(0)));
+    }
     for path in
         ["/v1/dead-letters?tenant=globex", "/v1/events?tenant=globex", "/v1/stats?tenant=globex", "/v1/overview"]
     {
@@ -143,9 +152,13 @@ pub(crate) async fn cross_tenant_suite(stack: &Stack, who: &Who, may_publish: bo
     assert_eq!((status, &stats["tenant"]), (200, &json!("acme")), "{stats}");
     let (_, _, letter) = stack.call(Method::GET, "/v1/dead-letters", None).await;
     let letter_id = letter["data"][0]["id"].clone();
-    let (_, _, redrive) =
+    let (status, _, redrive) =
         stack.call_by(who, Method::POST, "/v1/dead-letters/redrive", Some(json!({"ids": [letter_id]}))).await;
-    assert_eq!(redrive["redriven"], 0, "{redrive}");
+    if portal {
+        assert_eq!(status, 403, "{redrive}");
+    } else {
+        assert_eq!(redrive["redriven"], 0, "{redrive}");
+    }
     // Nor a portal of another tenant.
     let (status, _, _) =
         stack.call_by(who, Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "globex"}))).await;
@@ -290,4 +303,119 @@ async fn secrets_and_tokens_never_appear_in_logs() {
         assert!(!logs.contains(&needle), "a secret appears in the logs ({} bytes of logs)", logs.len());
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Peak resident memory (`VmHWM`) of process `pid`, in MiB.
+fn peak_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib / 1024.0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_by_id_in_a_loop_from_a_portal_session_hold_the_gateway_to_little_memory_and_get_429s() {
+    // The gateway as a process of its own, so its memory is its own.
+    let nats = herald_harness::NatsServer::start();
+    let port = herald_harness::free_port();
+    let tokens = format!("admin={},tenant:acme=test-acme-token-0123456789", herald_harness::ADMIN_TOKEN);
+    let mut gateway = std::process::Command::new(herald_harness::target_bin("herald-gateway"))
+        .args(["--nats-url", &nats.url(), "--tokens", &tokens, "--secret-keys", herald_harness::SECRET_KEYS])
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .env("HERALD_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !http.get(format!("{base}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+        assert!(std::time::Instant::now() < deadline, "the gateway did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // 50,000 events of 10 KB: 500 MB in the stream.
+    let js = async_nats::jetstream::new(nats.client().await);
+    let filler = "x".repeat(10 * 1024);
+    let mut acks = Vec::new();
+    for i in 0..50_000 {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", format!("big-{i}").as_str());
+        let body = json!({"id": format!("big-{i}"), "data": {"filler": filler}}).to_string();
+        acks.push(js.publish_with_headers("herald.events.acme.big.x", headers, body.into()).await.unwrap());
+        if acks.len() == 2_000 {
+            for ack in acks.drain(..) {
+                ack.await.unwrap();
+            }
+        }
+    }
+    for ack in acks {
+        ack.await.unwrap();
+    }
+    let link: serde_json::Value = http
+        .post(format!("{base}/v1/portal/sessions"))
+        .bearer_auth(herald_harness::ADMIN_TOKEN)
+        .header("content-type", "application/json")
+        .body(json!({"tenant": "acme"}).to_string())
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .map(|b| serde_json::from_slice(&b).unwrap())
+        .unwrap();
+    let code = link["url"].as_str().unwrap().split("#code=").nth(1).unwrap().to_owned();
+    let opened = http
+        .post(format!("{base}/portal/session"))
+        .header("content-type", "application/json")
+        .body(json!({"code": code}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let cookie = opened.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let opened: serde_json::Value = serde_json::from_slice(&opened.bytes().await.unwrap()).unwrap();
+    let csrf = opened["csrf"].as_str().unwrap().to_owned();
+
+    // The last event is found, whole; a missing one reads every header and finds nothing.
+    let search = |id: String| {
+        let (http, base, cookie, csrf) = (http.clone(), base.clone(), cookie.clone(), csrf.clone());
+        async move {
+            let res = http
+                .get(format!("{base}/v1/events?id={id}"))
+                .header("cookie", cookie)
+                .header("x-herald-csrf", csrf)
+                .send()
+                .await
+                .unwrap();
+            let status = res.status().as_u16();
+            let retry_after = res.headers().get("retry-after").is_some();
+            (
+                status,
+                retry_after,
+                serde_json::from_slice::<serde_json::Value>(&res.bytes().await.unwrap()).unwrap_or_default(),
+            )
+        }
+    };
+    let (status, _, found) = search("big-49999".into()).await;
+    assert_eq!(status, 200, "{found}");
+    assert_eq!(found["data"][0]["data"]["filler"].as_str().map(str::len), Some(10 * 1024));
+    // Six searches at once, five rounds: at most two of them run at a time, the rest get 429.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let round = futures::future::join_all((0..6).map(|_| search("no-such-event".into()))).await;
+        statuses.extend(round);
+    }
+    let ok = statuses.iter().filter(|(s, _, _)| *s == 200).count();
+    let limited = statuses.iter().filter(|(s, retry, _)| *s == 429 && *retry).count();
+    assert_eq!(ok + limited, statuses.len(), "{statuses:?}");
+    assert!(ok >= 5 && limited >= 10, "{ok} answered, {limited} limited");
+    assert!(statuses.iter().filter(|(s, _, _)| *s == 200).all(|(_, _, b)| b["data"] == json!([])));
+    let peak = peak_mib(gateway.id());
+    assert!(peak < 200.0, "the gateway peaked at {peak:.0} MiB");
+    let _ = gateway.kill();
+    let _ = gateway.wait();
 }

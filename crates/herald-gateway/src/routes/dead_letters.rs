@@ -13,7 +13,7 @@ use herald_core::{nats, proto};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::subscriptions::locate;
-use crate::scan::{From, Stored, parse_time, scan};
+use crate::scan::{From, Read, Scanner, Stored, parse_time, scan};
 use crate::{AppState, Query};
 
 /// Most dead letters one request reads or redrives.
@@ -130,6 +130,7 @@ pub(crate) async fn list(
     let (filters, since, until) = resolve(&state, &caller, &f).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
+    let _scanning = state.limits.scans.enter(caller.token_hash())?;
     let stored = scan(&state.js, nats::DLQ_STREAM, filters, from, until, limit + 1).await?;
     let more = stored.len() > limit;
     let data: Vec<DeadLetterView> = stored
@@ -178,14 +179,16 @@ pub(crate) async fn redrive(
     }
     let (filters, since, until) = resolve(&state, &caller, &f).await?;
     let from = since.map_or(From::Beginning, From::Time);
-    let mut stored = scan(&state.js, nats::DLQ_STREAM, filters, from, until, SCAN_LIMIT).await?;
-    if let Some(ids) = &input.ids {
-        stored.retain(|s| ids.contains(&s.sequence));
-    }
+    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    // One letter at a time: a redrive of 100,000 holds one of them in memory.
+    let mut scanner = Scanner::open(&state.js, nats::DLQ_STREAM, filters, from, until, SCAN_LIMIT, Read::Whole).await?;
     let dlq = state.js.get_stream(nats::DLQ_STREAM).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
     let mut result = RedriveResult::default();
-    for s in &stored {
-        let Some((_, letter)) = view(s) else {
+    while let Some(s) = scanner.next().await? {
+        if input.ids.as_ref().is_some_and(|ids| !ids.contains(&s.sequence)) {
+            continue;
+        }
+        let Some((_, letter)) = view(&s) else {
             result.skipped += 1;
             continue;
         };

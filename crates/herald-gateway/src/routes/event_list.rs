@@ -10,7 +10,7 @@ use herald_core::pattern::TypePattern;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::scan::{From, parse_time, scan_each};
+use crate::scan::{From, Read, Scanner, Stored, parse_time, scan_each};
 use crate::{AppState, Query};
 
 /// Most stored events a search by id reads.
@@ -94,39 +94,59 @@ pub(crate) async fn list(
     let several = slices.len() > 1;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
+    let _scanning = state.limits.scans.enter(caller.token_hash())?;
     if let Some(id) = &q.id {
         herald_core::ids::EventId::parse(id).map_err(|e| ApiError::invalid(Some("id"), format!("id: {}", e.0)))?;
+        let found = find_by_id(&state, slices, from, until, id).await?;
+        return Ok(Json(Page { data: found.into_iter().collect(), next: None }));
     }
-    let max = if q.id.is_some() { ID_SEARCH_LIMIT } else { limit + 1 };
-    let stored = scan_each(&state.js, slices, from, until, max).await?;
-    let (limit, more) = match &q.id {
-        Some(_) => (stored.len(), false),
-        None => (limit, stored.len() > limit && !several),
-    };
-    let data: Vec<EventView> = stored
-        .iter()
-        .take(limit)
-        .filter(|s| since.is_none_or(|t| s.time >= t))
-        .filter(|s| q.id.as_ref().is_none_or(|id| s.header("Nats-Msg-Id").is_none_or(|m| m == id)))
-        .filter_map(|s| {
-            let at = StoredAt { sequence: s.sequence, time: s.time };
-            let event =
-                decode_stored(&s.subject, s.header("Content-Type"), s.header("Nats-Msg-Id"), &s.payload, at).ok()?;
-            let data = serde_json::value::RawValue::from_string(String::from_utf8(event.data).ok()?).ok()?;
-            Some(EventView {
-                seq: s.sequence,
-                id: event.id,
-                event_type: event.r#type,
-                tenant: event.tenant,
-                source: event.source,
-                time: event.time,
-                stored_at: herald_core::rfc3339(s.time),
-                data,
-            })
-        })
-        .filter(|e| q.id.as_ref().is_none_or(|id| &e.id == id))
-        .take(if q.id.is_some() { 1 } else { usize::MAX })
-        .collect();
+    let stored = scan_each(&state.js, slices, from, until, limit + 1).await?;
+    let more = stored.len() > limit && !several;
+    let data: Vec<EventView> =
+        stored.iter().take(limit).filter(|s| since.is_none_or(|t| s.time >= t)).filter_map(view).collect();
     let next = if more { stored.get(limit - 1).map(|s| s.sequence) } else { None };
     Ok(Json(Page { data, next }))
+}
+
+/// The event with `id`: the slices' headers are read (an id is the `Nats-Msg-Id` the gateway
+/// stored it with), and only the match is read whole — or an event stored without one, to read
+/// its id from its body. At most [`ID_SEARCH_LIMIT`] events of each slice, for at most
+/// [`crate::scan::SCAN_TIME`].
+async fn find_by_id(
+    state: &AppState,
+    slices: Vec<(String, Vec<String>)>,
+    from: From,
+    until: Option<time::OffsetDateTime>,
+    id: &str,
+) -> Result<Option<EventView>, ApiError> {
+    for (stream, filters) in slices {
+        let mut scanner =
+            Scanner::open(&state.js, &stream, filters, from, until, ID_SEARCH_LIMIT, Read::HeadersOnly).await?;
+        while let Some(head) = scanner.next().await? {
+            if head.header("Nats-Msg-Id").is_some_and(|m| m != id) {
+                continue;
+            }
+            let whole = scanner.whole(head.sequence).await?;
+            if let Some(found) = view(&whole).filter(|e| e.id == id) {
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn view(s: &Stored) -> Option<EventView> {
+    let at = StoredAt { sequence: s.sequence, time: s.time };
+    let event = decode_stored(&s.subject, s.header("Content-Type"), s.header("Nats-Msg-Id"), &s.payload, at).ok()?;
+    let data = serde_json::value::RawValue::from_string(String::from_utf8(event.data).ok()?).ok()?;
+    Some(EventView {
+        seq: s.sequence,
+        id: event.id,
+        event_type: event.r#type,
+        tenant: event.tenant,
+        source: event.source,
+        time: event.time,
+        stored_at: herald_core::rfc3339(s.time),
+        data,
+    })
 }

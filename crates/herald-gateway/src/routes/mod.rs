@@ -44,6 +44,8 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/ui/{name}", get(pages::asset))
         .route("/v1/session", get(sessions::current).delete(sessions::sign_out))
         .route("/v1/portal/sessions", post(sessions::create_portal_session))
+        .route("/v1/sessions", get(sessions::list))
+        .route("/v1/sessions/{id}", axum::routing::delete(sessions::revoke))
         .route("/v1/stats", get(stats::stats))
         .route("/v1/overview", get(stats::overview))
         .route("/v1/dead-letters", get(dead_letters::list))

@@ -16,7 +16,7 @@ use herald_core::telemetry::{self, Carrier};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::routes::subscriptions::locate;
-use crate::scan::{From, parse_time, scan};
+use crate::scan::{From, Read, Scanner, parse_time};
 use crate::{AppState, Body};
 
 /// Most events one replay request reads.
@@ -71,14 +71,30 @@ pub(crate) async fn replay(
 
     let events = state.partitions.of_tenant(&sub.tenant);
     let filter = format!("{}{}.>", events.events_prefix(), sub.tenant);
-    let stored = scan(&state.js, &events.events_stream(), vec![filter], From::Time(since), until, SCAN_LIMIT).await?;
+    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    // Read one event at a time and stored as it goes: what the gateway holds is one event and
+    // the PubAcks in flight, however many the range has.
+    let mut scanner = Scanner::open(
+        &state.js,
+        &events.events_stream(),
+        vec![filter],
+        From::Time(since),
+        until,
+        SCAN_LIMIT,
+        Read::Whole,
+    )
+    .await?;
     let partition = state.partitions.of_subscription(&sub.id);
     let deliveries =
         state.js.get_stream(partition.deliveries_stream()).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
 
     let mut pending = Vec::new();
-    let mut in_flight = 0;
-    for s in &stored {
+    let (mut in_flight, mut replayed, mut scanned) = (0, 0, 0);
+    while let Some(s) = scanner.next().await? {
+        scanned += 1;
+        if pending.len() >= 1_000 {
+            settle(std::mem::take(&mut pending), &mut replayed, &mut in_flight).await?;
+        }
         let at = StoredAt { sequence: s.sequence, time: s.time };
         let Ok(event) = decode_stored(&s.subject, s.header("Content-Type"), s.header("Nats-Msg-Id"), &s.payload, at)
         else {
@@ -101,20 +117,30 @@ pub(crate) async fn replay(
         let (subject, publish) = nats::first_delivery(state.partitions, &event, s.sequence, &sub, &trace);
         let publish = publish.header(nats::RESEND_HEADER, "replay");
         let ack = state.js.send_publish(subject, publish).await.map_err(|e| ApiError::unavailable(e.to_string()))?;
-        pending.push(ack.into_future());
+        pending.push(ack);
     }
-    let mut replayed = 0;
-    for ack in futures::future::join_all(pending).await {
+    settle(pending, &mut replayed, &mut in_flight).await?;
+    tracing::info!(subscription = %sub.id, scanned, replayed, in_flight, "replay");
+    Ok(Json(ReplayResult { scanned, replayed, in_flight }))
+}
+
+/// Waits for the PubAcks of replayed deliveries: each one new is replayed, each duplicate was
+/// under way already.
+async fn settle(
+    pending: Vec<async_nats::jetstream::context::PublishAckFuture>,
+    replayed: &mut usize,
+    in_flight: &mut usize,
+) -> Result<(), ApiError> {
+    for ack in futures::future::join_all(pending.into_iter().map(IntoFuture::into_future)).await {
         let ack =
             ack.map_err(|e| ApiError::unavailable(format!("replay partly stored: {e}; repeat it (no doubles)")))?;
         if ack.duplicate {
-            in_flight += 1;
+            *in_flight += 1;
         } else {
-            replayed += 1;
+            *replayed += 1;
         }
     }
-    tracing::info!(subscription = %sub.id, scanned = stored.len(), replayed, in_flight, "replay");
-    Ok(Json(ReplayResult { scanned: stored.len(), replayed, in_flight }))
+    Ok(())
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -142,6 +168,7 @@ pub(crate) async fn resend(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<(axum::http::StatusCode, Json<Resent>), ApiError> {
+    caller.limit_fields(&body.0, &["seq"])?;
     let input: ResendInput = body.json()?;
     let (_, _, sub) = locate(&state, &caller, &id).await?;
     let missing = || ApiError::not_found(format!("there is no stored event {} of tenant {:?}", input.seq, sub.tenant));

@@ -1,6 +1,7 @@
 //! Sessions for the pages: `POST /v1/portal/sessions` (the operator's backend asks for a
 //! one-time portal link), `POST /portal/session` (the portal spends it), `POST /console/session`
-//! (an operator signs in with an admin token), `GET /v1/session` and `DELETE /v1/session`.
+//! (an operator signs in with an admin token), `GET /v1/session` and `DELETE /v1/session`; and
+//! for the operator, `GET /v1/sessions` and `DELETE /v1/sessions/{id}`.
 //! See `crate::session` for how they are kept and checked.
 
 use axum::Json;
@@ -63,7 +64,7 @@ fn base_url(state: &AppState, headers: &HeaderMap) -> String {
 }
 
 fn secure(state: &AppState, headers: &HeaderMap) -> bool {
-    base_url(state, headers).starts_with("https://")
+    session::secure_cookies(state.config.public_url.as_deref(), headers)
 }
 
 fn kv_unavailable(e: impl std::fmt::Display) -> ApiError {
@@ -84,6 +85,7 @@ pub(crate) async fn create_portal_session(
     if caller.via() == Via::Portal {
         return Err(ApiError::forbidden("a portal session cannot open portal sessions"));
     }
+    state.limits.links.take(caller.token_hash())?;
     let input: PortalSessionInput = body.json()?;
     herald_core::ids::TenantId::parse(&input.tenant)
         .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
@@ -96,6 +98,7 @@ pub(crate) async fn create_portal_session(
     let expires = OffsetDateTime::now_utc() + std::time::Duration::from_secs(link_seconds);
     let link = Link {
         tenant: input.tenant.clone(),
+        token: caller.token_hash().to_owned(),
         session_seconds,
         expires_at: expires.unix_timestamp(),
         theme: input.theme,
@@ -145,6 +148,19 @@ impl SessionView {
     }
 }
 
+/// Refuses a body that is not `application/json`: a cross-site HTML form can post only
+/// `text/plain`, `multipart/form-data` or `application/x-www-form-urlencoded` without a
+/// preflight, so a sign-in or a link opened from another site's form never gets through.
+fn json_only(headers: &HeaderMap) -> Result<(), ApiError> {
+    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = media.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::unsupported_media_type("send the body as `Content-Type: application/json`"))
+    }
+}
+
 /// Refuses a sign-in a page of another site started (login CSRF).
 fn same_origin_only(headers: &HeaderMap) -> Result<(), ApiError> {
     match headers.get("sec-fetch-site").and_then(|v| v.to_str().ok()) {
@@ -180,6 +196,8 @@ pub(crate) async fn open_portal(
     body: Body,
 ) -> Result<Response, ApiError> {
     same_origin_only(&headers)?;
+    json_only(&headers)?;
+    state.limits.portal_opens.take("")?;
     let input: OpenPortal = body.json()?;
     let link = match session::spend_link(&state.sessions, &input.code).await {
         Ok(link) => link,
@@ -188,10 +206,18 @@ pub(crate) async fn open_portal(
         Err(Refusal::Expired) => return Err(ApiError::gone("this portal link has expired; ask for a new one")),
         Err(Refusal::Unavailable(e)) => return Err(kv_unavailable(e)),
     };
-    let ttl = std::time::Duration::from_secs(link.session_seconds);
-    let (secret, s) = session::open(&state.sessions, Kind::Portal, Some(link.tenant.clone()), ttl, link.theme)
-        .await
-        .map_err(kv_unavailable)?;
+    // The token that asked for the link must still be in force, with that tenant.
+    if !state.tokens.current().still_allows(&link.token, Some(&link.tenant)) {
+        return Err(ApiError::gone("the token that asked for this portal link was revoked; ask for a new one"));
+    }
+    let opening = session::Opening {
+        kind: Kind::Portal,
+        tenant: Some(link.tenant.clone()),
+        token: link.token,
+        ttl: std::time::Duration::from_secs(link.session_seconds),
+        theme: link.theme,
+    };
+    let (secret, s) = session::open(&state.sessions, opening).await.map_err(kv_unavailable)?;
     tracing::info!(tenant = %link.tenant, "portal session opened");
     Ok(started(&state, &headers, &secret, s))
 }
@@ -209,14 +235,21 @@ pub(crate) async fn sign_in(
     body: Body,
 ) -> Result<Response, ApiError> {
     same_origin_only(&headers)?;
+    json_only(&headers)?;
+    state.limits.sign_ins.take("")?;
     let input: SignIn = body.json()?;
     if !state.tokens.current().is_admin(input.token.trim()) {
         tracing::warn!("console sign-in refused");
         return Err(ApiError::unauthorized("that is not an admin token"));
     }
-    let (secret, s) = session::open(&state.sessions, Kind::Console, None, state.config.console_session_ttl, None)
-        .await
-        .map_err(kv_unavailable)?;
+    let opening = session::Opening {
+        kind: Kind::Console,
+        tenant: None,
+        token: session::token_hash(input.token.trim()),
+        ttl: state.config.console_session_ttl,
+        theme: None,
+    };
+    let (secret, s) = session::open(&state.sessions, opening).await.map_err(kv_unavailable)?;
     tracing::info!("console session opened");
     Ok(started(&state, &headers, &secret, s))
 }
@@ -244,8 +277,8 @@ pub(crate) async fn current(
         _ => return Err(ApiError::invalid(Some("kind"), "kind: `console` or `portal`")),
     };
     same_origin_only(&headers)?;
-    let secret =
-        session::cookie(&headers, kind.cookie()).ok_or_else(|| ApiError::unauthorized("no session: sign in"))?;
+    let secret = session::session_cookie(&headers, kind, secure(&state, &headers))
+        .ok_or_else(|| ApiError::unauthorized("no session: sign in"))?;
     let s = session::find(&state.sessions, secret)
         .await
         .map_err(kv_unavailable)?
@@ -268,12 +301,119 @@ pub(crate) async fn sign_out(
         Via::Portal => Kind::Portal,
         Via::Token => return Err(ApiError::invalid(None, "a bearer token has no session to end")),
     };
-    if let Some(secret) = session::cookie(&headers, kind.cookie()) {
+    let secure = secure(&state, &headers);
+    if let Some(secret) = session::session_cookie(&headers, kind, secure) {
         session::close(&state.sessions, secret).await.map_err(kv_unavailable)?;
     }
     let mut res = StatusCode::NO_CONTENT.into_response();
-    if let Ok(v) = session::clear_cookie(kind).parse() {
+    if let Ok(v) = session::clear_cookie(kind, secure).parse() {
         res.headers_mut().insert(header::SET_COOKIE, v);
     }
     Ok(res)
+}
+
+/// A live session, as the operator sees it: never its secret or CSRF token.
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionEntry {
+    /// The SHA-256 of its secret: names it, lets no one in.
+    id: String,
+    /// `console` or `portal`.
+    #[schema(value_type = String)]
+    kind: Kind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tenant: Option<String>,
+    /// The first 12 hex digits of the SHA-256 of the token that opened it (the `sha256:` form
+    /// of `HERALD_TOKENS` starts with them), so the sessions of one token can be told apart.
+    token_sha256_prefix: String,
+    /// RFC 3339 (empty for sessions opened before it was kept).
+    created_at: String,
+    /// RFC 3339.
+    expires_at: String,
+    /// False when the token behind it is no longer in force: its next call is refused.
+    token_in_force: bool,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(crate) struct SessionList {
+    data: Vec<SessionEntry>,
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SessionFilter {
+    /// Only `console` or only `portal` sessions.
+    kind: Option<String>,
+    /// Only the portal sessions of this tenant.
+    tenant: Option<String>,
+}
+
+fn require_admin(caller: &Caller) -> Result<(), ApiError> {
+    if caller.is_admin() && caller.via() != Via::Portal {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("listing and ending sessions needs `admin`"))
+    }
+}
+
+fn rfc3339_at(secs: i64) -> String {
+    if secs == 0 {
+        return String::new();
+    }
+    herald_core::rfc3339(OffsetDateTime::from_unix_timestamp(secs).unwrap_or(OffsetDateTime::UNIX_EPOCH))
+}
+
+/// `GET /v1/sessions` (admin): the live console and portal sessions, newest first.
+#[utoipa::path(get, path = "/v1/sessions", tag = "portal", params(SessionFilter),
+    responses((status = 200, description = "Live sessions", body = SessionList), crate::error::Problems),
+    security(("bearer" = [])))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    Query(filter): Query<SessionFilter>,
+) -> Result<Json<SessionList>, ApiError> {
+    require_admin(&caller)?;
+    let kind = match filter.kind.as_deref() {
+        None => None,
+        Some("console") => Some(Kind::Console),
+        Some("portal") => Some(Kind::Portal),
+        Some(_) => return Err(ApiError::invalid(Some("kind"), "kind: `console` or `portal`")),
+    };
+    let tokens = state.tokens.current();
+    let data = session::list(&state.sessions)
+        .await
+        .map_err(kv_unavailable)?
+        .into_iter()
+        .filter(|(_, s)| kind.is_none_or(|k| s.kind == k))
+        .filter(|(_, s)| filter.tenant.as_deref().is_none_or(|t| s.tenant.as_deref() == Some(t)))
+        .map(|(id, s)| SessionEntry {
+            token_in_force: tokens.still_allows(&s.token, s.tenant.as_deref().filter(|_| s.kind == Kind::Portal)),
+            id,
+            kind: s.kind,
+            tenant: s.tenant,
+            token_sha256_prefix: s.token.chars().take(12).collect(),
+            created_at: rfc3339_at(s.created_at),
+            expires_at: rfc3339_at(s.expires_at),
+        })
+        .collect();
+    Ok(Json(SessionList { data }))
+}
+
+/// `DELETE /v1/sessions/{id}` (admin): ends a session at once (its next call is refused).
+#[utoipa::path(delete, path = "/v1/sessions/{id}", tag = "portal",
+    params(("id" = String, Path, description = "The session's id, from GET /v1/sessions")),
+    responses((status = 204, description = "Ended"), crate::error::Problems),
+    security(("bearer" = [])))]
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require_admin(&caller)?;
+    if session::close_id(&state.sessions, &id).await.map_err(kv_unavailable)? {
+        tracing::info!(session = %id, "session revoked");
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("no live session has this id"))
+    }
 }

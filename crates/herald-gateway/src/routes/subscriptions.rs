@@ -220,6 +220,7 @@ pub(crate) async fn create(
     caller: Caller,
     body: Body,
 ) -> Result<(StatusCode, Json<View>), ApiError> {
+    caller.limit_fields(&body.0, crate::auth::PORTAL_ENDPOINT_FIELDS)?;
     let input: CreateInput = body.json()?;
     let tenant = match (&input.tenant, caller.own_tenant()) {
         (Some(t), _) => {
@@ -471,6 +472,7 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<View>, ApiError> {
+    caller.limit_fields(&body.0, crate::auth::PORTAL_ENDPOINT_FIELDS)?;
     let input: PatchInput = body.json()?;
     let sub = modify(&state, &caller, &id, |sub| input.apply(&state, sub)).await?;
     tracing::info!(id = %sub.id, enabled = sub.enabled, "subscription updated");
@@ -555,6 +557,7 @@ pub(crate) async fn rotate_secret(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Rotated>, ApiError> {
+    caller.limit_fields(&body.0, &[])?;
     let input: RotateInput = if body.0.is_empty() { RotateInput::default() } else { body.json()? };
     let grace = herald_core::runtime::parse_duration(input.grace.as_deref().unwrap_or("24h"))
         .map_err(|e| ApiError::invalid(Some("grace"), format!("grace: {e}")))?;
