@@ -37,6 +37,19 @@ pub(crate) enum Problems {
     Unavailable(Problem),
 }
 
+/// The 429 of the routes with a rate limit or a bound on scans at once, listed for the OpenAPI
+/// document beside [`Problems`]; never built.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+pub(crate) enum Limited {
+    #[response(
+        status = 429,
+        description = "Over a rate limit, or too many scans of this caller at once; retry after `Retry-After`",
+        content_type = "application/problem+json"
+    )]
+    TooMany(Problem),
+}
+
 /// An RFC 9457 problem: every error the API answers.
 #[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct Problem {

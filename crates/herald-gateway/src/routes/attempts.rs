@@ -112,7 +112,7 @@ const MINTED_LEEWAY: time::Duration = time::Duration::minutes(5);
 /// the caller may see. The records are found in the event's partition of every subscription
 /// (`herald.attempts.{tenant}.*.{p}`), read from when the event can first have been attempted.
 #[utoipa::path(get, path = "/v1/events/{id}/attempts", tag = "events", params(("id" = String, Path, description = "Event id"), EventAttemptsQuery),
-    responses((status = 200, description = "Newest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "Newest first", body = Page), crate::error::Problems, crate::error::Limited), security(("bearer" = [])))]
 pub(crate) async fn for_event(
     State(state): State<AppState>,
     caller: Caller,
@@ -150,7 +150,7 @@ pub(crate) async fn for_event(
 
 /// `GET /v1/subscriptions/{id}/attempts`: its attempts, newest first, paged with `before`.
 #[utoipa::path(get, path = "/v1/subscriptions/{id}/attempts", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id"), PageQuery),
-    responses((status = 200, description = "Newest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "Newest first", body = Page), crate::error::Problems, crate::error::Limited), security(("bearer" = [])))]
 pub(crate) async fn for_subscription(
     State(state): State<AppState>,
     caller: Caller,

@@ -120,7 +120,7 @@ pub(crate) struct Page {
 
 /// `GET /v1/dead-letters?tenant=&subscription=&since=&until=&limit=&after=`: oldest first.
 #[utoipa::path(get, path = "/v1/dead-letters", tag = "dead-letters", params(ListQuery),
-    responses((status = 200, description = "Oldest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "Oldest first", body = Page), crate::error::Problems, crate::error::Limited), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -165,7 +165,7 @@ pub(crate) struct RedriveResult {
 /// `POST /v1/dead-letters/redrive`: `{ids}` or `{subscription?, tenant?, since?, until?}`.
 /// Each redriven delivery starts again at attempt 1 and leaves the dead-letter list.
 #[utoipa::path(post, path = "/v1/dead-letters/redrive", tag = "dead-letters", request_body = RedriveInput,
-    responses((status = 200, description = "Handed to the dispatcher again", body = RedriveResult), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "Handed to the dispatcher again", body = RedriveResult), crate::error::Problems, crate::error::Limited), security(("bearer" = [])))]
 pub(crate) async fn redrive(
     State(state): State<AppState>,
     caller: Caller,

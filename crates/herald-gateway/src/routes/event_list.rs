@@ -64,7 +64,7 @@ pub(crate) struct Page {
 
 /// `GET /v1/events?tenant=&type=&since=&until=&limit=&after=`: oldest first, 50 a page.
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(ListQuery),
-    responses((status = 200, description = "Oldest first", body = Page), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "Oldest first", body = Page), crate::error::Problems, crate::error::Limited), security(("bearer" = [])))]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -46,7 +46,7 @@ pub(crate) struct ReplayResult {
 
 /// `POST /v1/subscriptions/{id}/replay` `{since, until?, event_types?}`.
 #[utoipa::path(post, path = "/v1/subscriptions/{id}/replay", tag = "subscriptions", params(("id" = String, Path, description = "Subscription id")), request_body = ReplayInput,
-    responses((status = 200, description = "Replayed", body = ReplayResult), crate::error::Problems), security(("bearer" = [])))]
+    responses((status = 200, description = "Replayed", body = ReplayResult), crate::error::Problems, crate::error::Limited), security(("bearer" = [])))]
 pub(crate) async fn replay(
     State(state): State<AppState>,
     caller: Caller,

@@ -74,7 +74,7 @@ fn kv_unavailable(e: impl std::fmt::Display) -> ApiError {
 
 /// `POST /v1/portal/sessions`: a one-time link into the portal of one tenant.
 #[utoipa::path(post, path = "/v1/portal/sessions", tag = "portal", request_body = PortalSessionInput,
-    responses((status = 201, description = "The link", body = PortalLink), crate::error::Problems),
+    responses((status = 201, description = "The link", body = PortalLink), crate::error::Problems, crate::error::Limited),
     security(("bearer" = [])))]
 pub(crate) async fn create_portal_session(
     State(state): State<AppState>,
