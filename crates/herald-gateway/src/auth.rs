@@ -179,9 +179,9 @@ pub const PORTAL_ENDPOINT_FIELDS: &[&str] = &["url", "event_types", "description
 pub struct Caller {
     scopes: Arc<[Scope]>,
     via: Via,
-    /// The SHA-256 (hex) of the token behind the call: the bearer token, or the one that
-    /// opened the session.
-    token: Arc<str>,
+    /// The SHA-256 of the token behind the call: the bearer token, or the one that opened the
+    /// session (computed once, for the lookup; made hex only where it is kept or keys a limit).
+    token: [u8; 32],
 }
 
 impl Caller {
@@ -215,8 +215,8 @@ impl Caller {
     }
 
     /// The SHA-256 (hex) of the token behind the call (a session's: the one that opened it).
-    pub fn token_hash(&self) -> &str {
-        &self.token
+    pub fn token_hash(&self) -> String {
+        self.token.iter().map(|b| format!("{b:02x}")).collect()
     }
 
     /// Admin scope.
@@ -322,8 +322,10 @@ impl FromRequestParts<AppState> for Caller {
             .map(str::trim)
             .ok_or_else(|| ApiError::unauthorized("the Authorization header must be `Bearer <token>`"))?;
         let tokens = state.tokens.current();
-        let scopes = tokens.scopes(token).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
-        Ok(Caller { scopes: scopes.into(), via: Via::Token, token: crate::session::token_hash(token).into() })
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let scopes =
+            tokens.by_hash.get(&digest).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
+        Ok(Caller { scopes: scopes.as_slice().into(), via: Via::Token, token: digest })
     }
 }
 
@@ -387,7 +389,8 @@ async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
         None => (Arc::new([Scope::Admin]), Via::Console),
         Some(tenant) => (Arc::new([Scope::Tenant(tenant.to_owned())]), Via::Portal),
     };
-    Ok(Caller { scopes, via, token: found.token.into() })
+    let token = parse_hex32(&found.token).unwrap_or_default();
+    Ok(Caller { scopes, via, token })
 }
 
 #[cfg(test)]

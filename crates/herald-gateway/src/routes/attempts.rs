@@ -142,7 +142,7 @@ pub(crate) async fn for_event(
         Some(t) => From::Time(t),
         None => From::Beginning,
     };
-    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    let _scanning = state.limits.scans.enter(&caller.token_hash())?;
     let mut stored = scan_each(&state.js, slices, from, None, SCAN_LIMIT).await?;
     stored.retain(|s| proto::Attempt::decode(s.payload.as_ref()).is_ok_and(|a| a.event_id == id));
     Ok(Json(newest_first(stored, q.limit, q.before)))
@@ -164,7 +164,7 @@ pub(crate) async fn for_subscription(
     // A page is the newest records (before the cursor): looked for in the last hour, then the
     // last day, before the whole retention is read.
     let now = OffsetDateTime::now_utc();
-    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    let _scanning = state.limits.scans.enter(&caller.token_hash())?;
     for window in RECENT_WINDOWS.map(Some).into_iter().chain([None]) {
         let from = window.map_or(From::Beginning, |w| From::Time(now - w));
         let mut stored = scan(&state.js, &stream, vec![filter.clone()], from, None, SCAN_LIMIT).await?;

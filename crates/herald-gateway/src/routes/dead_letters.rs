@@ -130,7 +130,7 @@ pub(crate) async fn list(
     let (filters, since, until) = resolve(&state, &caller, &f).await?;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
-    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    let _scanning = state.limits.scans.enter(&caller.token_hash())?;
     let stored = scan(&state.js, nats::DLQ_STREAM, filters, from, until, limit + 1).await?;
     let more = stored.len() > limit;
     let data: Vec<DeadLetterView> = stored
@@ -179,7 +179,7 @@ pub(crate) async fn redrive(
     }
     let (filters, since, until) = resolve(&state, &caller, &f).await?;
     let from = since.map_or(From::Beginning, From::Time);
-    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    let _scanning = state.limits.scans.enter(&caller.token_hash())?;
     // One letter at a time: a redrive of 100,000 holds one of them in memory.
     let mut scanner = Scanner::open(&state.js, nats::DLQ_STREAM, filters, from, until, SCAN_LIMIT, Read::Whole).await?;
     let dlq = state.js.get_stream(nats::DLQ_STREAM).await.map_err(|e| ApiError::unavailable(e.to_string()))?;

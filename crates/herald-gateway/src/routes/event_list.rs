@@ -94,7 +94,7 @@ pub(crate) async fn list(
     let several = slices.len() > 1;
     let limit = q.limit.unwrap_or(50).clamp(1, 500);
     let from = From::page(q.after, since);
-    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    let _scanning = state.limits.scans.enter(&caller.token_hash())?;
     if let Some(id) = &q.id {
         herald_core::ids::EventId::parse(id).map_err(|e| ApiError::invalid(Some("id"), format!("id: {}", e.0)))?;
         let found = find_by_id(&state, slices, from, until, id).await?;

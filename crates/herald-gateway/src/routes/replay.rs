@@ -71,7 +71,7 @@ pub(crate) async fn replay(
 
     let events = state.partitions.of_tenant(&sub.tenant);
     let filter = format!("{}{}.>", events.events_prefix(), sub.tenant);
-    let _scanning = state.limits.scans.enter(caller.token_hash())?;
+    let _scanning = state.limits.scans.enter(&caller.token_hash())?;
     // Read one event at a time and stored as it goes: what the gateway holds is one event and
     // the PubAcks in flight, however many the range has.
     let mut scanner = Scanner::open(

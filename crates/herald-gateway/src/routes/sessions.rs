@@ -85,7 +85,7 @@ pub(crate) async fn create_portal_session(
     if caller.via() == Via::Portal {
         return Err(ApiError::forbidden("a portal session cannot open portal sessions"));
     }
-    state.limits.links.take(caller.token_hash())?;
+    state.limits.links.take(&caller.token_hash())?;
     let input: PortalSessionInput = body.json()?;
     herald_core::ids::TenantId::parse(&input.tenant)
         .map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?;
@@ -98,7 +98,7 @@ pub(crate) async fn create_portal_session(
     let expires = OffsetDateTime::now_utc() + std::time::Duration::from_secs(link_seconds);
     let link = Link {
         tenant: input.tenant.clone(),
-        token: caller.token_hash().to_owned(),
+        token: caller.token_hash(),
         session_seconds,
         expires_at: expires.unix_timestamp(),
         theme: input.theme,
