@@ -18,15 +18,8 @@ NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 out="$root/target/ab"
 rev="$(git rev-parse --short "$ref")"
-mkdir -p "$out/old-$rev" "$out/new"
-if [ ! -x "$out/old-$rev/herald-dispatcher" ]; then
-  echo "==> building $ref ($rev)" >&2
-  tree="$(mktemp -d)"
-  git worktree add --detach -f "$tree" "$rev" >/dev/null
-  (cd "$tree" && CARGO_TARGET_DIR="$out/target-old" cargo build --release --locked --quiet -p herald-gateway -p herald-dispatcher)
-  cp "$out/target-old/release/herald-gateway" "$out/target-old/release/herald-dispatcher" "$out/old-$rev/"
-  git worktree remove --force "$tree"
-fi
+scripts/build-ref.sh "$ref" >/dev/null
+mkdir -p "$out/new"
 echo "==> building the working tree" >&2
 cargo build --release --locked --quiet -p herald-gateway -p herald-dispatcher -p herald-bench
 cp target/release/herald-gateway target/release/herald-dispatcher "$out/new/"

@@ -44,11 +44,11 @@ pub(crate) struct Args {
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
     /// memory, scaleout, filters, ordered, schema (with ingest), stats, registry, production, cluster,
-    /// engine, soak.
+    /// engine, soak, regression (with `--baseline`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,registry,production,cluster,engine,soak"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,registry,production,cluster,engine,soak,regression"
     )]
     pub(crate) only: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
@@ -87,6 +87,14 @@ pub(crate) struct Args {
     /// in: another build, to compare two in one sitting (`scripts/bench-ab.sh` alternates them).
     #[arg(long)]
     pub(crate) binaries: Option<std::path::PathBuf>,
+    /// Regression guard: a directory holding another build's `herald-gateway` and
+    /// `herald-dispatcher` (`scripts/build-ref.sh REF` builds a git ref's), run alternately with
+    /// this build's in the same sitting; the `regression` rows give this build ÷ it.
+    #[arg(long)]
+    pub(crate) baseline: Option<std::path::PathBuf>,
+    /// Regression guard: alternations of the two builds (each figure the median).
+    #[arg(long, default_value_t = 3)]
+    pub(crate) baseline_runs: usize,
     /// Scale-out: run this dispatcher binary instead of the one built next to the benchmark
     /// (to compare two builds on the same machine).
     #[arg(long)]

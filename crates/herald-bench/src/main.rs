@@ -48,6 +48,7 @@ mod ordered;
 mod procs;
 mod production;
 mod registry;
+mod regression;
 mod report;
 mod scaleout;
 mod schema;
@@ -154,9 +155,14 @@ async fn main() -> anyhow::Result<()> {
         args.engine_nodes = vec![3];
         args.engine_events = 300;
         args.engine_partitions = vec![1, 2];
+        args.baseline_runs = 1;
     }
     if let Some(dir) = &args.binaries {
         procs::use_binaries_from(dir.clone());
+    }
+    // The smoke run compares this build with itself, so the regression rows run on every CI run.
+    if args.smoke && args.baseline.is_none() {
+        args.baseline = Some(procs::binaries_dir()?);
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let secret = herald_signature::Secret::generate();
@@ -314,6 +320,11 @@ async fn main() -> anyhow::Result<()> {
     // Memory over minutes of steady deliveries, on a server of its own.
     if bench.wants("soak") {
         bench.soak().await?;
+    }
+
+    // This build against another, alternated: the regression guard.
+    if let (true, Some(baseline)) = (bench.wants("regression"), args.baseline.clone()) {
+        bench.regression(args.payloads[0], &baseline).await?;
     }
 
     let memory_rows = [

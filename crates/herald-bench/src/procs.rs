@@ -37,6 +37,11 @@ fn binary(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The directory the Herald binaries run from (`--binaries`, or next to this executable).
+pub fn binaries_dir() -> anyhow::Result<PathBuf> {
+    Ok(binary("herald-gateway")?.parent().context("a binary without a directory")?.to_owned())
+}
+
 /// A running Herald process; killed when dropped.
 pub struct Proc {
     child: Child,
@@ -72,10 +77,6 @@ pub struct Memory {
 }
 
 impl Proc {
-    fn spawn(name: &str, args: &[String]) -> anyhow::Result<Self> {
-        Self::spawn_binary(&binary(name)?, args)
-    }
-
     /// Starts `path` with `args` at the log level users run (`info`, unless `HERALD_LOG` says
     /// otherwise for the whole benchmark: the log filter costs CPU per request), its log in a
     /// file of its own under [`LOG_DIR`].
@@ -102,11 +103,20 @@ impl Proc {
 
     /// [`Proc::gateway`] with `extra` flags.
     pub async fn gateway_with(nats_url: &str, port: u16, extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_gateway(nats_url, port, extra, &binary("herald-gateway")?).await
+    }
+
+    /// [`Proc::gateway`] run from `dir` (another build, to compare).
+    pub async fn gateway_from(nats_url: &str, port: u16, dir: &std::path::Path) -> anyhow::Result<Self> {
+        Self::start_gateway(nats_url, port, &[], &dir.join("herald-gateway")).await
+    }
+
+    async fn start_gateway(nats_url: &str, port: u16, extra: &[&str], path: &std::path::Path) -> anyhow::Result<Self> {
         let mut args = common_flags(nats_url);
         args.extend(extra.iter().map(|s| s.to_string()));
         let tokens = format!("admin={},publish={}", herald_harness::ADMIN_TOKEN, herald_harness::PUBLISH_TOKEN);
         args.extend(["--listen".into(), format!("127.0.0.1:{port}"), "--tokens".into(), tokens]);
-        let mut proc = Self::spawn("herald-gateway", &args)?;
+        let mut proc = Self::spawn_binary(path, &args)?;
         proc.metrics_url = Some(format!("http://127.0.0.1:{port}/metrics"));
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(120);
