@@ -14,6 +14,10 @@ echo "using $("$NATS_SERVER_BIN" --version)"
 # The egress proxy the tests deliver through (Debian's tinyproxy).
 TINYPROXY_BIN="$(scripts/ensure-tinyproxy.sh)"
 export TINYPROXY_BIN
+# The brokers the destination tests write to (Debian's rabbitmq-server and redis-server) and an
+# AMQP client independent of Herald's (pika), which reads back what arrived.
+HERALD_AMQP_PY="$(scripts/ensure-brokers.sh)"
+export HERALD_AMQP_PY
 
 # The Helm chart: rendered with every value set in deploy/helm/ci through the Helm SDK and
 # validated against Kubernetes' schemas (Python tools from PyPI, kept in .tools/).

@@ -3,10 +3,12 @@
 //!   [`NatsCluster`] (`cluster`): three of them as a JetStream cluster;
 //! - [`Receiver`] (`receiver`): a real HTTP(S) server whose answers a test scripts;
 //!   [`TestCa`] (`tls`): certificates made on the spot; [`Proxy`] (`proxy`): Debian's tinyproxy;
+//! - [`Rabbit`], [`Redis`] (`brokers`): Debian's RabbitMQ and Redis, for broker destinations;
 //! - [`Stack`] (`stack`): Herald's gateway and dispatcher in this process, with the test flags and
 //!   an API client; [`DispatcherProcess`] (`process`): a dispatcher as a real process, to kill.
 #![forbid(unsafe_code)]
 
+mod brokers;
 mod cluster;
 mod nats;
 mod process;
@@ -15,6 +17,7 @@ mod receiver;
 mod stack;
 mod tls;
 
+pub use brokers::{Rabbit, Redis, Silent};
 pub use cluster::NatsCluster;
 pub use nats::{NatsServer, nats_server_bin};
 pub use process::DispatcherProcess;

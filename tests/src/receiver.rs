@@ -28,6 +28,20 @@ pub struct Received {
 }
 
 impl Received {
+    /// A message read from a broker (its headers and exact body), so that it verifies like a
+    /// webhook.
+    pub fn message(headers: impl IntoIterator<Item = (String, String)>, body: Vec<u8>) -> Self {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            if let (Ok(n), Ok(v)) =
+                (axum::http::HeaderName::from_bytes(name.as_bytes()), axum::http::HeaderValue::from_str(&value))
+            {
+                map.insert(n, v);
+            }
+        }
+        Self { path: String::new(), headers: map, body: body.into(), at: Instant::now(), status: 0 }
+    }
+
     /// A header as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())

@@ -18,6 +18,7 @@
 
 pub mod catalog;
 pub mod client_cert;
+pub mod destination;
 pub mod event;
 pub mod filter;
 pub mod ids;

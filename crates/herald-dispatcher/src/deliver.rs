@@ -21,6 +21,7 @@ use crate::Shared;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::breaker::{Admission, Permit};
+use crate::destinations::{self, Outgoing};
 use crate::http_client::{self, WebhookRequest};
 use crate::operational::Notice;
 use crate::pull::Taken;
@@ -280,10 +281,27 @@ async fn attempt(
 
     // Counted from the request until its record is written: what a crash here would send again.
     let mut in_flight = None;
-    let sent = match (&prepared.url, &prepared.client) {
-        (Err(refusal), _) => http_client::refused_result(refusal),
-        (Ok(_), Err(unusable)) => http_client::unusable_certificate(unusable),
-        (Ok(url), Ok(own)) => {
+    let sent = match (&prepared.destination, &prepared.url, &prepared.client) {
+        (Some(Err(unusable)), _, _) => destinations::unusable(unusable),
+        (Some(Ok(destination)), _, _) => {
+            let message = Outgoing {
+                id: &event.id,
+                event_type: &event.r#type,
+                tenant: &event.tenant,
+                subscription_id: &sub.id,
+                timestamp: now.unix_timestamp(),
+                headers: headers
+                    .iter()
+                    .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+                    .collect(),
+                body: &body,
+            };
+            in_flight = Some(InFlight::start());
+            destination.send(message, shared.config.http_timeout).instrument(span.clone()).await
+        }
+        (None, Err(refusal), _) => http_client::refused_result(refusal),
+        (None, Ok(_), Err(unusable)) => http_client::unusable_certificate(unusable),
+        (None, Ok(url), Ok(own)) => {
             let request = WebhookRequest { url, headers, body };
             in_flight = Some(InFlight::start());
             let client = own.as_ref().unwrap_or(&shared.http);
@@ -342,7 +360,7 @@ async fn attempt(
             }
             telemetry::set_outcome(&span, sent.result.error.as_deref());
         }
-        let class = metrics::status_class(sent.result.status);
+        let class = if sent.result.confirmed { "confirmed" } else { metrics::status_class(sent.result.status) };
         metrics::ATTEMPTS.inc(&[outcome_name(recorded), class]);
         metrics::ATTEMPT_SECONDS.observe(&[class], sent.elapsed);
 

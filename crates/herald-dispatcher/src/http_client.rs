@@ -266,6 +266,7 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
                 error: failed.then(|| format!("HTTP {status}")),
                 class: failed.then_some(ErrorClass::HttpStatus),
                 retry_after,
+                confirmed: false,
             };
             (result, excerpt)
         }

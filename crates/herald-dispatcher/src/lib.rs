@@ -19,6 +19,7 @@
 mod backlog;
 pub mod breaker;
 mod deliver;
+mod destinations;
 mod elections;
 mod fanout;
 mod health;
@@ -253,6 +254,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
     let egress = http_client::Egress::from_config(&config)?;
+    let brokers = destinations::Brokers::new(policy.clone(), overrides.clone(), config.http_timeout);
     let clients =
         http_client::ClientSettings::new(config.http_timeout, config.concurrency, policy.clone(), overrides, egress);
     let http = clients.build(None).context("building the HTTP client")?;
@@ -343,7 +345,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         http_slots,
         inline: fanout::InlineSlots::new(config.inline_attempts),
         keys: keys.clone(),
-        prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients }),
+        prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients, brokers }),
         routes,
         elections,
         operational,

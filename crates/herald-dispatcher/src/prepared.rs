@@ -16,6 +16,7 @@ use herald_core::secrets::KeyRing;
 use herald_core::ssrf::{Policy, Refused};
 use herald_core::subscription::{OpenedSecret, open_secrets};
 
+use crate::destinations::{Brokers, Destination};
 use crate::http_client::ClientSettings;
 
 /// One revision of a subscription, prepared for attempts.
@@ -30,6 +31,8 @@ pub(crate) struct Prepared {
     /// A client presenting the subscription's certificate (`Ok(None)`: it has none, the shared
     /// client serves it), or why its certificate cannot be used.
     pub client: Result<Option<reqwest::Client>, String>,
+    /// A broker destination (`None`: a webhook), or why it cannot be used.
+    pub destination: Option<Result<Arc<Destination>, String>>,
 }
 
 impl Prepared {
@@ -43,7 +46,14 @@ impl Prepared {
         if let Err(why) = &client {
             tracing::warn!(subscription = %sub.id, "{why}");
         }
-        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client }
+        let destination = sub.destination.as_ref().map(|_| {
+            let prepared = with.brokers.prepare(sub, &with.keys);
+            if let Err(why) = &prepared {
+                tracing::warn!(subscription = %sub.id, "{why}");
+            }
+            prepared
+        });
+        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client, destination }
     }
 
     /// What signs a webhook sent at `now` (rotated-out keys until their grace ends).
@@ -100,6 +110,7 @@ pub(crate) struct PrepareWith {
     pub keys: Arc<KeyRing>,
     pub policy: Arc<Policy>,
     pub clients: ClientSettings,
+    pub brokers: Brokers,
 }
 
 /// Prepared revisions by subscription id. An entry whose revision is no longer held by anyone
@@ -182,7 +193,8 @@ mod tests {
             Default::default(),
             Default::default(),
         );
-        PreparedSubscriptions::new(PrepareWith { keys: Arc::new(KeyRing::default()), policy, clients })
+        let brokers = Brokers::new(policy.clone(), Default::default(), std::time::Duration::from_secs(5));
+        PreparedSubscriptions::new(PrepareWith { keys: Arc::new(KeyRing::default()), policy, clients, brokers })
     }
 
     #[test]

@@ -21,6 +21,11 @@ pub enum ErrorClass {
     Request,
     /// The SSRF guard refused the destination: not transient, never retried.
     Refused,
+    /// A broker refused the destination's credentials (or they do not open with the keys).
+    Auth,
+    /// A broker refused the write: an AMQP exchange that does not exist, a message no queue
+    /// takes, a Redis key of another type, a JetStream error.
+    Broker,
 }
 
 impl ErrorClass {
@@ -33,6 +38,8 @@ impl ErrorClass {
             Self::HttpStatus => "http_status",
             Self::Request => "request",
             Self::Refused => "refused",
+            Self::Auth => "auth",
+            Self::Broker => "broker",
         }
     }
 }
@@ -48,12 +55,14 @@ pub struct AttemptResult {
     pub class: Option<ErrorClass>,
     /// What the subscriber's `Retry-After` asked for (on 429 and 503 only).
     pub retry_after: Option<Duration>,
+    /// A broker destination confirmed the write (there is no status to look at).
+    pub confirmed: bool,
 }
 
 impl AttemptResult {
     /// A 2xx arrived.
     pub fn succeeded(&self) -> bool {
-        self.status.is_some_and(|s| (200..300).contains(&s))
+        self.confirmed || self.status.is_some_and(|s| (200..300).contains(&s))
     }
 }
 

@@ -9,6 +9,7 @@ mod cluster;
 mod console;
 mod crash;
 mod delivery;
+mod destinations;
 mod egress;
 mod filters;
 mod gateway;

@@ -131,6 +131,34 @@ pub struct Subscription {
     /// A payload filter (JSON, see herald_core::filter); empty: every event of its types.
     #[prost(string, tag = "19")]
     pub filter: ::prost::alloc::string::String,
+    /// Where deliveries go when not POSTed to `url`: a message broker. Absent: a webhook. For a
+    /// broker, `url` holds the broker's URL without its password, for people and attempt records.
+    #[prost(message, optional, tag = "20")]
+    pub destination: ::core::option::Option<Destination>,
+}
+/// A message broker a subscription's deliveries are written to instead of an HTTP endpoint.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Destination {
+    /// "amqp", "nats" or "redis".
+    #[prost(string, tag = "1")]
+    pub r#type: ::prost::alloc::string::String,
+    /// The broker's URL with its credentials, sealed like the signing secrets (`enc:v1:` when
+    /// keys are configured).
+    #[prost(string, tag = "2")]
+    pub url: ::prost::alloc::string::String,
+    /// AMQP: the exchange ("" is the default exchange) and the routing key template.
+    #[prost(string, tag = "3")]
+    pub exchange: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub routing_key: ::prost::alloc::string::String,
+    /// NATS: the subject template.
+    #[prost(string, tag = "5")]
+    pub subject: ::prost::alloc::string::String,
+    /// Redis: the stream key template, and its approximate MAXLEN (0: unbounded).
+    #[prost(string, tag = "6")]
+    pub stream: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub max_len: u64,
 }
 /// A certificate and its private key, sent when the subscriber's server asks for one.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

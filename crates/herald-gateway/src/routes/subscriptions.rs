@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use herald_core::ids::{SubscriptionId, TenantId};
 use herald_core::subscription::{self as validate, InvalidField};
-use herald_core::{client_cert, nats, proto};
+use herald_core::{client_cert, destination, nats, proto};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -23,7 +23,11 @@ use crate::{AppState, Body, Query};
 pub(crate) struct View {
     id: String,
     tenant: String,
+    /// The webhook URL; for a broker destination, the broker's URL without its password.
     url: String,
+    /// Where deliveries go when not POSTed to `url`: a broker (absent for a webhook).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    destination: Option<DestinationView>,
     event_types: Vec<String>,
     enabled: bool,
     description: String,
@@ -83,12 +87,138 @@ pub(crate) struct CertificateView {
     fingerprint_sha256: String,
 }
 
+/// A broker destination as the API shows it: its URL without the password.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct DestinationView {
+    /// `amqp`, `nats` or `redis`.
+    #[serde(rename = "type")]
+    kind: String,
+    /// The broker's URL without its password.
+    url: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exchange: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    routing_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_len: Option<u64>,
+}
+
+impl DestinationView {
+    fn of(sub: &proto::Subscription) -> Option<Self> {
+        let d = sub.destination.as_ref()?;
+        let amqp = d.r#type == destination::AMQP;
+        let text = |v: &String, applies: bool| applies.then(|| v.clone());
+        Some(Self {
+            kind: d.r#type.clone(),
+            url: sub.url.clone(),
+            exchange: text(&d.exchange, amqp),
+            routing_key: text(&d.routing_key, amqp),
+            subject: text(&d.subject, d.r#type == destination::NATS),
+            stream: text(&d.stream, d.r#type == destination::REDIS),
+            max_len: (d.max_len > 0).then_some(d.max_len),
+        })
+    }
+}
+
+/// A destination as a user gives it: `{"type": "amqp", "url": …, "exchange": …,
+/// "routing_key": …}`, `{"type": "nats", "url": …, "subject": …}`, `{"type": "redis", "url":
+/// …, "stream": …, "max_len": …}`, or `{"type": "webhook", "url": …}` (the same as `url`).
+/// Routing keys, subjects and stream keys may hold `{event_type}`, `{tenant}` and
+/// `{subscription_id}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DestinationInput {
+    #[serde(rename = "type")]
+    kind: String,
+    /// The broker's URL, credentials included (stored sealed, never shown again):
+    /// `amqp://user:pass@host:5672/vhost`, `nats://user:pass@host:4222` (or `nats://token@…`),
+    /// `redis://:pass@host:6379/0`.
+    url: String,
+    /// AMQP: the exchange (default `""`, the default exchange).
+    exchange: Option<String>,
+    /// AMQP: the routing key template (default `{event_type}`).
+    routing_key: Option<String>,
+    /// NATS: the subject template.
+    subject: Option<String>,
+    /// Redis: the stream key template.
+    stream: Option<String>,
+    /// Redis: trim the stream to about this many entries (`MAXLEN ~`).
+    max_len: Option<u64>,
+}
+
+/// Where a subscription's deliveries go, as given (`url`, or `destination`) and checked.
+enum Target {
+    Webhook(String),
+    Broker(destination::Checked),
+}
+
+impl Target {
+    fn of(state: &AppState, url: Option<&str>, given: Option<&DestinationInput>) -> Result<Self, ApiError> {
+        match (url, given) {
+            (Some(_), Some(_)) => {
+                Err(ApiError::invalid(Some("destination"), "give either `url` (a webhook) or `destination`, not both"))
+            }
+            (None, None) => Err(ApiError::invalid(Some("url"), "url: a subscription needs a `url` or a `destination`")),
+            (Some(url), None) => Ok(Self::Webhook(checked_url(state, url)?)),
+            (None, Some(d)) if d.kind == destination::WEBHOOK => {
+                let extra = [
+                    d.exchange.is_some(),
+                    d.routing_key.is_some(),
+                    d.subject.is_some(),
+                    d.stream.is_some(),
+                    d.max_len.is_some(),
+                ];
+                if extra.contains(&true) {
+                    return Err(ApiError::invalid(Some("destination"), "destination: a webhook takes only `url`"));
+                }
+                Ok(Self::Webhook(checked_url(state, &d.url)?))
+            }
+            (None, Some(d)) => {
+                let checked = destination::validate(&destination::Given {
+                    kind: d.kind.clone(),
+                    url: d.url.clone(),
+                    exchange: d.exchange.clone(),
+                    routing_key: d.routing_key.clone(),
+                    subject: d.subject.clone(),
+                    stream: d.stream.clone(),
+                    max_len: d.max_len,
+                })
+                .map_err(field_error)?;
+                let url = url::Url::parse(&checked.destination.url)
+                    .map_err(|e| ApiError::invalid(Some("destination"), format!("destination: {e}")))?;
+                destination::check_literal_host(&state.policy, &url)
+                    .map_err(|r| ApiError::invalid(Some("destination"), format!("destination: url: {r}")))?;
+                Ok(Self::Broker(checked))
+            }
+        }
+    }
+
+    /// Sets `sub`'s `url` and `destination`.
+    fn apply(self, state: &AppState, sub: &mut proto::Subscription) {
+        match self {
+            Self::Webhook(url) => {
+                sub.url = url;
+                sub.destination = None;
+            }
+            Self::Broker(checked) => {
+                sub.url = checked.shown_url.clone();
+                sub.destination = Some(checked.sealed(&sub.id, &state.keys));
+            }
+        }
+    }
+}
+
 impl View {
     fn of(sub: &proto::Subscription) -> Self {
         Self {
             id: sub.id.clone(),
             tenant: sub.tenant.clone(),
             url: sub.url.clone(),
+            destination: DestinationView::of(sub),
             event_types: sub.event_types.clone(),
             enabled: sub.enabled,
             description: sub.description.clone(),
@@ -186,7 +316,10 @@ fn field_error(e: InvalidField) -> ApiError {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateInput {
-    url: String,
+    /// The webhook URL (or give `destination`).
+    url: Option<String>,
+    /// A broker to write deliveries to instead of POSTing them.
+    destination: Option<DestinationInput>,
     event_types: Vec<String>,
     tenant: Option<String>,
     description: Option<String>,
@@ -230,7 +363,7 @@ pub(crate) async fn create(
         (None, None) => TenantId::default_tenant(),
     };
     caller.require_tenant(tenant.as_str())?;
-    let url = checked_url(&state, &input.url)?;
+    let target = Target::of(&state, input.url.as_deref(), input.destination.as_ref())?;
     validate::validate_event_types(&input.event_types).map_err(field_error)?;
     let headers = validate::validate_headers(input.headers).map_err(field_error)?;
     validate::validate_metadata(&input.metadata).map_err(field_error)?;
@@ -249,9 +382,8 @@ pub(crate) async fn create(
     let now = herald_core::now_rfc3339();
     let id = SubscriptionId::generate().into_string();
     let client_certificate = input.client_certificate.as_ref().map(|c| c.seal(&state, &id)).transpose()?;
-    let sub = proto::Subscription {
+    let mut sub = proto::Subscription {
         tenant: tenant.into_string(),
-        url,
         event_types: input.event_types,
         enabled: input.enabled.unwrap_or(true),
         description,
@@ -269,6 +401,7 @@ pub(crate) async fn create(
         filter,
         ..Default::default()
     };
+    target.apply(&state, &mut sub);
     let key = nats::subscription_key(&sub.tenant, &sub.id);
     let revision = state.kv.create(&key, sub.encode_to_vec().into()).await.map_err(|e| kv_error("store", e))?;
     state.registry.upsert(revision, sub.clone());
@@ -387,7 +520,10 @@ pub(crate) async fn get(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PatchInput {
+    /// A webhook URL: the subscription becomes (or stays) a webhook.
     url: Option<String>,
+    /// A new destination, replacing the current one.
+    destination: Option<DestinationInput>,
     event_types: Option<Vec<String>>,
     enabled: Option<bool>,
     description: Option<String>,
@@ -410,8 +546,8 @@ pub(crate) struct PatchInput {
 
 impl PatchInput {
     fn apply(&self, state: &AppState, sub: &mut proto::Subscription) -> Result<(), ApiError> {
-        if let Some(url) = &self.url {
-            sub.url = checked_url(state, url)?;
+        if self.url.is_some() || self.destination.is_some() {
+            Target::of(state, self.url.as_deref(), self.destination.as_ref())?.apply(state, sub);
         }
         if let Some(types) = &self.event_types {
             validate::validate_event_types(types).map_err(field_error)?;

@@ -1,0 +1,237 @@
+//! Destinations other than an HTTP endpoint: deliveries written to an AMQP exchange, a NATS
+//! subject or a Redis stream. An attempt succeeds only once the broker confirmed the write (a
+//! publisher confirm, a PubAck or a flush, an `XADD` reply); anything else is a failed attempt,
+//! retried, recorded and dead-lettered like a webhook's. The message carries the webhook's body
+//! and its Standard Webhooks headers (as AMQP headers, NATS headers or stream fields), so a
+//! consumer verifies it the same way.
+//!
+//! Connections are kept per broker URL and shared by the subscriptions that name it; one that
+//! breaks (a broker restart) is opened again by the next attempt. Each attempt is bounded by
+//! the HTTP timeout, so a broker that hangs holds only its own subscriptions' attempts, which
+//! its breaker then defers like an unresponsive endpoint's.
+
+mod amqp;
+mod nats;
+mod redis;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use herald_core::destination as dest;
+use herald_core::proto;
+use herald_core::secrets::KeyRing;
+use herald_core::ssrf::Policy;
+
+use crate::http_client::Sent;
+use crate::retry::{AttemptResult, ErrorClass};
+
+/// Why a write to a broker failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Failure {
+    pub class: ErrorClass,
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(class: ErrorClass, message: impl Into<String>) -> Self {
+        Self { class, message: message.into() }
+    }
+}
+
+/// One delivery as a broker message: the exact signed body and the headers a webhook would
+/// carry (Herald's, then the subscription's own).
+#[derive(Debug)]
+pub(crate) struct Outgoing<'a> {
+    pub id: &'a str,
+    pub event_type: &'a str,
+    pub tenant: &'a str,
+    pub subscription_id: &'a str,
+    pub timestamp: i64,
+    pub headers: Vec<(String, String)>,
+    pub body: &'a [u8],
+}
+
+/// A subscription's broker destination, ready for attempts: the shared connection to its
+/// broker and where on it messages go.
+pub(crate) struct Destination {
+    broker: Broker,
+    spec: proto::Destination,
+}
+
+#[derive(Clone)]
+enum Broker {
+    Amqp(Arc<amqp::Amqp>),
+    Nats(Arc<nats::Nats>),
+    Redis(Arc<redis::Redis>),
+}
+
+impl std::fmt::Debug for Destination {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Destination").field("type", &self.spec.r#type).finish_non_exhaustive()
+    }
+}
+
+impl Destination {
+    /// Writes `message`, waiting at most `timeout` for the broker's confirmation.
+    pub(crate) async fn send(&self, message: Outgoing<'_>, timeout: Duration) -> Sent {
+        let started = Instant::now();
+        let render =
+            |template: &str| dest::render(template, message.event_type, message.tenant, message.subscription_id);
+        let write = async {
+            match &self.broker {
+                Broker::Amqp(amqp) => {
+                    amqp.publish(&self.spec.exchange, &render(&self.spec.routing_key), &message).await
+                }
+                Broker::Nats(nats) => nats.publish(render(&self.spec.subject), &message).await,
+                Broker::Redis(redis) => redis.xadd(&render(&self.spec.stream), self.spec.max_len, &message).await,
+            }
+        };
+        let outcome = match tokio::time::timeout(timeout, write).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(Failure::new(
+                ErrorClass::Timeout,
+                format!("timed out: the {} broker did not confirm the write within {timeout:?}", self.spec.r#type),
+            )),
+        };
+        let result = match outcome {
+            Ok(()) => AttemptResult { confirmed: true, ..Default::default() },
+            Err(failure) => {
+                AttemptResult { error: Some(failure.message), class: Some(failure.class), ..Default::default() }
+            }
+        };
+        Sent { result, response_excerpt: String::new(), elapsed: started.elapsed() }
+    }
+}
+
+/// An attempt not made because the destination's URL does not open with the configured keys.
+pub(crate) fn unusable(why: &str) -> Sent {
+    let result = AttemptResult { error: Some(why.to_owned()), class: Some(ErrorClass::Auth), ..Default::default() };
+    Sent { result, response_excerpt: String::new(), elapsed: Duration::ZERO }
+}
+
+/// Where broker connections come from: the SSRF guard that checks every address connected to,
+/// fixed DNS answers (`HERALD_RESOLVE`), and the connections already open, by broker URL.
+pub(crate) struct Brokers {
+    resolver: Arc<Resolver>,
+    open: Mutex<HashMap<(String, String), Weak<dyn std::any::Any + Send + Sync>>>,
+    timeout: Duration,
+}
+
+impl Brokers {
+    pub(crate) fn new(policy: Arc<Policy>, overrides: HashMap<String, IpAddr>, timeout: Duration) -> Self {
+        Self { resolver: Arc::new(Resolver { policy, overrides }), open: Mutex::default(), timeout }
+    }
+
+    /// The destination of `sub`, with a connection to its broker shared with every other
+    /// subscription naming the same URL; `Err` if its URL does not open or parse.
+    pub(crate) fn prepare(&self, sub: &proto::Subscription, keys: &KeyRing) -> Result<Arc<Destination>, String> {
+        let spec = sub.destination.clone().unwrap_or_default();
+        let url_text = keys
+            .open(&sub.id, &spec.url)
+            .map_err(|e| format!("the destination's URL does not open with the configured keys: {e}"))?;
+        let url = url::Url::parse(&url_text).map_err(|e| format!("the destination's URL does not parse: {e}"))?;
+        let broker = match spec.r#type.as_str() {
+            // One connection per exchange too: a channel error (an exchange that does not exist)
+            // closes the channel, failing only what was in flight to that exchange.
+            dest::AMQP => Broker::Amqp(self.shared(dest::AMQP, &format!("{url_text} {}", spec.exchange), || {
+                amqp::Amqp::new(url.clone(), self.resolver.clone(), self.timeout)
+            })?),
+            dest::NATS => {
+                Broker::Nats(self.shared(dest::NATS, &url_text, || {
+                    nats::Nats::new(url.clone(), self.resolver.clone(), self.timeout)
+                })?)
+            }
+            dest::REDIS => Broker::Redis(self.shared(dest::REDIS, &url_text, || {
+                redis::Redis::new(url.clone(), self.resolver.clone(), self.timeout)
+            })?),
+            other => return Err(format!("destination type {other:?} is not known to this dispatcher (upgrade it)")),
+        };
+        Ok(Arc::new(Destination { broker, spec }))
+    }
+
+    /// The connection (pool) to one broker, made if none is open: one per URL (credentials
+    /// included), kept while a prepared subscription holds it.
+    fn shared<T: Send + Sync + 'static>(
+        &self,
+        kind: &str,
+        url: &str,
+        make: impl FnOnce() -> Result<T, String>,
+    ) -> Result<Arc<T>, String> {
+        let key = (kind.to_owned(), url.to_owned());
+        let mut open = self.open.lock().expect("brokers lock");
+        if let Some(found) = open.get(&key).and_then(Weak::upgrade).and_then(|any| any.downcast::<T>().ok()) {
+            return Ok(found);
+        }
+        let made = Arc::new(make()?);
+        let erased: Arc<dyn std::any::Any + Send + Sync> = made.clone();
+        open.retain(|_, held| held.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&erased));
+        Ok(made)
+    }
+}
+
+/// Resolves broker hosts and keeps only the addresses the SSRF policy allows.
+pub(crate) struct Resolver {
+    policy: Arc<Policy>,
+    overrides: HashMap<String, IpAddr>,
+}
+
+impl Resolver {
+    /// The addresses `url`'s host may be reached at, checked.
+    pub(crate) async fn addresses(&self, url: &url::Url) -> Result<Vec<SocketAddr>, Failure> {
+        let port = dest::port(url);
+        if let Some(ip) = dest::ip_literal(url) {
+            return self.checked(vec![SocketAddr::new(ip, port)]);
+        }
+        let host = match url.host() {
+            Some(url::Host::Domain(name)) => name.trim_end_matches('.').to_ascii_lowercase(),
+            _ => return Err(Failure::new(ErrorClass::Refused, "the destination's URL has no host")),
+        };
+        if let Some(ip) = self.overrides.get(&host) {
+            return self.checked(vec![SocketAddr::new(*ip, port)]);
+        }
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| {
+                Failure::new(ErrorClass::Connection, format!("connection failed: cannot resolve {host}: {e}"))
+            })?
+            .collect();
+        self.checked(found).map_err(|f| Failure { message: format!("{host}: {}", f.message), ..f })
+    }
+
+    fn checked(&self, addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Failure> {
+        let mut refusal = None;
+        let allowed: Vec<SocketAddr> = addresses
+            .into_iter()
+            .filter(|a| match self.policy.check_ip(a.ip()) {
+                Ok(()) => true,
+                Err(r) => {
+                    refusal = Some(r);
+                    false
+                }
+            })
+            .collect();
+        if allowed.is_empty() {
+            let why = refusal.map_or_else(|| "resolved to no address".to_owned(), |r| r.to_string());
+            return Err(Failure::new(ErrorClass::Refused, why));
+        }
+        Ok(allowed)
+    }
+
+    /// A TCP connection to the first of `url`'s checked addresses that answers.
+    pub(crate) async fn connect(&self, url: &url::Url) -> Result<tokio::net::TcpStream, Failure> {
+        let mut last = None;
+        for address in self.addresses(url).await? {
+            match tokio::net::TcpStream::connect(address).await {
+                Ok(stream) => {
+                    let _ = stream.set_nodelay(true);
+                    return Ok(stream);
+                }
+                Err(e) => last = Some(format!("{address}: {e}")),
+            }
+        }
+        Err(Failure::new(ErrorClass::Connection, format!("connection failed: {}", last.unwrap_or_default())))
+    }
+}

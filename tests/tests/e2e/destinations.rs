@@ -1,0 +1,401 @@
+//! Destinations beyond HTTP, against real brokers: RabbitMQ (AMQP 0-9-1), a second nats-server
+//! and Redis, from Debian's packages; messages read back with clients that share no code with
+//! Herald (pika, redis-cli, async-nats).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use herald_harness::{NatsServer, Rabbit, Received, Receiver, Redis, Silent, Stack};
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::SOON;
+
+/// Creates a subscription with `destination` and returns it (with its secret).
+async fn subscribe(stack: &Stack, destination: Value, types: &[&str], extra: Value) -> Value {
+    let mut body = json!({"destination": destination, "event_types": types});
+    if let Some(extra) = extra.as_object() {
+        for (k, v) in extra {
+            body[k] = v.clone();
+        }
+    }
+    let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+    assert_eq!(status, 201, "create subscription: {sub}");
+    sub
+}
+
+/// The attempt records of subscription `id`, oldest first.
+async fn attempts(stack: &Stack, id: &str) -> Vec<Value> {
+    let (status, _, page) = stack.call(Method::GET, &format!("/v1/subscriptions/{id}/attempts?limit=500"), None).await;
+    assert_eq!(status, 200, "{page}");
+    let mut list = page["data"].as_array().cloned().unwrap_or_default();
+    list.reverse();
+    list
+}
+
+/// Waits until subscription `id` has an attempt record and returns the first.
+async fn first_attempt(stack: &Stack, id: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(first) = attempts(stack, id).await.into_iter().next() {
+            return first;
+        }
+        assert!(Instant::now() < deadline, "no attempt recorded for {id}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Polls `read` until it returns at least `n` messages with distinct webhook ids.
+async fn collect(what: &str, n: usize, within: Duration, mut read: impl FnMut() -> Vec<Received>) -> Vec<Received> {
+    let deadline = Instant::now() + within;
+    let mut all = Vec::new();
+    loop {
+        all.extend(read());
+        let ids: HashSet<_> = all.iter().filter_map(|r| r.header("webhook-id").map(str::to_owned)).collect();
+        if ids.len() >= n {
+            return all;
+        }
+        assert!(Instant::now() < deadline, "{what}: {} of {n} arrived", ids.len());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_nats_and_redis_destinations_get_signed_messages_and_refusals_are_failed_attempts() {
+    let (rabbit, redis) =
+        tokio::task::block_in_place(|| (Rabbit::start(), Redis::start_with_password(Some("redis-pw"))));
+    let broker = NatsServer::start_with_password("hooks", "nats-pw");
+    let stack = Stack::start().await;
+
+    rabbit.declare("herald-test", "orders", "order.#");
+    let amqp = subscribe(
+        &stack,
+        json!({"type": "amqp", "url": rabbit.url(), "exchange": "herald-test", "routing_key": "{event_type}"}),
+        &["order.*"],
+        json!({"headers": {"x-team": "billing"}}),
+    )
+    .await;
+    let redis_sub = subscribe(
+        &stack,
+        json!({"type": "redis", "url": redis.url(), "stream": "hooks:{tenant}", "max_len": 1000}),
+        &["order.*"],
+        json!({}),
+    )
+    .await;
+    // A JetStream stream captures `hooks.>` on the second server; `core.>` is plain NATS.
+    let broker_url = format!("nats://hooks:nats-pw@127.0.0.1:{}", broker.url().rsplit(':').next().unwrap());
+    let broker_client = async_nats::ConnectOptions::new()
+        .user_and_password("hooks".into(), "nats-pw".into())
+        .connect(broker.url())
+        .await
+        .expect("connect to the second nats-server");
+    let broker_js = async_nats::jetstream::new(broker_client.clone());
+    broker_js
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "HOOKS".into(),
+            subjects: vec!["hooks.>".into()],
+            ..Default::default()
+        })
+        .await
+        .expect("stream");
+    let mut core = broker_client.subscribe("core.>").await.expect("subscribe");
+    broker_client.flush().await.unwrap();
+    let nats_js = subscribe(
+        &stack,
+        json!({"type": "nats", "url": broker_url, "subject": "hooks.{event_type}"}),
+        &["order.*"],
+        json!({}),
+    )
+    .await;
+    let nats_core = subscribe(
+        &stack,
+        json!({"type": "nats", "url": broker_url, "subject": "core.{tenant}"}),
+        &["order.*"],
+        json!({}),
+    )
+    .await;
+
+    // Refusals, each a failed attempt with its class: wrong credentials (`auth`) on each broker,
+    // a message no queue takes and an exchange that does not exist (`broker`).
+    let wrong_amqp = rabbit.url().replace("guest:guest", "guest:wrong");
+    let refused = [
+        ("amqp-auth", json!({"type": "amqp", "url": wrong_amqp, "exchange": "herald-test"}), "auth", "ACCESS_REFUSED"),
+        (
+            "redis-auth",
+            json!({"type": "redis", "url": redis.url().replace("redis-pw", "nope"), "stream": "s"}),
+            "auth",
+            "WRONGPASS",
+        ),
+        (
+            "nats-auth",
+            json!({"type": "nats", "url": broker_url.replace("nats-pw", "nope"), "subject": "hooks.x"}),
+            "auth",
+            "authorization",
+        ),
+        (
+            "unroutable",
+            json!({"type": "amqp", "url": rabbit.url(), "exchange": "herald-test", "routing_key": "nowhere.{event_type}"}),
+            "broker",
+            "no queue",
+        ),
+        ("no-exchange", json!({"type": "amqp", "url": rabbit.url(), "exchange": "missing"}), "broker", "NOT_FOUND"),
+    ];
+    let mut refused_ids = Vec::new();
+    for (name, destination, _, _) in &refused {
+        let sub = subscribe(&stack, destination.clone(), &["order.*"], json!({"description": name})).await;
+        refused_ids.push(sub["id"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let n = 5;
+    for i in 0..n {
+        let (status, body) = stack
+            .publish(json!({"id": format!("dest-{i}"), "type": "order.paid", "data": {"i": i, "total": 42}}))
+            .await;
+        assert_eq!(status, 202, "{body}");
+    }
+
+    // AMQP: persistent, signed, its properties set from the event.
+    let secret = amqp["secret"].as_str().unwrap();
+    let got = collect("amqp", n, SOON, || rabbit.drain("orders")).await;
+    for m in &got {
+        m.verify(secret).expect("an AMQP message verifies like a webhook");
+        assert_eq!(m.header("amqp-message-id"), m.header("webhook-id"));
+        assert_eq!(m.header("amqp-type"), Some("order.paid"));
+        assert_eq!(m.header("amqp-delivery-mode"), Some("2"), "persistent");
+        assert_eq!(m.header("amqp-content-type"), Some("application/json"));
+        assert_eq!(m.header("amqp-routing-key"), Some("order.paid"));
+        assert_eq!(m.header("x-team"), Some("billing"), "the subscription's own headers travel too");
+        assert_eq!(m.json()["data"]["total"], 42);
+    }
+
+    // Redis: one entry per delivery, fields = headers + body.
+    let secret = redis_sub["secret"].as_str().unwrap();
+    let got = collect("redis", n, SOON, || redis.entries("hooks:default")).await;
+    for m in &got {
+        m.verify(secret).expect("a stream entry verifies like a webhook");
+    }
+
+    // NATS with a stream: stored, deduplicated by id.
+    let secret = nats_js["secret"].as_str().unwrap();
+    let deadline = Instant::now() + SOON;
+    let stream = loop {
+        let mut stream = broker_js.get_stream("HOOKS").await.unwrap();
+        if stream.info().await.unwrap().state.messages >= n as u64 || Instant::now() > deadline {
+            break stream;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for seq in 1..=n as u64 {
+        let raw = stream.get_raw_message(seq).await.expect("stored");
+        let headers = raw
+            .headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.iter().next().map(|v| v.to_string()).unwrap_or_default()));
+        let m = Received::message(headers, raw.payload.to_vec());
+        m.verify(secret).expect("a JetStream message verifies like a webhook");
+        assert_eq!(raw.subject.as_str(), "hooks.order.paid");
+    }
+
+    // Core NATS: whoever listens gets them.
+    let secret = nats_core["secret"].as_str().unwrap();
+    for _ in 0..n {
+        let msg =
+            tokio::time::timeout(SOON, futures::StreamExt::next(&mut core)).await.expect("a core message").unwrap();
+        assert_eq!(msg.subject.as_str(), "core.default");
+        let headers = msg.headers.as_ref().unwrap().iter().map(|(k, v)| (k.to_string(), v[0].to_string()));
+        Received::message(headers, msg.payload.to_vec()).verify(secret).expect("a core NATS message verifies");
+    }
+
+    // Every confirmed write is a delivered attempt.
+    for sub in [&amqp, &redis_sub, &nats_js, &nats_core] {
+        let id = sub["id"].as_str().unwrap();
+        let first = first_attempt(&stack, id, SOON).await;
+        assert_eq!(first["outcome"], "delivered", "{first}");
+    }
+    for ((name, _, class, says), id) in refused.iter().zip(&refused_ids) {
+        let attempt = first_attempt(&stack, id, SOON).await;
+        assert_eq!(attempt["error_class"], *class, "{name}: {attempt}");
+        assert_eq!(attempt["outcome"], "retry", "{name}: {attempt}");
+        let error = attempt["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{name}: {error:?} should say {says:?}");
+    }
+
+    // Credentials are sealed and never shown: not in the API, not in attempt records.
+    let (_, _, shown) =
+        stack.call(Method::GET, &format!("/v1/subscriptions/{}", redis_sub["id"].as_str().unwrap()), None).await;
+    assert_eq!(shown["destination"]["type"], "redis");
+    assert_eq!(shown["destination"]["stream"], "hooks:{tenant}");
+    assert_eq!(shown["destination"]["max_len"], 1000);
+    let (_, _, list) = stack.call(Method::GET, "/v1/subscriptions?limit=100", None).await;
+    let text = list.to_string();
+    for secret in ["redis-pw", "nats-pw", "guest:guest"] {
+        assert!(!text.contains(secret), "{secret} must not be shown: {text}");
+    }
+    let attempt_text = serde_json::to_string(&attempts(&stack, redis_sub["id"].as_str().unwrap()).await).unwrap();
+    assert!(!attempt_text.contains("redis-pw"), "{attempt_text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_killed_mid_stream_and_restarted_lose_nothing_and_ordered_amqp_keeps_its_order() {
+    let (mut rabbit, mut redis) = tokio::task::block_in_place(|| (Rabbit::start(), Redis::start()));
+    let stack = Stack::start().await;
+    rabbit.declare("", "free", "");
+    rabbit.declare("", "ordered", "");
+    // Retries a second or two apart, so the test does not wait out the default schedule's.
+    let fast = json!({"retry_schedule": "1s,2s,2s,2s,2s,2s,2s,2s,2s,2s,2s,2s,2s,2s,2s"});
+    let free = subscribe(
+        &stack,
+        json!({"type": "amqp", "url": rabbit.url(), "routing_key": "free"}),
+        &["kill.*"],
+        fast.clone(),
+    )
+    .await;
+    let mut ordered_extra = fast.clone();
+    ordered_extra["ordering"] = json!("fifo");
+    let ordered = subscribe(
+        &stack,
+        json!({"type": "amqp", "url": rabbit.url(), "routing_key": "ordered"}),
+        &["kill.*"],
+        ordered_extra,
+    )
+    .await;
+    subscribe(&stack, json!({"type": "redis", "url": redis.url(), "stream": "kill"}), &["kill.*"], fast).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let n = 60;
+    let mut drained_free = Vec::new();
+    let mut drained_ordered = Vec::new();
+    for i in 0..n {
+        if i == 20 {
+            // Mid-stream: what the queues hold so far is read, then both brokers die.
+            tokio::task::block_in_place(|| {
+                drained_free.extend(rabbit.drain("free"));
+                drained_ordered.extend(rabbit.drain("ordered"));
+                rabbit.kill();
+                redis.kill();
+            });
+        }
+        if i == 40 {
+            tokio::task::block_in_place(|| {
+                rabbit.restart();
+                redis.restart();
+            });
+        }
+        let (status, body) =
+            stack.publish(json!({"id": format!("kill-{i:03}"), "type": "kill.x", "data": {"i": i}})).await;
+        assert_eq!(status, 202, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let within = Duration::from_secs(60);
+    let got_free = collect("amqp", n, within, || {
+        let more = rabbit.drain("free");
+        drained_free.extend(more);
+        drained_free.clone()
+    })
+    .await;
+    let got_ordered = collect("ordered amqp", n, within, || {
+        let more = rabbit.drain("ordered");
+        drained_ordered.extend(more);
+        drained_ordered.clone()
+    })
+    .await;
+    let got_redis = collect("redis", n, within, || redis.entries("kill")).await;
+    for (name, got) in [("amqp", &got_free), ("ordered amqp", &got_ordered), ("redis", &got_redis)] {
+        let ids: HashSet<_> = got.iter().filter_map(|m| m.header("webhook-id")).collect();
+        assert_eq!(ids.len(), n, "{name}: every event arrived");
+    }
+    // In order: each message is the one before again (a retry whose confirm was lost) or the
+    // next event, never one from further on.
+    let order: Vec<u64> = got_ordered.iter().map(|m| m.json()["data"]["i"].as_u64().unwrap()).collect();
+    let mut expected = 0;
+    for (k, i) in order.iter().enumerate() {
+        if *i + 1 == expected {
+            continue;
+        }
+        assert_eq!(*i, expected, "ordered message {k} carried event {i}, expected {expected}: {order:?}");
+        expected += 1;
+    }
+    let attempts = attempts(&stack, ordered["id"].as_str().unwrap()).await;
+    assert!(
+        attempts.iter().any(|a| a["outcome"] == "retry"),
+        "the brokers were down for a while: some attempts failed and were retried"
+    );
+    let _ = free;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_never_answers_holds_only_its_own_subscriptions() {
+    let silent = Silent::start().await;
+    let rx = Receiver::start().await;
+    let stack = Stack::start().await;
+    let port = silent.port();
+    let mut hung = Vec::new();
+    for destination in [
+        json!({"type": "amqp", "url": format!("amqp://guest:guest@127.0.0.1:{port}/%2f")}),
+        json!({"type": "redis", "url": format!("redis://127.0.0.1:{port}"), "stream": "s"}),
+        json!({"type": "nats", "url": format!("nats://127.0.0.1:{port}"), "subject": "s"}),
+    ] {
+        hung.push(subscribe(&stack, destination, &["iso.*"], json!({})).await["id"].as_str().unwrap().to_owned());
+    }
+    stack.subscribe(&rx.url("/fine"), &["iso.*"], None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let n = 200;
+    let started = Instant::now();
+    let events: Vec<_> = (0..n).map(|i| json!({"id": format!("iso-{i}"), "type": "iso.x", "data": {"i": i}})).collect();
+    let (status, _, body) = stack.call(Method::POST, "/v1/events/batch", Some(json!({"events": events}))).await;
+    assert_eq!(status, 202, "{body}");
+    rx.wait_count("/fine", n, SOON).await;
+    let took = started.elapsed();
+    // The hung brokers' attempts end at the HTTP timeout (15 s by default), as a timeout.
+    for id in &hung {
+        let attempt = first_attempt(&stack, id, Duration::from_secs(40)).await;
+        assert_eq!(attempt["error_class"], "timeout", "{attempt}");
+        assert_eq!(attempt["outcome"], "retry", "{attempt}");
+    }
+    assert!(
+        took < Duration::from_secs(15),
+        "the webhook's {n} deliveries waited for the hung brokers ({took:?}, the timeout is 15 s)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destinations_are_validated_and_a_patch_moves_a_subscription_between_kinds() {
+    let stack = Stack::gateway_only().await;
+    for (destination, says) in [
+        (json!({"type": "kafka", "url": "kafka://h"}), "not a destination type"),
+        (json!({"type": "amqp", "url": "http://h"}), "amqp://"),
+        (json!({"type": "nats", "url": "nats://h:4222"}), "subject"),
+        (json!({"type": "nats", "url": "nats://h:4222", "subject": "a.*"}), "wildcards"),
+        (json!({"type": "redis", "url": "redis://h"}), "stream"),
+        (json!({"type": "amqp", "url": "amqp://h", "routing_key": "{nope}"}), "not a placeholder"),
+        (json!({"type": "amqp", "url": "amqp://169.254.169.254"}), "SSRF"),
+    ] {
+        let body = json!({"destination": destination, "event_types": ["a.b"]});
+        let (status, headers, problem) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 400, "{destination}: {problem}");
+        assert_eq!(headers["content-type"], "application/problem+json");
+        let detail = problem["detail"].as_str().unwrap_or_default();
+        assert!(detail.contains(says), "{destination}: {detail:?} should say {says:?}");
+    }
+    let (status, _, problem) = stack
+        .call(Method::POST, "/v1/subscriptions", Some(json!({"url": "http://127.0.0.1:1/x", "destination": {"type": "redis", "url": "redis://h", "stream": "s"}, "event_types": ["a.b"]})))
+        .await;
+    assert_eq!(status, 400, "{problem}");
+
+    let sub = stack.subscribe("http://127.0.0.1:9/hook", &["a.b"], None).await;
+    let id = sub["id"].as_str().unwrap();
+    let path = format!("/v1/subscriptions/{id}");
+    let (status, _, changed) = stack
+        .call(Method::PATCH, &path, Some(json!({"destination": {"type": "nats", "url": "nats://u:secret@127.0.0.1:4222", "subject": "x.{event_type}"}})))
+        .await;
+    assert_eq!(status, 200, "{changed}");
+    assert_eq!(changed["destination"]["type"], "nats");
+    assert_eq!(changed["url"], "nats://u@127.0.0.1:4222");
+    assert!(!changed.to_string().contains("secret"));
+    let (status, _, back) = stack.call(Method::PATCH, &path, Some(json!({"url": "http://127.0.0.1:9/again"}))).await;
+    assert_eq!(status, 200, "{back}");
+    assert!(back.get("destination").is_none(), "a url makes it a webhook again: {back}");
+    assert_eq!(back["url"], "http://127.0.0.1:9/again");
+}
