@@ -218,8 +218,14 @@ enum SubCommand {
     /// Create a subscription; prints it with its secret (shown only this once).
     Create {
         /// Where to POST webhooks.
+        #[arg(long, required_unless_present = "destination", conflicts_with = "destination")]
+        url: Option<String>,
+        /// A broker to write deliveries to instead (JSON, or @file holding it, since its URL
+        /// carries credentials): `{"type": "amqp", "url": "amqp://…", "exchange": "…"}`,
+        /// `{"type": "nats", "url": "nats://…", "subject": "…"}`, `{"type": "redis", "url":
+        /// "redis://…", "stream": "…"}`.
         #[arg(long)]
-        url: String,
+        destination: Option<String>,
         /// Event type pattern (repeatable): `order.created`, `order.*`, `>`.
         #[arg(long = "event-type", short = 't', required = true)]
         event_types: Vec<String>,
@@ -258,8 +264,12 @@ enum SubCommand {
     /// Change a subscription.
     Update {
         id: String,
-        #[arg(long)]
+        /// A webhook URL: it becomes (or stays) a webhook.
+        #[arg(long, conflicts_with = "destination")]
         url: Option<String>,
+        /// A new broker destination (JSON or @file), replacing the current one.
+        #[arg(long)]
+        destination: Option<String>,
         /// Replaces the type patterns (repeatable).
         #[arg(long = "event-type", short = 't')]
         event_types: Vec<String>,
@@ -432,6 +442,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let out = match cmd {
                 SubCommand::Create {
                     url,
+                    destination,
                     event_types,
                     tenant,
                     description,
@@ -441,7 +452,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     filter,
                     client_certificate,
                 } => {
-                    let mut body = json!({"url": url, "event_types": event_types, "enabled": !disabled});
+                    let mut body = json!({"event_types": event_types, "enabled": !disabled});
+                    if let Some(u) = url {
+                        body["url"] = json!(u);
+                    }
+                    if let Some(d) = destination {
+                        body["destination"] = json_arg("--destination", &d)?;
+                    }
                     if let Some(f) = filter {
                         body["filter"] = json_arg("--filter", &f)?;
                     }
@@ -472,6 +489,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 SubCommand::Update {
                     id,
                     url,
+                    destination,
                     event_types,
                     enabled,
                     description,
@@ -491,6 +509,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     }
                     if let Some(u) = url {
                         body["url"] = json!(u);
+                    }
+                    if let Some(d) = destination {
+                        body["destination"] = json_arg("--destination", &d)?;
                     }
                     if !event_types.is_empty() {
                         body["event_types"] = json!(event_types);
