@@ -144,6 +144,24 @@ try {
   const subId = (await page.evaluate(() => location.hash)).split("/")[2];
   check(subId && subId.startsWith("sub_"), `the page moved to the new subscription (${subId})`);
 
+  step = "console: a broker destination";
+  await page.click("#nav a[data-page=subscriptions]");
+  await page.click("text=New subscription");
+  await page.fill("#subscription-form input[name=tenant]", "ops");
+  await page.selectOption("#subscription-form select[name=destination_type]", "nats");
+  check(await page.isVisible("#subscription-form input[name=nats_subject]"), "choosing nats shows its subject");
+  check(!(await page.isVisible("#subscription-form input[name=amqp_exchange]")), "and hides the AMQP fields");
+  await page.fill("#subscription-form input[name=url]", "nats://hooks:pw-never-shown@127.0.0.1:1");
+  await page.fill("#subscription-form input[name=nats_subject]", "hooks.{event_type}");
+  await page.fill("#subscription-form input[name=event_types]", "audit.*");
+  await page.click("#subscription-form button[type=submit]");
+  await page.waitForSelector("[data-testid=secret]");
+  const brokerText = await page.innerText("main");
+  check(brokerText.includes("nats: subject hooks.{event_type}"), "the page says where deliveries go");
+  check(brokerText.includes("nats://hooks@127.0.0.1:1") && !brokerText.includes("pw-never-shown"), "the broker URL is shown without its password");
+  await page.goto(`${page.url().split("#")[0]}#/subscriptions/${subId}`);
+  await page.waitForSelector("text=Send test event");
+
   step = "console: send a test event";
   await page.click("text=Send test event");
   await until("the test webhook", () => delivered("/ok").length === 1);

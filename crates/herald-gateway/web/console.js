@@ -184,11 +184,68 @@ async function subscriptions() {
     el("section", { class: "card" }, table(rows, [
       ["Id", (s) => el("a", { href: `#/subscriptions/${encodeURIComponent(s.id)}` }, s.id)],
       ["Tenant", (s) => s.tenant],
-      ["URL", (s) => s.url],
+      ["URL", (s) => (s.destination ? `${s.destination.type}: ${s.url}` : s.url)],
       ["Event types", (s) => s.event_types.join(", ")],
       ["State", (s) => (s.enabled ? pill("enabled", "ok") : pill(s.disabled_reason ? "disabled by Herald" : "disabled", "bad"))],
     ], { empty: "No subscription matches.", onrow: (s) => go(`#/subscriptions/${s.id}`) }), next),
   );
+}
+
+const BROKER_FIELDS = {
+  amqp: [["exchange", "Exchange", "\"\" (the default exchange)"], ["routing_key", "Routing key", "{event_type}"]],
+  nats: [["subject", "Subject", "hooks.{tenant}.{event_type}"]],
+  redis: [["stream", "Stream", "hooks:{tenant}"], ["max_len", "Max length (MAXLEN ~)", "unbounded"]],
+};
+const URL_HINTS = {
+  webhook: "https://example.com/webhooks",
+  amqp: "amqp://user:pass@rabbit:5672/vhost",
+  nats: "nats://user:pass@nats:4222",
+  redis: "redis://:pass@redis:6379/0",
+};
+
+/** Where a subscription delivers: a webhook URL, or a broker and its fields (shown by type). */
+function destinationFields(sub) {
+  const dest = sub?.destination;
+  const kind = dest ? dest.type : "webhook";
+  const url = el("input", { name: "url", value: dest ? "" : sub?.url ?? "", required: !dest, placeholder: dest ? `${dest.url} (unchanged; enter the whole URL to replace it)` : URL_HINTS.webhook });
+  const pick = el("select", { name: "destination_type" }, Object.keys(URL_HINTS).map((t) => el("option", { value: t, selected: t === kind }, t)));
+  const extras = Object.entries(BROKER_FIELDS).flatMap(([type, fields]) =>
+    fields.map(([name, label, placeholder]) => {
+      const f = field(label, el("input", { name: `${type}_${name}`, value: dest?.type === type ? dest[name] ?? "" : "", placeholder }));
+      f.dataset.for = type;
+      return f;
+    }),
+  );
+  const show = () => {
+    for (const f of extras) f.hidden = f.dataset.for !== pick.value;
+    if (!dest || pick.value !== dest.type) {
+      url.placeholder = URL_HINTS[pick.value];
+      url.required = true;
+    }
+  };
+  pick.addEventListener("change", show);
+  show();
+  const hint = "Broker URLs carry their credentials: they are stored sealed and never shown again.";
+  return [field("Delivers to", pick), field("URL", url, kind === "webhook" ? null : hint), ...extras];
+}
+
+/** `url` or `destination` for the API, from the form's values; editing a broker without a new
+ * URL leaves its destination as it is. */
+function destinationText(d) {
+  const where = { amqp: `exchange "${d.exchange ?? ""}", routing key ${d.routing_key}`, nats: `subject ${d.subject}`, redis: `stream ${d.stream}${d.max_len ? ` (MAXLEN ~${d.max_len})` : ""}` };
+  return `${d.type}: ${where[d.type] ?? ""}`;
+}
+
+function destinationBody(v, sub) {
+  const type = v.destination_type;
+  if (type === "webhook") return v.url || !sub ? { url: v.url } : {};
+  if (!v.url && sub?.destination?.type === type) return {};
+  const destination = { type, url: v.url };
+  for (const [name] of BROKER_FIELDS[type]) {
+    const value = v[`${type}_${name}`];
+    if (value !== "" && value !== undefined) destination[name] = name === "max_len" ? Number(value) : value;
+  }
+  return { destination };
 }
 
 function subscriptionForm(sub) {
@@ -198,7 +255,7 @@ function subscriptionForm(sub) {
     { class: "card form", id: "subscription-form" },
     el("h2", {}, creating ? "New subscription" : "Edit"),
     creating ? field("Tenant", el("input", { name: "tenant", value: "default", required: true })) : null,
-    field("URL", el("input", { name: "url", type: "url", value: sub ? sub.url : "", required: true, placeholder: "https://example.com/webhooks" })),
+    ...destinationFields(sub),
     field("Event types", el("input", { name: "event_types", value: sub ? sub.event_types.join(", ") : "", required: true, placeholder: "order.paid, order.*" }), "Types or patterns, comma-separated."),
     field("Description", el("input", { name: "description", value: sub ? sub.description : "" })),
     el(
@@ -217,7 +274,7 @@ function subscriptionForm(sub) {
     e.preventDefault();
     const v = values(form);
     const body = {
-      url: v.url,
+      ...destinationBody(v, sub),
       event_types: words(v.event_types),
       description: v.description,
       ordering: v.ordering,
@@ -287,7 +344,7 @@ async function subscription(id, created) {
     main,
     el("p", {}, el("a", { href: "#/subscriptions" }, "← Subscriptions")),
     el("h1", {}, sub.url, " ", sub.enabled ? pill("enabled", "ok") : pill("disabled", "bad")),
-    el("p", { class: "muted" }, `${sub.id} · tenant ${sub.tenant} · ${sub.signature_scheme}${sub.ordering ? ` · ${sub.ordering}` : ""}`),
+    el("p", { class: "muted" }, `${sub.id} · tenant ${sub.tenant} · ${sub.signature_scheme}${sub.ordering ? ` · ${sub.ordering}` : ""}${sub.destination ? ` · ${destinationText(sub.destination)}` : ""}`),
     sub.disabled_reason ? el("p", { class: "error" }, `Disabled by Herald: ${sub.disabled_reason}`) : null,
     reveal,
     actions,
