@@ -43,14 +43,17 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, ordered, schema (with ingest), stats, registry, production, cluster,
-    /// engine, soak, regression (with `--baseline`).
+    /// memory, scaleout, filters, ordered, destinations, schema (with ingest), stats, registry,
+    /// production, cluster, engine, soak, regression (with `--baseline`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,schema,stats,registry,production,cluster,engine,soak,regression"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,destinations,schema,stats,registry,production,cluster,engine,soak,regression"
     )]
     pub(crate) only: Vec<String>,
+    /// Broker destinations: deliveries per measured run, per broker (RabbitMQ, NATS, Redis).
+    #[arg(long, default_value_t = 20_000)]
+    pub(crate) destination_events: usize,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
     #[arg(long, default_value_t = 100)]
     pub(crate) production_hosts: usize,

@@ -37,6 +37,7 @@
 
 mod args;
 mod cluster;
+mod destinations;
 mod durability;
 mod e2e;
 mod engine;
@@ -156,6 +157,7 @@ async fn main() -> anyhow::Result<()> {
         args.engine_events = 300;
         args.engine_partitions = vec![1, 2];
         args.baseline_runs = 1;
+        args.destination_events = 200;
     }
     if let Some(dir) = &args.binaries {
         procs::use_binaries_from(dir.clone());
@@ -276,6 +278,11 @@ async fn main() -> anyhow::Result<()> {
         for &payload in &args.payloads {
             bench.ordered(payload).await?;
         }
+    }
+
+    // Broker destinations against each broker's raw publish rate, on brokers of their own.
+    if bench.wants("destinations") {
+        bench.destinations(args.payloads[0]).await?;
     }
 
     // Memory with deliveries in flight to a slow receiver.

@@ -19,7 +19,7 @@
 mod backlog;
 pub mod breaker;
 mod deliver;
-mod destinations;
+pub mod destinations;
 mod elections;
 mod fanout;
 mod health;

@@ -105,6 +105,43 @@ impl Destination {
     }
 }
 
+/// A broker destination driven straight, without Herald around it: what the benchmark measures
+/// the broker's raw publish rate with (the same client code deliveries use).
+pub struct Raw {
+    destination: Arc<Destination>,
+    timeout: Duration,
+}
+
+impl Raw {
+    /// Connects lazily to `destination` (its URL unsealed); every address is allowed.
+    pub fn new(destination: proto::Destination, timeout: Duration) -> Result<Self, String> {
+        let policy = Policy {
+            allow: vec![herald_core::ssrf::Cidr::parse("0.0.0.0/0")?, herald_core::ssrf::Cidr::parse("::/0")?],
+            https_only: false,
+        };
+        let brokers = Brokers::new(Arc::new(policy), HashMap::new(), timeout);
+        let sub = proto::Subscription { id: "raw".into(), destination: Some(destination), ..Default::default() };
+        Ok(Self { destination: brokers.prepare(&sub, &KeyRing::default())?, timeout })
+    }
+
+    /// Writes one message with `headers` and `body`; `Err` with the failure's text.
+    pub async fn send(
+        &self,
+        id: &str,
+        event_type: &str,
+        headers: Vec<(String, String)>,
+        body: &[u8],
+    ) -> Result<(), String> {
+        let message =
+            Outgoing { id, event_type, tenant: "default", subscription_id: "raw", timestamp: 0, headers, body };
+        let sent = self.destination.send(message, self.timeout).await;
+        match sent.result.error {
+            None => Ok(()),
+            Some(e) => Err(e),
+        }
+    }
+}
+
 /// An attempt not made because the destination's URL does not open with the configured keys.
 pub(crate) fn unusable(why: &str) -> Sent {
     let result = AttemptResult { error: Some(why.to_owned()), class: Some(ErrorClass::Auth), ..Default::default() };

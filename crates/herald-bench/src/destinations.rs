@@ -1,0 +1,127 @@
+//! Broker destinations: a backlog delivered by one dispatcher to RabbitMQ (AMQP), a second
+//! nats-server (a JetStream stream) and Redis (a stream), each against that broker's raw publish
+//! rate with the same client code (pipelined, as many in flight as a dispatcher's default
+//! concurrency), in one sitting on this machine.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt as _;
+use herald_core::proto;
+use herald_dispatcher::destinations::Raw;
+use serde_json::json;
+
+use crate::load::pipelined;
+use crate::procs::Proc;
+use crate::{Bench, Group, median, per_sec};
+
+/// What a destination's rate is a ratio of.
+const RAW_BROKER: &str = "that broker's raw publish";
+
+/// Writes in flight at once in the raw loop: the dispatcher's default `HERALD_CONCURRENCY`.
+const RAW_IN_FLIGHT: usize = 256;
+
+/// Confirmed writes to brokers, as the dispatcher's metrics count them.
+const CONFIRMED: &str = r#"herald_delivery_attempts_total{outcome="delivered",status_class="confirmed"}"#;
+
+impl Bench {
+    pub(crate) async fn destinations(&mut self, payload: usize) -> anyhow::Result<()> {
+        let n = self.args.destination_events;
+        let (rabbit, redis) =
+            tokio::task::block_in_place(|| (herald_harness::Rabbit::start(), herald_harness::Redis::start()));
+        rabbit.declare("", "bench", "");
+        let broker = herald_harness::NatsServer::start();
+        let broker_js = async_nats::jetstream::new(broker.client().await);
+        let config = async_nats::jetstream::stream::Config {
+            name: "BENCH_DEST".into(),
+            subjects: vec!["dest.>".into()],
+            ..Default::default()
+        };
+        broker_js.create_stream(config).await?;
+        let kinds = [
+            ("amqp", json!({"type": "amqp", "url": rabbit.url(), "routing_key": "bench"})),
+            ("nats", json!({"type": "nats", "url": broker.url(), "subject": "dest.{event_type}"})),
+            ("redis", json!({"type": "redis", "url": redis.url(), "stream": "bench", "max_len": 100_000})),
+        ];
+        let body = serde_json::to_vec(&json!({"id": "evt_raw", "type": "bench.raw", "data": Self::data(payload)}))?;
+        let dispatcher = Proc::dispatcher(&self.nats.url(), &[])?;
+        for (kind, destination) in kinds {
+            let given: serde_json::Map<String, serde_json::Value> =
+                destination.as_object().cloned().unwrap_or_default();
+            let text = |k: &str| given.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+            let spec = proto::Destination {
+                r#type: kind.into(),
+                url: text("url"),
+                exchange: text("exchange"),
+                routing_key: text("routing_key"),
+                subject: text("subject").replace("{event_type}", "bench.raw"),
+                stream: text("stream"),
+                max_len: given.get("max_len").and_then(|v| v.as_u64()).unwrap_or(0),
+            };
+            let raw = Arc::new(Raw::new(spec, Duration::from_secs(15)).map_err(anyhow::Error::msg)?);
+
+            let event_type = format!("bench.dest.{kind}");
+            let sub = json!({"destination": destination, "event_types": [event_type], "secret": self.secret});
+            let resp = self.post_admin("/v1/subscriptions", &sub).await?;
+            anyhow::ensure!(resp.status() == 201, "creating a {kind} subscription: {}", resp.text().await?);
+            let group = Group { event_type, paths: 0..0 };
+            // A warm-up event proves the dispatcher has the subscription and is connected.
+            let mut confirmed = dispatcher.counter(&self.http, CONFIRMED).await;
+            self.publish_events(&group, 1, payload).await?;
+            confirmed = self.wait_confirmed(&dispatcher, confirmed + 1.0, Duration::from_secs(60)).await?;
+
+            let (mut raw_rates, mut rates, mut ratios, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            for run in 0..self.args.runs {
+                let raw_rate = raw_publish(&raw, &format!("raw-{run}"), n, &body).await?;
+                let messages = self.events_for(&group, n, payload);
+                let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
+                pipelined(&self.js, messages).await?;
+                confirmed = self.wait_confirmed(&dispatcher, confirmed + n as f64, Duration::from_secs(120)).await?;
+                let rate = per_sec(n, started.elapsed());
+                cpu.push((dispatcher.cpu_seconds() - cpu_before) * 1e6 / n as f64);
+                raw_rates.push(raw_rate);
+                rates.push(rate);
+                ratios.push(rate / raw_rate);
+                use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
+                self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
+            }
+            let raw_name = format!("{kind} raw publish (same client, {RAW_IN_FLIGHT} in flight)");
+            self.push(payload, raw_name, median(raw_rates), "writes/s");
+            let row = format!("{kind} destination, 1 dispatcher");
+            self.push_paired(payload, row, (median(rates), median(ratios)), "deliveries/s", RAW_BROKER);
+            self.push(payload, format!("  dispatcher CPU, {kind} destination"), median(cpu), "µs/delivery");
+        }
+        dispatcher.stop().await;
+        drop((rabbit, redis, broker));
+        Ok(())
+    }
+
+    /// Waits until the dispatcher counted `target` confirmed writes; returns the count.
+    async fn wait_confirmed(&self, dispatcher: &Proc, target: f64, within: Duration) -> anyhow::Result<f64> {
+        let deadline = Instant::now() + within;
+        loop {
+            let now = dispatcher.counter(&self.http, CONFIRMED).await;
+            if now >= target {
+                return Ok(now);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{now} of {target} broker writes confirmed in {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// `n` writes of `body` through `raw`, `RAW_IN_FLIGHT` at a time; writes per second.
+async fn raw_publish(raw: &Arc<Raw>, prefix: &str, n: usize, body: &[u8]) -> anyhow::Result<f64> {
+    let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    let started = Instant::now();
+    let mut writes = futures::stream::iter(0..n)
+        .map(|i| {
+            let (raw, headers) = (raw.clone(), headers.clone());
+            async move { raw.send(&format!("{prefix}-{i}"), "bench.raw", headers, body).await }
+        })
+        .buffer_unordered(RAW_IN_FLIGHT);
+    while let Some(written) = writes.next().await {
+        written.map_err(|e| anyhow::anyhow!("raw write: {e}"))?;
+    }
+    Ok(per_sec(n, started.elapsed()))
+}
