@@ -203,6 +203,15 @@ pub static ATTEMPTS: LazyLock<Family> = LazyLock::new(|| {
 pub static ATTEMPT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     Histogram::new("herald_attempt_duration_seconds", "Duration of one webhook attempt.", &["status_class"], LATENCY)
 });
+/// Time subscriptions' transformations took, per call.
+pub static TRANSFORMATION_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
+    Histogram::new(
+        "herald_transformation_duration_seconds",
+        "Time one call of a subscription's transformation took.",
+        &[],
+        &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1],
+    )
+});
 /// How late scheduled retries and deferrals come.
 pub static RETRY_LATENESS: LazyLock<Histogram> = LazyLock::new(|| {
     Histogram::new(
@@ -412,6 +421,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     }
     PUBLISH_SECONDS.register(&mut registry);
     ATTEMPT_SECONDS.register(&mut registry);
+    TRANSFORMATION_SECONDS.register(&mut registry);
     RETRY_LATENESS.register(&mut registry);
     registry
 });

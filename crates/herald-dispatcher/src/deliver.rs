@@ -252,6 +252,19 @@ async fn attempt(
     };
     let now = OffsetDateTime::now_utc();
     let prepared = shared.prepared.get(sub);
+    // The subscription's transformation, before signing: it may change what is sent.
+    let shaped = match &prepared.transformation {
+        None => Shaped::As(body),
+        Some(transformation) => transformed(transformation, body, sub, event),
+    };
+    // `verdict`: the transformation cancelled the delivery (`Ok`) or failed (`Err`); either
+    // way nothing is sent.
+    let (body, request, verdict) = match shaped {
+        Shaped::As(body) => (body, Request::default(), None),
+        Shaped::Changed(body, request) => (body, request, None),
+        Shaped::Cancelled => (Vec::new(), Request::default(), Some(Ok(()))),
+        Shaped::Failed(why) => (Vec::new(), Request::default(), Some(Err(why))),
+    };
     let signers = prepared.signers(now);
     let signature = match herald_signature::sign(&signers, &event.id, now.unix_timestamp(), &body) {
         Ok(s) if !signers.is_empty() => s,
@@ -272,18 +285,26 @@ async fn attempt(
     let onward = telemetry::onward(&span, parent);
     let sampled = telemetry::sampled(&span);
     if sampled {
-        telemetry::attribute(&span, "http.request.method", "POST");
+        telemetry::attribute(&span, "http.request.method", request.method.to_string());
         telemetry::attribute(&span, "herald.event_id", event.id.clone());
         telemetry::attribute(&span, "herald.subscription_id", sub.id.clone());
         telemetry::attribute(&span, "herald.attempt", i64::from(delivery.attempt));
     }
-    let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &onward, &sub.headers);
+    let own_headers = request.headers.as_ref().unwrap_or(&sub.headers);
+    let headers = http_client::headers(&event.id, now.unix_timestamp(), &signature, &onward, own_headers);
+    let redirected = request.url.as_ref().map(|url| {
+        url::Url::parse(url)
+            .map_err(|e| herald_core::ssrf::Refused(format!("the transformation's url does not parse: {e}")))
+            .and_then(|u| shared.prepared.policy().check_url(&u).map(|()| u))
+    });
 
     // Counted from the request until its record is written: what a crash here would send again.
     let mut in_flight = None;
-    let sent = match (&prepared.destination, &prepared.url, &prepared.client) {
-        (Some(Err(unusable)), _, _) => destinations::unusable(unusable),
-        (Some(Ok(destination)), _, _) => {
+    let sent = match (&verdict, &prepared.destination, redirected.as_ref().unwrap_or(&prepared.url), &prepared.client) {
+        (Some(Err(failure)), _, _, _) => http_client::failed_before_sending(retry::ErrorClass::Transformation, failure),
+        (Some(Ok(())), _, _, _) => http_client::Sent::cancelled(),
+        (None, Some(Err(unusable)), _, _) => destinations::unusable(unusable),
+        (None, Some(Ok(destination)), _, _) => {
             let message = Outgoing {
                 id: &event.id,
                 event_type: &event.r#type,
@@ -299,21 +320,29 @@ async fn attempt(
             in_flight = Some(InFlight::start());
             destination.send(message, shared.config.http_timeout).instrument(span.clone()).await
         }
-        (None, Err(refusal), _) => http_client::refused_result(refusal),
-        (None, Ok(_), Err(unusable)) => http_client::unusable_certificate(unusable),
-        (None, Ok(url), Ok(own)) => {
-            let request = WebhookRequest { url, headers, body };
+        (None, None, Err(refusal), _) => http_client::refused_result(refusal),
+        (None, None, Ok(_), Err(unusable)) => http_client::unusable_certificate(unusable),
+        (None, None, Ok(url), Ok(own)) => {
+            let request = WebhookRequest { method: request.method.clone(), url, headers, body };
             in_flight = Some(InFlight::start());
             let client = own.as_ref().unwrap_or(&shared.http);
             http_client::send(client, request, shared.config.response_body_limit).instrument(span.clone()).await
         }
     };
-    if let Some(permit) = permit {
+    // What the transformation decided says nothing of the endpoint: its permit is released
+    // without a verdict and its health is left as it is.
+    let endpoint_tried = verdict.is_none();
+    if let Some(permit) = permit
+        && endpoint_tried
+    {
         permit.finish(sent.result.succeeded());
     }
     let policy = prepared.retry_schedule.as_ref().unwrap_or(&shared.config.retry_schedule);
-    let mut outcome = retry::decide(policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max);
-    let disable = disable_reason(shared, sub, &sent.result, now);
+    let mut outcome = match verdict {
+        Some(Ok(())) => DeliveryOutcome::Cancelled,
+        _ => retry::decide(policy, delivery.attempt.max(1), &sent.result, shared.config.retry_after_max),
+    };
+    let disable = if endpoint_tried { disable_reason(shared, sub, &sent.result, now) } else { None };
     if let Some(reason) = &disable {
         outcome = DeliveryOutcome::DeadLetter { reason: reason.clone() };
     }
@@ -352,7 +381,9 @@ async fn attempt(
         records::write(shared, event, &delivery, &sub.url, now, &sent, recorded, made, retry_stored).await;
         shared.rollups.attempt(now, &delivery.subscription_id, &event.tenant, outcome_name(recorded), sent.elapsed.as_millis() as u64);
         drop(in_flight);
-        track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
+        if endpoint_tried {
+            track_endpoint_health(shared, sub, &sent.result, now, disable.as_deref()).await;
+        }
         if sampled {
             telemetry::attribute(&span, "herald.outcome", outcome_name(recorded));
             if let Some(status) = sent.result.status {
@@ -366,6 +397,10 @@ async fn attempt(
 
         match (&outcome, settle) {
             (_, Some(settle)) => settle,
+            (DeliveryOutcome::Cancelled, None) => {
+                tracing::debug!(event = %event.id, subscription = %sub.id, "cancelled by the subscription's transformation");
+                Settle::Ack
+            }
             (DeliveryOutcome::Delivered, None) => {
                 tracing::debug!(event = %event.id, subscription = %sub.id, attempt = delivery.attempt, "delivered");
                 Settle::Ack
@@ -681,5 +716,75 @@ mod tests {
         assert_eq!(records_since(stored, 3, false, None), stored - RETRY_LOOKBACK);
         // A replay or redrive: only what came after it.
         assert_eq!(records_since(stored, 1, true, Some(event_stored)), stored);
+    }
+}
+
+/// What a subscription's transformation made of a delivery's body.
+enum Shaped {
+    /// No transformation: the body as rendered.
+    As(Vec<u8>),
+    /// The transformed body, and how the request changed.
+    Changed(Vec<u8>, Request),
+    /// The transformation cancelled the delivery.
+    Cancelled,
+    /// The transformation failed: why.
+    Failed(String),
+}
+
+/// How a transformation changed the request (nothing, by default).
+#[derive(Default)]
+struct Request {
+    method: reqwest::Method,
+    /// Another webhook URL (a broker destination ignores it).
+    url: Option<String>,
+    /// The subscription's headers with the transformation's over them.
+    headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// Runs the subscription's transformation on `body`. Transformations are short synchronous
+/// calls (bounded by `transform::TIME_LIMIT`): they run in place, the runtime told so.
+fn transformed(
+    transformation: &Result<Arc<herald_core::transform::Transformation>, String>,
+    body: Vec<u8>,
+    sub: &proto::Subscription,
+    event: &proto::Event,
+) -> Shaped {
+    use herald_core::transform::Webhook;
+    let transformation = match transformation {
+        Ok(t) => t,
+        Err(why) => return Shaped::Failed(why.clone()),
+    };
+    let Ok(payload) = String::from_utf8(body)
+        .map_err(|_| ())
+        .and_then(|text| serde_json::value::RawValue::from_string(text).map_err(|_| ()))
+    else {
+        return Shaped::Failed("the webhook body is not JSON".into());
+    };
+    let webhook =
+        Webhook { method: "POST", url: &sub.url, payload: &payload, event_type: &event.r#type, headers: &sub.headers };
+    let started = std::time::Instant::now();
+    let result = herald_core::transform::in_place(|| transformation.run(&webhook));
+    metrics::TRANSFORMATION_SECONDS.observe(&[], started.elapsed());
+    match result {
+        Err(failure) => Shaped::Failed(failure.to_string()),
+        Ok(out) if out.cancel => Shaped::Cancelled,
+        Ok(out) => {
+            let body = serde_json::to_vec(&out.payload).unwrap_or_default();
+            let mut headers = sub.headers.clone();
+            if !out.headers.is_empty() {
+                match herald_core::subscription::validate_headers(out.headers) {
+                    Ok(extra) => headers.extend(extra),
+                    Err(e) => {
+                        return Shaped::Failed(format!(
+                            "the transformation returned an invalid webhook: {}",
+                            e.message
+                        ));
+                    }
+                }
+            }
+            let method = if out.method == "PUT" { reqwest::Method::PUT } else { reqwest::Method::POST };
+            let url = (out.url != sub.url).then_some(out.url);
+            Shaped::Changed(body, Request { method, url, headers: Some(headers) })
+        }
     }
 }

@@ -173,6 +173,8 @@ impl ClientSettings {
 /// One webhook request, ready to send.
 #[derive(Debug)]
 pub struct WebhookRequest<'a> {
+    /// POST, or PUT if a transformation asked for it.
+    pub method: reqwest::Method,
     /// The subscriber URL, parsed once (and checked by the SSRF guard) by the caller.
     pub url: &'a url::Url,
     /// Herald's own headers followed by the subscription's.
@@ -235,7 +237,7 @@ pub struct Sent {
 /// POSTs the webhook and reads at most `excerpt_limit` bytes of the answer.
 pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
     let started = Instant::now();
-    let mut request = reqwest::Request::new(reqwest::Method::POST, req.url.clone());
+    let mut request = reqwest::Request::new(req.method, req.url.clone());
     *request.headers_mut() = req.headers;
     *request.body_mut() = Some(req.body.into());
     let outcome = client.execute(request).await;
@@ -367,6 +369,19 @@ fn explain_tls(e: &rustls::Error) -> String {
         _ => "the TLS handshake failed",
     };
     format!("TLS: {what}: {e}")
+}
+
+impl Sent {
+    /// Nothing sent: a transformation cancelled the delivery.
+    pub fn cancelled() -> Self {
+        Self { result: AttemptResult::default(), response_excerpt: String::new(), elapsed: Duration::ZERO }
+    }
+}
+
+/// An attempt that failed before anything was sent (`class` says why: a transformation).
+pub fn failed_before_sending(class: ErrorClass, why: &str) -> Sent {
+    let result = AttemptResult { error: Some(why.to_owned()), class: Some(class), ..Default::default() };
+    Sent { result, response_excerpt: String::new(), elapsed: Duration::ZERO }
 }
 
 /// An attempt refused before any connection: the URL's own host is forbidden.

@@ -15,6 +15,7 @@ use herald_core::retry::RetryPolicy;
 use herald_core::secrets::KeyRing;
 use herald_core::ssrf::{Policy, Refused};
 use herald_core::subscription::{OpenedSecret, open_secrets};
+use herald_core::transform::Transformation;
 
 use crate::destinations::{Brokers, Destination};
 use crate::http_client::ClientSettings;
@@ -33,6 +34,8 @@ pub(crate) struct Prepared {
     pub client: Result<Option<reqwest::Client>, String>,
     /// A broker destination (`None`: a webhook), or why it cannot be used.
     pub destination: Option<Result<Arc<Destination>, String>>,
+    /// The subscription's transformation, compiled, or why it does not compile.
+    pub transformation: Option<Result<Arc<Transformation>, String>>,
 }
 
 impl Prepared {
@@ -53,7 +56,9 @@ impl Prepared {
             }
             prepared
         });
-        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client, destination }
+        let transformation = (!sub.transformation.is_empty())
+            .then(|| Transformation::compile(&sub.transformation).map(Arc::new).map_err(|e| e.to_string()));
+        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client, destination, transformation }
     }
 
     /// What signs a webhook sent at `now` (rotated-out keys until their grace ends).
@@ -134,6 +139,11 @@ const MIN_SWEEP: usize = 1024;
 impl PreparedSubscriptions {
     pub(crate) fn new(with: PrepareWith) -> Self {
         Self { with, own_clients: OwnClients::default(), entries: Mutex::default() }
+    }
+
+    /// The SSRF policy subscriptions are prepared with.
+    pub(crate) fn policy(&self) -> &Policy {
+        &self.with.policy
     }
 
     /// `sub` prepared: from the cache if this revision was seen before.

@@ -172,6 +172,7 @@ pub(crate) async fn write(
 pub(crate) fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
     match outcome {
         DeliveryOutcome::Delivered => "delivered",
+        DeliveryOutcome::Cancelled => "cancelled",
         DeliveryOutcome::Retry { .. } => "retry",
         DeliveryOutcome::DeadLetter { .. } => "dead_letter",
     }
@@ -184,7 +185,7 @@ pub(crate) fn outcome_name(outcome: &DeliveryOutcome) -> &'static str {
 /// the delivery on); none otherwise.
 pub(crate) fn settles(record: &proto::Attempt) -> u32 {
     match record.outcome.as_str() {
-        "delivered" | "dead_letter" => u32::MAX,
+        "delivered" | "dead_letter" | "cancelled" => u32::MAX,
         "retry" if record.retry_stored => record.attempt,
         _ => 0,
     }

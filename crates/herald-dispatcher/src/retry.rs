@@ -26,6 +26,9 @@ pub enum ErrorClass {
     /// A broker refused the write: an AMQP exchange that does not exist, a message no queue
     /// takes, a Redis key of another type, a JetStream error.
     Broker,
+    /// The subscription's transformation threw, ran out of time or memory, or returned no
+    /// webhook: retried, so that a fixed script lets the delivery through.
+    Transformation,
 }
 
 impl ErrorClass {
@@ -40,6 +43,7 @@ impl ErrorClass {
             Self::Refused => "refused",
             Self::Auth => "auth",
             Self::Broker => "broker",
+            Self::Transformation => "transformation",
         }
     }
 }
@@ -87,6 +91,8 @@ pub enum DeliveryOutcome {
         /// The delay before the next attempt.
         after: Duration,
     },
+    /// The subscription's transformation cancelled it: nothing is sent, and it is done with.
+    Cancelled,
     /// The schedule is exhausted: dead-letter with `reason`.
     DeadLetter {
         /// For a person reading the dead letter.

@@ -6,6 +6,7 @@ use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
     attempts, dead_letters, event_list, event_types, events, filters, health, replay, sessions, stats, subscriptions,
+    transformations,
 };
 
 /// An event as `POST /v1/events` takes it.
@@ -57,6 +58,7 @@ impl Modify for BearerAuth {
         subscriptions::rotate_secret,
         subscriptions::test,
         filters::test,
+        transformations::test,
         event_types::create,
         event_types::list,
         event_types::get,

@@ -401,3 +401,150 @@ async fn destinations_are_validated_and_a_patch_moves_a_subscription_between_kin
     assert!(back.get("destination").is_none(), "a url makes it a webhook again: {back}");
     assert_eq!(back["url"], "http://127.0.0.1:9/again");
 }
+
+/// The README's Slack transformation, between its markers.
+fn readme_slack_transformation() -> String {
+    let readme = std::fs::read_to_string(herald_harness::workspace_root().join("README.md")).unwrap();
+    let block = readme
+        .split("<!-- slack-transformation -->")
+        .nth(1)
+        .unwrap()
+        .split("<!-- /slack-transformation -->")
+        .next()
+        .unwrap();
+    block.trim().trim_start_matches("```js").trim_end_matches("```").trim().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_script_fails_only_its_own() {
+    let rx = Receiver::start().await;
+    let stack = Stack::start().await;
+    let create = |url: String, transformation: &str| json!({"url": url, "event_types": ["shop.*"], "transformation": transformation});
+    let mut ids = std::collections::HashMap::new();
+    let mut secrets = std::collections::HashMap::new();
+    let subs = [
+        (
+            "slack",
+            create(
+                rx.url("/slack"),
+                "function handler(w) { w.payload = {text: `${w.eventType}: ${w.payload.data.total}`}; w.headers = {'x-shape': 'slack'}; w.method = 'PUT'; return w; }",
+            ),
+        ),
+        (
+            "redirect",
+            create(
+                rx.url("/redirect"),
+                "function handler(webhook) {\n  if (webhook.payload.data.customUrl) {\n    webhook.url = webhook.payload.data.customUrl;\n  }\n  return webhook;\n}",
+            ),
+        ),
+        (
+            "cancel",
+            create(rx.url("/cancel"), "function handler(w) { w.cancel = w.payload.data.skip === true; return w; }"),
+        ),
+        ("loop", create(rx.url("/loop"), "function handler(w) { for (;;) {} }")),
+        (
+            "alloc",
+            create(
+                rx.url("/alloc"),
+                "function handler(w) { const a = []; for (;;) { a.push(new Array(100000).fill(w)); } }",
+            ),
+        ),
+        ("throw", create(rx.url("/throw"), "function handler(w) { throw new TypeError('not today'); }")),
+        ("plain", json!({"url": rx.url("/plain"), "event_types": ["shop.*"]})),
+    ];
+    for (name, body) in subs {
+        let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 201, "{name}: {sub}");
+        ids.insert(name, sub["id"].as_str().unwrap().to_owned());
+        secrets.insert(name, sub["secret"].as_str().unwrap().to_owned());
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let events = [
+        json!({"id": "t-1", "type": "shop.paid", "data": {"total": 42, "customUrl": rx.url("/elsewhere")}}),
+        json!({"id": "t-2", "type": "shop.paid", "data": {"total": 7, "skip": true}}),
+    ];
+    for event in events {
+        let (status, body) = stack.publish(event).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    rx.wait_count("/plain", 2, SOON).await;
+    rx.wait_count("/slack", 2, SOON).await;
+    rx.wait_count("/elsewhere", 1, SOON).await;
+    rx.wait_count("/cancel", 1, SOON).await;
+
+    // Reshaped, PUT, with the extra header, and signed over the body sent.
+    for got in rx.received_on("/slack") {
+        got.verify(&secrets["slack"]).expect("the transformed body is what is signed");
+        let text = got.json()["text"].as_str().unwrap().to_owned();
+        assert!(text == "shop.paid: 42" || text == "shop.paid: 7", "{text}");
+        assert_eq!(got.header("x-shape"), Some("slack"));
+    }
+    assert!(
+        rx.received()
+            .iter()
+            .filter(|r| r.path == "/slack")
+            .all(|r| r.header("content-type") == Some("application/json"))
+    );
+    // Svix's redirect example: the event naming a URL went there, the other to the endpoint.
+    assert_eq!(rx.received_on("/elsewhere")[0].header("webhook-id"), Some("t-1"));
+    assert_eq!(rx.received_on("/redirect").len(), 1);
+    // Cancelled: nothing sent, a record says so.
+    assert_eq!(rx.received_on("/cancel")[0].header("webhook-id"), Some("t-1"));
+    let deadline = Instant::now() + SOON;
+    loop {
+        let records = attempts(&stack, &ids["cancel"]).await;
+        if records.iter().any(|a| a["event_id"] == "t-2") {
+            let cancelled = records.iter().find(|a| a["event_id"] == "t-2").unwrap();
+            assert_eq!(cancelled["outcome"], "cancelled", "{cancelled}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no record of the cancelled delivery");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The runaway scripts failed their own deliveries, with the reason, and nothing was sent.
+    for (name, says) in [("loop", "time limit"), ("alloc", "out of memory"), ("throw", "not today")] {
+        let attempt = first_attempt(&stack, &ids[name], SOON).await;
+        assert_eq!(attempt["error_class"], "transformation", "{name}: {attempt}");
+        assert_eq!(attempt["outcome"], "retry", "{name}: {attempt}");
+        let error = attempt["error"].as_str().unwrap_or_default();
+        assert!(error.contains(says), "{name}: {error:?} should say {says:?}");
+        assert!(rx.received_on(&format!("/{name}")).is_empty(), "{name}: nothing is sent");
+    }
+
+    // The test endpoint runs the README's Slack example on a dead letter's data.
+    let code = readme_slack_transformation();
+    let payload = json!({"id": "op_1", "type": "delivery.dead_lettered", "tenant": "herald", "timestamp": "2026-01-01T00:00:00Z",
+        "data": {"subscription_id": "sub_9", "tenant": "acme", "event_id": "evt_1", "event_type": "order.paid", "attempts": 8, "reason": "HTTP 500"}});
+    let (status, _, out) = stack
+        .call(
+            Method::POST,
+            "/v1/transformations/test",
+            Some(json!({"code": code, "payload": payload, "event_type": "delivery.dead_lettered"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    let text = out["payload"]["text"].as_str().unwrap();
+    assert!(text.contains("sub_9") && text.contains("HTTP 500") && text.contains("8 attempts"), "{text}");
+    assert_eq!(out["payload"]["blocks"][0]["type"], "section");
+    assert_eq!(out["payload"]["blocks"][0]["text"]["type"], "mrkdwn");
+    assert_eq!(out["method"], "POST");
+    let (status, _, out) = stack
+        .call(
+            Method::POST,
+            "/v1/transformations/test",
+            Some(json!({"code": "function handler(w) { while (true) {} }"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["error"]["kind"], "timed_out", "{out}");
+    // A script that does not compile is refused when set.
+    let (status, _, problem) =
+        stack.call(Method::POST, "/v1/subscriptions", Some(create(rx.url("/x"), "function handler(w) {"))).await;
+    assert_eq!(status, 400, "{problem}");
+    assert_eq!(problem["field"], "transformation");
+    let (status, _, removed) = stack
+        .call(Method::PATCH, &format!("/v1/subscriptions/{}", ids["throw"]), Some(json!({"transformation": null})))
+        .await;
+    assert_eq!(status, 200, "{removed}");
+    assert!(removed.get("transformation").is_none(), "{removed}");
+}

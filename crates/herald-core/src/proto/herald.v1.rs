@@ -135,6 +135,10 @@ pub struct Subscription {
     /// broker, `url` holds the broker's URL without its password, for people and attempt records.
     #[prost(message, optional, tag = "20")]
     pub destination: ::core::option::Option<Destination>,
+    /// A JavaScript function `handler(webhook)` run on each delivery before it is signed (see
+    /// herald_core::transform); empty: none.
+    #[prost(string, tag = "21")]
+    pub transformation: ::prost::alloc::string::String,
 }
 /// A message broker a subscription's deliveries are written to instead of an HTTP endpoint.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

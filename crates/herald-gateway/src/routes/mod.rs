@@ -12,6 +12,7 @@ pub(crate) mod replay;
 pub(crate) mod sessions;
 pub(crate) mod stats;
 pub(crate) mod subscriptions;
+pub(crate) mod transformations;
 
 use axum::Router;
 use axum::routing::{get, post};
@@ -33,6 +34,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/subscriptions/{id}/rotate-secret", post(subscriptions::rotate_secret))
         .route("/v1/subscriptions/{id}/test", post(subscriptions::test))
         .route("/v1/filters/test", post(filters::test))
+        .route("/v1/transformations/test", post(transformations::test))
         .route("/v1/event-types", post(event_types::create).get(event_types::list))
         .route("/v1/event-types/{name}", get(event_types::get).patch(event_types::patch).delete(event_types::delete))
         .route("/console", get(pages::console_redirect))

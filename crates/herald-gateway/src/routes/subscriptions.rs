@@ -47,6 +47,9 @@ pub(crate) struct View {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     filter: Option<serde_json::Value>,
+    /// The JavaScript transformation run on each delivery (`handler(webhook)`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    transformation: Option<String>,
     /// Why Herald disabled it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
@@ -230,6 +233,7 @@ impl View {
             disabled_reason: (!sub.disabled_reason.is_empty()).then(|| sub.disabled_reason.clone()),
             ordering: (!sub.ordering.is_empty()).then(|| sub.ordering.clone()),
             filter: serde_json::from_str(&sub.filter).ok(),
+            transformation: (!sub.transformation.is_empty()).then(|| sub.transformation.clone()),
             signature_scheme: sub.secrets.first().map_or(validate::HMAC_SHA256, validate::scheme_of),
             public_key: sub.secrets.first().filter(|s| !s.public_key.is_empty()).map(|s| s.public_key.clone()),
             public_keys: sub
@@ -268,6 +272,18 @@ fn stored_filter(given: Option<&serde_json::Value>) -> Result<String, ApiError> 
         Some(value) => {
             let filter = super::filters::parse_filter(value)?;
             Ok(if filter.is_empty() { String::new() } else { value.to_string() })
+        }
+    }
+}
+
+/// A transformation given through the API, checked (it compiles and defines `handler`), as it
+/// is stored: empty for none.
+fn stored_transformation(given: Option<&str>) -> Result<String, ApiError> {
+    match given {
+        None | Some("") => Ok(String::new()),
+        Some(source) => {
+            super::transformations::checked(source)?;
+            Ok(source.to_owned())
         }
     }
 }
@@ -343,6 +359,9 @@ pub(crate) struct CreateInput {
     secret: Option<String>,
     /// A client certificate for subscribers that require one (mutual TLS).
     client_certificate: Option<CertificateInput>,
+    /// A JavaScript function `handler(webhook)` run on each delivery before it is signed
+    /// (Svix's signature; see `POST /v1/transformations/test`).
+    transformation: Option<String>,
 }
 
 /// `POST /v1/subscriptions`.
@@ -378,6 +397,7 @@ pub(crate) async fn create(
     let signer =
         validate::new_signer(input.signature_scheme.as_deref(), input.secret.as_deref()).map_err(field_error)?;
     let filter = stored_filter(input.filter.as_ref())?;
+    let transformation = stored_transformation(input.transformation.as_deref())?;
 
     let now = herald_core::now_rfc3339();
     let id = SubscriptionId::generate().into_string();
@@ -399,6 +419,7 @@ pub(crate) async fn create(
         retry_schedule,
         ordering,
         filter,
+        transformation,
         ..Default::default()
     };
     target.apply(&state, &mut sub);
@@ -542,6 +563,10 @@ pub(crate) struct PatchInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<CertificateInput>, nullable)]
     client_certificate: Option<Option<CertificateInput>>,
+    /// A new transformation; `null` (or `""`) removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>, nullable)]
+    transformation: Option<Option<String>>,
 }
 
 impl PatchInput {
@@ -588,6 +613,9 @@ impl PatchInput {
         }
         if let Some(filter) = &self.filter {
             sub.filter = stored_filter(filter.as_ref())?;
+        }
+        if let Some(transformation) = &self.transformation {
+            sub.transformation = stored_transformation(transformation.as_deref())?;
         }
         if let Some(certificate) = &self.client_certificate {
             sub.client_certificate = certificate.as_ref().map(|c| c.seal(state, &sub.id)).transpose()?;

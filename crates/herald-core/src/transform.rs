@@ -1,0 +1,343 @@
+//! Transformations: a subscription's JavaScript function `handler(webhook)`, run on each
+//! delivery before it is signed, in an embedded QuickJS engine with a memory limit and a time
+//! limit per call. The signature is Svix's: `webhook` is `{method, url, payload, eventType,
+//! headers}`; the function returns it changed (`payload` is what is sent, `method` `POST` or
+//! `PUT`, `url` another endpoint, `headers` more request headers), or sets `cancel: true` to
+//! send nothing.
+//!
+//! A script that throws, runs past its time or allocates past its memory fails that call with a
+//! [`Failure`] saying which; the engine it ran in is dropped, and nothing else is affected.
+//! Engines (a runtime, a context and the compiled script) are pooled per transformation, since
+//! making one costs far more than a trivial call.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rquickjs::{CatchResultExt as _, Context, Function, Runtime};
+use serde::{Deserialize, Serialize};
+
+/// The longest source accepted, in bytes.
+pub const MAX_SOURCE: usize = 64 * 1024;
+/// Time one call may run.
+pub const TIME_LIMIT: Duration = Duration::from_millis(100);
+/// Memory one engine may allocate (the script, its objects, the webhook in and out).
+pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
+/// Idle engines kept over every transformation of the process; beyond it an engine is dropped
+/// after its call and the next call makes one.
+const MAX_IDLE_ENGINES: usize = 256;
+static IDLE_ENGINES: AtomicUsize = AtomicUsize::new(0);
+
+/// Why a transformation failed. Its class goes into the attempt record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Failure {
+    /// The source does not compile, or defines no `handler` function.
+    #[error("the transformation does not compile: {0}")]
+    Syntax(String),
+    /// `handler` threw.
+    #[error("the transformation threw: {0}")]
+    Threw(String),
+    /// It ran past [`TIME_LIMIT`].
+    #[error("the transformation ran past its time limit ({} ms)", TIME_LIMIT.as_millis())]
+    TimedOut,
+    /// It allocated past [`MEMORY_LIMIT`] (or recursed too deep).
+    #[error("the transformation ran out of memory ({} MiB) or stack", MEMORY_LIMIT >> 20)]
+    OutOfMemory,
+    /// It returned something that is not a webhook.
+    #[error("the transformation returned an invalid webhook: {0}")]
+    Invalid(String),
+}
+
+/// What the handler is given.
+#[derive(Debug, Clone, Serialize)]
+pub struct Webhook<'a> {
+    pub method: &'a str,
+    pub url: &'a str,
+    /// The webhook body as JSON.
+    pub payload: &'a serde_json::value::RawValue,
+    #[serde(rename = "eventType")]
+    pub event_type: &'a str,
+    pub headers: &'a BTreeMap<String, String>,
+}
+
+/// What the handler returned.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Transformed {
+    pub method: String,
+    pub url: String,
+    pub payload: serde_json::Value,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default)]
+    pub cancel: bool,
+}
+
+/// The handler's raw answer, checked into a [`Transformed`].
+#[derive(Deserialize)]
+struct Answer {
+    method: Option<serde_json::Value>,
+    url: Option<serde_json::Value>,
+    payload: Option<serde_json::Value>,
+    headers: Option<serde_json::Value>,
+    cancel: Option<serde_json::Value>,
+}
+
+/// A compiled transformation, with its pool of engines.
+pub struct Transformation {
+    source: Arc<str>,
+    idle: Mutex<Vec<Engine>>,
+}
+
+impl std::fmt::Debug for Transformation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transformation").field("bytes", &self.source.len()).finish_non_exhaustive()
+    }
+}
+
+impl Drop for Transformation {
+    fn drop(&mut self) {
+        let idle = self.idle.get_mut().map(|v| v.len()).unwrap_or(0);
+        IDLE_ENGINES.fetch_sub(idle, Ordering::Relaxed);
+    }
+}
+
+/// One runtime with the script loaded.
+struct Engine {
+    context: Context,
+    /// When the current call must stop, in nanoseconds since `epoch` (0: no call running).
+    deadline: Arc<AtomicU64>,
+    epoch: Instant,
+    _runtime: Runtime,
+}
+
+/// Wraps the handler: JSON in, JSON out, so nothing but plain data crosses the boundary.
+const WRAPPER: &str = r#"
+;if (typeof handler !== "function") { throw new Error("the script must define a function named handler"); }
+globalThis.__heraldRun = function (input) {
+  const webhook = JSON.parse(input);
+  const out = handler(webhook);
+  return JSON.stringify(out === undefined ? webhook : out);
+};
+"#;
+
+impl Engine {
+    fn new(source: &str) -> Result<Self, Failure> {
+        let runtime = Runtime::new().map_err(|e| Failure::Syntax(format!("cannot start the engine: {e}")))?;
+        runtime.set_memory_limit(MEMORY_LIMIT);
+        runtime.set_max_stack_size(256 * 1024);
+        let deadline = Arc::new(AtomicU64::new(0));
+        let epoch = Instant::now();
+        let watched = deadline.clone();
+        runtime.set_interrupt_handler(Some(Box::new(move || {
+            let until = watched.load(Ordering::Relaxed);
+            until != 0 && epoch.elapsed().as_nanos() as u64 > until
+        })));
+        let context = Context::full(&runtime).map_err(|e| Failure::Syntax(format!("cannot start the engine: {e}")))?;
+        let engine = Self { context, deadline, epoch, _runtime: runtime };
+        let mut script = String::with_capacity(source.len() + WRAPPER.len());
+        script.push_str(source);
+        script.push_str(WRAPPER);
+        engine
+            .timed(|| engine.context.with(|ctx| ctx.eval::<(), _>(script).catch(&ctx).map_err(|e| e.to_string())))
+            .map_err(|e| match e {
+                Failure::Threw(message) => Failure::Syntax(message),
+                other => other,
+            })?;
+        Ok(engine)
+    }
+
+    /// Runs `call` with the time limit armed; classifies what it threw.
+    fn timed(&self, call: impl FnOnce() -> Result<(), String>) -> Result<(), Failure> {
+        let budget = self.epoch.elapsed() + TIME_LIMIT;
+        self.deadline.store(budget.as_nanos() as u64, Ordering::Relaxed);
+        let result = call();
+        let late = self.epoch.elapsed() > budget;
+        self.deadline.store(0, Ordering::Relaxed);
+        result.map_err(|message| classify(&message, late))
+    }
+
+    fn call(&self, input: &str) -> Result<String, Failure> {
+        let mut output = String::new();
+        self.timed(|| {
+            self.context.with(|ctx| {
+                let run: Function = ctx.globals().get("__heraldRun").catch(&ctx).map_err(|e| e.to_string())?;
+                output = run.call::<_, String>((input,)).catch(&ctx).map_err(|e| e.to_string())?;
+                Ok(())
+            })
+        })?;
+        Ok(output)
+    }
+}
+
+fn classify(message: &str, late: bool) -> Failure {
+    if late || message.contains("interrupted") {
+        Failure::TimedOut
+    } else if ["out of memory", "stack overflow", "Maximum call stack size exceeded"]
+        .iter()
+        .any(|m| message.contains(m))
+    {
+        Failure::OutOfMemory
+    } else {
+        let first = message.lines().next().unwrap_or(message).trim();
+        Failure::Threw(first.chars().take(500).collect())
+    }
+}
+
+impl Transformation {
+    /// Compiles `source`: it must define `handler`.
+    pub fn compile(source: &str) -> Result<Self, Failure> {
+        if source.len() > MAX_SOURCE {
+            return Err(Failure::Syntax(format!("the source is over {} KiB", MAX_SOURCE / 1024)));
+        }
+        let engine = Engine::new(source)?;
+        let transformation = Self { source: source.into(), idle: Mutex::new(Vec::new()) };
+        transformation.give_back(engine);
+        Ok(transformation)
+    }
+
+    /// Runs the handler on `webhook`.
+    pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
+        let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let engine = match self.idle.lock().expect("engines").pop() {
+            Some(engine) => {
+                IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+                engine
+            }
+            None => Engine::new(&self.source)?,
+        };
+        // An engine whose call failed may be in any state: it is dropped.
+        let output = engine.call(&input)?;
+        self.give_back(engine);
+        check(&output)
+    }
+
+    fn give_back(&self, engine: Engine) {
+        let mut idle = self.idle.lock().expect("engines");
+        if idle.len() < 2 && IDLE_ENGINES.fetch_add(1, Ordering::Relaxed) < MAX_IDLE_ENGINES {
+            idle.push(engine);
+        } else if idle.len() < 2 {
+            IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+fn check(output: &str) -> Result<Transformed, Failure> {
+    let answer: Answer =
+        serde_json::from_str(output).map_err(|_| Failure::Invalid("handler must return the webhook object".into()))?;
+    let text = |field: &str, v: Option<serde_json::Value>| match v {
+        Some(serde_json::Value::String(s)) => Ok(s),
+        _ => Err(Failure::Invalid(format!("`{field}` must be a string"))),
+    };
+    let method = text("method", answer.method)?;
+    if method != "POST" && method != "PUT" {
+        return Err(Failure::Invalid(format!("`method` is {method:?}; it must be \"POST\" or \"PUT\"")));
+    }
+    let url = text("url", answer.url)?;
+    let payload = answer.payload.ok_or_else(|| Failure::Invalid("`payload` is missing".into()))?;
+    let headers = match answer.headers {
+        None | Some(serde_json::Value::Null) => BTreeMap::new(),
+        Some(serde_json::Value::Object(map)) => map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => Ok((k, s)),
+                other => Ok((k, other.to_string())),
+            })
+            .collect::<Result<_, Failure>>()?,
+        Some(_) => return Err(Failure::Invalid("`headers` must be an object of strings".into())),
+    };
+    let cancel = match answer.cancel {
+        None | Some(serde_json::Value::Null) => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(_) => return Err(Failure::Invalid("`cancel` must be true or false".into())),
+    };
+    Ok(Transformed { method, url, payload, headers, cancel })
+}
+
+/// Runs `call` (a compile or a call: short, synchronous, bounded by [`TIME_LIMIT`]) on this
+/// thread, telling a multi-threaded runtime so that its other tasks move elsewhere meanwhile.
+pub fn in_place<T>(call: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(call),
+        _ => call(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(source: &str, payload: &str) -> Result<Transformed, Failure> {
+        let raw = serde_json::value::RawValue::from_string(payload.to_owned()).unwrap();
+        let headers = BTreeMap::new();
+        let webhook = Webhook {
+            method: "POST",
+            url: "https://example.com/hook",
+            payload: &raw,
+            event_type: "order.paid",
+            headers: &headers,
+        };
+        Transformation::compile(source)?.run(&webhook)
+    }
+
+    #[test]
+    fn svix_examples_run_unchanged() {
+        // Svix's documented example: send to a URL the payload names, if it names one.
+        let redirect = r#"function handler(webhook) {
+  if (webhook.payload.customUrl) {
+    webhook.url = webhook.payload.customUrl;
+  }
+  return webhook;
+}"#;
+        let out = run(redirect, r#"{"customUrl": "https://other.example/in", "x": 1}"#).unwrap();
+        assert_eq!(out.url, "https://other.example/in");
+        assert_eq!(out.payload["x"], 1);
+        let out = run(redirect, r#"{"x": 1}"#).unwrap();
+        assert_eq!(out.url, "https://example.com/hook");
+
+        let reshape = r#"function handler(webhook) {
+  webhook.method = "PUT";
+  webhook.payload = { text: `${webhook.eventType}: ${webhook.payload.data.total}` };
+  webhook.headers = { "x-shape": "slack" };
+  return webhook;
+}"#;
+        let out = run(reshape, r#"{"data": {"total": 42}}"#).unwrap();
+        assert_eq!(out.method, "PUT");
+        assert_eq!(out.payload, serde_json::json!({"text": "order.paid: 42"}));
+        assert_eq!(out.headers["x-shape"], "slack");
+
+        let cancel = "function handler(webhook) { webhook.cancel = webhook.payload.test === true; return webhook; }";
+        assert!(run(cancel, r#"{"test": true}"#).unwrap().cancel);
+        assert!(!run(cancel, r#"{"test": false}"#).unwrap().cancel);
+    }
+
+    #[test]
+    fn runaway_scripts_fail_their_call_with_a_class_and_the_engine_recovers() {
+        assert_eq!(run("function handler(w) { for (;;) {} }", "{}"), Err(Failure::TimedOut));
+        assert_eq!(
+            run("function handler(w) { const a = []; for (;;) { a.push(new Array(100000).fill(1)); } }", "{}"),
+            Err(Failure::OutOfMemory)
+        );
+        assert_eq!(run("function handler(w) { return handler(w); }", "{}"), Err(Failure::OutOfMemory));
+        let threw = run("function handler(w) { throw new Error('no thanks'); }", "{}").unwrap_err();
+        assert!(matches!(&threw, Failure::Threw(m) if m.contains("no thanks")), "{threw:?}");
+        assert!(matches!(run("function handler(w) {", "{}"), Err(Failure::Syntax(_))));
+        assert!(matches!(run("var x = 1;", "{}"), Err(Failure::Syntax(m)) if m.contains("handler")));
+        assert!(matches!(run("function handler(w) { return 5; }", "{}"), Err(Failure::Invalid(_))));
+        assert!(
+            matches!(run("function handler(w) { w.method = 'GET'; return w; }", "{}"), Err(Failure::Invalid(m)) if m.contains("POST"))
+        );
+
+        // A transformation keeps working after one of its calls timed out.
+        let t =
+            Transformation::compile("function handler(w) { if (w.payload.spin) { for (;;) {} } return w; }").unwrap();
+        let headers = BTreeMap::new();
+        let call = |payload: &str| {
+            let raw = serde_json::value::RawValue::from_string(payload.to_owned()).unwrap();
+            t.run(&Webhook { method: "POST", url: "u", payload: &raw, event_type: "t", headers: &headers })
+        };
+        assert_eq!(call(r#"{"spin": true}"#), Err(Failure::TimedOut));
+        assert!(call(r#"{"spin": false}"#).is_ok());
+    }
+}
