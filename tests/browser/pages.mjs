@@ -154,6 +154,10 @@ try {
   await page.fill("#subscription-form input[name=url]", "nats://hooks:pw-never-shown@127.0.0.1:1");
   await page.fill("#subscription-form input[name=nats_subject]", "hooks.{event_type}");
   await page.fill("#subscription-form input[name=event_types]", "audit.*");
+  await page.fill("#subscription-form textarea[name=transformation]", "function handler(w) { w.payload = {seen: w.payload.type}; return w; }");
+  await page.click("#transformation-try");
+  await page.waitForFunction(() => document.querySelector("#transformation-output").textContent.includes("seen"));
+  check((await page.innerText("#transformation-output")).includes('"seen": "order.paid"'), "the transformation's test runs beside it");
   await page.click("#subscription-form button[type=submit]");
   await page.waitForSelector("[data-testid=secret]");
   const brokerText = await page.innerText("main");

@@ -43,12 +43,12 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
     /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
-    /// memory, scaleout, filters, ordered, destinations, schema (with ingest), stats, registry,
+    /// memory, scaleout, filters, ordered, destinations, transformations, schema (with ingest), stats, registry,
     /// production, cluster, engine, soak, regression (with `--baseline`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,destinations,schema,stats,registry,production,cluster,engine,soak,regression"
+        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,destinations,transformations,schema,stats,registry,production,cluster,engine,soak,regression"
     )]
     pub(crate) only: Vec<String>,
     /// Broker destinations: deliveries per measured run, per broker (RabbitMQ, NATS, Redis).

@@ -285,6 +285,11 @@ async fn main() -> anyhow::Result<()> {
         bench.destinations(args.payloads[0]).await?;
     }
 
+    // What a trivial transformation costs per delivery.
+    if bench.wants("transformations") {
+        bench.transformation_cost(args.payloads[0]).await?;
+    }
+
     // Memory with deliveries in flight to a slow receiver.
     let memory = if bench.wants("memory") {
         bench.in_flight_memory().await?

@@ -99,6 +99,19 @@ enum Command {
         #[arg(long)]
         event: String,
     },
+    /// Run a transformation on a payload as a delivery would: what would be sent, or the error.
+    #[command(name = "transformation-test")]
+    TransformationTest {
+        /// The JavaScript source defining `handler(webhook)`, or @file.js.
+        #[arg(long)]
+        code: String,
+        /// The webhook body (JSON or @file) the handler gets as `webhook.payload`.
+        #[arg(long)]
+        payload: Option<String>,
+        /// `webhook.eventType`.
+        #[arg(long)]
+        event_type: Option<String>,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
     Completions { shell: clap_complete::Shell },
 }
@@ -246,6 +259,9 @@ enum SubCommand {
         /// A payload filter (JSON): only events it matches are delivered.
         #[arg(long)]
         filter: Option<String>,
+        /// A transformation: JavaScript defining `handler(webhook)`, or @file.js.
+        #[arg(long)]
+        transformation: Option<String>,
         #[command(flatten)]
         client_certificate: ClientCertArgs,
     },
@@ -280,6 +296,9 @@ enum SubCommand {
         /// A new payload filter (JSON); '{}' removes it.
         #[arg(long)]
         filter: Option<String>,
+        /// A new transformation (JavaScript or @file.js); '' removes it.
+        #[arg(long)]
+        transformation: Option<String>,
         #[command(flatten)]
         client_certificate: ClientCertArgs,
         /// Stop presenting a client certificate.
@@ -372,6 +391,14 @@ fn json_arg(flag: &str, text: &str) -> anyhow::Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{flag} is not JSON"))
 }
 
+/// A text argument, or the contents of the file it names after `@`.
+fn text_arg(flag: &str, text: &str) -> anyhow::Result<String> {
+    match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path).with_context(|| format!("{flag}: cannot read {path}")),
+        None => Ok(text.to_owned()),
+    }
+}
+
 fn parse_pair(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.trim().to_owned(), v.to_owned()))
@@ -450,9 +477,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     disabled,
                     signature_scheme,
                     filter,
+                    transformation,
                     client_certificate,
                 } => {
                     let mut body = json!({"event_types": event_types, "enabled": !disabled});
+                    if let Some(t) = transformation {
+                        body["transformation"] = json!(text_arg("--transformation", &t)?);
+                    }
                     if let Some(u) = url {
                         body["url"] = json!(u);
                     }
@@ -494,10 +525,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     enabled,
                     description,
                     filter,
+                    transformation,
                     client_certificate,
                     remove_client_cert,
                 } => {
                     let mut body = json!({});
+                    if let Some(t) = transformation {
+                        body["transformation"] = json!(text_arg("--transformation", &t)?);
+                    }
                     if let Some(f) = filter {
                         body["filter"] = json_arg("--filter", &f)?;
                     }
@@ -646,6 +681,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     json!({"revoked": id})
                 }
             };
+            out_fmt.print(&out)?;
+            Ok(())
+        }
+        Command::TransformationTest { code, payload, event_type } => {
+            let mut body = json!({"code": text_arg("--code", &code)?});
+            if let Some(p) = payload {
+                body["payload"] = json_arg("--payload", &p)?;
+            }
+            if let Some(t) = event_type {
+                body["event_type"] = json!(t);
+            }
+            let out = api.call(reqwest::Method::POST, "/v1/transformations/test", Some(body)).await?;
             out_fmt.print(&out)?;
             Ok(())
         }

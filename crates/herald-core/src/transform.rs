@@ -62,11 +62,12 @@ pub struct Webhook<'a> {
 }
 
 /// What the handler returned.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Transformed {
     pub method: String,
     pub url: String,
-    pub payload: serde_json::Value,
+    /// Exactly as `JSON.stringify` wrote it: an unchanged payload keeps its keys' order.
+    pub payload: Box<serde_json::value::RawValue>,
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -78,7 +79,7 @@ pub struct Transformed {
 struct Answer {
     method: Option<serde_json::Value>,
     url: Option<serde_json::Value>,
-    payload: Option<serde_json::Value>,
+    payload: Option<Box<serde_json::value::RawValue>>,
     headers: Option<serde_json::Value>,
     cancel: Option<serde_json::Value>,
 }
@@ -234,7 +235,8 @@ fn check(output: &str) -> Result<Transformed, Failure> {
         return Err(Failure::Invalid(format!("`method` is {method:?}; it must be \"POST\" or \"PUT\"")));
     }
     let url = text("url", answer.url)?;
-    let payload = answer.payload.ok_or_else(|| Failure::Invalid("`payload` is missing".into()))?;
+    let payload =
+        answer.payload.filter(|p| p.get() != "null").ok_or_else(|| Failure::Invalid("`payload` is missing".into()))?;
     let headers = match answer.headers {
         None | Some(serde_json::Value::Null) => BTreeMap::new(),
         Some(serde_json::Value::Object(map)) => map
@@ -268,6 +270,17 @@ pub fn in_place<T>(call: impl FnOnce() -> T) -> T {
 mod tests {
     use super::*;
 
+    fn json(out: &Transformed) -> serde_json::Value {
+        serde_json::from_str(out.payload.get()).unwrap()
+    }
+
+    #[test]
+    fn an_unchanged_payload_is_sent_as_it_came() {
+        let body = r#"{"id":"evt_1","type":"order.paid","timestamp":"2026-01-01T00:00:00Z","tenant":"t","data":{"b":1,"a":2}}"#;
+        let out = run("function handler(w) { return w; }", body).unwrap();
+        assert_eq!(out.payload.get(), body, "keys keep their order");
+    }
+
     fn run(source: &str, payload: &str) -> Result<Transformed, Failure> {
         let raw = serde_json::value::RawValue::from_string(payload.to_owned()).unwrap();
         let headers = BTreeMap::new();
@@ -292,7 +305,7 @@ mod tests {
 }"#;
         let out = run(redirect, r#"{"customUrl": "https://other.example/in", "x": 1}"#).unwrap();
         assert_eq!(out.url, "https://other.example/in");
-        assert_eq!(out.payload["x"], 1);
+        assert_eq!(json(&out)["x"], 1);
         let out = run(redirect, r#"{"x": 1}"#).unwrap();
         assert_eq!(out.url, "https://example.com/hook");
 
@@ -304,7 +317,7 @@ mod tests {
 }"#;
         let out = run(reshape, r#"{"data": {"total": 42}}"#).unwrap();
         assert_eq!(out.method, "PUT");
-        assert_eq!(out.payload, serde_json::json!({"text": "order.paid: 42"}));
+        assert_eq!(json(&out), serde_json::json!({"text": "order.paid: 42"}));
         assert_eq!(out.headers["x-shape"], "slack");
 
         let cancel = "function handler(webhook) { webhook.cancel = webhook.payload.test === true; return webhook; }";
@@ -314,12 +327,13 @@ mod tests {
 
     #[test]
     fn runaway_scripts_fail_their_call_with_a_class_and_the_engine_recovers() {
-        assert_eq!(run("function handler(w) { for (;;) {} }", "{}"), Err(Failure::TimedOut));
+        assert_eq!(run("function handler(w) { for (;;) {} }", "{}").unwrap_err(), Failure::TimedOut);
         assert_eq!(
-            run("function handler(w) { const a = []; for (;;) { a.push(new Array(100000).fill(1)); } }", "{}"),
-            Err(Failure::OutOfMemory)
+            run("function handler(w) { const a = []; for (;;) { a.push(new Array(100000).fill(1)); } }", "{}")
+                .unwrap_err(),
+            Failure::OutOfMemory
         );
-        assert_eq!(run("function handler(w) { return handler(w); }", "{}"), Err(Failure::OutOfMemory));
+        assert_eq!(run("function handler(w) { return handler(w); }", "{}").unwrap_err(), Failure::OutOfMemory);
         let threw = run("function handler(w) { throw new Error('no thanks'); }", "{}").unwrap_err();
         assert!(matches!(&threw, Failure::Threw(m) if m.contains("no thanks")), "{threw:?}");
         assert!(matches!(run("function handler(w) {", "{}"), Err(Failure::Syntax(_))));
@@ -337,7 +351,7 @@ mod tests {
             let raw = serde_json::value::RawValue::from_string(payload.to_owned()).unwrap();
             t.run(&Webhook { method: "POST", url: "u", payload: &raw, event_type: "t", headers: &headers })
         };
-        assert_eq!(call(r#"{"spin": true}"#), Err(Failure::TimedOut));
+        assert_eq!(call(r#"{"spin": true}"#).unwrap_err(), Failure::TimedOut);
         assert!(call(r#"{"spin": false}"#).is_ok());
     }
 }

@@ -769,7 +769,7 @@ fn transformed(
         Err(failure) => Shaped::Failed(failure.to_string()),
         Ok(out) if out.cancel => Shaped::Cancelled,
         Ok(out) => {
-            let body = serde_json::to_vec(&out.payload).unwrap_or_default();
+            let body = out.payload.get().as_bytes().to_vec();
             let mut headers = sub.headers.clone();
             if !out.headers.is_empty() {
                 match herald_core::subscription::validate_headers(out.headers) {

@@ -248,6 +248,33 @@ function destinationBody(v, sub) {
   return { destination };
 }
 
+/** The transformation's source, with a sample payload and a button that runs it beside them. */
+function transformationField(sub) {
+  const code = el("textarea", { name: "transformation", rows: 6, placeholder: "function handler(webhook) {\n  webhook.payload = { text: webhook.eventType };\n  return webhook;\n}" }, sub?.transformation ?? "");
+  const sample = el("textarea", { name: "transformation_sample", rows: 3 }, JSON.stringify({ id: "evt_sample", type: sub?.event_types?.[0] ?? "order.paid", data: {} }));
+  const output = el("pre", { class: "mono", id: "transformation-output" });
+  const run = button("Try it", async () => {
+    let payload;
+    try {
+      payload = JSON.parse(sample.value || "{}");
+    } catch {
+      return toast("The sample payload is not valid JSON", "error");
+    }
+    const r = await attempt(() => api("/v1/transformations/test", { method: "POST", body: { code: code.value, payload, event_type: payload.type, url: sub?.url } }));
+    if (r) output.textContent = JSON.stringify(r, null, 2);
+  }, "ghost");
+  run.type = "button";
+  run.id = "transformation-try";
+  return el(
+    "div",
+    { class: "transformation" },
+    field("Transformation (JavaScript)", code, "handler(webhook) gets {method, url, payload, eventType, headers} and returns it changed (or sets cancel: true). Empty: none."),
+    field("Sample payload (the webhook body)", sample),
+    run,
+    output,
+  );
+}
+
 function subscriptionForm(sub) {
   const creating = !sub;
   const form = el(
@@ -267,6 +294,7 @@ function subscriptionForm(sub) {
     ),
     field("Retry schedule", el("input", { name: "retry_schedule", value: sub?.retry_schedule ?? "", placeholder: "the deployment's (e.g. 5s,1m,10m,1h)" })),
     field("Filter (JSON)", el("textarea", { name: "filter", rows: 3, placeholder: '{"data": {"amount": {"$gte": 100}}}' }, sub?.filter ? JSON.stringify(sub.filter) : "")),
+    transformationField(sub),
     creating ? field("Signature scheme", el("select", { name: "signature_scheme" }, el("option", { value: "hmac-sha256" }, "HMAC-SHA256 (v1)"), el("option", { value: "ed25519" }, "Ed25519 (v1a)"))) : null,
     el("button", { type: "submit" }, creating ? "Create" : "Save"),
   );
@@ -287,11 +315,14 @@ function subscriptionForm(sub) {
     } catch {
       return toast("The filter is not valid JSON", "error");
     }
+    body.transformation = v.transformation || null;
+    delete body.transformation_sample;
     if (creating) {
       body.tenant = v.tenant;
       body.signature_scheme = v.signature_scheme;
       if (!body.retry_schedule) delete body.retry_schedule;
       if (!body.filter) delete body.filter;
+      if (!body.transformation) delete body.transformation;
       const created = await attempt(() => api("/v1/subscriptions", { method: "POST", body }));
       if (!created) return;
       await subscription(created.id, created);

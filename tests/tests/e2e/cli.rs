@@ -341,3 +341,47 @@ async fn heraldctl_makes_portal_links_that_open_once() {
         heraldctl(&stack, &["portal-link", "--tenant", "acme", "--theme", r#"{"primary_color": "red;"}"#]);
     assert!(!ok && err.contains("theme"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_sets_broker_destinations_and_transformations_from_files() {
+    let stack = Stack::gateway_only().await;
+    let dir = herald_harness::temp_dir("heraldctl-dest");
+    let destination = dir.join("dest.json");
+    std::fs::write(
+        &destination,
+        r#"{"type": "redis", "url": "redis://:hidden-pw@127.0.0.1:6379/1", "stream": "hooks"}"#,
+    )
+    .unwrap();
+    let script = dir.join("shape.js");
+    std::fs::write(&script, "function handler(w) { w.payload = {n: w.payload.data.n * 2}; return w; }").unwrap();
+    let (ok, sub, err) = heraldctl(
+        &stack,
+        &[
+            "subscriptions",
+            "create",
+            "--destination",
+            &format!("@{}", destination.display()),
+            "--event-type",
+            "order.*",
+            "--transformation",
+            &format!("@{}", script.display()),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(sub["destination"]["type"], "redis", "{sub}");
+    assert_eq!(sub["url"], "redis://127.0.0.1:6379/1", "the password is not shown: {sub}");
+    assert!(sub["transformation"].as_str().unwrap().contains("handler"), "{sub}");
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let (ok, tried, err) = heraldctl(
+        &stack,
+        &["transformation-test", "--code", &format!("@{}", script.display()), "--payload", r#"{"data": {"n": 21}}"#],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(tried["payload"]["n"], 42, "{tried}");
+    let (ok, _, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--transformation", "function nope() {}"]);
+    assert!(!ok && err.contains("handler"), "{err}");
+    let (ok, cleared, err) =
+        heraldctl(&stack, &["subscriptions", "update", &id, "--transformation", "", "--url", "https://example.com/h"]);
+    assert!(ok, "{err}");
+    assert!(cleared.get("transformation").is_none() && cleared.get("destination").is_none(), "{cleared}");
+}
