@@ -167,6 +167,8 @@ pub const PORTAL_ROUTES: &[(&str, &str)] = &[
     ("GET", "/v1/event-types/{name}"),
     ("GET", "/v1/session"),
     ("DELETE", "/v1/session"),
+    // Only with the link's `transformations` grant (checked by the handler).
+    ("POST", "/v1/transformations/test"),
 ];
 
 /// The fields a portal session may set on an endpoint (creating or changing it): not its
@@ -182,6 +184,8 @@ pub struct Caller {
     /// The SHA-256 of the token behind the call: the bearer token, or the one that opened the
     /// session (computed once, for the lookup; made hex only where it is kept or keys a limit).
     token: [u8; 32],
+    /// A portal session's grants (empty for everyone else).
+    grants: Arc<crate::session::Grants>,
 }
 
 impl Caller {
@@ -212,6 +216,42 @@ impl Caller {
                     .with_field(field))
             }
         }
+    }
+
+    /// The fields a portal session may set on an endpoint: [`PORTAL_ENDPOINT_FIELDS`], plus
+    /// `destination` and `transformation` where its link granted them.
+    pub fn endpoint_fields(&self) -> Vec<&'static str> {
+        let mut fields = PORTAL_ENDPOINT_FIELDS.to_vec();
+        if !self.grants.destinations.is_empty() {
+            fields.push("destination");
+        }
+        if self.grants.transformations {
+            fields.push("transformation");
+        }
+        fields
+    }
+
+    /// Refuses a destination type a portal session was not granted (webhooks always are).
+    pub fn require_destination(&self, kind: &str) -> Result<(), ApiError> {
+        if self.via != Via::Portal
+            || kind == herald_core::destination::WEBHOOK
+            || self.grants.destinations.iter().any(|d| d == kind)
+        {
+            return Ok(());
+        }
+        Err(ApiError::forbidden(format!("this portal may not create {kind} destinations")).with_field("destination"))
+    }
+
+    /// Refuses running transformations to a caller that cannot set one: a `publish`-only token,
+    /// or a portal whose link did not grant them.
+    pub fn require_transformations(&self) -> Result<(), ApiError> {
+        let manages = self.scopes.iter().any(|s| matches!(s, Scope::Admin | Scope::Tenant(_)));
+        if !manages || (self.via == Via::Portal && !self.grants.transformations) {
+            return Err(ApiError::forbidden(
+                "running transformations needs `admin` or a `tenant:<id>` scope (in the portal, a link that grants them)",
+            ));
+        }
+        Ok(())
     }
 
     /// The SHA-256 (hex) of the token behind the call (a session's: the one that opened it).
@@ -325,7 +365,7 @@ impl FromRequestParts<AppState> for Caller {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let scopes =
             tokens.by_hash.get(&digest).ok_or_else(|| ApiError::unauthorized("the bearer token is not valid"))?;
-        Ok(Caller { scopes: scopes.as_slice().into(), via: Via::Token, token: digest })
+        Ok(Caller { scopes: scopes.as_slice().into(), via: Via::Token, token: digest, grants: Arc::default() })
     }
 }
 
@@ -390,7 +430,7 @@ async fn from_session(parts: &Parts, state: &AppState) -> Result<Caller, ApiErro
         Some(tenant) => (Arc::new([Scope::Tenant(tenant.to_owned())]), Via::Portal),
     };
     let token = parse_hex32(&found.token).unwrap_or_default();
-    Ok(Caller { scopes, via, token })
+    Ok(Caller { scopes, via, token, grants: Arc::new(found.grants) })
 }
 
 #[cfg(test)]

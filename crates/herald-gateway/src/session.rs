@@ -114,6 +114,17 @@ impl Theme {
     }
 }
 
+/// What a portal may offer beyond webhooks, as the operator's link granted it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Grants {
+    /// Broker destination types the tenant may choose (`amqp`, `nats`, `redis`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<String>,
+    /// Whether the tenant may write transformations.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub transformations: bool,
+}
+
 /// A signed-in page.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Session {
@@ -135,6 +146,9 @@ pub struct Session {
     pub expires_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub theme: Option<Theme>,
+    /// A portal's grants.
+    #[serde(default)]
+    pub grants: Grants,
 }
 
 impl Session {
@@ -157,6 +171,9 @@ pub struct Link {
     pub expires_at: i64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub theme: Option<Theme>,
+    /// What the portal may offer beyond webhooks.
+    #[serde(default)]
+    pub grants: Grants,
     /// Set when spent.
     #[serde(default)]
     pub used: bool,
@@ -221,11 +238,12 @@ pub struct Opening {
     pub token: String,
     pub ttl: Duration,
     pub theme: Option<Theme>,
+    pub grants: Grants,
 }
 
 /// Stores a new session and answers its secret (the cookie's value) and the session.
 pub async fn open(kv: &kv::Store, opening: Opening) -> Result<(String, Session), String> {
-    let Opening { kind, tenant, token, ttl, theme } = opening;
+    let Opening { kind, tenant, token, ttl, theme, grants } = opening;
     let secret = secret();
     let session = Session {
         kind,
@@ -235,6 +253,7 @@ pub async fn open(kv: &kv::Store, opening: Opening) -> Result<(String, Session),
         csrf: format!("{}.{}", kind.prefix(), self::secret()),
         expires_at: now() + ttl.min(LONGEST).as_secs() as i64,
         theme,
+        grants,
     };
     let value = serde_json::to_vec(&session).map_err(|e| e.to_string())?;
     kv.put(key("s", &secret), value.into()).await.map_err(|e| e.to_string())?;

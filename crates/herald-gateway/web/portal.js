@@ -111,15 +111,60 @@ function typePicker(selected) {
   );
 }
 
+/** What the operator's link lets this portal offer beyond webhooks. */
+function grants() {
+  return session?.grants || {};
+}
+
+const BROKER_HINTS = {
+  amqp: ["amqp://user:pass@host:5672/vhost", [["exchange", "Exchange"], ["routing_key", "Routing key"]]],
+  nats: ["nats://user:pass@host:4222", [["subject", "Subject"]]],
+  redis: ["redis://:pass@host:6379/0", [["stream", "Stream"]]],
+};
+
+/** The URL, and where the operator allows it, a broker type and its fields. */
+function destinationPicker(sub) {
+  const allowed = grants().destinations || [];
+  const dest = sub?.destination;
+  const url = el("input", { name: "url", value: dest ? "" : sub?.url ?? "", required: !dest, placeholder: dest ? `${dest.url} (unchanged)` : "https://example.com/webhooks" });
+  if (!allowed.length) return [field("URL", url)];
+  const pick = el("select", { name: "destination_type" }, ["webhook", ...allowed].map((t) => el("option", { value: t, selected: t === (dest?.type ?? "webhook") }, t)));
+  const extras = allowed.flatMap((type) => BROKER_HINTS[type][1].map(([name, label]) => {
+    const f = field(label, el("input", { name: `${type}_${name}`, value: dest?.type === type ? dest[name] ?? "" : "" }));
+    f.dataset.for = type;
+    return f;
+  }));
+  const show = () => {
+    for (const f of extras) f.hidden = f.dataset.for !== pick.value;
+    if (pick.value !== "webhook" && !dest) url.placeholder = BROKER_HINTS[pick.value][0];
+  };
+  pick.addEventListener("change", show);
+  show();
+  return [field("Delivers to", pick), field("URL", url), ...extras];
+}
+
+/** `url` or `destination` for the API; a broker left without a new URL is left as it is. */
+function target(v, sub) {
+  const type = v.destination_type || "webhook";
+  if (type === "webhook") return v.url || !sub ? { url: v.url } : {};
+  if (!v.url && sub?.destination?.type === type) return {};
+  const destination = { type, url: v.url };
+  for (const [name] of BROKER_HINTS[type][1]) if (v[`${type}_${name}`]) destination[name] = v[`${type}_${name}`];
+  return { destination };
+}
+
 function endpointForm(sub) {
   const creating = !sub;
   const form = el(
     "form",
     { class: "card form", id: "endpoint-form" },
     el("h2", {}, creating ? "Add an endpoint" : "Edit endpoint"),
-    field("URL", el("input", { name: "url", type: "url", value: sub ? sub.url : "", required: true, placeholder: "https://example.com/webhooks" })),
+    ...destinationPicker(sub),
     field("Description", el("input", { name: "description", value: sub ? sub.description : "" })),
     el("fieldset", {}, el("legend", {}, "Events to receive"), typePicker(sub && sub.event_types)),
+    grants().transformations
+      ? field("Transformation (JavaScript, optional)", el("textarea", { name: "transformation", rows: 5, placeholder: "function handler(webhook) {\n  return webhook;\n}" }, sub?.transformation ?? ""), "handler(webhook) may change webhook.payload, method, url and headers, or set cancel: true.")
+      : null,
     el("button", { type: "submit" }, creating ? "Add endpoint" : "Save"),
   );
   form.addEventListener("submit", async (e) => {
@@ -127,7 +172,8 @@ function endpointForm(sub) {
     const v = values(form);
     const types = [...(v.types || []), ...words(v.other_types)];
     if (!types.length) return toast("Pick at least one event type", "error");
-    const body = { url: v.url, description: v.description, event_types: types };
+    const body = { ...target(v, sub), description: v.description, event_types: types };
+    if (grants().transformations) body.transformation = v.transformation || null;
     if (creating) {
       const created = await attempt(() => api("/v1/subscriptions", { method: "POST", body }));
       if (!created) return;

@@ -548,3 +548,54 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
     assert_eq!(status, 200, "{removed}");
     assert!(removed.get("transformation").is_none(), "{removed}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_offers_only_the_destinations_and_transformations_its_link_grants() {
+    let stack = Stack::gateway_only().await;
+    let nats = json!({"type": "nats", "url": "nats://127.0.0.1:4222", "subject": "hooks.x"});
+    let script = "function handler(w) { return w; }";
+
+    // A link without grants: webhooks only, no transformations.
+    let plain = stack.portal_session("acme").await;
+    let (status, _, session) = stack.call_by(&plain, Method::GET, "/v1/session?kind=portal", None).await;
+    assert_eq!(status, 200, "{session}");
+    assert!(session["grants"].as_object().is_some_and(|g| g.is_empty()), "{session}");
+    for body in [
+        json!({"destination": nats, "event_types": ["a.b"]}),
+        json!({"url": "http://127.0.0.1:9/h", "event_types": ["a.b"], "transformation": script}),
+    ] {
+        let (status, _, problem) = stack.call_by(&plain, Method::POST, "/v1/subscriptions", Some(body)).await;
+        assert_eq!(status, 403, "{problem}");
+    }
+    let (status, _, problem) =
+        stack.call_by(&plain, Method::POST, "/v1/transformations/test", Some(json!({"code": script}))).await;
+    assert_eq!(status, 403, "{problem}");
+
+    // A link granting NATS and transformations.
+    let code = stack.portal_link("acme", json!({"destinations": ["nats"], "transformations": true})).await;
+    let (status, cookie, opened) = stack.open_portal(&code).await;
+    assert_eq!(status, 200, "{opened}");
+    assert_eq!(opened["grants"], json!({"destinations": ["nats"], "transformations": true}));
+    let granted = herald_harness::Who::session(&cookie.unwrap(), opened["csrf"].as_str().unwrap());
+    let (status, _, sub) = stack
+        .call_by(
+            &granted,
+            Method::POST,
+            "/v1/subscriptions",
+            Some(json!({"destination": nats, "event_types": ["a.b"], "transformation": script})),
+        )
+        .await;
+    assert_eq!(status, 201, "{sub}");
+    assert_eq!((sub["tenant"].as_str(), sub["destination"]["type"].as_str()), (Some("acme"), Some("nats")));
+    let redis = json!({"destination": {"type": "redis", "url": "redis://127.0.0.1:6379", "stream": "s"}, "event_types": ["a.b"]});
+    let (status, _, problem) = stack.call_by(&granted, Method::POST, "/v1/subscriptions", Some(redis)).await;
+    assert_eq!((status, problem["field"].as_str()), (403, Some("destination")), "{problem}");
+    let (status, _, out) = stack
+        .call_by(&granted, Method::POST, "/v1/transformations/test", Some(json!({"code": script, "payload": {"a": 1}})))
+        .await;
+    assert_eq!((status, &out["payload"]["a"]), (200, &json!(1)), "{out}");
+    // The operator names only broker types.
+    let (status, _, problem) =
+        stack.call(Method::POST, "/v1/portal/sessions", Some(json!({"tenant": "acme", "destinations": ["ftp"]}))).await;
+    assert_eq!(status, 400, "{problem}");
+}

@@ -27,6 +27,13 @@ pub(crate) struct PortalSessionInput {
     link_expires_in: Option<String>,
     /// The portal's look.
     theme: Option<Theme>,
+    /// Broker destination types the tenant may choose in the portal besides webhooks (`amqp`,
+    /// `nats`, `redis`); none by default.
+    #[serde(default)]
+    destinations: Vec<String>,
+    /// Whether the tenant may write transformations in the portal (default false).
+    #[serde(default)]
+    transformations: bool,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -95,6 +102,17 @@ pub(crate) async fn create_portal_session(
     if let Some(theme) = &input.theme {
         theme.check().map_err(|e| ApiError::invalid(Some("theme"), e))?;
     }
+    for kind in &input.destinations {
+        if ![herald_core::destination::AMQP, herald_core::destination::NATS, herald_core::destination::REDIS]
+            .contains(&kind.as_str())
+        {
+            return Err(ApiError::invalid(
+                Some("destinations"),
+                format!("destinations: {kind:?} is not a broker destination type (amqp, nats, redis)"),
+            ));
+        }
+    }
+    let grants = session::Grants { destinations: input.destinations, transformations: input.transformations };
     let expires = OffsetDateTime::now_utc() + std::time::Duration::from_secs(link_seconds);
     let link = Link {
         tenant: input.tenant.clone(),
@@ -102,6 +120,7 @@ pub(crate) async fn create_portal_session(
         session_seconds,
         expires_at: expires.unix_timestamp(),
         theme: input.theme,
+        grants,
         used: false,
     };
     let code = session::issue_link(&state.sessions, &link).await.map_err(kv_unavailable)?;
@@ -132,6 +151,8 @@ pub(crate) struct SessionView {
     expires_at: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     theme: Option<Theme>,
+    /// A portal's: what it may offer beyond webhooks.
+    grants: session::Grants,
 }
 
 impl SessionView {
@@ -144,6 +165,7 @@ impl SessionView {
                 OffsetDateTime::from_unix_timestamp(s.expires_at).unwrap_or(OffsetDateTime::UNIX_EPOCH),
             ),
             theme: s.theme,
+            grants: s.grants,
         }
     }
 }
@@ -216,6 +238,7 @@ pub(crate) async fn open_portal(
         token: link.token,
         ttl: std::time::Duration::from_secs(link.session_seconds),
         theme: link.theme,
+        grants: link.grants,
     };
     let (secret, s) = session::open(&state.sessions, opening).await.map_err(kv_unavailable)?;
     tracing::info!(tenant = %link.tenant, "portal session opened");
@@ -248,6 +271,7 @@ pub(crate) async fn sign_in(
         token: session::token_hash(input.token.trim()),
         ttl: state.config.console_session_ttl,
         theme: None,
+        grants: session::Grants::default(),
     };
     let (secret, s) = session::open(&state.sessions, opening).await.map_err(kv_unavailable)?;
     tracing::info!("console session opened");

@@ -372,8 +372,11 @@ pub(crate) async fn create(
     caller: Caller,
     body: Body,
 ) -> Result<(StatusCode, Json<View>), ApiError> {
-    caller.limit_fields(&body.0, crate::auth::PORTAL_ENDPOINT_FIELDS)?;
+    caller.limit_fields(&body.0, &caller.endpoint_fields())?;
     let input: CreateInput = body.json()?;
+    if let Some(d) = &input.destination {
+        caller.require_destination(&d.kind)?;
+    }
     let tenant = match (&input.tenant, caller.own_tenant()) {
         (Some(t), _) => {
             TenantId::parse(t).map_err(|e| ApiError::invalid(Some("tenant"), format!("tenant: {}", e.0)))?
@@ -636,8 +639,11 @@ pub(crate) async fn patch(
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<View>, ApiError> {
-    caller.limit_fields(&body.0, crate::auth::PORTAL_ENDPOINT_FIELDS)?;
+    caller.limit_fields(&body.0, &caller.endpoint_fields())?;
     let input: PatchInput = body.json()?;
+    if let Some(d) = &input.destination {
+        caller.require_destination(&d.kind)?;
+    }
     let sub = modify(&state, &caller, &id, |sub| input.apply(&state, sub)).await?;
     tracing::info!(id = %sub.id, enabled = sub.enabled, "subscription updated");
     Ok(Json(View::of(&sub)))

@@ -70,7 +70,8 @@ pub(crate) fn checked(source: &str) -> Result<(), ApiError> {
 #[utoipa::path(post, path = "/v1/transformations/test", tag = "subscriptions", request_body = TransformationTestInput,
     responses((status = 200, description = "What the transformation made of the payload, or why it failed", body = TransformationTestResult), crate::error::Problems),
     security(("bearer" = [])))]
-pub(crate) async fn test(_caller: Caller, body: Body) -> Result<Json<TransformationTestResult>, ApiError> {
+pub(crate) async fn test(caller: Caller, body: Body) -> Result<Json<TransformationTestResult>, ApiError> {
+    caller.require_transformations()?;
     let input: TransformationTestInput = body.json()?;
     let payload = serde_json::value::to_raw_value(&input.payload.unwrap_or_else(|| serde_json::json!({})))
         .map_err(|e| ApiError::invalid(Some("payload"), format!("payload: {e}")))?;
