@@ -2,6 +2,7 @@
 
   amqp.py URL declare EXCHANGE QUEUE BINDING   a durable queue bound to a durable topic exchange
                                                ("" : the default exchange, no binding needed)
+  amqp.py URL purge QUEUE                      empties QUEUE
   amqp.py URL drain QUEUE                      every message in QUEUE, acked, one JSON line each:
                                                {"headers": {...}, "body": "..."}; properties come
                                                as amqp-* headers
@@ -37,6 +38,9 @@ def main():
             headers["amqp-routing-key"] = method.routing_key
             print(json.dumps({"headers": headers, "body": body.decode()}))
             channel.basic_ack(method.delivery_tag)
+    elif command == "purge":
+        (queue,) = args
+        channel.queue_purge(queue=queue)
     else:
         sys.exit(f"unknown command {command}")
     connection.close()

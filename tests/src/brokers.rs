@@ -94,6 +94,11 @@ impl Rabbit {
         self.port
     }
 
+    /// The process group of its start script and the server (its CPU is theirs).
+    pub fn process_group(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// SIGKILL: whatever it had not written to disk is gone with it.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -127,6 +132,11 @@ impl Rabbit {
     /// durable queue `queue` bound to it with `binding`.
     pub fn declare(&self, exchange: &str, queue: &str, binding: &str) {
         self.script(&["declare", exchange, queue, binding]);
+    }
+
+    /// Empties `queue`.
+    pub fn purge(&self, queue: &str) {
+        self.script(&["purge", queue]);
     }
 
     /// Takes every message in `queue` (acked: they are gone from it), oldest first, with its
@@ -217,6 +227,11 @@ impl Redis {
         if let Some(mut child) = self.child.take() {
             kill_group(&mut child);
         }
+    }
+
+    /// Its process group.
+    pub fn process_group(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     /// Starts it again on the same port and data.

@@ -1,7 +1,7 @@
 //! Broker destinations: a backlog delivered by one dispatcher to RabbitMQ (AMQP), a second
 //! nats-server (a JetStream stream) and Redis (a stream), each against that broker's raw publish
 //! rate with the same client code (pipelined, as many in flight as a dispatcher's default
-//! concurrency), in one sitting on this machine.
+//! concurrency, and as many as one subscription's default), in one sitting on this machine.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,14 +12,16 @@ use herald_dispatcher::destinations::Raw;
 use serde_json::json;
 
 use crate::load::pipelined;
-use crate::procs::Proc;
+use crate::procs::{self, Proc};
 use crate::{Bench, Group, median, per_sec};
 
 /// What a destination's rate is a ratio of.
-const RAW_BROKER: &str = "that broker's raw publish";
+const RAW_BROKER: &str = "raw publish, 64 in flight";
 
-/// Writes in flight at once in the raw loop: the dispatcher's default `HERALD_CONCURRENCY`.
-const RAW_IN_FLIGHT: usize = 256;
+/// Writes in flight at once in the raw loops: the dispatcher's default `HERALD_CONCURRENCY`,
+/// and what one subscription may have in flight by default (`HERALD_SUBSCRIPTION_CONCURRENCY`):
+/// a broker that confirms in batches (RabbitMQ syncs to disk first) is bound by it.
+const RAW_IN_FLIGHT: [usize; 2] = [256, 64];
 
 /// Confirmed writes to brokers, as the dispatcher's metrics count them.
 const CONFIRMED: &str = r#"herald_delivery_attempts_total{outcome="delivered",status_class="confirmed"}"#;
@@ -45,7 +47,13 @@ impl Bench {
         ];
         let body = serde_json::to_vec(&json!({"id": "evt_raw", "type": "bench.raw", "data": Self::data(payload)}))?;
         let dispatcher = Proc::dispatcher(&self.nats.url(), &[])?;
-        for (kind, destination) in kinds {
+        let broker_pid = broker.pid().unwrap_or(0);
+        let groups = [rabbit.process_group().unwrap_or(0), broker_pid, redis.process_group().unwrap_or(0)];
+        for ((kind, destination), group) in kinds.into_iter().zip(groups) {
+            // The broker's CPU so far: a group of processes (RabbitMQ, Redis) or nats-server.
+            let broker_cpu = || {
+                if kind == "nats" { procs::cpu_seconds(&group.to_string()) } else { procs::group_cpu_seconds(group) }
+            };
             let given: serde_json::Map<String, serde_json::Value> =
                 destination.as_object().cloned().unwrap_or_default();
             let text = |k: &str| given.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_owned();
@@ -70,26 +78,66 @@ impl Bench {
             self.publish_events(&group, 1, payload).await?;
             confirmed = self.wait_confirmed(&dispatcher, confirmed + 1.0, Duration::from_secs(60)).await?;
 
-            let (mut raw_rates, mut rates, mut ratios, mut cpu) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+            let (mut raw_rates, mut rates, mut ratios, mut cpu) =
+                ([Vec::new(), Vec::new()], Vec::new(), Vec::new(), Vec::new());
+            // Per write: the broker's CPU in the raw loop (64 in flight) and under Herald, and
+            // how busy the whole machine was under Herald (cores).
+            let (mut raw_broker, mut herald_broker, mut busy) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..self.args.runs {
-                let raw_rate = raw_publish(&raw, &format!("raw-{run}"), n, &body).await?;
+                // Each phase starts with an empty queue: a queue that grows costs RabbitMQ more.
+                let empty = || {
+                    if kind == "amqp" {
+                        rabbit.purge("bench");
+                    }
+                };
+                empty();
+                let wide = raw_publish(&raw, &format!("raw-{run}"), RAW_IN_FLIGHT[0], n, &body).await?;
+                empty();
+                let before = broker_cpu();
+                let raw_rate = raw_publish(&raw, &format!("raw64-{run}"), RAW_IN_FLIGHT[1], n, &body).await?;
+                raw_broker.push((broker_cpu() - before) * 1e6 / n as f64);
+                raw_rates[0].push(wide);
+                empty();
+                let (broker_before, busy_before) = (broker_cpu(), procs::machine_busy_seconds());
                 let messages = self.events_for(&group, n, payload);
                 let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
                 pipelined(&self.js, messages).await?;
                 confirmed = self.wait_confirmed(&dispatcher, confirmed + n as f64, Duration::from_secs(120)).await?;
-                let rate = per_sec(n, started.elapsed());
+                let took = started.elapsed();
+                let rate = per_sec(n, took);
                 cpu.push((dispatcher.cpu_seconds() - cpu_before) * 1e6 / n as f64);
-                raw_rates.push(raw_rate);
+                herald_broker.push((broker_cpu() - broker_before) * 1e6 / n as f64);
+                busy.push((procs::machine_busy_seconds() - busy_before) / took.as_secs_f64());
+                raw_rates[1].push(raw_rate);
                 rates.push(rate);
                 ratios.push(rate / raw_rate);
                 use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
                 self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
             }
-            let raw_name = format!("{kind} raw publish (same client, {RAW_IN_FLIGHT} in flight)");
-            self.push(payload, raw_name, median(raw_rates), "writes/s");
+            let [wide, narrow] = raw_rates.map(median);
+            self.push(
+                payload,
+                format!("{kind} raw publish (same client, {} in flight)", RAW_IN_FLIGHT[0]),
+                wide,
+                "writes/s",
+            );
+            self.push(
+                payload,
+                format!("{kind} raw publish (same client, {} in flight)", RAW_IN_FLIGHT[1]),
+                narrow,
+                "writes/s",
+            );
             let row = format!("{kind} destination, 1 dispatcher");
             self.push_paired(payload, row, (median(rates), median(ratios)), "deliveries/s", RAW_BROKER);
             self.push(payload, format!("  dispatcher CPU, {kind} destination"), median(cpu), "µs/delivery");
+            self.push(
+                payload,
+                format!("  {kind} broker CPU, raw publish (64 in flight)"),
+                median(raw_broker),
+                "µs/write",
+            );
+            self.push(payload, format!("  {kind} broker CPU, under Herald"), median(herald_broker), "µs/write");
+            self.push(payload, format!("  machine busy under Herald, {kind}"), median(busy), "cores");
         }
         dispatcher.stop().await;
         drop((rabbit, redis, broker));
@@ -110,8 +158,8 @@ impl Bench {
     }
 }
 
-/// `n` writes of `body` through `raw`, `RAW_IN_FLIGHT` at a time; writes per second.
-async fn raw_publish(raw: &Arc<Raw>, prefix: &str, n: usize, body: &[u8]) -> anyhow::Result<f64> {
+/// `n` writes of `body` through `raw`, `in_flight` at a time; writes per second.
+async fn raw_publish(raw: &Arc<Raw>, prefix: &str, in_flight: usize, n: usize, body: &[u8]) -> anyhow::Result<f64> {
     let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
     let started = Instant::now();
     let mut writes = futures::stream::iter(0..n)
@@ -119,7 +167,7 @@ async fn raw_publish(raw: &Arc<Raw>, prefix: &str, n: usize, body: &[u8]) -> any
             let (raw, headers) = (raw.clone(), headers.clone());
             async move { raw.send(&format!("{prefix}-{i}"), "bench.raw", headers, body).await }
         })
-        .buffer_unordered(RAW_IN_FLIGHT);
+        .buffer_unordered(in_flight);
     while let Some(written) = writes.next().await {
         written.map_err(|e| anyhow::anyhow!("raw write: {e}"))?;
     }

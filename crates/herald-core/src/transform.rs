@@ -29,6 +29,36 @@ pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
 const MAX_IDLE_ENGINES: usize = 256;
 static IDLE_ENGINES: AtomicUsize = AtomicUsize::new(0);
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The threads transformations run on, one per core, fed from one queue.
+struct Pool {
+    jobs: std::sync::mpsc::Sender<Job>,
+    threads: usize,
+}
+
+static POOL: std::sync::LazyLock<Pool> = std::sync::LazyLock::new(|| {
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get()).max(1);
+    let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+    let queue = Arc::new(Mutex::new(queue));
+    for i in 0..threads {
+        let queue = queue.clone();
+        std::thread::Builder::new()
+            .name(format!("herald-transform-{i}"))
+            .spawn(move || {
+                loop {
+                    let job = queue.lock().expect("transformation queue").recv();
+                    match job {
+                        Ok(job) => job(),
+                        Err(_) => return,
+                    }
+                }
+            })
+            .expect("a transformation thread starts");
+    }
+    Pool { jobs, threads }
+});
+
 /// Why a transformation failed. Its class goes into the attempt record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Failure {
@@ -197,9 +227,29 @@ impl Transformation {
         Ok(transformation)
     }
 
-    /// Runs the handler on `webhook`.
+    /// Runs the handler on `webhook`, on this thread.
     pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
+        self.run_json(&input)
+    }
+
+    /// Runs the handler on `webhook` on one of the process's transformation threads (as many
+    /// as there are cores): a runaway script holds one of them for its time limit, never a
+    /// thread of the async runtime, and a transformation has at most that many engines busy.
+    pub async fn run_pooled(self: &Arc<Self>, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
+        let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let (done, result) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let job: Job = Box::new(move || {
+            let _ = done.send(this.run_json(&input));
+        });
+        if POOL.jobs.send(job).is_err() {
+            return Err(Failure::Threw("the transformation threads are gone".into()));
+        }
+        result.await.unwrap_or_else(|_| Err(Failure::Threw("the transformation thread stopped".into())))
+    }
+
+    fn run_json(&self, input: &str) -> Result<Transformed, Failure> {
         let engine = match self.idle.lock().expect("engines").pop() {
             Some(engine) => {
                 IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
@@ -208,17 +258,21 @@ impl Transformation {
             None => Engine::new(&self.source)?,
         };
         // An engine whose call failed may be in any state: it is dropped.
-        let output = engine.call(&input)?;
+        let output = engine.call(input)?;
         self.give_back(engine);
         check(&output)
     }
 
+    /// Keeps `engine` for the next call: as many per transformation as there are threads to
+    /// run them, and [`MAX_IDLE_ENGINES`] over all of them.
     fn give_back(&self, engine: Engine) {
         let mut idle = self.idle.lock().expect("engines");
-        if idle.len() < 2 && IDLE_ENGINES.fetch_add(1, Ordering::Relaxed) < MAX_IDLE_ENGINES {
-            idle.push(engine);
-        } else if idle.len() < 2 {
-            IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+        if idle.len() < POOL.threads {
+            if IDLE_ENGINES.fetch_add(1, Ordering::Relaxed) < MAX_IDLE_ENGINES {
+                idle.push(engine);
+            } else {
+                IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }

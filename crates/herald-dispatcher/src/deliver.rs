@@ -255,7 +255,7 @@ async fn attempt(
     // The subscription's transformation, before signing: it may change what is sent.
     let shaped = match &prepared.transformation {
         None => Shaped::As(body),
-        Some(transformation) => transformed(transformation, body, sub, event),
+        Some(transformation) => transformed(transformation, body, sub, event).await,
     };
     // `verdict`: the transformation cancelled the delivery (`Ok`) or failed (`Err`); either
     // way nothing is sent.
@@ -741,9 +741,9 @@ struct Request {
     headers: Option<std::collections::BTreeMap<String, String>>,
 }
 
-/// Runs the subscription's transformation on `body`. Transformations are short synchronous
-/// calls (bounded by `transform::TIME_LIMIT`): they run in place, the runtime told so.
-fn transformed(
+/// Runs the subscription's transformation on `body`, on the transformation threads (see
+/// `Transformation::run_pooled`).
+async fn transformed(
     transformation: &Result<Arc<herald_core::transform::Transformation>, String>,
     body: Vec<u8>,
     sub: &proto::Subscription,
@@ -763,7 +763,7 @@ fn transformed(
     let webhook =
         Webhook { method: "POST", url: &sub.url, payload: &payload, event_type: &event.r#type, headers: &sub.headers };
     let started = std::time::Instant::now();
-    let result = herald_core::transform::in_place(|| transformation.run(&webhook));
+    let result = transformation.run_pooled(&webhook).await;
     metrics::TRANSFORMATION_SECONDS.observe(&[], started.elapsed());
     match result {
         Err(failure) => Shaped::Failed(failure.to_string()),
