@@ -346,6 +346,8 @@ try {
 
   step = "console: the operator ends a portal session";
   await page.goto(`${GATEWAY}/console/#/sessions`);
+  // A hash change renders in place: wait for this page's heading, not any table still shown.
+  await page.waitForSelector("main h1:has-text('Sessions')");
   await page.waitForSelector("main table");
   const sessionsText = await page.innerText("main table");
   check(sessionsText.includes("console") && sessionsText.includes("acme") && sessionsText.includes("in force"), "the console lists the live sessions");
