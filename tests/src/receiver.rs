@@ -15,6 +15,8 @@ use crate::tls;
 /// One request a [`Receiver`] got.
 #[derive(Debug, Clone)]
 pub struct Received {
+    /// The request method (`POST` for every webhook, unless a transformation chose `PUT`).
+    pub method: String,
     /// Path and query.
     pub path: String,
     /// All headers.
@@ -39,7 +41,14 @@ impl Received {
                 map.insert(n, v);
             }
         }
-        Self { path: String::new(), headers: map, body: body.into(), at: Instant::now(), status: 0 }
+        Self {
+            method: String::new(),
+            path: String::new(),
+            headers: map,
+            body: body.into(),
+            at: Instant::now(),
+            status: 0,
+        }
     }
 
     /// A header as text.
@@ -145,44 +154,54 @@ impl Receiver {
         let state = Arc::new(Mutex::new(ReceiverState::default()));
         let arrived = Arc::new(tokio::sync::Notify::new());
         let (s, a) = (state.clone(), arrived.clone());
-        let app = axum::Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
-            let (state, arrived) = (s.clone(), a.clone());
-            async move {
-                let reply = {
-                    let mut st = state.lock().unwrap();
-                    let scripted = match st.by_path.get_mut(uri.path()).and_then(VecDeque::pop_front) {
-                        Some(reply) => Some(reply),
-                        None => st.script.pop_front(),
+        let app = axum::Router::new().fallback(
+            move |method: axum::http::Method, uri: axum::http::Uri, headers: HeaderMap, body: Bytes| {
+                let (state, arrived) = (s.clone(), a.clone());
+                async move {
+                    let reply = {
+                        let mut st = state.lock().unwrap();
+                        let scripted = match st.by_path.get_mut(uri.path()).and_then(VecDeque::pop_front) {
+                            Some(reply) => Some(reply),
+                            None => st.script.pop_front(),
+                        };
+                        let reply = scripted.unwrap_or_else(|| {
+                            // xorshift64: enough randomness for failure injection.
+                            st.rng ^= st.rng << 13;
+                            st.rng ^= st.rng >> 7;
+                            st.rng ^= st.rng << 17;
+                            let roll = (st.rng >> 11) as f64 / (1u64 << 53) as f64;
+                            let ratio = st.fail_ratio_by_path.get(uri.path()).copied().unwrap_or(st.fail_ratio);
+                            Reply::status(if roll < ratio { 500 } else { 200 })
+                        });
+                        let at = Instant::now();
+                        let method = method.to_string();
+                        st.received.push(Received {
+                            method,
+                            path: uri.to_string(),
+                            headers,
+                            body,
+                            at,
+                            status: reply.status,
+                        });
+                        st.in_flight += 1;
+                        st.max_in_flight = st.max_in_flight.max(st.in_flight);
+                        reply
                     };
-                    let reply = scripted.unwrap_or_else(|| {
-                        // xorshift64: enough randomness for failure injection.
-                        st.rng ^= st.rng << 13;
-                        st.rng ^= st.rng >> 7;
-                        st.rng ^= st.rng << 17;
-                        let roll = (st.rng >> 11) as f64 / (1u64 << 53) as f64;
-                        let ratio = st.fail_ratio_by_path.get(uri.path()).copied().unwrap_or(st.fail_ratio);
-                        Reply::status(if roll < ratio { 500 } else { 200 })
-                    });
-                    let at = Instant::now();
-                    st.received.push(Received { path: uri.to_string(), headers, body, at, status: reply.status });
-                    st.in_flight += 1;
-                    st.max_in_flight = st.max_in_flight.max(st.in_flight);
-                    reply
-                };
-                arrived.notify_waiters();
-                tokio::time::sleep(reply.delay).await;
-                state.lock().unwrap().in_flight -= 1;
-                let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
-                let mut headers = HeaderMap::new();
-                if let Some(secs) = reply.retry_after {
-                    headers.insert("retry-after", secs.into());
+                    arrived.notify_waiters();
+                    tokio::time::sleep(reply.delay).await;
+                    state.lock().unwrap().in_flight -= 1;
+                    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+                    let mut headers = HeaderMap::new();
+                    if let Some(secs) = reply.retry_after {
+                        headers.insert("retry-after", secs.into());
+                    }
+                    if let Some(location) = reply.location {
+                        headers.insert("location", axum::http::HeaderValue::from_static(location));
+                    }
+                    (status, headers)
                 }
-                if let Some(location) = reply.location {
-                    headers.insert("location", axum::http::HeaderValue::from_static(location));
-                }
-                (status, headers)
-            }
-        });
+            },
+        );
         let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind receiver");
         let addr = listener.local_addr().expect("addr");
         let failed_handshakes = Arc::new(std::sync::atomic::AtomicUsize::new(0));

@@ -731,14 +731,20 @@ enum Shaped {
     Failed(String),
 }
 
-/// How a transformation changed the request (nothing, by default).
-#[derive(Default)]
+/// How a transformation changed the request (nothing, by default: a POST to the endpoint).
 struct Request {
     method: reqwest::Method,
     /// Another webhook URL (a broker destination ignores it).
     url: Option<String>,
     /// The subscription's headers with the transformation's over them.
     headers: Option<std::collections::BTreeMap<String, String>>,
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        // Not `Method::default()`, which is GET.
+        Self { method: reqwest::Method::POST, url: None, headers: None }
+    }
 }
 
 /// Runs the subscription's transformation on `body`, on the transformation threads (see

@@ -42,6 +42,7 @@ async fn http_event_is_delivered_once_signed_with_the_specified_headers() {
     let req = &got[0];
     assert_eq!(req.path, "/hook");
     req.verify(secret).expect("signature verifies");
+    assert_eq!(req.method, "POST", "webhooks are POSTed");
     assert_eq!(req.header("content-type"), Some("application/json"));
     assert_eq!(req.header("webhook-id"), Some("ord_1"));
     assert_eq!(req.header("user-agent"), Some(format!("Herald/{}", herald_core::VERSION).as_str()));

@@ -474,6 +474,7 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
 
     // Reshaped, PUT, with the extra header, and signed over the body sent.
     for got in rx.received_on("/slack") {
+        assert_eq!(got.method, "PUT", "the transformation chose PUT");
         got.verify(&secrets["slack"]).expect("the transformed body is what is signed");
         let text = got.json()["text"].as_str().unwrap().to_owned();
         assert!(text == "shop.paid: 42" || text == "shop.paid: 7", "{text}");
@@ -487,6 +488,7 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
     );
     // Svix's redirect example: the event naming a URL went there, the other to the endpoint.
     assert_eq!(rx.received_on("/elsewhere")[0].header("webhook-id"), Some("t-1"));
+    assert!(rx.received().iter().filter(|r| r.path != "/slack").all(|r| r.method == "POST"), "the rest are POSTed");
     assert_eq!(rx.received_on("/redirect").len(), 1);
     // Cancelled: nothing sent, a record says so.
     assert_eq!(rx.received_on("/cancel")[0].header("webhook-id"), Some("t-1"));
