@@ -700,25 +700,6 @@ impl Drop for InFlight {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_from_before_the_message_stops_it_when_fan_out_marked_it_or_a_schedule_fired_twice() {
-        let stored = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
-        let event_stored = stored - time::Duration::seconds(40);
-        // Stored by a fan-out of an event handed out again: from when the event was stored.
-        assert_eq!(records_since(stored, 1, false, Some(event_stored)), event_stored);
-        assert_eq!(records_since(stored, 1, false, Some(stored + time::Duration::seconds(1))), stored);
-        assert_eq!(records_since(stored, 1, false, None), stored);
-        // A retry fired twice.
-        assert_eq!(records_since(stored, 3, false, None), stored - RETRY_LOOKBACK);
-        // A replay or redrive: only what came after it.
-        assert_eq!(records_since(stored, 1, true, Some(event_stored)), stored);
-    }
-}
-
 /// What a subscription's transformation made of a delivery's body.
 enum Shaped {
     /// No transformation: the body as rendered.
@@ -792,5 +773,24 @@ async fn transformed(
             let url = (out.url != sub.url).then_some(out.url);
             Shaped::Changed(body, Request { method, url, headers: Some(headers) })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_record_from_before_the_message_stops_it_when_fan_out_marked_it_or_a_schedule_fired_twice() {
+        let stored = OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        let event_stored = stored - time::Duration::seconds(40);
+        // Stored by a fan-out of an event handed out again: from when the event was stored.
+        assert_eq!(records_since(stored, 1, false, Some(event_stored)), event_stored);
+        assert_eq!(records_since(stored, 1, false, Some(stored + time::Duration::seconds(1))), stored);
+        assert_eq!(records_since(stored, 1, false, None), stored);
+        // A retry fired twice.
+        assert_eq!(records_since(stored, 3, false, None), stored - RETRY_LOOKBACK);
+        // A replay or redrive: only what came after it.
+        assert_eq!(records_since(stored, 1, true, Some(event_stored)), stored);
     }
 }
