@@ -383,7 +383,7 @@ mod tests {
     fn runaway_scripts_fail_their_call_with_a_class_and_the_engine_recovers() {
         assert_eq!(run("function handler(w) { for (;;) {} }", "{}").unwrap_err(), Failure::TimedOut);
         assert_eq!(
-            run("function handler(w) { const a = []; for (;;) { a.push(new Array(100000).fill(1)); } }", "{}")
+            run("function handler(w) { const a = []; for (;;) { a.push(new Array(1000000).fill(1)); } }", "{}")
                 .unwrap_err(),
             Failure::OutOfMemory
         );

@@ -446,7 +446,7 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
             "alloc",
             create(
                 rx.url("/alloc"),
-                "function handler(w) { const a = []; for (;;) { a.push(new Array(100000).fill(w)); } }",
+                "function handler(w) { const a = []; for (;;) { a.push(new Array(1000000).fill(0)); } }",
             ),
         ),
         ("throw", create(rx.url("/throw"), "function handler(w) { throw new TypeError('not today'); }")),
