@@ -96,6 +96,25 @@ impl Policy {
         }
     }
 
+    /// The addresses of `resolved` a connection may go to; the last refusal when none may.
+    pub fn allowed(&self, resolved: Vec<std::net::SocketAddr>) -> Result<Vec<std::net::SocketAddr>, Refused> {
+        let mut refusal = None;
+        let allowed: Vec<std::net::SocketAddr> = resolved
+            .into_iter()
+            .filter(|a| match self.check_ip(a.ip()) {
+                Ok(()) => true,
+                Err(r) => {
+                    refusal = Some(r);
+                    false
+                }
+            })
+            .collect();
+        if allowed.is_empty() {
+            return Err(refusal.unwrap_or_else(|| Refused("resolved to no address".into())));
+        }
+        Ok(allowed)
+    }
+
     /// Checks what can be checked of a URL without resolving it: the scheme, and the host when
     /// it is an IP literal (in any spelling the URL parser normalises: decimal, octal, hex).
     pub fn check_url(&self, url: &url::Url) -> Result<(), Refused> {

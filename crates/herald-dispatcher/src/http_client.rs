@@ -37,23 +37,10 @@ impl reqwest::dns::Resolve for GuardedResolver {
                 Some(ip) => vec![SocketAddr::new(ip, 0)],
                 None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
             };
-            let mut refusal = None;
-            let allowed: Vec<SocketAddr> = resolved
-                .into_iter()
-                .filter(|a| match if trusted { Ok(()) } else { policy.check_ip(a.ip()) } {
-                    Ok(()) => true,
-                    Err(r) => {
-                        refusal = Some(r);
-                        false
-                    }
-                })
-                .collect();
-            if allowed.is_empty() {
-                let refusal = refusal.unwrap_or_else(|| Refused(format!("{host} resolved to no address")));
-                return Err(
-                    Box::new(Refused(format!("{host}: {}", refusal.0))) as Box<dyn std::error::Error + Send + Sync>
-                );
-            }
+            let allowed = if trusted { Ok(resolved) } else { policy.allowed(resolved) };
+            let allowed = allowed.map_err(|refusal| {
+                Box::new(Refused(format!("{host}: {}", refusal.0))) as Box<dyn std::error::Error + Send + Sync>
+            })?;
             Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
         })
     }

@@ -239,22 +239,7 @@ impl Resolver {
     }
 
     fn checked(&self, addresses: Vec<SocketAddr>) -> Result<Vec<SocketAddr>, Failure> {
-        let mut refusal = None;
-        let allowed: Vec<SocketAddr> = addresses
-            .into_iter()
-            .filter(|a| match self.policy.check_ip(a.ip()) {
-                Ok(()) => true,
-                Err(r) => {
-                    refusal = Some(r);
-                    false
-                }
-            })
-            .collect();
-        if allowed.is_empty() {
-            let why = refusal.map_or_else(|| "resolved to no address".to_owned(), |r| r.to_string());
-            return Err(Failure::new(ErrorClass::Refused, why));
-        }
-        Ok(allowed)
+        self.policy.allowed(addresses).map_err(|r| Failure::new(ErrorClass::Refused, r.to_string()))
     }
 
     /// A TCP connection to the first of `url`'s checked addresses that answers.
