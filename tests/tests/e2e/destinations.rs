@@ -470,6 +470,7 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
     rx.wait_count("/plain", 2, SOON).await;
     rx.wait_count("/slack", 2, SOON).await;
     rx.wait_count("/elsewhere", 1, SOON).await;
+    rx.wait_count("/redirect", 1, SOON).await;
     rx.wait_count("/cancel", 1, SOON).await;
 
     // Reshaped, PUT, with the extra header, and signed over the body sent.
