@@ -33,6 +33,8 @@ fn wait_port(port: u16, what: &str, log: &std::path::Path, within: Duration) {
 pub struct Rabbit {
     dir: PathBuf,
     port: u16,
+    /// A second listener, AMQP over TLS, when started with [`Rabbit::start_tls`].
+    tls_port: Option<u16>,
     dist_port: u16,
     epmd_port: u16,
     child: Option<Child>,
@@ -41,24 +43,45 @@ pub struct Rabbit {
 impl Rabbit {
     /// Starts it and returns once it accepts AMQP connections (several seconds: Erlang boots).
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// Starts it with a second listener for AMQP over TLS ([`Rabbit::tls_url`]), presenting
+    /// a certificate for 127.0.0.1 signed by `ca`.
+    pub fn start_tls(ca: &crate::TestCa) -> Self {
+        Self::start_with(Some(ca))
+    }
+
+    fn start_with(ca: Option<&crate::TestCa>) -> Self {
         let mut rabbit = Self {
             dir: temp_dir("herald-rabbit"),
             port: free_port(),
+            tls_port: ca.map(|_| free_port()),
             dist_port: free_port(),
             epmd_port: free_port(),
             child: None,
         };
+        let mut config = format!("listeners.tcp.default = 127.0.0.1:{}\nloopback_users = none\n", rabbit.port);
+        if let (Some(ca), Some(port)) = (ca, rabbit.tls_port) {
+            let (cert, key) = ca.write_server_files("127.0.0.1", &rabbit.dir);
+            let ca_file = rabbit.dir.join("ca.pem");
+            std::fs::write(&ca_file, ca.pem()).expect("CA file");
+            config.push_str(&format!(
+                "listeners.ssl.default = 127.0.0.1:{port}\nssl_options.cacertfile = {}\n\
+                 ssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                ca_file.display(),
+                cert.display(),
+                key.display()
+            ));
+        }
+        std::fs::write(rabbit.dir.join("rabbitmq.conf"), config).expect("rabbit config");
         rabbit.boot();
         rabbit
     }
 
     fn boot(&mut self) {
         let d = &self.dir;
-        std::fs::write(
-            d.join("rabbitmq.conf"),
-            format!("listeners.tcp.default = 127.0.0.1:{}\nloopback_users = none\n", self.port),
-        )
-        .expect("rabbit config");
         std::fs::write(d.join("enabled_plugins"), "[].\n").expect("rabbit plugins");
         let log = d.join("out.log");
         let bin = std::env::var_os("RABBITMQ_SERVER_BIN")
@@ -82,11 +105,19 @@ impl Rabbit {
             .unwrap_or_else(|e| panic!("cannot start {} ({e}); scripts/ensure-brokers.sh installs it", bin.display()));
         self.child = Some(child);
         wait_port(self.port, "rabbitmq-server", &log, Duration::from_secs(90));
+        if let Some(port) = self.tls_port {
+            wait_port(port, "rabbitmq-server's TLS listener", &log, Duration::from_secs(30));
+        }
     }
 
     /// `amqp://guest:guest@127.0.0.1:{port}/%2f`.
     pub fn url(&self) -> String {
         format!("amqp://guest:guest@127.0.0.1:{}/%2f", self.port)
+    }
+
+    /// `amqps://guest:guest@127.0.0.1:{tls port}/%2f`, when started with [`Rabbit::start_tls`].
+    pub fn tls_url(&self) -> String {
+        format!("amqps://guest:guest@127.0.0.1:{}/%2f", self.tls_port.expect("started with start_tls"))
     }
 
     /// The AMQP port.
@@ -171,6 +202,8 @@ pub struct Redis {
     dir: PathBuf,
     port: u16,
     password: Option<String>,
+    /// Its port speaks only TLS, with these PEM files (certificate, key, CA).
+    tls: Option<(PathBuf, PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -186,8 +219,20 @@ impl Redis {
             dir: temp_dir("herald-redis"),
             port: free_port(),
             password: password.map(str::to_owned),
+            tls: None,
             child: None,
         };
+        redis.boot();
+        redis
+    }
+
+    /// Starts it speaking only TLS, presenting a certificate for 127.0.0.1 signed by `ca`.
+    pub fn start_tls(ca: &crate::TestCa) -> Self {
+        let dir = temp_dir("herald-redis");
+        let (cert, key) = ca.write_server_files("127.0.0.1", &dir);
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("CA file");
+        let mut redis = Self { dir, port: free_port(), password: None, tls: Some((cert, key, ca_file)), child: None };
         redis.boot();
         redis
     }
@@ -195,7 +240,18 @@ impl Redis {
     fn boot(&mut self) {
         let log = self.dir.join("redis.log");
         let mut cmd = Command::new(std::env::var_os("REDIS_SERVER_BIN").unwrap_or_else(|| "redis-server".into()));
-        cmd.args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        match &self.tls {
+            None => cmd.args(["--port", &self.port.to_string()]),
+            Some((cert, key, ca)) => cmd
+                .args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key)
+                .arg("--tls-ca-cert-file")
+                .arg(ca),
+        };
+        cmd.args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "always", "--daemonize", "no"])
             .arg("--dir")
             .arg(&self.dir)
@@ -214,11 +270,12 @@ impl Redis {
         wait_port(self.port, "redis-server", &log, Duration::from_secs(30));
     }
 
-    /// `redis://[:password@]127.0.0.1:{port}`.
+    /// `redis://[:password@]127.0.0.1:{port}` (`rediss://` when it speaks TLS).
     pub fn url(&self) -> String {
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
         match &self.password {
-            Some(p) => format!("redis://:{p}@127.0.0.1:{}", self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+            Some(p) => format!("{scheme}://:{p}@127.0.0.1:{}", self.port),
+            None => format!("{scheme}://127.0.0.1:{}", self.port),
         }
     }
 
@@ -247,6 +304,9 @@ impl Redis {
         if let Some(p) = &self.password {
             cmd.args(["-a", p]);
         }
+        if let Some((_, _, ca)) = &self.tls {
+            cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
         let out = cmd.args(args).output().expect("redis-cli");
         assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -257,7 +317,8 @@ impl Redis {
         // `--json` is not in Debian's redis-cli 7.0: the raw output alternates field and value,
         // one per line, after each entry's id; bodies are single-line JSON.
         let text = self.cli(&["--raw", "XRANGE", stream, "-", "+"]);
-        let lines: Vec<&str> = text.lines().collect();
+        // An empty stream prints one empty line.
+        let lines: Vec<&str> = if text.trim().is_empty() { Vec::new() } else { text.lines().collect() };
         let mut out = Vec::new();
         let mut i = 0;
         while i < lines.len() {

@@ -53,6 +53,21 @@ impl TestCa {
 
     /// A certificate for `host` signed by this CA, and its key.
     pub fn issue(&self, host: &str, validity: Validity) -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+        let (cert, key) = self.server_certificate(host, validity);
+        (cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+    }
+
+    /// A current certificate for `host` and its key, written as PEM files into `dir` (what
+    /// brokers' TLS settings take): `(certificate, key)`.
+    pub fn write_server_files(&self, host: &str, dir: &std::path::Path) -> (PathBuf, PathBuf) {
+        let (cert, key) = self.server_certificate(host, Validity::Current);
+        let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+        std::fs::write(&cert_path, cert.pem()).expect("write certificate");
+        std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+        (cert_path, key_path)
+    }
+
+    fn server_certificate(&self, host: &str, validity: Validity) -> (rcgen::Certificate, KeyPair) {
         let key = KeyPair::generate().expect("server key");
         let mut params = CertificateParams::new(vec![host.to_owned()]).expect("server params");
         params.distinguished_name.push(DnType::CommonName, host);
@@ -63,7 +78,7 @@ impl TestCa {
         };
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(&key, &issuer).expect("sign server certificate");
-        (cert.der().clone(), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())))
+        (cert, key)
     }
 
     /// A client certificate named `name` signed by this CA, and its key, both PEM (what a

@@ -65,6 +65,7 @@ impl Bench {
                 subject: text("subject").replace("{event_type}", "bench.raw"),
                 stream: text("stream"),
                 max_len: given.get("max_len").and_then(|v| v.as_u64()).unwrap_or(0),
+                ..Default::default()
             };
             let raw = Arc::new(Raw::new(spec, Duration::from_secs(15)).map_err(anyhow::Error::msg)?);
 

@@ -35,6 +35,9 @@ pub struct Given {
     pub subject: Option<String>,
     pub stream: Option<String>,
     pub max_len: Option<u64>,
+    /// NATS only: a credentials file's contents (a user JWT and its NKey seed) or an NKey
+    /// user seed.
+    pub credentials: Option<String>,
 }
 
 /// A validated broker destination: what is stored (with the URL still open) and the URL
@@ -46,9 +49,12 @@ pub struct Checked {
 }
 
 impl Checked {
-    /// The destination as stored: its URL sealed for `subscription_id`.
+    /// The destination as stored: its URL and credentials sealed for `subscription_id`.
     pub fn sealed(mut self, subscription_id: &str, keys: &KeyRing) -> proto::Destination {
         self.destination.url = keys.seal(subscription_id, &self.destination.url);
+        if !self.destination.credentials.is_empty() {
+            self.destination.credentials = keys.seal(subscription_id, &self.destination.credentials);
+        }
         self.destination
     }
 }
@@ -61,9 +67,9 @@ fn invalid(message: impl Into<String>) -> InvalidField {
 pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
     let kind = given.kind.as_str();
     let schemes: &[&str] = match kind {
-        AMQP => &["amqp"],
-        NATS => &["nats"],
-        REDIS => &["redis"],
+        AMQP => &["amqp", "amqps"],
+        NATS => &["nats", "tls"],
+        REDIS => &["redis", "rediss"],
         WEBHOOK => return Err(invalid("a webhook destination is given as `url`")),
         other => {
             return Err(invalid(format!("type {other:?} is not a destination type; use one of {}", TYPES.join(", "))));
@@ -74,11 +80,10 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
     }
     let url = url::Url::parse(&given.url).map_err(|e| invalid(format!("url: not an absolute URL ({e})")))?;
     if !schemes.contains(&url.scheme()) {
-        let hint = match (kind, url.scheme()) {
-            (AMQP, "amqps") | (NATS, "tls") | (REDIS, "rediss") => " (TLS to brokers is not supported yet)",
-            _ => "",
-        };
-        return Err(invalid(format!("url: a {kind} destination's URL starts with {}://{hint}", schemes[0])));
+        return Err(invalid(format!(
+            "url: a {kind} destination's URL starts with {}:// (or {}:// for TLS)",
+            schemes[0], schemes[1]
+        )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("url: has no host"));
@@ -125,6 +130,10 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
                 )));
             }
             destination.subject = subject;
+            if let Some(credentials) = &given.credentials {
+                nats_credentials(credentials)?;
+                destination.credentials = credentials.clone();
+            }
         }
         REDIS => {
             only("exchange", &given.exchange)?;
@@ -137,6 +146,11 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
         }
         _ => unreachable!("matched above"),
     }
+    if kind != NATS && given.credentials.is_some() {
+        return Err(invalid(format!(
+            "credentials does not apply to a {kind} destination (its user and password go in the URL)"
+        )));
+    }
     if kind != REDIS && given.max_len.is_some() {
         return Err(invalid(format!("max_len does not apply to a {kind} destination")));
     }
@@ -146,6 +160,41 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
         let _ = shown.set_password(None);
     }
     Ok(Checked { destination, shown_url: shown.to_string() })
+}
+
+/// How a NATS destination authenticates beyond its URL's user and password or token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsCredentials {
+    /// A credentials file (`nsc`'s `.creds`): the user JWT and the NKey seed that signs for it.
+    File(String),
+    /// An NKey user seed (`SU…`).
+    Seed(String),
+}
+
+/// Tells a NATS destination's `credentials` apart: a credentials file or a user seed. Only
+/// their shape is checked here; the server judges them.
+pub fn nats_credentials(text: &str) -> Result<NatsCredentials, InvalidField> {
+    let text = text.trim();
+    if text.len() > 16 * 1024 {
+        return Err(invalid("credentials: must be at most 16 KiB"));
+    }
+    if text.contains("-----BEGIN NATS USER JWT-----") && text.contains("-----BEGIN USER NKEY SEED-----") {
+        return Ok(NatsCredentials::File(text.to_owned()));
+    }
+    if text.len() == 58
+        && text.starts_with("SU")
+        && text.bytes().all(|b| b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b))
+    {
+        return Ok(NatsCredentials::Seed(text.to_owned()));
+    }
+    Err(invalid(
+        "credentials: give a NATS credentials file (a user JWT and its NKey seed, as `nsc` writes them) or an NKey user seed (SU…)",
+    ))
+}
+
+/// True if a broker URL's scheme asks for TLS (`amqps`, `tls`, `rediss`).
+pub fn uses_tls(url: &url::Url) -> bool {
+    matches!(url.scheme(), "amqps" | "tls" | "rediss")
 }
 
 /// The AMQP virtual host a URL names: its path without the leading `/`, percent-decoded; `/`
@@ -230,8 +279,9 @@ pub fn render(template: &str, event_type: &str, tenant: &str, subscription_id: &
 pub fn port(url: &url::Url) -> u16 {
     url.port().unwrap_or(match url.scheme() {
         "amqp" => 5672,
-        "nats" => 4222,
-        "redis" => 6379,
+        "amqps" => 5671,
+        "nats" | "tls" => 4222,
+        "redis" | "rediss" => 6379,
         _ => 0,
     })
 }
@@ -287,7 +337,8 @@ mod tests {
         let e = |g: Given| validate(&g).unwrap_err().message;
         assert!(e(given("kafka", "kafka://h")).contains("not a destination type"));
         assert!(e(given(AMQP, "http://h")).contains("amqp://"));
-        assert!(e(given(AMQP, "amqps://h")).contains("TLS"));
+        assert!(e(given(AMQP, "http://h")).contains("amqps://"));
+        assert!(e(given(REDIS, "nats://h")).contains("rediss://"));
         assert!(e(given(NATS, "nats://h:4222")).contains("subject"));
         assert!(e(given(REDIS, "redis://h")).contains("stream"));
         assert!(e(Given { subject: Some("a.>".into()), ..given(NATS, "nats://h") }).contains("wildcards"));
@@ -308,6 +359,53 @@ mod tests {
         assert_eq!(redis.destination.max_len, 1000);
         assert_eq!(redis.shown_url, "redis://h/2");
         assert_eq!(redis_db(&url::Url::parse("redis://h/2").unwrap()).unwrap(), 2);
+    }
+
+    #[test]
+    fn tls_schemes_are_taken_with_their_default_ports() {
+        let url = |t: &str| url::Url::parse(t).unwrap();
+        for (kind, text, default_port) in [
+            (AMQP, "amqps://u:p@mq.example/%2f", 5671),
+            (NATS, "tls://nats.example", 4222),
+            (REDIS, "rediss://:pw@cache.example", 6379),
+        ] {
+            let g = Given {
+                subject: (kind == NATS).then(|| "s".into()),
+                stream: (kind == REDIS).then(|| "s".into()),
+                ..given(kind, text)
+            };
+            let checked = validate(&g).unwrap_or_else(|e| panic!("{text}: {}", e.message));
+            let stored = url(&checked.destination.url);
+            assert!(uses_tls(&stored), "{text}");
+            assert_eq!(port(&stored), default_port);
+        }
+        assert!(!uses_tls(&url("amqp://h")));
+        assert_eq!(port(&url("amqp://h")), 5672);
+    }
+
+    #[test]
+    fn nats_credentials_are_a_creds_file_or_a_user_seed_sealed_with_the_url() {
+        let seed = format!("SU{}", "A".repeat(56));
+        let creds = "-----BEGIN NATS USER JWT-----\neyJ0eXAiOiJKV1QifQ.e30.sig\n------END NATS USER JWT------\n\n\
+                     -----BEGIN USER NKEY SEED-----\nSUAAAA\n------END USER NKEY SEED------\n";
+        assert_eq!(nats_credentials(&seed).unwrap(), NatsCredentials::Seed(seed.clone()));
+        assert!(matches!(nats_credentials(creds).unwrap(), NatsCredentials::File(_)));
+        assert!(nats_credentials("hunter2").unwrap_err().message.contains("credentials file"));
+        assert!(nats_credentials(&format!("SU{}", "a".repeat(56))).is_err(), "seeds are base32, upper case");
+        let e = |g: Given| validate(&g).unwrap_err().message;
+        let with = |kind: &str, url: &str| Given {
+            credentials: Some(seed.clone()),
+            subject: (kind == NATS).then(|| "s".into()),
+            stream: (kind == REDIS).then(|| "s".into()),
+            ..given(kind, url)
+        };
+        assert!(e(with(REDIS, "redis://h")).contains("credentials does not apply"));
+        let checked = validate(&with(NATS, "tls://h")).unwrap();
+        assert_eq!(checked.destination.credentials, seed);
+        let keys = KeyRing::parse("k1:MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=").unwrap();
+        let sealed = checked.sealed("sub_1", &keys);
+        assert!(!sealed.credentials.contains(&seed));
+        assert_eq!(keys.open("sub_1", &sealed.credentials).unwrap(), seed);
     }
 
     #[test]

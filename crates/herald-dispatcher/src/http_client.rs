@@ -51,6 +51,8 @@ impl reqwest::dns::Resolve for GuardedResolver {
 pub struct Egress {
     /// Roots trusted beside the platform's (`HERALD_CA_FILE`).
     pub extra_roots: Vec<reqwest::Certificate>,
+    /// The same roots, for the TLS connections to brokers.
+    pub extra_roots_der: Vec<rustls::pki_types::CertificateDer<'static>>,
     /// `HERALD_PROXY_URL`, with `HERALD_NO_PROXY`.
     pub proxy: Option<(url::Url, String)>,
 }
@@ -58,15 +60,19 @@ pub struct Egress {
 impl Egress {
     /// Reads `HERALD_CA_FILE` and checks `HERALD_PROXY_URL`.
     pub fn from_config(config: &crate::Config) -> anyhow::Result<Self> {
-        let extra_roots = match &config.ca_file {
-            None => Vec::new(),
+        let (extra_roots, extra_roots_der) = match &config.ca_file {
+            None => (Vec::new(), Vec::new()),
             Some(path) => {
                 let pem =
                     std::fs::read(path).with_context(|| format!("HERALD_CA_FILE: cannot read {}", path.display()))?;
                 let roots = reqwest::Certificate::from_pem_bundle(&pem)
                     .with_context(|| format!("HERALD_CA_FILE: {} is not PEM certificates", path.display()))?;
                 anyhow::ensure!(!roots.is_empty(), "HERALD_CA_FILE: {} holds no certificate", path.display());
-                roots
+                let der =
+                    <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(&pem)
+                        .collect::<Result<Vec<_>, _>>()
+                        .with_context(|| format!("HERALD_CA_FILE: {} is not PEM certificates", path.display()))?;
+                (roots, der)
             }
         };
         let proxy = match config.proxy_url.as_deref().filter(|u| !u.is_empty()) {
@@ -81,7 +87,7 @@ impl Egress {
                 Some((url, config.no_proxy.clone()))
             }
         };
-        Ok(Self { extra_roots, proxy })
+        Ok(Self { extra_roots, extra_roots_der, proxy })
     }
 }
 

@@ -254,7 +254,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
     let egress = http_client::Egress::from_config(&config)?;
-    let brokers = destinations::Brokers::new(policy.clone(), overrides.clone(), config.http_timeout);
+    let broker_tls = destinations::tls_config(egress.extra_roots_der.clone())?;
+    let brokers = destinations::Brokers::new(policy.clone(), overrides.clone(), config.http_timeout, broker_tls);
     let clients =
         http_client::ClientSettings::new(config.http_timeout, config.concurrency, policy.clone(), overrides, egress);
     let http = clients.build(None).context("building the HTTP client")?;

@@ -203,7 +203,8 @@ mod tests {
             Default::default(),
             Default::default(),
         );
-        let brokers = Brokers::new(policy.clone(), Default::default(), std::time::Duration::from_secs(5));
+        let tls = crate::destinations::tls_config(Vec::new()).unwrap();
+        let brokers = Brokers::new(policy.clone(), Default::default(), std::time::Duration::from_secs(5), tls);
         PreparedSubscriptions::new(PrepareWith { keys: Arc::new(KeyRing::default()), policy, clients, brokers })
     }
 

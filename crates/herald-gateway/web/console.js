@@ -193,14 +193,14 @@ async function subscriptions() {
 
 const BROKER_FIELDS = {
   amqp: [["exchange", "Exchange", "\"\" (the default exchange)"], ["routing_key", "Routing key", "{event_type}"]],
-  nats: [["subject", "Subject", "hooks.{tenant}.{event_type}"]],
+  nats: [["subject", "Subject", "hooks.{tenant}.{event_type}"], ["credentials", "Credentials (a .creds file or an NKey seed; optional)", "sealed, never shown again"]],
   redis: [["stream", "Stream", "hooks:{tenant}"], ["max_len", "Max length (MAXLEN ~)", "unbounded"]],
 };
 const URL_HINTS = {
   webhook: "https://example.com/webhooks",
-  amqp: "amqp://user:pass@rabbit:5672/vhost",
-  nats: "nats://user:pass@nats:4222",
-  redis: "redis://:pass@redis:6379/0",
+  amqp: "amqp://user:pass@rabbit:5672/vhost (amqps:// for TLS)",
+  nats: "nats://user:pass@nats:4222 (tls:// for TLS)",
+  redis: "redis://:pass@redis:6379/0 (rediss:// for TLS)",
 };
 
 /** Where a subscription delivers: a webhook URL, or a broker and its fields (shown by type). */
@@ -211,7 +211,11 @@ function destinationFields(sub) {
   const pick = el("select", { name: "destination_type" }, Object.keys(URL_HINTS).map((t) => el("option", { value: t, selected: t === kind }, t)));
   const extras = Object.entries(BROKER_FIELDS).flatMap(([type, fields]) =>
     fields.map(([name, label, placeholder]) => {
-      const f = field(label, el("input", { name: `${type}_${name}`, value: dest?.type === type ? dest[name] ?? "" : "", placeholder }));
+      // Credentials are never shown: the box starts empty, and left empty keeps them.
+      const input = name === "credentials"
+        ? el("textarea", { name: `${type}_${name}`, rows: 3, placeholder: dest?.credentials ? "set (unchanged unless the URL is replaced)" : placeholder })
+        : el("input", { name: `${type}_${name}`, value: dest?.type === type ? dest[name] ?? "" : "", placeholder });
+      const f = field(label, input);
       f.dataset.for = type;
       return f;
     }),

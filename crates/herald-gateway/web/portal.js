@@ -117,9 +117,9 @@ function grants() {
 }
 
 const BROKER_HINTS = {
-  amqp: ["amqp://user:pass@host:5672/vhost", [["exchange", "Exchange"], ["routing_key", "Routing key"]]],
-  nats: ["nats://user:pass@host:4222", [["subject", "Subject"]]],
-  redis: ["redis://:pass@host:6379/0", [["stream", "Stream"]]],
+  amqp: ["amqp://user:pass@host:5672/vhost (amqps:// for TLS)", [["exchange", "Exchange"], ["routing_key", "Routing key"]]],
+  nats: ["nats://user:pass@host:4222 (tls:// for TLS)", [["subject", "Subject"], ["credentials", "Credentials (a .creds file or an NKey seed; optional)"]]],
+  redis: ["redis://:pass@host:6379/0 (rediss:// for TLS)", [["stream", "Stream"]]],
 };
 
 /** The URL, and where the operator allows it, a broker type and its fields. */
@@ -130,7 +130,10 @@ function destinationPicker(sub) {
   if (!allowed.length) return [field("URL", url)];
   const pick = el("select", { name: "destination_type" }, ["webhook", ...allowed].map((t) => el("option", { value: t, selected: t === (dest?.type ?? "webhook") }, t)));
   const extras = allowed.flatMap((type) => BROKER_HINTS[type][1].map(([name, label]) => {
-    const f = field(label, el("input", { name: `${type}_${name}`, value: dest?.type === type ? dest[name] ?? "" : "" }));
+    const input = name === "credentials"
+      ? el("textarea", { name: `${type}_${name}`, rows: 3, placeholder: "sealed, never shown again" })
+      : el("input", { name: `${type}_${name}`, value: dest?.type === type ? dest[name] ?? "" : "" });
+    const f = field(label, input);
     f.dataset.for = type;
     return f;
   }));

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
-use herald_harness::{NatsServer, Rabbit, Received, Receiver, Redis, Silent, Stack};
+use herald_harness::{NatsServer, Rabbit, Received, Receiver, Redis, Silent, Stack, TestCa, temp_dir};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -43,6 +43,16 @@ async fn first_attempt(stack: &Stack, id: &str, within: Duration) -> Value {
         assert!(Instant::now() < deadline, "no attempt recorded for {id}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Asserts that subscription `id`'s first attempt failed as `class`, saying `says`, and is
+/// to be retried.
+async fn assert_failed_first(stack: &Stack, name: &str, id: &str, class: &str, says: &str) {
+    let attempt = first_attempt(stack, id, SOON).await;
+    assert_eq!(attempt["error_class"], class, "{name}: {attempt}");
+    assert_eq!(attempt["outcome"], "retry", "{name}: {attempt}");
+    let error = attempt["error"].as_str().unwrap_or_default();
+    assert!(error.contains(says), "{name}: {error:?} should say {says:?}");
 }
 
 /// Polls `read` until it returns at least `n` messages with distinct webhook ids.
@@ -214,11 +224,7 @@ async fn amqp_nats_and_redis_destinations_get_signed_messages_and_refusals_are_f
         assert_eq!(first["outcome"], "delivered", "{first}");
     }
     for ((name, _, class, says), id) in refused.iter().zip(&refused_ids) {
-        let attempt = first_attempt(&stack, id, SOON).await;
-        assert_eq!(attempt["error_class"], *class, "{name}: {attempt}");
-        assert_eq!(attempt["outcome"], "retry", "{name}: {attempt}");
-        let error = attempt["error"].as_str().unwrap_or_default();
-        assert!(error.contains(says), "{name}: {error:?} should say {says:?}");
+        assert_failed_first(&stack, name, id, class, says).await;
     }
 
     // Credentials are sealed and never shown: not in the API, not in attempt records.
@@ -234,6 +240,116 @@ async fn amqp_nats_and_redis_destinations_get_signed_messages_and_refusals_are_f
     }
     let attempt_text = serde_json::to_string(&attempts(&stack, redis_sub["id"].as_str().unwrap()).await).unwrap();
     assert!(!attempt_text.contains("redis-pw"), "{attempt_text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_over_tls_are_trusted_through_the_ca_file_and_nats_takes_an_nkey() {
+    let ca = TestCa::new("Herald broker CA");
+    let rogue = TestCa::new("Someone else's CA");
+    let (rabbit, redis, untrusted) =
+        tokio::task::block_in_place(|| (Rabbit::start_tls(&ca), Redis::start_tls(&ca), Redis::start_tls(&rogue)));
+    // A NATS server that speaks only TLS and knows one NKey user.
+    let user = nkeys::KeyPair::new_user();
+    let stranger = nkeys::KeyPair::new_user();
+    let certs = temp_dir("herald-nats-tls");
+    let (cert, key) = ca.write_server_files("127.0.0.1", &certs);
+    let broker = NatsServer::start_with_config(&format!(
+        "tls {{\n  cert_file: {cert:?}\n  key_file: {key:?}\n}}\nauthorization {{\n  users = [ {{ nkey: {:?} }} ]\n}}\n",
+        user.public_key()
+    ));
+    let nats_port = broker.url().rsplit(':').next().unwrap().to_owned();
+    let ca_file = ca.write_pem();
+    let reader = async_nats::ConnectOptions::with_nkey(user.seed().unwrap())
+        .add_root_certificates(ca_file.clone())
+        .require_tls(true)
+        .connect(format!("tls://127.0.0.1:{nats_port}"))
+        .await
+        .expect("a TLS client with the NKey connects");
+    let mut hooks = reader.subscribe("secure.>").await.unwrap();
+    reader.flush().await.unwrap();
+
+    let mut stack = Stack::gateway_only().await;
+    stack.start_dispatcher_with(&[("--ca-file", ca_file.to_str().unwrap())]);
+    rabbit.declare("herald-tls", "secure", "#");
+    let nats_tls = format!("tls://127.0.0.1:{nats_port}");
+    let good = [
+        ("amqps", json!({"type": "amqp", "url": rabbit.tls_url(), "exchange": "herald-tls"})),
+        ("rediss", json!({"type": "redis", "url": redis.url(), "stream": "secure"})),
+        (
+            "nats-tls",
+            json!({"type": "nats", "url": nats_tls, "subject": "secure.{event_type}", "credentials": user.seed().unwrap()}),
+        ),
+    ];
+    let mut subs = std::collections::HashMap::new();
+    for (name, destination) in good {
+        subs.insert(name, subscribe(&stack, destination, &["tls.*"], json!({})).await);
+    }
+    let refused = [
+        ("untrusted", json!({"type": "redis", "url": untrusted.url(), "stream": "secure"}), "tls", "UnknownIssuer"),
+        (
+            "stranger",
+            json!({"type": "nats", "url": nats_tls, "subject": "secure.x", "credentials": stranger.seed().unwrap()}),
+            "auth",
+            "",
+        ),
+        ("no-credentials", json!({"type": "nats", "url": nats_tls, "subject": "secure.x"}), "auth", ""),
+    ];
+    let mut refused_ids = Vec::new();
+    for (_, destination, _, _) in &refused {
+        let sub = subscribe(&stack, destination.clone(), &["tls.*"], json!({})).await;
+        refused_ids.push(sub["id"].as_str().unwrap().to_owned());
+    }
+    // The NKey seed is sealed: never shown, only that there are credentials.
+    let (_, _, shown) =
+        stack.call(Method::GET, &format!("/v1/subscriptions/{}", subs["nats-tls"]["id"].as_str().unwrap()), None).await;
+    assert_eq!(shown["destination"]["credentials"], true, "{shown}");
+    assert!(!shown.to_string().contains(&user.seed().unwrap()), "{shown}");
+    assert!(!subs["nats-tls"].to_string().contains(&user.seed().unwrap()), "not even in the create response");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let n = 3;
+    for i in 0..n {
+        let (status, body) =
+            stack.publish(json!({"id": format!("tls-{i}"), "type": "tls.sent", "data": {"i": i}})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let secret = |name: &str| subs[name]["secret"].as_str().unwrap().to_owned();
+    for m in collect("amqps", n, SOON, || rabbit.drain("secure")).await {
+        m.verify(&secret("amqps")).expect("an AMQP message over TLS verifies");
+    }
+    for m in collect("rediss", n, SOON, || redis.entries("secure")).await {
+        m.verify(&secret("rediss")).expect("a Redis entry over TLS verifies");
+    }
+    for _ in 0..n {
+        let msg =
+            tokio::time::timeout(SOON, futures::StreamExt::next(&mut hooks)).await.expect("a NATS message").unwrap();
+        assert_eq!(msg.subject.as_str(), "secure.tls.sent");
+        let headers = msg.headers.as_ref().unwrap().iter().map(|(k, v)| (k.to_string(), v[0].to_string()));
+        Received::message(headers, msg.payload.to_vec()).verify(&secret("nats-tls")).expect("verifies");
+    }
+    for name in ["amqps", "rediss", "nats-tls"] {
+        let first = first_attempt(&stack, subs[name]["id"].as_str().unwrap(), SOON).await;
+        assert_eq!(first["outcome"], "delivered", "{name}: {first}");
+    }
+    for ((name, _, class, says), id) in refused.iter().zip(&refused_ids) {
+        assert_failed_first(&stack, name, id, class, says).await;
+    }
+    assert!(untrusted.entries("secure").is_empty(), "nothing is written over a connection Herald does not trust");
+
+    // Credentials are for NATS alone, and must look like a seed or a credentials file.
+    for (destination, says) in [
+        (
+            json!({"type": "redis", "url": redis.url(), "stream": "s", "credentials": user.seed().unwrap()}),
+            "does not apply",
+        ),
+        (json!({"type": "nats", "url": nats_tls, "subject": "s", "credentials": "hunter2"}), "credentials file"),
+    ] {
+        let (status, _, problem) = stack
+            .call(Method::POST, "/v1/subscriptions", Some(json!({"destination": destination, "event_types": ["x"]})))
+            .await;
+        assert_eq!(status, 400, "{problem}");
+        assert!(problem["detail"].as_str().unwrap_or_default().contains(says), "{problem}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -163,6 +163,10 @@ pub struct Destination {
     pub stream: ::prost::alloc::string::String,
     #[prost(uint64, tag = "7")]
     pub max_len: u64,
+    /// NATS: a credentials file's contents or an NKey user seed, sealed like the URL ("" when
+    /// the URL's user and password or token are all there is).
+    #[prost(string, tag = "8")]
+    pub credentials: ::prost::alloc::string::String,
 }
 /// A certificate and its private key, sent when the subscriber's server asks for one.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

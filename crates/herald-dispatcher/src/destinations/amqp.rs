@@ -17,12 +17,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
 use herald_core::destination as dest;
 
-use super::{Failure, Outgoing, Resolver};
+use super::{Failure, Outgoing, Resolver, Stream};
 use crate::retry::ErrorClass;
 
 const FRAME_METHOD: u8 = 1;
@@ -96,9 +96,9 @@ impl Amqp {
     /// Connects, logs in, opens the vhost and a channel in confirm mode.
     async fn open(&self) -> Result<Connection, Failure> {
         let stream = self.resolver.connect(&self.url).await?;
-        let (read, mut write) = stream.into_split();
+        let (read, mut write) = tokio::io::split(stream);
         let mut read = BufReader::new(read);
-        write.write_all(b"AMQP\x00\x00\x09\x01").await.map_err(io_lost)?;
+        send(&mut write, b"AMQP\x00\x00\x09\x01").await?;
 
         let start = expect(&mut read, 0, (10, 10), "connection.start").await?;
         let mut c = Cursor::new(&start);
@@ -126,7 +126,7 @@ impl Amqp {
         args.short_string("PLAIN");
         args.long_string(format!("\0{user}\0{password}").as_bytes());
         args.short_string("en_US");
-        write.write_all(&method(0, (10, 11), &args.0)).await.map_err(io_lost)?;
+        send(&mut write, &method(0, (10, 11), &args.0)).await?;
 
         let tune = expect(&mut read, 0, (10, 30), "connection.tune").await?;
         let mut c = Cursor::new(&tune);
@@ -137,16 +137,16 @@ impl Amqp {
         };
         let mut args = Args::default();
         args.u16(1).u32(frame_max).u16(0); // one channel; no heartbeats (each publish has a timeout)
-        write.write_all(&method(0, (10, 31), &args.0)).await.map_err(io_lost)?;
+        send(&mut write, &method(0, (10, 31), &args.0)).await?;
         let mut args = Args::default();
         args.short_string(&self.vhost).short_string("").u8(0);
-        write.write_all(&method(0, (10, 40), &args.0)).await.map_err(io_lost)?;
+        send(&mut write, &method(0, (10, 40), &args.0)).await?;
         expect(&mut read, 0, (10, 41), "connection.open-ok").await?;
         let mut args = Args::default();
         args.short_string("");
-        write.write_all(&method(CHANNEL, (20, 10), &args.0)).await.map_err(io_lost)?;
+        send(&mut write, &method(CHANNEL, (20, 10), &args.0)).await?;
         expect(&mut read, CHANNEL, (20, 11), "channel.open-ok").await?;
-        write.write_all(&method(CHANNEL, (85, 10), &[0])).await.map_err(io_lost)?;
+        send(&mut write, &method(CHANNEL, (85, 10), &[0])).await?;
         expect(&mut read, CHANNEL, (85, 11), "confirm.select-ok").await?;
 
         let state = Arc::new(Mutex::new(State::default()));
@@ -236,7 +236,7 @@ fn io_lost(e: std::io::Error) -> Failure {
 /// Writes publishes in the order they come, giving each the next delivery tag: everything
 /// queued is written at once.
 async fn write_loop(
-    mut write: OwnedWriteHalf,
+    mut write: WriteHalf<Stream>,
     mut queue: mpsc::UnboundedReceiver<(Vec<u8>, Pending)>,
     state: Arc<Mutex<State>>,
 ) {
@@ -269,11 +269,17 @@ async fn write_loop(
                 out.extend_from_slice(&frames);
             }
         }
-        if let Err(e) = write.write_all(&out).await {
-            state.lock().expect("amqp state").fail(io_lost(e));
+        if let Err(failure) = send(&mut write, &out).await {
+            state.lock().expect("amqp state").fail(failure);
             return;
         }
     }
+}
+
+/// Writes `bytes` and flushes them (over TLS, a write may stay in the session's buffer).
+async fn send(write: &mut WriteHalf<Stream>, bytes: &[u8]) -> Result<(), Failure> {
+    write.write_all(bytes).await.map_err(io_lost)?;
+    write.flush().await.map_err(io_lost)
 }
 
 /// What a `basic.return` being read has said so far.
@@ -286,7 +292,7 @@ struct Returning {
 
 /// Reads the broker's frames: confirms settle publishes, returns mark them, a channel or
 /// connection close fails the connection.
-async fn read_loop(mut read: BufReader<OwnedReadHalf>, state: Arc<Mutex<State>>) {
+async fn read_loop(mut read: BufReader<ReadHalf<Stream>>, state: Arc<Mutex<State>>) {
     let mut returning: Option<Returning> = None;
     let failure = loop {
         let (kind, _channel, payload) = match read_frame(&mut read).await {

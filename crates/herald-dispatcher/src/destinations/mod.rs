@@ -6,7 +6,9 @@
 //! consumer verifies it the same way.
 //!
 //! Connections are kept per broker URL and shared by the subscriptions that name it; one that
-//! breaks (a broker restart) is opened again by the next attempt. Each attempt is bounded by
+//! breaks (a broker restart) is opened again by the next attempt. `amqps://`, `tls://` and
+//! `rediss://` URLs connect over TLS, checking the broker's certificate as a webhook's is
+//! checked (the platform's roots and `HERALD_CA_FILE`'s). Each attempt is bounded by
 //! the HTTP timeout, so a broker that hangs holds only its own subscriptions' attempts, which
 //! its breaker then defers like an unresponsive endpoint's.
 
@@ -16,8 +18,13 @@ mod redis;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 
 use herald_core::destination as dest;
 use herald_core::proto;
@@ -119,7 +126,8 @@ impl Raw {
             allow: vec![herald_core::ssrf::Cidr::parse("0.0.0.0/0")?, herald_core::ssrf::Cidr::parse("::/0")?],
             https_only: false,
         };
-        let brokers = Brokers::new(Arc::new(policy), HashMap::new(), timeout);
+        let tls = tls_config(Vec::new()).map_err(|e| e.to_string())?;
+        let brokers = Brokers::new(Arc::new(policy), HashMap::new(), timeout, tls);
         let sub = proto::Subscription { id: "raw".into(), destination: Some(destination), ..Default::default() };
         Ok(Self { destination: brokers.prepare(&sub, &KeyRing::default())?, timeout })
     }
@@ -157,8 +165,14 @@ pub(crate) struct Brokers {
 }
 
 impl Brokers {
-    pub(crate) fn new(policy: Arc<Policy>, overrides: HashMap<String, IpAddr>, timeout: Duration) -> Self {
-        Self { resolver: Arc::new(Resolver { policy, overrides }), open: Mutex::default(), timeout }
+    /// `tls` checks the certificates of brokers reached over TLS.
+    pub(crate) fn new(
+        policy: Arc<Policy>,
+        overrides: HashMap<String, IpAddr>,
+        timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
+        Self { resolver: Arc::new(Resolver { policy, overrides, tls }), open: Mutex::default(), timeout }
     }
 
     /// The destination of `sub`, with a connection to its broker shared with every other
@@ -176,8 +190,19 @@ impl Brokers {
                 amqp::Amqp::new(url.clone(), self.resolver.clone(), self.timeout)
             })?),
             dest::NATS => {
-                Broker::Nats(self.shared(dest::NATS, &url_text, || {
-                    nats::Nats::new(url.clone(), self.resolver.clone(), self.timeout)
+                let credentials = match spec.credentials.as_str() {
+                    "" => None,
+                    sealed => Some(keys.open(&sub.id, sealed).map_err(|e| {
+                        format!("the destination's credentials do not open with the configured keys: {e}")
+                    })?),
+                };
+                // A connection is shared only by subscriptions with the same URL and credentials.
+                let key = match &credentials {
+                    None => url_text.clone(),
+                    Some(c) => format!("{url_text}\n{c}"),
+                };
+                Broker::Nats(self.shared(dest::NATS, &key, || {
+                    nats::Nats::new(url.clone(), credentials.clone(), self.resolver.clone(), self.timeout)
                 })?)
             }
             dest::REDIS => Broker::Redis(self.shared(dest::REDIS, &url_text, || {
@@ -209,10 +234,64 @@ impl Brokers {
     }
 }
 
+/// The TLS settings broker connections use: TLS 1.2 or 1.3, the broker's certificate checked
+/// by the platform's verifier (the system's roots) and against `extra_roots` (`HERALD_CA_FILE`).
+pub fn tls_config(
+    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?;
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .dangerous() // not dangerous: the platform's verifier, which checks everything
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A connection to a broker: TCP, or TLS over it.
+pub(crate) enum Stream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// Resolves broker hosts and keeps only the addresses the SSRF policy allows.
 pub(crate) struct Resolver {
     policy: Arc<Policy>,
     overrides: HashMap<String, IpAddr>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Resolver {
@@ -242,18 +321,43 @@ impl Resolver {
         self.policy.allowed(addresses).map_err(|r| Failure::new(ErrorClass::Refused, r.to_string()))
     }
 
-    /// A TCP connection to the first of `url`'s checked addresses that answers.
-    pub(crate) async fn connect(&self, url: &url::Url) -> Result<tokio::net::TcpStream, Failure> {
+    /// A connection to the first of `url`'s checked addresses that answers, over TLS if the
+    /// URL's scheme asks for it (the certificate checked for the URL's host, whichever address
+    /// answered).
+    pub(crate) async fn connect(&self, url: &url::Url) -> Result<Stream, Failure> {
         let mut last = None;
+        let mut connected = None;
         for address in self.addresses(url).await? {
-            match tokio::net::TcpStream::connect(address).await {
+            match TcpStream::connect(address).await {
                 Ok(stream) => {
                     let _ = stream.set_nodelay(true);
-                    return Ok(stream);
+                    connected = Some(stream);
+                    break;
                 }
                 Err(e) => last = Some(format!("{address}: {e}")),
             }
         }
-        Err(Failure::new(ErrorClass::Connection, format!("connection failed: {}", last.unwrap_or_default())))
+        let Some(tcp) = connected else {
+            return Err(Failure::new(
+                ErrorClass::Connection,
+                format!("connection failed: {}", last.unwrap_or_default()),
+            ));
+        };
+        if !dest::uses_tls(url) {
+            return Ok(Stream::Plain(tcp));
+        }
+        let name = match dest::ip_literal(url) {
+            Some(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+            None => {
+                let host = url.host_str().unwrap_or_default().trim_end_matches('.').to_owned();
+                rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|e| Failure::new(ErrorClass::Tls, format!("the broker's host is not a TLS name: {e}")))?
+            }
+        };
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Failure::new(ErrorClass::Tls, format!("TLS handshake with the broker failed: {e}")))?;
+        Ok(Stream::Tls(Box::new(tls)))
     }
 }

@@ -8,7 +8,12 @@
 //! a retry of a write whose PubAck was lost.
 //!
 //! The client connects to the addresses the SSRF guard allowed, ignores the servers a cluster
-//! advertises (which the guard has not seen), and reconnects by itself after a restart.
+//! advertises (which the guard has not seen), and reconnects by itself after a restart. Over
+//! TLS (`tls://`), it connects to the URL's host by name, so that the certificate is checked
+//! for that name: the guard checks every address the name resolves to first, and the client
+//! resolves it again (a name that then moved to a forbidden address would also need that
+//! address to hold a certificate for the name). Credentials beyond the URL's user and password
+//! or token are a credentials file or an NKey seed, given with the destination.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -24,6 +29,8 @@ use crate::retry::ErrorClass;
 
 pub(crate) struct Nats {
     url: url::Url,
+    /// A credentials file's contents or an NKey user seed, opened.
+    credentials: Option<String>,
     resolver: Arc<Resolver>,
     timeout: Duration,
     client: tokio::sync::Mutex<Option<jetstream::Context>>,
@@ -37,8 +44,20 @@ const STREAM_CHECK_TTL: Duration = Duration::from_secs(30);
 const STREAM_CHECKS_KEPT: usize = 10_000;
 
 impl Nats {
-    pub(crate) fn new(url: url::Url, resolver: Arc<Resolver>, timeout: Duration) -> Result<Self, String> {
-        Ok(Self { url, resolver, timeout, client: tokio::sync::Mutex::default(), streams: Mutex::default() })
+    pub(crate) fn new(
+        url: url::Url,
+        credentials: Option<String>,
+        resolver: Arc<Resolver>,
+        timeout: Duration,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            url,
+            credentials,
+            resolver,
+            timeout,
+            client: tokio::sync::Mutex::default(),
+            streams: Mutex::default(),
+        })
     }
 
     /// Publishes to `subject`; `Ok` once the stream's PubAck (or, without a stream, the
@@ -118,16 +137,38 @@ impl Nats {
             return Ok(js.clone());
         }
         let addresses = self.resolver.addresses(&self.url).await?;
-        let servers: Vec<async_nats::ServerAddr> =
-            addresses.iter().filter_map(|a| format!("nats://{a}").parse().ok()).collect();
+        let tls = dest::uses_tls(&self.url);
+        let servers: Vec<async_nats::ServerAddr> = if tls {
+            let host = match dest::ip_literal(&self.url) {
+                Some(std::net::IpAddr::V6(ip)) => format!("[{ip}]"),
+                Some(ip) => ip.to_string(),
+                None => self.url.host_str().unwrap_or_default().to_owned(),
+            };
+            format!("tls://{host}:{}", dest::port(&self.url)).parse().into_iter().collect()
+        } else {
+            addresses.iter().filter_map(|a| format!("nats://{a}").parse().ok()).collect()
+        };
         let mut options = async_nats::ConnectOptions::new()
             .name("herald-dispatcher")
             .connection_timeout(self.timeout)
             .ignore_discovered_servers();
+        if tls {
+            options = options.require_tls(true).tls_client_config(self.resolver.tls.as_ref().clone());
+        }
         match dest::credentials(&self.url) {
             (Some(user), Some(password)) => options = options.user_and_password(user, password),
             (Some(token), None) => options = options.token(token),
             _ => {}
+        }
+        match self.credentials.as_deref().map(dest::nats_credentials) {
+            None => {}
+            Some(Ok(dest::NatsCredentials::Seed(seed))) => options = options.nkey(seed),
+            Some(Ok(dest::NatsCredentials::File(file))) => {
+                options = options.credentials(&file).map_err(|e| {
+                    Failure::new(ErrorClass::Auth, format!("the destination's NATS credentials do not parse: {e}"))
+                })?;
+            }
+            Some(Err(e)) => return Err(Failure::new(ErrorClass::Auth, e.message)),
         }
         let client = options.connect(servers).await.map_err(|e| {
             let class = match e.kind() {
@@ -135,6 +176,9 @@ impl Nats {
                     ErrorClass::Auth
                 }
                 async_nats::ConnectErrorKind::TimedOut => ErrorClass::Timeout,
+                async_nats::ConnectErrorKind::Tls => ErrorClass::Tls,
+                // A certificate refused in the handshake comes back as an I/O error.
+                _ if e.to_string().contains("certificate") => ErrorClass::Tls,
                 _ => ErrorClass::Connection,
             };
             Failure::new(class, format!("connection to NATS failed: {e}"))

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
-use tokio::net::TcpStream;
 
 use herald_core::destination as dest;
 
-use super::{Failure, Outgoing, Resolver};
+use super::{Failure, Outgoing, Resolver, Stream};
 use crate::retry::ErrorClass;
 
 /// Idle connections kept per broker.
@@ -28,7 +27,7 @@ pub(crate) struct Redis {
     idle: Mutex<Vec<Connection>>,
 }
 
-type Connection = BufReader<TcpStream>;
+type Connection = BufReader<Stream>;
 
 /// One RESP reply, as far as Herald's commands need.
 #[derive(Debug, PartialEq, Eq)]
@@ -128,6 +127,7 @@ async fn command(conn: &mut Connection, args: &[&[u8]]) -> Result<Reply, Failure
         out.extend_from_slice(b"\r\n");
     }
     conn.get_mut().write_all(&out).await.map_err(lost)?;
+    conn.get_mut().flush().await.map_err(lost)?;
     read_reply(conn).await
 }
 

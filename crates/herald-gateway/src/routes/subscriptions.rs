@@ -108,6 +108,10 @@ pub(crate) struct DestinationView {
     stream: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     max_len: Option<u64>,
+    /// NATS: `true` when the destination has credentials (a credentials file or an NKey
+    /// seed), which are never shown.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    credentials: bool,
 }
 
 impl DestinationView {
@@ -123,6 +127,7 @@ impl DestinationView {
             subject: text(&d.subject, d.r#type == destination::NATS),
             stream: text(&d.stream, d.r#type == destination::REDIS),
             max_len: (d.max_len > 0).then_some(d.max_len),
+            credentials: !d.credentials.is_empty(),
         })
     }
 }
@@ -139,7 +144,8 @@ pub(crate) struct DestinationInput {
     kind: String,
     /// The broker's URL, credentials included (stored sealed, never shown again):
     /// `amqp://user:pass@host:5672/vhost`, `nats://user:pass@host:4222` (or `nats://token@…`),
-    /// `redis://:pass@host:6379/0`.
+    /// `redis://:pass@host:6379/0`; `amqps://`, `tls://` and `rediss://` for TLS, the broker's
+    /// certificate checked against the platform's roots and `HERALD_CA_FILE`.
     url: String,
     /// AMQP: the exchange (default `""`, the default exchange).
     exchange: Option<String>,
@@ -151,6 +157,9 @@ pub(crate) struct DestinationInput {
     stream: Option<String>,
     /// Redis: trim the stream to about this many entries (`MAXLEN ~`).
     max_len: Option<u64>,
+    /// NATS: a credentials file's contents (user JWT and NKey seed, as `nsc` writes them) or
+    /// an NKey user seed (`SU…`). Stored sealed, never shown again.
+    credentials: Option<String>,
 }
 
 /// Where a subscription's deliveries go, as given (`url`, or `destination`) and checked.
@@ -174,6 +183,7 @@ impl Target {
                     d.subject.is_some(),
                     d.stream.is_some(),
                     d.max_len.is_some(),
+                    d.credentials.is_some(),
                 ];
                 if extra.contains(&true) {
                     return Err(ApiError::invalid(Some("destination"), "destination: a webhook takes only `url`"));
@@ -189,6 +199,7 @@ impl Target {
                     subject: d.subject.clone(),
                     stream: d.stream.clone(),
                     max_len: d.max_len,
+                    credentials: d.credentials.clone(),
                 })
                 .map_err(field_error)?;
                 let url = url::Url::parse(&checked.destination.url)
