@@ -52,6 +52,12 @@ python3 scripts/check-dockerfile.py
 python3 scripts/check-observability.py "$(scripts/ensure-promtool.sh)"
 # The browser tests' Chromium (Debian's) and playwright-core (npm, into .tools/browser).
 scripts/ensure-browser.sh >/dev/null
+# What the inbound-webhook tests sign with: Stripe's and GitHub's own libraries (npm) and the
+# Standard Webhooks library (PyPI), into .tools/ (after ensure-browser.sh, which installs Node.js).
+inbound_tools="$(scripts/ensure-inbound-tools.sh)"
+HERALD_INBOUND_JS="$(sed -n 1p <<<"$inbound_tools")"
+HERALD_INBOUND_PY="$(sed -n 2p <<<"$inbound_tools")"
+export HERALD_INBOUND_JS HERALD_INBOUND_PY
 
 cargo fmt --all -- --check
 # One build of the workspace: the binaries (the crash tests run herald-dispatcher as a process)

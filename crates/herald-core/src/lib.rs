@@ -22,6 +22,7 @@ pub mod destination;
 pub mod event;
 pub mod filter;
 pub mod ids;
+pub mod inbound;
 pub mod metrics;
 pub mod nats;
 pub mod partition;

@@ -172,6 +172,17 @@ const LATENCY: &[f64] = &[0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.
 pub static EVENTS_INGESTED: LazyLock<Family> = LazyLock::new(|| {
     Family::new("herald_events_ingested_total", "Events submitted to the gateway, by outcome.", "counter", &["outcome"])
 });
+/// Requests to inbound sources (`POST /in/{id}`), by provider and outcome: `accepted`,
+/// `duplicate`, a refusal's reason (`missing_signature`, `bad_signature`, `stale_timestamp`,
+/// `bad_credentials`), `invalid`, `too_large`, `unavailable`, `unknown_source`.
+pub static INBOUND_REQUESTS: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_inbound_requests_total",
+        "Requests to inbound sources, by provider and outcome (a refusal's outcome is its reason).",
+        "counter",
+        &["provider", "outcome"],
+    )
+});
 /// Time from sending an event to its PubAck.
 pub static PUBLISH_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     Histogram::new("herald_publish_duration_seconds", "Time to store an event in JetStream.", &[], LATENCY)
@@ -394,6 +405,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut registry = Registry::default();
     for family in [
         &*EVENTS_INGESTED,
+        &*INBOUND_REQUESTS,
         &*FANOUT_EVENTS,
         &*FANOUT_DELIVERIES,
         &*ATTEMPTS,

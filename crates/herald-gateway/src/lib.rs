@@ -140,6 +140,9 @@ pub struct Handles {
     pub(crate) catalog_kv: jetstream::kv::Store,
     /// Console and portal sessions.
     pub(crate) sessions: jetstream::kv::Store,
+    /// Inbound webhook sources, followed from their bucket.
+    pub(crate) sources: Arc<routes::sources::Sources>,
+    pub(crate) sources_kv: jetstream::kv::Store,
     pub(crate) config: Arc<Config>,
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
     /// Seals signing secrets before they are stored.
@@ -214,10 +217,24 @@ pub async fn run(
     })
     .await?;
 
+    let sources_kv = nats::until_ready("the sources bucket", || async {
+        routes::sources::ensure(&js, replicas).await.map_err(|detail| nats::BootstrapError::Create {
+            what: format!("KV bucket {}", routes::sources::BUCKET),
+            detail,
+        })
+    })
+    .await?;
+
     let registry = Registry::new();
     let cancel = tokio_util::sync::CancellationToken::new();
     let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
     let reload = tokio::spawn(reload_tokens(config.clone(), tokens.clone(), cancel.clone()));
+    let sources = routes::sources::Sources::new(keys.clone());
+    let follow_sources = tokio::spawn(herald_core::registry::follow(
+        sources.clone(),
+        sources_kv.clone(),
+        cancel.clone().cancelled_owned(),
+    ));
     let catalog = herald_core::catalog::Catalog::new();
     let follow_catalog = tokio::spawn(herald_core::registry::follow(
         catalog.clone(),
@@ -252,6 +269,8 @@ pub async fn run(
         catalog,
         catalog_kv: handles.event_types,
         sessions,
+        sources,
+        sources_kv,
         keys,
         policy: Arc::new(config.common.ssrf_policy()),
         config: Arc::new(config),
@@ -262,6 +281,7 @@ pub async fn run(
     cancel.cancel();
     let _ = follow.await;
     let _ = follow_catalog.await;
+    let _ = follow_sources.await;
     let _ = reload.await;
     for task in stats_tasks {
         let _ = task.await;

@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    attempts, dead_letters, event_list, event_types, events, filters, health, replay, sessions, stats, subscriptions,
-    transformations,
+    attempts, dead_letters, event_list, event_types, events, filters, health, replay, sessions, sources, stats,
+    subscriptions, transformations,
 };
 
 /// An event as `POST /v1/events` takes it.
@@ -71,6 +71,11 @@ impl Modify for BearerAuth {
         dead_letters::redrive,
         stats::stats,
         stats::overview,
+        sources::create,
+        sources::list,
+        sources::get,
+        sources::delete,
+        sources::receive,
         sessions::create_portal_session,
         sessions::current,
         sessions::sign_out,
@@ -86,6 +91,7 @@ impl Modify for BearerAuth {
         (name = "event-types", description = "The catalog of event types and their schemas"),
         (name = "dead-letters", description = "What Herald gave up on"),
         (name = "portal", description = "One-time links into a tenant's portal"),
+        (name = "sources", description = "Inbound webhooks: URLs providers call, checked and stored as events"),
         (name = "stats", description = "Deliveries over time, kept as they happen"),
         (name = "health", description = "Liveness and readiness"),
     )
@@ -118,6 +124,9 @@ mod tests {
             "/v1/dead-letters/redrive",
             "/v1/sessions",
             "/v1/sessions/{id}",
+            "/v1/sources",
+            "/v1/sources/{id}",
+            "/in/{id}",
             "/healthz",
             "/readyz",
         ] {

@@ -14,6 +14,7 @@ mod egress;
 mod filters;
 mod gateway;
 mod health;
+mod inbound;
 mod lanes;
 mod observability;
 mod operational;

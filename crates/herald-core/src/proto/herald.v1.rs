@@ -200,6 +200,51 @@ pub struct SigningSecret {
     #[prost(string, tag = "3")]
     pub public_key: ::prost::alloc::string::String,
 }
+/// An inbound webhook source: the URL `POST /in/{id}` that a provider calls, how its requests
+/// are checked, and whose events they become. Kept in the `herald-sources` KV bucket, by id.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Source {
+    /// `src_` + ULID.
+    #[prost(string, tag = "1")]
+    pub id: ::prost::alloc::string::String,
+    /// The tenant its events belong to.
+    #[prost(string, tag = "2")]
+    pub tenant: ::prost::alloc::string::String,
+    /// stripe, github, shopify, standard-webhooks, hmac, basic or api-key.
+    #[prost(string, tag = "3")]
+    pub provider: ::prost::alloc::string::String,
+    /// The signing secret, password or key (a whpk_ public key for Ed25519 Standard Webhooks),
+    /// sealed like subscriptions' secrets.
+    #[prost(string, tag = "4")]
+    pub secret: ::prost::alloc::string::String,
+    /// The events' type: "" takes the provider's; may hold `{type}` for it.
+    #[prost(string, tag = "5")]
+    pub event_type: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub description: ::prost::alloc::string::String,
+    /// RFC 3339.
+    #[prost(string, tag = "7")]
+    pub created_at: ::prost::alloc::string::String,
+    /// How far a signed timestamp may be from now, in seconds (0: 300).
+    #[prost(uint32, tag = "8")]
+    pub tolerance_seconds: u32,
+    /// hmac: the signature's header; api-key: the key's header. Lower case.
+    #[prost(string, tag = "9")]
+    pub header: ::prost::alloc::string::String,
+    /// hmac: sha256, sha512 or sha1; hex or base64; what precedes the signature (`sha256=`).
+    #[prost(string, tag = "10")]
+    pub algorithm: ::prost::alloc::string::String,
+    #[prost(string, tag = "11")]
+    pub encoding: ::prost::alloc::string::String,
+    #[prost(string, tag = "12")]
+    pub prefix: ::prost::alloc::string::String,
+    /// basic: the user name (the secret is the password).
+    #[prost(string, tag = "13")]
+    pub username: ::prost::alloc::string::String,
+    /// hmac, basic, api-key: the header with the provider's delivery id (else the body's `id`).
+    #[prost(string, tag = "14")]
+    pub id_header: ::prost::alloc::string::String,
+}
 /// A delivery (or an undeliverable event) that Herald gave up on, on `herald.dlq.{tenant}.{sub}`.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct DeadLetter {

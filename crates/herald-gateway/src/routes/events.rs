@@ -21,11 +21,11 @@ use crate::{AppState, Body};
 /// What a client learns of one accepted event.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct Accepted {
-    id: String,
-    seq: u64,
+    pub(crate) id: String,
+    pub(crate) seq: u64,
     /// True if an event with this id was already accepted within the duplicate window: it was
     /// not stored or delivered again.
-    duplicate: bool,
+    pub(crate) duplicate: bool,
 }
 
 /// Parses and validates one event for `caller`: a tenant token's events default to its tenant,
@@ -51,7 +51,7 @@ fn parse_event(state: &AppState, caller: &Caller, raw: &[u8]) -> Result<proto::E
 
 /// Checks the event's `data` against its type's schema in the catalog, if it has one, as
 /// `HERALD_SCHEMA_VALIDATION` says: refused (400 naming the failing place), warned, or not checked.
-fn check_schema(state: &AppState, event: &proto::Event) -> Result<(), ApiError> {
+pub(crate) fn check_schema(state: &AppState, event: &proto::Event) -> Result<(), ApiError> {
     use herald_core::catalog::Mode;
     let mode = state.config.common.schema_validation;
     if mode == Mode::Off {
@@ -71,7 +71,7 @@ fn check_schema(state: &AppState, event: &proto::Event) -> Result<(), ApiError> 
     Err(ApiError::invalid(Some("data"), detail))
 }
 
-fn ensure_connected(state: &AppState) -> Result<(), ApiError> {
+pub(crate) fn ensure_connected(state: &AppState) -> Result<(), ApiError> {
     match state.client.connection_state() {
         async_nats::connection::State::Connected => Ok(()),
         _ => Err(ApiError::unavailable("the gateway is not connected to NATS; retry later")),
@@ -95,7 +95,11 @@ fn publish_error(kind: PublishErrorKind, detail: impl std::fmt::Display) -> ApiE
 
 /// Sends one event and returns the future of its PubAck, so that a caller can have many in
 /// flight at once. `trace`, when there is one, goes along for fan-out to continue from.
-async fn send(state: &AppState, event: &proto::Event, trace: Option<&Carrier>) -> Result<PublishAckFuture, ApiError> {
+pub(crate) async fn send(
+    state: &AppState,
+    event: &proto::Event,
+    trace: Option<&Carrier>,
+) -> Result<PublishAckFuture, ApiError> {
     let subject = state.partitions.of_tenant(&event.tenant).event_subject(&event.tenant, &event.r#type);
     let mut publish = PublishMessage::build().payload(event.encode_to_vec().into()).message_id(&event.id);
     if state.config.common.schema_validation != herald_core::catalog::Mode::Off
@@ -118,7 +122,7 @@ fn propagates(incoming: &Carrier) -> bool {
     incoming.traceparent.is_some() || telemetry::exporting()
 }
 
-async fn confirm(
+pub(crate) async fn confirm(
     event: &proto::Event,
     ack: PublishAckFuture,
     sent_at: std::time::Instant,

@@ -10,6 +10,7 @@ pub(crate) mod health;
 pub(crate) mod pages;
 pub(crate) mod replay;
 pub(crate) mod sessions;
+pub(crate) mod sources;
 pub(crate) mod stats;
 pub(crate) mod subscriptions;
 pub(crate) mod transformations;
@@ -52,6 +53,9 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/overview", get(stats::overview))
         .route("/v1/dead-letters", get(dead_letters::list))
         .route("/v1/dead-letters/redrive", post(dead_letters::redrive))
+        .route("/v1/sources", post(sources::create).get(sources::list))
+        .route("/v1/sources/{id}", get(sources::get).delete(sources::delete))
+        .route("/in/{id}", post(sources::receive))
         .route("/v1/subscriptions", post(subscriptions::create).get(subscriptions::list))
         .route(
             "/v1/subscriptions/{id}",

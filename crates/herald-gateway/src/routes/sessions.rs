@@ -61,7 +61,7 @@ fn duration(field: &'static str, text: Option<&str>, default: u64) -> Result<u64
 }
 
 /// Where the pages are reached: `HERALD_PUBLIC_URL`, or the request's host.
-fn base_url(state: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(state: &AppState, headers: &HeaderMap) -> String {
     if let Some(url) = &state.config.public_url {
         return url.trim_end_matches('/').to_owned();
     }
