@@ -14,6 +14,8 @@ use serde_json::{Value, json};
 
 use herald_signature::{PublicKey, Secret, Verifier};
 
+mod sources;
+
 #[derive(Parser)]
 #[command(name = "heraldctl", version, about = "Manage Herald and receive its webhooks locally")]
 struct Cli {
@@ -71,6 +73,9 @@ enum Command {
     /// Browse and manage the event-type catalog.
     #[command(subcommand, name = "event-types", alias = "types")]
     EventTypes(EventTypeCommand),
+    /// Manage inbound webhook sources (the URLs providers call).
+    #[command(subcommand)]
+    Sources(sources::SourceCommand),
     /// A one-time link into a tenant's portal (what an operator's backend embeds in an iframe).
     PortalLink {
         /// The tenant whose endpoints the portal shows.
@@ -655,6 +660,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             out_fmt.print(&out)?;
             Ok(())
         }
+        Command::Sources(cmd) => {
+            out_fmt.print(&sources::run(&api, cmd).await?)?;
+            Ok(())
+        }
         Command::PortalLink { tenant, expires_in, link_expires_in, theme } => {
             let mut body = json!({"tenant": tenant});
             if let Some(v) = expires_in {
@@ -805,7 +814,9 @@ fn print_table(rows: &[Value]) {
         println!("(none)");
         return;
     };
-    let columns: &[&str] = if first.contains_key("event_types") {
+    let columns: &[&str] = if first.contains_key("provider") {
+        &["id", "tenant", "provider", "event_type", "url"]
+    } else if first.contains_key("event_types") {
         &["id", "tenant", "enabled", "event_types", "url"]
     } else if first.contains_key("outcome") {
         &["seq", "at", "event_id", "attempt", "status", "outcome", "error_class", "duration_ms"]

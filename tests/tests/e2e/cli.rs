@@ -326,6 +326,62 @@ async fn heraldctl_manages_the_event_type_catalog() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_manages_inbound_sources_with_the_secret_from_a_file() {
+    let stack = Stack::gateway_only().await;
+    let dir = herald_harness::temp_dir("heraldctl-source");
+    let secret_file = dir.join("secret");
+    std::fs::write(&secret_file, "gh-secret-from-a-file\n").unwrap();
+    let secret_arg = format!("@{}", secret_file.display());
+    let (ok, created, err) = heraldctl(
+        &stack,
+        &[
+            "sources",
+            "create",
+            "--provider",
+            "github",
+            "--secret",
+            &secret_arg,
+            "--tenant",
+            "acme",
+            "--event-type",
+            "github.{type}",
+        ],
+    );
+    assert!(ok, "{err}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    assert!(created["url"].as_str().unwrap().ends_with(&format!("/in/{id}")), "{created}");
+    assert!(created.get("secret").is_none(), "a secret given is never printed: {created}");
+    // The secret from the file (without its newline) is what the source checks.
+    let body = br#"{"zen":"Keep it logically awesome."}"#;
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"gh-secret-from-a-file");
+    let sig: String = ring::hmac::sign(&key, body).as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let resp = stack
+        .http
+        .post(format!("{}/in/{id}", stack.gateway))
+        .header("x-hub-signature-256", format!("sha256={sig}"))
+        .header("x-github-event", "ping")
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let (ok, made, err) =
+        heraldctl(&stack, &["sources", "create", "--provider", "api-key", "--event-type", "ping.key"]);
+    assert!(ok, "{err}");
+    assert!(made["secret"].as_str().is_some_and(|s| !s.is_empty()), "a made secret is printed once: {made}");
+    let (ok, list, _) = heraldctl(&stack, &["sources", "list", "--tenant", "acme"]);
+    assert!(ok);
+    assert_eq!(list["data"].as_array().unwrap().len(), 1, "{list}");
+    assert_eq!(list["data"][0]["provider"], "github");
+    let (ok, _, err) = heraldctl(&stack, &["sources", "delete", &id]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = heraldctl(&stack, &["sources", "get", &id]);
+    assert!(!ok && err.contains("404"), "{err}");
+    let (ok, _, err) = heraldctl(&stack, &["sources", "create", "--provider", "paypal"]);
+    assert!(!ok && err.contains("provider"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heraldctl_makes_portal_links_that_open_once() {
     let stack = Stack::gateway_only().await;
     let theme = r##"{"name": "Acme Shop", "primary_color": "#6b3fa0"}"##;
