@@ -42,13 +42,13 @@ pub(crate) struct Args {
     /// Measured repetitions of each figure (after a warm-up); the median is reported.
     #[arg(long, default_value_t = 3)]
     pub(crate) runs: usize,
-    /// What to measure besides the limits, comma-separated: ingest, durability, e2e, latency,
+    /// What to measure besides the limits, comma-separated: ingest, inbound (with ingest), durability, e2e, latency,
     /// memory, scaleout, filters, ordered, destinations, transformations, schema (with ingest), stats, registry,
     /// production, cluster, engine, soak, regression (with `--baseline`).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "ingest,durability,e2e,latency,memory,scaleout,filters,ordered,destinations,transformations,schema,stats,registry,production,cluster,engine,soak,regression"
+        default_value = "ingest,inbound,durability,e2e,latency,memory,scaleout,filters,ordered,destinations,transformations,schema,stats,registry,production,cluster,engine,soak,regression"
     )]
     pub(crate) only: Vec<String>,
     /// Broker destinations: deliveries per measured run, per broker (RabbitMQ, NATS, Redis).

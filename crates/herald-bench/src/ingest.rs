@@ -164,7 +164,10 @@ impl Bench {
                 },
             )
             .await?;
-        self.push_paired(payload, "HTTP ingest, one event per request", single, "events/s", RAW_PUBLISH);
+        self.push_paired(payload, crate::inbound::SINGLE_INGEST, single, "events/s", RAW_PUBLISH);
+        if self.wants("inbound") {
+            self.inbound(payload, ingest / 2).await?;
+        }
         Ok(())
     }
 

@@ -42,6 +42,7 @@ mod durability;
 mod e2e;
 mod engine;
 mod filters;
+mod inbound;
 mod ingest;
 mod load;
 mod memory;
