@@ -657,6 +657,9 @@ async fn a_portal_session_may_call_only_the_portals_routes_and_set_only_its_fiel
             assert!(status != 403 && status != 401, "{method} {path} is the portal's: {status} {answer}");
         } else if ["/healthz", "/readyz", "/metrics", "/openapi.json"].contains(&path.as_str()) {
             assert_eq!(status, 200, "{method} {path} is public");
+        } else if path == "/in/{id}" {
+            // Public too: a provider's signature is its authentication, whoever calls it.
+            assert_eq!(status, 404, "{method} {path}: no such source: {answer}");
         } else {
             refused += 1;
             assert_eq!(status, 403, "{method} {path}: {answer}");
