@@ -31,14 +31,7 @@ impl Bench {
         let measured = self
             .paired_median_of(
                 events,
-                |b, n| {
-                    let bodies: Vec<String> = (0..n)
-                        .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
-                        .collect();
-                    let (http, url, clients) =
-                        (b.http.clone(), format!("{}/v1/events", b.gateway_url), b.args.concurrency);
-                    async move { crate::load::post_all(&http, &url, clients, bodies, n).await }
-                },
+                |b, n| b.single_ingest(n, &data),
                 |b, n| {
                     // Signed before the clock starts, as a provider's requests arrive signed.
                     let requests: Vec<(String, String, String, String)> = (0..n)

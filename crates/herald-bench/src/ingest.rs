@@ -151,24 +151,28 @@ impl Bench {
         }
 
         let single = self
-            .paired_median_of(
-                ingest / 2,
-                |b, n| b.raw_publish(n, body.clone()),
-                |b, n| {
-                    let bodies: Vec<String> = (0..n)
-                        .map(|_| json!({"id": b.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
-                        .collect();
-                    let (http, url, clients) =
-                        (b.http.clone(), format!("{}/v1/events", b.gateway_url), b.args.concurrency);
-                    async move { post_all(&http, &url, clients, bodies, n).await }
-                },
-            )
+            .paired_median_of(ingest / 2, |b, n| b.raw_publish(n, body.clone()), |b, n| b.single_ingest(n, &data))
             .await?;
         self.push_paired(payload, crate::inbound::SINGLE_INGEST, single, "events/s", RAW_PUBLISH);
         if self.wants("inbound") {
             self.inbound(payload, ingest / 2).await?;
         }
         Ok(())
+    }
+
+    /// `n` events posted one per request to `POST /v1/events`, `--concurrency` at a time;
+    /// events/s.
+    pub(crate) fn single_ingest(
+        &mut self,
+        n: usize,
+        data: &Value,
+    ) -> impl Future<Output = anyhow::Result<f64>> + use<> {
+        let bodies: Vec<String> = (0..n)
+            .map(|_| json!({"id": self.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
+            .collect();
+        let (http, url, clients) =
+            (self.http.clone(), format!("{}/v1/events", self.gateway_url), self.args.concurrency);
+        async move { post_all(&http, &url, clients, bodies, n).await }
     }
 
     /// NATS ingest: `events` events of `event_type`, each `message(id)`, published straight to
