@@ -16,6 +16,7 @@ mod proxy;
 mod receiver;
 mod stack;
 mod tls;
+pub mod token_server;
 
 pub use brokers::{Rabbit, Redis, Silent};
 pub use cluster::NatsCluster;
@@ -25,6 +26,7 @@ pub use proxy::Proxy;
 pub use receiver::{Received, Receiver, Reply};
 pub use stack::{Stack, Who, dispatcher_args, dispatcher_args_with, gateway_config, init, metric_sum};
 pub use tls::{TestCa, Validity, fingerprint};
+pub use token_server::{Protected, TokenRequest, TokenServer};
 
 use std::path::{Path, PathBuf};
 

@@ -269,6 +269,12 @@ enum SubCommand {
         transformation: Option<String>,
         #[command(flatten)]
         client_certificate: ClientCertArgs,
+        /// How webhooks authenticate to the endpoint besides the signature (JSON, or @file
+        /// holding it, since it carries a secret): `{"type": "oauth2_client_credentials",
+        /// "token_url": "…", "client_id": "…", "client_secret": "…"}`, `{"type": "basic",
+        /// "username": "…", "password": "…"}`, `{"type": "bearer", "token": "…"}`.
+        #[arg(long)]
+        auth: Option<String>,
     },
     /// List subscriptions.
     List {
@@ -309,6 +315,13 @@ enum SubCommand {
         /// Stop presenting a client certificate.
         #[arg(long, conflicts_with_all = ["client_cert", "client_key"])]
         remove_client_cert: bool,
+        /// New endpoint authentication (JSON or @file); leave its secret out to keep the
+        /// stored one.
+        #[arg(long, conflicts_with = "remove_auth")]
+        auth: Option<String>,
+        /// Stop sending an Authorization header.
+        #[arg(long)]
+        remove_auth: bool,
     },
     /// Delete a subscription.
     Delete { id: String },
@@ -484,8 +497,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     filter,
                     transformation,
                     client_certificate,
+                    auth,
                 } => {
                     let mut body = json!({"event_types": event_types, "enabled": !disabled});
+                    if let Some(a) = auth {
+                        body["auth"] = json_arg("--auth", &a)?;
+                    }
                     if let Some(t) = transformation {
                         body["transformation"] = json!(text_arg("--transformation", &t)?);
                     }
@@ -533,8 +550,16 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                     transformation,
                     client_certificate,
                     remove_client_cert,
+                    auth,
+                    remove_auth,
                 } => {
                     let mut body = json!({});
+                    if let Some(a) = auth {
+                        body["auth"] = json_arg("--auth", &a)?;
+                    }
+                    if remove_auth {
+                        body["auth"] = Value::Null;
+                    }
                     if let Some(t) = transformation {
                         body["transformation"] = json!(text_arg("--transformation", &t)?);
                     }

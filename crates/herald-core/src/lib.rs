@@ -19,6 +19,7 @@
 pub mod catalog;
 pub mod client_cert;
 pub mod destination;
+pub mod endpoint_auth;
 pub mod event;
 pub mod filter;
 pub mod ids;

@@ -210,6 +210,15 @@ pub static ATTEMPTS: LazyLock<Family> = LazyLock::new(|| {
         &["outcome", "status_class"],
     )
 });
+/// Requests to endpoints' OAuth2 token endpoints, by outcome (`issued`, `failed`).
+pub static TOKEN_REQUESTS: LazyLock<Family> = LazyLock::new(|| {
+    Family::new(
+        "herald_endpoint_token_requests_total",
+        "Access tokens asked of subscriptions' OAuth2 token endpoints, by outcome (issued, failed).",
+        "counter",
+        &["outcome"],
+    )
+});
 /// Duration of attempts.
 pub static ATTEMPT_SECONDS: LazyLock<Histogram> = LazyLock::new(|| {
     Histogram::new("herald_attempt_duration_seconds", "Duration of one webhook attempt.", &["status_class"], LATENCY)
@@ -409,6 +418,7 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*FANOUT_EVENTS,
         &*FANOUT_DELIVERIES,
         &*ATTEMPTS,
+        &*TOKEN_REQUESTS,
         &*DEFERRALS,
         &*RETRIES,
         &*DEAD_LETTERS,

@@ -22,6 +22,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::breaker::{Admission, Permit};
 use crate::destinations::{self, Outgoing};
+use crate::endpoint_auth;
 use crate::http_client::{self, WebhookRequest};
 use crate::operational::Notice;
 use crate::pull::Taken;
@@ -326,7 +327,7 @@ async fn attempt(
             let request = WebhookRequest { method: request.method.clone(), url, headers, body };
             in_flight = Some(InFlight::start());
             let client = own.as_ref().unwrap_or(&shared.http);
-            http_client::send(client, request, shared.config.response_body_limit).instrument(span.clone()).await
+            endpoint_auth::send(shared, &prepared, client, request).instrument(span.clone()).await
         }
     };
     // What the transformation decided says nothing of the endpoint: its permit is released

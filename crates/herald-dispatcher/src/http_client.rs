@@ -265,26 +265,26 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
             };
             (result, excerpt)
         }
-        Err(e) if refused(&e).is_some() => {
-            let why = refused(&e).unwrap_or_default();
-            (AttemptResult { error: Some(why), class: Some(ErrorClass::Refused), ..Default::default() }, String::new())
-        }
-        Err(e) if tls_failure(&e).is_some() => {
-            let why = tls_failure(&e).unwrap_or_default();
-            (AttemptResult { error: Some(why), class: Some(ErrorClass::Tls), ..Default::default() }, String::new())
-        }
-        Err(e) => {
-            let class = if e.is_timeout() {
-                ErrorClass::Timeout
-            } else if e.is_connect() {
-                ErrorClass::Connection
-            } else {
-                ErrorClass::Request
-            };
-            (AttemptResult { error: Some(describe(&e)), class: Some(class), ..Default::default() }, String::new())
-        }
+        Err(e) => (failure(&e), String::new()),
     };
     Sent { result, response_excerpt, elapsed: started.elapsed() }
+}
+
+/// A request that got no answer, classified: refused by the SSRF guard, a TLS failure, a
+/// timeout, a connection failure, or anything else.
+pub fn failure(e: &reqwest::Error) -> AttemptResult {
+    let (class, error) = if let Some(why) = refused(e) {
+        (ErrorClass::Refused, why)
+    } else if let Some(why) = tls_failure(e) {
+        (ErrorClass::Tls, why)
+    } else if e.is_timeout() {
+        (ErrorClass::Timeout, describe(e))
+    } else if e.is_connect() {
+        (ErrorClass::Connection, describe(e))
+    } else {
+        (ErrorClass::Request, describe(e))
+    };
+    AttemptResult { error: Some(error), class: Some(class), ..Default::default() }
 }
 
 /// Parses `HERALD_RESOLVE`: `name=ip` pairs, comma-separated.

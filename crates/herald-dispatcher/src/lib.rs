@@ -21,6 +21,7 @@ pub mod breaker;
 mod deliver;
 pub mod destinations;
 mod elections;
+mod endpoint_auth;
 mod fanout;
 mod health;
 pub mod http_client;
@@ -169,6 +170,8 @@ pub(crate) struct Shared {
     pub keys: Arc<herald_core::secrets::KeyRing>,
     /// Subscriptions' URLs, secrets, schedules and own clients, worked out once per revision.
     pub prepared: prepared::PreparedSubscriptions,
+    /// Access tokens for subscriptions' OAuth2 endpoints, shared by their deliveries.
+    pub(crate) tokens: endpoint_auth::Tokens,
     /// Which fan-out serves which subscription.
     pub routes: Arc<routes::Routes>,
     /// Leader changes noticed lately: messages stored before one are checked before sending.
@@ -347,6 +350,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         inline: fanout::InlineSlots::new(config.inline_attempts),
         keys: keys.clone(),
         prepared: prepared::PreparedSubscriptions::new(prepared::PrepareWith { keys, policy, clients, brokers }),
+        tokens: endpoint_auth::Tokens::new(),
         routes,
         elections,
         operational,

@@ -18,6 +18,7 @@ use herald_core::subscription::{OpenedSecret, open_secrets};
 use herald_core::transform::Transformation;
 
 use crate::destinations::{Brokers, Destination};
+use crate::endpoint_auth::EndpointAuth;
 use crate::http_client::ClientSettings;
 
 /// One revision of a subscription, prepared for attempts.
@@ -36,6 +37,9 @@ pub(crate) struct Prepared {
     pub destination: Option<Result<Arc<Destination>, String>>,
     /// The subscription's transformation, compiled, or why it does not compile.
     pub transformation: Option<Result<Arc<Transformation>, String>>,
+    /// How webhooks authenticate to the endpoint besides the signature (`None`: they do not),
+    /// or why the subscription's auth cannot be used.
+    pub auth: Option<Result<EndpointAuth, String>>,
 }
 
 impl Prepared {
@@ -58,7 +62,11 @@ impl Prepared {
         });
         let transformation = (!sub.transformation.is_empty())
             .then(|| Transformation::compile(&sub.transformation).map(Arc::new).map_err(|e| e.to_string()));
-        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client, destination, transformation }
+        let auth = EndpointAuth::prepare(sub, &with.keys);
+        if let Some(Err(why)) = &auth {
+            tracing::warn!(subscription = %sub.id, "{why}");
+        }
+        Self { url, secrets: open_secrets(sub, &with.keys), retry_schedule, client, destination, transformation, auth }
     }
 
     /// What signs a webhook sent at `now` (rotated-out keys until their grace ends).

@@ -171,10 +171,11 @@ pub const PORTAL_ROUTES: &[(&str, &str)] = &[
     ("POST", "/v1/transformations/test"),
 ];
 
-/// The fields a portal session may set on an endpoint (creating or changing it): not its
-/// metadata, headers, rate limit, retry schedule, ordering, filter, client certificate or
-/// signature scheme.
-pub const PORTAL_ENDPOINT_FIELDS: &[&str] = &["url", "event_types", "description", "enabled"];
+/// The fields a portal session may set on an endpoint (creating or changing it): its URL, types,
+/// description, state and how it authenticates to the endpoint (`auth`, its owner's own
+/// credentials); not its metadata, headers, rate limit, retry schedule, ordering, filter, client
+/// certificate or signature scheme.
+pub const PORTAL_ENDPOINT_FIELDS: &[&str] = &["url", "event_types", "description", "enabled", "auth"];
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]

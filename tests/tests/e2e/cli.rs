@@ -399,7 +399,7 @@ async fn heraldctl_makes_portal_links_that_open_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn heraldctl_sets_broker_destinations_and_transformations_from_files() {
+async fn heraldctl_sets_broker_destinations_transformations_and_endpoint_auth_from_files() {
     let stack = Stack::gateway_only().await;
     let dir = herald_harness::temp_dir("heraldctl-dest");
     let destination = dir.join("dest.json");
@@ -440,4 +440,24 @@ async fn heraldctl_sets_broker_destinations_and_transformations_from_files() {
         heraldctl(&stack, &["subscriptions", "update", &id, "--transformation", "", "--url", "https://example.com/h"]);
     assert!(ok, "{err}");
     assert!(cleared.get("transformation").is_none() && cleared.get("destination").is_none(), "{cleared}");
+
+    // Endpoint auth from a file (it holds a secret), changed without it, then removed.
+    let auth = dir.join("auth.json");
+    std::fs::write(
+        &auth,
+        r#"{"type": "oauth2_client_credentials", "token_url": "https://auth.example.com/token", "client_id": "herald", "client_secret": "hidden-secret"}"#,
+    )
+    .unwrap();
+    let (ok, with_auth, err) =
+        heraldctl(&stack, &["subscriptions", "update", &id, "--auth", &format!("@{}", auth.display())]);
+    assert!(ok, "{err}");
+    assert_eq!(with_auth["auth"]["client_id"], "herald", "{with_auth}");
+    assert!(!with_auth.to_string().contains("hidden-secret"), "{with_auth}");
+    let kept = r#"{"type": "oauth2_client_credentials", "token_url": "https://auth.example.com/token", "client_id": "herald", "scope": "hooks"}"#;
+    let (ok, scoped, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--auth", kept]);
+    assert!(ok, "{err}");
+    assert_eq!(scoped["auth"]["scope"], "hooks", "{scoped}");
+    let (ok, removed, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--remove-auth"]);
+    assert!(ok, "{err}");
+    assert!(removed.get("auth").is_none(), "{removed}");
 }

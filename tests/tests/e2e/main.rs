@@ -11,6 +11,7 @@ mod crash;
 mod delivery;
 mod destinations;
 mod egress;
+mod endpoint_auth;
 mod filters;
 mod gateway;
 mod health;

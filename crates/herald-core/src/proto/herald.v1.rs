@@ -139,6 +139,37 @@ pub struct Subscription {
     /// herald_core::transform); empty: none.
     #[prost(string, tag = "21")]
     pub transformation: ::prost::alloc::string::String,
+    /// How Herald authenticates to the subscriber's endpoint besides signing (webhooks only);
+    /// absent: signatures alone.
+    #[prost(message, optional, tag = "22")]
+    pub auth: ::core::option::Option<EndpointAuth>,
+}
+/// Credentials a webhook request carries in its `Authorization` header.
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EndpointAuth {
+    /// "oauth2_client_credentials", "basic" or "bearer".
+    #[prost(string, tag = "1")]
+    pub r#type: ::prost::alloc::string::String,
+    /// OAuth2: the token endpoint, the client, and what the token is asked for.
+    #[prost(string, tag = "2")]
+    pub token_url: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub client_id: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub scope: ::prost::alloc::string::String,
+    #[prost(string, tag = "5")]
+    pub audience: ::prost::alloc::string::String,
+    /// OAuth2: how the client authenticates to the token endpoint: "basic" (HTTP Basic, the
+    /// default) or "post" (client_id and client_secret in the form).
+    #[prost(string, tag = "6")]
+    pub client_auth: ::prost::alloc::string::String,
+    /// Basic: the user name.
+    #[prost(string, tag = "7")]
+    pub username: ::prost::alloc::string::String,
+    /// The client secret (OAuth2), the password (basic) or the token (bearer), sealed like the
+    /// signing secrets.
+    #[prost(string, tag = "8")]
+    pub secret: ::prost::alloc::string::String,
 }
 /// A message broker a subscription's deliveries are written to instead of an HTTP endpoint.
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

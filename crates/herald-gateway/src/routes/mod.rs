@@ -2,6 +2,7 @@
 
 pub(crate) mod attempts;
 pub(crate) mod dead_letters;
+pub(crate) mod endpoint_auth;
 pub(crate) mod event_list;
 pub(crate) mod event_types;
 pub(crate) mod events;

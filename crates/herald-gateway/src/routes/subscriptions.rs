@@ -14,6 +14,7 @@ use herald_core::ids::{SubscriptionId, TenantId};
 use herald_core::subscription::{self as validate, InvalidField};
 use herald_core::{client_cert, destination, nats, proto};
 
+use super::endpoint_auth::{self, AuthInput, AuthView};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::{AppState, Body, Query};
@@ -50,6 +51,10 @@ pub(crate) struct View {
     /// The JavaScript transformation run on each delivery (`handler(webhook)`).
     #[serde(skip_serializing_if = "Option::is_none")]
     transformation: Option<String>,
+    /// How webhooks authenticate to the endpoint besides the signature (its secret is never
+    /// shown).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    auth: Option<AuthView>,
     /// Why Herald disabled it, if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     disabled_reason: Option<String>,
@@ -245,6 +250,7 @@ impl View {
             ordering: (!sub.ordering.is_empty()).then(|| sub.ordering.clone()),
             filter: serde_json::from_str(&sub.filter).ok(),
             transformation: (!sub.transformation.is_empty()).then(|| sub.transformation.clone()),
+            auth: AuthView::of(sub),
             signature_scheme: sub.secrets.first().map_or(validate::HMAC_SHA256, validate::scheme_of),
             public_key: sub.secrets.first().filter(|s| !s.public_key.is_empty()).map(|s| s.public_key.clone()),
             public_keys: sub
@@ -373,6 +379,9 @@ pub(crate) struct CreateInput {
     /// A JavaScript function `handler(webhook)` run on each delivery before it is signed
     /// (Svix's signature; see `POST /v1/transformations/test`).
     transformation: Option<String>,
+    /// How webhooks authenticate to the endpoint besides the signature: an OAuth2 client
+    /// credentials token, HTTP Basic or a static bearer token.
+    auth: Option<AuthInput>,
 }
 
 /// `POST /v1/subscriptions`.
@@ -437,6 +446,8 @@ pub(crate) async fn create(
         ..Default::default()
     };
     target.apply(&state, &mut sub);
+    sub.auth = input.auth.as_ref().map(|a| a.stored(&state, &sub)).transpose()?;
+    endpoint_auth::check_combination(&sub)?;
     let key = nats::subscription_key(&sub.tenant, &sub.id);
     let revision = state.kv.create(&key, sub.encode_to_vec().into()).await.map_err(|e| kv_error("store", e))?;
     state.registry.upsert(revision, sub.clone());
@@ -581,6 +592,11 @@ pub(crate) struct PatchInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, nullable)]
     transformation: Option<Option<String>>,
+    /// New endpoint authentication, replacing the current one (leave its secret out to keep the
+    /// stored one); `null` removes it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<AuthInput>, nullable)]
+    auth: Option<Option<AuthInput>>,
 }
 
 impl PatchInput {
@@ -634,6 +650,10 @@ impl PatchInput {
         if let Some(certificate) = &self.client_certificate {
             sub.client_certificate = certificate.as_ref().map(|c| c.seal(state, &sub.id)).transpose()?;
         }
+        if let Some(auth) = &self.auth {
+            sub.auth = auth.as_ref().map(|a| a.stored(state, sub)).transpose()?;
+        }
+        endpoint_auth::check_combination(sub)?;
         sub.updated_at = herald_core::now_rfc3339();
         Ok(())
     }
