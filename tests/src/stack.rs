@@ -119,6 +119,23 @@ impl Stack {
         Self::start_with(true, &[]).await
     }
 
+    /// Stops the gateway and starts another on a new port with the same flags (what it keeps
+    /// must come back from NATS).
+    pub async fn restart_gateway(&mut self, gateway_flags: &[&str]) {
+        self.gateway_stop.cancel();
+        let config = gateway_config(&self.nats.url(), gateway_flags);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind gateway");
+        self.gateway = format!("http://{}", listener.local_addr().unwrap());
+        self.gateway_stop = CancellationToken::new();
+        let stop = self.gateway_stop.clone();
+        tokio::spawn(async move {
+            if let Err(e) = herald_gateway::run(config, listener, stop.cancelled_owned()).await {
+                eprintln!("gateway exited: {e:#}");
+            }
+        });
+        self.wait_ready().await;
+    }
+
     /// NATS and gateway only (for crash tests that run the dispatcher as a process).
     pub async fn gateway_only() -> Self {
         Self::start_with(false, &[]).await

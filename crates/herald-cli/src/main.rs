@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use herald_signature::{PublicKey, Secret, Verifier};
 
+mod poll;
 mod sources;
 
 #[derive(Parser)]
@@ -76,6 +77,8 @@ enum Command {
     /// Manage inbound webhook sources (the URLs providers call).
     #[command(subcommand)]
     Sources(sources::SourceCommand),
+    /// Read a polling subscription's events; --follow keeps reading like `tail -f`.
+    Poll(poll::PollArgs),
     /// A one-time link into a tenant's portal (what an operator's backend embeds in an iframe).
     PortalLink {
         /// The tenant whose endpoints the portal shows.
@@ -683,6 +686,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 }
             };
             out_fmt.print(&out)?;
+            Ok(())
+        }
+        Command::Poll(args) => {
+            if let Some(page) = poll::run(&api, args).await? {
+                out_fmt.print(&page)?;
+            }
             Ok(())
         }
         Command::Sources(cmd) => {

@@ -19,8 +19,12 @@ pub const NATS: &str = "nats";
 /// A Redis stream: `XADD`, optionally capped (`MAXLEN ~`).
 pub const REDIS: &str = "redis";
 
+/// Not pushed to: its consumer polls (`GET /v1/subscriptions/{id}/poll`; see
+/// [`crate::polling`]).
+pub const POLLING: &str = "polling";
+
 /// The types a destination may have.
-pub const TYPES: &[&str] = &[WEBHOOK, AMQP, NATS, REDIS];
+pub const TYPES: &[&str] = &[WEBHOOK, AMQP, NATS, REDIS, POLLING];
 
 /// The placeholders a routing key, subject or stream template may hold.
 pub const PLACEHOLDERS: &[&str] = &["{event_type}", "{tenant}", "{subscription_id}"];

@@ -28,6 +28,7 @@ pub mod metrics;
 pub mod nats;
 pub mod partition;
 pub mod pattern;
+pub mod polling;
 #[cfg(test)]
 mod properties;
 pub mod registry;

@@ -104,7 +104,7 @@ pub fn route_subject(partitions: Partitions, sub: &crate::proto::Subscription) -
 
 /// The message that hands `event` (stored at `event_sequence` of `HERALD_EVENTS`, 0 if it was
 /// not) to `sub` for its first attempt, and the subject it goes to
-/// (the subscription's route). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
+/// (the subscription's route; a polling subscription's own subject of `HERALD_POLL`). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
 /// same event out twice, or replaying it while it is under way, stores one delivery.
 pub fn first_delivery(
     partitions: Partitions,
@@ -124,7 +124,12 @@ pub fn first_delivery(
     let publish = jetstream::message::PublishMessage::build()
         .payload(delivery.encode_to_vec().into())
         .message_id(format!("{}:{}", event.id, sub.id));
-    (route_subject(partitions, sub), trace.add_to(publish))
+    let subject = if crate::polling::is_polling(sub) {
+        crate::polling::subject(&sub.tenant, &sub.id)
+    } else {
+        route_subject(partitions, sub)
+    };
+    (subject, trace.add_to(publish))
 }
 
 /// `herald.stats.minutes.{hour}`: the deltas whose entries fall in the hour starting at `hour`
@@ -532,6 +537,7 @@ pub async fn ensure_streams(js: &jetstream::Context, topology: &Topology) -> Res
             ..Default::default()
         },
     ]);
+    streams.push(crate::polling::stream_config(topology.events_max_age, topology.duplicate_window, topology.replicas));
     for config in streams {
         let name = config.name.clone();
         js.create_or_update_stream(config).await.map_err(|e| create_err(&format!("stream {name}"), e))?;

@@ -246,7 +246,10 @@ async fn fan_out(
     // another replica at the same moment: both copies store the same delivery message id, and
     // JetStream keeps one, where two inline attempts would both be sent (their records come
     // too late to stop the other).
-    let fit = |sub: &proto::Subscription| !needs_lane(sub) && shared.breakers.fit_for_inline(&sub.id);
+    // A polling subscription is never sent to: its deliveries are stored for its consumer.
+    let fit = |sub: &proto::Subscription| {
+        !needs_lane(sub) && !herald_core::polling::is_polling(sub) && shared.breakers.fit_for_inline(&sub.id)
+    };
     let inline_slot =
         if role == Role::Shared && !again && subs.iter().any(|s| fit(s)) { shared.inline.take().await } else { None };
     let mut inline = Vec::new();

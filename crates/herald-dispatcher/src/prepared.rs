@@ -53,7 +53,7 @@ impl Prepared {
         if let Err(why) = &client {
             tracing::warn!(subscription = %sub.id, "{why}");
         }
-        let destination = sub.destination.as_ref().map(|_| {
+        let destination = sub.destination.as_ref().filter(|_| !herald_core::polling::is_polling(sub)).map(|_| {
             let prepared = with.brokers.prepare(sub, &with.keys);
             if let Err(why) = &prepared {
                 tracing::warn!(subscription = %sub.id, "{why}");

@@ -143,6 +143,8 @@ pub struct Handles {
     /// Inbound webhook sources, followed from their bucket.
     pub(crate) sources: Arc<routes::sources::Sources>,
     pub(crate) sources_kv: jetstream::kv::Store,
+    /// How far each polling subscription's consumer acknowledged.
+    pub(crate) poll_cursors: jetstream::kv::Store,
     pub(crate) config: Arc<Config>,
     pub(crate) policy: Arc<herald_core::ssrf::Policy>,
     /// Seals signing secrets before they are stored.
@@ -225,6 +227,16 @@ pub async fn run(
     })
     .await?;
 
+    let poll_cursors = nats::until_ready("the poll cursors bucket", || async {
+        js.create_or_update_key_value(herald_core::polling::cursors_config(replicas)).await.map_err(|e| {
+            nats::BootstrapError::Create {
+                what: format!("KV bucket {}", herald_core::polling::CURSORS_BUCKET),
+                detail: e.to_string(),
+            }
+        })
+    })
+    .await?;
+
     let registry = Registry::new();
     let cancel = tokio_util::sync::CancellationToken::new();
     let follow = tokio::spawn(registry.clone().follow(handles.subscriptions.clone(), cancel.clone().cancelled_owned()));
@@ -271,6 +283,7 @@ pub async fn run(
         sessions,
         sources,
         sources_kv,
+        poll_cursors,
         keys,
         policy: Arc::new(config.common.ssrf_policy()),
         config: Arc::new(config),

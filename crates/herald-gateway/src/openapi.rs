@@ -5,8 +5,8 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
 use crate::routes::{
-    attempts, dead_letters, event_list, event_types, events, filters, health, replay, sessions, sources, stats,
-    subscriptions, transformations,
+    attempts, dead_letters, event_list, event_types, events, filters, health, polling, replay, sessions, sources,
+    stats, subscriptions, transformations,
 };
 
 /// An event as `POST /v1/events` takes it.
@@ -57,6 +57,7 @@ impl Modify for BearerAuth {
         subscriptions::delete,
         subscriptions::rotate_secret,
         subscriptions::test,
+        polling::poll,
         filters::test,
         transformations::test,
         event_types::create,

@@ -6,7 +6,9 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use herald_harness::{ADMIN_TOKEN, Stack, free_port, target_bin};
-use serde_json::Value;
+use serde_json::{Value, json};
+
+use crate::SOON;
 
 fn heraldctl(stack: &Stack, args: &[&str]) -> (bool, Value, String) {
     let out = Command::new(target_bin("heraldctl"))
@@ -460,4 +462,76 @@ async fn heraldctl_sets_broker_destinations_transformations_and_endpoint_auth_fr
     let (ok, removed, err) = heraldctl(&stack, &["subscriptions", "update", &id, "--remove-auth"]);
     assert!(ok, "{err}");
     assert!(removed.get("auth").is_none(), "{removed}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heraldctl_polls_a_polling_subscription_a_page_at_a_time_and_follows_it() {
+    let stack = Stack::start().await;
+    let (ok, sub, err) = heraldctl(
+        &stack,
+        &["subscriptions", "create", "--destination", r#"{"type": "polling"}"#, "--event-type", "polled.*"],
+    );
+    assert!(ok, "{err}");
+    let id = sub["id"].as_str().unwrap().to_owned();
+    let mut published = Vec::new();
+    for n in 0..3 {
+        let (status, body) = stack.publish(json!({"type": "polled.one", "data": {"n": n}})).await;
+        assert_eq!(status, 202, "{body}");
+        published.push(body["id"].as_str().unwrap().to_owned());
+    }
+    // A page of two, then the rest after its cursor (once fan-out stored all three).
+    let deadline = std::time::Instant::now() + SOON;
+    let page = loop {
+        let (ok, page, err) = heraldctl(&stack, &["poll", &id, "--limit", "2"]);
+        assert!(ok, "{err}");
+        if page["data"].as_array().map(Vec::len) == Some(2) {
+            break page;
+        }
+        assert!(std::time::Instant::now() < deadline, "{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let ids = |page: &Value| -> Vec<String> {
+        page["data"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap().to_owned()).collect()
+    };
+    assert_eq!(ids(&page), published[..2]);
+    let cursor = page["cursor"].as_str().unwrap();
+    let (ok, rest, err) = loop {
+        let (ok, rest, err) = heraldctl(&stack, &["poll", &id, "--cursor", cursor]);
+        if rest["data"].as_array().map(Vec::len) == Some(1) || std::time::Instant::now() > deadline {
+            break (ok, rest, err);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(ok, "{err}");
+    assert_eq!(ids(&rest), published[2..]);
+
+    // --follow prints each event as a line, acknowledging the page before (the first two), and
+    // goes on with what comes later.
+    let mut child = Command::new(target_bin("heraldctl"))
+        .args(["poll", &id, "--follow", "--interval", "100ms"])
+        .env("HERALD_URL", &stack.gateway)
+        .env("HERALD_TOKEN", ADMIN_TOKEN)
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start heraldctl poll --follow");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let (status, body) = stack.publish(json!({"type": "polled.later", "data": {"n": 3}})).await;
+    assert_eq!(status, 202, "{body}");
+    let mut followed = Vec::new();
+    while followed.len() < 2 {
+        let line = lines.recv_timeout(SOON).expect("heraldctl poll --follow prints the events");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        followed.push(event["id"].as_str().unwrap().to_owned());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(followed, vec![published[2].clone(), body["id"].as_str().unwrap().to_owned()]);
 }

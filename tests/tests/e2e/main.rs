@@ -20,6 +20,7 @@ mod lanes;
 mod observability;
 mod operational;
 mod partitions;
+mod polling;
 mod records;
 mod retry;
 mod scaleout;

@@ -141,7 +141,10 @@ pub(crate) fn check_combination(sub: &proto::Subscription) -> Result<(), ApiErro
     if let Some(d) = &sub.destination {
         return Err(ApiError::invalid(
             Some("auth"),
-            format!("auth: applies to webhooks only; a {} destination's credentials go in its URL", d.r#type),
+            format!(
+                "auth: applies to webhooks only, not to a {} destination (a broker's credentials go in its URL; nothing is sent to a polling subscription)",
+                d.r#type
+            ),
         ));
     }
     if sub.headers.contains_key("authorization") {

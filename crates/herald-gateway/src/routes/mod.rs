@@ -9,6 +9,7 @@ pub(crate) mod events;
 pub(crate) mod filters;
 pub(crate) mod health;
 pub(crate) mod pages;
+pub(crate) mod polling;
 pub(crate) mod replay;
 pub(crate) mod sessions;
 pub(crate) mod sources;
@@ -35,6 +36,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/v1/subscriptions/{id}/resend", post(replay::resend))
         .route("/v1/subscriptions/{id}/rotate-secret", post(subscriptions::rotate_secret))
         .route("/v1/subscriptions/{id}/test", post(subscriptions::test))
+        .route("/v1/subscriptions/{id}/poll", get(polling::poll))
         .route("/v1/filters/test", post(filters::test))
         .route("/v1/transformations/test", post(transformations::test))
         .route("/v1/event-types", post(event_types::create).get(event_types::list))

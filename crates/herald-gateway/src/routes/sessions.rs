@@ -27,8 +27,8 @@ pub(crate) struct PortalSessionInput {
     link_expires_in: Option<String>,
     /// The portal's look.
     theme: Option<Theme>,
-    /// Broker destination types the tenant may choose in the portal besides webhooks (`amqp`,
-    /// `nats`, `redis`); none by default.
+    /// Destination types the tenant may choose in the portal besides webhooks (`amqp`, `nats`,
+    /// `redis`, `polling`); none by default.
     #[serde(default)]
     destinations: Vec<String>,
     /// Whether the tenant may write transformations in the portal (default false).
@@ -103,12 +103,13 @@ pub(crate) async fn create_portal_session(
         theme.check().map_err(|e| ApiError::invalid(Some("theme"), e))?;
     }
     for kind in &input.destinations {
-        if ![herald_core::destination::AMQP, herald_core::destination::NATS, herald_core::destination::REDIS]
-            .contains(&kind.as_str())
-        {
+        use herald_core::destination::{AMQP, NATS, POLLING, REDIS};
+        if ![AMQP, NATS, REDIS, POLLING].contains(&kind.as_str()) {
             return Err(ApiError::invalid(
                 Some("destinations"),
-                format!("destinations: {kind:?} is not a broker destination type (amqp, nats, redis)"),
+                format!(
+                    "destinations: {kind:?} is not a destination type besides webhooks (amqp, nats, redis, polling)"
+                ),
             ));
         }
     }

@@ -126,7 +126,7 @@ impl DestinationView {
         let text = |v: &String, applies: bool| applies.then(|| v.clone());
         Some(Self {
             kind: d.r#type.clone(),
-            url: sub.url.clone(),
+            url: shown_url(sub),
             exchange: text(&d.exchange, amqp),
             routing_key: text(&d.routing_key, amqp),
             subject: text(&d.subject, d.r#type == destination::NATS),
@@ -139,7 +139,8 @@ impl DestinationView {
 
 /// A destination as a user gives it: `{"type": "amqp", "url": …, "exchange": …,
 /// "routing_key": …}`, `{"type": "nats", "url": …, "subject": …}`, `{"type": "redis", "url":
-/// …, "stream": …, "max_len": …}`, or `{"type": "webhook", "url": …}` (the same as `url`).
+/// …, "stream": …, "max_len": …}`, `{"type": "polling"}` (not pushed to: its consumer polls
+/// `GET /v1/subscriptions/{id}/poll`), or `{"type": "webhook", "url": …}` (the same as `url`).
 /// Routing keys, subjects and stream keys may hold `{event_type}`, `{tenant}` and
 /// `{subscription_id}`.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -150,8 +151,9 @@ pub(crate) struct DestinationInput {
     /// The broker's URL, credentials included (stored sealed, never shown again):
     /// `amqp://user:pass@host:5672/vhost`, `nats://user:pass@host:4222` (or `nats://token@…`),
     /// `redis://:pass@host:6379/0`; `amqps://`, `tls://` and `rediss://` for TLS, the broker's
-    /// certificate checked against the platform's roots and `HERALD_CA_FILE`.
-    url: String,
+    /// certificate checked against the platform's roots and `HERALD_CA_FILE`. None for
+    /// `polling`.
+    url: Option<String>,
     /// AMQP: the exchange (default `""`, the default exchange).
     exchange: Option<String>,
     /// AMQP: the routing key template (default `{event_type}`).
@@ -171,6 +173,7 @@ pub(crate) struct DestinationInput {
 enum Target {
     Webhook(String),
     Broker(destination::Checked),
+    Polling,
 }
 
 impl Target {
@@ -181,6 +184,21 @@ impl Target {
             }
             (None, None) => Err(ApiError::invalid(Some("url"), "url: a subscription needs a `url` or a `destination`")),
             (Some(url), None) => Ok(Self::Webhook(checked_url(state, url)?)),
+            (None, Some(d)) if d.kind == destination::POLLING => {
+                let extra = [
+                    d.url.is_some(),
+                    d.exchange.is_some(),
+                    d.routing_key.is_some(),
+                    d.subject.is_some(),
+                    d.stream.is_some(),
+                    d.max_len.is_some(),
+                    d.credentials.is_some(),
+                ];
+                if extra.contains(&true) {
+                    return Err(ApiError::invalid(Some("destination"), "destination: polling takes only `type`"));
+                }
+                Ok(Self::Polling)
+            }
             (None, Some(d)) if d.kind == destination::WEBHOOK => {
                 let extra = [
                     d.exchange.is_some(),
@@ -193,12 +211,12 @@ impl Target {
                 if extra.contains(&true) {
                     return Err(ApiError::invalid(Some("destination"), "destination: a webhook takes only `url`"));
                 }
-                Ok(Self::Webhook(checked_url(state, &d.url)?))
+                Ok(Self::Webhook(checked_url(state, d.url.as_deref().unwrap_or_default())?))
             }
             (None, Some(d)) => {
                 let checked = destination::validate(&destination::Given {
                     kind: d.kind.clone(),
-                    url: d.url.clone(),
+                    url: d.url.clone().unwrap_or_default(),
                     exchange: d.exchange.clone(),
                     routing_key: d.routing_key.clone(),
                     subject: d.subject.clone(),
@@ -227,6 +245,11 @@ impl Target {
                 sub.url = checked.shown_url.clone();
                 sub.destination = Some(checked.sealed(&sub.id, &state.keys));
             }
+            Self::Polling => {
+                sub.url = String::new();
+                sub.destination =
+                    Some(proto::Destination { r#type: destination::POLLING.into(), ..Default::default() });
+            }
         }
     }
 }
@@ -236,7 +259,7 @@ impl View {
         Self {
             id: sub.id.clone(),
             tenant: sub.tenant.clone(),
-            url: sub.url.clone(),
+            url: shown_url(sub),
             destination: DestinationView::of(sub),
             event_types: sub.event_types.clone(),
             enabled: sub.enabled,
@@ -272,6 +295,11 @@ impl View {
             secret: None,
         }
     }
+}
+
+/// The URL the API shows: a polling subscription's is where it is polled.
+fn shown_url(sub: &proto::Subscription) -> String {
+    if herald_core::polling::is_polling(sub) { format!("/v1/subscriptions/{}/poll", sub.id) } else { sub.url.clone() }
 }
 
 /// True if a stored secret still signs at `now` (current, or rotated out and in its grace).
@@ -448,6 +476,7 @@ pub(crate) async fn create(
     target.apply(&state, &mut sub);
     sub.auth = input.auth.as_ref().map(|a| a.stored(&state, &sub)).transpose()?;
     endpoint_auth::check_combination(&sub)?;
+    super::polling::check_subscription(&sub)?;
     let key = nats::subscription_key(&sub.tenant, &sub.id);
     let revision = state.kv.create(&key, sub.encode_to_vec().into()).await.map_err(|e| kv_error("store", e))?;
     state.registry.upsert(revision, sub.clone());
@@ -654,6 +683,7 @@ impl PatchInput {
             sub.auth = auth.as_ref().map(|a| a.stored(state, sub)).transpose()?;
         }
         endpoint_auth::check_combination(sub)?;
+        super::polling::check_subscription(sub)?;
         sub.updated_at = herald_core::now_rfc3339();
         Ok(())
     }
@@ -714,6 +744,7 @@ pub(crate) async fn delete(
     let (key, _, sub) = locate(&state, &caller, &id).await?;
     state.kv.delete(&key).await.map_err(|e| kv_error("delete", e))?;
     state.registry.remove(&sub.tenant, &sub.id);
+    super::polling::forget(&state, &sub).await;
     tracing::info!(id = %sub.id, tenant = %sub.tenant, "subscription deleted");
     Ok(StatusCode::NO_CONTENT)
 }
