@@ -166,6 +166,53 @@ try {
   await page.goto(`${page.url().split("#")[0]}#/subscriptions/${subId}`);
   await page.waitForSelector("text=Send test event");
 
+  step = "console: a polling subscription";
+  await page.click("#nav a[data-page=subscriptions]");
+  await page.click("text=New subscription");
+  await page.selectOption("#subscription-form select[name=destination_type]", "polling");
+  check(!(await page.isVisible("#subscription-form input[name=url]")), "polling asks for no URL");
+  await page.fill("#subscription-form input[name=event_types]", "audit.*");
+  await page.click("#subscription-form button[type=submit]");
+  await page.waitForSelector("text=polling: read with GET");
+  const pollId = (await page.evaluate(() => location.hash)).split("/")[2];
+  check((await page.innerText("main h1")).includes(`/v1/subscriptions/${pollId}/poll`), "the page shows where it is polled");
+
+  step = "console: an inbound source";
+  await page.click("#nav a[data-page=sources]");
+  await page.click("text=New source");
+  await page.selectOption("#source-form select[name=provider]", "basic");
+  check(await page.isVisible("#source-form input[name=username]"), "basic asks for a user name");
+  await page.selectOption("#source-form select[name=provider]", "github");
+  check(!(await page.isVisible("#source-form input[name=username]")), "GitHub does not");
+  await page.fill("#source-form input[name=tenant]", "acme");
+  await page.fill("#source-form input[name=secret]", "gh-console-secret");
+  await page.fill("#source-form input[name=event_type]", "github.{type}");
+  await page.click("#source-form button[type=submit]");
+  await page.waitForSelector("[data-testid=source-url]");
+  const sourceUrl = (await page.innerText("[data-testid=source-url]")).trim();
+  check(sourceUrl.startsWith(`${GATEWAY}/in/src_`), `the source's URL is shown (${sourceUrl})`);
+  check(!(await page.innerText("main")).includes("gh-console-secret"), "the secret given is not shown");
+  // GitHub's documented procedure: HMAC-SHA256 of the body with the secret, hex, after "sha256=".
+  const ghBody = JSON.stringify({ action: "opened", zen: "from the console test" });
+  const ghSignature = "sha256=" + crypto.createHmac("sha256", "gh-console-secret").update(ghBody).digest("hex");
+  const inbound = await fetch(sourceUrl, {
+    method: "POST",
+    headers: { "content-type": "application/json", "x-github-event": "issues", "x-github-delivery": "console-1", "x-hub-signature-256": ghSignature },
+    body: ghBody,
+  });
+  check(inbound.status === 202, `a request GitHub would sign is accepted (${inbound.status})`);
+  const forged = await fetch(sourceUrl, { method: "POST", headers: { "x-github-event": "issues", "x-hub-signature-256": "sha256=00" }, body: ghBody });
+  check(forged.status === 401, "a forged one is not");
+  await page.click("#nav a[data-page=sources]");
+  await reloadUntil(page, "main table", sourceUrl.split("/").pop());
+  check((await page.innerText("main table")).includes("github"), "the sources list shows it");
+  page.once("dialog", (d) => d.accept());
+  await page.click(`tr:has-text("${sourceUrl.split("/").pop()}") >> text=Delete`);
+  await page.waitForSelector(".toast:has-text('Deleted')");
+  check((await fetch(sourceUrl, { method: "POST", body: ghBody })).status === 404, "a deleted source's URL answers 404");
+  await page.goto(`${page.url().split("#")[0]}#/subscriptions/${subId}`);
+  await page.waitForSelector("text=Send test event");
+
   step = "console: send a test event";
   await page.click("text=Send test event");
   await until("the test webhook", () => delivered("/ok").length === 1);
@@ -317,6 +364,22 @@ try {
   await brief.click("#nav a[data-page=deliveries]");
   await brief.waitForSelector("#refused");
   check((await brief.innerText("#refused")).includes("session has ended"), "an expired session is told so");
+
+  step = "portal: a polling endpoint, where the link grants it";
+  const pollingLink = await api("POST", "/v1/portal/sessions", { tenant: "acme", destinations: ["polling"] });
+  const poller = await (await context()).newPage();
+  await poller.goto(pollingLink.url);
+  await poller.waitForSelector("main table");
+  await poller.click("text=Add endpoint");
+  await poller.selectOption("#endpoint-form select[name=destination_type]", "polling");
+  check(!(await poller.isVisible("#endpoint-form input[name=url]")), "polling asks for no URL");
+  await poller.fill("#endpoint-form input[name=other_types]", "order.*");
+  await poller.click("#endpoint-form button[type=submit]");
+  await poller.waitForSelector("[data-testid=polling-help]");
+  check((await poller.innerText("[data-testid=polling-help]")).includes("/poll?cursor="), "the endpoint says how it is polled");
+  await poller.click("#nav a[data-page=endpoints]");
+  await poller.waitForSelector("main table");
+  check(/\/v1\/subscriptions\/sub_\w+\/poll/.test(await poller.innerText("main table")), "the endpoints list shows the polling endpoint");
 
   step = "portal: inside an iframe of an allowed origin";
   const framed = await api("POST", "/v1/portal/sessions", { tenant: "acme", theme });

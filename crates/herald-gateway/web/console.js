@@ -89,6 +89,8 @@ async function render() {
     else if (page === "dead-letters") await deadLetters();
     else if (page === "tenants") await tenants();
     else if (page === "sessions") await sessions();
+    else if (page === "sources" && arg === "new") await sourceForm();
+    else if (page === "sources") await sources();
     else mount(main, el("p", { class: "empty" }, "No such page."));
   } catch (e) {
     if (e.status === 401) return signInPage();
@@ -201,6 +203,7 @@ const URL_HINTS = {
   amqp: "amqp://user:pass@rabbit:5672/vhost (amqps:// for TLS)",
   nats: "nats://user:pass@nats:4222 (tls:// for TLS)",
   redis: "redis://:pass@redis:6379/0 (rediss:// for TLS)",
+  polling: "",
 };
 
 /** Where a subscription delivers: a webhook URL, or a broker and its fields (shown by type). */
@@ -220,22 +223,26 @@ function destinationFields(sub) {
       return f;
     }),
   );
+  const urlField = field("URL", url, kind === "webhook" ? null : "Broker URLs carry their credentials: they are stored sealed and never shown again.");
   const show = () => {
     for (const f of extras) f.hidden = f.dataset.for !== pick.value;
-    if (!dest || pick.value !== dest.type) {
+    // A polling subscription has no URL: its consumer polls it.
+    urlField.hidden = pick.value === "polling";
+    if (pick.value === "polling") url.required = false;
+    else if (!dest || pick.value !== dest.type) {
       url.placeholder = URL_HINTS[pick.value];
       url.required = true;
     }
   };
   pick.addEventListener("change", show);
   show();
-  const hint = "Broker URLs carry their credentials: they are stored sealed and never shown again.";
-  return [field("Delivers to", pick), field("URL", url, kind === "webhook" ? null : hint), ...extras];
+  return [field("Delivers to", pick), urlField, ...extras];
 }
 
 /** `url` or `destination` for the API, from the form's values; editing a broker without a new
  * URL leaves its destination as it is. */
 function destinationText(d) {
+  if (d.type === "polling") return "polling: read with GET …/poll";
   const where = { amqp: `exchange "${d.exchange ?? ""}", routing key ${d.routing_key}`, nats: `subject ${d.subject}`, redis: `stream ${d.stream}${d.max_len ? ` (MAXLEN ~${d.max_len})` : ""}` };
   return `${d.type}: ${where[d.type] ?? ""}`;
 }
@@ -243,9 +250,10 @@ function destinationText(d) {
 function destinationBody(v, sub) {
   const type = v.destination_type;
   if (type === "webhook") return v.url || !sub ? { url: v.url } : {};
+  if (type === "polling") return sub?.destination?.type === "polling" ? {} : { destination: { type } };
   if (!v.url && sub?.destination?.type === type) return {};
   const destination = { type, url: v.url };
-  for (const [name] of BROKER_FIELDS[type]) {
+  for (const [name] of BROKER_FIELDS[type] ?? []) {
     const value = v[`${type}_${name}`];
     if (value !== "" && value !== undefined) destination[name] = name === "max_len" ? Number(value) : value;
   }
@@ -568,6 +576,97 @@ async function sessions() {
       ["", end],
     ], { empty: "No live session." })),
   );
+}
+
+// Inbound webhook sources: what each provider is given (the URL), and a form per provider.
+const PROVIDERS = {
+  stripe: ["tolerance_seconds"],
+  github: [],
+  shopify: [],
+  "standard-webhooks": ["tolerance_seconds"],
+  hmac: ["header", "algorithm", "encoding", "prefix", "id_header"],
+  basic: ["username", "id_header"],
+  "api-key": ["header", "id_header"],
+};
+const SOURCE_FIELDS = {
+  tolerance_seconds: ["Timestamp tolerance (seconds)", "300"],
+  header: ["Header", "x-signature (hmac) / x-api-key (api-key)"],
+  algorithm: ["Algorithm", "sha256, sha512 or sha1"],
+  encoding: ["Encoding", "hex or base64"],
+  prefix: ["Prefix", "sha256="],
+  username: ["User name", ""],
+  id_header: ["Delivery id header", "the body's id"],
+};
+
+async function sources() {
+  const page = await api("/v1/sources");
+  const remove = (s) => button("Delete", async () => {
+    if (!confirm(`Delete ${s.id}? Its URL answers 404 from then on.`)) return;
+    const gone = await attempt(async () => {
+      await api(`/v1/sources/${encodeURIComponent(s.id)}`, { method: "DELETE" });
+      return true;
+    });
+    if (gone) {
+      toast("Deleted");
+      render();
+    }
+  }, "danger");
+  mount(
+    main,
+    el("h1", {}, "Sources"),
+    el("p", { class: "muted" }, "Inbound webhooks: give a provider its source's URL; each request it signs becomes an event of the source's tenant."),
+    el("p", {}, el("a", { class: "button", href: "#/sources/new" }, "New source")),
+    el("section", { class: "card" }, table(page.data, [
+      ["Id", (s) => el("code", {}, s.id)],
+      ["Provider", (s) => s.provider],
+      ["Tenant", (s) => s.tenant],
+      ["Event type", (s) => s.event_type || "(the provider's)"],
+      ["URL", (s) => el("code", { class: "source-url" }, s.url)],
+      ["Created", (s) => fmtTime(s.created_at)],
+      ["", remove],
+    ], { empty: "No source yet." })),
+  );
+}
+
+async function sourceForm() {
+  const pick = el("select", { name: "provider" }, Object.keys(PROVIDERS).map((p) => el("option", { value: p }, p)));
+  const extras = Object.entries(SOURCE_FIELDS).map(([name, [label, placeholder]]) => {
+    const f = field(label, el("input", { name, placeholder, type: name === "tolerance_seconds" ? "number" : "text" }));
+    f.dataset.name = name;
+    return f;
+  });
+  const show = () => {
+    for (const f of extras) f.hidden = !PROVIDERS[pick.value].includes(f.dataset.name);
+  };
+  pick.addEventListener("change", show);
+  show();
+  const reveal = el("div", { id: "reveal" });
+  const form = el(
+    "form",
+    { class: "card form", id: "source-form" },
+    field("Provider", pick),
+    field("Tenant", el("input", { name: "tenant", value: "default", required: true })),
+    field("Secret", el("input", { name: "secret", type: "password", autocomplete: "off" }), "The provider's signing secret (or password, API key). Empty: Herald makes one and shows it once. Stored sealed, never shown again."),
+    field("Event type", el("input", { name: "event_type", placeholder: "the provider's (e.g. stripe.{type})" })),
+    field("Description", el("input", { name: "description" })),
+    ...extras,
+    el("button", { type: "submit" }, "Create"),
+  );
+  form.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const v = values(form);
+    const body = { provider: v.provider, tenant: v.tenant };
+    for (const name of ["secret", "event_type", "description", ...PROVIDERS[v.provider]]) {
+      if (v[name]) body[name] = name === "tolerance_seconds" ? Number(v[name]) : v[name];
+    }
+    const created = await attempt(() => api("/v1/sources", { method: "POST", body }));
+    if (!created) return;
+    form.remove();
+    mount(reveal, el("p", {}, "Give the provider this URL:"), el("pre", { class: "mono", "data-testid": "source-url" }, created.url),
+      created.secret ? secretBox("Secret — shown once", created.secret, "Configure the provider with it now: Herald will not show it again.") : null,
+      el("p", {}, el("a", { href: "#/sources" }, "← Sources")));
+  });
+  mount(main, el("p", {}, el("a", { href: "#/sources" }, "← Sources")), el("h1", {}, "New source"), reveal, form);
 }
 
 start().catch((e) => mount(main, el("p", { class: "error" }, e.message)));

@@ -120,6 +120,8 @@ const BROKER_HINTS = {
   amqp: ["amqp://user:pass@host:5672/vhost (amqps:// for TLS)", [["exchange", "Exchange"], ["routing_key", "Routing key"]]],
   nats: ["nats://user:pass@host:4222 (tls:// for TLS)", [["subject", "Subject"], ["credentials", "Credentials (a .creds file or an NKey seed; optional)"]]],
   redis: ["redis://:pass@host:6379/0 (rediss:// for TLS)", [["stream", "Stream"]]],
+  // Not pushed to: your system polls GET /v1/subscriptions/{id}/poll.
+  polling: ["", []],
 };
 
 /** The URL, and where the operator allows it, a broker type and its fields. */
@@ -137,19 +139,23 @@ function destinationPicker(sub) {
     f.dataset.for = type;
     return f;
   }));
+  const urlField = field("URL", url);
   const show = () => {
     for (const f of extras) f.hidden = f.dataset.for !== pick.value;
+    urlField.hidden = pick.value === "polling";
+    url.required = pick.value !== "polling" && !(dest && dest.type === pick.value);
     if (pick.value !== "webhook" && !dest) url.placeholder = BROKER_HINTS[pick.value][0];
   };
   pick.addEventListener("change", show);
   show();
-  return [field("Delivers to", pick), field("URL", url), ...extras];
+  return [field("Delivers to", pick), urlField, ...extras];
 }
 
 /** `url` or `destination` for the API; a broker left without a new URL is left as it is. */
 function target(v, sub) {
   const type = v.destination_type || "webhook";
   if (type === "webhook") return v.url || !sub ? { url: v.url } : {};
+  if (type === "polling") return sub?.destination?.type === "polling" ? {} : { destination: { type } };
   if (!v.url && sub?.destination?.type === type) return {};
   const destination = { type, url: v.url };
   for (const [name] of BROKER_HINTS[type][1]) if (v[`${type}_${name}`]) destination[name] = v[`${type}_${name}`];
@@ -205,6 +211,9 @@ async function endpoint(id, created) {
     main,
     el("p", {}, el("a", { href: "#/endpoints" }, "← Endpoints")),
     el("h1", {}, sub.url, " ", sub.enabled ? pill("active", "ok") : pill("paused", "bad")),
+    sub.destination?.type === "polling"
+      ? el("p", { class: "muted", "data-testid": "polling-help" }, "A polling endpoint: nothing is pushed to it. Your system reads its events with ", el("code", {}, `GET ${location.origin}${sub.url}?cursor=…`), " and an API token of yours, passing back each answer's cursor to acknowledge what it read.")
+      : null,
     sub.disabled_reason ? el("p", { class: "error" }, `Disabled: ${sub.disabled_reason}`) : null,
     reveal,
     el(
