@@ -58,6 +58,9 @@ inbound_tools="$(scripts/ensure-inbound-tools.sh)"
 HERALD_INBOUND_JS="$(sed -n 1p <<<"$inbound_tools")"
 HERALD_INBOUND_PY="$(sed -n 2p <<<"$inbound_tools")"
 export HERALD_INBOUND_JS HERALD_INBOUND_PY
+# The user's book (mdBook, installed into .tools/ if missing): it must build; the `docs` tests
+# check its links and its references against the binaries.
+scripts/book.sh >/dev/null
 
 cargo fmt --all -- --check
 # One build of the workspace: the binaries (the crash tests run herald-dispatcher as a process)
@@ -67,7 +70,7 @@ cargo build --workspace --bins --locked
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
 cargo test --workspace --all-targets --locked 2>&1 | tee "$log"
-# The README's demo command, end to end (its own ports and data folder).
+# The README's first command (the demo), end to end (its own ports and data folder).
 NATS_PORT=24222 GATEWAY_PORT=28080 DISPATCHER_PORT=29090 RECEIVER_PORT=29999 scripts/dev.sh --once >/dev/null
 echo "scripts/dev.sh --once: the demo webhook arrived and verified"
 # The API against its own OpenAPI document (schemathesis, bounded).

@@ -412,7 +412,17 @@ pub static STATS_TENANTS_CAPPED: LazyLock<Family> = LazyLock::new(|| {
 
 static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
     let mut registry = Registry::default();
-    for family in [
+    for family in counters_and_gauges() {
+        family.register(&mut registry);
+    }
+    for histogram in histograms() {
+        histogram.register(&mut registry);
+    }
+    registry
+});
+
+fn counters_and_gauges() -> [&'static Family; 25] {
+    [
         &*EVENTS_INGESTED,
         &*INBOUND_REQUESTS,
         &*FANOUT_EVENTS,
@@ -438,15 +448,23 @@ static REGISTRY: LazyLock<Registry> = LazyLock::new(|| {
         &*PARTITION_LAG,
         &*OPERATIONAL_FORGED,
         &*STATS_TENANTS_CAPPED,
-    ] {
-        family.register(&mut registry);
-    }
-    PUBLISH_SECONDS.register(&mut registry);
-    ATTEMPT_SECONDS.register(&mut registry);
-    TRANSFORMATION_SECONDS.register(&mut registry);
-    RETRY_LATENESS.register(&mut registry);
-    registry
-});
+    ]
+}
+
+fn histograms() -> [&'static Histogram; 4] {
+    [&*PUBLISH_SECONDS, &*ATTEMPT_SECONDS, &*TRANSFORMATION_SECONDS, &*RETRY_LATENESS]
+}
+
+/// Every family the registry holds, as scraped (a counter's name ends in `_total`), with its
+/// type: what the book's metrics reference is checked against.
+pub fn families() -> Vec<(&'static str, &'static str)> {
+    let mut out: Vec<_> = counters_and_gauges()
+        .into_iter()
+        .map(|f| (f.name, if matches!(f.kind, Kind::Counter(_)) { "counter" } else { "gauge" }))
+        .collect();
+    out.extend(histograms().into_iter().map(|h| (h.name, "histogram")));
+    out
+}
 
 /// `2xx`, `3xx`, `4xx`, `5xx`, or `none` when no response arrived.
 pub fn status_class(status: Option<u16>) -> &'static str {

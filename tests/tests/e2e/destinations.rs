@@ -518,10 +518,11 @@ async fn destinations_are_validated_and_a_patch_moves_a_subscription_between_kin
     assert_eq!(back["url"], "http://127.0.0.1:9/again");
 }
 
-/// The README's Slack transformation, between its markers.
-fn readme_slack_transformation() -> String {
-    let readme = std::fs::read_to_string(herald_harness::workspace_root().join("README.md")).unwrap();
-    let block = readme
+/// The book's Slack transformation (docs/src/transformations.md), between its markers.
+fn book_slack_transformation() -> String {
+    let chapter =
+        std::fs::read_to_string(herald_harness::workspace_root().join("docs/src/transformations.md")).unwrap();
+    let block = chapter
         .split("<!-- slack-transformation -->")
         .nth(1)
         .unwrap()
@@ -630,8 +631,8 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
         assert!(rx.received_on(&format!("/{name}")).is_empty(), "{name}: nothing is sent");
     }
 
-    // The test endpoint runs the README's Slack example on a dead letter's data.
-    let code = readme_slack_transformation();
+    // The test endpoint runs the book's Slack example on a dead letter's data.
+    let code = book_slack_transformation();
     let payload = json!({"id": "op_1", "type": "delivery.dead_lettered", "tenant": "herald", "timestamp": "2026-01-01T00:00:00Z",
         "data": {"subscription_id": "sub_9", "tenant": "acme", "event_id": "evt_1", "event_type": "order.paid", "attempts": 8, "reason": "HTTP 500"}});
     let (status, _, out) = stack

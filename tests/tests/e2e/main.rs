@@ -10,6 +10,7 @@ mod console;
 mod crash;
 mod delivery;
 mod destinations;
+mod docs;
 mod egress;
 mod endpoint_auth;
 mod filters;

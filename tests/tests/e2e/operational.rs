@@ -181,11 +181,11 @@ async fn operational_events_from_anyone_but_a_dispatcher_are_refused_delivered_t
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_readmes_nats_permissions_keep_services_from_writing_the_operator_tenants_events() {
-    // The services user of the README ("Secured NATS"), word for word.
+async fn the_books_nats_permissions_keep_services_from_writing_the_operator_tenants_events() {
+    // The services user of the book's Security chapter ("Secured NATS"), word for word.
     let permissions = r#"{publish: {allow: ["herald.events.>", "herald.*.events.>"], deny: ["herald.events.herald.>", "herald.*.events.herald.>"]}, subscribe: {allow: ["_INBOX.>"]}}"#;
-    let readme = std::fs::read_to_string(herald_harness::workspace_root().join("README.md")).unwrap();
-    assert!(readme.contains(&format!("permissions: {permissions}")), "the README shows these permissions");
+    let chapter = std::fs::read_to_string(herald_harness::workspace_root().join("docs/src/security.md")).unwrap();
+    assert!(chapter.contains(&format!("permissions: {permissions}")), "the book shows these permissions");
     let nats = herald_harness::NatsServer::start_with_config(&format!(
         "authorization {{ users = [\n  {{user: herald, password: herald-pass}}\n  {{user: services, password: services-pass, permissions: {permissions}}}\n] }}\n"
     ));
