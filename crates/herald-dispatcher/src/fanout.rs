@@ -24,7 +24,7 @@ use herald_core::{metrics, nats, proto};
 
 use crate::breaker::Admission;
 use crate::pull::Taken;
-use crate::{Shared, deliver, records};
+use crate::{Shared, deliver, records, settle};
 
 /// Which consumer an event came from, and so which subscriptions it is fanned out to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -290,7 +290,7 @@ async fn fan_out(
             // attempted inline.
             let sub = &subs[i];
             let store = || delivery(shared.partitions, &event, sequence, sub, &trace, records_since);
-            let stored_again = deliver::publish_until_confirmed(&shared, store, Some(STORE_TRY), Some(STORE_PATIENCE), |error, retry_in| {
+            let stored_again = settle::publish_until_confirmed(&shared, store, Some(STORE_TRY), Some(STORE_PATIENCE), |error, retry_in| {
                 tracing::debug!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "delivery not stored yet; trying again");
             });
             if let Err(e) = stored_again.await {
@@ -423,7 +423,7 @@ async fn store_in_order(
     trace: &Carrier,
 ) {
     let store = || nats::first_delivery(shared.partitions, event, sequence, sub, trace);
-    let _ = deliver::publish_until_confirmed(shared, store, None, None, |error, retry_in| {
+    let _ = settle::publish_until_confirmed(shared, store, None, None, |error, retry_in| {
         tracing::warn!(event = %event.id, subscription = %sub.id, error, retry_in = ?retry_in, "ordered delivery not stored yet; trying again before any later event");
     })
     .await;

@@ -34,6 +34,7 @@ mod records;
 pub mod retry;
 mod rollups;
 mod routes;
+mod settle;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

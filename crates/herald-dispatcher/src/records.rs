@@ -25,9 +25,9 @@ use time::OffsetDateTime;
 use herald_core::{metrics, nats, proto};
 
 use crate::Shared;
-use crate::deliver::publish_until_confirmed;
 use crate::http_client;
 use crate::retry::DeliveryOutcome;
+use crate::settle::publish_until_confirmed;
 
 /// How long an attempt record waits for its confirmation before it is published again, and
 /// for how long it is tried: across a NATS node's failure, the client's reconnection and the
