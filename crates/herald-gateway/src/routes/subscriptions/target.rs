@@ -1,0 +1,127 @@
+//! Where a subscription's deliveries go, as a user gives it (`url`, or `destination`) and as it
+//! is checked: a webhook URL, a broker, or nobody (polling).
+
+use serde::Deserialize;
+
+use herald_core::{destination, proto};
+
+use super::{checked_url, field_error};
+use crate::AppState;
+use crate::error::ApiError;
+
+/// A destination as a user gives it: `{"type": "amqp", "url": …, "exchange": …,
+/// "routing_key": …}`, `{"type": "nats", "url": …, "subject": …}`, `{"type": "redis", "url":
+/// …, "stream": …, "max_len": …}`, `{"type": "polling"}` (not pushed to: its consumer polls
+/// `GET /v1/subscriptions/{id}/poll`), or `{"type": "webhook", "url": …}` (the same as `url`).
+/// Routing keys, subjects and stream keys may hold `{event_type}`, `{tenant}` and
+/// `{subscription_id}`.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DestinationInput {
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    /// The broker's URL, credentials included (stored sealed, never shown again):
+    /// `amqp://user:pass@host:5672/vhost`, `nats://user:pass@host:4222` (or `nats://token@…`),
+    /// `redis://:pass@host:6379/0`; `amqps://`, `tls://` and `rediss://` for TLS, the broker's
+    /// certificate checked against the platform's roots and `HERALD_CA_FILE`. None for
+    /// `polling`.
+    url: Option<String>,
+    /// AMQP: the exchange (default `""`, the default exchange).
+    exchange: Option<String>,
+    /// AMQP: the routing key template (default `{event_type}`).
+    routing_key: Option<String>,
+    /// NATS: the subject template.
+    subject: Option<String>,
+    /// Redis: the stream key template.
+    stream: Option<String>,
+    /// Redis: trim the stream to about this many entries (`MAXLEN ~`).
+    max_len: Option<u64>,
+    /// NATS: a credentials file's contents (user JWT and NKey seed, as `nsc` writes them) or
+    /// an NKey user seed (`SU…`). Stored sealed, never shown again.
+    credentials: Option<String>,
+}
+
+/// Where a subscription's deliveries go, as given (`url`, or `destination`) and checked.
+pub(super) enum Target {
+    Webhook(String),
+    Broker(destination::Checked),
+    Polling,
+}
+
+impl Target {
+    pub(super) fn of(state: &AppState, url: Option<&str>, given: Option<&DestinationInput>) -> Result<Self, ApiError> {
+        match (url, given) {
+            (Some(_), Some(_)) => {
+                Err(ApiError::invalid(Some("destination"), "give either `url` (a webhook) or `destination`, not both"))
+            }
+            (None, None) => Err(ApiError::invalid(Some("url"), "url: a subscription needs a `url` or a `destination`")),
+            (Some(url), None) => Ok(Self::Webhook(checked_url(state, url)?)),
+            (None, Some(d)) if d.kind == destination::POLLING => {
+                let extra = [
+                    d.url.is_some(),
+                    d.exchange.is_some(),
+                    d.routing_key.is_some(),
+                    d.subject.is_some(),
+                    d.stream.is_some(),
+                    d.max_len.is_some(),
+                    d.credentials.is_some(),
+                ];
+                if extra.contains(&true) {
+                    return Err(ApiError::invalid(Some("destination"), "destination: polling takes only `type`"));
+                }
+                Ok(Self::Polling)
+            }
+            (None, Some(d)) if d.kind == destination::WEBHOOK => {
+                let extra = [
+                    d.exchange.is_some(),
+                    d.routing_key.is_some(),
+                    d.subject.is_some(),
+                    d.stream.is_some(),
+                    d.max_len.is_some(),
+                    d.credentials.is_some(),
+                ];
+                if extra.contains(&true) {
+                    return Err(ApiError::invalid(Some("destination"), "destination: a webhook takes only `url`"));
+                }
+                Ok(Self::Webhook(checked_url(state, d.url.as_deref().unwrap_or_default())?))
+            }
+            (None, Some(d)) => {
+                let checked = destination::validate(&destination::Given {
+                    kind: d.kind.clone(),
+                    url: d.url.clone().unwrap_or_default(),
+                    exchange: d.exchange.clone(),
+                    routing_key: d.routing_key.clone(),
+                    subject: d.subject.clone(),
+                    stream: d.stream.clone(),
+                    max_len: d.max_len,
+                    credentials: d.credentials.clone(),
+                })
+                .map_err(field_error)?;
+                let url = url::Url::parse(&checked.destination.url)
+                    .map_err(|e| ApiError::invalid(Some("destination"), format!("destination: {e}")))?;
+                destination::check_literal_host(&state.policy, &url)
+                    .map_err(|r| ApiError::invalid(Some("destination"), format!("destination: url: {r}")))?;
+                Ok(Self::Broker(checked))
+            }
+        }
+    }
+
+    /// Sets `sub`'s `url` and `destination`.
+    pub(super) fn apply(self, state: &AppState, sub: &mut proto::Subscription) {
+        match self {
+            Self::Webhook(url) => {
+                sub.url = url;
+                sub.destination = None;
+            }
+            Self::Broker(checked) => {
+                sub.url = checked.shown_url.clone();
+                sub.destination = Some(checked.sealed(&sub.id, &state.keys));
+            }
+            Self::Polling => {
+                sub.url = String::new();
+                sub.destination =
+                    Some(proto::Destination { r#type: destination::POLLING.into(), ..Default::default() });
+            }
+        }
+    }
+}
