@@ -268,3 +268,76 @@ fn no_source_file_holds_more_than_700_lines() {
         .collect();
     assert!(long.is_empty(), "split these by concern: {long:?}");
 }
+
+/// What a shell block of the book may be marked with instead of being run here (```` ```sh,ci ````):
+/// `ci`, commands `scripts/test.sh` itself runs (the demo) or is; `synopsis`, a summary of a
+/// command's forms, with placeholders; `long-running`, the benchmark; `needs-cluster`, commands
+/// for Kubernetes or a NATS cluster.
+const MARKS: &[&str] = &["ci", "synopsis", "long-running", "needs-cluster"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_books_shell_samples_run_against_a_running_herald() {
+    let stack = Stack::start().await;
+    let bin_dir = target_bin("heraldctl").parent().unwrap().to_path_buf();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap_or_default());
+    let (mut ran, mut marked) = (0, 0);
+    let mut names: Vec<_> = std::fs::read_dir(book()).unwrap().map(|e| e.unwrap().path()).collect();
+    names.sort();
+    for file in names.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")) {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut block: Option<(String, Vec<&str>)> = None;
+        for line in text.lines() {
+            match (&mut block, line.strip_prefix("```")) {
+                (None, Some(info)) if !info.is_empty() => {
+                    let mut parts = info.split(',');
+                    let language = parts.next().unwrap_or_default();
+                    let marks: Vec<&str> = parts.collect();
+                    for mark in &marks {
+                        assert!(MARKS.contains(mark), "{}: unknown mark {mark:?}", file.display());
+                    }
+                    if matches!(language, "sh" | "bash") {
+                        block = Some((String::new(), marks));
+                    } else {
+                        block = Some(("-".into(), vec!["not-shell"]));
+                    }
+                }
+                (None, Some(_)) => block = Some(("-".into(), vec!["not-shell"])),
+                (Some((code, marks)), Some("")) => {
+                    if marks.contains(&"not-shell") {
+                        // Not a shell sample: JSON, a request, code in another language.
+                    } else if !marks.is_empty() {
+                        marked += 1;
+                    } else {
+                        let out = tokio::process::Command::new("bash")
+                            .args(["-euo", "pipefail", "-c", code.as_str()])
+                            .current_dir(workspace_root())
+                            .env("PATH", &path)
+                            .env("HERALD_URL", &stack.gateway)
+                            .env("HERALD_TOKEN", herald_harness::ADMIN_TOKEN)
+                            .env("ACME_TOKEN", "test-acme-token-0123456789")
+                            .output()
+                            .await
+                            .unwrap();
+                        assert!(
+                            out.status.success(),
+                            "{}: this sample failed:\n{code}\nstdout: {}\nstderr: {}",
+                            file.display(),
+                            String::from_utf8_lossy(&out.stdout),
+                            String::from_utf8_lossy(&out.stderr)
+                        );
+                        ran += 1;
+                    }
+                    block = None;
+                }
+                (Some((code, _)), None) => {
+                    code.push_str(line);
+                    code.push('\n');
+                }
+                (Some(_), Some(_)) => panic!("{}: a fence inside a code block: {line}", file.display()),
+                (None, None) => {}
+            }
+        }
+        assert!(block.is_none(), "{}: a code block is not closed", file.display());
+    }
+    assert!(ran >= 6 && marked >= 3, "{ran} samples ran, {marked} marked");
+}
