@@ -1,7 +1,8 @@
 //! Bearer-token authentication. Tokens come from `HERALD_TOKENS` (comma-separated) or
 //! `HERALD_TOKENS_FILE` (one per line, `#` comments), each written `scope=token`; a token written
 //! `sha256:<hex>` is given by its SHA-256 so the plain text need not be stored. Scopes: `admin`
-//! (everything), `publish` (send events), `tenant:{id}` (that tenant's subscriptions).
+//! (everything), `publish` (send events), `tenant:{id}` (that tenant's subscriptions),
+//! `poll:{subscription_id}` (reading that polling subscription, and nothing else).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub enum Scope {
     Publish,
     /// Manage and read one tenant's subscriptions.
     Tenant(String),
+    /// Read one polling subscription's events (`GET /v1/subscriptions/{id}/poll`), nothing else:
+    /// what a consumer behind a firewall is given.
+    Poll(String),
 }
 
 impl Scope {
@@ -30,9 +34,12 @@ impl Scope {
         match text {
             "admin" => Ok(Self::Admin),
             "publish" => Ok(Self::Publish),
-            t => match t.strip_prefix("tenant:") {
-                Some(id) => TenantId::parse(id).map(|_| Self::Tenant(id.to_owned())).map_err(|e| e.0),
-                None => Err(format!("unknown scope {t:?} (use admin, publish or tenant:<id>)")),
+            t => match (t.strip_prefix("tenant:"), t.strip_prefix("poll:")) {
+                (Some(id), _) => TenantId::parse(id).map(|_| Self::Tenant(id.to_owned())).map_err(|e| e.0),
+                (_, Some(id)) => herald_core::ids::SubscriptionId::parse(id)
+                    .map(|_| Self::Poll(id.to_owned()))
+                    .map_err(|_| format!("poll:{id}: not a subscription id (sub_…)")),
+                _ => Err(format!("unknown scope {t:?} (use admin, publish, tenant:<id> or poll:<subscription id>)")),
             },
         }
     }
@@ -265,6 +272,11 @@ impl Caller {
         self.has(&Scope::Admin)
     }
 
+    /// True if the token may read polling subscription `id` by its `poll:` scope.
+    pub fn may_poll(&self, id: &str) -> bool {
+        self.scopes.iter().any(|s| matches!(s, Scope::Poll(p) if p == id))
+    }
+
     /// Refuses unless the token may publish events at all.
     pub fn require_publish(&self) -> Result<(), ApiError> {
         if self.via == Via::Portal {
@@ -449,6 +461,9 @@ mod tests {
         assert_eq!(t.scopes("pub-token-0123456789").unwrap(), [Scope::Publish]);
         assert_eq!(t.scopes("another-long-token").unwrap(), [Scope::Tenant("acme".into())]);
         assert!(t.scopes("nope").is_none());
+        let id = herald_core::ids::SubscriptionId::generate().into_string();
+        let polls = Tokens::parse(&format!("poll:{id}=poll-token-0123456789")).unwrap();
+        assert_eq!(polls.scopes("poll-token-0123456789").unwrap(), [Scope::Poll(id)]);
     }
 
     #[test]
@@ -459,6 +474,7 @@ mod tests {
             "admin=short",
             "admin=sha256:abc",
             "tenant:a.b=token-0123456789abcdef",
+            "poll:acme=token-0123456789abcdef",
         ] {
             let err = Tokens::parse(bad).unwrap_err();
             assert!(!err.contains("0123456789abcdef"), "{err}");

@@ -172,3 +172,41 @@ async fn an_ordered_polling_subscription_reads_in_publish_order_and_polling_refu
     let (status, _, _) = stack.call(Method::GET, &format!("/v1/subscriptions/{ordered}/poll"), None).await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_token_reads_its_own_polling_subscription_and_nothing_else() {
+    let dir = herald_harness::temp_dir("poll-token");
+    let file = dir.join("tokens");
+    std::fs::write(&file, "# poll tokens are added below\n").unwrap();
+    let stack = Stack::start_with(true, &["--tokens-file", file.to_str().unwrap()]).await;
+    let mine = create_polling(&stack, &["order.*"], json!({})).await;
+    let other = create_polling(&stack, &["order.*"], json!({})).await;
+    std::fs::write(&file, format!("poll:{mine}=poll-token-0123456789abcdef\n")).unwrap();
+    let token = "poll-token-0123456789abcdef";
+    let (status, body) = stack.publish(json!({"type": "order.paid", "tenant": "acme", "data": {}})).await;
+    assert_eq!(status, 202, "{body}");
+    // The file is read again within a couple of seconds of changing.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let (status, _, page) =
+            stack.call_as(token, Method::GET, &format!("/v1/subscriptions/{mine}/poll"), None).await;
+        if status == 200 && page["data"].as_array().is_some_and(|d| !d.is_empty()) {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "the poll token never read its events: {status} {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(page["data"][0]["id"], body["id"]);
+    // Nothing else: another polling subscription, the subscription itself, the API at large.
+    for (method, path, expected) in [
+        (Method::GET, format!("/v1/subscriptions/{other}/poll"), 404),
+        (Method::GET, format!("/v1/subscriptions/{mine}"), 404),
+        (Method::GET, "/v1/subscriptions".to_owned(), 403),
+        (Method::GET, "/v1/events".to_owned(), 403),
+        (Method::POST, "/v1/events".to_owned(), 403),
+    ] {
+        let body = (method == Method::POST).then(|| json!({"type": "order.paid", "data": {}}));
+        let (status, _, problem) = stack.call_as(token, method.clone(), &path, body).await;
+        assert_eq!(status, expected, "{method} {path}: {problem}");
+    }
+}

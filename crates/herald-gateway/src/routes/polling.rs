@@ -57,7 +57,10 @@ pub(crate) async fn poll(
     Path(id): Path<String>,
     Query(query): Query<PollQuery>,
 ) -> Result<Json<PollPage>, ApiError> {
-    let (_, _, sub) = super::subscriptions::locate(&state, &caller, &id).await?;
+    // A tenant's token (or admin), or a `poll:` token of this subscription alone.
+    let tenant = if caller.may_poll(&id) { None } else { caller.own_tenant() };
+    let visible = |sub: &proto::Subscription| caller.may_manage(&sub.tenant) || caller.may_poll(&sub.id);
+    let (_, _, sub) = super::subscriptions::locate_where(&state, tenant, &id, visible).await?;
     if !polling::is_polling(&sub) {
         return Err(ApiError::conflict(format!(
             "{id} is not a polling subscription; its deliveries are pushed (give it destination {{\"type\": \"polling\"}} to poll it)"

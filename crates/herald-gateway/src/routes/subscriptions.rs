@@ -260,10 +260,21 @@ pub(crate) async fn locate(
     caller: &Caller,
     id: &str,
 ) -> Result<(String, kv::Entry, proto::Subscription), ApiError> {
+    locate_where(state, caller.own_tenant(), id, |sub| caller.may_manage(&sub.tenant)).await
+}
+
+/// Finds a subscription's key and current entry (in `tenant` if given, else in any), if
+/// `visible` lets the caller see it; 404 otherwise, as for one that does not exist.
+pub(crate) async fn locate_where(
+    state: &AppState,
+    tenant: Option<&str>,
+    id: &str,
+    visible: impl Fn(&proto::Subscription) -> bool,
+) -> Result<(String, kv::Entry, proto::Subscription), ApiError> {
     let missing = || ApiError::not_found(format!("there is no subscription {id:?}"));
     SubscriptionId::parse(id).map_err(|_| missing())?;
     // A tenant's caller looks in its tenant alone; an admin in every tenant.
-    let known = match caller.own_tenant() {
+    let known = match tenant {
         Some(tenant) => state.registry.get(tenant, id),
         None => state.registry.find(id),
     };
@@ -290,7 +301,7 @@ pub(crate) async fn locate(
         return Err(missing());
     }
     let sub = proto::Subscription::decode(entry.value.as_ref()).map_err(ApiError::internal)?;
-    if !caller.may_manage(&sub.tenant) {
+    if !visible(&sub) {
         // Do not reveal that another tenant's subscription exists.
         return Err(missing());
     }
