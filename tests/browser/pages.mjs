@@ -177,6 +177,29 @@ try {
   const pollId = (await page.evaluate(() => location.hash)).split("/")[2];
   check((await page.innerText("main h1")).includes(`/v1/subscriptions/${pollId}/poll`), "the page shows where it is polled");
 
+  step = "console: endpoint authentication";
+  await page.click("#nav a[data-page=subscriptions]");
+  await page.click("text=New subscription");
+  await page.fill("#subscription-form input[name=url]", `${RX}/authed`);
+  await page.fill("#subscription-form input[name=event_types]", "herald.ping");
+  await page.selectOption("#subscription-form select[name=auth_type]", "bearer");
+  check(await page.isVisible("#subscription-form input[name=auth_bearer_token]"), "bearer asks for its token");
+  check(!(await page.isVisible("#subscription-form input[name=auth_basic_username]")), "and nothing of basic");
+  await page.fill("#subscription-form input[name=auth_bearer_token]", "console-bearer-t0ken");
+  await page.click("#subscription-form button[type=submit]");
+  await page.waitForSelector("[data-testid=secret]");
+  check(!(await page.innerText("main")).includes("console-bearer-t0ken"), "the token is not shown");
+  await page.click("text=Send test event");
+  await until("the authenticated test webhook", () => delivered("/authed").length === 1);
+  check(delivered("/authed")[0].headers.authorization === "Bearer console-bearer-t0ken", "it carries the bearer token");
+  // Saved again without touching the token: it is kept.
+  await page.fill("#subscription-form input[name=description]", "token kept");
+  await page.click("#subscription-form button[type=submit]");
+  await page.waitForSelector(".toast:has-text('Saved')");
+  await page.click("text=Send test event");
+  await until("the second authenticated webhook", () => delivered("/authed").length === 2);
+  check(delivered("/authed")[1].headers.authorization === "Bearer console-bearer-t0ken", "the token was kept by a save that left it empty");
+
   step = "console: an inbound source";
   await page.click("#nav a[data-page=sources]");
   await page.click("text=New source");

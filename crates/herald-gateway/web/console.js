@@ -260,6 +260,48 @@ function destinationBody(v, sub) {
   return { destination };
 }
 
+// How a webhook authenticates to its endpoint besides the signature: the fields of each type.
+const AUTH_FIELDS = {
+  oauth2_client_credentials: [["token_url", "Token URL", "https://auth.example.com/oauth/token"], ["client_id", "Client id", ""], ["client_secret", "Client secret", ""], ["scope", "Scope (optional)", ""], ["audience", "Audience (optional)", ""]],
+  basic: [["username", "User name", ""], ["password", "Password", ""]],
+  bearer: [["token", "Token", ""]],
+};
+const AUTH_SECRETS = ["client_secret", "password", "token"];
+
+/** The endpoint's auth: a type, and its fields. Secrets are never shown: left empty, they stay. */
+function authFields(sub) {
+  const auth = sub?.auth;
+  const pick = el("select", { name: "auth_type" }, ["none", ...Object.keys(AUTH_FIELDS)].map((t) => el("option", { value: t, selected: t === (auth?.type ?? "none") }, t)));
+  const extras = Object.entries(AUTH_FIELDS).flatMap(([type, fields]) =>
+    fields.map(([name, label, placeholder]) => {
+      const secret = AUTH_SECRETS.includes(name);
+      const kept = secret && auth?.type === type ? "set (unchanged unless given)" : placeholder;
+      const input = el("input", { name: `auth_${type}_${name}`, type: secret ? "password" : "text", autocomplete: "off", value: !secret && auth?.type === type ? auth[name] ?? "" : "", placeholder: kept });
+      const f = field(label, input);
+      f.dataset.for = type;
+      return f;
+    }),
+  );
+  const show = () => {
+    for (const f of extras) f.hidden = f.dataset.for !== pick.value;
+  };
+  pick.addEventListener("change", show);
+  show();
+  return [field("Endpoint authentication", pick, "Sent as the Authorization header besides the signature; secrets are sealed and never shown again."), ...extras];
+}
+
+/** `auth` for the API from the form: `null` for none; a secret left empty is kept. */
+function authBody(v, sub) {
+  const type = v.auth_type;
+  if (type === "none") return sub?.auth ? { auth: null } : {};
+  const auth = { type };
+  for (const [name] of AUTH_FIELDS[type]) {
+    const value = v[`auth_${type}_${name}`];
+    if (value) auth[name] = value;
+  }
+  return { auth };
+}
+
 /** The transformation's source, with a sample payload and a button that runs it beside them. */
 function transformationField(sub) {
   const code = el("textarea", { name: "transformation", rows: 6, placeholder: "function handler(webhook) {\n  webhook.payload = { text: webhook.eventType };\n  return webhook;\n}" }, sub?.transformation ?? "");
@@ -306,6 +348,7 @@ function subscriptionForm(sub) {
     ),
     field("Retry schedule", el("input", { name: "retry_schedule", value: sub?.retry_schedule ?? "", placeholder: "the deployment's (e.g. 5s,1m,10m,1h)" })),
     field("Filter (JSON)", el("textarea", { name: "filter", rows: 3, placeholder: '{"data": {"amount": {"$gte": 100}}}' }, sub?.filter ? JSON.stringify(sub.filter) : "")),
+    ...authFields(sub),
     transformationField(sub),
     creating ? field("Signature scheme", el("select", { name: "signature_scheme" }, el("option", { value: "hmac-sha256" }, "HMAC-SHA256 (v1)"), el("option", { value: "ed25519" }, "Ed25519 (v1a)"))) : null,
     el("button", { type: "submit" }, creating ? "Create" : "Save"),
@@ -315,6 +358,7 @@ function subscriptionForm(sub) {
     const v = values(form);
     const body = {
       ...destinationBody(v, sub),
+      ...(v.destination_type === "webhook" ? authBody(v, sub) : {}),
       event_types: words(v.event_types),
       description: v.description,
       ordering: v.ordering,
