@@ -204,6 +204,9 @@ pub struct Redis {
     password: Option<String>,
     /// Its port speaks only TLS, with these PEM files (certificate, key, CA).
     tls: Option<(PathBuf, PathBuf, PathBuf)>,
+    /// It requires a client certificate signed by its CA; `redis-cli` presents this one
+    /// (certificate, key).
+    client: Option<(PathBuf, PathBuf)>,
     child: Option<Child>,
 }
 
@@ -220,6 +223,7 @@ impl Redis {
             port: free_port(),
             password: password.map(str::to_owned),
             tls: None,
+            client: None,
             child: None,
         };
         redis.boot();
@@ -232,7 +236,31 @@ impl Redis {
         let (cert, key) = ca.write_server_files("127.0.0.1", &dir);
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).expect("CA file");
-        let mut redis = Self { dir, port: free_port(), password: None, tls: Some((cert, key, ca_file)), child: None };
+        let mut redis =
+            Self { dir, port: free_port(), password: None, tls: Some((cert, key, ca_file)), client: None, child: None };
+        redis.boot();
+        redis
+    }
+
+    /// [`Redis::start_tls`], refusing clients that present no certificate signed by `ca`
+    /// (`tls-auth-clients yes`).
+    pub fn start_tls_requiring_client_certificates(ca: &crate::TestCa) -> Self {
+        let dir = temp_dir("herald-redis");
+        let (cert, key) = ca.write_server_files("127.0.0.1", &dir);
+        let ca_file = dir.join("ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("CA file");
+        let (client_cert, client_key) = ca.issue_client("redis-cli");
+        let client = (dir.join("cli.pem"), dir.join("cli.key"));
+        std::fs::write(&client.0, client_cert).expect("client certificate");
+        std::fs::write(&client.1, client_key).expect("client key");
+        let mut redis = Self {
+            dir,
+            port: free_port(),
+            password: None,
+            tls: Some((cert, key, ca_file)),
+            client: Some(client),
+            child: None,
+        };
         redis.boot();
         redis
     }
@@ -243,7 +271,8 @@ impl Redis {
         match &self.tls {
             None => cmd.args(["--port", &self.port.to_string()]),
             Some((cert, key, ca)) => cmd
-                .args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .args(["--port", "0", "--tls-port", &self.port.to_string()])
+                .args(["--tls-auth-clients", if self.client.is_some() { "yes" } else { "no" }])
                 .arg("--tls-cert-file")
                 .arg(cert)
                 .arg("--tls-key-file")
@@ -306,6 +335,9 @@ impl Redis {
         }
         if let Some((_, _, ca)) = &self.tls {
             cmd.arg("--tls").arg("--cacert").arg(ca);
+        }
+        if let Some((cert, key)) = &self.client {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
         }
         let out = cmd.args(args).output().expect("redis-cli");
         assert!(out.status.success(), "redis-cli {args:?}: {}", String::from_utf8_lossy(&out.stderr));

@@ -353,6 +353,55 @@ async fn brokers_over_tls_are_trusted_through_the_ca_file_and_nats_takes_an_nkey
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_requires_client_certificates_is_presented_the_subscriptions_own() {
+    let ca = TestCa::new("Herald mutual TLS CA");
+    let redis = tokio::task::block_in_place(|| Redis::start_tls_requiring_client_certificates(&ca));
+    let ca_file = ca.write_pem();
+    let mut stack = Stack::gateway_only().await;
+    stack.start_dispatcher_with(&[("--ca-file", ca_file.to_str().unwrap())]);
+    let (certificate, private_key) = ca.issue_client("herald subscription");
+    let identity = json!({"certificate": certificate, "private_key": private_key});
+    let with = subscribe(
+        &stack,
+        json!({"type": "redis", "url": redis.url(), "stream": "mutual"}),
+        &["mtls.*"],
+        json!({"client_certificate": identity}),
+    )
+    .await;
+    assert!(!with.to_string().contains("PRIVATE KEY"), "the key is never shown: {with}");
+    // The same broker without a certificate: its own connection, refused by the broker.
+    let without =
+        subscribe(&stack, json!({"type": "redis", "url": redis.url(), "stream": "anonymous"}), &["mtls.*"], json!({}))
+            .await;
+    // Over plain TCP a certificate could never be presented: refused at once.
+    let plain = json!({"destination": {"type": "redis", "url": "redis://127.0.0.1:6379", "stream": "s"},
+        "event_types": ["x"], "client_certificate": identity});
+    let (status, _, problem) = stack.call(Method::POST, "/v1/subscriptions", Some(plain)).await;
+    assert_eq!(status, 400, "{problem}");
+    assert!(problem["detail"].as_str().unwrap_or_default().contains("only over TLS"), "{problem}");
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for i in 0..3 {
+        let (status, body) =
+            stack.publish(json!({"id": format!("mtls-{i}"), "type": "mtls.sent", "data": {"i": i}})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let secret = with["secret"].as_str().unwrap().to_owned();
+    for m in collect("mutual TLS", 3, SOON, || redis.entries("mutual")).await {
+        m.verify(&secret).expect("an entry written over mutual TLS verifies");
+    }
+    let first = first_attempt(&stack, with["id"].as_str().unwrap(), SOON).await;
+    assert_eq!(first["outcome"], "delivered", "{first}");
+    // Refused by the broker: in TLS 1.3 the server judges the certificate after the client's
+    // half of the handshake, so the refusal arrives as the handshake failing or the connection
+    // closing before the command is answered.
+    let refused = first_attempt(&stack, without["id"].as_str().unwrap(), SOON).await;
+    assert_eq!(refused["outcome"], "retry", "{refused}");
+    assert!(matches!(refused["error_class"].as_str(), Some("tls" | "connection")), "{refused}");
+    assert!(redis.entries("anonymous").is_empty(), "nothing is written without a certificate");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brokers_killed_mid_stream_and_restarted_lose_nothing_and_ordered_amqp_keeps_its_order() {
     let (mut rabbit, mut redis) = tokio::task::block_in_place(|| (Rabbit::start(), Redis::start()));
     let stack = Stack::start().await;

@@ -160,6 +160,7 @@ pub(crate) fn unusable(why: &str) -> Sent {
 /// fixed DNS answers (`HERALD_RESOLVE`), and the connections already open, by broker URL.
 pub(crate) struct Brokers {
     resolver: Arc<Resolver>,
+    tls: BrokerTls,
     open: Mutex<HashMap<(String, String), Weak<dyn std::any::Any + Send + Sync>>>,
     timeout: Duration,
 }
@@ -170,9 +171,10 @@ impl Brokers {
         policy: Arc<Policy>,
         overrides: HashMap<String, IpAddr>,
         timeout: Duration,
-        tls: Arc<rustls::ClientConfig>,
+        tls: BrokerTls,
     ) -> Self {
-        Self { resolver: Arc::new(Resolver { policy, overrides, tls }), open: Mutex::default(), timeout }
+        let resolver = Arc::new(Resolver { policy, overrides: Arc::new(overrides), tls: tls.config.clone() });
+        Self { resolver, tls, open: Mutex::default(), timeout }
     }
 
     /// The destination of `sub`, with a connection to its broker shared with every other
@@ -183,11 +185,27 @@ impl Brokers {
             .open(&sub.id, &spec.url)
             .map_err(|e| format!("the destination's URL does not open with the configured keys: {e}"))?;
         let url = url::Url::parse(&url_text).map_err(|e| format!("the destination's URL does not parse: {e}"))?;
+        // A subscription with a client certificate presents it to a broker reached over TLS, on
+        // connections of its own: shared only with subscriptions presenting the same one.
+        let (resolver, identity) = match herald_core::client_cert::open(sub, keys) {
+            Some(pem) if dest::uses_tls(&url) => {
+                let pem =
+                    pem.map_err(|e| format!("TLS: the subscription's client certificate key does not open: {e}"))?;
+                let fingerprint =
+                    sub.client_certificate.as_ref().map(|c| c.fingerprint_sha256.clone()).unwrap_or_default();
+                (
+                    Arc::new(self.resolver.with_tls(self.tls.with_identity(&pem)?)),
+                    format!("\ncertificate {fingerprint}"),
+                )
+            }
+            _ => (self.resolver.clone(), String::new()),
+        };
+        let url_text = format!("{url_text}{identity}");
         let broker = match spec.r#type.as_str() {
             // One connection per exchange too: a channel error (an exchange that does not exist)
             // closes the channel, failing only what was in flight to that exchange.
             dest::AMQP => Broker::Amqp(self.shared(dest::AMQP, &format!("{url_text} {}", spec.exchange), || {
-                amqp::Amqp::new(url.clone(), self.resolver.clone(), self.timeout)
+                amqp::Amqp::new(url.clone(), resolver.clone(), self.timeout)
             })?),
             dest::NATS => {
                 let credentials = match spec.credentials.as_str() {
@@ -202,12 +220,14 @@ impl Brokers {
                     Some(c) => format!("{url_text}\n{c}"),
                 };
                 Broker::Nats(self.shared(dest::NATS, &key, || {
-                    nats::Nats::new(url.clone(), credentials.clone(), self.resolver.clone(), self.timeout)
+                    nats::Nats::new(url.clone(), credentials.clone(), resolver.clone(), self.timeout)
                 })?)
             }
-            dest::REDIS => Broker::Redis(self.shared(dest::REDIS, &url_text, || {
-                redis::Redis::new(url.clone(), self.resolver.clone(), self.timeout)
-            })?),
+            dest::REDIS => {
+                Broker::Redis(self.shared(dest::REDIS, &url_text, || {
+                    redis::Redis::new(url.clone(), resolver.clone(), self.timeout)
+                })?)
+            }
             other => return Err(format!("destination type {other:?} is not known to this dispatcher (upgrade it)")),
         };
         Ok(Arc::new(Destination { broker, spec }))
@@ -236,17 +256,50 @@ impl Brokers {
 
 /// The TLS settings broker connections use: TLS 1.2 or 1.3, the broker's certificate checked
 /// by the platform's verifier (the system's roots) and against `extra_roots` (`HERALD_CA_FILE`).
-pub fn tls_config(
-    extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>,
-) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+pub fn tls_config(extra_roots: Vec<rustls::pki_types::CertificateDer<'static>>) -> anyhow::Result<BrokerTls> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier = rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?;
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .dangerous() // not dangerous: the platform's verifier, which checks everything
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    let verifier: Arc<dyn rustls::client::danger::ServerCertVerifier> =
+        Arc::new(rustls_platform_verifier::Verifier::new_with_extra_roots(extra_roots, provider.clone())?);
+    let config = BrokerTls::builder(&provider, &verifier)?.with_no_client_auth();
+    Ok(BrokerTls { provider, verifier, config: Arc::new(config) })
+}
+
+/// How broker certificates are checked, and the settings of connections that present no
+/// certificate of their own; [`BrokerTls::with_identity`] makes those of a subscription that
+/// presents one (mutual TLS).
+#[derive(Clone)]
+pub struct BrokerTls {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    verifier: Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    config: Arc<rustls::ClientConfig>,
+}
+
+impl BrokerTls {
+    fn builder(
+        provider: &Arc<rustls::crypto::CryptoProvider>,
+        verifier: &Arc<dyn rustls::client::danger::ServerCertVerifier>,
+    ) -> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>, rustls::Error> {
+        Ok(rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?
+            .dangerous() // not dangerous: the platform's verifier, which checks everything
+            .with_custom_certificate_verifier(verifier.clone()))
+    }
+
+    /// The same checks, presenting the certificate chain and key of `pem` (the subscription's
+    /// `client_certificate`, opened).
+    fn with_identity(&self, pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("TLS: the subscription's client certificate does not parse: {e}"))?;
+        let key = PrivateKeyDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| format!("TLS: the subscription's client key does not parse: {e}"))?;
+        let config = Self::builder(&self.provider, &self.verifier)
+            .and_then(|b| b.with_client_auth_cert(chain, key))
+            .map_err(|e| format!("TLS: the subscription's client certificate cannot be used: {e}"))?;
+        Ok(Arc::new(config))
+    }
 }
 
 /// A connection to a broker: TCP, or TLS over it.
@@ -290,11 +343,16 @@ impl AsyncWrite for Stream {
 /// Resolves broker hosts and keeps only the addresses the SSRF policy allows.
 pub(crate) struct Resolver {
     policy: Arc<Policy>,
-    overrides: HashMap<String, IpAddr>,
+    overrides: Arc<HashMap<String, IpAddr>>,
     tls: Arc<rustls::ClientConfig>,
 }
 
 impl Resolver {
+    /// The same guard and answers, connecting with `tls`.
+    fn with_tls(&self, tls: Arc<rustls::ClientConfig>) -> Self {
+        Self { policy: self.policy.clone(), overrides: self.overrides.clone(), tls }
+    }
+
     /// The addresses `url`'s host may be reached at, checked.
     pub(crate) async fn addresses(&self, url: &url::Url) -> Result<Vec<SocketAddr>, Failure> {
         let port = dest::port(url);

@@ -194,6 +194,7 @@ pub(crate) async fn create(
     sub.auth = input.auth.as_ref().map(|a| a.stored(&state, &sub)).transpose()?;
     endpoint_auth::check_combination(&sub)?;
     super::polling::check_subscription(&sub)?;
+    target::check_client_certificate(&sub)?;
     let key = nats::subscription_key(&sub.tenant, &sub.id);
     let revision = state.kv.create(&key, sub.encode_to_vec().into()).await.map_err(|e| kv_error("store", e))?;
     state.registry.upsert(revision, sub.clone());
@@ -412,6 +413,7 @@ impl PatchInput {
         }
         endpoint_auth::check_combination(sub)?;
         super::polling::check_subscription(sub)?;
+        target::check_client_certificate(sub)?;
         sub.updated_at = herald_core::now_rfc3339();
         Ok(())
     }

@@ -125,3 +125,23 @@ impl Target {
         }
     }
 }
+
+/// Refuses a client certificate that a broker destination could never present: one reached
+/// without TLS (its URL is `amqp://`, `nats://` or `redis://`).
+pub(super) fn check_client_certificate(sub: &proto::Subscription) -> Result<(), ApiError> {
+    let Some(d) = &sub.destination else { return Ok(()) };
+    if sub.client_certificate.is_none() || d.r#type == destination::POLLING {
+        return Ok(());
+    }
+    let tls = url::Url::parse(&sub.url).is_ok_and(|u| destination::uses_tls(&u));
+    if tls {
+        return Ok(());
+    }
+    Err(ApiError::invalid(
+        Some("client_certificate"),
+        format!(
+            "client_certificate: a {} broker is presented one only over TLS; use amqps://, tls:// or rediss://",
+            d.r#type
+        ),
+    ))
+}
