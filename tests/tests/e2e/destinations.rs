@@ -387,11 +387,11 @@ async fn a_broker_that_requires_client_certificates_is_presented_the_subscriptio
         assert_eq!(status, 202, "{body}");
     }
     let secret = with["secret"].as_str().unwrap().to_owned();
+    let first = first_attempt(&stack, with["id"].as_str().unwrap(), SOON).await;
+    assert_eq!(first["outcome"], "delivered", "{first}");
     for m in collect("mutual TLS", 3, SOON, || redis.entries("mutual")).await {
         m.verify(&secret).expect("an entry written over mutual TLS verifies");
     }
-    let first = first_attempt(&stack, with["id"].as_str().unwrap(), SOON).await;
-    assert_eq!(first["outcome"], "delivered", "{first}");
     // Refused by the broker: in TLS 1.3 the server judges the certificate after the client's
     // half of the handshake, so the refusal arrives as the handshake failing or the connection
     // closing before the command is answered.
