@@ -58,14 +58,27 @@ pub fn validate(given: &Given, current: Option<&proto::EndpointAuth>) -> Result<
     if !TYPES.contains(&kind) {
         return Err(invalid(format!("type {kind:?} is not one of {}", TYPES.join(", "))));
     }
-    let refuse = |field: &str, value: &Option<String>| match value {
-        Some(_) => Err(invalid(format!("{field} does not apply to {kind} auth"))),
-        None => Ok(()),
+    // What each type takes besides its secret; anything else given is refused.
+    let takes: &[&str] = match kind {
+        OAUTH2 => &["token_url", "client_id", "scope", "audience", "client_auth"],
+        BASIC => &["username"],
+        _ => &[],
     };
+    for (field, value) in [
+        ("token_url", &given.token_url),
+        ("client_id", &given.client_id),
+        ("scope", &given.scope),
+        ("audience", &given.audience),
+        ("client_auth", &given.client_auth),
+        ("username", &given.username),
+    ] {
+        if value.is_some() && !takes.contains(&field) {
+            return Err(invalid(format!("{field} does not apply to {kind} auth")));
+        }
+    }
     let mut auth = proto::EndpointAuth { r#type: kind.to_owned(), ..Default::default() };
     match kind {
         OAUTH2 => {
-            refuse("username", &given.username)?;
             let token_url = required("token_url", &given.token_url)?;
             auth.token_url = crate::subscription::validate_url(token_url)
                 .map_err(|e| invalid(format!("token_url: {}", e.message)))?;
@@ -83,33 +96,13 @@ pub fn validate(given: &Given, current: Option<&proto::EndpointAuth>) -> Result<
             };
         }
         BASIC => {
-            for (field, value) in [
-                ("token_url", &given.token_url),
-                ("client_id", &given.client_id),
-                ("scope", &given.scope),
-                ("audience", &given.audience),
-                ("client_auth", &given.client_auth),
-            ] {
-                refuse(field, value)?;
-            }
             let username = required("username", &given.username)?;
             if username.contains(':') {
                 return Err(invalid("username: may not contain ':' (HTTP Basic separates it from the password)"));
             }
             auth.username = printable("username", username, 512)?.to_owned();
         }
-        _ => {
-            for (field, value) in [
-                ("token_url", &given.token_url),
-                ("client_id", &given.client_id),
-                ("scope", &given.scope),
-                ("audience", &given.audience),
-                ("client_auth", &given.client_auth),
-                ("username", &given.username),
-            ] {
-                refuse(field, value)?;
-            }
-        }
+        _ => {}
     }
     let secret_name = secret_field(kind);
     auth.secret = match (&given.secret, current) {

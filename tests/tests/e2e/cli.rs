@@ -26,6 +26,20 @@ fn heraldctl(stack: &Stack, args: &[&str]) -> (bool, Value, String) {
     )
 }
 
+/// What `child` prints, line by line, as it prints it.
+fn lines_of(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines
+}
+
 /// `heraldctl listen` running, its output read line by line; killed when dropped.
 struct Listen {
     child: std::process::Child,
@@ -42,15 +56,7 @@ impl Listen {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start heraldctl listen");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, lines) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = lines_of(&mut child);
         let first = lines.recv_timeout(Duration::from_secs(10)).expect("listen starts");
         assert!(first.contains("listening"), "{first}");
         Self { child, lines }
@@ -514,15 +520,7 @@ async fn heraldctl_polls_a_polling_subscription_a_page_at_a_time_and_follows_it(
         .stdout(Stdio::piped())
         .spawn()
         .expect("start heraldctl poll --follow");
-    let stdout = child.stdout.take().unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let lines = lines_of(&mut child);
     let (status, body) = stack.publish(json!({"type": "polled.later", "data": {"n": 3}})).await;
     assert_eq!(status, 202, "{body}");
     let mut followed = Vec::new();

@@ -48,6 +48,18 @@ pub(super) enum Target {
     Polling,
 }
 
+impl DestinationInput {
+    /// True if any field only a broker takes is given.
+    fn has_broker_fields(&self) -> bool {
+        self.exchange.is_some()
+            || self.routing_key.is_some()
+            || self.subject.is_some()
+            || self.stream.is_some()
+            || self.max_len.is_some()
+            || self.credentials.is_some()
+    }
+}
+
 impl Target {
     pub(super) fn of(state: &AppState, url: Option<&str>, given: Option<&DestinationInput>) -> Result<Self, ApiError> {
         match (url, given) {
@@ -57,30 +69,13 @@ impl Target {
             (None, None) => Err(ApiError::invalid(Some("url"), "url: a subscription needs a `url` or a `destination`")),
             (Some(url), None) => Ok(Self::Webhook(checked_url(state, url)?)),
             (None, Some(d)) if d.kind == destination::POLLING => {
-                let extra = [
-                    d.url.is_some(),
-                    d.exchange.is_some(),
-                    d.routing_key.is_some(),
-                    d.subject.is_some(),
-                    d.stream.is_some(),
-                    d.max_len.is_some(),
-                    d.credentials.is_some(),
-                ];
-                if extra.contains(&true) {
+                if d.url.is_some() || d.has_broker_fields() {
                     return Err(ApiError::invalid(Some("destination"), "destination: polling takes only `type`"));
                 }
                 Ok(Self::Polling)
             }
             (None, Some(d)) if d.kind == destination::WEBHOOK => {
-                let extra = [
-                    d.exchange.is_some(),
-                    d.routing_key.is_some(),
-                    d.subject.is_some(),
-                    d.stream.is_some(),
-                    d.max_len.is_some(),
-                    d.credentials.is_some(),
-                ];
-                if extra.contains(&true) {
+                if d.has_broker_fields() {
                     return Err(ApiError::invalid(Some("destination"), "destination: a webhook takes only `url`"));
                 }
                 Ok(Self::Webhook(checked_url(state, d.url.as_deref().unwrap_or_default())?))
