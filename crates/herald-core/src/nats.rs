@@ -95,8 +95,12 @@ pub const DUE_HEADER: &str = "Herald-Due";
 pub const RECORDS_SINCE_HEADER: &str = "Herald-Records-Since";
 
 /// Where new deliveries for `sub` go, in its partition: its lane if it has one, else the shared
-/// subject.
+/// subject; a polling subscription's, to its own subject of `HERALD_POLL`, where its consumer
+/// reads them.
 pub fn route_subject(partitions: Partitions, sub: &crate::proto::Subscription) -> String {
+    if crate::polling::is_polling(sub) {
+        return crate::polling::subject(&sub.tenant, &sub.id);
+    }
     let partition = partitions.of_subscription(&sub.id);
     if crate::subscription::needs_lane(sub) {
         partition.lane_subject(&sub.tenant, &sub.id)
@@ -107,7 +111,7 @@ pub fn route_subject(partitions: Partitions, sub: &crate::proto::Subscription) -
 
 /// The message that hands `event` (stored at `event_sequence` of `HERALD_EVENTS`, 0 if it was
 /// not) to `sub` for its first attempt, and the subject it goes to
-/// (the subscription's route; a polling subscription's own subject of `HERALD_POLL`). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
+/// (the subscription's route). Deduplicated by `{event_id}:{subscription_id}`, so fanning the
 /// same event out twice, or replaying it while it is under way, stores one delivery.
 pub fn first_delivery(
     partitions: Partitions,
@@ -127,12 +131,7 @@ pub fn first_delivery(
     let publish = jetstream::message::PublishMessage::build()
         .payload(delivery.encode_to_vec().into())
         .message_id(format!("{}:{}", event.id, sub.id));
-    let subject = if crate::polling::is_polling(sub) {
-        crate::polling::subject(&sub.tenant, &sub.id)
-    } else {
-        route_subject(partitions, sub)
-    };
-    (subject, trace.add_to(publish))
+    (route_subject(partitions, sub), trace.add_to(publish))
 }
 
 /// `herald.stats.minutes.{hour}`: the deltas whose entries fall in the hour starting at `hour`
