@@ -13,6 +13,8 @@ struct Node {
     name: String,
     port: u16,
     route_port: u16,
+    /// The monitoring port (`/varz`, `/jsz`, `/connz`).
+    monitor_port: u16,
     store: PathBuf,
     child: Option<Child>,
 }
@@ -44,6 +46,7 @@ impl NatsCluster {
                 name: format!("n{i}"),
                 port: fixed_port(),
                 route_port: fixed_port(),
+                monitor_port: fixed_port(),
                 store: temp_dir("herald-nats-cluster"),
                 child: None,
             })
@@ -65,7 +68,7 @@ impl NatsCluster {
         let child = Command::new(nats_server_bin())
             .args(["-a", "127.0.0.1", "-p", &node.port.to_string(), "-js", "--server_name", &node.name])
             .args(["--cluster_name", "herald-test", "--cluster", &format!("nats://127.0.0.1:{}", node.route_port)])
-            .args(["--routes", &routes.join(",")])
+            .args(["--routes", &routes.join(","), "-m", &node.monitor_port.to_string()])
             .args(store_args(&node.store, self.sync.as_deref()))
             .stdout(Stdio::null())
             .stderr(log)
@@ -95,6 +98,11 @@ impl NatsCluster {
     /// Every node's client URL, comma-separated (what `HERALD_NATS_URL` takes).
     pub fn url(&self) -> String {
         self.nodes.iter().map(|n| format!("nats://127.0.0.1:{}", n.port)).collect::<Vec<_>>().join(",")
+    }
+
+    /// Every node's monitoring URL (`http://127.0.0.1:port`), in node order.
+    pub fn monitor_urls(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("http://127.0.0.1:{}", n.monitor_port)).collect()
     }
 
     /// The process ids of the nodes that run.

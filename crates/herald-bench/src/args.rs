@@ -132,6 +132,12 @@ pub(crate) struct Args {
     /// i-th of n replicas pulling p mod n = i) instead of every replica pulling every partition.
     #[arg(long)]
     pub(crate) engine_assign: bool,
+    /// Engine: leave the stream and consumer leaders where the cluster elected them, instead of
+    /// spreading them (each leader moved, among its group's peers, to the node leading the
+    /// fewest). Where two busy streams' leaders share a node at 0.15 CPU, end to end halves: so
+    /// the rows compare builds and cluster sizes at one placement unless this is given.
+    #[arg(long)]
+    pub(crate) engine_random_leaders: bool,
     /// Engine: events per measurement.
     #[arg(long, default_value_t = 20_000)]
     pub(crate) engine_events: usize,

@@ -20,9 +20,9 @@ use crate::{Bench, median, per_sec};
 
 /// The figures of one cluster size: HTTP ingest, NATS ingest, end to end, and the CPU the
 /// nats-servers (all of them) and the dispatchers (both) spent per delivery end to end.
-type Figures = [f64; 8];
+type Figures = [f64; 10];
 
-const NAMES: [&str; 8] = [
+const NAMES: [&str; 10] = [
     "HTTP ingest, batches",
     "NATS ingest, JSON",
     "end to end, 12 tenants × 1 sub, 2 dispatchers",
@@ -31,8 +31,11 @@ const NAMES: [&str; 8] = [
     "end to end: first attempts made inline by fan-out",
     "end to end: the machine's CPUs busy (all processes)",
     "end to end: deliveries sent twice",
+    "end to end: NATS messages per delivery (received by all nodes, from clients and routes)",
+    "end to end: JetStream API requests per delivery (all nodes)",
 ];
-const UNITS: [&str; 8] = ["events/s", "events/s", "deliveries/s", "µs", "µs", "%", "%", "deliveries"];
+const UNITS: [&str; 10] =
+    ["events/s", "events/s", "deliveries/s", "µs", "µs", "%", "%", "deliveries", "messages", "requests"];
 /// The figures compared between cluster sizes (rates; the CPU figures are per delivery).
 const RATES: usize = 3;
 
@@ -55,13 +58,25 @@ impl Bench {
         if self.args.engine_assign {
             how += ", partitions assigned to replicas";
         }
+        if self.args.engine_random_leaders {
+            how += ", leaders where elected";
+        }
         let mut measured: Vec<(usize, u16, Figures)> = Vec::new();
         for nodes in self.args.engine_nodes.clone() {
             for partitions in self.args.engine_partitions.clone() {
                 let figures = self.engine_on(nodes, partitions, cgroups, payload).await?;
                 println!(
-                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline, machine {:.0} % busy, {:.0} sent twice)",
-                    figures[0], figures[1], figures[2], figures[3], figures[4], figures[5], figures[6], figures[7]
+                    "engine, {nodes} nodes {how}, P={partitions}: {:.0} events/s HTTP, {:.0} events/s NATS, {:.0} deliveries/s end to end ({:.0} µs nats-server, {:.0} µs dispatcher CPU per delivery, {:.0} % inline, machine {:.0} % busy, {:.0} sent twice, {:.1} NATS messages and {:.3} JetStream API requests per delivery)",
+                    figures[0],
+                    figures[1],
+                    figures[2],
+                    figures[3],
+                    figures[4],
+                    figures[5],
+                    figures[6],
+                    figures[7],
+                    figures[8],
+                    figures[9]
                 );
                 for i in 0..figures.len() {
                     let name = format!("engine, {nodes} nodes {how}, R3, P={partitions}: {}", NAMES[i]);
@@ -117,6 +132,10 @@ impl Bench {
         let flags: Vec<&str> = if partitions > 1 { vec!["--partitions", &count] } else { vec![] };
         let OnCluster { gateway, gateway_url, js, .. } = self.herald_on_cluster_with(&url, &flags).await?;
         let layout = herald_core::nats::Partitions::new(partitions).map_err(anyhow::Error::msg)?;
+        // The streams' leaders spread before ingest, the consumers' once the dispatchers made them.
+        if !self.args.engine_random_leaders {
+            spread_leaders(&js, &layout).await?;
+        }
         let tenants: Vec<String> = (0..TENANTS).map(|i| format!("engine{i}")).collect();
         // A subscription per tenant, made through this cluster's gateway.
         let main_gateway = std::mem::replace(&mut self.gateway_url, gateway_url.clone());
@@ -183,10 +202,14 @@ impl Bench {
         } else {
             self.dispatchers_on_cluster_with(&url, replicas, &flags).await?
         };
+        if !self.args.engine_random_leaders {
+            spread_leaders(&js, &layout).await?;
+        }
         println!("  leaders, {nodes} nodes, P={partitions}: {}", leaders(&js, &layout).await);
         let mut e2e = Vec::new();
         let (mut nats_cpu, mut dispatcher_cpu, mut inline, mut busy) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut twice = Vec::new();
+        let (mut twice, mut messages_per, mut api_per) = (Vec::new(), Vec::new(), Vec::new());
+        let monitors = cluster.monitor_urls();
         const INLINE: &str = r#"herald_fanout_deliveries_total{path="inline"}"#;
         let servers: Vec<String> = cluster.pids().iter().map(u32::to_string).collect();
         let cpu_of_servers = || servers.iter().map(|p| crate::procs::cpu_seconds(p)).sum::<f64>();
@@ -210,6 +233,7 @@ impl Bench {
                 inline_before += d.counter(&self.http, INLINE).await;
             }
             let delivered_before = self.sink.delivered(paths.clone());
+            let work_before = NatsWork::of(&self.http, &monitors).await;
             self.sink.record_arrivals(true);
             let started = std::time::Instant::now();
             pipelined(&js, messages).await?;
@@ -220,6 +244,7 @@ impl Bench {
                 tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
             let done = std::time::Instant::now();
+            let work = NatsWork::of(&self.http, &monitors).await.since(&work_before);
             let arrivals = self.sink.record_arrivals(false);
             let unique = arrivals.keys().filter(|id| ids.contains(*id)).count();
             if run > 0 {
@@ -232,6 +257,9 @@ impl Bench {
                     inline_after += d.counter(&self.http, INLINE).await;
                 }
                 inline.push(100.0 * (inline_after - inline_before) / size as f64);
+                messages_per.push(work.messages / size as f64);
+                api_per.push(work.api / size as f64);
+                println!("  NATS work per delivery, run {run}: {}", work.per(size));
                 let (machine_busy, machine_all) = machine_ticks();
                 busy.push(100.0 * (machine_busy - machine_before.0) / (machine_all - machine_before.1).max(1.0));
             }
@@ -252,8 +280,146 @@ impl Bench {
             median(inline),
             median(busy),
             median(twice),
+            median(messages_per),
+            median(api_per),
         ])
     }
+}
+
+/// What the nodes of a cluster have done so far, from their monitoring endpoints: messages
+/// received (from clients and routes), JetStream API requests served, and messages each kind of
+/// client sent (by connection name, without its replica suffix). Deterministic where rates are
+/// not: two builds that make the same publishes, acks and API calls per delivery do the same
+/// work, whatever a capped node's scheduling made of it in one run.
+#[derive(Default)]
+struct NatsWork {
+    messages: f64,
+    api: f64,
+    by_client: std::collections::BTreeMap<String, f64>,
+}
+
+impl NatsWork {
+    async fn of(http: &reqwest::Client, monitors: &[String]) -> Self {
+        let mut work = Self::default();
+        for base in monitors {
+            let get = |path: &str| {
+                let url = format!("{base}{path}");
+                async move {
+                    match http.get(&url).send().await {
+                        Ok(r) => serde_json::from_slice(&r.bytes().await.unwrap_or_default()).unwrap_or_default(),
+                        Err(_) => serde_json::Value::Null,
+                    }
+                }
+            };
+            work.messages += get("/varz").await["in_msgs"].as_f64().unwrap_or(0.0);
+            work.api += get("/jsz").await["api"]["total"].as_f64().unwrap_or(0.0);
+            let connz = get("/connz?limit=1024").await;
+            for c in connz["connections"].as_array().into_iter().flatten() {
+                let name = c["name"].as_str().unwrap_or("(unnamed)");
+                // `herald-dispatcher-<host>-<pid>` and the like: the kind of client.
+                let kind: String = name.split('-').take(2).collect::<Vec<_>>().join("-");
+                *work.by_client.entry(kind).or_default() += c["in_msgs"].as_f64().unwrap_or(0.0);
+            }
+        }
+        work
+    }
+
+    /// The work done since `before`. Connections opened since count from zero.
+    fn since(mut self, before: &Self) -> Self {
+        self.messages -= before.messages;
+        self.api -= before.api;
+        for (kind, n) in &mut self.by_client {
+            *n -= before.by_client.get(kind).copied().unwrap_or(0.0);
+        }
+        self
+    }
+
+    /// `kind: n` messages sent per delivery, each kind of client.
+    fn per(&self, deliveries: usize) -> String {
+        let d = deliveries.max(1) as f64;
+        let mut parts = vec![format!("{:.2} in all, {:.3} API requests", self.messages / d, self.api / d)];
+        parts.extend(self.by_client.iter().map(|(kind, n)| format!("{kind} {:.2}", n / d)));
+        parts.join(", ")
+    }
+}
+
+/// Moves the leaders of the partitions' events, deliveries and attempts streams, then of their
+/// consumers, so that each lands on the node (among its group's peers) leading the fewest so far:
+/// streams first, then consumers, a leader left where it is when its node is among the least
+/// loaded. Elections place leaders at random, and a node at a small CPU share leading two busy
+/// streams halves the end-to-end rate, which would make every comparison a comparison of
+/// placements (JetStream's leader step-down with a preferred peer, nats-server ≥ 2.11).
+async fn spread_leaders(
+    js: &async_nats::jetstream::Context,
+    layout: &herald_core::nats::Partitions,
+) -> anyhow::Result<()> {
+    use std::collections::BTreeMap;
+    let mut load: BTreeMap<String, usize> = BTreeMap::new();
+    let mut groups = Vec::new();
+    for partition in layout.all() {
+        for name in [partition.events_stream(), partition.deliveries_stream(), partition.attempts_stream()] {
+            let mut stream = js.get_stream(&name).await?;
+            let info = stream.info().await?;
+            groups.push((
+                format!("STREAM.LEADER.STEPDOWN.{name}"),
+                format!("STREAM.INFO.{name}"),
+                info.cluster.clone(),
+            ));
+            let mut consumers = stream.consumers();
+            let mut later = Vec::new();
+            while let Some(c) = futures::StreamExt::next(&mut consumers).await {
+                let c = c?;
+                later.push((
+                    format!("CONSUMER.LEADER.STEPDOWN.{name}.{}", c.name),
+                    format!("CONSUMER.INFO.{name}.{}", c.name),
+                    c.cluster,
+                ));
+            }
+            groups.extend(later.into_iter().map(|g| (g.0, g.1, g.2)));
+        }
+    }
+    // Streams before consumers: the busy groups spread first.
+    groups.sort_by_key(|(stepdown, ..)| !stepdown.starts_with("STREAM"));
+    for (stepdown, info, cluster) in groups {
+        let Some(cluster) = cluster else { continue };
+        let Some(leader) = cluster.leader.clone() else { continue };
+        let mut peers: Vec<String> = cluster.replicas.iter().map(|p| p.name.clone()).collect();
+        peers.push(leader.clone());
+        for peer in &peers {
+            load.entry(peer.clone()).or_default();
+        }
+        let least = peers.iter().map(|p| load[p]).min().unwrap_or(0);
+        let target = if load[&leader] == least {
+            leader.clone()
+        } else {
+            peers.iter().find(|p| load[*p] == least).cloned().unwrap_or(leader.clone())
+        };
+        *load.entry(target.clone()).or_default() += 1;
+        if target == leader {
+            continue;
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let answer: serde_json::Value =
+                js.request(stepdown.clone(), &json!({"placement": {"preferred": target}})).await?;
+            if let Some(error) = answer.get("error") {
+                if error["description"].as_str().is_some_and(|d| d.contains("already leader")) {
+                    break;
+                }
+                eprintln!("engine: {stepdown} to {target}: {error}");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            let now: serde_json::Value = js.request(info.clone(), &()).await?;
+            if now["cluster"]["leader"].as_str() == Some(target.as_str()) {
+                break;
+            }
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "{stepdown}: the leader did not move to {target} in 20 s"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// How many of the partitions' streams and consumers each node leads, as `n0: 4 + 6, …`
