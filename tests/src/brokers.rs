@@ -15,13 +15,13 @@ use crate::{Received, free_port, temp_dir, workspace_root};
 
 /// SIGKILL to the child's process group (the broker's start script and the server it starts).
 /// Written `-s KILL -- -PGID`: procps-ng's `kill -KILL -PGID` is not read as a process group.
-fn kill_group(child: &mut Child) {
+pub(crate) fn kill_group(child: &mut Child) {
     let _ = Command::new("kill").args(["-s", "KILL", "--", &format!("-{}", child.id())]).status();
     let _ = child.kill();
     let _ = child.wait();
 }
 
-fn wait_port(port: u16, what: &str, log: &std::path::Path, within: Duration) {
+pub(crate) fn wait_port(port: u16, what: &str, log: &std::path::Path, within: Duration) {
     let deadline = Instant::now() + within;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "{what} did not start; see {}", log.display());
@@ -207,6 +207,8 @@ pub struct Redis {
     /// It requires a client certificate signed by its CA; `redis-cli` presents this one
     /// (certificate, key).
     client: Option<(PathBuf, PathBuf)>,
+    /// More `redis-server` arguments (a cluster node's, a replica's).
+    args: Vec<String>,
     child: Option<Child>,
 }
 
@@ -224,10 +226,32 @@ impl Redis {
             password: password.map(str::to_owned),
             tls: None,
             client: None,
+            args: Vec::new(),
             child: None,
         };
         redis.boot();
         redis
+    }
+
+    /// Starts it without a password, with more `redis-server` arguments (`--replicaof h p`,
+    /// `--cluster-enabled yes` …).
+    pub fn start_with_args(args: &[&str]) -> Self {
+        let mut redis = Self {
+            dir: temp_dir("herald-redis"),
+            port: free_port(),
+            password: None,
+            tls: None,
+            client: None,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+            child: None,
+        };
+        redis.boot();
+        redis
+    }
+
+    /// Its port.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Starts it speaking only TLS, presenting a certificate for 127.0.0.1 signed by `ca`.
@@ -236,8 +260,15 @@ impl Redis {
         let (cert, key) = ca.write_server_files("127.0.0.1", &dir);
         let ca_file = dir.join("ca.pem");
         std::fs::write(&ca_file, ca.pem()).expect("CA file");
-        let mut redis =
-            Self { dir, port: free_port(), password: None, tls: Some((cert, key, ca_file)), client: None, child: None };
+        let mut redis = Self {
+            dir,
+            port: free_port(),
+            password: None,
+            tls: Some((cert, key, ca_file)),
+            client: None,
+            args: Vec::new(),
+            child: None,
+        };
         redis.boot();
         redis
     }
@@ -259,6 +290,7 @@ impl Redis {
             password: None,
             tls: Some((cert, key, ca_file)),
             client: Some(client),
+            args: Vec::new(),
             child: None,
         };
         redis.boot();
@@ -289,6 +321,7 @@ impl Redis {
         if let Some(p) = &self.password {
             cmd.args(["--requirepass", p]);
         }
+        cmd.args(&self.args);
         let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())

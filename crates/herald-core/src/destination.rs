@@ -16,7 +16,9 @@ pub const AMQP: &str = "amqp";
 /// A subject on a NATS server: a JetStream publish (acknowledged) when a stream captures the
 /// subject, a core publish flushed to the server otherwise.
 pub const NATS: &str = "nats";
-/// A Redis stream: `XADD`, optionally capped (`MAXLEN ~`).
+/// A Redis stream: `XADD`, optionally capped (`MAXLEN ~`). The URL names one server, any node
+/// of a Redis Cluster (which redirects to the stream's node), or Sentinels that name the master
+/// (`redis+sentinel://`; see [`redis_target`]).
 pub const REDIS: &str = "redis";
 
 /// Not pushed to: its consumer polls (`GET /v1/subscriptions/{id}/poll`; see
@@ -73,7 +75,7 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
     let schemes: &[&str] = match kind {
         AMQP => &["amqp", "amqps"],
         NATS => &["nats", "tls"],
-        REDIS => &["redis", "rediss"],
+        REDIS => &["redis", "rediss", "redis+sentinel", "rediss+sentinel"],
         WEBHOOK => return Err(invalid("a webhook destination is given as `url`")),
         other => {
             return Err(invalid(format!("type {other:?} is not a destination type; use one of {}", TYPES.join(", "))));
@@ -84,15 +86,17 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
     }
     let url = url::Url::parse(&given.url).map_err(|e| invalid(format!("url: not an absolute URL ({e})")))?;
     if !schemes.contains(&url.scheme()) {
+        let sentinel = if kind == REDIS { "; redis+sentinel:// to find the master through Sentinel" } else { "" };
         return Err(invalid(format!(
-            "url: a {kind} destination's URL starts with {}:// (or {}:// for TLS)",
+            "url: a {kind} destination's URL starts with {}:// (or {}:// for TLS{sentinel})",
             schemes[0], schemes[1]
         )));
     }
     if url.host_str().is_none_or(str::is_empty) {
         return Err(invalid("url: has no host"));
     }
-    if url.query().is_some() || url.fragment().is_some() {
+    // Only a Sentinel URL has a query: the other Sentinels (`redis_target` checks them).
+    if (url.query().is_some() && !is_sentinel(&url)) || url.fragment().is_some() {
         return Err(invalid("url: takes no query or fragment"));
     }
     let mut destination = proto::Destination { r#type: kind.to_owned(), url: url.to_string(), ..Default::default() };
@@ -143,7 +147,7 @@ pub fn validate(given: &Given) -> Result<Checked, InvalidField> {
             only("exchange", &given.exchange)?;
             only("routing_key", &given.routing_key)?;
             only("subject", &given.subject)?;
-            redis_db(&url)?;
+            redis_target(&url)?;
             let stream = given.stream.clone().ok_or_else(|| invalid("stream: a redis destination needs one"))?;
             template("stream", &stream, 255)?;
             destination.stream = stream;
@@ -196,9 +200,13 @@ pub fn nats_credentials(text: &str) -> Result<NatsCredentials, InvalidField> {
     ))
 }
 
-/// True if a broker URL's scheme asks for TLS (`amqps`, `tls`, `rediss`).
+/// True if a broker URL's scheme asks for TLS (`amqps`, `tls`, `rediss`, `rediss+sentinel`).
 pub fn uses_tls(url: &url::Url) -> bool {
-    matches!(url.scheme(), "amqps" | "tls" | "rediss")
+    matches!(url.scheme(), "amqps" | "tls" | "rediss" | "rediss+sentinel")
+}
+
+fn is_sentinel(url: &url::Url) -> bool {
+    url.scheme().ends_with("+sentinel")
 }
 
 /// The AMQP virtual host a URL names: its path without the leading `/`, percent-decoded; `/`
@@ -216,12 +224,62 @@ pub fn vhost(url: &url::Url) -> Result<String, InvalidField> {
     Ok(decoded)
 }
 
-/// The Redis database a URL names (`/N`; 0 when absent).
-pub fn redis_db(url: &url::Url) -> Result<u32, InvalidField> {
-    match url.path().trim_start_matches('/') {
+/// Where a Redis destination's URL points.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisTarget {
+    /// `redis://host:port/db`: one server, or any node of a Redis Cluster (a node that does
+    /// not hold the stream's slot answers `MOVED` with the one that does).
+    Server { db: u32 },
+    /// `redis+sentinel://host:port/master/db?sentinel=host:port&…`: Sentinels (the URL's host
+    /// first, then each `sentinel`), asked for the address of the master named `master`. The
+    /// URL's user and password are the master's; Sentinels are asked without them.
+    Sentinel { master: String, db: u32, sentinels: Vec<String> },
+}
+
+/// The Sentinels a URL may name beside its host.
+const MAX_SENTINELS: usize = 16;
+
+/// What a Redis destination's URL names: its database, and for Sentinel the master's name and
+/// every Sentinel's `host:port`.
+pub fn redis_target(url: &url::Url) -> Result<RedisTarget, InvalidField> {
+    let db = |n: Option<&str>| match n.unwrap_or_default() {
         "" => Ok(0),
-        n => n.parse().map_err(|_| invalid(format!("url: {:?} is not a Redis database number", url.path()))),
+        n => n.parse().map_err(|_| invalid(format!("url: {n:?} is not a Redis database number"))),
+    };
+    if !is_sentinel(url) {
+        return Ok(RedisTarget::Server { db: db(Some(url.path().trim_start_matches('/')))? });
     }
+    let mut path = url.path().trim_start_matches('/').split('/');
+    let master = path.next().unwrap_or_default().to_owned();
+    if master.is_empty()
+        || master.len() > 128
+        || !master.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    {
+        return Err(invalid(
+            "url: a Sentinel URL's path names the master (redis+sentinel://host:26379/mymaster[/db]): letters, digits, '-', '_', '.', ':'",
+        ));
+    }
+    let db = db(path.next())?;
+    if path.next().is_some() {
+        return Err(invalid("url: a Sentinel URL's path is /master or /master/db"));
+    }
+    let mut sentinels = vec![format!("{}:{}", url.host_str().unwrap_or_default(), port(url))];
+    for (key, value) in url.query_pairs() {
+        if key != "sentinel" {
+            return Err(invalid(format!("url: {key:?} is not a Sentinel URL's parameter (only sentinel=host:port)")));
+        }
+        let parsed = url::Url::parse(&format!("redis://{value}"))
+            .ok()
+            .filter(|u| u.host_str().is_some_and(|h| !h.is_empty()) && u.path().is_empty() && u.username().is_empty());
+        let Some(parsed) = parsed else {
+            return Err(invalid(format!("url: sentinel={value:?} is not host:port")));
+        };
+        sentinels.push(format!("{}:{}", parsed.host_str().unwrap_or_default(), parsed.port().unwrap_or(26379)));
+    }
+    if sentinels.len() > MAX_SENTINELS {
+        return Err(invalid(format!("url: at most {MAX_SENTINELS} Sentinels")));
+    }
+    Ok(RedisTarget::Sentinel { master, db, sentinels })
 }
 
 /// The user name and password of a URL, percent-decoded.
@@ -286,18 +344,30 @@ pub fn port(url: &url::Url) -> u16 {
         "amqps" => 5671,
         "nats" | "tls" => 4222,
         "redis" | "rediss" => 6379,
+        "redis+sentinel" | "rediss+sentinel" => 26379,
         _ => 0,
     })
 }
 
-/// Checks a broker URL's host against the SSRF policy where it is an IP literal (names are
-/// checked on the addresses they resolve to, when connecting).
+/// Checks a broker URL's host (and a Sentinel URL's other Sentinels) against the SSRF policy
+/// where it is an IP literal (names are checked on the addresses they resolve to, when
+/// connecting).
 pub fn check_literal_host(policy: &Policy, url: &url::Url) -> Result<(), Refused> {
     match ip_literal(url) {
-        Some(ip) => policy.check_ip(ip),
-        None if url.host().is_none() => Err(Refused("the URL has no host".into())),
-        None => Ok(()),
+        Some(ip) => policy.check_ip(ip)?,
+        None if url.host().is_none() => return Err(Refused("the URL has no host".into())),
+        None => {}
     }
+    if let Ok(RedisTarget::Sentinel { sentinels, .. }) = redis_target(url) {
+        for sentinel in sentinels.iter().skip(1) {
+            if let Ok(other) = url::Url::parse(&format!("redis://{sentinel}")) {
+                if let Some(ip) = ip_literal(&other) {
+                    policy.check_ip(ip).map_err(|r| Refused(format!("sentinel {sentinel}: {}", r.0)))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The host of a broker URL when it is an IP address. The URL parser leaves the host of a
@@ -362,7 +432,49 @@ mod tests {
                 .unwrap();
         assert_eq!(redis.destination.max_len, 1000);
         assert_eq!(redis.shown_url, "redis://h/2");
-        assert_eq!(redis_db(&url::Url::parse("redis://h/2").unwrap()).unwrap(), 2);
+        assert_eq!(redis_target(&url::Url::parse("redis://h/2").unwrap()).unwrap(), RedisTarget::Server { db: 2 });
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_master_its_database_and_every_sentinel() {
+        let target = |t: &str| redis_target(&url::Url::parse(t).unwrap());
+        assert_eq!(
+            target("redis+sentinel://:pw@s1/mymaster").unwrap(),
+            RedisTarget::Sentinel { master: "mymaster".into(), db: 0, sentinels: vec!["s1:26379".into()] }
+        );
+        assert_eq!(
+            target("rediss+sentinel://s1:5000/cache.main/3?sentinel=s2:5001&sentinel=10.0.0.3").unwrap(),
+            RedisTarget::Sentinel {
+                master: "cache.main".into(),
+                db: 3,
+                sentinels: vec!["s1:5000".into(), "s2:5001".into(), "10.0.0.3:26379".into()]
+            }
+        );
+        for (bad, says) in [
+            ("redis+sentinel://s1", "names the master"),
+            ("redis+sentinel://s1/a b", "names the master"),
+            ("redis+sentinel://s1/m/x", "database"),
+            ("redis+sentinel://s1/m/1/2", "/master/db"),
+            ("redis+sentinel://s1/m?db=2", "only sentinel"),
+            ("redis+sentinel://s1/m?sentinel=u@h:1", "host:port"),
+            ("redis+sentinel://s1/m?sentinel=h/x", "host:port"),
+        ] {
+            let e = target(bad).unwrap_err().message;
+            assert!(e.contains(says), "{bad}: {e}");
+        }
+        let stream = Some("s".to_owned());
+        let checked =
+            validate(&Given { stream: stream.clone(), ..given(REDIS, "rediss+sentinel://:pw@s1/m?sentinel=s2") });
+        assert_eq!(checked.unwrap().shown_url, "rediss+sentinel://s1/m?sentinel=s2");
+        assert!(uses_tls(&url::Url::parse("rediss+sentinel://s1/m").unwrap()));
+        let query = validate(&Given { stream: stream.clone(), ..given(REDIS, "redis://h?sentinel=s2") });
+        assert!(query.unwrap_err().message.contains("no query"));
+        let wrong = validate(&Given { stream, ..given(REDIS, "amqp://h") }).unwrap_err().message;
+        assert!(wrong.contains("redis+sentinel://"), "{wrong}");
+        // Every Sentinel's address is held to the SSRF policy, not only the URL's host.
+        let policy = Policy::default();
+        let url = url::Url::parse("redis+sentinel://s1/m?sentinel=169.254.169.254:26379").unwrap();
+        assert!(check_literal_host(&policy, &url).unwrap_err().0.contains("sentinel 169.254.169.254:26379"));
     }
 
     #[test]

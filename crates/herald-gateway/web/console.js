@@ -202,7 +202,7 @@ const URL_HINTS = {
   webhook: "https://example.com/webhooks",
   amqp: "amqp://user:pass@rabbit:5672/vhost (amqps:// for TLS)",
   nats: "nats://user:pass@nats:4222 (tls:// for TLS)",
-  redis: "redis://:pass@redis:6379/0 (rediss:// for TLS)",
+  redis: "redis://:pass@redis:6379/0 (rediss:// for TLS; redis+sentinel://sentinel:26379/master)",
   polling: "",
 };
 

@@ -119,7 +119,7 @@ function grants() {
 const BROKER_HINTS = {
   amqp: ["amqp://user:pass@host:5672/vhost (amqps:// for TLS)", [["exchange", "Exchange"], ["routing_key", "Routing key"]]],
   nats: ["nats://user:pass@host:4222 (tls:// for TLS)", [["subject", "Subject"], ["credentials", "Credentials (a .creds file or an NKey seed; optional)"]]],
-  redis: ["redis://:pass@host:6379/0 (rediss:// for TLS)", [["stream", "Stream"]]],
+  redis: ["redis://:pass@host:6379/0 (rediss:// for TLS; redis+sentinel://sentinel:26379/master)", [["stream", "Stream"]]],
   // Not pushed to: your system polls GET /v1/subscriptions/{id}/poll.
   polling: ["", []],
 };

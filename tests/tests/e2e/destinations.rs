@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::SOON;
 
 /// Creates a subscription with `destination` and returns it (with its secret).
-async fn subscribe(stack: &Stack, destination: Value, types: &[&str], extra: Value) -> Value {
+pub(crate) async fn subscribe(stack: &Stack, destination: Value, types: &[&str], extra: Value) -> Value {
     let mut body = json!({"destination": destination, "event_types": types});
     if let Some(extra) = extra.as_object() {
         for (k, v) in extra {
@@ -25,7 +25,7 @@ async fn subscribe(stack: &Stack, destination: Value, types: &[&str], extra: Val
 }
 
 /// The attempt records of subscription `id`, oldest first.
-async fn attempts(stack: &Stack, id: &str) -> Vec<Value> {
+pub(crate) async fn attempts(stack: &Stack, id: &str) -> Vec<Value> {
     let (status, _, page) = stack.call(Method::GET, &format!("/v1/subscriptions/{id}/attempts?limit=500"), None).await;
     assert_eq!(status, 200, "{page}");
     let mut list = page["data"].as_array().cloned().unwrap_or_default();
@@ -56,7 +56,12 @@ async fn assert_failed_first(stack: &Stack, name: &str, id: &str, class: &str, s
 }
 
 /// Polls `read` until it returns at least `n` messages with distinct webhook ids.
-async fn collect(what: &str, n: usize, within: Duration, mut read: impl FnMut() -> Vec<Received>) -> Vec<Received> {
+pub(crate) async fn collect(
+    what: &str,
+    n: usize,
+    within: Duration,
+    mut read: impl FnMut() -> Vec<Received>,
+) -> Vec<Received> {
     let deadline = Instant::now() + within;
     let mut all = Vec::new();
     loop {

@@ -23,6 +23,7 @@ mod operational;
 mod partitions;
 mod polling;
 mod records;
+mod redis_ha;
 mod retry;
 mod scaleout;
 mod security;

@@ -22,7 +22,9 @@ pub(crate) struct DestinationInput {
     pub(super) kind: String,
     /// The broker's URL, credentials included (stored sealed, never shown again):
     /// `amqp://user:pass@host:5672/vhost`, `nats://user:pass@host:4222` (or `nats://token@…`),
-    /// `redis://:pass@host:6379/0`; `amqps://`, `tls://` and `rediss://` for TLS, the broker's
+    /// `redis://:pass@host:6379/0` (a server, or any node of a Redis Cluster),
+    /// `redis+sentinel://:pass@sentinel:26379/master[/db]?sentinel=host:port` (through Sentinel);
+    /// `amqps://`, `tls://`, `rediss://` and `rediss+sentinel://` for TLS, the broker's
     /// certificate checked against the platform's roots and `HERALD_CA_FILE`. None for
     /// `polling`.
     url: Option<String>,
