@@ -287,13 +287,14 @@ impl Bench {
 }
 
 /// What the nodes of a cluster have done so far, from their monitoring endpoints: messages
-/// received (from clients and routes), JetStream API requests served, and messages each kind of
+/// and bytes received (from clients and routes), JetStream API requests served, and messages each kind of
 /// client sent (by connection name, without its replica suffix). Deterministic where rates are
 /// not: two builds that make the same publishes, acks and API calls per delivery do the same
 /// work, whatever a capped node's scheduling made of it in one run.
 #[derive(Default)]
 struct NatsWork {
     messages: f64,
+    bytes: f64,
     api: f64,
     by_client: std::collections::BTreeMap<String, f64>,
 }
@@ -311,7 +312,9 @@ impl NatsWork {
                     }
                 }
             };
-            work.messages += get("/varz").await["in_msgs"].as_f64().unwrap_or(0.0);
+            let varz = get("/varz").await;
+            work.messages += varz["in_msgs"].as_f64().unwrap_or(0.0);
+            work.bytes += varz["in_bytes"].as_f64().unwrap_or(0.0);
             work.api += get("/jsz").await["api"]["total"].as_f64().unwrap_or(0.0);
             let connz = get("/connz?limit=1024").await;
             for c in connz["connections"].as_array().into_iter().flatten() {
@@ -327,6 +330,7 @@ impl NatsWork {
     /// The work done since `before`. Connections opened since count from zero.
     fn since(mut self, before: &Self) -> Self {
         self.messages -= before.messages;
+        self.bytes -= before.bytes;
         self.api -= before.api;
         for (kind, n) in &mut self.by_client {
             *n -= before.by_client.get(kind).copied().unwrap_or(0.0);
@@ -337,7 +341,12 @@ impl NatsWork {
     /// `kind: n` messages sent per delivery, each kind of client.
     fn per(&self, deliveries: usize) -> String {
         let d = deliveries.max(1) as f64;
-        let mut parts = vec![format!("{:.2} in all, {:.3} API requests", self.messages / d, self.api / d)];
+        let mut parts = vec![format!(
+            "{:.2} messages ({:.0} bytes) in all, {:.3} API requests",
+            self.messages / d,
+            self.bytes / d,
+            self.api / d
+        )];
         parts.extend(self.by_client.iter().map(|(kind, n)| format!("{kind} {:.2}", n / d)));
         parts.join(", ")
     }
