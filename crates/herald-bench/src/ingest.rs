@@ -74,11 +74,10 @@ impl Bench {
                 event
             })
             .collect();
-        let (http, url, clients) =
-            (self.http.clone(), format!("{gateway_url}/v1/events/batch"), self.args.batch_clients);
+        let (url, clients) = (format!("{gateway_url}/v1/events/batch"), self.args.batch_clients);
         async move {
             let bodies = events.chunks(per_batch).map(|chunk| json!({"events": chunk}).to_string()).collect();
-            post_all(&http, &url, clients, bodies, n).await
+            post_all(&url, clients, bodies, n).await
         }
     }
 
@@ -170,9 +169,8 @@ impl Bench {
         let bodies: Vec<String> = (0..n)
             .map(|_| json!({"id": self.next_id("s"), "type": "bench.ingest.single", "data": data}).to_string())
             .collect();
-        let (http, url, clients) =
-            (self.http.clone(), format!("{}/v1/events", self.gateway_url), self.args.concurrency);
-        async move { post_all(&http, &url, clients, bodies, n).await }
+        let (url, clients) = (format!("{}/v1/events", self.gateway_url), self.args.concurrency);
+        async move { post_all(&url, clients, bodies, n).await }
     }
 
     /// NATS ingest: `events` events of `event_type`, each `message(id)`, published straight to

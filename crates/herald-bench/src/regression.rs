@@ -67,7 +67,7 @@ impl Bench {
             .map(|_| json!({"id": self.next_id("g"), "type": "bench.regression.single", "data": data}).to_string())
             .collect();
         let url = format!("http://127.0.0.1:{port}/v1/events");
-        side.single.push(post_all(&self.http, &url, self.args.concurrency, bodies, events).await?);
+        side.single.push(post_all(&url, self.args.concurrency, bodies, events).await?);
         drop(gateway);
 
         let dispatcher = Proc::dispatcher_from(&self.nats.url(), &[], Some(&dir.join("herald-dispatcher")))?;
