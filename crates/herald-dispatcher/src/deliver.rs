@@ -313,7 +313,7 @@ async fn attempt(
         (None, None, Ok(url), Ok(own)) => {
             let request = WebhookRequest { method: request.method.clone(), url, headers, body };
             in_flight = Some(InFlight::start());
-            let client = own.as_ref().unwrap_or(&shared.http);
+            let client = own.as_ref().unwrap_or(&shared.webhooks);
             endpoint_auth::send(shared, &prepared, client, request).instrument(span.clone()).await
         }
     };

@@ -284,7 +284,7 @@ async fn fetch(client: &reqwest::Client, credentials: &Credentials) -> Result<(H
 pub(crate) async fn send(
     shared: &Shared,
     prepared: &Prepared,
-    client: &reqwest::Client,
+    client: &http_client::WebhookClient,
     mut request: WebhookRequest<'_>,
 ) -> Sent {
     let limit = shared.config.response_body_limit;

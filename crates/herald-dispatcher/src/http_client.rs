@@ -12,11 +12,14 @@ use herald_core::ssrf::{Policy, Refused};
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::destinations::BrokerTls;
+pub use crate::direct::Direct;
+use crate::direct::Dns;
 use crate::retry::{AttemptResult, ErrorClass, parse_retry_after};
 
 /// Resolves subscriber hosts and keeps only the addresses the SSRF policy allows: the check
 /// happens on the very addresses the connection will use.
-struct GuardedResolver {
+pub(crate) struct GuardedResolver {
     policy: Arc<Policy>,
     /// Fixed answers for some names (`HERALD_RESOLVE`), checked like any other.
     overrides: Arc<HashMap<String, IpAddr>>,
@@ -25,24 +28,35 @@ struct GuardedResolver {
     proxy_host: Option<String>,
 }
 
-impl reqwest::dns::Resolve for GuardedResolver {
-    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl GuardedResolver {
+    /// The addresses of `name` the policy allows (all of them for the proxy's own host).
+    pub(crate) fn lookup(
+        &self,
+        name: &str,
+    ) -> impl Future<Output = Result<std::vec::IntoIter<SocketAddr>, BoxError>> + Send + 'static {
         let policy = self.policy.clone();
         // `name.` and `name` are the same host: resolve (and judge) the plain form.
-        let host = name.as_str().trim_end_matches('.').to_ascii_lowercase();
+        let host = name.trim_end_matches('.').to_ascii_lowercase();
         let fixed = self.overrides.get(&host).copied();
         let trusted = self.proxy_host.as_deref() == Some(host.as_str());
-        Box::pin(async move {
+        async move {
             let resolved: Vec<SocketAddr> = match fixed {
                 Some(ip) => vec![SocketAddr::new(ip, 0)],
                 None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
             };
             let allowed = if trusted { Ok(resolved) } else { policy.allowed(resolved) };
-            let allowed = allowed.map_err(|refusal| {
-                Box::new(Refused(format!("{host}: {}", refusal.0))) as Box<dyn std::error::Error + Send + Sync>
-            })?;
-            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
-        })
+            let allowed = allowed.map_err(|refusal| Box::new(Refused(format!("{host}: {}", refusal.0))) as BoxError)?;
+            Ok(allowed.into_iter())
+        }
+    }
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let lookup = self.lookup(name.as_str());
+        Box::pin(async move { Ok(Box::new(lookup.await?) as reqwest::dns::Addrs) })
     }
 }
 
@@ -109,26 +123,59 @@ pub struct ClientSettings {
     concurrency: usize,
     resolver: Arc<GuardedResolver>,
     egress: Egress,
+    tls: BrokerTls,
+}
+
+/// A webhook client: hyper's pooled HTTP/1.1 client straight over the guarded resolver and
+/// rustls, or reqwest where a proxy is configured or HTTP/2 is built in (it speaks both).
+#[derive(Clone, Debug)]
+pub enum WebhookClient {
+    /// Straight to subscribers.
+    Direct(Direct),
+    /// Through `HERALD_PROXY_URL`, or offering HTTP/2.
+    Reqwest(reqwest::Client),
 }
 
 impl ClientSettings {
-    /// Every host is resolved through the SSRF guard (`policy`, with `overrides`' fixed answers).
+    /// Every host is resolved through the SSRF guard (`policy`, with `overrides`' fixed answers);
+    /// certificates are checked as `tls` says (the platform's verifier and `HERALD_CA_FILE`).
     pub fn new(
         timeout: Duration,
         concurrency: usize,
         policy: Arc<Policy>,
         overrides: HashMap<String, IpAddr>,
         egress: Egress,
+        tls: BrokerTls,
     ) -> Self {
         let proxy_host = egress.proxy.as_ref().and_then(|(url, _)| url.host_str()).map(|h| h.to_ascii_lowercase());
         let resolver = Arc::new(GuardedResolver { policy, overrides: Arc::new(overrides), proxy_host });
-        Self { timeout, concurrency, resolver, egress }
+        Self { timeout, concurrency, resolver, egress, tls }
     }
 
-    /// Builds a client, presenting `identity` to servers that ask for a certificate. Installs
-    /// the ring TLS provider for the process if none is yet. Redirects are never followed; the
-    /// proxy, if any, is the only one used (the environment's `HTTP_PROXY` and the like are
-    /// ignored).
+    /// The client webhooks go out on, presenting `identity` (a certificate chain and its key,
+    /// PEM) to servers that ask for one.
+    pub fn webhooks(&self, identity: Option<&str>) -> anyhow::Result<WebhookClient> {
+        if self.egress.proxy.is_some() || cfg!(feature = "http2") {
+            let identity = identity.map(|pem| reqwest::Identity::from_pem(pem.as_bytes())).transpose()?;
+            return Ok(WebhookClient::Reqwest(self.build(identity)?));
+        }
+        let tls = match identity {
+            None => self.tls.config(),
+            Some(pem) => self.tls.with_identity(pem).map_err(anyhow::Error::msg)?,
+        };
+        Ok(WebhookClient::Direct(Direct::new(
+            Dns(self.resolver.clone()),
+            rustls::ClientConfig::clone(&tls),
+            self.timeout,
+            self.concurrency,
+        )))
+    }
+
+    /// A reqwest client with the same guard, roots, proxy and timeouts (token requests, and
+    /// webhooks through a proxy), presenting `identity` to servers that ask for a certificate.
+    /// Installs the ring TLS provider for the process if none is yet. Redirects are never
+    /// followed; the proxy, if any, is the only one used (the environment's `HTTP_PROXY` and the
+    /// like are ignored).
     pub fn build(&self, identity: Option<reqwest::Identity>) -> anyhow::Result<reqwest::Client> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = reqwest::Client::builder()
@@ -228,7 +275,14 @@ pub struct Sent {
 }
 
 /// POSTs the webhook and reads at most `excerpt_limit` bytes of the answer.
-pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
+pub async fn send(client: &WebhookClient, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
+    match client {
+        WebhookClient::Direct(direct) => direct.send(req, excerpt_limit).await,
+        WebhookClient::Reqwest(client) => send_reqwest(client, req, excerpt_limit).await,
+    }
+}
+
+async fn send_reqwest(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_limit: usize) -> Sent {
     let started = Instant::now();
     let mut request = reqwest::Request::new(req.method, req.url.clone());
     *request.headers_mut() = req.headers;
@@ -237,14 +291,7 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
     let (result, response_excerpt) = match outcome {
         Ok(mut resp) => {
             let status = resp.status().as_u16();
-            let retry_after = match status {
-                429 | 503 => resp
-                    .headers()
-                    .get(reqwest::header::RETRY_AFTER)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
-                _ => None,
-            };
+            let retry_after = retry_after(status, resp.headers());
             let mut excerpt = Vec::new();
             while excerpt.len() < excerpt_limit {
                 match resp.chunk().await {
@@ -254,35 +301,55 @@ pub async fn send(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt_lim
                     _ => break,
                 }
             }
-            let excerpt = String::from_utf8_lossy(&excerpt).into_owned();
-            let failed = !(200..300).contains(&status);
-            let result = AttemptResult {
-                status: Some(status),
-                error: failed.then(|| format!("HTTP {status}")),
-                class: failed.then_some(ErrorClass::HttpStatus),
-                retry_after,
-                confirmed: false,
-            };
-            (result, excerpt)
+            answered(status, retry_after, &excerpt)
         }
         Err(e) => (failure(&e), String::new()),
     };
     Sent { result, response_excerpt, elapsed: started.elapsed() }
 }
 
+/// When a 429 or 503 says to come back.
+pub(crate) fn retry_after(status: u16, headers: &HeaderMap) -> Option<Duration> {
+    match status {
+        429 | 503 => headers
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| parse_retry_after(v, std::time::SystemTime::now())),
+        _ => None,
+    }
+}
+
+/// The result of an answered request: delivered on a 2xx, an `http_status` failure otherwise.
+pub(crate) fn answered(status: u16, retry_after: Option<Duration>, excerpt: &[u8]) -> (AttemptResult, String) {
+    let failed = !(200..300).contains(&status);
+    let result = AttemptResult {
+        status: Some(status),
+        error: failed.then(|| format!("HTTP {status}")),
+        class: failed.then_some(ErrorClass::HttpStatus),
+        retry_after,
+        confirmed: false,
+    };
+    (result, String::from_utf8_lossy(excerpt).into_owned())
+}
+
 /// A request that got no answer, classified: refused by the SSRF guard, a TLS failure, a
 /// timeout, a connection failure, or anything else.
 pub fn failure(e: &reqwest::Error) -> AttemptResult {
+    classify(e, e.is_timeout(), e.is_connect())
+}
+
+/// [`failure`] for any client's error: `timeout` and `connect` say what the client knows of it.
+pub(crate) fn classify(e: &(dyn std::error::Error + 'static), timeout: bool, connect: bool) -> AttemptResult {
     let (class, error) = if let Some(why) = refused(e) {
         (ErrorClass::Refused, why)
     } else if let Some(why) = tls_failure(e) {
         (ErrorClass::Tls, why)
-    } else if e.is_timeout() {
-        (ErrorClass::Timeout, describe(e))
-    } else if e.is_connect() {
-        (ErrorClass::Connection, describe(e))
+    } else if timeout {
+        (ErrorClass::Timeout, describe("timed out", e))
+    } else if connect {
+        (ErrorClass::Connection, describe("connection failed", e))
     } else {
-        (ErrorClass::Request, describe(e))
+        (ErrorClass::Request, describe("request failed", e))
     };
     AttemptResult { error: Some(error), class: Some(class), ..Default::default() }
 }
@@ -301,8 +368,8 @@ pub fn parse_overrides(text: &str) -> Result<HashMap<String, IpAddr>, String> {
 }
 
 /// The SSRF guard's refusal, if that is what stopped the request.
-fn refused(e: &reqwest::Error) -> Option<String> {
-    let mut source = std::error::Error::source(e);
+fn refused(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut source = Some(e);
     while let Some(s) = source {
         if let Some(r) = s.downcast_ref::<Refused>() {
             return Some(r.to_string());
@@ -314,7 +381,7 @@ fn refused(e: &reqwest::Error) -> Option<String> {
 
 /// The TLS failure behind `e`, if that is what stopped the request, in words a person can act
 /// on. rustls' error sits in an `io::Error` somewhere down the chain, whose `source()` skips it.
-fn tls_failure(e: &reqwest::Error) -> Option<String> {
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut pending: Vec<&(dyn std::error::Error + 'static)> = vec![e];
     while let Some(error) = pending.pop() {
         if let Some(tls) = error.downcast_ref::<rustls::Error>() {
@@ -393,16 +460,9 @@ pub fn unusable_certificate(why: &str) -> Sent {
     Sent { result, response_excerpt: String::new(), elapsed: Duration::ZERO }
 }
 
-fn describe(e: &reqwest::Error) -> String {
-    let kind = if e.is_timeout() {
-        "timed out"
-    } else if e.is_connect() {
-        "connection failed"
-    } else {
-        "request failed"
-    };
+fn describe(kind: &str, e: &(dyn std::error::Error + 'static)) -> String {
     let mut text = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(e);
+    let mut source = e.source();
     while let Some(s) = source {
         text.push_str(&format!(": {s}"));
         source = s.source();

@@ -20,6 +20,7 @@ mod backlog;
 pub mod breaker;
 mod deliver;
 pub mod destinations;
+mod direct;
 mod elections;
 mod endpoint_auth;
 mod fanout;
@@ -180,6 +181,8 @@ pub(crate) struct Shared {
     /// Operational events for the operator tenant.
     pub operational: operational::Operational,
     /// The client that serves every subscription without a client certificate.
+    pub webhooks: http_client::WebhookClient,
+    /// The client token requests go out on (the same guard, roots and proxy).
     pub http: reqwest::Client,
     /// Until when records of the per-event layout may be retained (read by the record check).
     pub legacy_records_until: Option<time::OffsetDateTime>,
@@ -258,11 +261,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let overrides =
         http_client::parse_overrides(&config.resolve).map_err(|e| anyhow::anyhow!("HERALD_RESOLVE: {e}"))?;
     let egress = http_client::Egress::from_config(&config)?;
-    let broker_tls = destinations::tls_config(egress.extra_roots_der.clone())?;
-    let brokers = destinations::Brokers::new(policy.clone(), overrides.clone(), config.http_timeout, broker_tls);
-    let clients =
-        http_client::ClientSettings::new(config.http_timeout, config.concurrency, policy.clone(), overrides, egress);
+    let tls = destinations::tls_config(egress.extra_roots_der.clone())?;
+    let brokers = destinations::Brokers::new(policy.clone(), overrides.clone(), config.http_timeout, tls.clone());
+    let clients = http_client::ClientSettings::new(
+        config.http_timeout,
+        config.concurrency,
+        policy.clone(),
+        overrides,
+        egress,
+        tls,
+    );
     let http = clients.build(None).context("building the HTTP client")?;
+    let webhooks = clients.webhooks(None).context("building the webhook client")?;
 
     let registry = Registry::new();
     let tracker = TaskTracker::new();
@@ -355,6 +365,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         routes,
         elections,
         operational,
+        webhooks,
         http,
         legacy_records_until: handles.legacy_records_until,
         partitions: topology.partitions,

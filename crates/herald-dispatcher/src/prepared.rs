@@ -19,7 +19,7 @@ use herald_core::transform::Transformation;
 
 use crate::destinations::{Brokers, Destination};
 use crate::endpoint_auth::EndpointAuth;
-use crate::http_client::ClientSettings;
+use crate::http_client::{ClientSettings, WebhookClient};
 
 /// One revision of a subscription, prepared for attempts.
 #[derive(Debug)]
@@ -32,7 +32,7 @@ pub(crate) struct Prepared {
     pub retry_schedule: Option<RetryPolicy>,
     /// A client presenting the subscription's certificate (`Ok(None)`: it has none, the shared
     /// client serves it), or why its certificate cannot be used.
-    pub client: Result<Option<reqwest::Client>, String>,
+    pub client: Result<Option<WebhookClient>, String>,
     /// A broker destination (`None`: a webhook), or why it cannot be used.
     pub destination: Option<Result<Arc<Destination>, String>>,
     /// The subscription's transformation, compiled, or why it does not compile.
@@ -80,15 +80,11 @@ impl Prepared {
 /// and so its open connections; a changed certificate gets a new one.
 #[derive(Default)]
 struct OwnClients {
-    by_subscription: Mutex<HashMap<String, (proto::ClientCertificate, reqwest::Client)>>,
+    by_subscription: Mutex<HashMap<String, (proto::ClientCertificate, WebhookClient)>>,
 }
 
 impl OwnClients {
-    fn for_subscription(
-        &self,
-        sub: &proto::Subscription,
-        with: &PrepareWith,
-    ) -> Result<Option<reqwest::Client>, String> {
+    fn for_subscription(&self, sub: &proto::Subscription, with: &PrepareWith) -> Result<Option<WebhookClient>, String> {
         let Some(stored) = &sub.client_certificate else {
             self.by_subscription.lock().expect("clients lock").remove(&sub.id);
             return Ok(None);
@@ -103,9 +99,9 @@ impl OwnClients {
             Some(Err(e)) => return Err(format!("the subscription's client certificate key does not open: {e}")),
             Some(Ok(pem)) => pem,
         };
-        let client = reqwest::Identity::from_pem(pem.as_bytes())
-            .map_err(anyhow::Error::from)
-            .and_then(|identity| with.clients.build(Some(identity)))
+        let client = with
+            .clients
+            .webhooks(Some(&pem))
             .map_err(|e| format!("the subscription's client certificate cannot be used: {e:#}"))?;
         self.by_subscription.lock().expect("clients lock").insert(sub.id.clone(), (stored.clone(), client.clone()));
         Ok(Some(client))
@@ -210,6 +206,7 @@ mod tests {
             policy.clone(),
             Default::default(),
             Default::default(),
+            crate::destinations::tls_config(Vec::new()).unwrap(),
         );
         let tls = crate::destinations::tls_config(Vec::new()).unwrap();
         let brokers = Brokers::new(policy.clone(), Default::default(), std::time::Duration::from_secs(5), tls);

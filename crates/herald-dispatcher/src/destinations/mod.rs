@@ -275,6 +275,11 @@ pub struct BrokerTls {
 }
 
 impl BrokerTls {
+    /// The settings of connections that present no certificate.
+    pub(crate) fn config(&self) -> Arc<rustls::ClientConfig> {
+        self.config.clone()
+    }
+
     fn builder(
         provider: &Arc<rustls::crypto::CryptoProvider>,
         verifier: &Arc<dyn rustls::client::danger::ServerCertVerifier>,
@@ -287,7 +292,7 @@ impl BrokerTls {
 
     /// The same checks, presenting the certificate chain and key of `pem` (the subscription's
     /// `client_certificate`, opened).
-    fn with_identity(&self, pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    pub(crate) fn with_identity(&self, pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
         use rustls::pki_types::pem::PemObject as _;
         use rustls::pki_types::{CertificateDer, PrivateKeyDer};
         let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
