@@ -84,7 +84,9 @@ pub enum Failure {
 pub struct Webhook<'a> {
     pub method: &'a str,
     pub url: &'a str,
-    /// The webhook body as JSON.
+    /// The webhook body as JSON: handed to the engine as text beside the rest, and parsed
+    /// there only if the handler reads or replaces it.
+    #[serde(skip)]
     pub payload: &'a serde_json::value::RawValue,
     #[serde(rename = "eventType")]
     pub event_type: &'a str,
@@ -142,13 +144,28 @@ struct Engine {
     _runtime: Runtime,
 }
 
-/// Wraps the handler: JSON in, JSON out, so nothing but plain data crosses the boundary.
+/// Wraps the handler: JSON in, JSON out, so nothing but plain data crosses the boundary. The
+/// payload comes as its own text and `webhook.payload` parses it when first read: a handler
+/// that only changes the URL or headers, or cancels, or returns the webhook as it came, costs
+/// no parse and no `JSON.stringify` of the payload, and the payload is then sent exactly as it
+/// came (the answer starts with `=`; `~` when the payload was read or replaced, followed by
+/// the whole webhook).
 const WRAPPER: &str = r#"
 ;if (typeof handler !== "function") { throw new Error("the script must define a function named handler"); }
-globalThis.__heraldRun = function (input) {
+globalThis.__heraldRun = function (input, raw) {
   const webhook = JSON.parse(input);
+  let payload, parsed = false;
+  const get = function () { if (!parsed) { payload = JSON.parse(raw); parsed = true; } return payload; };
+  const set = function (value) { payload = value; parsed = true; };
+  Object.defineProperty(webhook, "payload", { get, set, enumerable: true, configurable: true });
   const out = handler(webhook);
-  return JSON.stringify(out === undefined ? webhook : out);
+  const result = out === undefined ? webhook : out;
+  const held = Object.getOwnPropertyDescriptor(webhook, "payload");
+  if (result === webhook && !parsed && held !== undefined && held.get === get) {
+    delete webhook.payload;
+    return "=" + JSON.stringify(webhook);
+  }
+  return "~" + JSON.stringify(result);
 };
 "#;
 
@@ -192,12 +209,12 @@ impl Engine {
         result.map_err(|message| classify(&message, late))
     }
 
-    fn call(&self, input: &str) -> Result<String, Failure> {
+    fn call(&self, input: &str, raw: &str) -> Result<String, Failure> {
         let mut output = String::new();
         self.timed(|| {
             self.context.with(|ctx| {
                 let run: Function = ctx.globals().get("__heraldRun").catch(&ctx).map_err(|e| e.to_string())?;
-                output = run.call::<_, String>((input,)).catch(&ctx).map_err(|e| e.to_string())?;
+                output = run.call::<_, String>((input, raw)).catch(&ctx).map_err(|e| e.to_string())?;
                 Ok(())
             })
         })?;
@@ -234,7 +251,7 @@ impl Transformation {
     /// Runs the handler on `webhook`, on this thread.
     pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
-        self.run_json(&input)
+        self.run_json(&input, webhook.payload.get())
     }
 
     /// Runs the handler on `webhook` on one of the process's transformation threads (as many
@@ -242,10 +259,11 @@ impl Transformation {
     /// thread of the async runtime, and a transformation has at most that many engines busy.
     pub async fn run_pooled(self: &Arc<Self>, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
+        let raw = webhook.payload.get().to_owned();
         let (done, result) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let job: Job = Box::new(move || {
-            let _ = done.send(this.run_json(&input));
+            let _ = done.send(this.run_json(&input, &raw));
         });
         if POOL.jobs.send(job).is_err() {
             return Err(Failure::Threw("the transformation threads are gone".into()));
@@ -253,7 +271,7 @@ impl Transformation {
         result.await.unwrap_or_else(|_| Err(Failure::Threw("the transformation thread stopped".into())))
     }
 
-    fn run_json(&self, input: &str) -> Result<Transformed, Failure> {
+    fn run_json(&self, input: &str, raw: &str) -> Result<Transformed, Failure> {
         let engine = match self.idle.lock().expect("engines").pop() {
             Some(engine) => {
                 IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
@@ -262,9 +280,9 @@ impl Transformation {
             None => Engine::new(&self.source)?,
         };
         // An engine whose call failed may be in any state: it is dropped.
-        let output = engine.call(input)?;
+        let output = engine.call(input, raw)?;
         self.give_back(engine);
-        check(&output)
+        check(&output, raw)
     }
 
     /// Keeps `engine` for the next call: as many per transformation as there are threads to
@@ -281,9 +299,18 @@ impl Transformation {
     }
 }
 
-fn check(output: &str) -> Result<Transformed, Failure> {
-    let answer: Answer =
-        serde_json::from_str(output).map_err(|_| Failure::Invalid("handler must return the webhook object".into()))?;
+/// The handler's answer (see [`WRAPPER`]) checked: `raw` is the payload it was given.
+fn check(output: &str, raw: &str) -> Result<Transformed, Failure> {
+    let invalid = || Failure::Invalid("handler must return the webhook object".into());
+    let (unchanged, output) = match output.split_at_checked(1) {
+        Some(("=", rest)) => (true, rest),
+        Some(("~", rest)) => (false, rest),
+        _ => return Err(invalid()),
+    };
+    let mut answer: Answer = serde_json::from_str(output).map_err(|_| invalid())?;
+    if unchanged {
+        answer.payload = Some(serde_json::value::RawValue::from_string(raw.to_owned()).map_err(|_| invalid())?);
+    }
     let text = |field: &str, v: Option<serde_json::Value>| match v {
         Some(serde_json::Value::String(s)) => Ok(s),
         _ => Err(Failure::Invalid(format!("`{field}` must be a string"))),
@@ -337,6 +364,35 @@ mod tests {
         let body = r#"{"id":"evt_1","type":"order.paid","timestamp":"2026-01-01T00:00:00Z","tenant":"t","data":{"b":1,"a":2}}"#;
         let out = run("function handler(w) { return w; }", body).unwrap();
         assert_eq!(out.payload.get(), body, "keys keep their order");
+        // Not read: sent as it came, spacing and all, whatever else changed.
+        let spaced = r#"{ "b": 1,  "a": [1, 2] }"#;
+        let out =
+            run("function handler(w) { w.url = 'https://x.example/'; w.headers = {'x-a': 'b'}; }", spaced).unwrap();
+        assert_eq!(
+            (out.payload.get(), out.url.as_str(), out.headers["x-a"].as_str()),
+            (spaced, "https://x.example/", "b")
+        );
+        // Read, or replaced, or the webhook rebuilt: what the handler made of it.
+        let read = run("function handler(w) { w.payload.c = w.payload.b + 1; return w; }", spaced).unwrap();
+        assert_eq!(json(&read), serde_json::json!({"b": 1, "a": [1, 2], "c": 2}));
+        let replaced = run("function handler(w) { w.payload = {x: 1}; }", spaced).unwrap();
+        assert_eq!(json(&replaced), serde_json::json!({"x": 1}));
+        let rebuilt = run("function handler(w) { return {...w, url: 'https://y.example/'}; }", spaced).unwrap();
+        assert_eq!(
+            (json(&rebuilt), rebuilt.url.as_str()),
+            (serde_json::json!({"b": 1, "a": [1, 2]}), "https://y.example/")
+        );
+        let logged = run("function handler(w) { JSON.stringify(w); return w; }", spaced).unwrap();
+        assert_eq!(json(&logged), serde_json::json!({"b": 1, "a": [1, 2]}));
+        // Taken away, or given another property in its place: missing, or what was put there.
+        assert_eq!(
+            run("function handler(w) { delete w.payload; return w; }", spaced).unwrap_err(),
+            Failure::Invalid("`payload` is missing".into())
+        );
+        let redefined =
+            run("function handler(w) { Object.defineProperty(w, 'payload', {value: [3], enumerable: true}); }", spaced)
+                .unwrap();
+        assert_eq!(json(&redefined), serde_json::json!([3]));
     }
 
     fn run(source: &str, payload: &str) -> Result<Transformed, Failure> {
