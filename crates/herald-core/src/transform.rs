@@ -11,7 +11,7 @@
 //! making one costs far more than a trivial call.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,6 +22,10 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SOURCE: usize = 64 * 1024;
 /// Time one call may run.
 pub const TIME_LIMIT: Duration = Duration::from_millis(100);
+/// Time a call may run on the async runtime's thread that asked for it (see
+/// [`Transformation::run_async`]); past it, the call is made again on a transformation thread,
+/// and so is every later call of that transformation.
+pub const INLINE_BUDGET: Duration = Duration::from_millis(2);
 /// Memory one engine may allocate (the script, its objects, the webhook in and out).
 pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
 /// Idle engines kept over every transformation of the process; beyond it an engine is dropped
@@ -120,6 +124,8 @@ struct Answer {
 pub struct Transformation {
     source: Arc<str>,
     idle: Mutex<Vec<Engine>>,
+    /// A call ran past [`INLINE_BUDGET`]: calls go to the transformation threads.
+    slow: AtomicBool,
 }
 
 impl std::fmt::Debug for Transformation {
@@ -191,7 +197,7 @@ impl Engine {
         script.push_str(source);
         script.push_str(WRAPPER);
         engine
-            .timed(|| engine.context.with(|ctx| ctx.eval::<(), _>(script).catch(&ctx).map_err(|e| e.to_string())))
+            .timed(TIME_LIMIT, || engine.context.with(|ctx| ctx.eval::<(), _>(script).catch(&ctx).map_err(|e| e.to_string())))
             .map_err(|e| match e {
                 Failure::Threw(message) => Failure::Syntax(message),
                 other => other,
@@ -199,9 +205,9 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Runs `call` with the time limit armed; classifies what it threw.
-    fn timed(&self, call: impl FnOnce() -> Result<(), String>) -> Result<(), Failure> {
-        let budget = self.epoch.elapsed() + TIME_LIMIT;
+    /// Runs `call` with a time limit armed; classifies what it threw.
+    fn timed(&self, limit: Duration, call: impl FnOnce() -> Result<(), String>) -> Result<(), Failure> {
+        let budget = self.epoch.elapsed() + limit;
         self.deadline.store(budget.as_nanos() as u64, Ordering::Relaxed);
         let result = call();
         let late = self.epoch.elapsed() > budget;
@@ -209,9 +215,9 @@ impl Engine {
         result.map_err(|message| classify(&message, late))
     }
 
-    fn call(&self, input: &str, raw: &str) -> Result<String, Failure> {
+    fn call(&self, input: &str, raw: &str, limit: Duration) -> Result<String, Failure> {
         let mut output = String::new();
-        self.timed(|| {
+        self.timed(limit, || {
             self.context.with(|ctx| {
                 let run: Function = ctx.globals().get("__heraldRun").catch(&ctx).map_err(|e| e.to_string())?;
                 output = run.call::<_, String>((input, raw)).catch(&ctx).map_err(|e| e.to_string())?;
@@ -243,7 +249,7 @@ impl Transformation {
             return Err(Failure::Syntax(format!("the source is over {} KiB", MAX_SOURCE / 1024)));
         }
         let engine = Engine::new(source)?;
-        let transformation = Self { source: source.into(), idle: Mutex::new(Vec::new()) };
+        let transformation = Self { source: source.into(), idle: Mutex::new(Vec::new()), slow: AtomicBool::new(false) };
         transformation.give_back(engine);
         Ok(transformation)
     }
@@ -251,19 +257,39 @@ impl Transformation {
     /// Runs the handler on `webhook`, on this thread.
     pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
-        self.run_json(&input, webhook.payload.get())
+        let engine = self.engine()?;
+        self.run_json(engine, &input, webhook.payload.get(), TIME_LIMIT)
     }
 
-    /// Runs the handler on `webhook` on one of the process's transformation threads (as many
-    /// as there are cores): a runaway script holds one of them for its time limit, never a
-    /// thread of the async runtime, and a transformation has at most that many engines busy.
-    pub async fn run_pooled(self: &Arc<Self>, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
+    /// Runs the handler on `webhook` from the async runtime. A call runs first on the thread
+    /// that asked, with [`INLINE_BUDGET`] for its time limit and an engine already made, since
+    /// handing it to another thread and back costs more than a short script does. One that
+    /// runs past that budget is made again on one of the process's transformation threads (as
+    /// many as there are cores) with the whole [`TIME_LIMIT`], and from then on every call of
+    /// this transformation goes there: a runaway script holds a runtime thread for the budget
+    /// once, and a transformation thread for its time limit per call. A transformation has at
+    /// most as many engines busy as there are threads of both kinds.
+    pub async fn run_async(self: &Arc<Self>, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
-        let raw = webhook.payload.get().to_owned();
+        let raw = webhook.payload.get();
+        if !self.slow.load(Ordering::Relaxed)
+            && let Some(engine) = self.idle_engine()
+        {
+            let started = Instant::now();
+            let result = self.run_json(engine, &input, raw, INLINE_BUDGET);
+            let stopped = matches!(result, Err(Failure::TimedOut));
+            if started.elapsed() > INLINE_BUDGET || stopped {
+                self.slow.store(true, Ordering::Relaxed);
+            }
+            if !stopped {
+                return result;
+            }
+        }
+        let raw = raw.to_owned();
         let (done, result) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let job: Job = Box::new(move || {
-            let _ = done.send(this.run_json(&input, &raw));
+            let _ = done.send(this.engine().and_then(|engine| this.run_json(engine, &input, &raw, TIME_LIMIT)));
         });
         if POOL.jobs.send(job).is_err() {
             return Err(Failure::Threw("the transformation threads are gone".into()));
@@ -271,22 +297,33 @@ impl Transformation {
         result.await.unwrap_or_else(|_| Err(Failure::Threw("the transformation thread stopped".into())))
     }
 
-    fn run_json(&self, input: &str, raw: &str) -> Result<Transformed, Failure> {
-        let engine = match self.idle.lock().expect("engines").pop() {
-            Some(engine) => {
-                IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
-                engine
-            }
-            None => Engine::new(&self.source)?,
-        };
+    /// Whether a call has run past [`INLINE_BUDGET`] (calls then go to the transformation
+    /// threads).
+    pub fn is_slow(&self) -> bool {
+        self.slow.load(Ordering::Relaxed)
+    }
+
+    fn idle_engine(&self) -> Option<Engine> {
+        let engine = self.idle.lock().expect("engines").pop()?;
+        IDLE_ENGINES.fetch_sub(1, Ordering::Relaxed);
+        Some(engine)
+    }
+
+    /// An idle engine, or a new one.
+    fn engine(&self) -> Result<Engine, Failure> {
+        self.idle_engine().map_or_else(|| Engine::new(&self.source), Ok)
+    }
+
+    fn run_json(&self, engine: Engine, input: &str, raw: &str, limit: Duration) -> Result<Transformed, Failure> {
         // An engine whose call failed may be in any state: it is dropped.
-        let output = engine.call(input, raw)?;
+        let output = engine.call(input, raw, limit)?;
         self.give_back(engine);
         check(&output, raw)
     }
 
-    /// Keeps `engine` for the next call: as many per transformation as there are threads to
-    /// run them, and [`MAX_IDLE_ENGINES`] over all of them.
+    /// Keeps `engine` for the next call: as many per transformation as there are cores (each
+    /// runs one call at a time, on a runtime thread or a transformation thread), and
+    /// [`MAX_IDLE_ENGINES`] over all of them.
     fn give_back(&self, engine: Engine) {
         let mut idle = self.idle.lock().expect("engines");
         if idle.len() < POOL.threads {
@@ -467,5 +504,43 @@ mod tests {
         };
         assert_eq!(call(r#"{"spin": true}"#).unwrap_err(), Failure::TimedOut);
         assert!(call(r#"{"spin": false}"#).is_ok());
+    }
+
+    #[test]
+    fn quick_calls_run_where_they_are_asked_and_a_slow_one_moves_its_transformation_to_the_threads() {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let t = Arc::new(
+            Transformation::compile(
+                "function handler(w) { if (w.payload.spin) { for (;;) {} } w.payload.seen = true; return w; }",
+            )
+            .unwrap(),
+        );
+        let headers = BTreeMap::new();
+        let call = |payload: &str| {
+            let raw = serde_json::value::RawValue::from_string(payload.to_owned()).unwrap();
+            let started = Instant::now();
+            let result = runtime.block_on(t.run_async(&Webhook {
+                method: "POST",
+                url: "u",
+                payload: &raw,
+                event_type: "t",
+                headers: &headers,
+            }));
+            (result, started.elapsed())
+        };
+        for _ in 0..20 {
+            let (out, _) = call(r#"{"spin": false}"#);
+            assert_eq!(json(&out.unwrap())["seen"], true);
+            assert!(!t.is_slow(), "a quick script stays on the calling thread");
+        }
+        // A runaway call is stopped at the budget, made again on a transformation thread with
+        // the whole time limit, and fails with its class there.
+        let (out, took) = call(r#"{"spin": true}"#);
+        assert_eq!(out.unwrap_err(), Failure::TimedOut);
+        assert!(took >= INLINE_BUDGET + TIME_LIMIT, "{took:?}: the whole limit, after the budget");
+        assert!(t.is_slow());
+        // Later calls run on the transformation threads, and still work.
+        let (out, _) = call(r#"{"spin": false}"#);
+        assert_eq!(json(&out.unwrap())["seen"], true);
     }
 }

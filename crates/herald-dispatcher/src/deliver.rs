@@ -404,8 +404,8 @@ impl Default for Request {
     }
 }
 
-/// Runs the subscription's transformation on `body`, on the transformation threads (see
-/// `Transformation::run_pooled`).
+/// Runs the subscription's transformation on `body` (see
+/// `Transformation::run_async`: on this thread while it is quick, else on the transformation threads).
 async fn transformed(
     transformation: &Result<Arc<herald_core::transform::Transformation>, String>,
     body: Vec<u8>,
@@ -426,7 +426,7 @@ async fn transformed(
     let webhook =
         Webhook { method: "POST", url: &sub.url, payload: &payload, event_type: &event.r#type, headers: &sub.headers };
     let started = std::time::Instant::now();
-    let result = transformation.run_pooled(&webhook).await;
+    let result = transformation.run_async(&webhook).await;
     metrics::TRANSFORMATION_SECONDS.observe(&[], started.elapsed());
     match result {
         Err(failure) => Shaped::Failed(failure.to_string()),
