@@ -2,8 +2,9 @@
 //! build's (a directory holding its `herald-gateway` and `herald-dispatcher`, e.g. built from a
 //! git ref by `scripts/build-ref.sh REF`), alternated `--baseline-runs` times in one sitting on
 //! the same nats-server and receiver, so that a loss shows when it happens rather than sittings
-//! later. Rows: single-event HTTP ingest, end to end with one subscription and one dispatcher,
-//! and the dispatcher's CPU per delivery, for each build and as this build ÷ the baseline
+//! later. Rows: single-event HTTP ingest with the gateway's and nats-server's CPU per event, end
+//! to end with one subscription and one dispatcher, and the dispatcher's CPU per delivery, for
+//! each build and as this build ÷ the baseline
 //! (medians). `--smoke` runs it against this build itself, so the row cannot rot.
 
 use std::path::{Path, PathBuf};
@@ -19,6 +20,8 @@ use crate::{Bench, Group, median, per_sec};
 #[derive(Default)]
 struct Side {
     single: Vec<f64>,
+    gateway_cpu: Vec<f64>,
+    nats_cpu: Vec<f64>,
     end_to_end: Vec<f64>,
     dispatcher_cpu: Vec<f64>,
 }
@@ -38,6 +41,8 @@ impl Bench {
         let [this, base] = sides;
         let rows = [
             ("HTTP ingest, one event per request", this.single, base.single, "events/s"),
+            ("gateway CPU per event ingested", this.gateway_cpu, base.gateway_cpu, "µs/event"),
+            ("nats-server CPU per event ingested", this.nats_cpu, base.nats_cpu, "µs/event"),
             ("end to end, 1 subscription, 1 dispatcher", this.end_to_end, base.end_to_end, "deliveries/s"),
             ("dispatcher CPU per delivery", this.dispatcher_cpu, base.dispatcher_cpu, "µs/delivery"),
         ];
@@ -67,7 +72,11 @@ impl Bench {
             .map(|_| json!({"id": self.next_id("g"), "type": "bench.regression.single", "data": data}).to_string())
             .collect();
         let url = format!("http://127.0.0.1:{port}/v1/events");
+        let nats_pid = self.nats.pid().unwrap_or(0).to_string();
+        let (gateway_before, nats_before) = (gateway.cpu_seconds(), procs::cpu_seconds(&nats_pid));
         side.single.push(post_all(&url, self.args.concurrency, bodies, events).await?);
+        side.gateway_cpu.push((gateway.cpu_seconds() - gateway_before) * 1e6 / events as f64);
+        side.nats_cpu.push((procs::cpu_seconds(&nats_pid) - nats_before) * 1e6 / events as f64);
         drop(gateway);
 
         let dispatcher = Proc::dispatcher_from(&self.nats.url(), &[], Some(&dir.join("herald-dispatcher")))?;

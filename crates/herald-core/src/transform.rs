@@ -11,7 +11,7 @@
 //! making one costs far more than a trivial call.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -22,10 +22,15 @@ use serde::{Deserialize, Serialize};
 pub const MAX_SOURCE: usize = 64 * 1024;
 /// Time one call may run.
 pub const TIME_LIMIT: Duration = Duration::from_millis(100);
-/// Time a call may run on the async runtime's thread that asked for it (see
-/// [`Transformation::run_async`]); past it, the call is made again on a transformation thread,
-/// and so is every later call of that transformation.
+/// CPU time a call may take on the async runtime's thread that asked for it (see
+/// [`Transformation::run_async`]); past it, the call is made again on a transformation thread.
+/// CPU time, not time on the clock: on a busy machine a thread is often descheduled for longer
+/// than this, through no fault of the script.
 pub const INLINE_BUDGET: Duration = Duration::from_millis(2);
+/// Calls past [`INLINE_BUDGET`] in a row after which every call of that transformation goes to
+/// the transformation threads. More than one, because a call now and then is charged for the
+/// kernel's work (a network interrupt served on its thread) through no fault of the script.
+pub const INLINE_STRIKES: u32 = 3;
 /// Memory one engine may allocate (the script, its objects, the webhook in and out).
 pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
 /// Idle engines kept over every transformation of the process; beyond it an engine is dropped
@@ -124,7 +129,9 @@ struct Answer {
 pub struct Transformation {
     source: Arc<str>,
     idle: Mutex<Vec<Engine>>,
-    /// A call ran past [`INLINE_BUDGET`]: calls go to the transformation threads.
+    /// Calls in a row that ran past [`INLINE_BUDGET`].
+    strikes: AtomicU32,
+    /// [`INLINE_STRIKES`] were reached: calls go to the transformation threads.
     slow: AtomicBool,
 }
 
@@ -146,8 +153,16 @@ struct Engine {
     context: Context,
     /// When the current call must stop, in nanoseconds since `epoch` (0: no call running).
     deadline: Arc<AtomicU64>,
+    /// When the current call must stop, in nanoseconds of its thread's CPU time (0: none).
+    cpu_deadline: Arc<AtomicU64>,
     epoch: Instant,
     _runtime: Runtime,
+}
+
+/// The CPU time the calling thread has used, in nanoseconds (0 where it cannot be read, which
+/// leaves only the time limit on the clock).
+fn thread_cpu_nanos() -> u64 {
+    cpu_time::ThreadTime::try_now().map_or(0, |t| t.as_duration().as_nanos() as u64)
 }
 
 /// Wraps the handler: JSON in, JSON out, so nothing but plain data crosses the boundary. The
@@ -185,19 +200,22 @@ impl Engine {
         runtime.set_memory_limit(MEMORY_LIMIT);
         runtime.set_max_stack_size(256 * 1024);
         let deadline = Arc::new(AtomicU64::new(0));
+        let cpu_deadline = Arc::new(AtomicU64::new(0));
         let epoch = Instant::now();
-        let watched = deadline.clone();
+        let (watched, watched_cpu) = (deadline.clone(), cpu_deadline.clone());
         runtime.set_interrupt_handler(Some(Box::new(move || {
             let until = watched.load(Ordering::Relaxed);
-            until != 0 && epoch.elapsed().as_nanos() as u64 > until
+            let cpu_until = watched_cpu.load(Ordering::Relaxed);
+            (until != 0 && epoch.elapsed().as_nanos() as u64 > until)
+                || (cpu_until != 0 && thread_cpu_nanos() > cpu_until)
         })));
         let context = Context::full(&runtime).map_err(|e| Failure::Syntax(format!("cannot start the engine: {e}")))?;
-        let engine = Self { context, deadline, epoch, _runtime: runtime };
+        let engine = Self { context, deadline, cpu_deadline, epoch, _runtime: runtime };
         let mut script = String::with_capacity(source.len() + WRAPPER.len());
         script.push_str(source);
         script.push_str(WRAPPER);
         engine
-            .timed(TIME_LIMIT, || engine.context.with(|ctx| ctx.eval::<(), _>(script).catch(&ctx).map_err(|e| e.to_string())))
+            .timed(None, || engine.context.with(|ctx| ctx.eval::<(), _>(script).catch(&ctx).map_err(|e| e.to_string())))
             .map_err(|e| match e {
                 Failure::Threw(message) => Failure::Syntax(message),
                 other => other,
@@ -205,19 +223,24 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Runs `call` with a time limit armed; classifies what it threw.
-    fn timed(&self, limit: Duration, call: impl FnOnce() -> Result<(), String>) -> Result<(), Failure> {
-        let budget = self.epoch.elapsed() + limit;
+    /// Runs `call` with [`TIME_LIMIT`] armed, and a limit of this thread's CPU time if `cpu`
+    /// (from `cpu_started`, this thread's CPU time when the call began); classifies what it threw.
+    fn timed(&self, cpu: Option<(Duration, u64)>, call: impl FnOnce() -> Result<(), String>) -> Result<(), Failure> {
+        let budget = self.epoch.elapsed() + TIME_LIMIT;
         self.deadline.store(budget.as_nanos() as u64, Ordering::Relaxed);
+        if let Some((limit, cpu_started)) = cpu {
+            self.cpu_deadline.store(cpu_started + limit.as_nanos() as u64, Ordering::Relaxed);
+        }
         let result = call();
         let late = self.epoch.elapsed() > budget;
         self.deadline.store(0, Ordering::Relaxed);
+        self.cpu_deadline.store(0, Ordering::Relaxed);
         result.map_err(|message| classify(&message, late))
     }
 
-    fn call(&self, input: &str, raw: &str, limit: Duration) -> Result<String, Failure> {
+    fn call(&self, input: &str, raw: &str, cpu: Option<(Duration, u64)>) -> Result<String, Failure> {
         let mut output = String::new();
-        self.timed(limit, || {
+        self.timed(cpu, || {
             self.context.with(|ctx| {
                 let run: Function = ctx.globals().get("__heraldRun").catch(&ctx).map_err(|e| e.to_string())?;
                 output = run.call::<_, String>((input, raw)).catch(&ctx).map_err(|e| e.to_string())?;
@@ -249,7 +272,10 @@ impl Transformation {
             return Err(Failure::Syntax(format!("the source is over {} KiB", MAX_SOURCE / 1024)));
         }
         let engine = Engine::new(source)?;
-        let transformation = Self { source: source.into(), idle: Mutex::new(Vec::new()), slow: AtomicBool::new(false) };
+        let transformation = Self { source: source.into(), idle: Mutex::new(Vec::new()),
+            strikes: AtomicU32::new(0),
+            slow: AtomicBool::new(false),
+        };
         transformation.give_back(engine);
         Ok(transformation)
     }
@@ -258,28 +284,37 @@ impl Transformation {
     pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
         let engine = self.engine()?;
-        self.run_json(engine, &input, webhook.payload.get(), TIME_LIMIT)
+        self.run_json(engine, &input, webhook.payload.get(), None)
     }
 
     /// Runs the handler on `webhook` from the async runtime. A call runs first on the thread
-    /// that asked, with [`INLINE_BUDGET`] for its time limit and an engine already made, since
-    /// handing it to another thread and back costs more than a short script does. One that
-    /// runs past that budget is made again on one of the process's transformation threads (as
-    /// many as there are cores) with the whole [`TIME_LIMIT`], and from then on every call of
-    /// this transformation goes there: a runaway script holds a runtime thread for the budget
-    /// once, and a transformation thread for its time limit per call. A transformation has at
-    /// most as many engines busy as there are threads of both kinds.
+    /// that asked, with [`INLINE_BUDGET`] of CPU time for its limit and an engine already made,
+    /// since handing it to another thread and back costs more than a short script does. One
+    /// that is stopped at that budget is made again on one of the process's transformation
+    /// threads (as many as there are cores) with the whole [`TIME_LIMIT`]; after
+    /// [`INLINE_STRIKES`] calls in a row past the budget (a quick call anywhere starts the count
+    /// again), every call of this transformation goes there. So a runaway script holds a runtime thread for the budget a few times, and a
+    /// transformation thread for its time limit per call. A transformation has at most as many
+    /// engines busy as there are threads of both kinds.
     pub async fn run_async(self: &Arc<Self>, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
         let raw = webhook.payload.get();
         if !self.slow.load(Ordering::Relaxed)
             && let Some(engine) = self.idle_engine()
         {
-            let started = Instant::now();
-            let result = self.run_json(engine, &input, raw, INLINE_BUDGET);
+            let started = thread_cpu_nanos();
+            let result = self.run_json(engine, &input, raw, Some((INLINE_BUDGET, started)));
             let stopped = matches!(result, Err(Failure::TimedOut));
-            if started.elapsed() > INLINE_BUDGET || stopped {
-                self.slow.store(true, Ordering::Relaxed);
+            let used = Duration::from_nanos(thread_cpu_nanos().saturating_sub(started));
+            if used > INLINE_BUDGET || stopped {
+                if self.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= INLINE_STRIKES
+                    && !self.slow.swap(true, Ordering::Relaxed)
+                {
+                    tracing::info!(cpu_ms = used.as_secs_f64() * 1e3, budget_ms = INLINE_BUDGET.as_millis() as u64,
+                        "a transformation took longer than its budget on the delivering thread {INLINE_STRIKES} times in a row: its calls now run on the transformation threads");
+                }
+            } else {
+                self.quick();
             }
             if !stopped {
                 return result;
@@ -289,7 +324,13 @@ impl Transformation {
         let (done, result) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let job: Job = Box::new(move || {
-            let _ = done.send(this.engine().and_then(|engine| this.run_json(engine, &input, &raw, TIME_LIMIT)));
+            let counting = !this.slow.load(Ordering::Relaxed);
+            let started = if counting { thread_cpu_nanos() } else { 0 };
+            let result = this.engine().and_then(|engine| this.run_json(engine, &input, &raw, None));
+            if counting && Duration::from_nanos(thread_cpu_nanos().saturating_sub(started)) <= INLINE_BUDGET {
+                this.quick();
+            }
+            let _ = done.send(result);
         });
         if POOL.jobs.send(job).is_err() {
             return Err(Failure::Threw("the transformation threads are gone".into()));
@@ -297,10 +338,17 @@ impl Transformation {
         result.await.unwrap_or_else(|_| Err(Failure::Threw("the transformation thread stopped".into())))
     }
 
-    /// Whether a call has run past [`INLINE_BUDGET`] (calls then go to the transformation
-    /// threads).
+    /// Whether [`INLINE_STRIKES`] calls in a row ran past [`INLINE_BUDGET`] (calls then go to
+    /// the transformation threads).
     pub fn is_slow(&self) -> bool {
         self.slow.load(Ordering::Relaxed)
+    }
+
+    /// A call took no more than [`INLINE_BUDGET`], wherever it ran: the count starts again.
+    fn quick(&self) {
+        if self.strikes.load(Ordering::Relaxed) != 0 {
+            self.strikes.store(0, Ordering::Relaxed);
+        }
     }
 
     fn idle_engine(&self) -> Option<Engine> {
@@ -314,9 +362,15 @@ impl Transformation {
         self.idle_engine().map_or_else(|| Engine::new(&self.source), Ok)
     }
 
-    fn run_json(&self, engine: Engine, input: &str, raw: &str, limit: Duration) -> Result<Transformed, Failure> {
+    fn run_json(
+        &self,
+        engine: Engine,
+        input: &str,
+        raw: &str,
+        cpu: Option<(Duration, u64)>,
+    ) -> Result<Transformed, Failure> {
         // An engine whose call failed may be in any state: it is dropped.
-        let output = engine.call(input, raw, limit)?;
+        let output = engine.call(input, raw, cpu)?;
         self.give_back(engine);
         check(&output, raw)
     }
@@ -507,11 +561,17 @@ mod tests {
     }
 
     #[test]
-    fn quick_calls_run_where_they_are_asked_and_a_slow_one_moves_its_transformation_to_the_threads() {
+    fn quick_calls_run_where_they_are_asked_and_slow_ones_move_their_transformation_to_the_threads() {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let t = Arc::new(
             Transformation::compile(
-                "function handler(w) { if (w.payload.spin) { for (;;) {} } w.payload.seen = true; return w; }",
+                "function handler(w) {
+                   if (w.payload.spin) { for (;;) {} }
+                   let x = 0;
+                   for (let i = 0; i < w.payload.work; i++) { x += i; }
+                   w.payload.seen = x >= 0;
+                   return w;
+                 }",
             )
             .unwrap(),
         );
@@ -528,9 +588,9 @@ mod tests {
             }));
             (result, started.elapsed())
         };
+        let (quick, slow) = (r#"{"work": 1}"#, r#"{"work": 100000}"#);
         for _ in 0..20 {
-            let (out, _) = call(r#"{"spin": false}"#);
-            assert_eq!(json(&out.unwrap())["seen"], true);
+            assert_eq!(json(&call(quick).0.unwrap())["seen"], true);
             assert!(!t.is_slow(), "a quick script stays on the calling thread");
         }
         // A runaway call is stopped at the budget, made again on a transformation thread with
@@ -538,9 +598,21 @@ mod tests {
         let (out, took) = call(r#"{"spin": true}"#);
         assert_eq!(out.unwrap_err(), Failure::TimedOut);
         assert!(took >= INLINE_BUDGET + TIME_LIMIT, "{took:?}: the whole limit, after the budget");
-        assert!(t.is_slow());
+        assert!(call(quick).0.is_ok());
+        // A call past the budget is stopped and made again on a transformation thread, where it
+        // completes. A quick call between two slow ones starts the count again; so many in a
+        // row move the transformation for good.
+        for _ in 1..INLINE_STRIKES {
+            assert_eq!(json(&call(slow).0.unwrap())["seen"], true);
+        }
+        assert!(call(quick).0.is_ok());
+        for in_a_row in 1..INLINE_STRIKES {
+            assert_eq!(json(&call(slow).0.unwrap())["seen"], true);
+            assert!(!t.is_slow(), "{in_a_row} in a row");
+        }
+        assert_eq!(json(&call(slow).0.unwrap())["seen"], true);
+        assert!(t.is_slow(), "{INLINE_STRIKES} in a row");
         // Later calls run on the transformation threads, and still work.
-        let (out, _) = call(r#"{"spin": false}"#);
-        assert_eq!(json(&out.unwrap())["seen"], true);
+        assert_eq!(json(&call(quick).0.unwrap())["seen"], true);
     }
 }
