@@ -6,8 +6,11 @@
 #
 #   scripts/profile.sh dispatcher        # the dispatcher draining one subscription's backlog
 #   scripts/profile.sh gateway 20        # the gateway under single-event and batch ingest, 20 s
+#   BINARIES=/tmp/old scripts/profile.sh gateway   # another build's binaries (e.g. from
+#                                        # scripts/build-ref.sh), to compare two builds' profiles
 #
-# The recording stays in target/profile/<process>.data for `perf report -i`.
+# The recording stays in target/profile/<process>.data (<process>-<dir>.data for BINARIES=dir)
+# for `perf report -i`.
 set -euo pipefail
 process="${1:-dispatcher}"
 seconds="${2:-15}"
@@ -26,15 +29,17 @@ NATS_SERVER_BIN="$(scripts/ensure-nats.sh)"
 export NATS_SERVER_BIN
 echo "==> building the release binaries" >&2
 cargo build --release --locked --bins --quiet
+binaries="${BINARIES:-$root/target/release}"
+binaries="$(cd "$binaries" && pwd)"
 out="target/profile"
 mkdir -p "$out"
 # A session of its own, so that stopping it stops the nats-server and processes it started.
-setsid target/release/herald-bench "${load[@]}" > "$out/bench.log" 2>&1 &
+setsid target/release/herald-bench --binaries "$binaries" "${load[@]}" > "$out/bench.log" 2>&1 &
 bench=$!
 trap 'kill -- "-$bench" 2> /dev/null || true' EXIT
 pid=""
 for _ in $(seq 1 120); do
-  pid="$(pgrep -n -f "target/release/herald-$process" || true)"
+  pid="$(pgrep -n -f "$binaries/herald-$process" || true)"
   [ -n "$pid" ] && break
   sleep 1
 done
@@ -48,6 +53,7 @@ for _ in $(seq 1 180); do
   [ $(($(busy) - before)) -ge 20 ] && break
 done
 echo "==> recording herald-$process (pid $pid) for ${seconds}s" >&2
-perf record -q -F 997 --call-graph dwarf,16384 -o "$out/$process.data" -p "$pid" -- sleep "$seconds"
-perf report -i "$out/$process.data" --children --sort symbol --stdio -g none 2> /dev/null |
+data="$out/$process${BINARIES:+-$(basename "$binaries")}.data"
+perf record -q -F 997 --call-graph dwarf,16384 -o "$data" -p "$pid" -- sleep "$seconds"
+perf report -i "$data" --children --sort symbol --stdio -g none 2> /dev/null |
   grep -v '^#' | grep -v '^$' | sed 's/ \{3,\}/  /g' | cut -c1-160 | awk 'NR <= 60'

@@ -131,7 +131,10 @@ pub fn init(service: &str) -> Guard {
     let fmt = if json {
         tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr).with_filter(filter()).boxed()
     } else {
-        tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(filter()).boxed()
+        // Colours only for a terminal: a log file or a pod's log gets plain text (and formatting
+        // every request span's fields without escape codes costs less).
+        let colours = std::io::IsTerminal::is_terminal(&std::io::stderr());
+        tracing_subscriber::fmt::layer().with_ansi(colours).with_writer(std::io::stderr).with_filter(filter()).boxed()
     };
     let (provider, problem) = match export_from(|k| std::env::var(k).ok()) {
         Export::Off(_) => (None, None),

@@ -368,7 +368,8 @@ async fn request_log(mut req: Request, next: axum::middleware::Next) -> axum::re
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
         .unwrap_or_else(|| ulid::Ulid::new().to_string());
-    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+    let id_header = axum::http::HeaderValue::from_str(&id).ok();
+    if let Some(value) = &id_header {
         req.headers_mut().insert("x-request-id", value.clone());
     }
     let (method, path) = (req.method().clone(), req.uri().path().to_owned());
@@ -403,7 +404,7 @@ async fn request_log(mut req: Request, next: axum::middleware::Next) -> axum::re
             tracing::debug!(status, elapsed_ms = started.elapsed().as_millis() as u64, "request");
         }
     });
-    if let Ok(value) = axum::http::HeaderValue::from_str(&id) {
+    if let Some(value) = id_header {
         res.headers_mut().insert("x-request-id", value);
     }
     res
