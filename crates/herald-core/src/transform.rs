@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rquickjs::{CatchResultExt as _, Context, Function, Runtime};
+use serde_json::value::RawValue;
 use serde::{Deserialize, Serialize};
 
 /// The longest source accepted, in bytes.
@@ -284,21 +285,22 @@ impl Transformation {
     pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
         let engine = self.engine()?;
-        self.run_json(engine, &input, webhook.payload.get(), None)
+        self.run_json(engine, &input, webhook.payload, None)
     }
 
     /// Runs the handler on `webhook` from the async runtime. A call runs first on the thread
     /// that asked, with [`INLINE_BUDGET`] of CPU time for its limit and an engine already made,
     /// since handing it to another thread and back costs more than a short script does. One
     /// that is stopped at that budget is made again on one of the process's transformation
-    /// threads (as many as there are cores) with the whole [`TIME_LIMIT`]; after
-    /// [`INLINE_STRIKES`] calls in a row past the budget (a quick call anywhere starts the count
-    /// again), every call of this transformation goes there. So a runaway script holds a runtime thread for the budget a few times, and a
-    /// transformation thread for its time limit per call. A transformation has at most as many
-    /// engines busy as there are threads of both kinds.
+    /// threads (as many as there are cores) with the whole [`TIME_LIMIT`]. After
+    /// [`INLINE_STRIKES`] calls in a row past the budget (a quick call anywhere starts the
+    /// count again), every call of this transformation goes there. So a runaway script holds a
+    /// runtime thread for the budget a few times, and a transformation thread for its time
+    /// limit per call. A transformation has at most as many engines busy as there are threads
+    /// of both kinds.
     pub async fn run_async(self: &Arc<Self>, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let input = serde_json::to_string(webhook).map_err(|e| Failure::Invalid(e.to_string()))?;
-        let raw = webhook.payload.get();
+        let raw = webhook.payload;
         if !self.slow.load(Ordering::Relaxed)
             && let Some(engine) = self.idle_engine()
         {
@@ -320,7 +322,7 @@ impl Transformation {
                 return result;
             }
         }
-        let raw = raw.to_owned();
+        let raw: Box<RawValue> = raw.to_owned();
         let (done, result) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let job: Job = Box::new(move || {
@@ -366,11 +368,11 @@ impl Transformation {
         &self,
         engine: Engine,
         input: &str,
-        raw: &str,
+        raw: &RawValue,
         cpu: Option<(Duration, u64)>,
     ) -> Result<Transformed, Failure> {
         // An engine whose call failed may be in any state: it is dropped.
-        let output = engine.call(input, raw, cpu)?;
+        let output = engine.call(input, raw.get(), cpu)?;
         self.give_back(engine);
         check(&output, raw)
     }
@@ -390,8 +392,9 @@ impl Transformation {
     }
 }
 
-/// The handler's answer (see [`WRAPPER`]) checked: `raw` is the payload it was given.
-fn check(output: &str, raw: &str) -> Result<Transformed, Failure> {
+/// The handler's answer (see [`WRAPPER`]) checked: `raw` is the payload it was given (JSON
+/// already, so an unchanged payload is copied, not checked again).
+fn check(output: &str, raw: &RawValue) -> Result<Transformed, Failure> {
     let invalid = || Failure::Invalid("handler must return the webhook object".into());
     let (unchanged, output) = match output.split_at_checked(1) {
         Some(("=", rest)) => (true, rest),
@@ -400,7 +403,7 @@ fn check(output: &str, raw: &str) -> Result<Transformed, Failure> {
     };
     let mut answer: Answer = serde_json::from_str(output).map_err(|_| invalid())?;
     if unchanged {
-        answer.payload = Some(serde_json::value::RawValue::from_string(raw.to_owned()).map_err(|_| invalid())?);
+        answer.payload = Some(raw.to_owned());
     }
     let text = |field: &str, v: Option<serde_json::Value>| match v {
         Some(serde_json::Value::String(s)) => Ok(s),
