@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rquickjs::{CatchResultExt as _, Context, Function, Runtime};
-use serde_json::value::RawValue;
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 /// The longest source accepted, in bytes.
 pub const MAX_SOURCE: usize = 64 * 1024;
@@ -273,7 +273,9 @@ impl Transformation {
             return Err(Failure::Syntax(format!("the source is over {} KiB", MAX_SOURCE / 1024)));
         }
         let engine = Engine::new(source)?;
-        let transformation = Self { source: source.into(), idle: Mutex::new(Vec::new()),
+        let transformation = Self {
+            source: source.into(),
+            idle: Mutex::new(Vec::new()),
             strikes: AtomicU32::new(0),
             slow: AtomicBool::new(false),
         };
@@ -312,8 +314,11 @@ impl Transformation {
                 if self.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= INLINE_STRIKES
                     && !self.slow.swap(true, Ordering::Relaxed)
                 {
-                    tracing::info!(cpu_ms = used.as_secs_f64() * 1e3, budget_ms = INLINE_BUDGET.as_millis() as u64,
-                        "a transformation took longer than its budget on the delivering thread {INLINE_STRIKES} times in a row: its calls now run on the transformation threads");
+                    tracing::info!(
+                        cpu_ms = used.as_secs_f64() * 1e3,
+                        budget_ms = INLINE_BUDGET.as_millis() as u64,
+                        "a transformation took longer than its budget on the delivering thread {INLINE_STRIKES} times in a row: its calls now run on the transformation threads"
+                    );
                 }
             } else {
                 self.quick();
