@@ -179,18 +179,23 @@ impl Bench {
     /// What a trivial transformation costs: one dispatcher delivering a backlog to a
     /// subscription with `function handler(webhook) { return webhook; }` and to one without,
     /// alternated in one sitting; deliveries per second and dispatcher CPU per delivery of each.
+    /// A third subscription's script changes the payload (`webhook.payload.seen = true`), which
+    /// takes the engine's whole path: the payload parsed, changed and written back.
     pub(crate) async fn transformation_cost(&mut self, payload: usize) -> anyhow::Result<()> {
         let plain = self.subscribe(1).await?;
         let script = "function handler(webhook) { return webhook; }";
         let shaped = self.subscribe_with(1, json!({"transformation": script})).await?;
+        let script = "function handler(webhook) { webhook.payload.seen = true; return webhook; }";
+        let edited = self.subscribe_with(1, json!({"transformation": script})).await?;
         let dispatcher = Proc::dispatcher(&self.nats.url(), &[])?;
-        for group in [&plain, &shaped] {
+        let groups = [&plain, &shaped, &edited];
+        for group in groups {
             self.warm_up(group).await?;
         }
         let n = (self.args.events / 2).max(10);
-        let (mut rates, mut cpu) = ([Vec::new(), Vec::new()], [Vec::new(), Vec::new()]);
+        let (mut rates, mut cpu) = ([Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]);
         for _ in 0..self.args.runs {
-            for (i, group) in [&plain, &shaped].into_iter().enumerate() {
+            for (i, group) in groups.into_iter().enumerate() {
                 let target = self.sink.delivered(group.paths.clone()) + n as u64;
                 let messages = self.events_for(group, n, payload);
                 let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
@@ -202,13 +207,16 @@ impl Bench {
                 self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
             }
         }
-        let [plain_rate, shaped_rate] = rates.map(median);
-        let [plain_cpu, shaped_cpu] = cpu.map(median);
+        let [plain_rate, shaped_rate, edited_rate] = rates.map(median);
+        let [plain_cpu, shaped_cpu, edited_cpu] = cpu.map(median);
         self.push(payload, "end to end, no transformation (same sitting)", plain_rate, "deliveries/s");
         self.push(payload, "end to end, trivial transformation", shaped_rate, "deliveries/s");
         self.push(payload, "  transformed ÷ plain, deliveries/s", shaped_rate / plain_rate, "×");
         self.push(payload, "  dispatcher CPU, no transformation", plain_cpu, "µs/delivery");
         self.push(payload, "  dispatcher CPU, trivial transformation", shaped_cpu, "µs/delivery");
+        self.push(payload, "end to end, a transformation changing the payload", edited_rate, "deliveries/s");
+        self.push(payload, "  changing ÷ plain, deliveries/s", edited_rate / plain_rate, "×");
+        self.push(payload, "  dispatcher CPU, changing the payload", edited_cpu, "µs/delivery");
         dispatcher.stop().await;
         Ok(())
     }

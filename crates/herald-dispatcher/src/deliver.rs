@@ -412,7 +412,7 @@ async fn transformed(
     sub: &proto::Subscription,
     event: &proto::Event,
 ) -> Shaped {
-    use herald_core::transform::Webhook;
+    use herald_core::transform::{Outcome, Webhook};
     let transformation = match transformation {
         Ok(t) => t,
         Err(why) => return Shaped::Failed(why.clone()),
@@ -430,8 +430,9 @@ async fn transformed(
     metrics::TRANSFORMATION_SECONDS.observe(&[], started.elapsed());
     match result {
         Err(failure) => Shaped::Failed(failure.to_string()),
-        Ok(out) if out.cancel => Shaped::Cancelled,
-        Ok(out) => {
+        Ok(Outcome::Unchanged) => Shaped::As(String::from(Box::<str>::from(payload)).into_bytes()),
+        Ok(Outcome::Changed(out)) if out.cancel => Shaped::Cancelled,
+        Ok(Outcome::Changed(out)) => {
             let body = out.payload.get().as_bytes().to_vec();
             let mut headers = sub.headers.clone();
             if !out.headers.is_empty() {

@@ -622,6 +622,13 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
         ),
         ("throw", create(rx.url("/throw"), "function handler(w) { throw new TypeError('not today'); }")),
         ("plain", json!({"url": rx.url("/plain"), "event_types": ["shop.*"]})),
+        // Looks at the event type only: the webhook goes as it came, the subscription's own
+        // header with it.
+        (
+            "untouched",
+            json!({"url": rx.url("/untouched"), "event_types": ["shop.*"], "headers": {"x-team": "payments"},
+                "transformation": "function handler(w) { if (w.eventType === 'shop.refunded') { w.cancel = true; } return w; }"}),
+        ),
     ];
     for (name, body) in subs {
         let (status, _, sub) = stack.call(Method::POST, "/v1/subscriptions", Some(body)).await;
@@ -643,6 +650,7 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
     rx.wait_count("/elsewhere", 1, SOON).await;
     rx.wait_count("/redirect", 1, SOON).await;
     rx.wait_count("/cancel", 1, SOON).await;
+    rx.wait_count("/untouched", 2, SOON).await;
 
     // Reshaped, PUT, with the extra header, and signed over the body sent.
     for got in rx.received_on("/slack") {
@@ -658,6 +666,15 @@ async fn transformations_reshape_redirect_and_cancel_deliveries_and_a_runaway_sc
             .filter(|r| r.path == "/slack")
             .all(|r| r.header("content-type") == Some("application/json"))
     );
+    // Returned as it came: the body byte for byte what a subscription without a script got,
+    // signed, with the subscription's own header.
+    for got in rx.received_on("/untouched") {
+        got.verify(&secrets["untouched"]).expect("signed over the body sent");
+        assert_eq!(got.header("x-team"), Some("payments"));
+        let id = got.header("webhook-id");
+        let plain = rx.received_on("/plain").into_iter().find(|p| p.header("webhook-id") == id).unwrap();
+        assert_eq!(got.body, plain.body, "{id:?}: the body as rendered");
+    }
     // Svix's redirect example: the event naming a URL went there, the other to the endpoint.
     assert_eq!(rx.received_on("/elsewhere")[0].header("webhook-id"), Some("t-1"));
     assert!(rx.received().iter().filter(|r| r.path != "/slack").all(|r| r.method == "POST"), "the rest are POSTed");
