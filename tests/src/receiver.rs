@@ -95,12 +95,14 @@ pub struct Reply {
     pub retry_after: Option<u64>,
     /// A `Location` header, if any (to answer with a redirect).
     pub location: Option<&'static str>,
+    /// The body of the answer.
+    pub body: &'static str,
 }
 
 impl Reply {
     /// Answers `status` at once.
     pub fn status(status: u16) -> Self {
-        Self { status, delay: Duration::ZERO, retry_after: None, location: None }
+        Self { status, delay: Duration::ZERO, retry_after: None, location: None, body: "" }
     }
 }
 
@@ -198,7 +200,7 @@ impl Receiver {
                     if let Some(location) = reply.location {
                         headers.insert("location", axum::http::HeaderValue::from_static(location));
                     }
-                    (status, headers)
+                    (status, headers, reply.body)
                 }
             },
         );

@@ -253,8 +253,9 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Runs `call` with [`TIME_LIMIT`] armed, and a limit of this thread's CPU time if `cpu`
-    /// (from `cpu_started`, this thread's CPU time when the call began); classifies what it threw.
+    /// Runs `call` with [`TIME_LIMIT`] armed and, if `cpu` is `(limit, started)`, a limit of
+    /// `limit` on this thread's CPU time from `started` (its CPU time, in nanoseconds, when the
+    /// call began); classifies what it threw.
     fn timed(&self, cpu: Option<(Duration, u64)>, call: impl FnOnce() -> Result<(), String>) -> Result<(), Failure> {
         let budget = self.epoch.elapsed() + TIME_LIMIT;
         self.deadline.store(budget.as_nanos() as u64, Ordering::Relaxed);

@@ -404,8 +404,9 @@ impl Default for Request {
     }
 }
 
-/// Runs the subscription's transformation on `body` (see
-/// `Transformation::run_async`: on this thread while it is quick, else on the transformation threads).
+/// Runs the subscription's transformation on `body`: on this thread while it is quick, else on
+/// the transformation threads (see `Transformation::run_async`). A webhook the handler returned
+/// as it came goes as rendered.
 async fn transformed(
     transformation: &Result<Arc<herald_core::transform::Transformation>, String>,
     body: Vec<u8>,

@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::Full;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::connect::dns::Name;
@@ -116,19 +116,7 @@ impl Direct {
         let response = self.client.request(request).await.map_err(Failed::Client)?;
         let status = response.status().as_u16();
         let retry_after = http_client::retry_after(status, response.headers());
-        let mut body = response.into_body();
-        let mut excerpt = Vec::new();
-        while excerpt.len() < excerpt_limit {
-            match body.frame().await {
-                Some(Ok(frame)) => {
-                    if let Some(chunk) = frame.data_ref() {
-                        excerpt.extend_from_slice(&chunk[..chunk.len().min(excerpt_limit - excerpt.len())]);
-                    }
-                }
-                // The answer's status is what counts: a body cut short still answered.
-                _ => break,
-            }
-        }
+        let excerpt = http_client::excerpt(response.into_body(), excerpt_limit).await;
         Ok(http_client::answered(status, retry_after, &excerpt))
     }
 }

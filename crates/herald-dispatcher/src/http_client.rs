@@ -289,18 +289,10 @@ async fn send_reqwest(client: &reqwest::Client, req: WebhookRequest<'_>, excerpt
     *request.body_mut() = Some(req.body.into());
     let outcome = client.execute(request).await;
     let (result, response_excerpt) = match outcome {
-        Ok(mut resp) => {
+        Ok(resp) => {
             let status = resp.status().as_u16();
             let retry_after = retry_after(status, resp.headers());
-            let mut excerpt = Vec::new();
-            while excerpt.len() < excerpt_limit {
-                match resp.chunk().await {
-                    Ok(Some(chunk)) => {
-                        excerpt.extend_from_slice(&chunk[..chunk.len().min(excerpt_limit - excerpt.len())])
-                    }
-                    _ => break,
-                }
-            }
+            let excerpt = excerpt(hyper::Response::from(resp).into_body(), excerpt_limit).await;
             answered(status, retry_after, &excerpt)
         }
         Err(e) => (failure(&e), String::new()),
@@ -320,6 +312,27 @@ pub(crate) fn retry_after(status: u16, headers: &HeaderMap) -> Option<Duration> 
 }
 
 /// The result of an answered request: delivered on a 2xx, an `http_status` failure otherwise.
+/// The first `limit` bytes of an answer's body, or fewer if it ends or fails first: the
+/// answer's status is what counts, and a body cut short still answered.
+pub(crate) async fn excerpt<B: hyper::body::Body<Data = hyper::body::Bytes> + Unpin>(
+    mut body: B,
+    limit: usize,
+) -> Vec<u8> {
+    use http_body_util::BodyExt as _;
+    let mut excerpt = Vec::new();
+    while excerpt.len() < limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(chunk) = frame.data_ref() {
+                    excerpt.extend_from_slice(&chunk[..chunk.len().min(limit - excerpt.len())]);
+                }
+            }
+            _ => break,
+        }
+    }
+    excerpt
+}
+
 pub(crate) fn answered(status: u16, retry_after: Option<Duration>, excerpt: &[u8]) -> (AttemptResult, String) {
     let failed = !(200..300).contains(&status);
     let result = AttemptResult {

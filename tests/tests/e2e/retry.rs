@@ -29,8 +29,10 @@ async fn attempts(stack: &Stack) -> Vec<herald_core::proto::Attempt> {
 async fn retry_after_on_429_is_honoured() {
     let stack = Stack::start().await;
     let rx = Receiver::start().await;
-    // The deployment's schedule says 1 s; the subscriber asks for 4.
-    rx.script([Reply { retry_after: Some(4), ..Reply::status(429) }]);
+    // The deployment's schedule says 1 s; the subscriber asks for 4, in a body longer than the
+    // record keeps (`HERALD_RESPONSE_BODY_LIMIT`, 4096 bytes by default).
+    let said: &'static str = Box::leak((0..1000).map(|i| format!("{i:04} ")).collect::<String>().into_boxed_str());
+    rx.script([Reply { retry_after: Some(4), body: said, ..Reply::status(429) }]);
     stack.subscribe(&rx.url("/ra"), &["ra.test"], None).await;
     stack.publish(json!({"id": "ra-1", "type": "ra.test", "data": {}})).await;
 
@@ -46,10 +48,12 @@ async fn retry_after_on_429_is_honoured() {
         (recorded[0].status, recorded[0].outcome.as_str(), recorded[0].error_class.as_str()),
         (429, "retry", "http_status")
     );
+    assert_eq!(recorded[0].response_body, said[..4096], "the answer's first 4096 bytes");
     assert_eq!(
         (recorded[1].status, recorded[1].outcome.as_str(), recorded[1].error_class.as_str()),
         (200, "delivered", "")
     );
+    assert_eq!(recorded[1].response_body, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
