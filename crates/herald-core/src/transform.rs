@@ -175,6 +175,17 @@ fn thread_cpu_nanos() -> u64 {
     cpu_time::ThreadTime::try_now().map_or(0, |t| t.as_duration().as_nanos() as u64)
 }
 
+/// The CPU time this thread used since `started` (its CPU time then), `clock` being when that
+/// was. Read only when more than [`INLINE_BUDGET`] passed on the clock, since a thread cannot
+/// use more CPU time than passes: a quick call costs one read, not two.
+fn cpu_since(started: u64, clock: Instant) -> Duration {
+    let passed = clock.elapsed();
+    if passed <= INLINE_BUDGET {
+        return passed;
+    }
+    Duration::from_nanos(thread_cpu_nanos().saturating_sub(started))
+}
+
 /// Wraps the handler: plain data in and out. The method, URL and event type come as strings;
 /// the headers and the payload as JSON text, parsed when `webhook.headers` or `webhook.payload`
 /// is first read. A handler that reads neither and changes nothing (it returns the webhook as
@@ -183,33 +194,49 @@ fn thread_cpu_nanos() -> u64 {
 /// payload was neither read nor replaced (it is sent as it came), or `~` and the whole webhook.
 const WRAPPER: &str = r#"
 ;if (typeof handler !== "function") { throw new Error("the script must define a function named handler"); }
-globalThis.__heraldRun = function (method, url, eventType, rawHeaders, raw) {
-  let payload, parsed = false, headers, headersRead = false;
-  const getPayload = function () { if (!parsed) { payload = JSON.parse(raw); parsed = true; } return payload; };
-  const setPayload = function (value) { payload = value; parsed = true; };
-  const getHeaders = function () { if (!headersRead) { headers = JSON.parse(rawHeaders); headersRead = true; } return headers; };
-  const setHeaders = function (value) { headers = value; headersRead = true; };
-  const webhook = { method, url };
-  Object.defineProperty(webhook, "payload", { get: getPayload, set: setPayload, enumerable: true, configurable: true });
-  webhook.eventType = eventType;
-  Object.defineProperty(webhook, "headers", { get: getHeaders, set: setHeaders, enumerable: true, configurable: true });
-  const out = handler(webhook);
-  const result = out === undefined ? webhook : out;
-  if (result !== webhook || parsed) {
-    return "~" + JSON.stringify(result);
-  }
-  const held = Object.getOwnPropertyDescriptor(webhook, "payload");
-  if (held === undefined || held.get !== getPayload) {
-    return "~" + JSON.stringify(result);
-  }
-  const kept = Object.getOwnPropertyDescriptor(webhook, "headers");
-  if (!headersRead && kept !== undefined && kept.get === getHeaders && webhook.method === method
-      && webhook.url === url && webhook.cancel === undefined) {
-    return 0;
-  }
-  delete webhook.payload;
-  return "=" + JSON.stringify(webhook);
-};
+(function () {
+  // A call's state, on its webhook under a key the handler is not given, so that the accessors
+  // are made once per engine rather than once per call.
+  const STATE = Symbol("herald");
+  const getPayload = function () {
+    const s = this[STATE];
+    if (!s.parsed) { s.payload = JSON.parse(s.raw); s.parsed = true; }
+    return s.payload;
+  };
+  const setPayload = function (value) { const s = this[STATE]; s.payload = value; s.parsed = true; };
+  const getHeaders = function () {
+    const s = this[STATE];
+    if (!s.headersRead) { s.headers = JSON.parse(s.rawHeaders); s.headersRead = true; }
+    return s.headers;
+  };
+  const setHeaders = function (value) { const s = this[STATE]; s.headers = value; s.headersRead = true; };
+  const PAYLOAD = { get: getPayload, set: setPayload, enumerable: true, configurable: true };
+  const HEADERS = { get: getHeaders, set: setHeaders, enumerable: true, configurable: true };
+  globalThis.__heraldRun = function (method, url, eventType, rawHeaders, raw) {
+    const state = { raw, rawHeaders, payload: undefined, parsed: false, headers: undefined, headersRead: false };
+    const webhook = { method, url };
+    Object.defineProperty(webhook, "payload", PAYLOAD);
+    webhook.eventType = eventType;
+    Object.defineProperty(webhook, "headers", HEADERS);
+    Object.defineProperty(webhook, STATE, { value: state });
+    const out = handler(webhook);
+    const result = out === undefined ? webhook : out;
+    if (result !== webhook || state.parsed) {
+      return "~" + JSON.stringify(result);
+    }
+    const held = Object.getOwnPropertyDescriptor(webhook, "payload");
+    if (held === undefined || held.get !== getPayload) {
+      return "~" + JSON.stringify(result);
+    }
+    const kept = Object.getOwnPropertyDescriptor(webhook, "headers");
+    if (!state.headersRead && kept !== undefined && kept.get === getHeaders && webhook.method === method
+        && webhook.url === url && webhook.cancel === undefined) {
+      return 0;
+    }
+    delete webhook.payload;
+    return "=" + JSON.stringify(webhook);
+  };
+})();
 "#;
 
 /// What the engine answered (see [`WRAPPER`]).
@@ -402,10 +429,10 @@ impl Transformation {
                 headers: &headers,
                 payload: webhook.payload,
             };
-            let started = thread_cpu_nanos();
+            let (started, clock) = (thread_cpu_nanos(), Instant::now());
             let result = self.run_json(engine, &input, Some((INLINE_BUDGET, started)));
             let stopped = matches!(result, Err(Failure::TimedOut));
-            let used = Duration::from_nanos(thread_cpu_nanos().saturating_sub(started));
+            let used = cpu_since(started, clock);
             if used > INLINE_BUDGET || stopped {
                 if self.strikes.fetch_add(1, Ordering::Relaxed) + 1 >= INLINE_STRIKES
                     && !self.slow.swap(true, Ordering::Relaxed)
@@ -434,9 +461,9 @@ impl Transformation {
         let this = self.clone();
         let job: Job = Box::new(move || {
             let counting = !this.slow.load(Ordering::Relaxed);
-            let started = if counting { thread_cpu_nanos() } else { 0 };
+            let (started, clock) = (if counting { thread_cpu_nanos() } else { 0 }, Instant::now());
             let result = this.engine().and_then(|engine| this.run_json(engine, &input.input(), None));
-            if counting && Duration::from_nanos(thread_cpu_nanos().saturating_sub(started)) <= INLINE_BUDGET {
+            if counting && cpu_since(started, clock) <= INLINE_BUDGET {
                 this.quick();
             }
             let _ = done.send(result);

@@ -24,6 +24,15 @@ function params() {
   return new URLSearchParams(q);
 }
 
+// Renders the page again after `ms` (to show what an action led to), if it is still the page
+// shown: not over a page the user went on to meanwhile.
+function refreshLater(ms) {
+  const hash = location.hash;
+  setTimeout(() => {
+    if (location.hash === hash) render();
+  }, ms);
+}
+
 function go(hash) {
   if (location.hash === hash) render();
   else location.hash = hash;
@@ -409,7 +418,7 @@ async function subscription(id, created) {
     button("Send test event", async () => {
       const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}/test`, { method: "POST", body: {} }));
       if (r) toast(`Test event ${r.event_id} sent`);
-      setTimeout(render, 1500);
+      refreshLater(1500);
     }),
     button(sub.enabled ? "Disable" : "Enable", async () => {
       if (await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(id)}`, { method: "PATCH", body: { enabled: !sub.enabled } }))) render();
@@ -524,7 +533,7 @@ async function eventPage(id) {
     const r = await attempt(() => api(`/v1/subscriptions/${encodeURIComponent(pick.value)}/resend`, { method: "POST", body: { seq: event.seq } }));
     if (r) {
       toast(`Resent to ${r.subscription_id}`);
-      setTimeout(render, 1500);
+      refreshLater(1500);
     }
   });
   mount(

@@ -53,6 +53,14 @@ fn a_webhook_returned_as_it_came_is_unchanged_and_anything_read_or_changed_is_no
         ("function handler(w) { w.headers = {'x-own': '3'}; }", "POST", "https://a.example/", "3", false),
         ("function handler(w) { w.cancel = w.eventType === 'order.paid'; }", "POST", "https://a.example/", "1", true),
         ("function handler(w) { w.cancel = false; }", "POST", "https://a.example/", "1", false),
+        // What the handler sees of the webhook, and nothing more.
+        (
+            "function handler(w) { w.headers = {'x-own': Object.keys(w).join() + ' ' + Reflect.ownKeys(w).length}; }",
+            "POST",
+            "https://a.example/",
+            "method,url,payload,eventType,headers 6",
+            false,
+        ),
         (
             "function handler(w) { Object.defineProperty(w, 'headers', {value: {'x-own': '4'}, enumerable: true}); }",
             "POST",
