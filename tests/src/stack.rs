@@ -333,12 +333,22 @@ impl Stack {
         (info.num_pending, info.num_ack_pending)
     }
 
-    /// Waits until the consumer has nothing pending and nothing unacked.
+    /// Waits until the consumer has nothing pending and nothing unacked. A consumer not made
+    /// yet is waited for too: an in-process dispatcher makes its consumers after the stack
+    /// starts, and a test may get here first.
     pub async fn wait_consumer_drained(&self, stream: &str, consumer: &str, timeout: Duration) {
         let deadline = Instant::now() + timeout;
+        let js = async_nats::jetstream::new(self.nats.client().await);
         loop {
-            let backlog = self.consumer_backlog(stream, consumer).await;
-            if backlog == (0, 0) {
+            let backlog = match js.get_stream(stream).await {
+                Ok(s) => s
+                    .consumer_info(consumer)
+                    .await
+                    .map(|i| (i.num_pending, i.num_ack_pending))
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if backlog == Ok((0, 0)) {
                 return;
             }
             assert!(Instant::now() < deadline, "{consumer} still has (pending, ack pending) = {backlog:?}");
