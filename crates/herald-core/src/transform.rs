@@ -333,6 +333,25 @@ struct OwnedInput {
     payload: Box<RawValue>,
 }
 
+impl Webhook<'_> {
+    /// The call's arguments, `headers` being this webhook's headers as JSON text.
+    fn input<'b>(&'b self, headers: &'b str) -> Input<'b> {
+        Input { method: self.method, url: self.url, event_type: self.event_type, headers, payload: self.payload }
+    }
+}
+
+impl Input<'_> {
+    fn owned(&self) -> OwnedInput {
+        OwnedInput {
+            method: self.method.to_owned(),
+            url: self.url.to_owned(),
+            event_type: self.event_type.to_owned(),
+            headers: self.headers.to_owned(),
+            payload: self.payload.to_owned(),
+        }
+    }
+}
+
 impl OwnedInput {
     fn input(&self) -> Input<'_> {
         Input {
@@ -388,13 +407,7 @@ impl Transformation {
     pub fn run(&self, webhook: &Webhook<'_>) -> Result<Transformed, Failure> {
         let headers = headers_json(webhook.headers)?;
         let engine = self.engine()?;
-        let input = Input {
-            method: webhook.method,
-            url: webhook.url,
-            event_type: webhook.event_type,
-            headers: &headers,
-            payload: webhook.payload,
-        };
+        let input = webhook.input(&headers);
         Ok(match self.run_json(engine, &input, None)? {
             Outcome::Unchanged => Transformed {
                 method: webhook.method.to_owned(),
@@ -422,13 +435,7 @@ impl Transformation {
         if !self.slow.load(Ordering::Relaxed)
             && let Some(engine) = self.idle_engine()
         {
-            let input = Input {
-                method: webhook.method,
-                url: webhook.url,
-                event_type: webhook.event_type,
-                headers: &headers,
-                payload: webhook.payload,
-            };
+            let input = webhook.input(&headers);
             let (started, clock) = (thread_cpu_nanos(), Instant::now());
             let result = self.run_json(engine, &input, Some((INLINE_BUDGET, started)));
             let stopped = matches!(result, Err(Failure::TimedOut));
@@ -450,13 +457,7 @@ impl Transformation {
                 return result;
             }
         }
-        let input = OwnedInput {
-            method: webhook.method.to_owned(),
-            url: webhook.url.to_owned(),
-            event_type: webhook.event_type.to_owned(),
-            headers: headers.into_owned(),
-            payload: webhook.payload.to_owned(),
-        };
+        let input = webhook.input(&headers).owned();
         let (done, result) = tokio::sync::oneshot::channel();
         let this = self.clone();
         let job: Job = Box::new(move || {

@@ -311,7 +311,6 @@ pub(crate) fn retry_after(status: u16, headers: &HeaderMap) -> Option<Duration> 
     }
 }
 
-/// The result of an answered request: delivered on a 2xx, an `http_status` failure otherwise.
 /// The first `limit` bytes of an answer's body, or fewer if it ends or fails first: the
 /// answer's status is what counts, and a body cut short still answered.
 pub(crate) async fn excerpt<B: hyper::body::Body<Data = hyper::body::Bytes> + Unpin>(
@@ -333,6 +332,7 @@ pub(crate) async fn excerpt<B: hyper::body::Body<Data = hyper::body::Bytes> + Un
     excerpt
 }
 
+/// The result of an answered request: delivered on a 2xx, an `http_status` failure otherwise.
 pub(crate) fn answered(status: u16, retry_after: Option<Duration>, excerpt: &[u8]) -> (AttemptResult, String) {
     let failed = !(200..300).contains(&status);
     let result = AttemptResult {
