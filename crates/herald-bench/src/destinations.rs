@@ -1,7 +1,10 @@
-//! Broker destinations: a backlog delivered by one dispatcher to RabbitMQ (AMQP), a second
+//! Broker destinations: events delivered by one dispatcher to RabbitMQ (AMQP), a second
 //! nats-server (a JetStream stream) and Redis (a stream), each against that broker's raw publish
 //! rate with the same client code (pipelined, as many in flight as a dispatcher's default
 //! concurrency, and as many as one subscription's default), in one sitting on this machine.
+//! Herald's rate is measured twice per run: end to end (the events published while the
+//! dispatcher delivers them, so that storing them shares the machine) and from a stored
+//! backlog (published while the dispatcher is held, then delivered), which is delivery alone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -79,11 +82,13 @@ impl Bench {
             self.publish_events(&group, 1, payload).await?;
             confirmed = self.wait_confirmed(&dispatcher, confirmed + 1.0, Duration::from_secs(60)).await?;
 
+            let paths_before = self.paths(&dispatcher).await;
             let (mut raw_rates, mut rates, mut ratios, mut cpu) =
                 ([Vec::new(), Vec::new()], Vec::new(), Vec::new(), Vec::new());
             // Per write: the broker's CPU in the raw loop (64 in flight) and under Herald, and
             // how busy the whole machine was under Herald (cores).
             let (mut raw_broker, mut herald_broker, mut busy) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut backlog_rates, mut backlog_ratios, mut backlog_cpu) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..self.args.runs {
                 // Each phase starts with an empty queue: a queue that grows costs RabbitMQ more.
                 let empty = || {
@@ -114,7 +119,40 @@ impl Bench {
                 ratios.push(rate / raw_rate);
                 use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
                 self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
+
+                // The same number of events as a backlog: stored while the dispatcher is held
+                // (SIGSTOP), then delivered. The rate of delivery alone, as the raw loop's is of
+                // writes alone, where the phase above also stores the events as they come.
+                empty();
+                dispatcher.hold(true)?;
+                let messages = self.events_for(&group, n, payload);
+                let stored = pipelined(&self.js, messages).await;
+                let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
+                dispatcher.hold(false)?;
+                stored?;
+                confirmed = self.wait_confirmed(&dispatcher, confirmed + n as f64, Duration::from_secs(120)).await?;
+                let rate = per_sec(n, started.elapsed());
+                backlog_cpu.push((dispatcher.cpu_seconds() - cpu_before) * 1e6 / n as f64);
+                backlog_rates.push(rate);
+                backlog_ratios.push(rate / raw_rate);
+                // Every run, for the spread and the worst (the rows below are medians).
+                let last = |v: &Vec<f64>| v.last().copied().unwrap_or_default();
+                println!(
+                    "{kind} run {run}: raw (64 in flight) {raw_rate:.0} writes/s; end to end {:.0} deliveries/s ({:.2} of raw, {:.1} µs dispatcher CPU); backlog {rate:.0} ({:.2}, {:.1} µs)",
+                    last(&rates),
+                    last(&ratios),
+                    last(&cpu),
+                    rate / raw_rate,
+                    last(&backlog_cpu),
+                );
+                self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
             }
+            let after = self.paths(&dispatcher).await;
+            let paths: Vec<f64> = after.iter().zip(paths_before).map(|(a, b)| a - b).collect();
+            println!(
+                "{kind} destination: {} first attempts inline, {} stored first, {} deferred",
+                paths[0], paths[1], paths[2]
+            );
             let [wide, narrow] = raw_rates.map(median);
             self.push(
                 payload,
@@ -131,6 +169,14 @@ impl Bench {
             let row = format!("{kind} destination, 1 dispatcher");
             self.push_paired(payload, row, (median(rates), median(ratios)), "deliveries/s", RAW_BROKER);
             self.push(payload, format!("  dispatcher CPU, {kind} destination"), median(cpu), "µs/delivery");
+            let row = format!("{kind} destination, 1 dispatcher, a stored backlog");
+            self.push_paired(payload, row, (median(backlog_rates), median(backlog_ratios)), "deliveries/s", RAW_BROKER);
+            self.push(
+                payload,
+                format!("  dispatcher CPU, {kind} destination, backlog"),
+                median(backlog_cpu),
+                "µs/delivery",
+            );
             self.push(
                 payload,
                 format!("  {kind} broker CPU, raw publish (64 in flight)"),
@@ -143,6 +189,21 @@ impl Bench {
         dispatcher.stop().await;
         drop((rabbit, redis, broker));
         Ok(())
+    }
+
+    /// The dispatcher's deliveries so far: first attempted inline by fan-out, stored first, and
+    /// deferred (a subscription at its in-flight limit defers the rest through the deliveries
+    /// stream).
+    async fn paths(&self, dispatcher: &Proc) -> [f64; 3] {
+        let mut counts = [0.0; 3];
+        for (count, name) in counts.iter_mut().zip([
+            r#"herald_fanout_deliveries_total{path="inline"}"#,
+            r#"herald_fanout_deliveries_total{path="stored"}"#,
+            "herald_deferrals_total",
+        ]) {
+            *count = dispatcher.counter(&self.http, name).await;
+        }
+        counts
     }
 
     /// Waits until the dispatcher counted `target` confirmed writes; returns the count.
@@ -161,11 +222,23 @@ impl Bench {
 
 /// `n` writes of `body` through `raw`, `in_flight` at a time; writes per second.
 async fn raw_publish(raw: &Arc<Raw>, prefix: &str, in_flight: usize, n: usize, body: &[u8]) -> anyhow::Result<f64> {
-    let headers = vec![("content-type".to_owned(), "application/json".to_owned())];
+    // The headers a delivery carries (Standard Webhooks'), so that the raw loop writes messages
+    // of the same shape as Herald's: RabbitMQ, Redis and NATS each spend per header.
+    let mut headers = reqwest::header::HeaderMap::new();
+    for (name, value) in [
+        ("content-type", "application/json"),
+        ("user-agent", "Herald/raw"),
+        ("webhook-timestamp", "1765000000"),
+        ("webhook-id", "evt_01KBENCHRAWWRITE0000000000"),
+        ("webhook-signature", "v1,K5oZfzN95Z9UVu1EsfQmfVNQhnkZ2pj9o9NDN/H/pI4="),
+    ] {
+        headers.insert(name, reqwest::header::HeaderValue::from_static(value));
+    }
+    let headers = &headers;
     let started = Instant::now();
     let mut writes = futures::stream::iter(0..n)
         .map(|i| {
-            let (raw, headers) = (raw.clone(), headers.clone());
+            let raw = raw.clone();
             async move { raw.send(&format!("{prefix}-{i}"), "bench.raw", headers, body).await }
         })
         .buffer_unordered(in_flight);

@@ -172,6 +172,15 @@ impl Proc {
         self.child.id()
     }
 
+    /// Stops the process where it is (`SIGSTOP`), or lets it go on (`SIGCONT`): what was sent
+    /// to it meanwhile waits in its sockets, as behind a process that lost its CPU for a while.
+    pub fn hold(&self, held: bool) -> anyhow::Result<()> {
+        let signal = if held { "-STOP" } else { "-CONT" };
+        let status = std::process::Command::new("kill").args([signal, &self.pid().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill {signal} {} failed: {status}", self.pid());
+        Ok(())
+    }
+
     /// Waits until its `/readyz` answers 2xx (a dispatcher: subscriptions loaded, consuming).
     pub async fn wait_ready(&self) -> anyhow::Result<()> {
         let url = self.metrics_url.as_deref().context("no health address")?.replace("/metrics", "/readyz");

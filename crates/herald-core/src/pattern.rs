@@ -45,16 +45,30 @@ impl TypePattern {
 
 /// True if `event_type` is selected by `pattern` (both assumed valid).
 pub fn matches(pattern: &str, event_type: &str) -> bool {
-    let mut types = event_type.split('.');
-    for p in pattern.split('.') {
+    matches_bytes(pattern.as_bytes(), event_type.as_bytes())
+}
+
+/// [`matches`] over bytes: fan-out runs it for every subscription of an event's tenant, so it
+/// compares bytes rather than searching for characters.
+pub(crate) fn matches_bytes(pattern: &[u8], event_type: &[u8]) -> bool {
+    if pattern == event_type {
+        return true;
+    }
+    let mut types = event_type.split(|&b| b == b'.');
+    for p in pattern.split(|&b| b == b'.') {
         match (p, types.next()) {
-            (">", Some(_)) => return true,
-            ("*", Some(_)) => {}
+            (b">", Some(_)) => return true,
+            (b"*", Some(_)) => {}
             (p, Some(t)) if p == t => {}
             _ => return false,
         }
     }
     types.next().is_none()
+}
+
+/// True if `pattern` has a wildcard (`*` or `>`); one without selects its own text only.
+pub(crate) fn has_wildcard(pattern: &str) -> bool {
+    pattern.bytes().any(|b| b == b'*' || b == b'>')
 }
 
 /// True if every subject that `narrow` selects is also selected by `wide` (both NATS subjects

@@ -45,6 +45,8 @@ fn id_of(key: &Key) -> String {
 const ENABLED: u8 = 1;
 const FIFO: u8 = 2;
 const LANE: u8 = 4;
+/// One of its type patterns has a wildcard; without, each selects its own text only.
+const WILDCARDS: u8 = 8;
 
 #[derive(Debug)]
 struct Entry {
@@ -117,7 +119,11 @@ impl<'a> Stored<'a> {
 impl Entry {
     fn new(key: Key, revision: u64, stored: &Stored<'_>) -> Self {
         let flag = |on: bool, bit: u8| if on { bit } else { 0 };
-        let flags = flag(stored.enabled, ENABLED) | flag(stored.fifo, FIFO) | flag(stored.needs_lane, LANE);
+        let wildcards = stored.patterns.iter().any(|p| crate::pattern::has_wildcard(p));
+        let flags = flag(stored.enabled, ENABLED)
+            | flag(stored.fifo, FIFO)
+            | flag(stored.needs_lane, LANE)
+            | flag(wildcards, WILDCARDS);
         let patterns_len = stored.patterns.iter().map(|p| p.len() + 1).sum::<usize>().saturating_sub(1);
         let mut data = Vec::with_capacity(patterns_len + stored.rest.iter().map(|f| f.len()).sum::<usize>());
         for (i, pattern) in stored.patterns.iter().enumerate() {
@@ -133,13 +139,20 @@ impl Entry {
         Self { key, revision, data: data.into_boxed_slice(), patterns_len: patterns_len as u32, filter, flags }
     }
 
-    fn patterns(&self) -> impl Iterator<Item = &str> {
-        let text = std::str::from_utf8(&self.data[..self.patterns_len as usize]).unwrap_or_default();
-        text.split(' ').filter(|p| !p.is_empty())
+    /// Its type patterns, as bytes (fan-out reads them for every event of the tenant).
+    fn patterns(&self) -> impl Iterator<Item = &[u8]> {
+        self.data[..self.patterns_len as usize].split(|&b| b == b' ').filter(|p| !p.is_empty())
     }
 
     fn wants(&self, event_type: &str) -> bool {
-        self.flags & ENABLED != 0 && self.patterns().any(|p| crate::pattern::matches(p, event_type))
+        if self.flags & ENABLED == 0 {
+            return false;
+        }
+        let wanted = event_type.as_bytes();
+        if self.flags & WILDCARDS == 0 {
+            return self.patterns().any(|p| p == wanted);
+        }
+        self.patterns().any(|p| crate::pattern::matches_bytes(p, wanted))
     }
 
     fn decode(&self, tenant: &str) -> Arc<Subscription> {

@@ -299,10 +299,7 @@ async fn attempt(
                 tenant: &event.tenant,
                 subscription_id: &sub.id,
                 timestamp: now.unix_timestamp(),
-                headers: headers
-                    .iter()
-                    .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-                    .collect(),
+                headers: &headers,
                 body: &body,
             };
             in_flight = Some(InFlight::start());

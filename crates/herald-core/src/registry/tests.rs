@@ -36,6 +36,28 @@ fn tenants_are_separate_and_lists_are_ordered() {
 }
 
 #[test]
+fn literal_types_and_wildcards_select_as_patterns_do() {
+    let r = Registry::new();
+    // Literal types only (compared whole), several of them, one a prefix of another type.
+    r.upsert(1, sub("a", id(1), &["order.paid", "order.paid.v2"]));
+    r.upsert(2, sub("a", id(2), &["order"]));
+    // A wildcard among literal types: every pattern of it is matched as a pattern.
+    r.upsert(3, sub("a", id(3), &["user.created", "order.*"]));
+    r.upsert(4, sub("a", id(4), &["order.>"]));
+    let mut off = sub("a", id(5), &["order.paid"]);
+    off.enabled = false;
+    r.upsert(5, off);
+    let ids = |t: &str| r.matching("a", t).iter().map(|s| s.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids("order.paid"), [id(1), id(3), id(4)]);
+    assert_eq!(ids("order.paid.v2"), [id(1), id(4)]);
+    assert_eq!(ids("order"), [id(2)]);
+    assert_eq!(ids("order.pai"), [id(3), id(4)]);
+    assert_eq!(ids("user.created"), [id(3)]);
+    assert_eq!(ids("user.created.x"), Vec::<String>::new());
+    assert_eq!(ids("orde"), Vec::<String>::new());
+}
+
+#[test]
 fn payload_filters_choose_among_the_subscriptions_of_a_type() {
     let r = Registry::new();
     let mut big = sub("a", id(1), &["order.*"]);

@@ -465,13 +465,9 @@ fn publish_frames(exchange: &str, routing_key: &str, message: &Outgoing<'_>, fra
     args.u16(0).short_string(exchange).short_string(routing_key).u8(0b01); // mandatory
     let mut out = method(CHANNEL, (60, 40), &args.0);
 
-    let content_type = message.headers.iter().find(|(n, _)| n == "content-type").map_or("application/json", |(_, v)| v);
-    let headers: Vec<(&str, Field<'_>)> = message
-        .headers
-        .iter()
-        .filter(|(n, _)| n != "content-type")
-        .map(|(n, v)| (n.as_str(), Field::Str(v.as_str())))
-        .collect();
+    let content_type = message.headers().find(|(n, _)| *n == "content-type").map_or("application/json", |(_, v)| v);
+    let headers: Vec<(&str, Field<'_>)> =
+        message.headers().filter(|(n, _)| *n != "content-type").map(|(n, v)| (n, Field::Str(v))).collect();
     let mut header = Args::default();
     header.u16(60).u16(0).u64(message.body.len() as u64);
     // content-type, headers, delivery-mode, message-id, timestamp, type, app-id
@@ -602,22 +598,29 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
 
-    fn outgoing(body: &[u8]) -> Outgoing<'_> {
+    fn outgoing<'a>(body: &'a [u8], headers: &'a reqwest::header::HeaderMap) -> Outgoing<'a> {
         Outgoing {
             id: "evt_1",
             event_type: "order.paid",
             tenant: "acme",
             subscription_id: "sub_1",
             timestamp: 1_700_000_000,
-            headers: vec![("content-type".into(), "application/json".into()), ("webhook-id".into(), "evt_1".into())],
+            headers,
             body,
         }
+    }
+
+    fn headers() -> reqwest::header::HeaderMap {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("content-type", "application/json".parse().unwrap());
+        headers.insert("webhook-id", "evt_1".parse().unwrap());
+        headers
     }
 
     #[test]
     fn a_publish_is_a_method_a_header_and_body_frames_within_the_frame_size() {
         let body = vec![b'x'; 100];
-        let frames = publish_frames("orders", "order.paid", &outgoing(&body), 40);
+        let frames = publish_frames("orders", "order.paid", &outgoing(&body, &headers()), 40);
         let mut read = &frames[..];
         let mut kinds = Vec::new();
         let mut carried = 0;

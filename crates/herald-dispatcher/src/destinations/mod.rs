@@ -23,6 +23,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use reqwest::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -56,8 +57,16 @@ pub(crate) struct Outgoing<'a> {
     pub tenant: &'a str,
     pub subscription_id: &'a str,
     pub timestamp: i64,
-    pub headers: Vec<(String, String)>,
+    pub headers: &'a HeaderMap,
     pub body: &'a [u8],
+}
+
+impl Outgoing<'_> {
+    /// The headers as text, in the order they were set (none is anything but visible ASCII:
+    /// the signature's and Herald's are, and a subscription's own are checked so when set).
+    pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
+    }
 }
 
 /// A subscription's broker destination, ready for attempts: the shared connection to its
@@ -133,13 +142,7 @@ impl Raw {
     }
 
     /// Writes one message with `headers` and `body`; `Err` with the failure's text.
-    pub async fn send(
-        &self,
-        id: &str,
-        event_type: &str,
-        headers: Vec<(String, String)>,
-        body: &[u8],
-    ) -> Result<(), String> {
+    pub async fn send(&self, id: &str, event_type: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
         let message =
             Outgoing { id, event_type, tenant: "default", subscription_id: "raw", timestamp: 0, headers, body };
         let sent = self.destination.send(message, self.timeout).await;

@@ -65,8 +65,8 @@ impl Nats {
     pub(crate) async fn publish(&self, subject: String, message: &Outgoing<'_>) -> Result<(), Failure> {
         let js = self.context().await?;
         let mut headers = async_nats::HeaderMap::new();
-        for (name, value) in &message.headers {
-            headers.insert(name.as_str(), value.as_str());
+        for (name, value) in message.headers() {
+            headers.insert(name, value);
         }
         headers.insert("Nats-Msg-Id", format!("{}:{}", message.id, message.subscription_id).as_str());
         let body = bytes::Bytes::copy_from_slice(message.body);

@@ -105,7 +105,7 @@ impl Redis {
             args.extend([b"MAXLEN".as_slice(), b"~", max_len.as_bytes()]);
         }
         args.push(b"*");
-        for (name, value) in &message.headers {
+        for (name, value) in message.headers() {
             args.extend([name.as_bytes(), value.as_bytes()]);
         }
         args.extend([b"body".as_slice(), message.body]);
