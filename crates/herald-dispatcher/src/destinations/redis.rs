@@ -29,8 +29,11 @@ use herald_core::destination as dest;
 use super::{Failure, Outgoing, Resolver, Stream};
 use crate::retry::ErrorClass;
 
-/// Idle connections kept per node.
-const MAX_IDLE: usize = 32;
+/// Idle connections kept per node: as many as a replica makes attempts at once by default
+/// (`HERALD_CONCURRENCY`). A pool smaller than the writes in flight closes the surplus after
+/// each reply and opens it again for the next write: with 32, one subscription's default 64
+/// in flight spent a connection's set-up and teardown on every other write.
+const MAX_IDLE: usize = 256;
 /// A reply line longer than this is not Redis talking.
 const MAX_LINE: usize = 64 * 1024;
 /// Redirections followed in one attempt (a cluster resharding moves a slot once).
