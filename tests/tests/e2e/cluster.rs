@@ -55,9 +55,19 @@ async fn a_gateway_and_three_dispatchers_started_at_once_against_a_new_cluster_a
     assert_eq!(created.status(), 201);
     let sub: serde_json::Value = serde_json::from_slice(&created.bytes().await.unwrap()).unwrap();
     let secret = sub["secret"].as_str().expect("created with a secret").to_owned();
-    tokio::time::sleep(Duration::from_millis(500)).await; // every dispatcher sees it
-    let accepted = post("/v1/events", json!({"id": "up-1", "type": "cluster.up", "data": {"ok": true}})).await.unwrap();
-    assert_eq!(accepted.status(), 202);
+    // Each dispatcher learns of the subscription through its KV watch, within moments: events
+    // are published until one arrives (a fixed wait raced the watch), each once.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for n in 1.. {
+        let event = json!({"id": format!("up-{n}"), "type": "cluster.up", "data": {"ok": true}});
+        let accepted = post("/v1/events", event).await.unwrap();
+        assert_eq!(accepted.status(), 202);
+        if !rx.received().is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no event reached the subscription in 30 s");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let got = rx.wait_for(1, Duration::from_secs(30)).await;
     got[0].verify(&secret).unwrap();
     stop.cancel();
