@@ -62,8 +62,9 @@ pub(crate) struct Outgoing<'a> {
 }
 
 impl Outgoing<'_> {
-    /// The headers as text, in the order they were set (none is anything but visible ASCII:
-    /// the signature's and Herald's are, and a subscription's own are checked so when set).
+    /// The headers as text, in the map's order. Herald's own are ASCII; a subscription's own
+    /// header whose value has bytes beyond ASCII (which a webhook carries as they are) is left
+    /// out of a broker message, as it was before the map was passed through.
     pub(crate) fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
         self.headers.iter().filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?)))
     }
