@@ -222,7 +222,23 @@ fn quick_calls_run_where_they_are_asked_and_slow_ones_move_their_transformation_
         }));
         (result.map(changed), started.elapsed())
     };
-    let (quick, slow) = (r#"{"work": 1}"#, r#"{"work": 100000}"#);
+    // A slow call is one well past the budget and well within the limit on this build (a debug
+    // build's engine is ten times slower than a release build's) and this machine's load now:
+    // about 20 ms, from the time a known amount of work takes (run where no budget applies), at
+    // best of three.
+    let sample = 2_000u64;
+    let per_unit = (0..3)
+        .map(|_| {
+            let raw = serde_json::value::RawValue::from_string(format!(r#"{{"work": {sample}}}"#)).unwrap();
+            let started = Instant::now();
+            t.run(&Webhook { method: "POST", url: "u", payload: &raw, event_type: "t", headers: &headers }).unwrap();
+            started.elapsed()
+        })
+        .min()
+        .unwrap()
+        / sample as u32;
+    let work = (Duration::from_millis(20).as_nanos() / per_unit.as_nanos().max(1)).max(sample as u128);
+    let (quick, slow) = (r#"{"work": 1}"#, &*format!(r#"{{"work": {work}}}"#));
     for _ in 0..20 {
         assert_eq!(json(&call(quick).0.unwrap())["seen"], true);
         assert!(!t.is_slow(), "a quick script stays on the calling thread");
