@@ -40,8 +40,7 @@ impl RetryPolicy {
         if self.jitter == 0.0 || base.is_zero() {
             return Some(base);
         }
-        // Uniform in [-1, 1).
-        let unit = (getrandom::u64().unwrap_or(0) >> 11) as f64 / (1u64 << 53) as f64 * 2.0 - 1.0;
+        let unit = uniform() * 2.0 - 1.0;
         Some(base.mul_f64((1.0 + unit * self.jitter).max(0.0)))
     }
 
@@ -49,6 +48,11 @@ impl RetryPolicy {
     pub fn describe(&self) -> String {
         self.delays.iter().map(|d| format_duration(*d)).collect::<Vec<_>>().join(",")
     }
+}
+
+/// A random number, uniform in `[0, 1)`.
+pub fn uniform() -> f64 {
+    (getrandom::u64().unwrap_or(0) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 impl Default for RetryPolicy {

@@ -287,8 +287,17 @@ const SLOW: Duration = Duration::from_millis(500);
 
 /// A random duration in `[0, max)`.
 fn spread(max: Duration) -> Duration {
-    let unit = (getrandom::u64().unwrap_or(0) >> 11) as f64 / (1u64 << 53) as f64;
-    max.mul_f64(unit)
+    max.mul_f64(herald_core::retry::uniform())
+}
+
+/// How long a delivery deferred `deferrals` times before waits now: about 1 s, 2 s, 4 s … up
+/// to a minute while its endpoint stays saturated, each spread over `[½, 1½)` of itself.
+/// Deferrals come in bursts (an endpoint stalls, every delivery queued for it is deferred), and
+/// a burst that came back as one would find the endpoint saturated by its own return, be
+/// deferred again, and wait twice as long each time.
+pub fn deferral_backoff(deferrals: u32) -> Duration {
+    let base = Duration::from_secs(1 << deferrals.min(6)).min(Duration::from_secs(60));
+    base / 2 + spread(base)
 }
 
 impl Permit {
@@ -398,6 +407,20 @@ mod tests {
         assert!(b.fit_for_inline("s"), "healthy again");
         b.states.lock().unwrap().get_mut("s").unwrap().latency = SLOW / 2;
         assert!(!b.fit_for_inline("s"), "slow");
+    }
+
+    #[test]
+    fn deferrals_back_off_and_a_burst_of_them_comes_back_spread_out() {
+        for (deferrals, base) in [(0, 1.0), (1, 2.0), (3, 8.0), (6, 60.0), (20, 60.0)] {
+            let samples: Vec<f64> = (0..500).map(|_| deferral_backoff(deferrals).as_secs_f64()).collect();
+            assert!(samples.iter().all(|d| (base * 0.5..base * 1.5).contains(d)), "{deferrals}: {samples:?}");
+            // Spread over the whole range: no tenth of it holds more than a fifth of the burst.
+            let mut tenths = [0usize; 10];
+            for d in &samples {
+                tenths[((d / base - 0.5) * 10.0) as usize] += 1;
+            }
+            assert!(tenths.iter().all(|&n| n < 100), "{deferrals}: {tenths:?}");
+        }
     }
 
     #[tokio::test]

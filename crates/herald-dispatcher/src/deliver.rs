@@ -7,7 +7,6 @@
 //! settles its outcome (retry, dead letter, endpoint health).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind};
 use prost::Message as _;
@@ -21,7 +20,7 @@ use tracing::Instrument as _;
 use crate::Shared;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::breaker::{Admission, Permit};
+use crate::breaker::{self, Admission, Permit};
 use crate::destinations::{self, Outgoing};
 use crate::endpoint_auth;
 use crate::http_client::{self, WebhookRequest};
@@ -176,9 +175,8 @@ async fn from_message(shared: &Arc<Shared>, taken: &Taken, mode: Mode) -> Settle
         Some(Admission::Defer { after, why }) => {
             tracing::debug!(event = %event.id, subscription = %sub.id, why, "delivery deferred");
             metrics::DEFERRALS.inc(&[why]);
-            // Backs off while the endpoint stays saturated: 1 s, 2 s, 4 s … up to a minute.
             let mut deferred = delivery;
-            let backoff = Duration::from_secs(1 << deferred.deferrals.min(6)).min(Duration::from_secs(60));
+            let backoff = breaker::deferral_backoff(deferred.deferrals);
             deferred.deferrals += 1;
             return reschedule(shared, msg.subject.as_str(), &parent, deferred, after.max(backoff)).await;
         }
