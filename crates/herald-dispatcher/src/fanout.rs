@@ -440,8 +440,13 @@ fn created_after(sub: &proto::Subscription, stored: time::OffsetDateTime) -> boo
 }
 
 /// How long fan-out waits for an event to be let through inline while all inline slots are
-/// taken; if none frees up in time, it stops waiting for [`INLINE_BACKOFF`].
-const INLINE_WAIT: Duration = Duration::from_millis(20);
+/// taken; if none frees up in time, it stops waiting for [`INLINE_BACKOFF`]. Long enough for a
+/// healthy endpoint that answers in batches: RabbitMQ confirms persistent messages a disk sync
+/// at a time, and went 20 ms without a confirm often enough, under load, that with a 20 ms wait
+/// most of its deliveries were stored first (costing a write, a hand-out and an ack each, and
+/// the broker's share of the CPU). An endpoint slower than that on average is not attempted
+/// inline at all (see `Breakers::fit_for_inline`).
+const INLINE_WAIT: Duration = Duration::from_millis(100);
 const INLINE_BACKOFF: Duration = Duration::from_secs(1);
 
 /// The events that fan-out may hold while it makes their first attempts inline
