@@ -16,25 +16,38 @@ async fn rotated_secrets_sign_side_by_side_for_the_grace_period_then_only_the_ne
     let id = sub["id"].as_str().unwrap();
     let old = sub["secret"].as_str().unwrap().to_owned();
 
+    let grace = Duration::from_secs(5);
     let (status, _, rotated) =
-        stack.call(Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"), Some(json!({"grace": "3s"}))).await;
+        stack.call(Method::POST, &format!("/v1/subscriptions/{id}/rotate-secret"), Some(json!({"grace": "5s"}))).await;
+    let rotated_at = tokio::time::Instant::now();
     assert_eq!(status, 200, "{rotated}");
     let new = rotated["secret"].as_str().unwrap().to_owned();
     assert_ne!(old, new);
     // Never shown again.
     let (_, _, read) = stack.call(Method::GET, &format!("/v1/subscriptions/{id}"), None).await;
     assert!(read.get("secret").is_none() && !read.to_string().contains(&new));
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
-    stack.publish(json!({"id": "rot-1", "type": "rot.x", "data": {}})).await;
-    let first = rx.wait_for(1, SOON).await.remove(0);
-    assert_eq!(first.header("webhook-signature").unwrap().split(' ').count(), 2, "both secrets sign during the grace");
+    // The dispatcher learns of the rotation through its KV watch: events are published until
+    // one is signed by both secrets (a fixed wait raced the watch on a loaded machine). Until
+    // then only the old secret signs; never the new one alone.
+    let mut sent = 0;
+    let first = loop {
+        sent += 1;
+        stack.publish(json!({"id": format!("rot-{sent}"), "type": "rot.x", "data": {}})).await;
+        let delivered = rx.wait_for(sent, SOON).await.remove(sent - 1);
+        if delivered.header("webhook-signature").unwrap().split(' ').count() == 2 {
+            break delivered;
+        }
+        delivered.verify(&old).expect("before the rotation is seen, the old secret signs");
+        assert!(rotated_at.elapsed() < grace / 2, "the rotation was not applied within {:?}", grace / 2);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     first.verify(&old).expect("the old secret still verifies");
     first.verify(&new).expect("the new secret verifies");
 
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stack.publish(json!({"id": "rot-2", "type": "rot.x", "data": {}})).await;
-    let second = rx.wait_for(2, SOON).await.remove(1);
+    tokio::time::sleep_until(rotated_at + grace + Duration::from_millis(200)).await;
+    stack.publish(json!({"id": "rot-after", "type": "rot.x", "data": {}})).await;
+    let second = rx.wait_for(sent + 1, SOON).await.remove(sent);
     assert_eq!(second.header("webhook-signature").unwrap().split(' ').count(), 1, "only the new one after the grace");
     second.verify(&new).expect("the new secret verifies");
     assert!(second.verify(&old).is_err(), "the old secret no longer verifies");
