@@ -444,8 +444,8 @@ fn created_after(sub: &proto::Subscription, stored: time::OffsetDateTime) -> boo
 /// healthy endpoint that answers in batches: RabbitMQ confirms persistent messages a disk sync
 /// at a time, and went 20 ms without a confirm often enough, under load, that with a 20 ms wait
 /// most of its deliveries were stored first (costing a write, a hand-out and an ack each, and
-/// the broker's share of the CPU). An endpoint slower than that on average is not attempted
-/// inline at all (see `Breakers::fit_for_inline`).
+/// the broker's share of the CPU). An endpoint whose attempts average 250 ms or more is not
+/// attempted inline at all (see `Breakers::fit_for_inline`).
 const INLINE_WAIT: Duration = Duration::from_millis(100);
 const INLINE_BACKOFF: Duration = Duration::from_secs(1);
 
