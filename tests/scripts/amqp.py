@@ -15,7 +15,11 @@ import pika
 
 def main():
     url, command, *args = sys.argv[1:]
-    connection = pika.BlockingConnection(pika.URLParameters(url))
+    # A broker just restarted opens its port before it takes AMQP connections: try for 30 s.
+    parameters = pika.URLParameters(url)
+    parameters.connection_attempts = 30
+    parameters.retry_delay = 1
+    connection = pika.BlockingConnection(parameters)
     channel = connection.channel()
     if command == "declare":
         exchange, queue, binding = args
