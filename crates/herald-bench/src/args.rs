@@ -54,6 +54,9 @@ pub(crate) struct Args {
     /// Broker destinations: deliveries per measured run, per broker (RabbitMQ, NATS, Redis).
     #[arg(long, default_value_t = 20_000)]
     pub(crate) destination_events: usize,
+    /// Broker destinations measured, comma-separated: amqp, nats, redis.
+    #[arg(long, value_delimiter = ',', default_value = "amqp,nats,redis")]
+    pub(crate) destination_kinds: Vec<String>,
     /// Production shape: HTTPS hosts (distinct loopback addresses 127.0.1.x).
     #[arg(long, default_value_t = 100)]
     pub(crate) production_hosts: usize,

@@ -52,7 +52,13 @@ impl Bench {
         let dispatcher = Proc::dispatcher(&self.nats.url(), &[])?;
         let broker_pid = broker.pid().unwrap_or(0);
         let groups = [rabbit.process_group().unwrap_or(0), broker_pid, redis.process_group().unwrap_or(0)];
+        // Herald's own nats-server, which stores the events, hands them out and keeps the
+        // attempt records: its CPU per delivery is part of what a delivery costs the machine.
+        let herald_nats = self.nats.pid().unwrap_or(0).to_string();
         for ((kind, destination), group) in kinds.into_iter().zip(groups) {
+            if !self.args.destination_kinds.iter().any(|k| k == kind) {
+                continue;
+            }
             // The broker's CPU so far: a group of processes (RabbitMQ, Redis) or nats-server.
             let broker_cpu = || {
                 if kind == "nats" { procs::cpu_seconds(&group.to_string()) } else { procs::group_cpu_seconds(group) }
@@ -88,6 +94,10 @@ impl Bench {
             // Per write: the broker's CPU in the raw loop (64 in flight) and under Herald, and
             // how busy the whole machine was under Herald (cores).
             let (mut raw_broker, mut herald_broker, mut busy) = (Vec::new(), Vec::new(), Vec::new());
+            // Per write or delivery, of a stored backlog: the raw loop's client (this process),
+            // and under Herald the broker, Herald's nats-server and the whole machine.
+            let (mut raw_client, mut backlog_broker, mut backlog_nats, mut backlog_busy) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             let (mut backlog_rates, mut backlog_ratios, mut backlog_cpu) = (Vec::new(), Vec::new(), Vec::new());
             for run in 0..self.args.runs {
                 // Each phase starts with an empty queue: a queue that grows costs RabbitMQ more.
@@ -99,9 +109,10 @@ impl Bench {
                 empty();
                 let wide = raw_publish(&raw, &format!("raw-{run}"), RAW_IN_FLIGHT[0], n, &body).await?;
                 empty();
-                let before = broker_cpu();
+                let (before, client_before) = (broker_cpu(), procs::cpu_seconds("self"));
                 let raw_rate = raw_publish(&raw, &format!("raw64-{run}"), RAW_IN_FLIGHT[1], n, &body).await?;
                 raw_broker.push((broker_cpu() - before) * 1e6 / n as f64);
+                raw_client.push((procs::cpu_seconds("self") - client_before) * 1e6 / n as f64);
                 raw_rates[0].push(wide);
                 empty();
                 let (broker_before, busy_before) = (broker_cpu(), procs::machine_busy_seconds());
@@ -128,22 +139,33 @@ impl Bench {
                 let messages = self.events_for(&group, n, payload);
                 let stored = pipelined(&self.js, messages).await;
                 let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
+                let (broker_before, nats_before, busy_before) =
+                    (broker_cpu(), procs::cpu_seconds(&herald_nats), procs::machine_busy_seconds());
                 dispatcher.hold(false)?;
                 stored?;
                 confirmed = self.wait_confirmed(&dispatcher, confirmed + n as f64, Duration::from_secs(120)).await?;
-                let rate = per_sec(n, started.elapsed());
+                let took = started.elapsed();
+                let rate = per_sec(n, took);
                 backlog_cpu.push((dispatcher.cpu_seconds() - cpu_before) * 1e6 / n as f64);
+                backlog_broker.push((broker_cpu() - broker_before) * 1e6 / n as f64);
+                backlog_nats.push((procs::cpu_seconds(&herald_nats) - nats_before) * 1e6 / n as f64);
+                backlog_busy.push((procs::machine_busy_seconds() - busy_before) * 1e6 / n as f64);
                 backlog_rates.push(rate);
                 backlog_ratios.push(rate / raw_rate);
                 // Every run, for the spread and the worst (the rows below are medians).
                 let last = |v: &Vec<f64>| v.last().copied().unwrap_or_default();
                 println!(
-                    "{kind} run {run}: raw (64 in flight) {raw_rate:.0} writes/s; end to end {:.0} deliveries/s ({:.2} of raw, {:.1} µs dispatcher CPU); backlog {rate:.0} ({:.2}, {:.1} µs)",
+                    "{kind} run {run}: raw (64 in flight) {raw_rate:.0} writes/s ({:.1} µs client, {:.1} µs broker CPU); end to end {:.0} deliveries/s ({:.2} of raw, {:.1} µs dispatcher CPU); backlog {rate:.0} ({:.2}; CPU {:.1} µs dispatcher, {:.1} µs broker, {:.1} µs Herald's nats-server, {:.1} µs the machine)",
+                    last(&raw_client),
+                    last(&raw_broker),
                     last(&rates),
                     last(&ratios),
                     last(&cpu),
                     rate / raw_rate,
                     last(&backlog_cpu),
+                    last(&backlog_broker),
+                    last(&backlog_nats),
+                    last(&backlog_busy),
                 );
                 self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
             }
@@ -184,6 +206,21 @@ impl Bench {
                 "µs/write",
             );
             self.push(payload, format!("  {kind} broker CPU, under Herald"), median(herald_broker), "µs/write");
+            self.push(
+                payload,
+                format!("  raw loop's client CPU, {kind} (64 in flight)"),
+                median(raw_client),
+                "µs/write",
+            );
+            // Where a delivery of the backlog goes, beside the dispatcher's row above.
+            self.push(payload, format!("  {kind} broker CPU, backlog"), median(backlog_broker), "µs/delivery");
+            self.push(
+                payload,
+                format!("  Herald's nats-server CPU, {kind} backlog"),
+                median(backlog_nats),
+                "µs/delivery",
+            );
+            self.push(payload, format!("  the machine's CPU, {kind} backlog"), median(backlog_busy), "µs/delivery");
             self.push(payload, format!("  machine busy under Herald, {kind}"), median(busy), "cores");
         }
         dispatcher.stop().await;
@@ -248,10 +285,15 @@ async fn raw_publish(raw: &Arc<Raw>, prefix: &str, in_flight: usize, n: usize, b
     Ok(per_sec(n, started.elapsed()))
 }
 
+/// Rounds of each run of the transformation rows, each of `--events` ÷ this many deliveries per
+/// subscription.
+const TRANSFORMATION_ROUNDS: usize = 4;
+
 impl Bench {
     /// What a trivial transformation costs: one dispatcher delivering a backlog to a
     /// subscription with `function handler(webhook) { return webhook; }` and to one without,
-    /// alternated in one sitting; deliveries per second and dispatcher CPU per delivery of each.
+    /// alternated in rounds within each run; deliveries per second and dispatcher CPU per delivery
+    /// of each.
     /// A third subscription's script changes the payload (`webhook.payload.seen = true`), which
     /// takes the engine's whole path: the payload parsed, changed and written back.
     pub(crate) async fn transformation_cost(&mut self, payload: usize) -> anyhow::Result<()> {
@@ -265,20 +307,47 @@ impl Bench {
         for group in groups {
             self.warm_up(group).await?;
         }
-        let n = (self.args.events / 2).max(10);
+        // Each run alternates the three in rounds, in a rotating order, and adds up each one's
+        // time and CPU: a phase of a third of a second on its own was as often hit by one of the
+        // machine's jumps of speed as not, which put a single run's ratio off by up to a third
+        // either way although the medians agreed.
+        let n = (self.args.events / TRANSFORMATION_ROUNDS).max(10);
         let (mut rates, mut cpu) = ([Vec::new(), Vec::new(), Vec::new()], [Vec::new(), Vec::new(), Vec::new()]);
-        for _ in 0..self.args.runs {
-            for (i, group) in groups.into_iter().enumerate() {
-                let target = self.sink.delivered(group.paths.clone()) + n as u64;
-                let messages = self.events_for(group, n, payload);
-                let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
-                pipelined(&self.js, messages).await?;
-                let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(120)).await?;
-                rates[i].push(per_sec(n, done - started));
-                cpu[i].push((dispatcher.cpu_seconds() - cpu_before) * 1e6 / n as f64);
-                use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
-                self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
+        for run in 0..self.args.runs {
+            let (mut took, mut spent) = ([Duration::ZERO; 3], [0.0f64; 3]);
+            for round in 0..TRANSFORMATION_ROUNDS {
+                for k in 0..groups.len() {
+                    let i = (k + round) % groups.len();
+                    let group = groups[i];
+                    let target = self.sink.delivered(group.paths.clone()) + n as u64;
+                    let messages = self.events_for(group, n, payload);
+                    let (started, cpu_before) = (Instant::now(), dispatcher.cpu_seconds());
+                    pipelined(&self.js, messages).await?;
+                    let done = self.sink.wait_delivered(group.paths.clone(), target, Duration::from_secs(120)).await?;
+                    took[i] += done - started;
+                    spent[i] += dispatcher.cpu_seconds() - cpu_before;
+                    use herald_core::nats::{ATTEMPTS_STREAM, DELIVERIES_STREAM, EVENTS_STREAM};
+                    self.settle(&[EVENTS_STREAM, DELIVERIES_STREAM, ATTEMPTS_STREAM]).await?;
+                }
             }
+            let each = n * TRANSFORMATION_ROUNDS;
+            for i in 0..groups.len() {
+                rates[i].push(per_sec(each, took[i]));
+                cpu[i].push(spent[i] * 1e6 / each as f64);
+            }
+            // Every run, for the spread and the worst (the rows below are medians).
+            let last = |v: &Vec<f64>| v.last().copied().unwrap_or_default();
+            println!(
+                "transformations run {run}: plain {:.0} deliveries/s ({:.1} µs); trivial {:.0} ({:.2} of plain, {:.1} µs); changing the payload {:.0} ({:.2}, {:.1} µs)",
+                last(&rates[0]),
+                last(&cpu[0]),
+                last(&rates[1]),
+                last(&rates[1]) / last(&rates[0]),
+                last(&cpu[1]),
+                last(&rates[2]),
+                last(&rates[2]) / last(&rates[0]),
+                last(&cpu[2]),
+            );
         }
         let [plain_rate, shaped_rate, edited_rate] = rates.map(median);
         let [plain_cpu, shaped_cpu, edited_cpu] = cpu.map(median);
