@@ -265,3 +265,28 @@ fn quick_calls_run_where_they_are_asked_and_slow_ones_move_their_transformation_
     // Later calls run on the transformation threads, and still work.
     assert_eq!(json(&call(quick).0.unwrap())["seen"], true);
 }
+
+#[test]
+fn a_calls_start_reads_the_cpu_clock_at_most_once_per_half_millisecond_and_is_never_above_it() {
+    let started = Instant::now();
+    let (mut readings, mut last, mut iterations) = (0u32, None, 0u32);
+    while started.elapsed() < Duration::from_millis(5) || iterations < 1_000 {
+        let recent = thread_cpu_recent();
+        let now = thread_cpu_nanos();
+        assert!(recent <= now, "a reading from before is not above the clock now");
+        // Below it by the CPU time used since the reading, which is at most the time passed;
+        // the slack is for the two statements between the reading and now.
+        let slack = Duration::from_micros(200).as_nanos() as u64;
+        assert!(now - recent <= CPU_READING_KEPT.as_nanos() as u64 + slack, "{} ns below", now - recent);
+        if last != Some(recent) {
+            readings += 1;
+            last = Some(recent);
+        }
+        iterations += 1;
+        std::hint::black_box((0..200u64).sum::<u64>());
+    }
+    let windows = (started.elapsed().as_nanos() / CPU_READING_KEPT.as_nanos()) as u32 + 1;
+    assert!(readings > 1, "read again once it is older than kept");
+    assert!(readings <= windows, "{readings} readings in {windows} windows of {CPU_READING_KEPT:?}");
+    assert!(readings < iterations, "{readings} readings for {iterations} calls");
+}
