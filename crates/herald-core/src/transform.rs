@@ -176,8 +176,8 @@ fn thread_cpu_nanos() -> u64 {
 }
 
 /// How long a reading of a runtime thread's CPU clock stands for the start of the calls made on
-/// it after: a reading is a system call (1–2 µs on a VM under load, 2 % of the dispatcher's
-/// samples with a trivial script), where the wall clock costs 0.05 µs.
+/// it after: a reading is a system call (0.44 µs on this VM idle, more under load; 2 % of the
+/// dispatcher's samples in a benchmark of trivial scripts), where the wall clock costs 0.05 µs.
 const CPU_READING_KEPT: Duration = Duration::from_micros(500);
 
 /// This thread's CPU time in nanoseconds as read at most [`CPU_READING_KEPT`] ago: no more than
